@@ -1,0 +1,315 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the userspace daemon (`lb-userspace`).
+//!
+//! Every map key and value is defined here once: `#[repr(C)]`, `Copy`, explicit padding, a
+//! compile-time size check, integers only (no `bool`, enums or `Option`). Byte order is part of
+//! the field name: `_be` fields hold network byte order exactly as on the wire.
+#![no_std]
+
+pub mod checksum;
+pub mod select;
+
+/// Listeners per load balancer (one BPF instance serves one load balancer).
+pub const MAX_LISTENERS: u32 = 64;
+/// Pools per load balancer.
+pub const MAX_POOLS: u32 = 64;
+/// Members per pool. Member slot `s` of pool `p` lives at index `p * MAX_POOL_MEMBERS + s`.
+pub const MAX_POOL_MEMBERS: u32 = 256;
+/// Size of the member arrays.
+pub const MAX_MEMBERS: u32 = MAX_POOLS * MAX_POOL_MEMBERS;
+/// Default conntrack capacity (flows; each flow takes two entries: forward and reverse).
+pub const DEFAULT_CONNTRACK_FLOWS: u32 = 131_072;
+
+/// SNAT source ports the data path allocates from (inclusive). The daemon moves the
+/// namespace's `ip_local_port_range` above this range so the two never collide.
+pub const SNAT_PORT_MIN: u16 = 10_000;
+pub const SNAT_PORT_MAX: u16 = 59_999;
+/// Ports tried per new flow before giving up with `DROP_SNAT_EXHAUSTED`.
+pub const SNAT_TRIES: u32 = 8;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// `MemberConf::flags` bits.
+pub const MEMBER_F_CONFIGURED: u32 = 1 << 0;
+/// admin_state_up
+pub const MEMBER_F_ENABLED: u32 = 1 << 1;
+/// health monitor says up (or the pool has no monitor)
+pub const MEMBER_F_UP: u32 = 1 << 2;
+/// backup member: only chosen when no primary member is available
+pub const MEMBER_F_BACKUP: u32 = 1 << 3;
+
+/// `PoolConf::algorithm`.
+pub const ALG_LEAST_CONNECTIONS: u32 = 0;
+pub const ALG_ROUND_ROBIN: u32 = 1;
+pub const ALG_SOURCE_IP: u32 = 2;
+
+/// `Flow::state` bits (TCP).
+pub const CT_SYN: u8 = 1 << 0;
+pub const CT_SYNACK: u8 = 1 << 1;
+pub const CT_FIN_CLIENT: u8 = 1 << 2;
+pub const CT_FIN_MEMBER: u8 = 1 << 3;
+pub const CT_RST: u8 = 1 << 4;
+/// Both FINs or one RST seen: the connection no longer counts as active.
+pub const CT_CLOSED_MASK: u8 = CT_RST;
+
+/// How long an entry lingers after the connection closed (FIN both ways or RST), so that the
+/// last ACK and retransmitted FINs still get translated.
+pub const CLOSED_LINGER_NS: u64 = 10_000_000_000;
+
+/// Verdict reasons, counted per CPU in the `VERDICTS` array. Each packet is counted exactly
+/// once, under the reason that decided its fate.
+pub mod reason {
+    /// Balanced: a client packet translated and sent to a member (XDP_TX).
+    pub const TX_TO_MEMBER: u32 = 0;
+    /// Balanced: a member's reply translated and sent to the client (XDP_TX).
+    pub const TX_TO_CLIENT: u32 = 1;
+    /// Not IPv4 (ARP, IPv6, ...): passed to the kernel untouched.
+    pub const PASS_NOT_IPV4: u32 = 2;
+    /// IPv4 but not for a listener nor a reply of a balanced flow (ICMP to the VIP, the
+    /// namespace's own connections, health checks): passed untouched.
+    pub const PASS_NOT_BALANCED: u32 = 3;
+    /// To a listener, not a SYN, no flow: passed so the kernel answers with RST as a host would.
+    pub const PASS_NO_FLOW: u32 = 4;
+    /// Frame shorter than the Ethernet header.
+    pub const DROP_TRUNCATED_ETH: u32 = 5;
+    /// IPv4 header truncated, IHL < 5, or total length inconsistent with the frame.
+    pub const DROP_BAD_IPV4: u32 = 6;
+    /// TCP header truncated or data offset < 5, on a packet for a listener or a flow.
+    pub const DROP_BAD_L4: u32 = 7;
+    /// IPv4 fragment addressed to a listener (no L4 header to balance on).
+    pub const DROP_FRAGMENT: u32 = 8;
+    /// New flow, but no member is up, enabled and with weight > 0.
+    pub const DROP_NO_MEMBER: u32 = 9;
+    /// New flow, but the member's MAC is unknown (no neighbour entry). The SYN is dropped; the
+    /// client retransmits and the daemon's checks resolve the neighbour meanwhile.
+    pub const DROP_NO_NEIGH: u32 = 10;
+    /// New flow, but no free SNAT port towards the chosen member after `SNAT_TRIES` attempts.
+    pub const DROP_SNAT_EXHAUSTED: u32 = 11;
+    /// New flow, but the conntrack table is full.
+    pub const DROP_CT_FULL: u32 = 12;
+    /// New flow, but the listener is at its connection_limit.
+    pub const DROP_CONN_LIMIT: u32 = 13;
+    /// FIB lookup failed for another reason (no route, blackhole, ...).
+    pub const DROP_NO_ROUTE: u32 = 14;
+    pub const COUNT: u32 = 15;
+
+    pub const NAMES: [&str; COUNT as usize] = [
+        "tx_to_member",
+        "tx_to_client",
+        "pass_not_ipv4",
+        "pass_not_balanced",
+        "pass_no_flow",
+        "drop_truncated_eth",
+        "drop_bad_ipv4",
+        "drop_bad_l4",
+        "drop_fragment",
+        "drop_no_member",
+        "drop_no_neigh",
+        "drop_snat_exhausted",
+        "drop_ct_full",
+        "drop_conn_limit",
+        "drop_no_route",
+    ];
+}
+
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+
+/// `LISTENERS` key: a VIP, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+assert_size!(ListenerKey, 8);
+
+/// `LISTENERS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerConf {
+    /// Index into `LISTENER_STATS` / `LISTENER_LIVE`.
+    pub index: u32,
+    /// Index into `POOLS`.
+    pub pool: u32,
+    /// 0 = unlimited.
+    pub connection_limit: u32,
+    /// Retransmitted SYNs tolerated before a flow is redispatched to another member.
+    pub retries: u32,
+    pub timeout_member_connect_ns: u64,
+    pub timeout_data_ns: u64,
+}
+assert_size!(ListenerConf, 32);
+
+/// `POOLS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolConf {
+    /// Member slots in use: 0..count.
+    pub count: u32,
+    pub algorithm: u32,
+}
+assert_size!(PoolConf, 8);
+
+/// `MEMBERS` value, index `pool * MAX_POOL_MEMBERS + slot`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberConf {
+    pub addr_be: u32,
+    pub port_be: u16,
+    /// 0..=256; 0 = drain (no new connections).
+    pub weight: u16,
+    pub flags: u32,
+    pub _pad: u32,
+}
+assert_size!(MemberConf, 16);
+
+/// `MEMBER_LIVE` / `LISTENER_LIVE` value: shared (not per-CPU) counters, updated with atomic
+/// adds by the data path and, through an mmap of the array, by the daemon (idle expiry and
+/// drift correction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    /// Connections counted as open (signed: a transient race may dip below zero; the daemon
+    /// corrects drift from the conntrack table).
+    pub active: i64,
+    /// Every change to `active` also bumps this, so the daemon can tell a quiet moment.
+    pub events: u64,
+    /// Rotation counter for tie-breaking (pools only use the listener's).
+    pub rr: u64,
+    pub _pad: u64,
+}
+assert_size!(Live, 32);
+
+/// Per-CPU traffic counters, per listener and per member.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// client -> member direction
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// member -> client direction
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub total_connections: u64,
+    /// SYNs redispatched away from this member / listener (`retries` + `option redispatch`).
+    pub redispatches: u64,
+}
+assert_size!(Stats, 48);
+
+/// Conntrack key, a 5-tuple as seen on the wire.
+///
+/// Forward entries: client -> VIP:listener port. Reverse entries: member -> VIP:snat port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    /// `FLOW_DIR_FORWARD` or `FLOW_DIR_REVERSE`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+assert_size!(FlowKey, 16);
+
+pub const FLOW_DIR_FORWARD: u8 = 0;
+pub const FLOW_DIR_REVERSE: u8 = 1;
+
+/// Conntrack value. Both entries of a flow hold the same translation; the forward entry is the
+/// authority for state, timestamps and counting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// The flow's first SYN (CLOCK_MONOTONIC ns, as `bpf_ktime_get_ns`).
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub client_be: u32,
+    pub member_be: u32,
+    pub client_port_be: u16,
+    pub listener_port_be: u16,
+    pub member_port_be: u16,
+    pub snat_port_be: u16,
+    pub vip_be: u32,
+    /// Index into `MEMBERS` (`pool * MAX_POOL_MEMBERS + slot`).
+    pub member: u32,
+    pub listener: u32,
+    /// L2 source of the client side's SYN: the reply's destination MAC.
+    pub client_mac: [u8; 6],
+    /// Member MAC from the FIB lookup at SYN time.
+    pub member_mac: [u8; 6],
+    /// Our port's MAC (L2 destination of the client's SYN).
+    pub port_mac: [u8; 6],
+    /// `CT_*` bits.
+    pub state: u8,
+    /// 1 while this flow is included in the member's and listener's `active`.
+    pub counted: u8,
+    pub syn_retries: u8,
+    pub _pad: [u8; 7],
+}
+assert_size!(Flow, 72);
+
+impl Flow {
+    /// Idle timeout of an entry in this state, given the listener's settings.
+    pub fn timeout_ns(&self, connect_ns: u64, data_ns: u64) -> u64 {
+        if self.state & CT_RST != 0
+            || (self.state & CT_FIN_CLIENT != 0 && self.state & CT_FIN_MEMBER != 0)
+        {
+            CLOSED_LINGER_NS
+        } else if self.state & CT_SYNACK == 0 {
+            connect_ns
+        } else {
+            data_ns
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state & CT_RST != 0
+            || (self.state & CT_FIN_CLIENT != 0 && self.state & CT_FIN_MEMBER != 0)
+    }
+
+    /// The forward key of this flow.
+    pub fn forward_key(&self) -> FlowKey {
+        FlowKey {
+            src_be: self.client_be,
+            dst_be: self.vip_be,
+            sport_be: self.client_port_be,
+            dport_be: self.listener_port_be,
+            proto: IPPROTO_TCP,
+            dir: FLOW_DIR_FORWARD,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The reverse key of this flow (what the member's replies carry).
+    pub fn reverse_key(&self) -> FlowKey {
+        FlowKey {
+            src_be: self.member_be,
+            dst_be: self.vip_be,
+            sport_be: self.member_port_be,
+            dport_be: self.snat_port_be,
+            proto: IPPROTO_TCP,
+            dir: FLOW_DIR_REVERSE,
+            _pad: [0; 2],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for ListenerConf {}
+    unsafe impl aya::Pod for PoolConf {}
+    unsafe impl aya::Pod for MemberConf {}
+    unsafe impl aya::Pod for Live {}
+    unsafe impl aya::Pod for Stats {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+}

@@ -1,0 +1,532 @@
+//! The per-packet half of lb: one-arm full NAT with weighted least connections, in XDP.
+//!
+//! client -> VIP:listener   becomes VIP:snat -> member:port   (XDP_TX, same port)
+//! member -> VIP:snat       becomes VIP:listener -> client    (XDP_TX, same port)
+//! Everything else goes to the kernel untouched; malformed packets get one counted verdict each.
+#![no_std]
+#![no_main]
+// Atomic adds on map values: core's Atomic* types lack fetch_add on the BPF target.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod maps;
+mod parse;
+
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering},
+};
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_NOEXIST},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
+    macros::xdp,
+    programs::XdpContext,
+    EbpfContext,
+};
+use lb_common::{
+    reason, select, Flow, FlowKey, ListenerConf, ListenerKey, Live, Stats, ALG_SOURCE_IP,
+    CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE,
+    IPPROTO_TCP, MAX_POOL_MEMBERS, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TRIES,
+};
+use maps::*;
+use parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+const AF_INET: u8 = 2;
+const FIB_SUCCESS: i64 = 0;
+const FIB_NO_NEIGH: i64 = 7;
+const EEXIST: i32 = 17;
+
+struct Verdict {
+    action: u32,
+    reason: u32,
+}
+
+#[inline(always)]
+const fn verdict(action: u32, reason: u32) -> Verdict {
+    Verdict { action, reason }
+}
+
+#[xdp]
+pub fn lb(ctx: XdpContext) -> u32 {
+    let v = process(&ctx);
+    if let Some(c) = VERDICTS.get_ptr_mut(v.reason) {
+        unsafe { *c += 1 };
+    }
+    v.action
+}
+
+/// Attached to the outer end of a veth port lb created, so that frames XDP_TX'd into the veth
+/// are received (native veth XDP needs NAPI on the peer, see docs/ARCHITECTURE.md).
+#[xdp]
+pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> Verdict {
+    let pkt = match parse::parse(ctx) {
+        Ok(p) => p,
+        Err(v) => return verdict(v.0, v.1),
+    };
+    let lkey = ListenerKey {
+        vip_be: pkt.dst_be,
+        port_be: pkt.dport_be,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    if let Some(listener) = unsafe { LISTENERS.get(&lkey) } {
+        if pkt.fragment {
+            return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
+        }
+        return from_client(ctx, &pkt, listener);
+    }
+    let rkey = FlowKey {
+        src_be: pkt.src_be,
+        dst_be: pkt.dst_be,
+        sport_be: pkt.sport_be,
+        dport_be: pkt.dport_be,
+        proto: IPPROTO_TCP,
+        dir: FLOW_DIR_REVERSE,
+        _pad: [0; 2],
+    };
+    if let Some(rflow) = CONNTRACK.get_ptr(&rkey) {
+        if pkt.fragment {
+            return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
+        }
+        let rflow = unsafe { *rflow };
+        return from_member(ctx, &pkt, &rflow);
+    }
+    verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
+}
+
+/// An atomic add whose result is unused: BPF_ATOMIC_ADD, available on every BPF CPU version.
+#[inline(always)]
+unsafe fn xadd_i64(dst: *mut i64, v: i64) {
+    unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(dst, v) };
+}
+
+#[inline(always)]
+unsafe fn xadd_u64(dst: *mut u64, v: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
+}
+
+#[inline(always)]
+fn live_add(live: *mut Live, delta: i64) {
+    unsafe {
+        xadd_i64(&raw mut (*live).active, delta);
+        xadd_u64(&raw mut (*live).events, 1);
+    }
+}
+
+/// Counts a new flow as active on its member and listener.
+#[inline(always)]
+fn count_open(member: u32, listener: u32) {
+    if let Some(l) = MEMBER_LIVE.get_ptr_mut(member) {
+        live_add(l, 1);
+    }
+    if let Some(l) = LISTENER_LIVE.get_ptr_mut(listener) {
+        live_add(l, 1);
+    }
+}
+
+/// Stops counting a flow (closed, or moved away by a redispatch). Idempotent per flow.
+#[inline(always)]
+fn uncount(flow: *mut Flow) {
+    unsafe {
+        if (*flow).counted == 0 {
+            return;
+        }
+        (*flow).counted = 0;
+        if let Some(l) = MEMBER_LIVE.get_ptr_mut((*flow).member) {
+            live_add(l, -1);
+        }
+        if let Some(l) = LISTENER_LIVE.get_ptr_mut((*flow).listener) {
+            live_add(l, -1);
+        }
+    }
+}
+
+#[inline(always)]
+fn bump(s: Option<*mut Stats>, len: u64, inbound: bool, new_conn: bool) {
+    let Some(s) = s else { return };
+    unsafe {
+        if inbound {
+            (*s).packets_in += 1;
+            (*s).bytes_in += len;
+        } else {
+            (*s).packets_out += 1;
+            (*s).bytes_out += len;
+        }
+        if new_conn {
+            (*s).total_connections += 1;
+        }
+    }
+}
+
+// Two separate lookups and checks: LLVM would otherwise merge the null checks of both map
+// values into one `or` of pointers, which the verifier refuses.
+#[inline(always)]
+fn add_stats(member: u32, listener: u32, len: u64, inbound: bool, new_conn: bool) {
+    bump(MEMBER_STATS.get_ptr_mut(member), len, inbound, new_conn);
+    bump(LISTENER_STATS.get_ptr_mut(listener), len, inbound, new_conn);
+}
+
+/// Folds TCP flags into the flow's state; stops counting it once it is closed.
+#[inline(always)]
+fn track(flow: *mut Flow, tcp_flags: u8, from_client: bool, now: u64) {
+    unsafe {
+        let mut st = (*flow).state;
+        if tcp_flags & TCP_RST != 0 {
+            st |= CT_RST;
+        }
+        if tcp_flags & TCP_FIN != 0 {
+            st |= if from_client {
+                CT_FIN_CLIENT
+            } else {
+                CT_FIN_MEMBER
+            };
+        }
+        if !from_client && tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK != 0 {
+            st |= CT_SYNACK;
+        }
+        if st != (*flow).state {
+            (*flow).state = st;
+        }
+        if (*flow).last_seen_ns != now {
+            (*flow).last_seen_ns = now;
+        }
+        if (*flow).is_closed() {
+            uncount(flow);
+        }
+    }
+}
+
+/// A member for a new (or redispatched) flow: slot index in `MEMBERS`, or a drop reason.
+#[inline(always)]
+fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> Result<u32, u32> {
+    let Some(pool) = POOLS.get(listener.pool) else {
+        return Err(reason::DROP_NO_MEMBER);
+    };
+    let start = if pool.algorithm == ALG_SOURCE_IP {
+        (client_be.wrapping_mul(2_654_435_761)) >> 8
+    } else {
+        match LISTENER_LIVE.get_ptr_mut(listener.index) {
+            Some(l) => unsafe {
+                let r = (*l).rr;
+                xadd_u64(&raw mut (*l).rr, 1);
+                r as u32
+            },
+            None => 0,
+        }
+    };
+    let base = listener.pool * MAX_POOL_MEMBERS;
+    let exclude_slot = if exclude >= base {
+        exclude - base
+    } else {
+        u32::MAX
+    };
+    let mut sel = Selection {
+        picker: select::Picker::new(pool.algorithm, pool.count, start, exclude_slot),
+        base,
+        _pad: 0,
+    };
+    let n = sel.picker.count();
+    unsafe {
+        bpf_loop(
+            n,
+            select_step as *mut c_void,
+            &raw mut sel as *mut c_void,
+            0,
+        );
+    }
+    match sel.picker.result() {
+        Some(s) => Ok(base + s),
+        None => Err(reason::DROP_NO_MEMBER),
+    }
+}
+
+#[repr(C)]
+struct Selection {
+    picker: select::Picker,
+    base: u32,
+    _pad: u32,
+}
+
+/// `bpf_loop` callback: offers member slot number `i` (in rotation order) to the picker. The
+/// verifier checks it once, whatever the pool size.
+#[inline(never)]
+extern "C" fn select_step(i: u32, ctx: *mut c_void) -> i64 {
+    let sel = unsafe { &mut *(ctx as *mut Selection) };
+    let slot = sel.picker.slot(i);
+    let idx = sel.base + slot;
+    let Some(m) = MEMBERS.get(idx) else { return 1 };
+    let active = match MEMBER_LIVE.get(idx) {
+        Some(l) => l.active,
+        None => 0,
+    };
+    sel.picker.offer(
+        slot,
+        &select::Candidate {
+            weight: m.weight as u32,
+            flags: m.flags,
+            active,
+        },
+    );
+    0
+}
+
+/// Fills the flow's member, MAC and SNAT port for member `idx`, inserting the reverse entry.
+#[inline(always)]
+fn bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) -> Result<(), u32> {
+    let Some(m) = MEMBERS.get(idx) else {
+        return Err(reason::DROP_NO_MEMBER);
+    };
+    flow.member = idx;
+    flow.member_be = m.addr_be;
+    flow.member_port_be = m.port_be;
+
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = IPPROTO_TCP;
+    fib.sport = flow.snat_port_be;
+    fib.dport = m.port_be;
+    fib.__bindgen_anon_1.tot_len = pkt_len;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_3.ipv4_src = flow.vip_be;
+    fib.__bindgen_anon_4.ipv4_dst = m.addr_be;
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == FIB_NO_NEIGH {
+        return Err(reason::DROP_NO_NEIGH);
+    }
+    if rc != FIB_SUCCESS {
+        return Err(reason::DROP_NO_ROUTE);
+    }
+    flow.member_mac = fib.dmac;
+
+    let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    let mut seed = unsafe { bpf_get_prandom_u32() };
+    for _ in 0..SNAT_TRIES {
+        let port = SNAT_PORT_MIN + (seed % span) as u16;
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port_be = port.to_be();
+        // A port that is also a listener on this VIP would make replies look like clients.
+        let lk = ListenerKey {
+            vip_be: flow.vip_be,
+            port_be,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        };
+        if LISTENERS.get_ptr(&lk).is_some() {
+            continue;
+        }
+        flow.snat_port_be = port_be;
+        match CONNTRACK.insert(&flow.reverse_key(), &*flow, BPF_NOEXIST as u64) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == -EEXIST => continue,
+            Err(_) => return Err(reason::DROP_CT_FULL),
+        }
+    }
+    Err(reason::DROP_SNAT_EXHAUSTED)
+}
+
+#[inline(always)]
+fn from_client(ctx: &XdpContext, pkt: &Packet, listener: &ListenerConf) -> Verdict {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fkey = FlowKey {
+        src_be: pkt.src_be,
+        dst_be: pkt.dst_be,
+        sport_be: pkt.sport_be,
+        dport_be: pkt.dport_be,
+        proto: IPPROTO_TCP,
+        dir: FLOW_DIR_FORWARD,
+        _pad: [0; 2],
+    };
+    let is_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let mut new_conn = false;
+
+    let flow_ptr = match CONNTRACK.get_ptr_mut(&fkey) {
+        Some(f) if is_syn && unsafe { (*f).is_closed() } => {
+            // The client reuses the tuple of a closed connection: start over.
+            unsafe {
+                uncount(f);
+                let _ = CONNTRACK.remove(&(*f).reverse_key());
+            }
+            let _ = CONNTRACK.remove(&fkey);
+            None
+        }
+        other => other,
+    };
+
+    let flow_ptr = match flow_ptr {
+        Some(f) => {
+            if is_syn && unsafe { (*f).state & CT_SYNACK == 0 } {
+                if let Err(r) = maybe_redispatch(ctx, pkt, listener, f) {
+                    return verdict(xdp_action::XDP_DROP, r);
+                }
+            }
+            f
+        }
+        None => {
+            if !is_syn {
+                return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
+            }
+            if listener.connection_limit != 0 {
+                if let Some(l) = LISTENER_LIVE.get(listener.index) {
+                    if l.active >= listener.connection_limit as i64 {
+                        return verdict(xdp_action::XDP_DROP, reason::DROP_CONN_LIMIT);
+                    }
+                }
+            }
+            let idx = match choose(listener, pkt.src_be, u32::MAX) {
+                Ok(i) => i,
+                Err(r) => return verdict(xdp_action::XDP_DROP, r),
+            };
+            let mut flow = Flow {
+                created_ns: now,
+                last_seen_ns: now,
+                client_be: pkt.src_be,
+                client_port_be: pkt.sport_be,
+                listener_port_be: pkt.dport_be,
+                vip_be: pkt.dst_be,
+                listener: listener.index,
+                client_mac: pkt.src_mac,
+                port_mac: pkt.dst_mac,
+                state: CT_SYN,
+                counted: 1,
+                ..Flow::default()
+            };
+            if let Err(r) = bind_member(ctx, &mut flow, idx, pkt.ip_len) {
+                return verdict(xdp_action::XDP_DROP, r);
+            }
+            if CONNTRACK.insert(&fkey, &flow, BPF_NOEXIST as u64).is_err() {
+                let _ = CONNTRACK.remove(&flow.reverse_key());
+                return verdict(xdp_action::XDP_DROP, reason::DROP_CT_FULL);
+            }
+            let Some(f) = CONNTRACK.get_ptr_mut(&fkey) else {
+                return verdict(xdp_action::XDP_DROP, reason::DROP_CT_FULL);
+            };
+            count_open(idx, listener.index);
+            new_conn = true;
+            f
+        }
+    };
+
+    track(flow_ptr, pkt.tcp_flags, true, now);
+    let flow = unsafe { *flow_ptr };
+    add_stats(
+        flow.member,
+        flow.listener,
+        pkt.ip_len as u64,
+        true,
+        new_conn,
+    );
+    unsafe {
+        parse::rewrite(
+            pkt,
+            flow.port_mac,
+            flow.member_mac,
+            flow.vip_be,
+            flow.member_be,
+            flow.snat_port_be,
+            flow.member_port_be,
+        );
+    }
+    verdict(xdp_action::XDP_TX, reason::TX_TO_MEMBER)
+}
+
+/// A retransmitted SYN of a flow whose member has not answered: HAProxy's `retries` +
+/// `option redispatch`. Moves the flow to another member when its member is no longer
+/// available, or after `retries` retransmissions, or once the connect timeout has passed.
+#[inline(always)]
+fn maybe_redispatch(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    listener: &ListenerConf,
+    f: *mut Flow,
+) -> Result<(), u32> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut flow = unsafe { *f };
+    flow.syn_retries = flow.syn_retries.saturating_add(1);
+    let member_ok = match MEMBERS.get(flow.member) {
+        Some(m) => select::available(&select::Candidate {
+            weight: m.weight as u32,
+            flags: m.flags,
+            active: 0,
+        }),
+        None => false,
+    };
+    let overdue = now.wrapping_sub(flow.created_ns) >= listener.timeout_member_connect_ns;
+    if member_ok && (flow.syn_retries as u32) <= listener.retries && !overdue {
+        unsafe { (*f).syn_retries = flow.syn_retries };
+        return Ok(());
+    }
+    let idx = choose(listener, pkt.src_be, flow.member)?;
+    if idx == flow.member {
+        unsafe { (*f).syn_retries = flow.syn_retries };
+        return Ok(());
+    }
+    let old_rkey = flow.reverse_key();
+    let old_member = flow.member;
+    flow.created_ns = now;
+    flow.syn_retries = 0;
+    bind_member(ctx, &mut flow, idx, pkt.ip_len)?;
+    let _ = CONNTRACK.remove(&old_rkey);
+    uncount(f);
+    flow.counted = 1;
+    unsafe { *f = flow };
+    count_open(idx, listener.index);
+    if let Some(s) = MEMBER_STATS.get_ptr_mut(old_member) {
+        unsafe { (*s).redispatches += 1 };
+    }
+    if let Some(s) = LISTENER_STATS.get_ptr_mut(listener.index) {
+        unsafe { (*s).redispatches += 1 };
+    }
+    add_stats(idx, listener.index, 0, true, true);
+    Ok(())
+}
+
+#[inline(always)]
+fn from_member(ctx: &XdpContext, pkt: &Packet, rflow: &Flow) -> Verdict {
+    let _ = ctx;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(f) = CONNTRACK.get_ptr_mut(&rflow.forward_key()) {
+        track(f, pkt.tcp_flags, false, now);
+    }
+    add_stats(
+        rflow.member,
+        rflow.listener,
+        pkt.ip_len as u64,
+        false,
+        false,
+    );
+    unsafe {
+        parse::rewrite(
+            pkt,
+            rflow.port_mac,
+            rflow.client_mac,
+            rflow.vip_be,
+            rflow.client_be,
+            rflow.listener_port_be,
+            rflow.client_port_be,
+        );
+    }
+    verdict(xdp_action::XDP_TX, reason::TX_TO_CLIENT)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,56 @@
+//! Every map of the data path, pinned by name under the load balancer's bpffs directory so that
+//! a restarted daemon (and `lb stats`) finds them, and established flows survive restarts.
+//! Key/value types live in lb-common; capacities are the defaults the loader may override.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use lb_common::{
+    reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats,
+    DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
+};
+
+/// Hash maps allocate on insert and free through RCU: an entry the daemon expires can never be
+/// reused under a packet that still holds a pointer to it.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// (VIP, port, proto) -> listener. Written by the daemon only.
+#[map]
+pub static LISTENERS: HashMap<ListenerKey, ListenerConf> = HashMap::pinned(MAX_LISTENERS, 0);
+
+/// pool index -> member slot count and algorithm. Written by the daemon only.
+#[map]
+pub static POOLS: Array<PoolConf> = Array::pinned(MAX_POOLS, 0);
+
+/// pool * 256 + slot -> member address, port, weight, flags (health and admin state).
+#[map]
+pub static MEMBERS: Array<MemberConf> = Array::pinned(MAX_MEMBERS, 0);
+
+/// member index -> active connections (shared, atomic; the daemon mmaps it to correct drift).
+#[map]
+pub static MEMBER_LIVE: Array<Live> = Array::pinned(MAX_MEMBERS, BPF_F_MMAPABLE);
+
+/// listener index -> active connections and the tie-rotation counter (shared, atomic).
+#[map]
+pub static LISTENER_LIVE: Array<Live> = Array::pinned(MAX_LISTENERS, BPF_F_MMAPABLE);
+
+/// member index -> traffic counters, per CPU.
+#[map]
+pub static MEMBER_STATS: PerCpuArray<Stats> = PerCpuArray::pinned(MAX_MEMBERS, 0);
+
+/// listener index -> traffic counters, per CPU.
+#[map]
+pub static LISTENER_STATS: PerCpuArray<Stats> = PerCpuArray::pinned(MAX_LISTENERS, 0);
+
+/// verdict reason (lb_common::reason) -> packets, per CPU.
+#[map]
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
+
+/// The one shared conntrack table: forward (client side) and reverse (member side) entries,
+/// two per flow. Shared rather than per-CPU: generic XDP on a veth has no CPU affinity, and a
+/// least-connections flow must never lose its entry while it lives.
+#[map]
+pub static CONNTRACK: HashMap<FlowKey, Flow> =
+    HashMap::pinned(2 * DEFAULT_CONNTRACK_FLOWS, BPF_F_NO_PREALLOC);

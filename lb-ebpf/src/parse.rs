@@ -1,0 +1,152 @@
+//! Bounds-checked parsing of Ethernet / IPv4 / TCP and the NAT rewrite.
+//!
+//! Policy: IHL honoured (options allowed); a first fragment is parsed and flagged (the caller
+//! drops it if it is balanced traffic); later fragments carry no ports and pass to the kernel.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{checksum, reason, IPPROTO_TCP};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+const TCP_HDR_LEN: usize = 20;
+
+pub struct Packet {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+    /// Start of the TCP header (at least 20 bytes are in bounds).
+    pub tcp: *mut u8,
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub tcp_flags: u8,
+    /// IPv4 total length (host order).
+    pub ip_len: u16,
+    pub fragment: bool,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// (action, reason) for packets that are not TCP over IPv4 or are malformed.
+pub struct Early(pub u32, pub u32);
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Early> {
+    let eth: *mut EthHdr =
+        ptr_at(ctx, 0).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_TRUNCATED_ETH))?;
+    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_IPV4));
+    }
+    let bad_ip = Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV4);
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(bad_ip)?;
+    let (vihl, proto, tot_len, frags) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).proto,
+            u16::from_be_bytes((*ip).tot_len),
+            u16::from_be_bytes((*ip).frags),
+        )
+    };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    let frame_len = ctx.data_end() - ctx.data();
+    if vihl >> 4 != 4
+        || ihl < Ipv4Hdr::LEN
+        || (tot_len as usize) < ihl
+        || EthHdr::LEN + tot_len as usize > frame_len
+    {
+        return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV4));
+    }
+    if proto != IPPROTO_TCP {
+        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
+    }
+    let offset = frags & 0x1fff;
+    if offset != 0 {
+        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
+    }
+    let more_fragments = frags & 0x2000 != 0;
+    let l4 = EthHdr::LEN + ihl;
+    let bad_l4 = Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4);
+    let tcp: *mut [u8; TCP_HDR_LEN] = ptr_at(ctx, l4).ok_or(bad_l4)?;
+    let t = unsafe { *tcp };
+    let doff = ((t[12] >> 4) as usize) * 4;
+    if doff < TCP_HDR_LEN || (!more_fragments && ihl + doff > tot_len as usize) {
+        return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
+    }
+    unsafe {
+        Ok(Packet {
+            eth,
+            ip,
+            tcp: tcp as *mut u8,
+            src_be: u32::from_ne_bytes((*ip).src_addr),
+            dst_be: u32::from_ne_bytes((*ip).dst_addr),
+            sport_be: u16::from_ne_bytes([t[0], t[1]]),
+            dport_be: u16::from_ne_bytes([t[2], t[3]]),
+            tcp_flags: t[13],
+            ip_len: tot_len,
+            fragment: more_fragments,
+            src_mac: (*eth).src_addr,
+            dst_mac: (*eth).dst_addr,
+        })
+    }
+}
+
+/// Rewrites MACs, addresses and ports, updating the IPv4 and TCP checksums incrementally.
+///
+/// # Safety
+/// `pkt` must come from `parse` on the packet currently in the context.
+#[inline(always)]
+pub unsafe fn rewrite(
+    pkt: &Packet,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    saddr_be: u32,
+    daddr_be: u32,
+    sport_be: u16,
+    dport_be: u16,
+) {
+    unsafe {
+        (*pkt.eth).src_addr = smac;
+        (*pkt.eth).dst_addr = dmac;
+
+        let ip = pkt.ip;
+        let mut ipc = u16::from_ne_bytes((*ip).check);
+        ipc = checksum::replace4(ipc, pkt.src_be, saddr_be);
+        ipc = checksum::replace4(ipc, pkt.dst_be, daddr_be);
+        (*ip).check = ipc.to_ne_bytes();
+        (*ip).src_addr = saddr_be.to_ne_bytes();
+        (*ip).dst_addr = daddr_be.to_ne_bytes();
+
+        let tcp = pkt.tcp as *mut [u8; TCP_HDR_LEN];
+        let mut t = *tcp;
+        let mut c = u16::from_ne_bytes([t[16], t[17]]);
+        c = checksum::replace4(c, pkt.src_be, saddr_be);
+        c = checksum::replace4(c, pkt.dst_be, daddr_be);
+        c = checksum::replace2(c, pkt.sport_be, sport_be);
+        c = checksum::replace2(c, pkt.dport_be, dport_be);
+        let s = sport_be.to_ne_bytes();
+        let d = dport_be.to_ne_bytes();
+        let cs = c.to_ne_bytes();
+        t[0] = s[0];
+        t[1] = s[1];
+        t[2] = d[0];
+        t[3] = d[1];
+        t[16] = cs[0];
+        t[17] = cs[1];
+        *tcp = t;
+    }
+}

@@ -1,0 +1,62 @@
+//! Every clap type of the `lb` binary; one module per subcommand does the work.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use lb::config::XdpModeChoice;
+
+pub mod run;
+pub mod stats;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lb",
+    version,
+    about = "L4 load balancer for network nodes: XDP full NAT, weighted least connections, health monitors"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground: create each load balancer's namespace, port and VIP,
+    /// attach the XDP program, run health monitors, expire idle flows. SIGINT/SIGTERM tear
+    /// everything it created down again (adopted ports are left in place).
+    Run(RunArgs),
+    /// Print counters of running load balancers, read from the pinned maps.
+    Stats(StatsArgs),
+    /// Check a configuration file and print what it would run, without touching anything.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML configuration (see examples/seed.toml)
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// XDP attach mode; overrides daemon.xdp_mode. auto = native on a veth port lb created,
+    /// generic on adopted devices
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeChoice>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+    /// Where the daemon publishes its state files (daemon.state_dir)
+    #[arg(long, default_value = "/run/lb")]
+    pub state_dir: PathBuf,
+    /// Print again every N seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[arg(long, short)]
+    pub config: PathBuf,
+}

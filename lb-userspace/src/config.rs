@@ -1,0 +1,706 @@
+//! The configuration file: Octavia's object names (loadbalancer -> listener -> pool -> member,
+//! healthmonitor), parsed from TOML and validated as a whole before anything is touched.
+
+use std::{collections::HashSet, net::Ipv4Addr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// A refused configuration: which field, which value, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {field} = {value}: {reason}")]
+    Invalid {
+        field: String,
+        value: String,
+        reason: String,
+    },
+}
+
+fn invalid(
+    field: impl Into<String>,
+    value: impl ToString,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: Daemon,
+    #[serde(default)]
+    pub loadbalancer: Vec<LoadBalancer>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeChoice {
+    /// native on a veth port lb created (its outer end gets an XDP_PASS program so XDP_TX
+    /// frames are received), generic on adopted devices
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    /// Where maps are pinned: `<bpffs>/<loadbalancer id>/`.
+    pub bpffs: String,
+    /// Where `lb stats` finds what the daemon runs: `<state_dir>/<loadbalancer id>.json`.
+    pub state_dir: String,
+    pub xdp_mode: XdpModeChoice,
+    /// Flows the conntrack table holds per load balancer.
+    pub conntrack_flows: u32,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            bpffs: "/sys/fs/bpf/lb".into(),
+            state_dir: "/run/lb".into(),
+            xdp_mode: XdpModeChoice::Auto,
+            conntrack_flows: lb_common::DEFAULT_CONNTRACK_FLOWS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancer {
+    pub id: String,
+    pub vip_address: Ipv4Addr,
+    #[serde(default = "default_prefix")]
+    pub vip_prefixlen: u8,
+    pub port: Port,
+    #[serde(default)]
+    pub listener: Vec<Listener>,
+    #[serde(default)]
+    pub pool: Vec<Pool>,
+}
+
+fn default_prefix() -> u8 {
+    24
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// Device name inside the namespace (Neutron's `tapXXXXXXXX-XX`).
+    pub name: String,
+    /// Bridge the outer end joins (created if missing). Ignored when adopting.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// Use an existing device of this name (in the node namespace or already in the load
+    /// balancer's namespace) instead of creating a veth; it is left in place on teardown.
+    #[serde(default)]
+    pub adopt: bool,
+    /// MAC address for a created port (Neutron's fa:16:3e:...). Random if absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+fn default_bridge() -> String {
+    "br-int".into()
+}
+
+#[allow(clippy::upper_case_acronyms, non_camel_case_types)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Protocol {
+    TCP,
+    UDP,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub id: String,
+    pub protocol: Protocol,
+    pub protocol_port: u16,
+    pub default_pool_id: String,
+    /// -1 = unlimited (Octavia's convention).
+    #[serde(default = "minus_one")]
+    pub connection_limit: i64,
+    /// ms (HAProxy `timeout client`)
+    #[serde(default = "t50000")]
+    pub timeout_client_data: u64,
+    /// ms (HAProxy `timeout connect`)
+    #[serde(default = "t5000")]
+    pub timeout_member_connect: u64,
+    /// ms (HAProxy `timeout server`)
+    #[serde(default = "t50000")]
+    pub timeout_member_data: u64,
+    /// Retransmitted SYNs before redispatching to another member (HAProxy `retries`).
+    #[serde(default = "three")]
+    pub retries: u32,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+fn t50000() -> u64 {
+    50_000
+}
+fn t5000() -> u64 {
+    5_000
+}
+fn three() -> u32 {
+    3
+}
+
+#[allow(clippy::upper_case_acronyms, non_camel_case_types)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Algorithm {
+    LEAST_CONNECTIONS,
+    ROUND_ROBIN,
+    SOURCE_IP,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub id: String,
+    pub protocol: Protocol,
+    pub lb_algorithm: Algorithm,
+    #[serde(default)]
+    pub member: Vec<Member>,
+    #[serde(default)]
+    pub healthmonitor: Option<HealthMonitor>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: String,
+    pub address: Ipv4Addr,
+    pub protocol_port: u16,
+    #[serde(default = "one")]
+    pub weight: u16,
+    #[serde(default = "yes")]
+    pub admin_state_up: bool,
+    #[serde(default)]
+    pub backup: bool,
+    #[serde(default)]
+    pub monitor_address: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub monitor_port: Option<u16>,
+}
+
+fn one() -> u16 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::upper_case_acronyms, non_camel_case_types)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum MonitorType {
+    TCP,
+    HTTP,
+    PING,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthMonitor {
+    #[serde(rename = "type")]
+    pub kind: MonitorType,
+    /// seconds between checks (may be fractional)
+    pub delay: f64,
+    /// seconds a check may take; must be < delay
+    pub timeout: f64,
+    /// consecutive successes to go up (rise)
+    pub max_retries: u32,
+    /// consecutive failures to go down (fall)
+    #[serde(default = "three")]
+    pub max_retries_down: u32,
+}
+
+impl HealthMonitor {
+    pub fn delay(&self) -> Duration {
+        Duration::from_secs_f64(self.delay)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout)
+    }
+}
+
+impl Member {
+    pub fn monitor_target(&self) -> (Ipv4Addr, u16) {
+        (
+            self.monitor_address.unwrap_or(self.address),
+            self.monitor_port.unwrap_or(self.protocol_port),
+        )
+    }
+}
+
+impl LoadBalancer {
+    pub fn namespace(&self) -> String {
+        format!("qlbaas-{}", self.id)
+    }
+    pub fn pool(&self, id: &str) -> Option<(usize, &Pool)> {
+        self.pool.iter().enumerate().find(|(_, p)| p.id == id)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every rule the daemon relies on; the first violation is reported with its field path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.daemon;
+        if d.conntrack_flows == 0 || d.conntrack_flows > 8_000_000 {
+            return Err(invalid(
+                "daemon.conntrack_flows",
+                d.conntrack_flows,
+                "must be 1..=8000000",
+            ));
+        }
+        if self.loadbalancer.is_empty() {
+            return Err(invalid(
+                "loadbalancer",
+                "[]",
+                "at least one load balancer is required",
+            ));
+        }
+        let mut ids = HashSet::new();
+        let mut ports = HashSet::new();
+        // Ids are unique per kind: the seed's pool shares its id with the load balancer.
+        let mut check_id = |field: String, id: &str| -> Result<(), ConfigError> {
+            let kind = field
+                .rsplit('.')
+                .nth(1)
+                .unwrap_or("")
+                .split('[')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    field,
+                    format!("{id:?}"),
+                    "ids are non-empty [A-Za-z0-9_-]",
+                ));
+            }
+            if !ids.insert((kind, id.to_string())) {
+                return Err(invalid(field, format!("{id:?}"), "duplicate id"));
+            }
+            Ok(())
+        };
+        for (i, lb) in self.loadbalancer.iter().enumerate() {
+            let at = format!("loadbalancer[{i}]");
+            check_id(format!("{at}.id"), &lb.id)?;
+            if lb.namespace().len() > 200 {
+                return Err(invalid(
+                    format!("{at}.id"),
+                    &lb.id,
+                    "too long for a namespace name",
+                ));
+            }
+            let vip = lb.vip_address;
+            if vip.is_unspecified() || vip.is_multicast() || vip.is_broadcast() || vip.is_loopback()
+            {
+                return Err(invalid(
+                    format!("{at}.vip_address"),
+                    vip,
+                    "not a unicast address",
+                ));
+            }
+            if lb.vip_prefixlen == 0 || lb.vip_prefixlen > 32 {
+                return Err(invalid(
+                    format!("{at}.vip_prefixlen"),
+                    lb.vip_prefixlen,
+                    "must be 1..=32",
+                ));
+            }
+            let p = &lb.port;
+            if p.name.is_empty() || p.name.len() > 15 || p.name.contains(['/', ' ']) {
+                return Err(invalid(
+                    format!("{at}.port.name"),
+                    &p.name,
+                    "not a valid interface name (1-15 chars)",
+                ));
+            }
+            if !ports.insert(p.name.clone()) {
+                return Err(invalid(
+                    format!("{at}.port.name"),
+                    &p.name,
+                    "port used by two load balancers",
+                ));
+            }
+            if !p.adopt && (p.bridge.is_empty() || p.bridge.len() > 15) {
+                return Err(invalid(
+                    format!("{at}.port.bridge"),
+                    &p.bridge,
+                    "not a valid interface name",
+                ));
+            }
+            if let Some(mac) = &p.mac {
+                if parse_mac(mac).is_none() {
+                    return Err(invalid(
+                        format!("{at}.port.mac"),
+                        mac,
+                        "expected xx:xx:xx:xx:xx:xx",
+                    ));
+                }
+            }
+            if lb.listener.len() > lb_common::MAX_LISTENERS as usize {
+                return Err(invalid(
+                    format!("{at}.listener"),
+                    lb.listener.len(),
+                    "too many listeners",
+                ));
+            }
+            if lb.pool.len() > lb_common::MAX_POOLS as usize {
+                return Err(invalid(
+                    format!("{at}.pool"),
+                    lb.pool.len(),
+                    "too many pools",
+                ));
+            }
+            let mut listen_ports = HashSet::new();
+            for (j, l) in lb.listener.iter().enumerate() {
+                let at = format!("{at}.listener[{j}]");
+                check_id(format!("{at}.id"), &l.id)?;
+                if l.protocol != Protocol::TCP {
+                    return Err(invalid(
+                        format!("{at}.protocol"),
+                        format!("{:?}", l.protocol),
+                        "only TCP is supported",
+                    ));
+                }
+                if l.protocol_port == 0 {
+                    return Err(invalid(
+                        format!("{at}.protocol_port"),
+                        0,
+                        "must be 1..=65535",
+                    ));
+                }
+                if !listen_ports.insert(l.protocol_port) {
+                    return Err(invalid(
+                        format!("{at}.protocol_port"),
+                        l.protocol_port,
+                        "VIP port clash: another listener of this load balancer uses it",
+                    ));
+                }
+                if l.protocol_port >= 60_000 {
+                    return Err(invalid(
+                        format!("{at}.protocol_port"),
+                        l.protocol_port,
+                        "60000-65535 is the namespace's local port range",
+                    ));
+                }
+                if l.connection_limit < -1
+                    || l.connection_limit == 0
+                    || l.connection_limit > u32::MAX as i64
+                {
+                    return Err(invalid(
+                        format!("{at}.connection_limit"),
+                        l.connection_limit,
+                        "-1 (unlimited) or a positive number",
+                    ));
+                }
+                for (name, v) in [
+                    ("timeout_client_data", l.timeout_client_data),
+                    ("timeout_member_connect", l.timeout_member_connect),
+                    ("timeout_member_data", l.timeout_member_data),
+                ] {
+                    if v == 0 || v > 86_400_000 {
+                        return Err(invalid(
+                            format!("{at}.{name}"),
+                            v,
+                            "milliseconds, 1..=86400000",
+                        ));
+                    }
+                }
+                if l.retries > 100 {
+                    return Err(invalid(
+                        format!("{at}.retries"),
+                        l.retries,
+                        "must be 0..=100",
+                    ));
+                }
+                if lb.pool(&l.default_pool_id).is_none() {
+                    return Err(invalid(
+                        format!("{at}.default_pool_id"),
+                        &l.default_pool_id,
+                        "no pool with this id in the load balancer",
+                    ));
+                }
+            }
+            for (j, pool) in lb.pool.iter().enumerate() {
+                let at = format!("{at}.pool[{j}]");
+                check_id(format!("{at}.id"), &pool.id)?;
+                if pool.protocol != Protocol::TCP {
+                    return Err(invalid(
+                        format!("{at}.protocol"),
+                        format!("{:?}", pool.protocol),
+                        "only TCP is supported",
+                    ));
+                }
+                if pool.member.len() > lb_common::MAX_POOL_MEMBERS as usize {
+                    return Err(invalid(
+                        format!("{at}.member"),
+                        pool.member.len(),
+                        "at most 256 members per pool",
+                    ));
+                }
+                let mut addrs = HashSet::new();
+                for (k, m) in pool.member.iter().enumerate() {
+                    let at = format!("{at}.member[{k}]");
+                    check_id(format!("{at}.id"), &m.id)?;
+                    let a = m.address;
+                    if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback()
+                    {
+                        return Err(invalid(format!("{at}.address"), a, "not a unicast address"));
+                    }
+                    if a == vip {
+                        return Err(invalid(
+                            format!("{at}.address"),
+                            a,
+                            "a member cannot be the VIP",
+                        ));
+                    }
+                    if m.protocol_port == 0 {
+                        return Err(invalid(
+                            format!("{at}.protocol_port"),
+                            0,
+                            "must be 1..=65535",
+                        ));
+                    }
+                    if m.weight > 256 {
+                        return Err(invalid(format!("{at}.weight"), m.weight, "must be 0..=256"));
+                    }
+                    if m.monitor_port == Some(0) {
+                        return Err(invalid(
+                            format!("{at}.monitor_port"),
+                            0,
+                            "must be 1..=65535",
+                        ));
+                    }
+                    if !addrs.insert((a, m.protocol_port)) {
+                        return Err(invalid(
+                            format!("{at}.address"),
+                            format!("{a}:{}", m.protocol_port),
+                            "two members of the pool share address and port",
+                        ));
+                    }
+                }
+                if let Some(hm) = &pool.healthmonitor {
+                    let at = format!("{at}.healthmonitor");
+                    if hm.kind != MonitorType::TCP {
+                        return Err(invalid(
+                            format!("{at}.type"),
+                            format!("{:?}", hm.kind),
+                            "only TCP monitors are supported",
+                        ));
+                    }
+                    if !(hm.delay.is_finite() && hm.delay > 0.0 && hm.delay <= 3600.0) {
+                        return Err(invalid(
+                            format!("{at}.delay"),
+                            hm.delay,
+                            "seconds, > 0 and <= 3600",
+                        ));
+                    }
+                    if !(hm.timeout.is_finite() && hm.timeout > 0.0) {
+                        return Err(invalid(format!("{at}.timeout"), hm.timeout, "seconds, > 0"));
+                    }
+                    if hm.timeout >= hm.delay {
+                        return Err(invalid(
+                            format!("{at}.timeout"),
+                            hm.timeout,
+                            format!("must be < delay ({})", hm.delay),
+                        ));
+                    }
+                    if hm.max_retries == 0 || hm.max_retries > 10 {
+                        return Err(invalid(
+                            format!("{at}.max_retries"),
+                            hm.max_retries,
+                            "must be 1..=10",
+                        ));
+                    }
+                    if hm.max_retries_down == 0 || hm.max_retries_down > 10 {
+                        return Err(invalid(
+                            format!("{at}.max_retries_down"),
+                            hm.max_retries_down,
+                            "must be 1..=10",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<_> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *m = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = include_str!("../../examples/seed.toml");
+
+    fn with(edit: impl Fn(&str) -> String) -> Result<Config, ConfigError> {
+        Config::parse(&edit(SEED), "test.toml")
+    }
+
+    fn err(edit: impl Fn(&str) -> String) -> String {
+        with(edit)
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn seed_config_is_valid_and_complete() {
+        let c = Config::parse(SEED, "seed.toml").unwrap();
+        let lb = &c.loadbalancer[0];
+        assert_eq!(lb.id, "574a31da-a28a-449f-8c9d-3d3687c3c02a");
+        assert_eq!(
+            lb.namespace(),
+            "qlbaas-574a31da-a28a-449f-8c9d-3d3687c3c02a"
+        );
+        assert_eq!(lb.vip_address, Ipv4Addr::new(10, 0, 0, 250));
+        assert_eq!(lb.port.name, "tapfb358342-59");
+        assert_eq!(lb.port.bridge, "br-int");
+        let l = &lb.listener[0];
+        assert_eq!(
+            (
+                l.protocol_port,
+                l.timeout_member_connect,
+                l.timeout_client_data,
+                l.timeout_member_data
+            ),
+            (22, 5000, 50000, 50000)
+        );
+        let p = &lb.pool[0];
+        assert_eq!(p.lb_algorithm, Algorithm::LEAST_CONNECTIONS);
+        let m: Vec<_> = p
+            .member
+            .iter()
+            .map(|m| (m.address.to_string(), m.protocol_port, m.weight))
+            .collect();
+        assert_eq!(m, [("10.0.0.2".into(), 22, 1), ("10.0.0.4".into(), 22, 1)]);
+        assert_eq!(p.healthmonitor.as_ref().unwrap().kind, MonitorType::TCP);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_naming_it() {
+        let e = err(|s| s.replace("weight = 1\n", "weight = 1\nwieght = 2\n"));
+        assert!(e.contains("wieght"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_refused() {
+        let e = err(|s| s.replace("\"10.0.0.4\"", "\"10.0.0.400\""));
+        assert!(e.contains("10.0.0.400") || e.contains("invalid"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_id_is_refused() {
+        let e = err(|s| {
+            s.replace(
+                "227b69fe-8685-4df6-b2a5-2f964c74886c",
+                "45481748-3104-462c-ae4b-fae0f4b08c20",
+            )
+        });
+        assert!(
+            e.contains("duplicate id") && e.contains("member[1].id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vip_port_clash_is_refused() {
+        let extra = "\n[[loadbalancer.listener]]\nid = \"l2\"\nprotocol = \"TCP\"\nprotocol_port = 22\ndefault_pool_id = \"574a31da-a28a-449f-8c9d-3d3687c3c02a\"\n";
+        let e = err(|s| {
+            s.replace(
+                "[[loadbalancer.pool]]",
+                &format!("{extra}\n[[loadbalancer.pool]]"),
+            )
+        });
+        assert!(
+            e.contains("listener[1].protocol_port = 22") && e.contains("clash"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn timeout_not_below_delay_is_refused() {
+        let e = err(|s| s.replace("timeout = 3", "timeout = 5"));
+        assert!(
+            e.contains("healthmonitor.timeout = 5") && e.contains("delay"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn weight_out_of_range_is_refused() {
+        let e = err(|s| s.replacen("weight = 1", "weight = 257", 1));
+        assert!(e.contains("member[0].weight = 257"), "{e}");
+    }
+
+    #[test]
+    fn unknown_pool_reference_is_refused() {
+        let e = err(|s| {
+            s.replace(
+                "default_pool_id = \"574a31da-a28a-449f-8c9d-3d3687c3c02a\"",
+                "default_pool_id = \"nope\"",
+            )
+        });
+        assert!(e.contains("default_pool_id = nope"), "{e}");
+    }
+
+    #[test]
+    fn udp_is_refused_for_now() {
+        let e = err(|s| s.replacen("protocol = \"TCP\"", "protocol = \"UDP\"", 1));
+        assert!(e.contains("only TCP"), "{e}");
+    }
+}

@@ -1,0 +1,457 @@
+//! Loading the XDP program, and every read and write of its pinned maps.
+//!
+//! `Dataplane` owns the loaded programs (the daemon and the tests); `Maps` opens the pinned maps
+//! by path, so the daemon, `lb stats` and the tests share one way of reading them.
+
+use std::{
+    num::NonZeroUsize,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    ptr::NonNull,
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats,
+    FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, MAX_LISTENERS, MAX_MEMBERS,
+};
+
+/// The BPF object built by build.rs (aya-build, pinned nightly).
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("cannot load the BPF object (maps pinned under {dir})")]
+    Load {
+        dir: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("BPF program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinned map {path}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// The loaded programs of one load balancer, with their maps pinned in `pin_dir`.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+impl Dataplane {
+    /// Loads the object, creating the pinned maps or reusing those already pinned (a restarted
+    /// daemon keeps its flows).
+    pub fn load(pin_dir: &Path, conntrack_flows: u32) -> Result<Self> {
+        std::fs::create_dir_all(pin_dir).map_err(|source| DataplaneError::Io {
+            what: "cannot create pin directory",
+            path: pin_dir.into(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .map_max_entries("CONNTRACK", conntrack_flows.saturating_mul(2))
+            .load(BPF_OBJECT)
+            .map_err(|e| DataplaneError::Load {
+                dir: pin_dir.into(),
+                source: Box::new(e),
+            })?;
+        for name in ["lb", "lb_peer_pass"] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .expect("program is in the object")
+                .try_into()
+                .expect("program is XDP");
+            prog.load().map_err(|source| DataplaneError::Program {
+                name: "load",
+                source,
+            })?;
+        }
+        let maps = Maps::open(pin_dir)?;
+        Ok(Dataplane { ebpf, maps })
+    }
+
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf.program_mut("lb").unwrap().try_into().unwrap()
+    }
+
+    pub fn peer_program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut("lb_peer_pass")
+            .unwrap()
+            .try_into()
+            .unwrap()
+    }
+
+    /// Runs the program once on `packet` through BPF_PROG_TEST_RUN (the live maps are used and
+    /// updated). Returns the XDP action and the packet as the program left it.
+    pub fn test_run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let (action, out, _) = self.test_run_repeat(packet, 1)?;
+        Ok((action, out))
+    }
+
+    /// As `test_run`, `repeat` times; also returns the kernel's mean duration per run.
+    pub fn test_run_repeat(
+        &mut self,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let r = self
+            .program()
+            .test_run(opts)
+            .map_err(|source| DataplaneError::Program {
+                name: "test_run",
+                source,
+            })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out, r.duration))
+    }
+}
+
+/// An mmap of a `BPF_F_MMAPABLE` array of `Live`: real atomics shared with the data path.
+pub struct LiveArray {
+    _map: MapData,
+    ptr: NonNull<Live>,
+    len: u32,
+    bytes: usize,
+}
+
+// The mapping is plain shared memory accessed only through atomics.
+unsafe impl Send for LiveArray {}
+unsafe impl Sync for LiveArray {}
+
+impl LiveArray {
+    fn open(path: &Path, len: u32) -> Result<Self> {
+        let map = MapData::from_pin(path).map_err(|source| DataplaneError::Map {
+            path: path.into(),
+            source,
+        })?;
+        let page = 4096usize;
+        let bytes = (len as usize * std::mem::size_of::<Live>()).div_ceil(page) * page;
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                NonZeroUsize::new(bytes).unwrap(),
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                map.fd().as_fd(),
+                0,
+            )
+        }
+        .map_err(|e| DataplaneError::Io {
+            what: "cannot mmap",
+            path: path.into(),
+            source: e.into(),
+        })?;
+        Ok(LiveArray {
+            _map: map,
+            ptr: ptr.cast(),
+            len,
+            bytes,
+        })
+    }
+
+    fn slot(&self, i: u32) -> *mut Live {
+        assert!(i < self.len, "live index {i} out of range");
+        unsafe { self.ptr.as_ptr().add(i as usize) }
+    }
+
+    pub fn get(&self, i: u32) -> Live {
+        let p = self.slot(i);
+        unsafe {
+            Live {
+                active: AtomicI64::from_ptr(&raw mut (*p).active).load(Ordering::Relaxed),
+                events: AtomicU64::from_ptr(&raw mut (*p).events).load(Ordering::Relaxed),
+                rr: AtomicU64::from_ptr(&raw mut (*p).rr).load(Ordering::Relaxed),
+                _pad: 0,
+            }
+        }
+    }
+
+    /// Atomically adds `delta` to `active` (and bumps `events`), as the data path does.
+    pub fn add(&self, i: u32, delta: i64) {
+        let p = self.slot(i);
+        unsafe {
+            AtomicI64::from_ptr(&raw mut (*p).active).fetch_add(delta, Ordering::Relaxed);
+            AtomicU64::from_ptr(&raw mut (*p).events).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Zeroes a slot that is being (re)configured, so a new member starts from nothing.
+    pub fn reset(&self, i: u32) {
+        let p = self.slot(i);
+        unsafe {
+            AtomicI64::from_ptr(&raw mut (*p).active).store(0, Ordering::Relaxed);
+            AtomicU64::from_ptr(&raw mut (*p).events).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for LiveArray {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = nix::sys::mman::munmap(self.ptr.cast(), self.bytes);
+        }
+    }
+}
+
+/// The pinned maps of one load balancer.
+pub struct Maps {
+    pub dir: PathBuf,
+    listeners: HashMap<MapData, ListenerKey, ListenerConf>,
+    pools: Array<MapData, PoolConf>,
+    members: Array<MapData, MemberConf>,
+    member_stats: PerCpuArray<MapData, Stats>,
+    listener_stats: PerCpuArray<MapData, Stats>,
+    verdicts: PerCpuArray<MapData, u64>,
+    conntrack: HashMap<MapData, FlowKey, Flow>,
+    pub member_live: LiveArray,
+    pub listener_live: LiveArray,
+}
+
+fn open_map<T>(dir: &Path, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| DataplaneError::Map {
+        path: path.clone(),
+        source,
+    })?;
+    let map = Map::from_map_data(data).map_err(|source| DataplaneError::Map {
+        path: path.clone(),
+        source,
+    })?;
+    T::try_from(map).map_err(|source| DataplaneError::Map { path, source })
+}
+
+/// Monotonic clock in ns, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+fn sum_stats(values: &[Stats]) -> Stats {
+    values.iter().fold(Stats::default(), |mut a, s| {
+        a.packets_in += s.packets_in;
+        a.bytes_in += s.bytes_in;
+        a.packets_out += s.packets_out;
+        a.bytes_out += s.bytes_out;
+        a.total_connections += s.total_connections;
+        a.redispatches += s.redispatches;
+        a
+    })
+}
+
+/// What one expiry pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub flows: u64,
+    pub expired: u64,
+    pub corrected: u64,
+}
+
+impl Maps {
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Maps {
+            dir: dir.into(),
+            listeners: open_map(dir, "LISTENERS")?,
+            pools: open_map(dir, "POOLS")?,
+            members: open_map(dir, "MEMBERS")?,
+            member_stats: open_map(dir, "MEMBER_STATS")?,
+            listener_stats: open_map(dir, "LISTENER_STATS")?,
+            verdicts: open_map(dir, "VERDICTS")?,
+            conntrack: open_map(dir, "CONNTRACK")?,
+            member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
+            listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
+        })
+    }
+
+    fn err(&self, name: &str) -> impl FnOnce(MapError) -> DataplaneError + 'static {
+        let path = self.dir.join(name);
+        move |source| DataplaneError::Map { path, source }
+    }
+
+    pub fn set_listener(&mut self, key: ListenerKey, conf: ListenerConf) -> Result<()> {
+        let e = self.err("LISTENERS");
+        self.listeners.insert(key, conf, 0).map_err(e)
+    }
+
+    pub fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
+        let e = self.err("LISTENERS");
+        match self.listeners.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(x) => Err(e(x)),
+        }
+    }
+
+    pub fn listeners(&self) -> Vec<(ListenerKey, ListenerConf)> {
+        self.listeners.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn set_pool(&mut self, index: u32, conf: PoolConf) -> Result<()> {
+        let e = self.err("POOLS");
+        self.pools.set(index, conf, 0).map_err(e)
+    }
+
+    pub fn set_member(&mut self, index: u32, conf: MemberConf) -> Result<()> {
+        let e = self.err("MEMBERS");
+        self.members.set(index, conf, 0).map_err(e)
+    }
+
+    pub fn member(&self, index: u32) -> Result<MemberConf> {
+        let e = self.err("MEMBERS");
+        self.members.get(&index, 0).map_err(e)
+    }
+
+    pub fn member_stats(&self, index: u32) -> Result<Stats> {
+        let e = self.err("MEMBER_STATS");
+        Ok(sum_stats(&self.member_stats.get(&index, 0).map_err(e)?))
+    }
+
+    pub fn listener_stats(&self, index: u32) -> Result<Stats> {
+        let e = self.err("LISTENER_STATS");
+        Ok(sum_stats(&self.listener_stats.get(&index, 0).map_err(e)?))
+    }
+
+    /// Packets per verdict reason (`lb_common::reason`), summed over CPUs.
+    pub fn verdicts(&self) -> Result<[u64; reason::COUNT as usize]> {
+        let mut out = [0u64; reason::COUNT as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            let e = self.err("VERDICTS");
+            *o = self.verdicts.get(&(i as u32), 0).map_err(e)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Every conntrack entry (forward and reverse).
+    pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
+        self.conntrack.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.conntrack.get(key, 0).ok()
+    }
+
+    fn remove_flow_key(&mut self, key: &FlowKey) {
+        let _ = self.conntrack.remove(key);
+    }
+
+    /// Expires idle flows and corrects counter drift from the table.
+    ///
+    /// `timeouts(listener index)` gives (connect, data) timeouts in ns. A forward entry idle past
+    /// its state's timeout is removed with its reverse entry and, if it still counted as active,
+    /// its member's and listener's `active` are decremented (atomically, beside the data path).
+    /// Then, for every member and listener whose `events` did not move during the pass, `active`
+    /// is set to what the table says: exact at quiescence whatever raced before.
+    pub fn sweep(
+        &mut self,
+        now_ns: u64,
+        timeouts: impl Fn(u32) -> Option<(u64, u64)>,
+        members: &[u32],
+        listeners: &[u32],
+    ) -> SweepReport {
+        let before_m: Vec<u64> = members
+            .iter()
+            .map(|&m| self.member_live.get(m).events)
+            .collect();
+        let before_l: Vec<u64> = listeners
+            .iter()
+            .map(|&l| self.listener_live.get(l).events)
+            .collect();
+        let mut report = SweepReport::default();
+        let mut expired = Vec::new();
+        let mut reverse = Vec::new();
+        let mut count_m = std::collections::HashMap::<u32, i64>::new();
+        let mut count_l = std::collections::HashMap::<u32, i64>::new();
+        for (key, flow) in self.flows() {
+            if key.dir == FLOW_DIR_REVERSE {
+                reverse.push((key, flow));
+                continue;
+            }
+            report.flows += 1;
+            let (connect, data) = timeouts(flow.listener).unwrap_or((0, 0));
+            let idle = now_ns.saturating_sub(flow.last_seen_ns);
+            if idle > flow.timeout_ns(connect, data) {
+                expired.push((key, flow));
+            } else if flow.counted != 0 {
+                *count_m.entry(flow.member).or_default() += 1;
+                *count_l.entry(flow.listener).or_default() += 1;
+            }
+        }
+        for (key, flow) in &expired {
+            self.remove_flow_key(&flow.reverse_key());
+            self.remove_flow_key(key);
+            // Re-read after removal is impossible; the snapshot says whether it counted. A
+            // packet that closed it meanwhile also decremented: the drift pass repairs that.
+            if flow.counted != 0 {
+                self.member_live.add(flow.member, -1);
+                self.listener_live.add(flow.listener, -1);
+            }
+            report.expired += 1;
+        }
+        // Reverse entries whose forward entry is gone (a redispatch or insert that lost a race).
+        for (key, flow) in reverse {
+            let fk = flow.forward_key();
+            debug_assert_eq!(fk.dir, FLOW_DIR_FORWARD);
+            let live = self.flow(&fk).is_some_and(|f| f.reverse_key() == key);
+            if !live && now_ns.saturating_sub(flow.last_seen_ns) > lb_common::CLOSED_LINGER_NS {
+                self.remove_flow_key(&key);
+            }
+        }
+        for (i, &m) in members.iter().enumerate() {
+            let now = self.member_live.get(m);
+            let want = count_m.get(&m).copied().unwrap_or(0);
+            // Our own decrements above bumped events; compare against what we added ourselves.
+            let ours = expired
+                .iter()
+                .filter(|(_, f)| f.counted != 0 && f.member == m)
+                .count() as u64;
+            if now.events == before_m[i] + ours && now.active != want {
+                self.member_live.add(m, want - now.active);
+                report.corrected += 1;
+            }
+        }
+        for (i, &l) in listeners.iter().enumerate() {
+            let now = self.listener_live.get(l);
+            let want = count_l.get(&l).copied().unwrap_or(0);
+            let ours = expired
+                .iter()
+                .filter(|(_, f)| f.counted != 0 && f.listener == l)
+                .count() as u64;
+            if now.events == before_l[i] + ours && now.active != want {
+                self.listener_live.add(l, want - now.active);
+                report.corrected += 1;
+            }
+        }
+        report
+    }
+}

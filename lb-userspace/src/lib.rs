@@ -1,0 +1,11 @@
+//! lb's userspace: the daemon (`lb run`), the CLI (`lb stats`), and the library the
+//! integration tests drive (loading the XDP program, writing and reading its maps).
+
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod health;
+pub mod node;
+pub mod plan;
+pub mod state;
+pub mod stats;

@@ -1,0 +1,253 @@
+//! `lb stats`: counters read straight from the pinned maps (no daemon round trip), named
+//! through the state files the daemon publishes.
+
+use std::path::Path;
+
+use lb_common::{reason, MEMBER_F_BACKUP, MEMBER_F_ENABLED, MEMBER_F_UP};
+use serde::{Deserialize, Serialize};
+
+use crate::{dataplane::Maps, state::State};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Counters {
+    pub active_connections: i64,
+    pub total_connections: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub redispatches: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListenerReport {
+    pub id: String,
+    pub protocol_port: u16,
+    pub pool_id: String,
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberReport {
+    pub id: String,
+    pub pool_id: String,
+    pub address: String,
+    pub protocol_port: u16,
+    pub weight: u16,
+    pub backup: bool,
+    /// ONLINE | DRAINING | OFFLINE | ERROR | NO_MONITOR (Octavia's names)
+    pub operating_status: String,
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoadBalancerReport {
+    pub id: String,
+    pub namespace: String,
+    pub port: String,
+    pub vip_address: String,
+    pub xdp_mode: String,
+    pub conntrack_flows: u64,
+    pub listeners: Vec<ListenerReport>,
+    pub members: Vec<MemberReport>,
+    /// packets per verdict reason (tx_*, pass_*, drop_*)
+    pub verdicts: std::collections::BTreeMap<String, u64>,
+}
+
+pub fn operating_status(flags: u32, weight: u16, monitored: bool) -> &'static str {
+    if flags & MEMBER_F_ENABLED == 0 {
+        "OFFLINE"
+    } else if flags & MEMBER_F_UP == 0 {
+        "ERROR"
+    } else if weight == 0 {
+        "DRAINING"
+    } else if !monitored {
+        "NO_MONITOR"
+    } else {
+        "ONLINE"
+    }
+}
+
+pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::DataplaneError> {
+    let maps = Maps::open(&state.pin_dir)?;
+    let mut listeners = Vec::new();
+    for l in &state.listeners {
+        let s = maps.listener_stats(l.index)?;
+        listeners.push(ListenerReport {
+            id: l.id.clone(),
+            protocol_port: l.protocol_port,
+            pool_id: l.pool_id.clone(),
+            counters: Counters {
+                active_connections: maps.listener_live.get(l.index).active,
+                total_connections: s.total_connections,
+                bytes_in: s.bytes_in,
+                bytes_out: s.bytes_out,
+                packets_in: s.packets_in,
+                packets_out: s.packets_out,
+                redispatches: s.redispatches,
+            },
+        });
+    }
+    let mut members = Vec::new();
+    for m in &state.members {
+        let s = maps.member_stats(m.index)?;
+        let conf = maps.member(m.index)?;
+        members.push(MemberReport {
+            id: m.id.clone(),
+            pool_id: m.pool_id.clone(),
+            address: m.address.to_string(),
+            protocol_port: m.protocol_port,
+            weight: conf.weight,
+            backup: conf.flags & MEMBER_F_BACKUP != 0,
+            operating_status: operating_status(
+                conf.flags,
+                conf.weight,
+                state.monitored.contains(&m.id),
+            )
+            .into(),
+            counters: Counters {
+                active_connections: maps.member_live.get(m.index).active,
+                total_connections: s.total_connections,
+                bytes_in: s.bytes_in,
+                bytes_out: s.bytes_out,
+                packets_in: s.packets_in,
+                packets_out: s.packets_out,
+                redispatches: s.redispatches,
+            },
+        });
+    }
+    let verdicts = maps
+        .verdicts()?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (reason::NAMES[i].to_string(), *v))
+        .collect();
+    let conntrack_flows = maps
+        .flows()
+        .iter()
+        .filter(|(k, _)| k.dir == lb_common::FLOW_DIR_FORWARD)
+        .count() as u64;
+    Ok(LoadBalancerReport {
+        id: state.loadbalancer.clone(),
+        namespace: state.namespace.clone(),
+        port: state.port.clone(),
+        vip_address: state.vip_address.to_string(),
+        xdp_mode: state.xdp_mode.clone(),
+        conntrack_flows,
+        listeners,
+        members,
+        verdicts,
+    })
+}
+
+pub fn collect_all(state_dir: &Path) -> anyhow::Result<Vec<LoadBalancerReport>> {
+    use anyhow::Context as _;
+    let states =
+        State::read_all(state_dir).with_context(|| format!("reading {}", state_dir.display()))?;
+    states
+        .iter()
+        .map(|s| {
+            collect(s).with_context(|| {
+                format!(
+                    "load balancer {} (maps in {})",
+                    s.loadbalancer,
+                    s.pin_dir.display()
+                )
+            })
+        })
+        .collect()
+}
+
+pub fn render_text(reports: &[LoadBalancerReport]) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    if reports.is_empty() {
+        o.push_str("no load balancer is running (no state files)\n");
+    }
+    for r in reports {
+        let _ = writeln!(
+            o,
+            "loadbalancer {}  vip {}  namespace {}  port {}  xdp {}  flows {}",
+            r.id, r.vip_address, r.namespace, r.port, r.xdp_mode, r.conntrack_flows
+        );
+        let _ = writeln!(
+            o,
+            "  {:<38} {:>6} {:<11} {:>7} {:>8} {:>12} {:>12} {:>10} {:>10}",
+            "listener/member",
+            "port",
+            "status",
+            "active",
+            "total",
+            "bytes_in",
+            "bytes_out",
+            "pkts_in",
+            "pkts_out"
+        );
+        for l in &r.listeners {
+            let c = &l.counters;
+            let _ = writeln!(
+                o,
+                "  {:<38} {:>6} {:<11} {:>7} {:>8} {:>12} {:>12} {:>10} {:>10}",
+                l.id,
+                l.protocol_port,
+                "OPEN",
+                c.active_connections,
+                c.total_connections,
+                c.bytes_in,
+                c.bytes_out,
+                c.packets_in,
+                c.packets_out
+            );
+            for m in r.members.iter().filter(|m| m.pool_id == l.pool_id) {
+                let c = &m.counters;
+                let _ = writeln!(
+                    o,
+                    "    {:<36} {:>6} {:<11} {:>7} {:>8} {:>12} {:>12} {:>10} {:>10}",
+                    format!("{} {}", &m.id[..m.id.len().min(8)], m.address),
+                    m.protocol_port,
+                    m.operating_status,
+                    c.active_connections,
+                    c.total_connections,
+                    c.bytes_in,
+                    c.bytes_out,
+                    c.packets_in,
+                    c.packets_out
+                );
+            }
+        }
+        let nonzero: Vec<_> = r
+            .verdicts
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  verdicts: {}",
+            if nonzero.is_empty() {
+                "none yet".into()
+            } else {
+                nonzero.join(" ")
+            }
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::MEMBER_F_CONFIGURED;
+
+    #[test]
+    fn status_names() {
+        let up = MEMBER_F_CONFIGURED | MEMBER_F_ENABLED | MEMBER_F_UP;
+        assert_eq!(operating_status(up, 1, true), "ONLINE");
+        assert_eq!(operating_status(up, 1, false), "NO_MONITOR");
+        assert_eq!(operating_status(up, 0, true), "DRAINING");
+        assert_eq!(operating_status(up & !MEMBER_F_UP, 1, true), "ERROR");
+        assert_eq!(operating_status(up & !MEMBER_F_ENABLED, 1, true), "OFFLINE");
+    }
+}

@@ -1,0 +1,210 @@
+//! Shared pieces of lb's integration tests: unique namespaces that always go away, a packet
+//! builder with real checksums, and waiting on conditions instead of sleeping.
+
+use std::{
+    net::Ipv4Addr,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+pub mod topology;
+
+pub use lb::node::in_netns;
+use lb_common::checksum;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `lbt<pid>-<tag><n>` (fits IFNAMSIZ when short).
+pub fn unique(tag: &str) -> String {
+    format!(
+        "lbt{}{}{}",
+        std::process::id() % 100_000,
+        tag,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command, panicking with its stderr if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace removed on drop, even when the test panics.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        sh(&format!("ip netns add {name}"));
+        sh(&format!("ip -n {name} link set lo up"));
+        Netns { name }
+    }
+
+    /// `ip -n <ns> <args>`
+    pub fn ip(&self, args: &str) -> String {
+        sh(&format!("ip -n {} {args}", self.name))
+    }
+
+    pub fn exec(&self, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} {cmd}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the kernel lets us do BPF at all; tests that need it skip with a reason otherwise.
+pub fn require_root() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED: needs root (BPF, namespaces); run `cargo xtask test` as root or `cargo xtask vm-test`");
+        return false;
+    }
+    true
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// One Ethernet/IPv4/TCP frame, built with correct checksums.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tcp {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub payload: Vec<u8>,
+    pub ip_id: u16,
+    pub ttl: u8,
+}
+
+impl Tcp {
+    pub fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Tcp {
+        Tcp {
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            src,
+            dst,
+            sport,
+            dport,
+            seq: 1000,
+            ack: 0,
+            flags,
+            payload: vec![],
+            ip_id: 0x1c46,
+            ttl: 64,
+        }
+    }
+
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Tcp {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+
+    pub fn payload(mut self, p: &[u8]) -> Tcp {
+        self.payload = p.to_vec();
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        tcp[4..8].copy_from_slice(&self.seq.to_be_bytes());
+        tcp[8..12].copy_from_slice(&self.ack.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = self.flags;
+        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        tcp.extend_from_slice(&self.payload);
+        let c = checksum::l4_ipv4(self.src.octets(), self.dst.octets(), 6, &tcp);
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
+        ip[6] = 0x40; // DF
+        ip[8] = self.ttl;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&self.src.octets());
+        ip[16..20].copy_from_slice(&self.dst.octets());
+        let c = checksum::ipv4_header(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = Vec::with_capacity(14 + ip.len() + tcp.len());
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&tcp);
+        f
+    }
+
+    /// Parses a frame this builder could have produced (for reading what the program emitted).
+    pub fn parse(f: &[u8]) -> Option<Tcp> {
+        if f.len() < 54 || f[12..14] != [8, 0] || f[14] != 0x45 || f[23] != 6 {
+            return None;
+        }
+        let ip = &f[14..34];
+        let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        let tcp = &f[34..14 + tot];
+        Some(Tcp {
+            dst_mac: f[0..6].try_into().unwrap(),
+            src_mac: f[6..12].try_into().unwrap(),
+            src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            sport: u16::from_be_bytes([tcp[0], tcp[1]]),
+            dport: u16::from_be_bytes([tcp[2], tcp[3]]),
+            seq: u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
+            ack: u32::from_be_bytes(tcp[8..12].try_into().unwrap()),
+            flags: tcp[13],
+            payload: tcp[20..].to_vec(),
+            ip_id: u16::from_be_bytes([ip[4], ip[5]]),
+            ttl: ip[8],
+        })
+    }
+}
+
+/// Both checksums of an Ethernet/IPv4/TCP frame verify.
+pub fn checksums_ok(f: &[u8]) -> bool {
+    let ihl = ((f[14] & 0x0f) as usize) * 4;
+    let ip = &f[14..14 + ihl];
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let src: [u8; 4] = ip[12..16].try_into().unwrap();
+    let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+    checksum::ipv4_header(ip) == 0 && checksum::l4_ipv4(src, dst, 6, &f[14 + ihl..14 + tot]) == 0
+}

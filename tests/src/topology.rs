@@ -1,0 +1,403 @@
+//! The seed's topology, entirely in namespaces this process creates (and always removes):
+//!
+//! ```text
+//!   client ns (10.0.0.1) --veth-- node ns [br-int] --veth-- member ns (10.0.0.2, 10.0.0.4, ...)
+//!                                    |
+//!                                    +--veth (created by lb) -- qlbaas-<id> ns: tap..., VIP 10.0.0.250
+//! ```
+//!
+//! Members run real TCP servers on port 22 that greet with who they are and record the peer
+//! address they saw; clients are real sockets in the client namespace.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::{in_netns, unique, Netns};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+/// Checksum and segmentation offloads off: lb's XDP program rewrites headers with
+/// incremental checksum updates, which needs complete checksums on arriving frames (a veth
+/// otherwise hands over CHECKSUM_PARTIAL packets whose checksum field is only a seed).
+fn offloads_off(ns: &Netns, dev: &str) {
+    ns.exec(&format!("ethtool -K {dev} tx off tso off gso off gro off"));
+}
+
+/// A TCP server in a member namespace.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    /// Peer addresses of every accepted connection, as the member saw them.
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Connections currently open.
+    pub open: Arc<AtomicUsize>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(ns: &str, addr: Ipv4Addr, port: u16) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (s, p, o) = (stop.clone(), peers.clone(), open.clone());
+        let ns = ns.to_string();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            lb::node::enter(&ns).expect("enter member namespace");
+            let l = TcpListener::bind((addr, port)).expect("bind member server");
+            l.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut conns = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, peer)) => {
+                        p.lock().unwrap().push(peer);
+                        let _ = c.set_nonblocking(false);
+                        let _ = write!(c, "SSH-2.0-lb-demo member {addr}\r\n");
+                        o.fetch_add(1, Ordering::Relaxed);
+                        let (s2, o2) = (s.clone(), o.clone());
+                        conns.push(std::thread::spawn(move || {
+                            let _ = c.set_read_timeout(Some(Duration::from_millis(100)));
+                            let mut buf = [0u8; 4096];
+                            loop {
+                                match c.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        let _ = c.write_all(&buf[..n]);
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) =>
+                                    {
+                                        if s2.load(Ordering::Relaxed) {
+                                            break;
+                                        }
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            o2.fetch_sub(1, Ordering::Relaxed);
+                        }));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            drop(l);
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("member server ready");
+        Server {
+            stop,
+            peers,
+            open,
+            handle: Some(handle),
+        }
+    }
+
+    /// Kills the server: the listener closes (new SYNs get RST), open connections close.
+    pub fn kill(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Member {
+    pub ns: Netns,
+    pub addr: Ipv4Addr,
+    pub server: Server,
+}
+
+pub struct SeedTopology {
+    pub node: Netns,
+    pub client: Netns,
+    pub members: Vec<Member>,
+}
+
+impl SeedTopology {
+    /// Node namespace with br-int, a client at 10.0.0.1, members at `addrs` serving port 22.
+    pub fn new(addrs: &[Ipv4Addr]) -> SeedTopology {
+        let node = Netns::new("n");
+        node.ip("link add br-int type bridge");
+        node.ip("link set br-int up");
+        let client = Netns::new("c");
+        Self::plug(&node, &client, "cl0", CLIENT);
+        let mut members = Vec::new();
+        for (i, &a) in addrs.iter().enumerate() {
+            let ns = Netns::new("m");
+            Self::plug(&node, &ns, &format!("mb{i}"), a);
+            let server = Server::start(&ns.name, a, 22);
+            members.push(Member {
+                ns,
+                addr: a,
+                server,
+            });
+        }
+        SeedTopology {
+            node,
+            client,
+            members,
+        }
+    }
+
+    fn plug(node: &Netns, host: &Netns, node_side: &str, addr: Ipv4Addr) {
+        node.ip(&format!(
+            "link add {node_side} type veth peer name eth0 netns {}",
+            host.name
+        ));
+        node.ip(&format!("link set {node_side} master br-int up"));
+        host.ip("link set eth0 up");
+        host.ip(&format!("addr add {addr}/24 dev eth0"));
+        offloads_off(host, "eth0");
+    }
+
+    pub fn member(&mut self, addr: Ipv4Addr) -> &mut Member {
+        self.members
+            .iter_mut()
+            .find(|m| m.addr == addr)
+            .expect("member")
+    }
+}
+
+/// One client connection through the VIP: the stream and the member's greeting.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub greeting: String,
+}
+
+impl Conn {
+    /// The member address the greeting names.
+    pub fn member(&self) -> Ipv4Addr {
+        self.greeting
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("greeting names a member")
+    }
+}
+
+/// Connects from the client namespace to `vip:port` and reads the member's greeting.
+pub fn connect(client_ns: &str, vip: Ipv4Addr, port: u16) -> std::io::Result<Conn> {
+    in_netns(client_ns, || -> std::io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(
+            &SocketAddr::V4(SocketAddrV4::new(vip, port)),
+            Duration::from_secs(4),
+        )?;
+        stream.set_read_timeout(Some(Duration::from_secs(4)))?;
+        let mut line = String::new();
+        BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+        if line.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "no greeting",
+            ));
+        }
+        Ok(Conn {
+            stream,
+            greeting: line,
+        })
+    })
+    .map_err(std::io::Error::other)?
+}
+
+/// `lb run` in the node namespace (through nsenter: the daemon's own namespace is the node's,
+/// while the bpffs and /run stay the host's, so `lb stats` can read them from anywhere).
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(bin: &Path, node_ns: &str, config: &Path, extra: &[&str]) -> Daemon {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("lbd")));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{node_ns}"))
+            .arg(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn lb run");
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 15 s).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Removes a namespace the daemon should have removed, and a bpffs directory, whatever
+/// happened in the test.
+pub struct Leftovers {
+    pub namespaces: Vec<String>,
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            if lb::node::netns_exists(ns) {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// `lb stats --json`.
+pub fn stats(bin: &Path, state_dir: &Path) -> serde_json::Value {
+    let out = Command::new(bin)
+        .args(["stats", "--json", "--state-dir"])
+        .arg(state_dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("lb stats");
+    assert!(out.status.success(), "lb stats failed");
+    serde_json::from_slice(&out.stdout).expect("lb stats --json output")
+}
+
+/// The seed's config with a unique id, port name, pin and state directories.
+pub struct TestConfig {
+    pub lb_id: String,
+    pub port: String,
+    pub bpffs: PathBuf,
+    pub state_dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl TestConfig {
+    pub fn seed(edit: impl Fn(String) -> String) -> TestConfig {
+        let tag = unique("");
+        let n: u32 = tag
+            .bytes()
+            .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+        let lb_id = format!("{:08x}-0000-4000-8000-{:012x}", n, std::process::id());
+        let port = format!("tap{:08x}-{:02x}", n, n % 251);
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(&tag);
+        let state_dir = std::env::temp_dir().join(format!("{tag}-state"));
+        let text = include_str!("../../examples/seed.toml")
+            .replace("574a31da-a28a-449f-8c9d-3d3687c3c02a", &lb_id)
+            .replace("tapfb358342-59", &port);
+        let text = format!(
+            "[daemon]\nbpffs = \"{}\"\nstate_dir = \"{}\"\nconntrack_flows = 4096\n\n{}",
+            bpffs.display(),
+            state_dir.display(),
+            edit(text)
+        );
+        let path = std::env::temp_dir().join(format!("{tag}.toml"));
+        std::fs::write(&path, text).unwrap();
+        TestConfig {
+            lb_id,
+            port,
+            bpffs,
+            state_dir,
+            path,
+        }
+    }
+
+    pub fn namespace(&self) -> String {
+        format!("qlbaas-{}", self.lb_id)
+    }
+
+    pub fn leftovers(&self) -> Leftovers {
+        Leftovers {
+            namespaces: vec![self.namespace()],
+            dirs: vec![self.bpffs.clone(), self.state_dir.clone()],
+        }
+    }
+}
+
+/// Path of the `lb` binary: `cargo xtask test` builds it and sets LB_BIN.
+pub fn lb_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("LB_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/lb");
+    assert!(
+        p.exists(),
+        "no lb binary: run the tests through `cargo xtask test` (or set LB_BIN)"
+    );
+    p
+}
+
+pub fn wait_running(daemon: &mut Daemon, cfg: &TestConfig) {
+    let state = lb::state::State::path(&cfg.state_dir, &cfg.lb_id);
+    let start = Instant::now();
+    while !state.exists() {
+        if let Some(s) = daemon.exited() {
+            panic!(
+                "lb run exited ({s}) before it was up:\n{}",
+                daemon.log_text()
+            );
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            panic!("lb run not up after 20 s:\n{}", daemon.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

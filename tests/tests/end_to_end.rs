@@ -1,0 +1,218 @@
+//! Tier 3: the `lb` daemon on the seed's topology in namespaces, with real TCP clients and
+//! servers: what the member sees, how connections spread, health monitors, counters back to 0.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{require_root, topology::*, wait_for};
+use serde_json::Value;
+
+const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+
+fn member<'a>(stats: &'a Value, addr: Ipv4Addr) -> &'a Value {
+    stats[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["address"] == addr.to_string())
+        .expect("member in stats")
+}
+
+fn active(stats: &Value, addr: Ipv4Addr) -> i64 {
+    member(stats, addr)["active_connections"].as_i64().unwrap()
+}
+
+/// The seed's scenario, with weights 3:1 and a 1 s health monitor so the test is quick:
+/// (delay 1 s, timeout 0.5 s, rise 2, fall 2).
+fn seed_run(xdp_mode: &str) {
+    if !require_root() {
+        return;
+    }
+    let cfg = TestConfig::seed(|t| {
+        t.replacen("weight = 1", "weight = 3", 1)
+            .replace("delay = 5 ", "delay = 1 ")
+            .replace("timeout = 3 ", "timeout = 0.5 ")
+            .replace("max_retries = 3 ", "max_retries = 2 ")
+            .replace("max_retries_down = 3", "max_retries_down = 2")
+    });
+    let _left = cfg.leftovers();
+    let mut topo = SeedTopology::new(&[M1, M2]);
+    let bin = lb_bin();
+    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &["--xdp-mode", xdp_mode]);
+    wait_running(&mut daemon, &cfg);
+    let s = stats(&bin, &cfg.state_dir);
+    assert_eq!(
+        s[0]["xdp_mode"],
+        if xdp_mode == "generic" {
+            "generic"
+        } else {
+            "native"
+        }
+    );
+
+    // 8 held connections over weights 3:1 -> 6 and 2; every member sees the VIP as source.
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let c = connect(&topo.client.name, VIP, 22)
+            .unwrap_or_else(|e| panic!("connect via VIP: {e}\n{}", daemon.log_text()));
+        conns.push(c);
+    }
+    let on_m1 = conns.iter().filter(|c| c.member() == M1).count();
+    assert_eq!(
+        (on_m1, conns.len() - on_m1),
+        (6, 2),
+        "spread follows weights 3:1"
+    );
+    for m in &topo.members {
+        let peers = m.server.peers.lock().unwrap();
+        assert!(
+            peers.iter().all(|p| p.ip() == std::net::IpAddr::V4(VIP)),
+            "member {} sees only the VIP as source: {peers:?}",
+            m.addr
+        );
+        // Balanced connections come from the SNAT range; the health checks from the
+        // namespace's own local port range, which lb keeps disjoint from it.
+        let snat = peers
+            .iter()
+            .filter(|p| (lb_common::SNAT_PORT_MIN..=lb_common::SNAT_PORT_MAX).contains(&p.port()))
+            .count();
+        let local = peers.iter().filter(|p| p.port() >= 60000).count();
+        assert_eq!(
+            snat,
+            conns.iter().filter(|c| c.member() == m.addr).count(),
+            "balanced connections seen by {}",
+            m.addr
+        );
+        assert_eq!(
+            snat + local,
+            peers.len(),
+            "every source port is in one range or the other: {peers:?}"
+        );
+    }
+    // Data both ways through the NAT (the servers echo).
+    for c in &mut conns {
+        use std::io::{Read, Write};
+        c.stream.write_all(b"ping through lb\n").unwrap();
+        let mut buf = [0u8; 16];
+        c.stream.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping through lb\n");
+    }
+    let s = stats(&bin, &cfg.state_dir);
+    assert_eq!((active(&s, M1), active(&s, M2)), (6, 2));
+    assert_eq!(s[0]["listeners"][0]["active_connections"], 8);
+    assert_eq!(member(&s, M1)["operating_status"], "ONLINE");
+
+    // Close them all: every counter returns to 0 once the FIN handshakes went through.
+    drop(conns);
+    wait_for(
+        "active connections back to 0 after close",
+        Duration::from_secs(10),
+        || {
+            let s = stats(&bin, &cfg.state_dir);
+            (active(&s, M1) == 0
+                && active(&s, M2) == 0
+                && s[0]["listeners"][0]["active_connections"] == 0)
+                .then_some(())
+        },
+    );
+
+    // Kill member 10.0.0.2: marked down within delay * fall + timeout (1*2 + 0.5 s).
+    topo.member(M1).server.kill();
+    let killed = Instant::now();
+    wait_for("member marked down", Duration::from_secs(10), || {
+        (member(&stats(&bin, &cfg.state_dir), M1)["operating_status"] == "ERROR").then_some(())
+    });
+    let took = killed.elapsed();
+    // One check period of slack for where in its cycle the kill landed, and polling.
+    assert!(
+        took <= Duration::from_millis(2500 + 1000 + 300),
+        "marked down after {took:?}"
+    );
+    // From now on every new connection succeeds, on the other member.
+    let mut conns = Vec::new();
+    for i in 0..10 {
+        let c = connect(&topo.client.name, VIP, 22)
+            .unwrap_or_else(|e| panic!("connection {i} after member down: {e}"));
+        assert_eq!(c.member(), M2);
+        conns.push(c);
+    }
+    drop(conns);
+    wait_for(
+        "all counters at 0 at the end",
+        Duration::from_secs(10),
+        || {
+            let s = stats(&bin, &cfg.state_dir);
+            (active(&s, M1) == 0
+                && active(&s, M2) == 0
+                && s[0]["listeners"][0]["active_connections"] == 0)
+                .then_some(())
+        },
+    );
+    let s = stats(&bin, &cfg.state_dir);
+    let total: u64 = s[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["total_connections"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 18, "8 + 10 connections counted");
+
+    // SIGTERM removes everything lb created.
+    let status = daemon.stop().expect("daemon was running");
+    assert!(
+        status.success(),
+        "lb run exit: {status}\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        !lb::node::netns_exists(&cfg.namespace()),
+        "namespace removed"
+    );
+    assert!(!cfg.bpffs.join(&cfg.lb_id).exists(), "pinned maps removed");
+    assert!(
+        !lb::state::State::path(&cfg.state_dir, &cfg.lb_id).exists(),
+        "state file removed"
+    );
+    assert!(
+        topo.node.ip("link show").contains("br-int"),
+        "the node's own bridge is left alone"
+    );
+}
+
+#[test]
+fn seed_scenario_native_xdp() {
+    seed_run("auto");
+}
+
+#[test]
+fn seed_scenario_generic_xdp() {
+    seed_run("generic");
+}
+
+#[test]
+fn invalid_config_is_refused_and_nothing_is_created() {
+    if !require_root() {
+        return;
+    }
+    let cfg = TestConfig::seed(|t| t.replace("timeout = 3 ", "timeout = 7 "));
+    let _left = cfg.leftovers();
+    let out = std::process::Command::new(lb_bin())
+        .args(["run", "--config"])
+        .arg(&cfg.path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("healthmonitor.timeout = 7") && err.contains("delay"),
+        "{err}"
+    );
+    assert!(
+        !lb::node::netns_exists(&cfg.namespace()),
+        "no namespace created"
+    );
+    assert!(!cfg.bpffs.exists(), "no maps pinned");
+}
