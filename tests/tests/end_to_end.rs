@@ -151,6 +151,12 @@ fn seed_run(xdp_mode: &str) {
                 .then_some(())
         },
     );
+    // The member comes back: up again after `max_retries` (rise) good checks.
+    let m1 = topo.member(M1);
+    m1.server = Server::start(&m1.ns.name, M1, 22);
+    wait_for("member back ONLINE", Duration::from_secs(10), || {
+        (member(&stats(&bin, &cfg.state_dir), M1)["operating_status"] == "ONLINE").then_some(())
+    });
     let s = stats(&bin, &cfg.state_dir);
     let total: u64 = s[0]["members"]
         .as_array()
@@ -215,4 +221,80 @@ fn invalid_config_is_refused_and_nothing_is_created() {
         "no namespace created"
     );
     assert!(!cfg.bpffs.exists(), "no maps pinned");
+}
+
+#[test]
+fn adopted_port_is_used_and_left_in_place() {
+    if !require_root() {
+        return;
+    }
+    let cfg =
+        TestConfig::seed(|t| t.replace("bridge = \"br-int\"", "bridge = \"br-int\"\nadopt = true"));
+    let _left = cfg.leftovers();
+    let topo = SeedTopology::new(&[M1, M2]);
+    // What Neutron's interface driver hands over: a device already plugged into br-int.
+    let outer = format!("ad{}", &cfg.port[3..11]);
+    topo.node.ip(&format!(
+        "link add {} type veth peer name {outer}",
+        cfg.port
+    ));
+    topo.node.ip(&format!("link set {outer} master br-int up"));
+    let bin = lb_bin();
+    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
+    wait_running(&mut daemon, &cfg);
+    assert_eq!(
+        stats(&bin, &cfg.state_dir)[0]["xdp_mode"],
+        "generic",
+        "auto picks generic on adopted devices"
+    );
+    let c = connect(&topo.client.name, VIP, 22)
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", daemon.log_text()));
+    assert!(c.member() == M1 || c.member() == M2);
+    drop(c);
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "{}", daemon.log_text());
+    assert!(!lb::node::netns_exists(&cfg.namespace()));
+    let link = topo.node.ip(&format!("link show dev {}", cfg.port));
+    assert!(
+        link.contains(&cfg.port),
+        "the adopted port is back in the node namespace"
+    );
+}
+
+#[test]
+fn idle_flows_expire_and_counters_return_to_zero() {
+    if !require_root() {
+        return;
+    }
+    let cfg = TestConfig::seed(|t| {
+        t.replace("timeout_client_data = 50000", "timeout_client_data = 1500")
+            .replace("timeout_member_data = 50000", "timeout_member_data = 1500")
+    });
+    let _left = cfg.leftovers();
+    let topo = SeedTopology::new(&[M1, M2]);
+    let bin = lb_bin();
+    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
+    wait_running(&mut daemon, &cfg);
+    let held: Vec<_> = (0..3)
+        .map(|_| connect(&topo.client.name, VIP, 22).expect("connect"))
+        .collect();
+    let s = stats(&bin, &cfg.state_dir);
+    assert_eq!(s[0]["listeners"][0]["active_connections"], 3);
+    assert_eq!(s[0]["conntrack_flows"], 3);
+    // Idle past min(client, member) data timeout: expired by the daemon's sweep, although the
+    // sockets are still open at both ends.
+    wait_for("idle flows expired", Duration::from_secs(10), || {
+        let s = stats(&bin, &cfg.state_dir);
+        (s[0]["conntrack_flows"] == 0
+            && active(&s, M1) == 0
+            && active(&s, M2) == 0
+            && s[0]["listeners"][0]["active_connections"] == 0)
+            .then_some(())
+    });
+    assert!(
+        daemon.log_text().contains("expired=3"),
+        "{}",
+        daemon.log_text()
+    );
+    drop(held);
 }

@@ -513,3 +513,38 @@ fn sweep_expires_idle_flows_and_corrects_drift() {
         "forward and reverse entries removed"
     );
 }
+
+#[test]
+fn full_pool_of_256_members_is_scanned() {
+    let mut cfg = include_str!("../../examples/seed.toml").to_string();
+    let first = cfg.find("[[loadbalancer.pool.member]]").unwrap();
+    cfg.truncate(first);
+    for i in 0..256u32 {
+        cfg.push_str(&format!(
+            "[[loadbalancer.pool.member]]\nid = \"m{i}\"\naddress = \"10.0.0.2\"\nprotocol_port = {}\n\n",
+            1000 + i
+        ));
+    }
+    let Some(mut env) = Env::new(&cfg) else {
+        return;
+    };
+    // Every member busy but one; whichever slot the rotation starts at, the idle one wins.
+    for m in &env.plan.members {
+        if m.protocol_port != 1200 {
+            env.dp.maps.member_live.add(m.index, 3);
+        }
+    }
+    for p in 0..3 {
+        let syn = Tcp::new(CLIENT, 47000 + p, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+        let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+        assert_eq!(
+            Tcp::parse(&out).unwrap().dport,
+            1200,
+            "the least loaded of 256 members"
+        );
+    }
+    // Now slot 1200 has 3 like everyone else: the next SYN goes elsewhere.
+    let syn = Tcp::new(CLIENT, 47010, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert_ne!(Tcp::parse(&out).unwrap().dport, 1200);
+}
