@@ -118,14 +118,36 @@ impl Dataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        self.test_run_program("lb", packet, repeat)
+    }
+
+    /// BPF_PROG_TEST_RUN of program `name` of the object ("lb" or "lb_peer_pass", the trivial
+    /// XDP_PASS program benchmarks compare against).
+    pub fn test_run_program(
+        &mut self,
+        name: &str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         use aya::programs::{TestRun, TestRunOptions};
         let mut out = vec![0u8; packet.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
         opts.repeat = repeat;
-        let r = self
-            .program()
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program {
+                name: "test_run",
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                name: "test_run",
+                source,
+            })?;
+        let r = prog
             .test_run(opts)
             .map_err(|source| DataplaneError::Program {
                 name: "test_run",

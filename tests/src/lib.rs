@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod fixture;
 pub mod topology;
 
 pub use lb::node::in_netns;

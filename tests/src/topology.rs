@@ -45,7 +45,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server that greets and echoes.
     pub fn start(ns: &str, addr: Ipv4Addr, port: u16) -> Server {
+        Self::start_with(ns, addr, port, true)
+    }
+
+    /// `echo = false`: greets, then discards what it reads (a bulk-transfer sink).
+    pub fn start_with(ns: &str, addr: Ipv4Addr, port: u16, echo: bool) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let peers = Arc::new(Mutex::new(Vec::new()));
         let open = Arc::new(AtomicUsize::new(0));
@@ -68,12 +74,14 @@ impl Server {
                         let (s2, o2) = (s.clone(), o.clone());
                         conns.push(std::thread::spawn(move || {
                             let _ = c.set_read_timeout(Some(Duration::from_millis(100)));
-                            let mut buf = [0u8; 4096];
+                            let mut buf = vec![0u8; 256 * 1024];
                             loop {
                                 match c.read(&mut buf) {
                                     Ok(0) => break,
                                     Ok(n) => {
-                                        let _ = c.write_all(&buf[..n]);
+                                        if echo {
+                                            let _ = c.write_all(&buf[..n]);
+                                        }
                                     }
                                     Err(e)
                                         if matches!(
@@ -141,6 +149,11 @@ pub struct SeedTopology {
 impl SeedTopology {
     /// Node namespace with br-int, a client at 10.0.0.1, members at `addrs` serving port 22.
     pub fn new(addrs: &[Ipv4Addr]) -> SeedTopology {
+        Self::new_with(addrs, true)
+    }
+
+    /// `echo = false`: the member servers discard what they read (bulk-transfer sinks).
+    pub fn new_with(addrs: &[Ipv4Addr], echo: bool) -> SeedTopology {
         let node = Netns::new("n");
         node.ip("link add br-int type bridge");
         node.ip("link set br-int up");
@@ -150,7 +163,7 @@ impl SeedTopology {
         for (i, &a) in addrs.iter().enumerate() {
             let ns = Netns::new("m");
             Self::plug(&node, &ns, &format!("mb{i}"), a);
-            let server = Server::start(&ns.name, a, 22);
+            let server = Server::start_with(&ns.name, a, 22, echo);
             members.push(Member {
                 ns,
                 addr: a,

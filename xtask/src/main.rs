@@ -36,6 +36,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Measure test_run ns/packet per path and native vs generic XDP throughput (reports only)
+    Perf {
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// The seed's scenario in namespaces: node with br-int, client, two members, lb in between
     Demo {
         /// XDP mode for lb: auto, native or generic
@@ -180,6 +187,29 @@ fn main() -> Result<()> {
                 c.arg("--").args(&args);
             }
             run(&mut c)
+        }
+        Cmd::Perf { seconds, runs } => {
+            setup(TEST_PACKAGES)?;
+            let bin = build_lb(true)?;
+            run(cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "--package",
+                    "integration-tests",
+                    "--bin",
+                    "lb-perf",
+                    "--",
+                ])
+                .arg("--lb")
+                .arg(&bin)
+                .args([
+                    "--seconds",
+                    &seconds.to_string(),
+                    "--runs",
+                    &runs.to_string(),
+                ]))
         }
         Cmd::Demo { xdp_mode, hold } => {
             setup(TEST_PACKAGES)?;

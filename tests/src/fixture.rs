@@ -1,0 +1,169 @@
+//! The environment of the BPF_PROG_TEST_RUN fixtures (and of `lb-perf`): the loaded program
+//! with the seed's plan in its maps, run from a namespace of its own where the VIP's subnet is
+//! on a veth and the members have permanent neighbour entries, so `bpf_fib_lookup` answers
+//! deterministically.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use lb::{config::Config, dataplane::Dataplane, plan::Plan};
+use lb_common::{reason, Flow, FlowKey, FLOW_DIR_FORWARD, IPPROTO_TCP};
+
+use crate::*;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const PORT_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0x68, 0x77, 0x37];
+pub const M1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const M2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+
+pub struct Env {
+    // Field order is drop order: the program and maps go before their pin directory.
+    pub dp: Dataplane,
+    pub ns: Netns,
+    pub plan: Plan,
+    _pin: PinDir,
+}
+
+/// A bpffs directory removed on drop, even when loading failed.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Env {
+    pub fn new(config: &str) -> Option<Env> {
+        Self::with_capacity(config, 1024)
+    }
+
+    /// As `new`, with a conntrack table of `flows` flows.
+    pub fn with_capacity(config: &str, flows: u32) -> Option<Env> {
+        if !require_root() {
+            return None;
+        }
+        let ns = Netns::new("fx");
+        ns.ip("link add port0 type veth peer name port0p");
+        ns.ip("link set port0 address fa:16:3e:68:77:37");
+        ns.ip("link set port0 up");
+        ns.ip("link set port0p up");
+        ns.ip("addr add 10.0.0.250/24 dev port0");
+        ns.ip("neigh replace 10.0.0.2 lladdr 02:00:00:00:00:02 nud permanent dev port0");
+        ns.ip("neigh replace 10.0.0.4 lladdr 02:00:00:00:00:04 nud permanent dev port0");
+        ns.exec("sysctl -qw net.ipv4.conf.all.forwarding=1");
+        let pin = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("pin")));
+        lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
+        let mut dp = Dataplane::load(&pin.0, flows).expect("load BPF object");
+        let cfg = Config::parse(config, "fixture").expect("fixture config");
+        let plan = lb::plan::plan(&cfg.loadbalancer[0]);
+        for (i, p) in &plan.pools {
+            dp.maps.set_pool(*i, *p).unwrap();
+        }
+        for m in &plan.members {
+            dp.maps.set_member(m.index, m.conf).unwrap();
+        }
+        for l in &plan.listeners {
+            dp.maps.set_listener(l.key, l.conf).unwrap();
+        }
+        Some(Env {
+            dp,
+            ns,
+            plan,
+            _pin: pin,
+        })
+    }
+
+    pub fn seed() -> Option<Env> {
+        Env::new(include_str!("../../examples/seed.toml"))
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let Env { ns, dp, .. } = self;
+        in_netns(&ns.name, || dp.test_run(frame))
+            .unwrap()
+            .expect("test_run")
+    }
+
+    pub fn verdicts(&self) -> Vec<u64> {
+        self.dp.maps.verdicts().unwrap().to_vec()
+    }
+
+    /// Runs `frame` and checks the verdict, that exactly one packet was counted under
+    /// `why`, and (for PASS/DROP) that the frame left untouched.
+    pub fn expect(&mut self, frame: &[u8], action: u32, why: u32) -> Vec<u8> {
+        let before = self.verdicts();
+        let (a, out) = self.run(frame);
+        let after = self.verdicts();
+        assert_eq!(
+            a,
+            action,
+            "action for reason {}",
+            reason::NAMES[why as usize]
+        );
+        for (i, (b, n)) in before.iter().zip(&after).enumerate() {
+            let want = if i as u32 == why { b + 1 } else { *b };
+            assert_eq!(*n, want, "verdict counter {}", reason::NAMES[i]);
+        }
+        if action != XDP_TX {
+            assert_eq!(out, frame, "a passed or dropped frame is untouched");
+        }
+        out
+    }
+
+    pub fn active(&self, member: u32) -> i64 {
+        self.dp.maps.member_live.get(member).active
+    }
+
+    pub fn member_index(&self, addr: Ipv4Addr) -> u32 {
+        self.plan
+            .members
+            .iter()
+            .find(|m| m.address == addr)
+            .unwrap()
+            .index
+    }
+
+    pub fn set_member_flags(&mut self, addr: Ipv4Addr, f: impl Fn(u32) -> u32) {
+        let idx = self.member_index(addr);
+        let mut c = self.dp.maps.member(idx).unwrap();
+        c.flags = f(c.flags);
+        self.dp.maps.set_member(idx, c).unwrap();
+    }
+
+    pub fn flow(&self, client_port: u16) -> Option<Flow> {
+        self.dp.maps.flow(&FlowKey {
+            src_be: u32::from(CLIENT).to_be(),
+            dst_be: u32::from(VIP).to_be(),
+            sport_be: client_port.to_be(),
+            dport_be: 22u16.to_be(),
+            proto: IPPROTO_TCP,
+            dir: FLOW_DIR_FORWARD,
+            _pad: [0; 2],
+        })
+    }
+
+    /// Opens a flow with a SYN from CLIENT:`port`; returns (member address, member mac, snat port).
+    pub fn open(&mut self, port: u16) -> (Ipv4Addr, [u8; 6], u16) {
+        let syn = Tcp::new(CLIENT, port, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+        let out = self.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+        let o = Tcp::parse(&out).unwrap();
+        (o.dst, o.dst_mac, o.sport)
+    }
+}
+
+pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
+    if addr == M1 {
+        M1_MAC
+    } else {
+        M2_MAC
+    }
+}
