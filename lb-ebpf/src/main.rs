@@ -75,7 +75,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         proto: IPPROTO_TCP,
         _pad: 0,
     };
-    if let Some(listener) = unsafe { LISTENERS.get(&lkey) } {
+    if let Some(listener) = unsafe { LISTENERS.get(lkey) } {
         if pkt.fragment {
             return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
         }
@@ -90,7 +90,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         dir: FLOW_DIR_REVERSE,
         _pad: [0; 2],
     };
-    if let Some(rflow) = CONNTRACK.get_ptr(&rkey) {
+    if let Some(rflow) = CONNTRACK.get_ptr(rkey) {
         if pkt.fragment {
             return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
         }
@@ -324,11 +324,11 @@ fn bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) -> Res
             proto: IPPROTO_TCP,
             _pad: 0,
         };
-        if LISTENERS.get_ptr(&lk).is_some() {
+        if LISTENERS.get_ptr(lk).is_some() {
             continue;
         }
         flow.snat_port_be = port_be;
-        match CONNTRACK.insert(&flow.reverse_key(), &*flow, BPF_NOEXIST as u64) {
+        match CONNTRACK.insert(flow.reverse_key(), *flow, BPF_NOEXIST as u64) {
             Ok(()) => return Ok(()),
             Err(e) if e == -EEXIST => continue,
             Err(_) => return Err(reason::DROP_CT_FULL),
@@ -352,14 +352,14 @@ fn from_client(ctx: &XdpContext, pkt: &Packet, listener: &ListenerConf) -> Verdi
     let is_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut new_conn = false;
 
-    let flow_ptr = match CONNTRACK.get_ptr_mut(&fkey) {
+    let flow_ptr = match CONNTRACK.get_ptr_mut(fkey) {
         Some(f) if is_syn && unsafe { (*f).is_closed() } => {
             // The client reuses the tuple of a closed connection: start over.
             unsafe {
                 uncount(f);
-                let _ = CONNTRACK.remove(&(*f).reverse_key());
+                let _ = CONNTRACK.remove((*f).reverse_key());
             }
-            let _ = CONNTRACK.remove(&fkey);
+            let _ = CONNTRACK.remove(fkey);
             None
         }
         other => other,
@@ -406,11 +406,11 @@ fn from_client(ctx: &XdpContext, pkt: &Packet, listener: &ListenerConf) -> Verdi
             if let Err(r) = bind_member(ctx, &mut flow, idx, pkt.ip_len) {
                 return verdict(xdp_action::XDP_DROP, r);
             }
-            if CONNTRACK.insert(&fkey, &flow, BPF_NOEXIST as u64).is_err() {
-                let _ = CONNTRACK.remove(&flow.reverse_key());
+            if CONNTRACK.insert(fkey, flow, BPF_NOEXIST as u64).is_err() {
+                let _ = CONNTRACK.remove(flow.reverse_key());
                 return verdict(xdp_action::XDP_DROP, reason::DROP_CT_FULL);
             }
-            let Some(f) = CONNTRACK.get_ptr_mut(&fkey) else {
+            let Some(f) = CONNTRACK.get_ptr_mut(fkey) else {
                 return verdict(xdp_action::XDP_DROP, reason::DROP_CT_FULL);
             };
             count_open(idx, listener.index);
@@ -478,7 +478,7 @@ fn maybe_redispatch(
     flow.created_ns = now;
     flow.syn_retries = 0;
     bind_member(ctx, &mut flow, idx, pkt.ip_len)?;
-    let _ = CONNTRACK.remove(&old_rkey);
+    let _ = CONNTRACK.remove(old_rkey);
     uncount(f);
     flow.counted = 1;
     unsafe { *f = flow };
@@ -497,7 +497,7 @@ fn maybe_redispatch(
 fn from_member(ctx: &XdpContext, pkt: &Packet, rflow: &Flow) -> Verdict {
     let _ = ctx;
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(f) = CONNTRACK.get_ptr_mut(&rflow.forward_key()) {
+    if let Some(f) = CONNTRACK.get_ptr_mut(rflow.forward_key()) {
         track(f, pkt.tcp_flags, false, now);
     }
     add_stats(

@@ -12,7 +12,7 @@ use serde_json::Value;
 const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
 
-fn member<'a>(stats: &'a Value, addr: Ipv4Addr) -> &'a Value {
+fn member(stats: &Value, addr: Ipv4Addr) -> &Value {
     stats[0]["members"]
         .as_array()
         .unwrap()

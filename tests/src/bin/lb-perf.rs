@@ -3,6 +3,7 @@
 //!   the trivial XDP_PASS program of the same object;
 //! - single-stream TCP bulk throughput client -> member: direct, through lb with native XDP,
 //!   through lb with generic XDP.
+//!
 //! Numbers are reported, never asserted: machines here are shared and noisy.
 
 use std::{
