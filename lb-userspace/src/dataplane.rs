@@ -4,6 +4,7 @@
 //! by path, so the daemon, `lb stats` and the tests share one way of reading them.
 
 use std::{
+    collections::HashMap as StdHashMap,
     num::NonZeroUsize,
     os::fd::AsFd,
     path::{Path, PathBuf},
@@ -227,6 +228,28 @@ impl LiveArray {
         }
     }
 
+    /// Drift correction: for each of `indexes` whose `events` moved by exactly `ours` (the
+    /// caller's own adds) since `before` — no packet changed it meanwhile — sets `active` to
+    /// `want` (the conntrack table's count). Returns how many were corrected.
+    fn correct(
+        &self,
+        indexes: &[u32],
+        before: &[u64],
+        want: &StdHashMap<u32, i64>,
+        ours: &StdHashMap<u32, u64>,
+    ) -> u64 {
+        let mut corrected = 0;
+        for (&i, &b) in indexes.iter().zip(before) {
+            let now = self.get(i);
+            let want = want.get(&i).copied().unwrap_or(0);
+            if now.events == b + ours.get(&i).copied().unwrap_or(0) && now.active != want {
+                self.add(i, want - now.active);
+                corrected += 1;
+            }
+        }
+        corrected
+    }
+
     /// Zeroes a slot that is being (re)configured, so a new member starts from nothing.
     pub fn reset(&self, i: u32) {
         let p = self.slot(i);
@@ -412,8 +435,8 @@ impl Maps {
         let mut report = SweepReport::default();
         let mut expired = Vec::new();
         let mut reverse = Vec::new();
-        let mut count_m = std::collections::HashMap::<u32, i64>::new();
-        let mut count_l = std::collections::HashMap::<u32, i64>::new();
+        let mut count_m = StdHashMap::<u32, i64>::new();
+        let mut count_l = StdHashMap::<u32, i64>::new();
         for (key, flow) in self.flows() {
             if key.dir == FLOW_DIR_REVERSE {
                 reverse.push((key, flow));
@@ -449,31 +472,19 @@ impl Maps {
                 self.remove_flow_key(&key);
             }
         }
-        for (i, &m) in members.iter().enumerate() {
-            let now = self.member_live.get(m);
-            let want = count_m.get(&m).copied().unwrap_or(0);
-            // Our own decrements above bumped events; compare against what we added ourselves.
-            let ours = expired
-                .iter()
-                .filter(|(_, f)| f.counted != 0 && f.member == m)
-                .count() as u64;
-            if now.events == before_m[i] + ours && now.active != want {
-                self.member_live.add(m, want - now.active);
-                report.corrected += 1;
+        let ours = |pick: fn(&Flow) -> u32| {
+            let mut n = StdHashMap::<u32, u64>::new();
+            for (_, f) in expired.iter().filter(|(_, f)| f.counted != 0) {
+                *n.entry(pick(f)).or_default() += 1;
             }
-        }
-        for (i, &l) in listeners.iter().enumerate() {
-            let now = self.listener_live.get(l);
-            let want = count_l.get(&l).copied().unwrap_or(0);
-            let ours = expired
-                .iter()
-                .filter(|(_, f)| f.counted != 0 && f.listener == l)
-                .count() as u64;
-            if now.events == before_l[i] + ours && now.active != want {
-                self.listener_live.add(l, want - now.active);
-                report.corrected += 1;
-            }
-        }
+            n
+        };
+        report.corrected +=
+            self.member_live
+                .correct(members, &before_m, &count_m, &ours(|f| f.member));
+        report.corrected +=
+            self.listener_live
+                .correct(listeners, &before_l, &count_l, &ours(|f| f.listener));
         report
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use lb_common::{reason, MEMBER_F_BACKUP, MEMBER_F_ENABLED, MEMBER_F_UP};
+use lb_common::{reason, Stats, MEMBER_F_BACKUP, MEMBER_F_ENABLED, MEMBER_F_UP};
 use serde::{Deserialize, Serialize};
 
 use crate::{dataplane::Maps, state::State};
@@ -56,6 +56,20 @@ pub struct LoadBalancerReport {
     pub verdicts: std::collections::BTreeMap<String, u64>,
 }
 
+impl Counters {
+    fn new(active_connections: i64, s: Stats) -> Counters {
+        Counters {
+            active_connections,
+            total_connections: s.total_connections,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            packets_in: s.packets_in,
+            packets_out: s.packets_out,
+            redispatches: s.redispatches,
+        }
+    }
+}
+
 pub fn operating_status(flags: u32, weight: u16, monitored: bool) -> &'static str {
     if flags & MEMBER_F_ENABLED == 0 {
         "OFFLINE"
@@ -79,15 +93,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
             id: l.id.clone(),
             protocol_port: l.protocol_port,
             pool_id: l.pool_id.clone(),
-            counters: Counters {
-                active_connections: maps.listener_live.get(l.index).active,
-                total_connections: s.total_connections,
-                bytes_in: s.bytes_in,
-                bytes_out: s.bytes_out,
-                packets_in: s.packets_in,
-                packets_out: s.packets_out,
-                redispatches: s.redispatches,
-            },
+            counters: Counters::new(maps.listener_live.get(l.index).active, s),
         });
     }
     let mut members = Vec::new();
@@ -107,15 +113,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
                 state.monitored.contains(&m.id),
             )
             .into(),
-            counters: Counters {
-                active_connections: maps.member_live.get(m.index).active,
-                total_connections: s.total_connections,
-                bytes_in: s.bytes_in,
-                bytes_out: s.bytes_out,
-                packets_in: s.packets_in,
-                packets_out: s.packets_out,
-                redispatches: s.redispatches,
-            },
+            counters: Counters::new(maps.member_live.get(m.index).active, s),
         });
     }
     let verdicts = maps
@@ -160,6 +158,22 @@ pub fn collect_all(state_dir: &Path) -> anyhow::Result<Vec<LoadBalancerReport>> 
         .collect()
 }
 
+/// One line of the text table; `indent` nests members under their listener.
+fn row(o: &mut String, indent: &str, name: String, port: u16, status: &str, c: &Counters) {
+    use std::fmt::Write as _;
+    let width = 40 - indent.len();
+    let _ = writeln!(
+        o,
+        "{indent}{name:<width$} {port:>6} {status:<11} {:>7} {:>8} {:>12} {:>12} {:>10} {:>10}",
+        c.active_connections,
+        c.total_connections,
+        c.bytes_in,
+        c.bytes_out,
+        c.packets_in,
+        c.packets_out
+    );
+}
+
 pub fn render_text(reports: &[LoadBalancerReport]) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
@@ -186,34 +200,23 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
             "pkts_out"
         );
         for l in &r.listeners {
-            let c = &l.counters;
-            let _ = writeln!(
-                o,
-                "  {:<38} {:>6} {:<11} {:>7} {:>8} {:>12} {:>12} {:>10} {:>10}",
-                l.id,
+            row(
+                &mut o,
+                "  ",
+                l.id.clone(),
                 l.protocol_port,
                 "OPEN",
-                c.active_connections,
-                c.total_connections,
-                c.bytes_in,
-                c.bytes_out,
-                c.packets_in,
-                c.packets_out
+                &l.counters,
             );
             for m in r.members.iter().filter(|m| m.pool_id == l.pool_id) {
-                let c = &m.counters;
-                let _ = writeln!(
-                    o,
-                    "    {:<36} {:>6} {:<11} {:>7} {:>8} {:>12} {:>12} {:>10} {:>10}",
-                    format!("{} {}", &m.id[..m.id.len().min(8)], m.address),
+                let name = format!("{} {}", &m.id[..m.id.len().min(8)], m.address);
+                row(
+                    &mut o,
+                    "    ",
+                    name,
                     m.protocol_port,
-                    m.operating_status,
-                    c.active_connections,
-                    c.total_connections,
-                    c.bytes_in,
-                    c.bytes_out,
-                    c.packets_in,
-                    c.packets_out
+                    &m.operating_status,
+                    &m.counters,
                 );
             }
         }

@@ -25,6 +25,17 @@ fn active(stats: &Value, addr: Ipv4Addr) -> i64 {
     member(stats, addr)["active_connections"].as_i64().unwrap()
 }
 
+/// Waits until every member's and the listener's active count is 0.
+fn wait_all_zero(what: &str, bin: &std::path::Path, cfg: &TestConfig) {
+    wait_for(what, Duration::from_secs(10), || {
+        let s = stats(bin, &cfg.state_dir);
+        let members = s[0]["members"].as_array().unwrap();
+        (members.iter().all(|m| m["active_connections"] == 0)
+            && s[0]["listeners"][0]["active_connections"] == 0)
+            .then_some(())
+    });
+}
+
 /// The seed's scenario, with weights 3:1 and a 1 s health monitor so the test is quick:
 /// (delay 1 s, timeout 0.5 s, rise 2, fall 2).
 fn seed_run(xdp_mode: &str) {
@@ -107,17 +118,7 @@ fn seed_run(xdp_mode: &str) {
 
     // Close them all: every counter returns to 0 once the FIN handshakes went through.
     drop(conns);
-    wait_for(
-        "active connections back to 0 after close",
-        Duration::from_secs(10),
-        || {
-            let s = stats(&bin, &cfg.state_dir);
-            (active(&s, M1) == 0
-                && active(&s, M2) == 0
-                && s[0]["listeners"][0]["active_connections"] == 0)
-                .then_some(())
-        },
-    );
+    wait_all_zero("active connections back to 0 after close", &bin, &cfg);
 
     // Kill member 10.0.0.2: marked down within delay * fall + timeout (1*2 + 0.5 s).
     topo.member(M1).server.kill();
@@ -140,17 +141,7 @@ fn seed_run(xdp_mode: &str) {
         conns.push(c);
     }
     drop(conns);
-    wait_for(
-        "all counters at 0 at the end",
-        Duration::from_secs(10),
-        || {
-            let s = stats(&bin, &cfg.state_dir);
-            (active(&s, M1) == 0
-                && active(&s, M2) == 0
-                && s[0]["listeners"][0]["active_connections"] == 0)
-                .then_some(())
-        },
-    );
+    wait_all_zero("all counters at 0 at the end", &bin, &cfg);
     // The member comes back: up again after `max_retries` (rise) good checks.
     let m1 = topo.member(M1);
     m1.server = Server::start(&m1.ns.name, M1, 22);

@@ -189,51 +189,37 @@ fn main() -> Result<()> {
             run(&mut c)
         }
         Cmd::Perf { seconds, runs } => {
-            setup(TEST_PACKAGES)?;
-            let bin = build_lb(true)?;
-            run(cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "--package",
-                    "integration-tests",
-                    "--bin",
-                    "lb-perf",
-                    "--",
-                ])
-                .arg("--lb")
-                .arg(&bin)
-                .args([
-                    "--seconds",
-                    &seconds.to_string(),
-                    "--runs",
-                    &runs.to_string(),
-                ]))
+            let (s, r) = (seconds.to_string(), runs.to_string());
+            run_tool("lb-perf", &["--seconds", &s, "--runs", &r])
         }
         Cmd::Demo { xdp_mode, hold } => {
-            setup(TEST_PACKAGES)?;
-            let bin = build_lb(true)?;
-            let mut c = cargo();
-            c.args([
-                "run",
-                "--release",
-                "--quiet",
-                "--package",
-                "integration-tests",
-                "--bin",
-                "lb-demo",
-                "--",
-            ])
-            .arg("--lb")
-            .arg(&bin)
-            .args(["--xdp-mode", &xdp_mode]);
+            let mut args = vec!["--xdp-mode", xdp_mode.as_str()];
             if hold {
-                c.arg("--hold");
+                args.push("--hold");
             }
-            run(&mut c)
+            run_tool("lb-demo", &args)
         }
     }
+}
+
+/// Runs one of the tests package's programs (lb-demo, lb-perf) against a release `lb`.
+fn run_tool(name: &str, args: &[&str]) -> Result<()> {
+    setup(TEST_PACKAGES)?;
+    let bin = build_lb(true)?;
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "integration-tests",
+            "--bin",
+            name,
+            "--",
+        ])
+        .arg("--lb")
+        .arg(&bin)
+        .args(args))
 }
 
 fn nix_is_root() -> bool {

@@ -36,6 +36,20 @@ fn step(s: &str) {
     println!("\n== {s}");
 }
 
+/// `n` clients connect through the VIP and stay connected; prints who greeted each.
+fn connect_n(topo: &SeedTopology, n: usize) -> anyhow::Result<Vec<Conn>> {
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let c = connect(&topo.client.name, VIP, 22)?;
+        println!(
+            "client #{i} -> 10.0.0.250:22  greeted by: {}",
+            c.greeting.trim()
+        );
+        conns.push(c);
+    }
+    Ok(conns)
+}
+
 fn print_stats(lb: &PathBuf) {
     let out = Command::new(lb).args(["stats"]).output().expect("lb stats");
     print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -96,15 +110,7 @@ fn main() -> anyhow::Result<()> {
     print!("{}", daemon.log_text());
 
     step("six clients connect to 10.0.0.250:22 and stay connected (leastconn spreads them)");
-    let mut conns = Vec::new();
-    for i in 0..6 {
-        let c = connect(&topo.client.name, VIP, 22)?;
-        println!(
-            "client #{i} -> 10.0.0.250:22  greeted by: {}",
-            c.greeting.trim()
-        );
-        conns.push(c);
-    }
+    let conns = connect_n(&topo, 6)?;
     for m in &topo.members {
         let peers = m.server.peers.lock().unwrap();
         let from: Vec<_> = peers
@@ -140,15 +146,7 @@ fn main() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut conns = Vec::new();
-    for i in 0..4 {
-        let c = connect(&topo.client.name, VIP, 22)?;
-        println!(
-            "client #{i} -> 10.0.0.250:22  greeted by: {}",
-            c.greeting.trim()
-        );
-        conns.push(c);
-    }
+    let conns = connect_n(&topo, 4)?;
     print_stats(&args.lb);
     drop(conns);
 
