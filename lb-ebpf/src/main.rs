@@ -76,10 +76,17 @@ fn process(ctx: &XdpContext) -> Verdict {
         _pad: 0,
     };
     if let Some(listener) = unsafe { LISTENERS.get(lkey) } {
-        if pkt.fragment {
-            return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
+        let v = if pkt.fragment {
+            verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT)
+        } else {
+            from_client(ctx, &pkt, listener)
+        };
+        if v.action == xdp_action::XDP_DROP {
+            if let Some(c) = LISTENER_DROPS.get_ptr_mut(listener.index * reason::COUNT + v.reason) {
+                unsafe { *c += 1 };
+            }
         }
-        return from_client(ctx, &pkt, listener);
+        return v;
     }
     let rkey = FlowKey {
         src_be: pkt.src_be,

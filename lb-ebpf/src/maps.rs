@@ -44,6 +44,11 @@ pub static MEMBER_STATS: PerCpuArray<Stats> = PerCpuArray::pinned(MAX_MEMBERS, 0
 #[map]
 pub static LISTENER_STATS: PerCpuArray<Stats> = PerCpuArray::pinned(MAX_LISTENERS, 0);
 
+/// listener * reason::COUNT + reason -> packets of that listener dropped for that reason, per
+/// CPU (HAProxy's request errors, by cause).
+#[map]
+pub static LISTENER_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_LISTENERS * reason::COUNT, 0);
+
 /// verdict reason (lb_common::reason) -> packets, per CPU.
 #[map]
 pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);

@@ -277,6 +277,7 @@ pub struct Maps {
     member_stats: PerCpuArray<MapData, Stats>,
     listener_stats: PerCpuArray<MapData, Stats>,
     verdicts: PerCpuArray<MapData, u64>,
+    listener_drops: PerCpuArray<MapData, u64>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
     pub member_live: LiveArray,
     pub listener_live: LiveArray,
@@ -334,6 +335,7 @@ impl Maps {
             member_stats: open_map(dir, "MEMBER_STATS")?,
             listener_stats: open_map(dir, "LISTENER_STATS")?,
             verdicts: open_map(dir, "VERDICTS")?,
+            listener_drops: open_map(dir, "LISTENER_DROPS")?,
             conntrack: open_map(dir, "CONNTRACK")?,
             member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
             listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
@@ -393,6 +395,17 @@ impl Maps {
         for (i, o) in out.iter_mut().enumerate() {
             let e = self.err("VERDICTS");
             *o = self.verdicts.get(&(i as u32), 0).map_err(e)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Packets of listener `index` dropped, per reason (`lb_common::reason`), summed over CPUs.
+    pub fn listener_drops(&self, index: u32) -> Result<[u64; reason::COUNT as usize]> {
+        let mut out = [0u64; reason::COUNT as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            let e = self.err("LISTENER_DROPS");
+            let key = index * reason::COUNT + i as u32;
+            *o = self.listener_drops.get(&key, 0).map_err(e)?.iter().sum();
         }
         Ok(out)
     }

@@ -26,6 +26,10 @@ pub struct ListenerReport {
     pub pool_id: String,
     #[serde(flatten)]
     pub counters: Counters,
+    /// Packets for this listener that were dropped (Octavia's request_errors).
+    pub request_errors: u64,
+    /// The same, by reason (only reasons that occurred).
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -54,6 +58,15 @@ pub struct LoadBalancerReport {
     pub members: Vec<MemberReport>,
     /// packets per verdict reason (tx_*, pass_*, drop_*)
     pub verdicts: std::collections::BTreeMap<String, u64>,
+}
+
+fn named_nonzero(by_reason: &[u64]) -> std::collections::BTreeMap<String, u64> {
+    by_reason
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v > 0)
+        .map(|(i, v)| (reason::NAMES[i].to_string(), *v))
+        .collect()
 }
 
 impl Counters {
@@ -89,11 +102,14 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
     let mut listeners = Vec::new();
     for l in &state.listeners {
         let s = maps.listener_stats(l.index)?;
+        let drops = maps.listener_drops(l.index)?;
         listeners.push(ListenerReport {
             id: l.id.clone(),
             protocol_port: l.protocol_port,
             pool_id: l.pool_id.clone(),
             counters: Counters::new(maps.listener_live.get(l.index).active, s),
+            request_errors: drops.iter().sum(),
+            drops: named_nonzero(&drops),
         });
     }
     let mut members = Vec::new();
@@ -122,6 +138,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         .enumerate()
         .map(|(i, v)| (reason::NAMES[i].to_string(), *v))
         .collect();
+
     let conntrack_flows = maps
         .flows()
         .iter()

@@ -289,3 +289,54 @@ fn idle_flows_expire_and_counters_return_to_zero() {
     );
     drop(held);
 }
+
+#[test]
+fn missing_adopted_port_is_refused_naming_it() {
+    if !require_root() {
+        return;
+    }
+    let cfg =
+        TestConfig::seed(|t| t.replace("bridge = \"br-int\"", "bridge = \"br-int\"\nadopt = true"));
+    let _left = cfg.leftovers();
+    let node = integration_tests::Netns::new("n");
+    let mut daemon = Daemon::start(&lb_bin(), &node.name, &cfg.path, &[]);
+    let status = wait_for("lb run to give up", Duration::from_secs(20), || {
+        daemon.exited()
+    });
+    assert!(!status.success());
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&cfg.port) && log.contains("adopt = true but no device"),
+        "{log}"
+    );
+    assert!(
+        !lb::node::netns_exists(&cfg.namespace()),
+        "the namespace it created is removed again"
+    );
+    assert!(!cfg.bpffs.join(&cfg.lb_id).exists());
+}
+
+#[test]
+fn missing_bridge_is_created_and_removed_again() {
+    if !require_root() {
+        return;
+    }
+    let cfg = TestConfig::seed(|t| t);
+    let _left = cfg.leftovers();
+    let node = integration_tests::Netns::new("n");
+    assert!(!node.ip("link show").contains("br-int"));
+    let bin = lb_bin();
+    let mut daemon = Daemon::start(&bin, &node.name, &cfg.path, &[]);
+    wait_running(&mut daemon, &cfg);
+    let links = node.ip("link show");
+    assert!(
+        links.contains("br-int") && links.contains(&lb::node::outer_name(&cfg.port)),
+        "{links}"
+    );
+    assert!(daemon.stop().unwrap().success(), "{}", daemon.log_text());
+    let links = node.ip("link show");
+    assert!(
+        !links.contains("br-int"),
+        "the bridge lb created is removed: {links}"
+    );
+}

@@ -140,6 +140,10 @@ fn least_connections_and_down_members() {
     let syn = Tcp::new(CLIENT, 41020, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
     env.expect(&syn.build(), XDP_DROP, reason::DROP_NO_MEMBER);
     assert!(env.flow(41020).is_none());
+    assert_eq!(
+        env.dp.maps.listener_drops(0).unwrap()[reason::DROP_NO_MEMBER as usize],
+        1
+    );
 }
 
 #[test]
@@ -328,6 +332,13 @@ fn connection_limit_is_enforced() {
     env.open(45001);
     let syn = Tcp::new(CLIENT, 45002, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
     env.expect(&syn.build(), XDP_DROP, reason::DROP_CONN_LIMIT);
+    let drops = env.dp.maps.listener_drops(0).unwrap();
+    assert_eq!(
+        drops[reason::DROP_CONN_LIMIT as usize],
+        1,
+        "counted against the listener"
+    );
+    assert_eq!(drops.iter().sum::<u64>(), 1);
 }
 
 #[test]
