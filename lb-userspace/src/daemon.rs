@@ -88,7 +88,7 @@ fn choose_mode(choice: XdpModeChoice, created_veth: bool) -> (XdpMode, &'static 
 }
 
 impl Running {
-    pub fn start(
+    pub async fn start(
         cfg: &Config,
         lb: &LoadBalancer,
         mode_choice: XdpModeChoice,
@@ -97,6 +97,7 @@ impl Running {
         let pin_dir = Path::new(&cfg.daemon.bpffs).join(&lb.id);
         ensure_bpffs(&pin_dir)?;
         let node = Node::setup(lb)
+            .await
             .with_context(|| format!("load balancer {}: setting up namespace and port", lb.id))?;
         let mut r = Running {
             lb: lb.clone(),
@@ -109,7 +110,7 @@ impl Running {
             health_thread: None,
         };
         if let Err(e) = r.bring_up(cfg, mode_choice, tx) {
-            r.stop();
+            r.stop().await;
             return Err(e.context(format!("load balancer {}", lb.id)));
         }
         Ok(r)
@@ -281,7 +282,7 @@ impl Running {
     }
 
     /// Detaches, unpins and removes what this load balancer created.
-    pub fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         // Dropping the programs closes their links: XDP is detached.
         self.dataplane = None;
         if let Ok(entries) = std::fs::read_dir(&self.pin_dir) {
@@ -291,7 +292,7 @@ impl Running {
         }
         let _ = std::fs::remove_dir(&self.pin_dir);
         let _ = std::fs::remove_file(&self.state_path);
-        self.node.teardown();
+        self.node.teardown().await;
         info!(loadbalancer = %self.lb.id, "stopped and removed");
     }
 }
@@ -323,14 +324,14 @@ pub async fn run(cfg: Config, mode: XdpModeChoice) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Transition>();
     let mut running: Vec<Running> = Vec::new();
     for lb in &cfg.loadbalancer {
-        match Running::start(&cfg, lb, mode, tx.clone()) {
+        match Running::start(&cfg, lb, mode, tx.clone()).await {
             Ok(r) => {
                 info!(loadbalancer = %lb.id, namespace = %lb.namespace(), vip = %lb.vip_address, mode = r.mode, "load balancer up");
                 running.push(r);
             }
             Err(e) => {
                 for r in running.iter_mut().rev() {
-                    r.stop();
+                    r.stop().await;
                 }
                 return Err(e);
             }
@@ -364,7 +365,7 @@ pub async fn run(cfg: Config, mode: XdpModeChoice) -> anyhow::Result<()> {
     }
     drop(rx);
     for r in running.iter_mut().rev() {
-        r.stop();
+        r.stop().await;
     }
     Ok(())
 }

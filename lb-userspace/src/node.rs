@@ -1,17 +1,23 @@
 //! The load balancer's home on the node: namespace `qlbaas-<id>`, its port (a veth whose outer
 //! end joins the bridge, or an adopted device), the VIP, and the namespace's sysctls.
 //!
-//! Links and addresses are driven through iproute2's `ip` (what Neutron's agents use too);
-//! entering a namespace is done on a dedicated thread through `setns`, never for the whole
-//! process.
+//! Links and addresses go through rtnetlink. A netlink socket belongs to the namespace it was
+//! opened in, so the connection for the load balancer's namespace is opened on a thread that
+//! entered it; the process as a whole never changes namespace. Named namespaces themselves are
+//! made and removed by iproute2's `ip netns` (the bind mount under /var/run/netns that every
+//! other tool, Neutron's agents included, expects).
 
 use std::{
     fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
 };
 
+use futures::TryStreamExt as _;
 use nix::sched::{setns, CloneFlags};
+use rtnetlink::{packet_route::link::LinkMessage, Handle, LinkBridge, LinkUnspec, LinkVeth};
 
 use crate::config::{parse_mac, LoadBalancer};
 
@@ -19,12 +25,26 @@ use crate::config::{parse_mac, LoadBalancer};
 /// disjoint from the data path's SNAT range `lb_common::SNAT_PORT_MIN..=SNAT_PORT_MAX`.
 pub const LOCAL_PORT_RANGE: &str = "60000 65535";
 
+const ENODEV: i32 = 19;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("`ip {args}` failed: {stderr}")]
     Ip { args: String, stderr: String },
     #[error("cannot run `ip` (install iproute2)")]
     IpMissing(#[source] std::io::Error),
+    #[error("netlink: {what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("netlink socket in namespace {ns}")]
+    Socket {
+        ns: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("port {port}: {reason}")]
     Port { port: String, reason: String },
     #[error("namespace {ns}: cannot enter")]
@@ -44,18 +64,19 @@ pub enum NodeError {
 
 type Result<T, E = NodeError> = std::result::Result<T, E>;
 
-pub fn ip(args: &[&str]) -> Result<String> {
+/// `ip netns add|del NAME`.
+fn ip_netns(verb: &str, ns: &str) -> Result<()> {
     let out = Command::new("ip")
-        .args(args)
+        .args(["netns", verb, ns])
         .output()
         .map_err(NodeError::IpMissing)?;
     if !out.status.success() {
         return Err(NodeError::Ip {
-            args: args.join(" "),
+            args: format!("netns {verb} {ns}"),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(())
 }
 
 pub fn netns_path(ns: &str) -> PathBuf {
@@ -66,13 +87,16 @@ pub fn netns_exists(ns: &str) -> bool {
     netns_path(ns).exists()
 }
 
-/// Moves the calling thread into namespace `ns`. Only call on a thread you own.
-pub fn enter(ns: &str) -> Result<()> {
-    let f = File::open(netns_path(ns)).map_err(|source| NodeError::Enter {
+fn open_netns(ns: &str) -> Result<File> {
+    File::open(netns_path(ns)).map_err(|source| NodeError::Enter {
         ns: ns.into(),
         source,
-    })?;
-    setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| NodeError::Enter {
+    })
+}
+
+/// Moves the calling thread into namespace `ns`. Only call on a thread you own.
+pub fn enter(ns: &str) -> Result<()> {
+    setns(open_netns(ns)?, CloneFlags::CLONE_NEWNET).map_err(|e| NodeError::Enter {
         ns: ns.into(),
         source: e.into(),
     })
@@ -90,15 +114,6 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
     })
 }
 
-fn link_exists(ns: Option<&str>, dev: &str) -> bool {
-    let mut args = vec![];
-    if let Some(ns) = ns {
-        args.extend(["-n", ns]);
-    }
-    args.extend(["link", "show", "dev", dev]);
-    ip(&args).is_ok()
-}
-
 /// Writes a sysctl of the namespace through /proc/sys from a thread inside it.
 pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
@@ -109,8 +124,157 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     })
 }
 
+/// An rtnetlink connection bound to one namespace; its I/O runs on the current tokio runtime.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Netlink { what, source }
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace.
+    pub fn here() -> Result<Netlink> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|source| NodeError::Socket {
+                ns: "(node)".into(),
+                source,
+            })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection whose socket is opened inside namespace `ns`.
+    pub fn in_ns(ns: &str) -> Result<Netlink> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = in_netns(ns, || {
+            let _runtime = rt.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(|source| NodeError::Socket {
+            ns: ns.into(),
+            source,
+        })?;
+        rt.spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// The ifindex of `name`, or None if there is no such device here.
+    pub async fn index(&self, name: &str) -> Result<Option<u32>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(msg.header.index)),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.is_some_and(|c| -c.get() == ENODEV) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(nl(format!("looking up {name}"))(e)),
+        }
+    }
+
+    async fn require(&self, name: &str) -> Result<u32> {
+        self.index(name).await?.ok_or_else(|| NodeError::Port {
+            port: name.into(),
+            reason: "device disappeared".into(),
+        })
+    }
+
+    async fn set(&self, what: String, msg: LinkMessage) -> Result<()> {
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl(what))
+    }
+
+    pub async fn up(&self, name: &str) -> Result<()> {
+        let i = self.require(name).await?;
+        self.set(
+            format!("setting {name} up"),
+            LinkUnspec::new_with_index(i).up().build(),
+        )
+        .await
+    }
+
+    async fn add_bridge(&self, name: &str) -> Result<()> {
+        let msg = LinkBridge::new(name).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("creating bridge {name}")))
+    }
+
+    async fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
+        let msg = LinkVeth::new(name, peer).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("creating veth {name} / {peer}")))
+    }
+
+    async fn set_controller(&self, name: &str, bridge: &str) -> Result<()> {
+        let (i, b) = (self.require(name).await?, self.require(bridge).await?);
+        let msg = LinkUnspec::new_with_index(i).controller(b).build();
+        self.set(format!("adding {name} to {bridge}"), msg).await
+    }
+
+    async fn set_mac(&self, name: &str, mac: [u8; 6]) -> Result<()> {
+        let i = self.require(name).await?;
+        let msg = LinkUnspec::new_with_index(i).address(mac.to_vec()).build();
+        self.set(format!("setting the MAC of {name}"), msg).await
+    }
+
+    /// Moves device `name` into the namespace `ns_fd` refers to.
+    async fn move_to(&self, name: &str, ns_fd: &impl AsRawFd) -> Result<()> {
+        let i = self.require(name).await?;
+        let msg = LinkUnspec::new_with_index(i)
+            .setns_by_fd(ns_fd.as_raw_fd())
+            .build();
+        self.set(format!("moving {name} to another namespace"), msg)
+            .await
+    }
+
+    async fn replace_address(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        let i = self.require(name).await?;
+        self.handle
+            .address()
+            .add(i, IpAddr::V4(addr), prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("assigning {addr}/{prefix} to {name}")))
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        if let Some(i) = self.index(name).await? {
+            self.handle
+                .link()
+                .del(i)
+                .execute()
+                .await
+                .map_err(nl(format!("deleting {name}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// What `Node::setup` created, so teardown removes exactly that.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Node {
     pub namespace: String,
     pub port: String,
@@ -120,6 +284,8 @@ pub struct Node {
     pub created_bridge: Option<String>,
     /// An adopted port lb moved from the node namespace into the load balancer's namespace.
     pub moved_port: bool,
+    /// The node namespace (the daemon's), to hand an adopted port back on teardown.
+    node_ns: Option<OwnedFd>,
 }
 
 /// Name of the outer end of a created port: Neutron's `tap` prefix becomes `ns` (as its
@@ -133,23 +299,26 @@ pub fn outer_name(port: &str) -> String {
 }
 
 impl Node {
-    pub fn setup(lb: &LoadBalancer) -> Result<Node> {
-        let ns = lb.namespace();
-        let port = lb.port.name.clone();
+    pub async fn setup(lb: &LoadBalancer) -> Result<Node> {
+        let node_ns =
+            File::open("/proc/thread-self/ns/net").map_err(|source| NodeError::Enter {
+                ns: "(node)".into(),
+                source,
+            })?;
         let mut node = Node {
-            namespace: ns.clone(),
-            port: port.clone(),
+            namespace: lb.namespace(),
+            port: lb.port.name.clone(),
+            node_ns: Some(node_ns.into()),
             ..Default::default()
         };
-        let r = node.setup_inner(lb);
-        if let Err(e) = r {
-            node.teardown();
+        if let Err(e) = node.setup_inner(lb).await {
+            node.teardown().await;
             return Err(e);
         }
         Ok(node)
     }
 
-    fn setup_inner(&mut self, lb: &LoadBalancer) -> Result<()> {
+    async fn setup_inner(&mut self, lb: &LoadBalancer) -> Result<()> {
         let ns = self.namespace.clone();
         let port = self.port.clone();
         let port_err = |reason: String| NodeError::Port {
@@ -157,49 +326,51 @@ impl Node {
             reason,
         };
         if !netns_exists(&ns) {
-            ip(&["netns", "add", &ns])?;
+            ip_netns("add", &ns)?;
             self.created_namespace = true;
         }
+        let here = Netlink::here()?;
+        let inside = Netlink::in_ns(&ns)?;
+        let ns_file = open_netns(&ns)?;
         if lb.port.adopt {
-            if link_exists(None, &port) {
-                ip(&["link", "set", "dev", &port, "netns", &ns])?;
+            if here.index(&port).await?.is_some() {
+                here.move_to(&port, &ns_file).await?;
                 self.moved_port = true;
-            } else if !link_exists(Some(&ns), &port) {
+            } else if inside.index(&port).await?.is_none() {
                 return Err(port_err(format!(
                     "adopt = true but no device of that name in the node namespace or in {ns}"
                 )));
             }
         } else {
-            if link_exists(None, &port) || link_exists(Some(&ns), &port) {
+            if here.index(&port).await?.is_some() || inside.index(&port).await?.is_some() {
                 return Err(port_err(
                     "a device of that name already exists; set port.adopt = true to use it".into(),
                 ));
             }
             let bridge = &lb.port.bridge;
-            if !link_exists(None, bridge) {
-                ip(&["link", "add", "name", bridge, "type", "bridge"])?;
+            if here.index(bridge).await?.is_none() {
+                here.add_bridge(bridge).await?;
                 self.created_bridge = Some(bridge.clone());
             }
-            ip(&["link", "set", "dev", bridge, "up"])?;
+            here.up(bridge).await?;
             let outer = outer_name(&port);
-            if link_exists(None, &outer) {
+            if here.index(&outer).await?.is_some() {
                 return Err(port_err(format!("the outer end's name {outer} is taken")));
             }
-            ip(&[
-                "link", "add", "name", &outer, "type", "veth", "peer", "name", &port, "netns", &ns,
-            ])?;
+            here.add_veth(&outer, &port).await?;
             self.outer = Some(outer.clone());
-            ip(&["link", "set", "dev", &outer, "master", bridge])?;
-            ip(&["link", "set", "dev", &outer, "up"])?;
-            if let Some(mac) = &lb.port.mac {
-                debug_assert!(parse_mac(mac).is_some());
-                ip(&["-n", &ns, "link", "set", "dev", &port, "address", mac])?;
+            here.move_to(&port, &ns_file).await?;
+            here.set_controller(&outer, bridge).await?;
+            here.up(&outer).await?;
+            if let Some(mac) = lb.port.mac.as_deref().and_then(parse_mac) {
+                inside.set_mac(&port, mac).await?;
             }
         }
-        ip(&["-n", &ns, "link", "set", "dev", "lo", "up"])?;
-        ip(&["-n", &ns, "link", "set", "dev", &port, "up"])?;
-        let vip = format!("{}/{}", lb.vip_address, lb.vip_prefixlen);
-        ip(&["-n", &ns, "addr", "replace", &vip, "dev", &port])?;
+        inside.up("lo").await?;
+        inside.up(&port).await?;
+        inside
+            .replace_address(&port, lb.vip_address, lb.vip_prefixlen)
+            .await?;
         sysctl(&ns, "net.ipv4.ip_local_port_range", LOCAL_PORT_RANGE)?;
         // bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the ingress device.
         sysctl(&ns, &format!("net.ipv4.conf.{port}.forwarding"), "1")?;
@@ -210,36 +381,34 @@ impl Node {
     }
 
     /// Removes what setup created; an adopted port goes back where it came from.
-    pub fn teardown(&mut self) {
+    pub async fn teardown(&mut self) {
+        let here = Netlink::here();
         if self.moved_port {
-            // Back to the node namespace: the daemon's main thread is in it, so name it by pid
-            // (`ip` runs from a thread inside the load balancer's namespace, where the port is).
-            let target = std::process::id().to_string();
-            if let Err(e) = in_netns(&self.namespace, || {
-                Command::new("ip")
-                    .args(["link", "set", "dev", &self.port, "netns", &target])
-                    .status()
-            }) {
-                tracing::warn!(error = %e, port = %self.port, "cannot return adopted port");
+            let back = async {
+                let inside = Netlink::in_ns(&self.namespace)?;
+                let node_ns = self.node_ns.as_ref().expect("set in setup");
+                inside.move_to(&self.port, node_ns).await
+            };
+            if let Err(e) = back.await {
+                tracing::warn!(error = %e, port = %self.port, "cannot return the adopted port");
             }
             self.moved_port = false;
         }
-        if let Some(outer) = self.outer.take() {
-            let _ = ip(&["link", "del", "dev", &outer]);
+        if let (Some(outer), Ok(here)) = (self.outer.take(), &here) {
+            if let Err(e) = here.delete(&outer).await {
+                tracing::warn!(error = %e, "cannot delete {outer}");
+            }
         }
         if self.created_namespace {
-            let _ = ip(&["netns", "del", &self.namespace]);
+            if let Err(e) = ip_netns("del", &self.namespace) {
+                tracing::warn!(error = %e, "cannot delete namespace {}", self.namespace);
+            }
             self.created_namespace = false;
         }
-        if let Some(br) = self.created_bridge.take() {
-            let _ = ip(&["link", "del", "dev", &br]);
+        if let (Some(br), Ok(here)) = (self.created_bridge.take(), &here) {
+            if let Err(e) = here.delete(&br).await {
+                tracing::warn!(error = %e, "cannot delete bridge {br}");
+            }
         }
     }
-}
-
-/// The MAC of a device inside a namespace (for logs and tests).
-pub fn mac_of(ns: &str, dev: &str) -> Option<String> {
-    let out = ip(&["-n", ns, "-o", "link", "show", "dev", dev]).ok()?;
-    let i = out.find("link/ether ")?;
-    Some(out[i + 11..i + 28].to_string())
 }
