@@ -201,8 +201,19 @@ pub struct Stats {
     pub total_connections: u64,
     /// SYNs redispatched away from this member / listener (`retries` + `option redispatch`).
     pub redispatches: u64,
+    /// Members only: new flows for this member that could not be sent, by reason
+    /// (`MEMBER_DROP_REASONS`).
+    pub drops: [u64; 4],
 }
-assert_size!(Stats, 48);
+assert_size!(Stats, 80);
+
+/// The verdict reasons that `Stats::drops` counts per member, in slot order.
+pub const MEMBER_DROP_REASONS: [u32; 4] = [
+    reason::DROP_NO_NEIGH,
+    reason::DROP_NO_ROUTE,
+    reason::DROP_SNAT_EXHAUSTED,
+    reason::DROP_CT_FULL,
+];
 
 /// Conntrack key, a 5-tuple as seen on the wire.
 ///

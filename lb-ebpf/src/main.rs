@@ -286,6 +286,24 @@ extern "C" fn select_step(i: u32, ctx: *mut c_void) -> i64 {
 /// Fills the flow's member, MAC and SNAT port for member `idx`, inserting the reverse entry.
 #[inline(always)]
 fn bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) -> Result<(), u32> {
+    let r = try_bind_member(ctx, flow, idx, pkt_len);
+    if let Err(why) = r {
+        if let Some(s) = MEMBER_STATS.get_ptr_mut(idx) {
+            // Slots as in lb_common::MEMBER_DROP_REASONS.
+            let slot = match why {
+                reason::DROP_NO_NEIGH => 0,
+                reason::DROP_NO_ROUTE => 1,
+                reason::DROP_SNAT_EXHAUSTED => 2,
+                _ => 3,
+            };
+            unsafe { (*s).drops[slot] += 1 };
+        }
+    }
+    r
+}
+
+#[inline(always)]
+fn try_bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) -> Result<(), u32> {
     let Some(m) = MEMBERS.get(idx) else {
         return Err(reason::DROP_NO_MEMBER);
     };

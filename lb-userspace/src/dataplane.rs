@@ -313,6 +313,9 @@ fn sum_stats(values: &[Stats]) -> Stats {
         a.bytes_out += s.bytes_out;
         a.total_connections += s.total_connections;
         a.redispatches += s.redispatches;
+        for (d, x) in a.drops.iter_mut().zip(s.drops) {
+            *d += x;
+        }
         a
     })
 }

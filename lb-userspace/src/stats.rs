@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use lb_common::{reason, Stats, MEMBER_F_BACKUP, MEMBER_F_ENABLED, MEMBER_F_UP};
+use lb_common::{
+    reason, Stats, MEMBER_DROP_REASONS, MEMBER_F_BACKUP, MEMBER_F_ENABLED, MEMBER_F_UP,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{dataplane::Maps, state::State};
@@ -22,6 +24,8 @@ pub struct Counters {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ListenerReport {
     pub id: String,
+    /// ONLINE | DEGRADED (some members in ERROR) | ERROR (no member can serve)
+    pub operating_status: String,
     pub protocol_port: u16,
     pub pool_id: String,
     #[serde(flatten)]
@@ -44,11 +48,17 @@ pub struct MemberReport {
     pub operating_status: String,
     #[serde(flatten)]
     pub counters: Counters,
+    /// New flows for this member that could not be sent (HAProxy's connection errors).
+    pub connection_errors: u64,
+    /// The same, by reason (only reasons that occurred).
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LoadBalancerReport {
     pub id: String,
+    /// ONLINE | DEGRADED | ERROR, from its listeners
+    pub operating_status: String,
     pub namespace: String,
     pub port: String,
     pub vip_address: String,
@@ -83,6 +93,36 @@ impl Counters {
     }
 }
 
+/// A listener's status from its pool's member statuses: members an operator disabled
+/// (OFFLINE) do not count; any ERROR makes it DEGRADED; no member left that can serve, ERROR.
+pub fn pool_status<'a>(members: impl IntoIterator<Item = &'a str>) -> &'static str {
+    let counted: Vec<&str> = members.into_iter().filter(|s| *s != "OFFLINE").collect();
+    let errors = counted.iter().filter(|s| **s == "ERROR").count();
+    let serving = counted
+        .iter()
+        .filter(|s| matches!(**s, "ONLINE" | "NO_MONITOR"))
+        .count();
+    if serving == 0 {
+        "ERROR"
+    } else if errors > 0 {
+        "DEGRADED"
+    } else {
+        "ONLINE"
+    }
+}
+
+/// A load balancer's status from its listeners'.
+pub fn loadbalancer_status<'a>(listeners: impl IntoIterator<Item = &'a str>) -> &'static str {
+    let all: Vec<&str> = listeners.into_iter().collect();
+    if !all.is_empty() && all.iter().all(|s| *s == "ERROR") {
+        "ERROR"
+    } else if all.iter().any(|s| *s != "ONLINE") {
+        "DEGRADED"
+    } else {
+        "ONLINE"
+    }
+}
+
 pub fn operating_status(flags: u32, weight: u16, monitored: bool) -> &'static str {
     if flags & MEMBER_F_ENABLED == 0 {
         "OFFLINE"
@@ -99,19 +139,6 @@ pub fn operating_status(flags: u32, weight: u16, monitored: bool) -> &'static st
 
 pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::DataplaneError> {
     let maps = Maps::open(&state.pin_dir)?;
-    let mut listeners = Vec::new();
-    for l in &state.listeners {
-        let s = maps.listener_stats(l.index)?;
-        let drops = maps.listener_drops(l.index)?;
-        listeners.push(ListenerReport {
-            id: l.id.clone(),
-            protocol_port: l.protocol_port,
-            pool_id: l.pool_id.clone(),
-            counters: Counters::new(maps.listener_live.get(l.index).active, s),
-            request_errors: drops.iter().sum(),
-            drops: named_nonzero(&drops),
-        });
-    }
     let mut members = Vec::new();
     for m in &state.members {
         let s = maps.member_stats(m.index)?;
@@ -130,6 +157,33 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
             )
             .into(),
             counters: Counters::new(maps.member_live.get(m.index).active, s),
+            connection_errors: s.drops.iter().sum(),
+            drops: MEMBER_DROP_REASONS
+                .iter()
+                .zip(s.drops)
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (reason::NAMES[*r as usize].to_string(), n))
+                .collect(),
+        });
+    }
+    let mut listeners = Vec::new();
+    for l in &state.listeners {
+        let s = maps.listener_stats(l.index)?;
+        let drops = maps.listener_drops(l.index)?;
+        let status = pool_status(
+            members
+                .iter()
+                .filter(|m| m.pool_id == l.pool_id)
+                .map(|m| m.operating_status.as_str()),
+        );
+        listeners.push(ListenerReport {
+            id: l.id.clone(),
+            operating_status: status.into(),
+            protocol_port: l.protocol_port,
+            pool_id: l.pool_id.clone(),
+            counters: Counters::new(maps.listener_live.get(l.index).active, s),
+            request_errors: drops.iter().sum(),
+            drops: named_nonzero(&drops),
         });
     }
     let verdicts = maps
@@ -146,6 +200,10 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         .count() as u64;
     Ok(LoadBalancerReport {
         id: state.loadbalancer.clone(),
+        operating_status: loadbalancer_status(
+            listeners.iter().map(|l| l.operating_status.as_str()),
+        )
+        .into(),
         namespace: state.namespace.clone(),
         port: state.port.clone(),
         vip_address: state.vip_address.to_string(),
@@ -200,8 +258,14 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
     for r in reports {
         let _ = writeln!(
             o,
-            "loadbalancer {}  vip {}  namespace {}  port {}  xdp {}  flows {}",
-            r.id, r.vip_address, r.namespace, r.port, r.xdp_mode, r.conntrack_flows
+            "loadbalancer {} {}  vip {}  namespace {}  port {}  xdp {}  flows {}",
+            r.id,
+            r.operating_status,
+            r.vip_address,
+            r.namespace,
+            r.port,
+            r.xdp_mode,
+            r.conntrack_flows
         );
         let _ = writeln!(
             o,
@@ -260,6 +324,19 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
 mod tests {
     use super::*;
     use lb_common::MEMBER_F_CONFIGURED;
+
+    #[test]
+    fn listener_and_loadbalancer_status() {
+        assert_eq!(pool_status(["ONLINE", "ONLINE"]), "ONLINE");
+        assert_eq!(pool_status(["ONLINE", "ERROR"]), "DEGRADED");
+        assert_eq!(pool_status(["ERROR", "ERROR"]), "ERROR");
+        assert_eq!(pool_status(["OFFLINE", "NO_MONITOR"]), "ONLINE");
+        assert_eq!(pool_status(["DRAINING", "ERROR"]), "ERROR");
+        assert_eq!(pool_status([]), "ERROR");
+        assert_eq!(loadbalancer_status(["ONLINE", "DEGRADED"]), "DEGRADED");
+        assert_eq!(loadbalancer_status(["ERROR", "ERROR"]), "ERROR");
+        assert_eq!(loadbalancer_status(["ONLINE"]), "ONLINE");
+    }
 
     #[test]
     fn status_names() {

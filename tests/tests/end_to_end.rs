@@ -115,6 +115,7 @@ fn seed_run(xdp_mode: &str) {
     assert_eq!((active(&s, M1), active(&s, M2)), (6, 2));
     assert_eq!(s[0]["listeners"][0]["active_connections"], 8);
     assert_eq!(member(&s, M1)["operating_status"], "ONLINE");
+    assert_eq!(s[0]["operating_status"], "ONLINE");
 
     // Close them all: every counter returns to 0 once the FIN handshakes went through.
     drop(conns);
@@ -127,6 +128,9 @@ fn seed_run(xdp_mode: &str) {
         (member(&stats(&bin, &cfg.state_dir), M1)["operating_status"] == "ERROR").then_some(())
     });
     let took = killed.elapsed();
+    let s = stats(&bin, &cfg.state_dir);
+    assert_eq!(s[0]["listeners"][0]["operating_status"], "DEGRADED");
+    assert_eq!(s[0]["operating_status"], "DEGRADED");
     // One check period of slack for where in its cycle the kill landed, and polling.
     assert!(
         took <= Duration::from_millis(2500 + 1000 + 300),

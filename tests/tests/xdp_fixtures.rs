@@ -318,7 +318,14 @@ fn missing_neighbour_drops_the_syn_and_counts_it() {
     env.expect(&syn.build(), XDP_DROP, reason::DROP_NO_NEIGH);
     assert!(env.flow(44000).is_none(), "no flow is left behind");
     assert_eq!(env.dp.maps.flows().len(), 0, "nor a reverse entry");
-    assert_eq!(env.active(env.member_index(Ipv4Addr::new(10, 0, 0, 9))), 0);
+    let m9 = env.member_index(Ipv4Addr::new(10, 0, 0, 9));
+    assert_eq!(env.active(m9), 0);
+    let st = env.dp.maps.member_stats(m9).unwrap();
+    assert_eq!(
+        st.drops,
+        [1, 0, 0, 0],
+        "counted against the member as drop_no_neigh"
+    );
 }
 
 #[test]
