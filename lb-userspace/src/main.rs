@@ -16,6 +16,17 @@ fn main() {
         cli::Command::Run(a) => cli::run::run(a),
         cli::Command::Stats(a) => cli::stats::run(a),
         cli::Command::Check(a) => cli::run::check(a),
+        cli::Command::Completions { shell } => {
+            let mut cmd = <cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "lb", &mut std::io::stdout());
+            Ok(())
+        }
+        cli::Command::Man => {
+            let cmd = <cli::Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(Into::into)
+        }
     };
     if let Err(e) = r {
         eprintln!("lb: error: {e:#}");

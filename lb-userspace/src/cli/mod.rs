@@ -29,6 +29,13 @@ pub enum Command {
     Stats(StatsArgs),
     /// Check a configuration file and print what it would run, without touching anything.
     Check(CheckArgs),
+    /// Print a shell completion script (e.g. `lb completions bash > /etc/bash_completion.d/lb`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `lb man > /usr/local/share/man/man1/lb.1`
+    Man,
 }
 
 #[derive(Debug, clap::Args)]
