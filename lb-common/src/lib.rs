@@ -172,21 +172,37 @@ pub struct MemberConf {
 assert_size!(MemberConf, 16);
 
 /// `MEMBER_LIVE` / `LISTENER_LIVE` value: shared (not per-CPU) counters, updated with atomic
-/// adds by the data path and, through an mmap of the array, by the daemon (idle expiry and
-/// drift correction).
+/// adds by the data path and, through an mmap of the array, by the daemon.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Live {
     /// Connections counted as open (signed: a transient race may dip below zero; the daemon
     /// corrects drift from the conntrack table).
     pub active: i64,
-    /// Every change to `active` also bumps this, so the daemon can tell a quiet moment.
+    /// Every change to `active` made by a packet also bumps this, so the daemon can tell a
+    /// quiet moment.
     pub events: u64,
-    /// Rotation counter for tie-breaking (pools only use the listener's).
+    /// Rotation counter for tie-breaking (pools use their listener's).
     pub rr: u64,
-    pub _pad: u64,
+    /// Open connections the last sweep counted in the conntrack table (the daemon zeroes it
+    /// before each sweep).
+    pub table: i64,
 }
 assert_size!(Live, 32);
+
+/// `SWEEP` value: what the last run of the `lb_sweep` program did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Forward entries seen (flows).
+    pub flows: u64,
+    /// Flows expired (idle past their state's timeout), both entries removed.
+    pub expired: u64,
+    /// Reverse entries removed whose forward entry was gone.
+    pub orphans: u64,
+    pub _pad: u64,
+}
+assert_size!(SweepReport, 32);
 
 /// Per-CPU traffic counters, per listener and per member.
 #[repr(C)]
@@ -325,4 +341,5 @@ mod pod {
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for SweepReport {}
 }

@@ -11,6 +11,7 @@
 
 mod maps;
 mod parse;
+mod sweep;
 
 use core::{
     ffi::c_void,
@@ -109,7 +110,7 @@ fn process(ctx: &XdpContext) -> Verdict {
 
 /// An atomic add whose result is unused: BPF_ATOMIC_ADD, available on every BPF CPU version.
 #[inline(always)]
-unsafe fn xadd_i64(dst: *mut i64, v: i64) {
+pub(crate) unsafe fn xadd_i64(dst: *mut i64, v: i64) {
     unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 

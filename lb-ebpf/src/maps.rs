@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats,
-    DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
+    SweepReport, DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
 };
 
 /// Hash maps allocate on insert and free through RCU: an entry the daemon expires can never be
@@ -59,3 +59,7 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 #[map]
 pub static CONNTRACK: HashMap<FlowKey, Flow> =
     HashMap::pinned(2 * DEFAULT_CONNTRACK_FLOWS, BPF_F_NO_PREALLOC);
+
+/// What the last `lb_sweep` run did (one entry).
+#[map]
+pub static SWEEP: Array<SweepReport> = Array::pinned(1, 0);

@@ -6,7 +6,6 @@
 //! everything created so far, for every load balancer: nothing is left half-built.
 
 use std::{
-    collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     time::Duration,
@@ -23,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, LoadBalancer, XdpModeChoice},
-    dataplane::{monotonic_ns, Dataplane},
+    dataplane::Dataplane,
     health::{self, MonitorTarget, Transition},
     node::{self, Node},
     plan::{plan, Plan},
@@ -255,29 +254,18 @@ impl Running {
     }
 
     pub fn sweep(&mut self) {
-        let timeouts: HashMap<u32, (u64, u64)> = self
-            .plan
-            .listeners
-            .iter()
-            .map(|l| {
-                (
-                    l.index,
-                    (l.conf.timeout_member_connect_ns, l.conf.timeout_data_ns),
-                )
-            })
-            .collect();
         let members: Vec<u32> = self.plan.members.iter().map(|m| m.index).collect();
         let listeners: Vec<u32> = self.plan.listeners.iter().map(|l| l.index).collect();
         let lb = self.lb.id.clone();
-        let dp = self.dataplane();
-        let r = dp.maps.sweep(
-            monotonic_ns(),
-            |l| timeouts.get(&l).copied(),
-            &members,
-            &listeners,
-        );
-        if r.expired > 0 || r.corrected > 0 {
-            info!(loadbalancer = %lb, flows = r.flows, expired = r.expired, corrected = r.corrected, "conntrack sweep");
+        match self.dataplane().sweep(&members, &listeners) {
+            Ok(r) if r.expired > 0 || r.corrected > 0 || r.orphans > 0 => info!(
+                loadbalancer = %lb, flows = r.flows, expired = r.expired, orphans = r.orphans,
+                corrected = r.corrected, "conntrack sweep"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                error!(loadbalancer = %lb, error = format!("{e:#}"), "conntrack sweep failed")
+            }
         }
     }
 

@@ -4,7 +4,6 @@
 //! by path, so the daemon, `lb stats` and the tests share one way of reading them.
 
 use std::{
-    collections::HashMap as StdHashMap,
     num::NonZeroUsize,
     os::fd::AsFd,
     path::{Path, PathBuf},
@@ -19,7 +18,7 @@ use aya::{
 };
 use lb_common::{
     reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats,
-    FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, MAX_LISTENERS, MAX_MEMBERS,
+    SweepReport, MAX_LISTENERS, MAX_MEMBERS,
 };
 
 /// The BPF object built by build.rs (aya-build, pinned nightly).
@@ -79,7 +78,7 @@ impl Dataplane {
                 dir: pin_dir.into(),
                 source: Box::new(e),
             })?;
-        for name in ["lb", "lb_peer_pass"] {
+        for name in ["lb", "lb_peer_pass", "lb_sweep"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .expect("program is in the object")
@@ -159,6 +158,43 @@ impl Dataplane {
     }
 }
 
+impl Dataplane {
+    /// Expires idle flows and corrects counter drift from the table: zeroes the `table` census
+    /// of `members` and `listeners`, runs `lb_sweep` (one in-kernel pass over the conntrack
+    /// table, see lb-ebpf/src/sweep.rs), then, for every counter no packet touched meanwhile
+    /// (`events` unchanged), sets `active` to the census. Whatever raced before, the counters
+    /// equal the table once traffic stops, and are 0 once every flow closed or expired.
+    pub fn sweep(&mut self, members: &[u32], listeners: &[u32]) -> Result<SweepOutcome> {
+        for (live, idx) in [
+            (&self.maps.member_live, members),
+            (&self.maps.listener_live, listeners),
+        ] {
+            for &i in idx {
+                live.zero_table(i);
+            }
+        }
+        let before_m: Vec<u64> = members
+            .iter()
+            .map(|&m| self.maps.member_live.get(m).events)
+            .collect();
+        let before_l: Vec<u64> = listeners
+            .iter()
+            .map(|&l| self.maps.listener_live.get(l).events)
+            .collect();
+        self.test_run_program("lb_sweep", &[0u8; 64], 1)?;
+        let e = self.maps.err("SWEEP");
+        let r = self.maps.sweep.get(&0, 0).map_err(e)?;
+        let corrected = self.maps.member_live.correct(members, &before_m)
+            + self.maps.listener_live.correct(listeners, &before_l);
+        Ok(SweepOutcome {
+            flows: r.flows,
+            expired: r.expired,
+            orphans: r.orphans,
+            corrected,
+        })
+    }
+}
+
 /// An mmap of a `BPF_F_MMAPABLE` array of `Live`: real atomics shared with the data path.
 pub struct LiveArray {
     _map: MapData,
@@ -214,7 +250,7 @@ impl LiveArray {
                 active: AtomicI64::from_ptr(&raw mut (*p).active).load(Ordering::Relaxed),
                 events: AtomicU64::from_ptr(&raw mut (*p).events).load(Ordering::Relaxed),
                 rr: AtomicU64::from_ptr(&raw mut (*p).rr).load(Ordering::Relaxed),
-                _pad: 0,
+                table: AtomicI64::from_ptr(&raw mut (*p).table).load(Ordering::Relaxed),
             }
         }
     }
@@ -228,35 +264,24 @@ impl LiveArray {
         }
     }
 
-    /// Drift correction: for each of `indexes` whose `events` moved by exactly `ours` (the
-    /// caller's own adds) since `before` — no packet changed it meanwhile — sets `active` to
-    /// `want` (the conntrack table's count). Returns how many were corrected.
-    fn correct(
-        &self,
-        indexes: &[u32],
-        before: &[u64],
-        want: &StdHashMap<u32, i64>,
-        ours: &StdHashMap<u32, u64>,
-    ) -> u64 {
+    /// Drift correction after a sweep: for each of `indexes` whose `events` did not move since
+    /// `before` (no packet changed it during the sweep), sets `active` to the sweep's census.
+    /// Returns how many were corrected.
+    fn correct(&self, indexes: &[u32], before: &[u64]) -> u64 {
         let mut corrected = 0;
         for (&i, &b) in indexes.iter().zip(before) {
             let now = self.get(i);
-            let want = want.get(&i).copied().unwrap_or(0);
-            if now.events == b + ours.get(&i).copied().unwrap_or(0) && now.active != want {
-                self.add(i, want - now.active);
+            if now.events == b && now.active != now.table {
+                self.add(i, now.table - now.active);
                 corrected += 1;
             }
         }
         corrected
     }
 
-    /// Zeroes a slot that is being (re)configured, so a new member starts from nothing.
-    pub fn reset(&self, i: u32) {
+    fn zero_table(&self, i: u32) {
         let p = self.slot(i);
-        unsafe {
-            AtomicI64::from_ptr(&raw mut (*p).active).store(0, Ordering::Relaxed);
-            AtomicU64::from_ptr(&raw mut (*p).events).fetch_add(1, Ordering::Relaxed);
-        }
+        unsafe { AtomicI64::from_ptr(&raw mut (*p).table).store(0, Ordering::Relaxed) };
     }
 }
 
@@ -278,6 +303,7 @@ pub struct Maps {
     listener_stats: PerCpuArray<MapData, Stats>,
     verdicts: PerCpuArray<MapData, u64>,
     listener_drops: PerCpuArray<MapData, u64>,
+    sweep: Array<MapData, SweepReport>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
     pub member_live: LiveArray,
     pub listener_live: LiveArray,
@@ -320,11 +346,12 @@ fn sum_stats(values: &[Stats]) -> Stats {
     })
 }
 
-/// What one expiry pass did.
+/// What one sweep did: the program's report, and the counters the daemon corrected.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SweepReport {
+pub struct SweepOutcome {
     pub flows: u64,
     pub expired: u64,
+    pub orphans: u64,
     pub corrected: u64,
 }
 
@@ -339,6 +366,7 @@ impl Maps {
             listener_stats: open_map(dir, "LISTENER_STATS")?,
             verdicts: open_map(dir, "VERDICTS")?,
             listener_drops: open_map(dir, "LISTENER_DROPS")?,
+            sweep: open_map(dir, "SWEEP")?,
             conntrack: open_map(dir, "CONNTRACK")?,
             member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
             listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
@@ -420,87 +448,5 @@ impl Maps {
 
     pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
         self.conntrack.get(key, 0).ok()
-    }
-
-    fn remove_flow_key(&mut self, key: &FlowKey) {
-        let _ = self.conntrack.remove(key);
-    }
-
-    /// Expires idle flows and corrects counter drift from the table.
-    ///
-    /// `timeouts(listener index)` gives (connect, data) timeouts in ns. A forward entry idle past
-    /// its state's timeout is removed with its reverse entry and, if it still counted as active,
-    /// its member's and listener's `active` are decremented (atomically, beside the data path).
-    /// Then, for every member and listener whose `events` did not move during the pass, `active`
-    /// is set to what the table says: exact at quiescence whatever raced before.
-    pub fn sweep(
-        &mut self,
-        now_ns: u64,
-        timeouts: impl Fn(u32) -> Option<(u64, u64)>,
-        members: &[u32],
-        listeners: &[u32],
-    ) -> SweepReport {
-        let before_m: Vec<u64> = members
-            .iter()
-            .map(|&m| self.member_live.get(m).events)
-            .collect();
-        let before_l: Vec<u64> = listeners
-            .iter()
-            .map(|&l| self.listener_live.get(l).events)
-            .collect();
-        let mut report = SweepReport::default();
-        let mut expired = Vec::new();
-        let mut reverse = Vec::new();
-        let mut count_m = StdHashMap::<u32, i64>::new();
-        let mut count_l = StdHashMap::<u32, i64>::new();
-        for (key, flow) in self.flows() {
-            if key.dir == FLOW_DIR_REVERSE {
-                reverse.push((key, flow));
-                continue;
-            }
-            report.flows += 1;
-            let (connect, data) = timeouts(flow.listener).unwrap_or((0, 0));
-            let idle = now_ns.saturating_sub(flow.last_seen_ns);
-            if idle > flow.timeout_ns(connect, data) {
-                expired.push((key, flow));
-            } else if flow.counted != 0 {
-                *count_m.entry(flow.member).or_default() += 1;
-                *count_l.entry(flow.listener).or_default() += 1;
-            }
-        }
-        for (key, flow) in &expired {
-            self.remove_flow_key(&flow.reverse_key());
-            self.remove_flow_key(key);
-            // Re-read after removal is impossible; the snapshot says whether it counted. A
-            // packet that closed it meanwhile also decremented: the drift pass repairs that.
-            if flow.counted != 0 {
-                self.member_live.add(flow.member, -1);
-                self.listener_live.add(flow.listener, -1);
-            }
-            report.expired += 1;
-        }
-        // Reverse entries whose forward entry is gone (a redispatch or insert that lost a race).
-        for (key, flow) in reverse {
-            let fk = flow.forward_key();
-            debug_assert_eq!(fk.dir, FLOW_DIR_FORWARD);
-            let live = self.flow(&fk).is_some_and(|f| f.reverse_key() == key);
-            if !live && now_ns.saturating_sub(flow.last_seen_ns) > lb_common::CLOSED_LINGER_NS {
-                self.remove_flow_key(&key);
-            }
-        }
-        let ours = |pick: fn(&Flow) -> u32| {
-            let mut n = StdHashMap::<u32, u64>::new();
-            for (_, f) in expired.iter().filter(|(_, f)| f.counted != 0) {
-                *n.entry(pick(f)).or_default() += 1;
-            }
-            n
-        };
-        report.corrected +=
-            self.member_live
-                .correct(members, &before_m, &count_m, &ours(|f| f.member));
-        report.corrected +=
-            self.listener_live
-                .correct(listeners, &before_l, &count_l, &ours(|f| f.listener));
-        report
     }
 }

@@ -359,14 +359,16 @@ fn sweep_expires_idle_flows_and_corrects_drift() {
     assert_eq!(total(&env), 4);
     // Drift (as a lost race would leave): the table says 2 each.
     env.dp.maps.member_live.add(members[0], 5);
-    let now = lb::dataplane::monotonic_ns();
-    let t = |_| Some((5_000_000_000u64, 50_000_000_000u64));
-    let r = env.dp.maps.sweep(now, t, &members, &[0]);
-    assert_eq!((r.flows, r.expired, r.corrected), (4, 0, 1));
-    assert_eq!(total(&env), 4);
+    let r = env.dp.sweep(&members, &[0]).unwrap();
+    assert_eq!((r.flows, r.expired, r.orphans, r.corrected), (4, 0, 0, 1));
+    assert_eq!((env.active(members[0]), env.active(members[1])), (2, 2));
     // Past the connect timeout (no SYN-ACK seen): every flow expires, counters return to 0.
-    let r = env.dp.maps.sweep(now + 6_000_000_000, t, &members, &[0]);
-    assert_eq!(r.expired, 4);
+    let mut l = env.plan.listeners[0].clone();
+    l.conf.timeout_member_connect_ns = 1_000_000;
+    env.dp.maps.set_listener(l.key, l.conf).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let r = env.dp.sweep(&members, &[0]).unwrap();
+    assert_eq!((r.flows, r.expired, r.corrected), (4, 4, 0));
     assert_eq!(total(&env), 0);
     assert_eq!(env.dp.maps.listener_live.get(0).active, 0);
     assert_eq!(

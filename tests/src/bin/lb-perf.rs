@@ -100,6 +100,16 @@ fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
         "  (conntrack grew to {} flows during the SYN runs)",
         n as usize * runs
     );
+    // The daemon's once-a-second pass over the table (expiry + drift correction).
+    let members: Vec<u32> = env.plan.members.iter().map(|m| m.index).collect();
+    let t = Instant::now();
+    let r = env.dp.sweep(&members, &[0])?;
+    println!(
+        "daemon sweep over {} flows ({} entries): {:.1} ms",
+        r.flows,
+        2 * r.flows,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
