@@ -112,6 +112,8 @@ pub struct Tcp {
     pub payload: Vec<u8>,
     pub ip_id: u16,
     pub ttl: u8,
+    /// IPv4 options (a multiple of 4 bytes).
+    pub ip_options: Vec<u8>,
 }
 
 impl Tcp {
@@ -129,6 +131,7 @@ impl Tcp {
             payload: vec![],
             ip_id: 0x1c46,
             ttl: 64,
+            ip_options: vec![],
         }
     }
 
@@ -155,9 +158,12 @@ impl Tcp {
         tcp.extend_from_slice(&self.payload);
         let c = checksum::l4_ipv4(self.src.octets(), self.dst.octets(), 6, &tcp);
         tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(self.ip_options.len() % 4, 0);
+        let ihl = 20 + self.ip_options.len();
         let mut ip = vec![0u8; 20];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&self.ip_options);
+        ip[0] = 0x40 | (ihl / 4) as u8;
+        ip[2..4].copy_from_slice(&((ihl + tcp.len()) as u16).to_be_bytes());
         ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
         ip[6] = 0x40; // DF
         ip[8] = self.ttl;
@@ -177,12 +183,13 @@ impl Tcp {
 
     /// Parses a frame this builder could have produced (for reading what the program emitted).
     pub fn parse(f: &[u8]) -> Option<Tcp> {
-        if f.len() < 54 || f[12..14] != [8, 0] || f[14] != 0x45 || f[23] != 6 {
+        if f.len() < 54 || f[12..14] != [8, 0] || f[14] >> 4 != 4 || f[23] != 6 {
             return None;
         }
-        let ip = &f[14..34];
+        let ihl = ((f[14] & 0x0f) as usize) * 4;
+        let ip = &f[14..14 + ihl];
         let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-        let tcp = &f[34..14 + tot];
+        let tcp = &f[14 + ihl..14 + tot];
         Some(Tcp {
             dst_mac: f[0..6].try_into().unwrap(),
             src_mac: f[6..12].try_into().unwrap(),
@@ -196,6 +203,7 @@ impl Tcp {
             payload: tcp[20..].to_vec(),
             ip_id: u16::from_be_bytes([ip[4], ip[5]]),
             ttl: ip[8],
+            ip_options: ip[20..].to_vec(),
         })
     }
 }

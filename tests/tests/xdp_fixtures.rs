@@ -104,7 +104,15 @@ fn rst_closes_and_new_syn_reuses_tuple() {
     let m = env.member_index(member);
     assert_eq!(env.active(m), 1);
     let rst = Tcp::new(member, 22, VIP, snat, TCP_RST).macs(mac_of(member), PORT_MAC);
-    env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let out = env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let mut want = rst.clone();
+    want.src_mac = PORT_MAC;
+    want.dst_mac = CLIENT_MAC;
+    want.src = VIP;
+    want.sport = 22;
+    want.dst = CLIENT;
+    want.dport = 40100;
+    assert_eq!(out, want.build(), "RST output bytes");
     assert_eq!(env.active(m), 0, "RST from the member closes the flow");
     // The client reuses the tuple: a fresh flow is counted again, exactly once.
     let (member2, _, _) = env.open(40100);
@@ -411,4 +419,22 @@ fn full_pool_of_256_members_is_scanned() {
     let syn = Tcp::new(CLIENT, 47010, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
     let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
     assert_ne!(Tcp::parse(&out).unwrap().dport, 1200);
+}
+
+#[test]
+fn ip_options_are_honoured() {
+    let Some(mut env) = Env::seed() else { return };
+    // Record-route-sized padding: 4 NOPs, IHL 6.
+    let mut syn = Tcp::new(CLIENT, 48000, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    syn.ip_options = vec![1, 1, 1, 1];
+    let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let o = Tcp::parse(&out).unwrap();
+    let mut want = syn.clone();
+    want.src_mac = PORT_MAC;
+    want.dst_mac = mac_of(o.dst);
+    want.src = VIP;
+    want.dst = o.dst;
+    want.sport = o.sport;
+    assert_eq!(out, want.build(), "options kept, ports found after them");
+    assert!(checksums_ok(&out));
 }
