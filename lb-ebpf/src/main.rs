@@ -103,7 +103,7 @@ fn process(ctx: &XdpContext) -> Verdict {
             return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
         }
         let rflow = unsafe { *rflow };
-        return from_member(ctx, &pkt, &rflow);
+        return from_member(&pkt, &rflow);
     }
     verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
 }
@@ -509,19 +509,21 @@ fn maybe_redispatch(
     flow.counted = 1;
     unsafe { *f = flow };
     count_open(idx, listener.index);
+    // The connection now counts on the new member; the listener saw no new connection.
     if let Some(s) = MEMBER_STATS.get_ptr_mut(old_member) {
         unsafe { (*s).redispatches += 1 };
     }
     if let Some(s) = LISTENER_STATS.get_ptr_mut(listener.index) {
         unsafe { (*s).redispatches += 1 };
     }
-    add_stats(idx, listener.index, 0, true, true);
+    if let Some(s) = MEMBER_STATS.get_ptr_mut(idx) {
+        unsafe { (*s).total_connections += 1 };
+    }
     Ok(())
 }
 
 #[inline(always)]
-fn from_member(ctx: &XdpContext, pkt: &Packet, rflow: &Flow) -> Verdict {
-    let _ = ctx;
+fn from_member(pkt: &Packet, rflow: &Flow) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(f) = CONNTRACK.get_ptr_mut(rflow.forward_key()) {
         track(f, pkt.tcp_flags, false, now);
