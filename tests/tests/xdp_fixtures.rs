@@ -196,13 +196,14 @@ fn retransmitted_syn_to_down_member_is_redispatched() {
     assert!(checksums_ok(&out));
     assert_eq!(env.active(env.member_index(first)), 0);
     assert_eq!(env.active(env.member_index(other)), 1);
+    let (old, new) = (env.member_index(first), env.member_index(other));
+    assert_eq!(env.dp.maps.member_stats(old).unwrap().redispatches, 1);
+    assert_eq!(env.dp.maps.member_stats(new).unwrap().total_connections, 1);
+    let ls = env.dp.maps.listener_stats(0).unwrap();
     assert_eq!(
-        env.dp
-            .maps
-            .member_stats(env.member_index(first))
-            .unwrap()
-            .redispatches,
-        1
+        (ls.total_connections, ls.redispatches, ls.packets_in),
+        (1, 1, 2),
+        "one connection, two SYNs"
     );
     // The old reverse entry is gone: a late SYN-ACK from the first member is not translated.
     let late = Tcp::new(first, 22, VIP, snat, TCP_SYN | TCP_ACK).macs(mac_of(first), PORT_MAC);
