@@ -182,8 +182,7 @@ impl Dataplane {
             .map(|&l| self.maps.listener_live.get(l).events)
             .collect();
         self.test_run_program("lb_sweep", &[0u8; 64], 1)?;
-        let e = self.maps.err("SWEEP");
-        let r = self.maps.sweep.get(&0, 0).map_err(e)?;
+        let r = self.maps.last_sweep()?;
         let corrected = self.maps.member_live.correct(members, &before_m)
             + self.maps.listener_live.correct(listeners, &before_l);
         Ok(SweepOutcome {
@@ -441,7 +440,14 @@ impl Maps {
         Ok(out)
     }
 
-    /// Every conntrack entry (forward and reverse).
+    /// What the daemon's last sweep (at most a second ago while it runs) found and did.
+    pub fn last_sweep(&self) -> Result<SweepReport> {
+        let e = self.err("SWEEP");
+        self.sweep.get(&0, 0).map_err(e)
+    }
+
+    /// Every conntrack entry (forward and reverse). Two syscalls per entry: for tests and
+    /// small tables; the daemon's census is `last_sweep`.
     pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
         self.conntrack.iter().filter_map(|r| r.ok()).collect()
     }

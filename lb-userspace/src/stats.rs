@@ -63,6 +63,7 @@ pub struct LoadBalancerReport {
     pub port: String,
     pub vip_address: String,
     pub xdp_mode: String,
+    /// Flows in the conntrack table at the daemon's last sweep (once a second).
     pub conntrack_flows: u64,
     pub listeners: Vec<ListenerReport>,
     pub members: Vec<MemberReport>,
@@ -193,11 +194,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         .map(|(i, v)| (reason::NAMES[i].to_string(), *v))
         .collect();
 
-    let conntrack_flows = maps
-        .flows()
-        .iter()
-        .filter(|(k, _)| k.dir == lb_common::FLOW_DIR_FORWARD)
-        .count() as u64;
+    let conntrack_flows = maps.last_sweep()?.flows;
     Ok(LoadBalancerReport {
         id: state.loadbalancer.clone(),
         operating_status: loadbalancer_status(

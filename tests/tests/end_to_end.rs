@@ -275,7 +275,9 @@ fn idle_flows_expire_and_counters_return_to_zero() {
         .collect();
     let s = stats(&bin, &cfg.state_dir);
     assert_eq!(s[0]["listeners"][0]["active_connections"], 3);
-    assert_eq!(s[0]["conntrack_flows"], 3);
+    wait_for("the sweep to count 3 flows", Duration::from_secs(5), || {
+        (stats(&bin, &cfg.state_dir)[0]["conntrack_flows"] == 3).then_some(())
+    });
     // Idle past min(client, member) data timeout: expired by the daemon's sweep, although the
     // sockets are still open at both ends.
     wait_for("idle flows expired", Duration::from_secs(10), || {
