@@ -93,6 +93,14 @@ impl Running {
         mode_choice: XdpModeChoice,
         tx: mpsc::UnboundedSender<Transition>,
     ) -> anyhow::Result<Running> {
+        if let Some(pid) =
+            State::read(Path::new(&cfg.daemon.state_dir), &lb.id).and_then(|s| s.live_owner())
+        {
+            bail!(
+                "load balancer {} is already run by lb (pid {pid}); stop that one first",
+                lb.id
+            );
+        }
         let pin_dir = Path::new(&cfg.daemon.bpffs).join(&lb.id);
         ensure_bpffs(&pin_dir)?;
         let node = Node::setup(lb)

@@ -342,18 +342,28 @@ impl Node {
                 )));
             }
         } else {
+            let bridge = &lb.port.bridge;
+            let outer = outer_name(&port);
+            if inside.index(&port).await?.is_some() && here.index(&outer).await?.is_some() {
+                // Left by an lb run that never tore down (killed, crashed): take it over, so
+                // the flows pinned in its maps carry on once the program is attached again.
+                tracing::warn!(port = %port, namespace = %ns, "reusing the port a previous lb run left behind");
+                self.outer = Some(outer.clone());
+                self.created_namespace = true;
+                here.set_controller(&outer, bridge).await?;
+                here.up(&outer).await?;
+                return self.finish(lb, &inside).await;
+            }
             if here.index(&port).await?.is_some() || inside.index(&port).await?.is_some() {
                 return Err(port_err(
                     "a device of that name already exists; set port.adopt = true to use it".into(),
                 ));
             }
-            let bridge = &lb.port.bridge;
             if here.index(bridge).await?.is_none() {
                 here.add_bridge(bridge).await?;
                 self.created_bridge = Some(bridge.clone());
             }
             here.up(bridge).await?;
-            let outer = outer_name(&port);
             if here.index(&outer).await?.is_some() {
                 return Err(port_err(format!("the outer end's name {outer} is taken")));
             }
@@ -366,6 +376,12 @@ impl Node {
                 inside.set_mac(&port, mac).await?;
             }
         }
+        self.finish(lb, &inside).await
+    }
+
+    /// Up, VIP and sysctls: the same for a created, adopted or recovered port.
+    async fn finish(&mut self, lb: &LoadBalancer, inside: &Netlink) -> Result<()> {
+        let (ns, port) = (self.namespace.clone(), self.port.clone());
         inside.up("lo").await?;
         inside.up(&port).await?;
         inside

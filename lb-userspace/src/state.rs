@@ -35,6 +35,17 @@ impl State {
         std::fs::rename(tmp, path)
     }
 
+    pub fn read(state_dir: &Path, lb: &str) -> Option<State> {
+        let text = std::fs::read(Self::path(state_dir, lb)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// The pid of the `lb` process that published this state, if it is still running.
+    pub fn live_owner(&self) -> Option<u32> {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid)).ok()?;
+        (comm.trim() == "lb" && self.pid != std::process::id()).then_some(self.pid)
+    }
+
     /// Every published load balancer, sorted by id.
     pub fn read_all(state_dir: &Path) -> std::io::Result<Vec<State>> {
         let mut out = Vec::new();

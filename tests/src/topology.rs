@@ -277,6 +277,18 @@ impl Daemon {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up (a crash, an OOM kill).
+    pub fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, then wait (SIGKILL after 15 s).
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut c = self.child.take()?;
@@ -398,10 +410,11 @@ pub fn lb_bin() -> PathBuf {
     p
 }
 
+/// Waits until this daemon has published its state file (it is up and attached).
 pub fn wait_running(daemon: &mut Daemon, cfg: &TestConfig) {
-    let state = lb::state::State::path(&cfg.state_dir, &cfg.lb_id);
     let start = Instant::now();
-    while !state.exists() {
+    let pid = daemon.pid();
+    while lb::state::State::read(&cfg.state_dir, &cfg.lb_id).map(|s| s.pid) != pid {
         if let Some(s) = daemon.exited() {
             panic!(
                 "lb run exited ({s}) before it was up:\n{}",

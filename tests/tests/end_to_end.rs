@@ -346,3 +346,69 @@ fn missing_bridge_is_created_and_removed_again() {
         "the bridge lb created is removed: {links}"
     );
 }
+
+#[test]
+fn killed_daemon_is_replaced_and_established_flows_carry_on() {
+    if !require_root() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let cfg = TestConfig::seed(|t| t);
+    let _left = cfg.leftovers();
+    let topo = SeedTopology::new(&[M1, M2]);
+    let bin = lb_bin();
+    let mut first = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
+    wait_running(&mut first, &cfg);
+    let mut conns: Vec<_> = (0..2)
+        .map(|_| connect(&topo.client.name, VIP, 22).expect("connect"))
+        .collect();
+    first.kill_hard();
+
+    let mut second = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
+    wait_running(&mut second, &cfg);
+    assert!(
+        second
+            .log_text()
+            .contains("reusing the port a previous lb run left behind"),
+        "{}",
+        second.log_text()
+    );
+    // The flows were pinned: the same connections still go through, to the same members.
+    for c in &mut conns {
+        c.stream.write_all(b"still here\n").unwrap();
+        let mut buf = [0u8; 11];
+        c.stream
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("echo after takeover: {e}\n{}", second.log_text()));
+        assert_eq!(&buf, b"still here\n");
+    }
+    let s = stats(&bin, &cfg.state_dir);
+    assert_eq!(
+        s[0]["listeners"][0]["active_connections"], 2,
+        "counters survived too"
+    );
+
+    // A third daemon for the same load balancer is refused and changes nothing.
+    let mut third = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
+    let status = wait_for("the third lb to give up", Duration::from_secs(20), || {
+        third.exited()
+    });
+    assert!(!status.success());
+    assert!(
+        third.log_text().contains("is already run by lb"),
+        "{}",
+        third.log_text()
+    );
+    assert!(
+        lb::node::netns_exists(&cfg.namespace()),
+        "the running one's namespace is untouched"
+    );
+
+    drop(conns);
+    wait_all_zero("counters at 0 after close", &bin, &cfg);
+    assert!(second.stop().unwrap().success());
+    assert!(
+        !lb::node::netns_exists(&cfg.namespace()),
+        "the taken-over namespace is removed at the end"
+    );
+}
