@@ -93,7 +93,11 @@ pub mod reason {
     pub const DROP_CONN_LIMIT: u32 = 13;
     /// FIB lookup failed for another reason (no route, blackhole, ...).
     pub const DROP_NO_ROUTE: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// An ICMP error about a flow, from the member's side, translated and sent to the client.
+    pub const TX_ICMP_TO_CLIENT: u32 = 15;
+    /// An ICMP error about a flow, from the client's side, translated and sent to the member.
+    pub const TX_ICMP_TO_MEMBER: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "tx_to_member",
@@ -111,6 +115,8 @@ pub mod reason {
         "drop_ct_full",
         "drop_conn_limit",
         "drop_no_route",
+        "tx_icmp_to_client",
+        "tx_icmp_to_member",
     ];
 }
 

@@ -9,6 +9,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod icmp;
 mod maps;
 mod parse;
 mod sweep;
@@ -67,7 +68,8 @@ pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Verdict {
     let pkt = match parse::parse(ctx) {
-        Ok(p) => p,
+        Ok(parse::Parsed::Tcp(p)) => p,
+        Ok(parse::Parsed::IcmpError(e)) => return icmp_error(ctx, &e),
         Err(v) => return verdict(v.0, v.1),
     };
     let lkey = ListenerKey {
@@ -104,6 +106,57 @@ fn process(ctx: &XdpContext) -> Verdict {
         }
         let rflow = unsafe { *rflow };
         return from_member(&pkt, &rflow);
+    }
+    verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
+}
+
+/// An ICMP error whose embedded packet is one lb sent: back to the end that sent the original.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, e: &icmp::IcmpError) -> Verdict {
+    // The embedded packet went VIP:snat -> member:port: the error is for the client.
+    let rkey = FlowKey {
+        src_be: e.in_dst_be,
+        dst_be: e.in_src_be,
+        sport_be: e.in_dport_be,
+        dport_be: e.in_sport_be,
+        proto: IPPROTO_TCP,
+        dir: FLOW_DIR_REVERSE,
+        _pad: [0; 2],
+    };
+    if let Some(f) = CONNTRACK.get_ptr(rkey) {
+        let f = unsafe { *f };
+        let t = icmp::Translation {
+            smac: f.port_mac,
+            dmac: f.client_mac,
+            src_be: f.vip_be,
+            dst_be: f.client_be,
+            in_src_be: f.client_be,
+            in_dst_be: f.vip_be,
+            in_sport_be: f.client_port_be,
+            in_dport_be: f.listener_port_be,
+        };
+        unsafe { icmp::rewrite(ctx, e, &t) };
+        return verdict(xdp_action::XDP_TX, reason::TX_ICMP_TO_CLIENT);
+    }
+    // The embedded packet went VIP:listener -> client:port: the error is for the member.
+    let fkey = FlowKey {
+        dir: FLOW_DIR_FORWARD,
+        ..rkey
+    };
+    if let Some(f) = CONNTRACK.get_ptr(fkey) {
+        let f = unsafe { *f };
+        let t = icmp::Translation {
+            smac: f.port_mac,
+            dmac: f.member_mac,
+            src_be: f.vip_be,
+            dst_be: f.member_be,
+            in_src_be: f.member_be,
+            in_dst_be: f.vip_be,
+            in_sport_be: f.member_port_be,
+            in_dport_be: f.snat_port_be,
+        };
+        unsafe { icmp::rewrite(ctx, e, &t) };
+        return verdict(xdp_action::XDP_TX, reason::TX_ICMP_TO_MEMBER);
     }
     verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
 }

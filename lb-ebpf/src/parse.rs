@@ -33,7 +33,7 @@ pub struct Packet {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub(crate) fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -45,8 +45,16 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// (action, reason) for packets that are not TCP over IPv4 or are malformed.
 pub struct Early(pub u32, pub u32);
 
+const IPPROTO_ICMP: u8 = 1;
+
+/// What the data path acts on: a TCP segment, or an ICMP error that may concern a flow.
+pub enum Parsed {
+    Tcp(Packet),
+    IcmpError(crate::icmp::IcmpError),
+}
+
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Early> {
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, Early> {
     let eth: *mut EthHdr =
         ptr_at(ctx, 0).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_TRUNCATED_ETH))?;
     if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
@@ -71,12 +79,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Early> {
     {
         return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV4));
     }
-    if proto != IPPROTO_TCP {
+    let offset = frags & 0x1fff;
+    if offset != 0 || (proto != IPPROTO_TCP && proto != IPPROTO_ICMP) {
         return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
     }
-    let offset = frags & 0x1fff;
-    if offset != 0 {
-        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
+    if proto == IPPROTO_ICMP {
+        if frags & 0x2000 != 0 {
+            return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
+        }
+        return crate::icmp::parse(ctx, eth, ip, ihl, tot_len as usize).map(Parsed::IcmpError);
     }
     let more_fragments = frags & 0x2000 != 0;
     let l4 = EthHdr::LEN + ihl;
@@ -88,7 +99,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Early> {
         return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
     }
     unsafe {
-        Ok(Packet {
+        Ok(Parsed::Tcp(Packet {
             eth,
             ip,
             tcp: tcp as *mut u8,
@@ -101,7 +112,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Early> {
             fragment: more_fragments,
             src_mac: (*eth).src_addr,
             dst_mac: (*eth).dst_addr,
-        })
+        }))
     }
 }
 

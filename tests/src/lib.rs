@@ -217,3 +217,39 @@ pub fn checksums_ok(f: &[u8]) -> bool {
     let dst: [u8; 4] = ip[16..20].try_into().unwrap();
     checksum::ipv4_header(ip) == 0 && checksum::l4_ipv4(src, dst, 6, &f[14 + ihl..14 + tot]) == 0
 }
+
+/// An Ethernet/IPv4 ICMP error (`kind`, `code`, 4 bytes of rest-of-header) carrying
+/// `embedded` (the start of the offending IPv4 packet), with correct checksums.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_error(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    embedded: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(embedded);
+    let c = !checksum::fold(checksum::sum_be(&icmp, 0));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 1;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum::ipv4_header(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}

@@ -439,3 +439,105 @@ fn ip_options_are_honoured() {
     assert_eq!(out, want.build(), "options kept, ports found after them");
     assert!(checksums_ok(&out));
 }
+
+/// "Fragmentation needed" from the member about a segment lb sent it reaches the client, from
+/// the VIP, embedding the segment the client sent: with 8 bytes of TCP (RFC 792's minimum)
+/// and with the whole TCP header, whose checksum must then be translated too.
+#[test]
+fn icmp_error_from_member_reaches_client_translated() {
+    let Some(mut env) = Env::seed() else { return };
+    let (member, _, _) = env.open(49000);
+    let mut data = Tcp::new(CLIENT, 49000, VIP, 22, TCP_ACK | TCP_PSH)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(&[7u8; 100]);
+    data.seq = 1001;
+    let from_client = data.build();
+    let to_member = env.expect(&from_client, XDP_TX, reason::TX_TO_MEMBER);
+    for embedded_len in [28, 48] {
+        let frag_needed = icmp_error(
+            mac_of(member),
+            PORT_MAC,
+            member,
+            VIP,
+            3,
+            4,
+            [0, 0, 0x05, 0x78],
+            &to_member[14..14 + embedded_len],
+        );
+        let out = env.expect(&frag_needed, XDP_TX, reason::TX_ICMP_TO_CLIENT);
+        let want = icmp_error(
+            PORT_MAC,
+            CLIENT_MAC,
+            VIP,
+            CLIENT,
+            3,
+            4,
+            [0, 0, 0x05, 0x78],
+            &from_client[14..14 + embedded_len],
+        );
+        assert_eq!(
+            out, want,
+            "ICMP to the client, {embedded_len} bytes embedded"
+        );
+    }
+}
+
+/// A time-exceeded from the client's side about a reply lb sent reaches the member, from the
+/// VIP, embedding the reply the member sent.
+#[test]
+fn icmp_error_from_client_side_reaches_member_translated() {
+    let Some(mut env) = Env::seed() else { return };
+    let (member, _, snat) = env.open(49100);
+    let mut synack =
+        Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK).macs(mac_of(member), PORT_MAC);
+    synack.seq = 7000;
+    synack.ack = 1001;
+    let from_member = synack.build();
+    let to_client = env.expect(&from_member, XDP_TX, reason::TX_TO_CLIENT);
+    let router = Ipv4Addr::new(10, 0, 0, 1);
+    let exceeded = icmp_error(
+        CLIENT_MAC,
+        PORT_MAC,
+        router,
+        VIP,
+        11,
+        0,
+        [0; 4],
+        &to_client[14..],
+    );
+    let out = env.expect(&exceeded, XDP_TX, reason::TX_ICMP_TO_MEMBER);
+    let want = icmp_error(
+        PORT_MAC,
+        mac_of(member),
+        VIP,
+        member,
+        11,
+        0,
+        [0; 4],
+        &from_member[14..],
+    );
+    assert_eq!(out, want);
+}
+
+#[test]
+fn icmp_errors_about_unknown_flows_pass_untouched() {
+    let Some(mut env) = Env::seed() else { return };
+    let stray = Tcp::new(VIP, 60001, M1, 22, TCP_SYN).build();
+    let unreach = icmp_error(M1_MAC, PORT_MAC, M1, VIP, 3, 3, [0; 4], &stray[14..14 + 28]);
+    env.expect(&unreach, XDP_PASS, reason::PASS_NOT_BALANCED);
+    // An error whose embedded header is cut short cannot name a flow.
+    let short = icmp_error(M1_MAC, PORT_MAC, M1, VIP, 3, 3, [0; 4], &stray[14..14 + 10]);
+    env.expect(&short, XDP_PASS, reason::PASS_NOT_BALANCED);
+    // Echo requests to the VIP are the kernel's.
+    let echo = icmp_error(
+        CLIENT_MAC,
+        PORT_MAC,
+        CLIENT,
+        VIP,
+        8,
+        0,
+        [0, 1, 0, 1],
+        b"ping",
+    );
+    env.expect(&echo, XDP_PASS, reason::PASS_NOT_BALANCED);
+}
