@@ -113,7 +113,7 @@ fn process(ctx: &XdpContext) -> Verdict {
 /// An ICMP error whose embedded packet is one lb sent: back to the end that sent the original.
 #[inline(always)]
 fn icmp_error(ctx: &XdpContext, e: &icmp::IcmpError) -> Verdict {
-    // The embedded packet went VIP:snat -> member:port: the error is for the client.
+    // Embedded VIP:snat -> member:port (sent to a member): the error is for the client.
     let rkey = FlowKey {
         src_be: e.in_dst_be,
         dst_be: e.in_src_be,
@@ -123,42 +123,36 @@ fn icmp_error(ctx: &XdpContext, e: &icmp::IcmpError) -> Verdict {
         dir: FLOW_DIR_REVERSE,
         _pad: [0; 2],
     };
-    if let Some(f) = CONNTRACK.get_ptr(rkey) {
-        let f = unsafe { *f };
-        let t = icmp::Translation {
-            smac: f.port_mac,
-            dmac: f.client_mac,
-            src_be: f.vip_be,
-            dst_be: f.client_be,
-            in_src_be: f.client_be,
-            in_dst_be: f.vip_be,
-            in_sport_be: f.client_port_be,
-            in_dport_be: f.listener_port_be,
-        };
-        unsafe { icmp::rewrite(ctx, e, &t) };
-        return verdict(xdp_action::XDP_TX, reason::TX_ICMP_TO_CLIENT);
-    }
-    // The embedded packet went VIP:listener -> client:port: the error is for the member.
+    // Embedded VIP:listener -> client:port (sent to a client): the error is for the member.
     let fkey = FlowKey {
         dir: FLOW_DIR_FORWARD,
         ..rkey
     };
-    if let Some(f) = CONNTRACK.get_ptr(fkey) {
-        let f = unsafe { *f };
-        let t = icmp::Translation {
-            smac: f.port_mac,
-            dmac: f.member_mac,
-            src_be: f.vip_be,
-            dst_be: f.member_be,
-            in_src_be: f.member_be,
-            in_dst_be: f.vip_be,
-            in_sport_be: f.member_port_be,
-            in_dport_be: f.snat_port_be,
-        };
-        unsafe { icmp::rewrite(ctx, e, &t) };
-        return verdict(xdp_action::XDP_TX, reason::TX_ICMP_TO_MEMBER);
-    }
-    verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
+    let (f, to_client) = match (CONNTRACK.get_ptr(rkey), CONNTRACK.get_ptr(fkey)) {
+        (Some(f), _) => (unsafe { *f }, true),
+        (None, Some(f)) => (unsafe { *f }, false),
+        (None, None) => return verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED),
+    };
+    // The end the error goes to, and the packet that end originally sent.
+    let (mac, addr, port, peer_port, why) = if to_client {
+        let (p, q) = (f.client_port_be, f.listener_port_be);
+        (f.client_mac, f.client_be, p, q, reason::TX_ICMP_TO_CLIENT)
+    } else {
+        let (p, q) = (f.member_port_be, f.snat_port_be);
+        (f.member_mac, f.member_be, p, q, reason::TX_ICMP_TO_MEMBER)
+    };
+    let t = icmp::Translation {
+        smac: f.port_mac,
+        dmac: mac,
+        src_be: f.vip_be,
+        dst_be: addr,
+        in_src_be: addr,
+        in_dst_be: f.vip_be,
+        in_sport_be: port,
+        in_dport_be: peer_port,
+    };
+    unsafe { icmp::rewrite(ctx, e, &t) };
+    verdict(xdp_action::XDP_TX, why)
 }
 
 /// An atomic add whose result is unused: BPF_ATOMIC_ADD, available on every BPF CPU version.
