@@ -1,9 +1,15 @@
-//! `lb run`: bring every load balancer of the config up, keep it healthy, tear it down.
+//! `lb run`: bring every load balancer of the config up, keep it healthy, apply a changed
+//! config on SIGHUP, tear it down on SIGINT/SIGTERM.
 //!
 //! Order of bring-up per load balancer: namespace and port, maps (pools, members, then
 //! listeners, so traffic starts only once it can be served), XDP attach, health monitors, and
 //! last the state file that tells `lb stats` (and tests) it is running. Any failure undoes
 //! everything created so far, for every load balancer: nothing is left half-built.
+//!
+//! A reload is a diff: load balancers gone from the file are torn down, new ones brought up,
+//! and the others get their map entries rewritten in place with stable indexes (see
+//! `plan::plan`), so established flows carry on. A file that does not validate changes
+//! nothing.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -13,10 +19,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::programs::XdpMode;
-use lb_common::MEMBER_F_UP;
+use lb_common::{MemberConf, PoolConf, MEMBER_F_UP};
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
@@ -70,9 +76,15 @@ pub struct Running {
     node: Node,
     dataplane: Option<Dataplane>,
     pin_dir: PathBuf,
-    state_path: PathBuf,
+    state_dir: PathBuf,
     mode: &'static str,
-    health_thread: Option<std::thread::JoinHandle<()>>,
+    health: Option<Health>,
+}
+
+/// The health monitor thread of one load balancer and the way to stop it.
+struct Health {
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 fn choose_mode(choice: XdpModeChoice, created_veth: bool) -> (XdpMode, &'static str) {
@@ -86,6 +98,49 @@ fn choose_mode(choice: XdpModeChoice, created_veth: bool) -> (XdpMode, &'static 
     }
 }
 
+/// Writes `new` into the maps: pools and members first, listeners last (a listener is live as
+/// soon as it is written); entries `old` had and `new` has not are cleared. A member whose
+/// address and port did not change keeps the health verdict the data path has.
+fn write_plan(dp: &mut Dataplane, new: &Plan, old: Option<&Plan>) -> anyhow::Result<()> {
+    for p in &new.pools {
+        dp.maps.set_pool(p.index, p.conf)?;
+    }
+    for m in &new.members {
+        let mut conf = m.conf;
+        if let Ok(cur) = dp.maps.member(m.index) {
+            if cur.addr_be == conf.addr_be
+                && cur.port_be == conf.port_be
+                && cur.flags & MEMBER_F_UP == 0
+            {
+                conf.flags &= !MEMBER_F_UP;
+            }
+        }
+        dp.maps.set_member(m.index, conf)?;
+    }
+    for &i in &new.retired {
+        dp.maps.set_member(i, MemberConf::default())?;
+    }
+    if let Some(old) = old {
+        for p in old
+            .pools
+            .iter()
+            .filter(|p| !new.pools.iter().any(|n| n.index == p.index))
+        {
+            dp.maps.set_pool(p.index, PoolConf::default())?;
+        }
+    }
+    let wanted: Vec<_> = new.listeners.iter().map(|l| l.key).collect();
+    for (key, _) in dp.maps.listeners() {
+        if !wanted.contains(&key) {
+            dp.maps.remove_listener(&key)?;
+        }
+    }
+    for l in &new.listeners {
+        dp.maps.set_listener(l.key, l.conf)?;
+    }
+    Ok(())
+}
+
 impl Running {
     pub async fn start(
         cfg: &Config,
@@ -93,9 +148,9 @@ impl Running {
         mode_choice: XdpModeChoice,
         tx: mpsc::UnboundedSender<Transition>,
     ) -> anyhow::Result<Running> {
-        if let Some(pid) =
-            State::read(Path::new(&cfg.daemon.state_dir), &lb.id).and_then(|s| s.live_owner())
-        {
+        let state_dir = PathBuf::from(&cfg.daemon.state_dir);
+        let previous = State::read(&state_dir, &lb.id);
+        if let Some(pid) = previous.as_ref().and_then(|s| s.live_owner()) {
             bail!(
                 "load balancer {} is already run by lb (pid {pid}); stop that one first",
                 lb.id
@@ -103,20 +158,25 @@ impl Running {
         }
         let pin_dir = Path::new(&cfg.daemon.bpffs).join(&lb.id);
         ensure_bpffs(&pin_dir)?;
+        // Maps pinned by a run that never tore down keep their flows: plan with the indexes
+        // that run used, so those flows still name the right members.
+        let prev_plan = previous.filter(|_| pin_dir.exists()).map(|s| s.plan);
+        let plan =
+            plan(lb, prev_plan.as_ref()).with_context(|| format!("load balancer {}", lb.id))?;
         let node = Node::setup(lb)
             .await
             .with_context(|| format!("load balancer {}: setting up namespace and port", lb.id))?;
         let mut r = Running {
             lb: lb.clone(),
-            plan: plan(lb),
+            plan,
             node,
             dataplane: None,
-            pin_dir: pin_dir.clone(),
-            state_path: State::path(Path::new(&cfg.daemon.state_dir), &lb.id),
+            pin_dir,
+            state_dir,
             mode: "",
-            health_thread: None,
+            health: None,
         };
-        if let Err(e) = r.bring_up(cfg, mode_choice, tx) {
+        if let Err(e) = r.bring_up(cfg, mode_choice, prev_plan.as_ref(), tx) {
             r.stop().await;
             return Err(e.context(format!("load balancer {}", lb.id)));
         }
@@ -127,36 +187,11 @@ impl Running {
         &mut self,
         cfg: &Config,
         mode_choice: XdpModeChoice,
+        prev_plan: Option<&Plan>,
         tx: mpsc::UnboundedSender<Transition>,
     ) -> anyhow::Result<()> {
         let mut dp = Dataplane::load(&self.pin_dir, cfg.daemon.conntrack_flows)?;
-        // Pools and members first, listeners last: a listener is live as soon as it is written.
-        for (i, p) in &self.plan.pools {
-            dp.maps.set_pool(*i, *p)?;
-        }
-        for m in &self.plan.members {
-            // A restarted daemon keeps the health verdict the data path already has.
-            let mut conf = m.conf;
-            if let Ok(old) = dp.maps.member(m.index) {
-                if old.addr_be == conf.addr_be
-                    && old.port_be == conf.port_be
-                    && old.flags & MEMBER_F_UP == 0
-                {
-                    conf.flags &= !MEMBER_F_UP;
-                }
-            }
-            dp.maps.set_member(m.index, conf)?;
-        }
-        let wanted: Vec<_> = self.plan.listeners.iter().map(|l| l.key).collect();
-        for (key, _) in dp.maps.listeners() {
-            if !wanted.contains(&key) {
-                dp.maps.remove_listener(&key)?;
-            }
-        }
-        for l in &self.plan.listeners {
-            dp.maps.set_listener(l.key, l.conf)?;
-        }
-
+        write_plan(&mut dp, &self.plan, prev_plan)?;
         let created_veth = self.node.outer.is_some();
         let (mode, name) = choose_mode(mode_choice, created_veth);
         if mode == XdpMode::Driver {
@@ -179,15 +214,19 @@ impl Running {
         self.mode = name;
         info!(loadbalancer = %self.lb.id, port = %port, mode = name, "XDP attached");
         self.dataplane = Some(dp);
-
         self.start_health(tx)?;
+        self.publish()
+    }
+
+    /// Writes the state file `lb stats` reads (and a restarted daemon plans from).
+    fn publish(&self) -> anyhow::Result<()> {
         let state = State {
             loadbalancer: self.lb.id.clone(),
             namespace: self.node.namespace.clone(),
             port: self.node.port.clone(),
             vip_address: self.lb.vip_address,
             pin_dir: self.pin_dir.clone(),
-            xdp_mode: name.into(),
+            xdp_mode: self.mode.into(),
             pid: std::process::id(),
             listeners: self.plan.listeners.clone(),
             members: self.plan.members.clone(),
@@ -198,51 +237,111 @@ impl Running {
                 .filter(|m| m.monitor.is_some())
                 .map(|m| m.id.clone())
                 .collect(),
+            plan: self.plan.clone(),
         };
-        state
-            .write(Path::new(&cfg.daemon.state_dir))
-            .with_context(|| format!("writing {}", self.state_path.display()))?;
+        state.write(&self.state_dir).with_context(|| {
+            format!(
+                "writing {}",
+                State::path(&self.state_dir, &self.lb.id).display()
+            )
+        })
+    }
+
+    /// Applies a changed definition of this load balancer in place. The namespace, port and
+    /// VIP cannot change under running flows: such a change is refused.
+    pub fn reload(
+        &mut self,
+        new: &LoadBalancer,
+        tx: mpsc::UnboundedSender<Transition>,
+    ) -> anyhow::Result<()> {
+        let old = &self.lb;
+        if old.vip_address != new.vip_address
+            || old.vip_prefixlen != new.vip_prefixlen
+            || old.port != new.port
+        {
+            bail!(
+                "load balancer {}: its VIP or port changed; that needs a restart of lb (the running one is unchanged)",
+                new.id
+            );
+        }
+        if *old == *new {
+            return Ok(());
+        }
+        let plan =
+            plan(new, Some(&self.plan)).with_context(|| format!("load balancer {}", new.id))?;
+        let dp = self.dataplane.as_mut().expect("running");
+        write_plan(dp, &plan, Some(&self.plan))?;
+        let old_plan = std::mem::replace(&mut self.plan, plan);
+        self.lb = new.clone();
+        self.stop_health();
+        self.start_health(tx)?;
+        self.publish()?;
+        info!(
+            loadbalancer = %new.id,
+            listeners = self.plan.listeners.len(),
+            members = self.plan.members.len(),
+            retired = self.plan.retired.len().saturating_sub(old_plan.retired.len()),
+            "configuration applied"
+        );
         Ok(())
     }
 
     fn start_health(&mut self, tx: mpsc::UnboundedSender<Transition>) -> anyhow::Result<()> {
         let mut targets = Vec::new();
         let mut unmonitored = Vec::new();
+        let dp = self.dataplane.as_ref().expect("running");
         for m in &self.plan.members {
             let pool = self.lb.pool(&m.pool_id).expect("planned").1;
             match (&pool.healthmonitor, m.monitor) {
-                (Some(hm), Some((addr, port))) => targets.push(MonitorTarget {
-                    member_index: m.index,
-                    member_id: m.id.clone(),
-                    target: SocketAddrV4::new(addr, port),
-                    monitor: hm.clone(),
-                }),
+                (Some(hm), Some((addr, port))) => {
+                    let up = dp
+                        .maps
+                        .member(m.index)
+                        .map(|c| c.flags & MEMBER_F_UP != 0)
+                        .unwrap_or(true);
+                    targets.push(MonitorTarget {
+                        member_index: m.index,
+                        member_id: m.id.clone(),
+                        target: SocketAddrV4::new(addr, port),
+                        monitor: hm.clone(),
+                        up,
+                    })
+                }
                 _ => unmonitored.push(m.address),
             }
         }
         let ns = self.node.namespace.clone();
         let lb = self.lb.id.clone();
         let vip = self.lb.vip_address;
-        let handle = std::thread::Builder::new()
+        let (stop, mut stopped) = watch::channel(false);
+        let thread = std::thread::Builder::new()
             .name(format!("health-{}", &lb[..lb.len().min(8)]))
             .spawn(move || {
                 if let Err(e) = node::enter(&ns) {
                     error!(error = %e, "health monitor thread cannot enter namespace");
                     return;
                 }
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
                 rt.block_on(async move {
-                    let primer = tokio::spawn(prime_neighbours(vip, unmonitored, tx.clone()));
-                    health::run(lb, vip, targets, tx).await;
-                    let _ = primer.await;
+                    // Dropping the futures at stop aborts every check in flight.
+                    tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => {}
+                        _ = async {
+                            tokio::join!(prime_neighbours(vip, unmonitored), health::run(lb, vip, targets, tx))
+                        } => {}
+                    }
                 });
             })
             .context("spawning health monitor thread")?;
-        self.health_thread = Some(handle);
+        self.health = Some(Health { stop, thread });
         Ok(())
+    }
+
+    fn stop_health(&mut self) {
+        if let Some(h) = self.health.take() {
+            let _ = h.stop.send(true);
+            let _ = h.thread.join();
+        }
     }
 
     pub fn dataplane(&mut self) -> &mut Dataplane {
@@ -250,6 +349,15 @@ impl Running {
     }
 
     pub fn apply_transition(&mut self, t: &Transition) -> anyhow::Result<()> {
+        // A verdict from a monitor of before the last reload may name a retired member.
+        if !self
+            .plan
+            .members
+            .iter()
+            .any(|m| m.index == t.member_index && m.id == t.member_id)
+        {
+            return Ok(());
+        }
         let dp = self.dataplane();
         let mut conf = dp.maps.member(t.member_index)?;
         if t.up {
@@ -262,7 +370,13 @@ impl Running {
     }
 
     pub fn sweep(&mut self) {
-        let members: Vec<u32> = self.plan.members.iter().map(|m| m.index).collect();
+        let members: Vec<u32> = self
+            .plan
+            .members
+            .iter()
+            .map(|m| m.index)
+            .chain(self.plan.retired.iter().copied())
+            .collect();
         let listeners: Vec<u32> = self.plan.listeners.iter().map(|l| l.index).collect();
         let lb = self.lb.id.clone();
         match self.dataplane().sweep(&members, &listeners) {
@@ -279,6 +393,7 @@ impl Running {
 
     /// Detaches, unpins and removes what this load balancer created.
     pub async fn stop(&mut self) {
+        self.stop_health();
         // Dropping the programs closes their links: XDP is detached.
         self.dataplane = None;
         if let Ok(entries) = std::fs::read_dir(&self.pin_dir) {
@@ -287,7 +402,7 @@ impl Running {
             }
         }
         let _ = std::fs::remove_dir(&self.pin_dir);
-        let _ = std::fs::remove_file(&self.state_path);
+        let _ = std::fs::remove_file(State::path(&self.state_dir, &self.lb.id));
         self.node.teardown().await;
         info!(loadbalancer = %self.lb.id, "stopped and removed");
     }
@@ -296,18 +411,14 @@ impl Running {
 /// Members without a monitor still need a neighbour entry for the data path's FIB lookup: a
 /// datagram to their discard port (9) every 10 s makes the namespace's kernel resolve and keep
 /// it, as a check would.
-async fn prime_neighbours(
-    vip: Ipv4Addr,
-    members: Vec<Ipv4Addr>,
-    tx: mpsc::UnboundedSender<Transition>,
-) {
+async fn prime_neighbours(vip: Ipv4Addr, members: Vec<Ipv4Addr>) {
     if members.is_empty() {
         return;
     }
     let Ok(sock) = tokio::net::UdpSocket::bind((vip, 0)).await else {
         return;
     };
-    while !tx.is_closed() {
+    loop {
         for m in &members {
             let _ = sock.send_to(&[], (*m, 9)).await;
         }
@@ -315,8 +426,59 @@ async fn prime_neighbours(
     }
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(cfg: Config, mode: XdpModeChoice) -> anyhow::Result<()> {
+/// Applies the config now in `path` to what runs: refused as a whole if it does not validate
+/// or changes the daemon section; otherwise load balancers are stopped, started or reloaded
+/// one by one, each failure logged and leaving that one as it was.
+async fn reload(
+    path: &Path,
+    cfg: &mut Config,
+    running: &mut Vec<Running>,
+    mode: XdpModeChoice,
+    tx: &mpsc::UnboundedSender<Transition>,
+) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("SIGHUP: {e}; the running configuration stays");
+            return;
+        }
+    };
+    if new.daemon != cfg.daemon {
+        error!("SIGHUP: the [daemon] section changed; that needs a restart of lb (nothing was changed)");
+        return;
+    }
+    let mut i = 0;
+    while i < running.len() {
+        if new.loadbalancer.iter().any(|lb| lb.id == running[i].lb.id) {
+            i += 1;
+        } else {
+            let mut r = running.remove(i);
+            info!(loadbalancer = %r.lb.id, "SIGHUP: removed from the config");
+            r.stop().await;
+        }
+    }
+    for lb in &new.loadbalancer {
+        if let Some(r) = running.iter_mut().find(|r| r.lb.id == lb.id) {
+            if let Err(e) = r.reload(lb, tx.clone()) {
+                error!("SIGHUP: {e:#}");
+            }
+        } else {
+            match Running::start(&new, lb, mode, tx.clone()).await {
+                Ok(r) => {
+                    info!(loadbalancer = %lb.id, "SIGHUP: load balancer up");
+                    running.push(r);
+                }
+                Err(e) => error!("SIGHUP: {e:#}"),
+            }
+        }
+    }
+    *cfg = new;
+}
+
+/// Runs the daemon until SIGINT or SIGTERM; SIGHUP re-reads `path`.
+pub async fn run(path: &Path, mode: Option<XdpModeChoice>) -> anyhow::Result<()> {
+    let mut cfg = Config::load(path)?;
+    let mode = mode.unwrap_or(cfg.daemon.xdp_mode);
     let (tx, mut rx) = mpsc::unbounded_channel::<Transition>();
     let mut running: Vec<Running> = Vec::new();
     for lb in &cfg.loadbalancer {
@@ -333,7 +495,6 @@ pub async fn run(cfg: Config, mode: XdpModeChoice) -> anyhow::Result<()> {
             }
         }
     }
-    drop(tx);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -342,7 +503,10 @@ pub async fn run(cfg: Config, mode: XdpModeChoice) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigint.recv() => { info!("SIGINT: tearing down"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: tearing down"); break; }
-            _ = sighup.recv() => warn!("SIGHUP: live reconfiguration is not implemented yet; restart lb to apply a new config"),
+            _ = sighup.recv() => {
+                info!(config = %path.display(), "SIGHUP: reloading");
+                reload(path, &mut cfg, &mut running, mode, &tx).await;
+            }
             Some(t) = rx.recv() => {
                 if let Some(r) = running.iter_mut().find(|r| r.lb.id == t.loadbalancer) {
                     if t.up { info!(loadbalancer = %t.loadbalancer, member = %t.member_id, reason = %t.reason, "member UP"); }
@@ -359,7 +523,6 @@ pub async fn run(cfg: Config, mode: XdpModeChoice) -> anyhow::Result<()> {
             }
         }
     }
-    drop(rx);
     for r in running.iter_mut().rev() {
         r.stop().await;
     }

@@ -32,10 +32,11 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// Members start up (HAProxy's default), so traffic flows before the first check.
-    pub fn new(rise: u32, fall: u32) -> Self {
+    /// `up`: the verdict to start from: up for a new member (HAProxy's default, so traffic
+    /// flows before the first check), the data path's current one after a reload or restart.
+    pub fn new(rise: u32, fall: u32, up: bool) -> Self {
         Checker {
-            up: true,
+            up,
             successes: 0,
             failures: 0,
             rise,
@@ -85,6 +86,8 @@ pub struct MonitorTarget {
     pub member_id: String,
     pub target: SocketAddrV4,
     pub monitor: HealthMonitor,
+    /// The member's verdict in the data path when the monitor starts.
+    pub up: bool,
 }
 
 /// Runs every member's monitor until `tx` closes. Call on a runtime whose thread is inside the
@@ -100,7 +103,7 @@ pub async fn run(
         let tx = tx.clone();
         let lb = lb.clone();
         tasks.spawn(async move {
-            let mut checker = Checker::new(t.monitor.max_retries, t.monitor.max_retries_down);
+            let mut checker = Checker::new(t.monitor.max_retries, t.monitor.max_retries_down, t.up);
             let mut tick = tokio::time::interval(t.monitor.delay());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -136,7 +139,7 @@ mod tests {
 
     #[test]
     fn falls_after_consecutive_failures_only() {
-        let mut c = Checker::new(2, 3);
+        let mut c = Checker::new(2, 3, true);
         assert_eq!(c.record(false), None);
         assert_eq!(c.record(false), None);
         assert_eq!(c.record(true), None); // resets the failure run
@@ -149,12 +152,24 @@ mod tests {
 
     #[test]
     fn rises_after_consecutive_successes() {
-        let mut c = Checker::new(2, 1);
+        let mut c = Checker::new(2, 1, true);
         assert_eq!(c.record(false), Some(false));
         assert_eq!(c.record(true), None);
         assert_eq!(c.record(false), None);
         assert_eq!(c.record(true), None);
         assert_eq!(c.record(true), Some(true));
         assert!(c.up);
+    }
+}
+
+#[cfg(test)]
+mod start_state {
+    use super::Checker;
+
+    #[test]
+    fn a_member_that_is_down_when_monitoring_restarts_can_rise() {
+        let mut c = Checker::new(2, 2, false);
+        assert_eq!(c.record(true), None);
+        assert_eq!(c.record(true), Some(true));
     }
 }

@@ -1,11 +1,11 @@
 //! From a validated load balancer to the exact map entries the data path reads (pure).
 
-use std::net::Ipv4Addr;
+use std::{collections::HashSet, net::Ipv4Addr};
 
 use lb_common::{
     ListenerConf, ListenerKey, MemberConf, PoolConf, ALG_LEAST_CONNECTIONS, ALG_ROUND_ROBIN,
-    ALG_SOURCE_IP, IPPROTO_TCP, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED,
-    MEMBER_F_ENABLED, MEMBER_F_UP,
+    ALG_SOURCE_IP, IPPROTO_TCP, MAX_LISTENERS, MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP,
+    MEMBER_F_CONFIGURED, MEMBER_F_ENABLED, MEMBER_F_UP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,31 +39,78 @@ pub struct PlannedMember {
     pub conf: MemberConf,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedPool {
+    pub id: String,
+    pub index: u32,
+    #[serde(skip)]
+    pub conf: PoolConf,
+}
+
+/// The map entries of one load balancer, with indexes that stay put across reloads: a flow
+/// names its member and listener by index, so an index keeps meaning the same thing while
+/// flows may refer to it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Plan {
     pub listeners: Vec<PlannedListener>,
-    pub pools: Vec<(u32, PoolConf)>,
+    pub pools: Vec<PlannedPool>,
     pub members: Vec<PlannedMember>,
+    /// Member indexes a reload removed: cleared in the maps and never handed out again by
+    /// this daemon's reloads (their flows may still be draining).
+    #[serde(default)]
+    pub retired: Vec<u32>,
 }
 
 const MS: u64 = 1_000_000;
 
-pub fn plan(lb: &LoadBalancer) -> Plan {
+/// Lowest index in `range` not in `taken`; records it as taken.
+fn allocate(range: std::ops::Range<u32>, taken: &mut HashSet<u32>) -> Option<u32> {
+    let i = range.into_iter().find(|i| !taken.contains(i))?;
+    taken.insert(i);
+    Some(i)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("pool {pool}: no member slot left (256 per pool, including slots of members removed by reloads since lb started)")]
+pub struct NoSlotLeft {
+    pub pool: String,
+}
+
+/// Plans `lb`. With `prev` (the plan running now), every listener, pool and member that keeps
+/// its id keeps its index; new ones take free indexes; removed members are retired.
+pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> {
+    let empty = Plan::default();
+    let prev = prev.unwrap_or(&empty);
     let mut p = Plan::default();
-    for (pi, pool) in lb.pool.iter().enumerate() {
-        let pi = pi as u32;
-        p.pools.push((
-            pi,
-            PoolConf {
-                count: pool.member.len() as u32,
-                algorithm: match pool.lb_algorithm {
-                    Algorithm::LEAST_CONNECTIONS => ALG_LEAST_CONNECTIONS,
-                    Algorithm::ROUND_ROBIN => ALG_ROUND_ROBIN,
-                    Algorithm::SOURCE_IP => ALG_SOURCE_IP,
-                },
-            },
-        ));
-        for (slot, m) in pool.member.iter().enumerate() {
+
+    let mut pools_taken: HashSet<u32> = prev.pools.iter().map(|x| x.index).collect();
+    let mut members_taken: HashSet<u32> = prev
+        .members
+        .iter()
+        .map(|m| m.index)
+        .chain(prev.retired.iter().copied())
+        .collect();
+    for pool in &lb.pool {
+        let index = prev
+            .pools
+            .iter()
+            .find(|x| x.id == pool.id)
+            .map(|x| x.index)
+            .or_else(|| allocate(0..MAX_POOLS, &mut pools_taken))
+            .expect("validated: at most MAX_POOLS pools");
+        let base = index * MAX_POOL_MEMBERS;
+        let mut count = 0;
+        for m in &pool.member {
+            let idx = prev
+                .members
+                .iter()
+                .find(|x| x.id == m.id && x.pool_id == pool.id)
+                .map(|x| x.index)
+                .or_else(|| allocate(base..base + MAX_POOL_MEMBERS, &mut members_taken))
+                .ok_or_else(|| NoSlotLeft {
+                    pool: pool.id.clone(),
+                })?;
+            count = count.max(idx - base + 1);
             let mut flags = MEMBER_F_CONFIGURED | MEMBER_F_UP;
             if m.admin_state_up {
                 flags |= MEMBER_F_ENABLED;
@@ -74,7 +121,7 @@ pub fn plan(lb: &LoadBalancer) -> Plan {
             p.members.push(PlannedMember {
                 id: m.id.clone(),
                 pool_id: pool.id.clone(),
-                index: pi * MAX_POOL_MEMBERS + slot as u32,
+                index: idx,
                 address: m.address,
                 protocol_port: m.protocol_port,
                 weight: m.weight,
@@ -90,12 +137,48 @@ pub fn plan(lb: &LoadBalancer) -> Plan {
                 },
             });
         }
+        p.pools.push(PlannedPool {
+            id: pool.id.clone(),
+            index,
+            conf: PoolConf {
+                count,
+                algorithm: match pool.lb_algorithm {
+                    Algorithm::LEAST_CONNECTIONS => ALG_LEAST_CONNECTIONS,
+                    Algorithm::ROUND_ROBIN => ALG_ROUND_ROBIN,
+                    Algorithm::SOURCE_IP => ALG_SOURCE_IP,
+                },
+            },
+        });
     }
-    for (li, l) in lb.listener.iter().enumerate() {
-        let (pool_index, _) = lb.pool(&l.default_pool_id).expect("validated");
+    let kept: HashSet<u32> = p.members.iter().map(|m| m.index).collect();
+    p.retired = prev
+        .retired
+        .iter()
+        .copied()
+        .chain(prev.members.iter().map(|m| m.index))
+        .filter(|i| !kept.contains(i))
+        .collect();
+    p.retired.sort_unstable();
+    p.retired.dedup();
+
+    let mut listeners_taken: HashSet<u32> = prev.listeners.iter().map(|l| l.index).collect();
+    for l in &lb.listener {
+        let index = prev
+            .listeners
+            .iter()
+            .find(|x| x.id == l.id)
+            .map(|x| x.index)
+            .or_else(|| allocate(0..MAX_LISTENERS, &mut listeners_taken))
+            .expect("validated: at most MAX_LISTENERS listeners");
+        let pool_index = p
+            .pools
+            .iter()
+            .find(|x| x.id == l.default_pool_id)
+            .expect("validated")
+            .index;
         p.listeners.push(PlannedListener {
             id: l.id.clone(),
-            index: li as u32,
+            index,
             protocol_port: l.protocol_port,
             pool_id: l.default_pool_id.clone(),
             key: ListenerKey {
@@ -105,8 +188,8 @@ pub fn plan(lb: &LoadBalancer) -> Plan {
                 _pad: 0,
             },
             conf: ListenerConf {
-                index: li as u32,
-                pool: pool_index as u32,
+                index,
+                pool: pool_index,
                 connection_limit: if l.connection_limit < 0 {
                     0
                 } else {
@@ -120,7 +203,7 @@ pub fn plan(lb: &LoadBalancer) -> Plan {
             },
         });
     }
-    p
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -131,17 +214,13 @@ mod tests {
     #[test]
     fn seed_plan() {
         let c = Config::parse(include_str!("../../examples/seed.toml"), "seed").unwrap();
-        let p = plan(&c.loadbalancer[0]);
-        assert_eq!(
-            p.pools,
-            vec![(
-                0,
-                PoolConf {
-                    count: 2,
-                    algorithm: ALG_LEAST_CONNECTIONS
-                }
-            )]
-        );
+        let p = plan(&c.loadbalancer[0], None).unwrap();
+        assert_eq!(p.pools[0].index, 0);
+        let want = PoolConf {
+            count: 2,
+            algorithm: ALG_LEAST_CONNECTIONS,
+        };
+        assert_eq!(p.pools[0].conf, want);
         let l = &p.listeners[0];
         assert_eq!(l.key.vip_be, u32::from_ne_bytes([10, 0, 0, 250]));
         assert_eq!(l.key.port_be, 22u16.to_be());
@@ -165,5 +244,42 @@ mod tests {
             .iter()
             .all(|m| m.conf.flags == MEMBER_F_CONFIGURED | MEMBER_F_UP | MEMBER_F_ENABLED));
         assert_eq!(p.members[0].monitor, Some((Ipv4Addr::new(10, 0, 0, 2), 22)));
+    }
+
+    fn seed() -> LoadBalancer {
+        Config::parse(include_str!("../../examples/seed.toml"), "seed")
+            .unwrap()
+            .loadbalancer
+            .remove(0)
+    }
+
+    #[test]
+    fn indexes_stay_put_across_a_reload() {
+        let old = plan(&seed(), None).unwrap();
+        let mut lb = seed();
+        // Members reordered, one removed, one added.
+        let first = lb.pool[0].member.remove(0);
+        let mut added = first.clone();
+        added.id = "new-member".into();
+        added.address = Ipv4Addr::new(10, 0, 0, 6);
+        lb.pool[0].member.insert(0, added);
+        let new = plan(&lb, Some(&old)).unwrap();
+        let idx = |p: &Plan, id: &str| p.members.iter().find(|m| m.id == id).map(|m| m.index);
+        let kept = "227b69fe-8685-4df6-b2a5-2f964c74886c";
+        assert_eq!(
+            idx(&new, kept),
+            idx(&old, kept),
+            "a kept member keeps its slot"
+        );
+        assert_eq!(
+            idx(&new, "new-member"),
+            Some(2),
+            "a new member never takes a retired slot"
+        );
+        assert_eq!(new.retired, vec![idx(&old, &first.id).unwrap()]);
+        assert_eq!(new.pools[0].conf.count, 3);
+        assert_eq!(new.listeners[0].index, old.listeners[0].index);
+        // Planning the same config again changes nothing.
+        assert_eq!(plan(&lb, Some(&new)).unwrap(), new);
     }
 }

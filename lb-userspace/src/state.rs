@@ -20,6 +20,9 @@ pub struct State {
     pub members: Vec<PlannedMember>,
     /// member ids that have a health monitor
     pub monitored: Vec<String>,
+    /// The whole plan, indexes included: a daemon that takes over plans from it.
+    #[serde(default)]
+    pub plan: crate::plan::Plan,
 }
 
 impl State {

@@ -64,9 +64,9 @@ impl Env {
         lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
         let mut dp = Dataplane::load(&pin.0, flows).expect("load BPF object");
         let cfg = Config::parse(config, "fixture").expect("fixture config");
-        let plan = lb::plan::plan(&cfg.loadbalancer[0]);
-        for (i, p) in &plan.pools {
-            dp.maps.set_pool(*i, *p).unwrap();
+        let plan = lb::plan::plan(&cfg.loadbalancer[0], None).unwrap();
+        for p in &plan.pools {
+            dp.maps.set_pool(p.index, p.conf).unwrap();
         }
         for m in &plan.members {
             dp.maps.set_member(m.index, m.conf).unwrap();

@@ -281,6 +281,12 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Sends `sig` (e.g. SIGHUP to reload).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.pid().expect("running") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
+    }
+
     /// SIGKILL: the daemon gets no chance to clean up (a crash, an OOM kill).
     pub fn kill_hard(&mut self) {
         if let Some(mut c) = self.child.take() {

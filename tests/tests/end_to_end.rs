@@ -412,3 +412,102 @@ fn killed_daemon_is_replaced_and_established_flows_carry_on() {
         "the taken-over namespace is removed at the end"
     );
 }
+
+#[test]
+fn sighup_applies_member_changes_without_dropping_flows() {
+    if !require_root() {
+        return;
+    }
+    use std::io::{Read, Write};
+    const M3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
+    let fast = |t: String| {
+        t.replace("delay = 5 ", "delay = 1 ")
+            .replace("timeout = 3 ", "timeout = 0.5 ")
+            .replace("max_retries = 3 ", "max_retries = 1 ")
+    };
+    let cfg = TestConfig::seed(fast);
+    let _left = cfg.leftovers();
+    let topo = SeedTopology::new(&[M1, M2, M3]);
+    let bin = lb_bin();
+    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
+    wait_running(&mut daemon, &cfg);
+    let mut held: Vec<_> = (0..2)
+        .map(|_| connect(&topo.client.name, VIP, 22).expect("connect"))
+        .collect();
+    assert!(held.iter().any(|c| c.member() == M2));
+
+    // Member 10.0.0.4 leaves the pool, 10.0.0.6 joins.
+    let original = std::fs::read_to_string(&cfg.path).unwrap();
+    let start = original
+        .find("[[loadbalancer.pool.member]]\nid = \"227b")
+        .unwrap();
+    let changed = format!(
+        "{}[[loadbalancer.pool.member]]\nid = \"m6\"\naddress = \"10.0.0.6\"\nprotocol_port = 22\n",
+        &original[..start]
+    );
+    std::fs::write(&cfg.path, &changed).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for(
+        "the new member in lb stats",
+        Duration::from_secs(10),
+        || {
+            let s = stats(&bin, &cfg.state_dir);
+            let addrs: Vec<_> = s[0]["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["address"].clone())
+                .collect();
+            (addrs == ["10.0.0.2", "10.0.0.6"]).then_some(())
+        },
+    );
+    // Established connections carry on, the one on the removed member included (it drains).
+    for c in &mut held {
+        c.stream.write_all(b"after reload\n").unwrap();
+        let mut buf = [0u8; 13];
+        c.stream
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("echo after reload: {e}\n{}", daemon.log_text()));
+    }
+    // New connections never reach the removed member; the new one gets them first.
+    let fresh: Vec<_> = (0..4)
+        .map(|_| connect(&topo.client.name, VIP, 22).expect("connect after reload"))
+        .collect();
+    assert!(
+        fresh.iter().all(|c| c.member() != M2),
+        "no new flow to the removed member"
+    );
+    assert!(
+        fresh.iter().any(|c| c.member() == M3),
+        "the new member takes connections"
+    );
+    let s = stats(&bin, &cfg.state_dir);
+    assert_eq!(s[0]["listeners"][0]["active_connections"], 6);
+
+    // A config that does not validate changes nothing.
+    std::fs::write(&cfg.path, changed.replace("timeout = 0.5 ", "timeout = 9 ")).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the refusal in the log", Duration::from_secs(10), || {
+        daemon
+            .log_text()
+            .contains("the running configuration stays")
+            .then_some(())
+    });
+    let after = stats(&bin, &cfg.state_dir);
+    let view = |s: &Value| -> Vec<(Value, Value, Value)> {
+        s[0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["id"].clone(), m["address"].clone(), m["weight"].clone()))
+            .collect()
+    };
+    assert_eq!(view(&after), view(&s), "members unchanged");
+    assert_eq!(after[0]["members"].as_array().unwrap().len(), 2);
+    assert_eq!(after[0]["listeners"][0]["active_connections"], 6);
+
+    drop(held);
+    drop(fresh);
+    wait_all_zero("counters at 0, the retired member's included", &bin, &cfg);
+    assert!(daemon.stop().unwrap().success(), "{}", daemon.log_text());
+}

@@ -4,20 +4,18 @@ use lb::config::Config;
 use super::{CheckArgs, RunArgs};
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(&args.config)?;
-    let mode = args.xdp_mode.unwrap_or(cfg.daemon.xdp_mode);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    rt.block_on(lb::daemon::run(cfg, mode))
+    rt.block_on(lb::daemon::run(&args.config, args.xdp_mode))
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&args.config)?;
     for lb in &cfg.loadbalancer {
-        let p = lb::plan::plan(lb);
+        let p = lb::plan::plan(lb, None)?;
         println!(
             "loadbalancer {}: namespace {}, port {}, VIP {}/{}, {} listener(s), {} member(s)",
             lb.id,
