@@ -255,7 +255,7 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
     for r in reports {
         let _ = writeln!(
             o,
-            "loadbalancer {} {}  vip {}  namespace {}  port {}  xdp {}  flows {}",
+            "loadbalancer {} {}  vip {}  namespace {}  port {}  xdp {}  flows {} (last sweep)",
             r.id,
             r.operating_status,
             r.vip_address,
@@ -283,7 +283,7 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
                 "  ",
                 l.id.clone(),
                 l.protocol_port,
-                "OPEN",
+                &l.operating_status,
                 &l.counters,
             );
             for m in r.members.iter().filter(|m| m.pool_id == l.pool_id) {

@@ -50,7 +50,9 @@ fn connect_n(topo: &SeedTopology, n: usize) -> anyhow::Result<Vec<Conn>> {
     Ok(conns)
 }
 
+/// `lb stats`, after the daemon's next once-a-second sweep so the flow census is current.
 fn print_stats(lb: &PathBuf) {
+    std::thread::sleep(Duration::from_millis(1100));
     let out = Command::new(lb).args(["stats"]).output().expect("lb stats");
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
