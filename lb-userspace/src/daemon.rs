@@ -228,15 +228,6 @@ impl Running {
             pin_dir: self.pin_dir.clone(),
             xdp_mode: self.mode.into(),
             pid: std::process::id(),
-            listeners: self.plan.listeners.clone(),
-            members: self.plan.members.clone(),
-            monitored: self
-                .plan
-                .members
-                .iter()
-                .filter(|m| m.monitor.is_some())
-                .map(|m| m.id.clone())
-                .collect(),
             plan: self.plan.clone(),
         };
         state.write(&self.state_dir).with_context(|| {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{PlannedListener, PlannedMember};
+use crate::plan::Plan;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -16,13 +16,9 @@ pub struct State {
     pub pin_dir: PathBuf,
     pub xdp_mode: String,
     pub pid: u32,
-    pub listeners: Vec<PlannedListener>,
-    pub members: Vec<PlannedMember>,
-    /// member ids that have a health monitor
-    pub monitored: Vec<String>,
-    /// The whole plan, indexes included: a daemon that takes over plans from it.
-    #[serde(default)]
-    pub plan: crate::plan::Plan,
+    /// Listener and member ids with their map indexes (the maps hold only numbers); a daemon
+    /// that takes over plans from it.
+    pub plan: Plan,
 }
 
 impl State {

@@ -141,7 +141,7 @@ pub fn operating_status(flags: u32, weight: u16, monitored: bool) -> &'static st
 pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::DataplaneError> {
     let maps = Maps::open(&state.pin_dir)?;
     let mut members = Vec::new();
-    for m in &state.members {
+    for m in &state.plan.members {
         let s = maps.member_stats(m.index)?;
         let conf = maps.member(m.index)?;
         members.push(MemberReport {
@@ -151,12 +151,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
             protocol_port: m.protocol_port,
             weight: conf.weight,
             backup: conf.flags & MEMBER_F_BACKUP != 0,
-            operating_status: operating_status(
-                conf.flags,
-                conf.weight,
-                state.monitored.contains(&m.id),
-            )
-            .into(),
+            operating_status: operating_status(conf.flags, conf.weight, m.monitor.is_some()).into(),
             counters: Counters::new(maps.member_live.get(m.index).active, s),
             connection_errors: s.drops.iter().sum(),
             drops: MEMBER_DROP_REASONS
@@ -168,7 +163,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         });
     }
     let mut listeners = Vec::new();
-    for l in &state.listeners {
+    for l in &state.plan.listeners {
         let s = maps.listener_stats(l.index)?;
         let drops = maps.listener_drops(l.index)?;
         let status = pool_status(
