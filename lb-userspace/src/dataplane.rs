@@ -324,12 +324,6 @@ where
     T::try_from(map).map_err(|source| DataplaneError::Map { path, source })
 }
 
-/// Monotonic clock in ns, the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
 fn sum_stats(values: &[Stats]) -> Stats {
     values.iter().fold(Stats::default(), |mut a, s| {
         a.packets_in += s.packets_in;
