@@ -511,3 +511,58 @@ fn sighup_applies_member_changes_without_dropping_flows() {
     wait_all_zero("counters at 0, the retired member's included", &bin, &cfg);
     assert!(daemon.stop().unwrap().success(), "{}", daemon.log_text());
 }
+
+/// Counters are exact at quiescence under concurrency too: 4 client threads open, use and
+/// close 100 connections each at the same time, on both CPUs.
+#[test]
+fn counters_are_exact_after_concurrent_churn() {
+    if !require_root() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let cfg = TestConfig::seed(|t| t);
+    let _left = cfg.leftovers();
+    let topo = SeedTopology::new(&[M1, M2]);
+    let bin = lb_bin();
+    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
+    wait_running(&mut daemon, &cfg);
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..100 {
+                    let ok = connect(&topo.client.name, VIP, 22).and_then(|mut c| {
+                        c.stream.write_all(b"x\n")?;
+                        let mut b = [0u8; 2];
+                        c.stream.read_exact(&mut b)
+                    });
+                    if ok.is_err() {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        failures.into_inner(),
+        0,
+        "every connection worked\n{}",
+        daemon.log_text()
+    );
+    wait_all_zero("counters at 0 after the churn", &bin, &cfg);
+    let s = stats(&bin, &cfg.state_dir);
+    let total: u64 = s[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["total_connections"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 400);
+    assert_eq!(s[0]["listeners"][0]["total_connections"], 400);
+    let on_m1 = member(&s, M1)["total_connections"].as_u64().unwrap();
+    assert!(
+        (150..=250).contains(&on_m1),
+        "least connections spreads the churn: {on_m1} of 400 on one member"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
