@@ -30,6 +30,8 @@ struct Args {
 
 const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+/// Not in the seed: joins the pool by a reload at the end of the demo.
+const M3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
 const SEED_ID: &str = "574a31da-a28a-449f-8c9d-3d3687c3c02a";
 
 fn step(s: &str) {
@@ -77,8 +79,8 @@ fn main() -> anyhow::Result<()> {
         dirs: vec![PathBuf::from("/sys/fs/bpf/lb").join(SEED_ID)],
     };
 
-    step("topology (all in fresh namespaces): client 10.0.0.1, members 10.0.0.2 and 10.0.0.4 on br-int");
-    let mut topo = SeedTopology::new(&[M1, M2]);
+    step("topology (all in fresh namespaces): client 10.0.0.1, members 10.0.0.2 and 10.0.0.4 on br-int (and 10.0.0.6, not in the pool yet)");
+    let mut topo = SeedTopology::new(&[M1, M2, M3]);
     println!(
         "node namespace {} with br-int; client {}; members {}",
         topo.node.name,
@@ -91,7 +93,10 @@ fn main() -> anyhow::Result<()> {
     );
 
     step("lb run --config examples/seed.toml (inside the node namespace)");
-    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed.toml");
+    // A copy, so the reload step can edit it.
+    let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed.toml");
+    let config = std::env::temp_dir().join(format!("lb-demo-{}.toml", std::process::id()));
+    std::fs::copy(&seed, &config)?;
     let mut daemon = Daemon::start(
         &args.lb,
         &topo.node.name,
@@ -148,8 +153,37 @@ fn main() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let conns = connect_n(&topo, 4)?;
+    let mut conns = connect_n(&topo, 4)?;
     print_stats(&args.lb);
+
+    step(
+        "the operator adds member 10.0.0.6 to the file and sends SIGHUP; the 4 connections stay up",
+    );
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str("\n[[loadbalancer.pool.member]]\nid = \"b1c0ffee-0000-4000-8000-000000000006\"\naddress = \"10.0.0.6\"\nprotocol_port = 22\nweight = 1\n");
+    std::fs::write(&config, text)?;
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    let t0 = Instant::now();
+    while stats(&args.lb, &PathBuf::from("/run/lb"))[0]["members"]
+        .as_array()
+        .map_or(0, |m| m.len())
+        < 3
+    {
+        if t0.elapsed() > Duration::from_secs(10) || stop.load(Ordering::Relaxed) {
+            anyhow::bail!("reload not applied:\n{}", daemon.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in &mut conns {
+        use std::io::{Read, Write};
+        c.stream.write_all(b"still there?\n")?;
+        let mut buf = [0u8; 13];
+        c.stream.read_exact(&mut buf)?;
+    }
+    println!("the 4 established connections still echo through lb");
+    let more = connect_n(&topo, 4)?;
+    print_stats(&args.lb);
+    drop(more);
     drop(conns);
 
     if args.hold {
@@ -174,6 +208,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    let _ = std::fs::remove_file(&config);
     println!(
         "\nlb exited: {status:?}; namespace still there: {}",
         lb::node::netns_exists(&format!("qlbaas-{SEED_ID}"))
