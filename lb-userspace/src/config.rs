@@ -112,6 +112,9 @@ pub struct Port {
     /// MAC address for a created port (Neutron's fa:16:3e:...). Random if absent.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Default route of the namespace (the subnet's router), for members on other subnets.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
 }
 
 fn default_bridge() -> String {
@@ -375,6 +378,21 @@ impl Config {
                         format!("{at}.port.mac"),
                         mac,
                         "expected xx:xx:xx:xx:xx:xx",
+                    ));
+                }
+            }
+            if let Some(gw) = p.gateway {
+                let mask = u32::MAX
+                    .checked_shl(32 - lb.vip_prefixlen as u32)
+                    .unwrap_or(0);
+                if u32::from(gw) & mask != u32::from(vip) & mask || gw == vip {
+                    return Err(invalid(
+                        format!("{at}.port.gateway"),
+                        gw,
+                        format!(
+                            "must be another address of the VIP's subnet {vip}/{}",
+                            lb.vip_prefixlen
+                        ),
                     ));
                 }
             }
@@ -696,6 +714,27 @@ mod tests {
             )
         });
         assert!(e.contains("default_pool_id = nope"), "{e}");
+    }
+
+    #[test]
+    fn gateway_outside_the_vip_subnet_is_refused() {
+        let ok = with(|s| {
+            s.replace(
+                "bridge = \"br-int\"",
+                "bridge = \"br-int\"\ngateway = \"10.0.0.1\"",
+            )
+        });
+        assert_eq!(
+            ok.unwrap().loadbalancer[0].port.gateway,
+            Some(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        let e = err(|s| {
+            s.replace(
+                "bridge = \"br-int\"",
+                "bridge = \"br-int\"\ngateway = \"10.9.0.1\"",
+            )
+        });
+        assert!(e.contains("port.gateway = 10.9.0.1"), "{e}");
     }
 
     #[test]

@@ -260,6 +260,20 @@ impl Netlink {
             .map_err(nl(format!("assigning {addr}/{prefix} to {name}")))
     }
 
+    /// `ip route replace default via <gw>`.
+    async fn default_route(&self, gw: Ipv4Addr) -> Result<()> {
+        let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gw)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("default route via {gw}")))
+    }
+
     pub async fn delete(&self, name: &str) -> Result<()> {
         if let Some(i) = self.index(name).await? {
             self.handle
@@ -387,6 +401,9 @@ impl Node {
         inside
             .replace_address(&port, lb.vip_address, lb.vip_prefixlen)
             .await?;
+        if let Some(gw) = lb.port.gateway {
+            inside.default_route(gw).await?;
+        }
         sysctl(&ns, "net.ipv4.ip_local_port_range", LOCAL_PORT_RANGE)?;
         // bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the ingress device.
         sysctl(&ns, &format!("net.ipv4.conf.{port}.forwarding"), "1")?;

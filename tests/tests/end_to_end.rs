@@ -566,3 +566,56 @@ fn counters_are_exact_after_concurrent_churn() {
     );
     assert!(daemon.stop().unwrap().success());
 }
+
+/// `port.gateway`: a member on another subnet, behind a router, is balanced to through the
+/// namespace's default route (and monitored through it).
+#[test]
+fn member_behind_the_gateway() {
+    if !require_root() {
+        return;
+    }
+    const FAR: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 5);
+    let cfg = TestConfig::seed(|t| {
+        t.replace(
+            "bridge = \"br-int\"",
+            "bridge = \"br-int\"\ngateway = \"10.0.0.1\"",
+        )
+        .replace("\"10.0.0.4\"", "\"10.1.0.5\"")
+    });
+    let _left = cfg.leftovers();
+    let topo = SeedTopology::new(&[M1]);
+    // The client's namespace doubles as the subnet's router towards 10.1.0.0/24.
+    let far = integration_tests::Netns::new("f");
+    topo.client.ip(&format!(
+        "link add far0 type veth peer name eth0 netns {}",
+        far.name
+    ));
+    topo.client.ip("addr add 10.1.0.1/24 dev far0");
+    topo.client.ip("link set far0 up");
+    topo.client.exec("sysctl -qw net.ipv4.ip_forward=1");
+    far.ip("addr add 10.1.0.5/24 dev eth0");
+    far.ip("link set eth0 up");
+    far.ip("route add default via 10.1.0.1");
+    far.exec("ethtool -K eth0 tx off tso off gso off gro off");
+    topo.client
+        .exec("ethtool -K far0 tx off tso off gso off gro off");
+    let _server = Server::start(&far.name, FAR, 22);
+    let bin = lb_bin();
+    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
+    wait_running(&mut daemon, &cfg);
+    let mut seen_far = 0;
+    for _ in 0..4 {
+        let c = connect(&topo.client.name, VIP, 22)
+            .unwrap_or_else(|e| panic!("connect: {e}\n{}", daemon.log_text()));
+        if c.member() == FAR {
+            seen_far += 1;
+        }
+    }
+    assert!(seen_far >= 1, "the routed member took connections");
+    assert_eq!(
+        member(&stats(&bin, &cfg.state_dir), FAR)["operating_status"],
+        "ONLINE",
+        "monitored through the route"
+    );
+    assert!(daemon.stop().unwrap().success());
+}

@@ -541,3 +541,25 @@ fn icmp_errors_about_unknown_flows_pass_untouched() {
     );
     env.expect(&echo, XDP_PASS, reason::PASS_NOT_BALANCED);
 }
+
+/// A member on another subnet is reached through the namespace's route: the frame goes to the
+/// router's MAC, addressed to the member.
+#[test]
+fn routed_member_gets_the_next_hop_mac() {
+    let cfg = include_str!("../../examples/seed.toml").replace("\"10.0.0.4\"", "\"10.1.0.5\"");
+    let Some(mut env) = Env::new(&cfg) else {
+        return;
+    };
+    env.ns
+        .ip("neigh replace 10.0.0.1 lladdr 02:00:00:00:00:fe nud permanent dev port0");
+    env.ns.ip("route add 10.1.0.0/16 via 10.0.0.1");
+    env.set_member_flags(M1, |f| f & !lb_common::MEMBER_F_UP);
+    let syn = Tcp::new(CLIENT, 49500, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let o = Tcp::parse(&out).unwrap();
+    assert_eq!(
+        (o.dst, o.dst_mac),
+        (Ipv4Addr::new(10, 1, 0, 5), [0x02, 0, 0, 0, 0, 0xfe])
+    );
+    assert!(checksums_ok(&out));
+}
