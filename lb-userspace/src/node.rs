@@ -124,6 +124,53 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     })
 }
 
+/// Turns TX checksum offload off on `dev` (in the calling thread's namespace), as
+/// `ethtool -K dev tx off` does (ETHTOOL_STXCSUM; the ethtool netlink crate can only read
+/// features).
+///
+/// Done on the outer end of a port lb creates: a CHECKSUM_PARTIAL frame (a local sender, a VM
+/// with checksum offload behind a tap) that the bridge forwards into it then has its checksum
+/// completed by the kernel before it crosses into the namespace, where XDP needs it complete.
+pub fn disable_tx_checksum(dev: &str) -> std::io::Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    if dev.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    req.name[..dev.len()].copy_from_slice(dev.as_bytes());
+    // SAFETY: a datagram socket for the ioctl, closed on drop; `req` outlives the call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sock = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// An rtnetlink connection bound to one namespace; its I/O runs on the current tokio runtime.
 #[derive(Clone)]
 pub struct Netlink {
@@ -364,6 +411,11 @@ impl Node {
                 tracing::warn!(port = %port, namespace = %ns, "reusing the port a previous lb run left behind");
                 self.outer = Some(outer.clone());
                 self.created_namespace = true;
+                disable_tx_checksum(&outer).map_err(|e| {
+                    port_err(format!(
+                        "cannot turn TX checksum offload off on {outer}: {e}"
+                    ))
+                })?;
                 here.set_controller(&outer, bridge).await?;
                 here.up(&outer).await?;
                 return self.finish(lb, &inside).await;
@@ -383,6 +435,11 @@ impl Node {
             }
             here.add_veth(&outer, &port).await?;
             self.outer = Some(outer.clone());
+            disable_tx_checksum(&outer).map_err(|e| {
+                port_err(format!(
+                    "cannot turn TX checksum offload off on {outer}: {e}"
+                ))
+            })?;
             here.move_to(&port, &ns_file).await?;
             here.set_controller(&outer, bridge).await?;
             here.up(&outer).await?;

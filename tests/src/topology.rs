@@ -154,15 +154,25 @@ impl SeedTopology {
 
     /// `echo = false`: the member servers discard what they read (bulk-transfer sinks).
     pub fn new_with(addrs: &[Ipv4Addr], echo: bool) -> SeedTopology {
+        Self::build(addrs, echo, false)
+    }
+
+    /// Hosts keep the kernel's default offloads (checksum, TSO, GSO): they send
+    /// CHECKSUM_PARTIAL frames, as VMs with virtio offload do behind a tap.
+    pub fn with_offloads(addrs: &[Ipv4Addr]) -> SeedTopology {
+        Self::build(addrs, true, true)
+    }
+
+    fn build(addrs: &[Ipv4Addr], echo: bool, offloads: bool) -> SeedTopology {
         let node = Netns::new("n");
         node.ip("link add br-int type bridge");
         node.ip("link set br-int up");
         let client = Netns::new("c");
-        Self::plug(&node, &client, "cl0", CLIENT);
+        Self::plug(&node, &client, "cl0", CLIENT, offloads);
         let mut members = Vec::new();
         for (i, &a) in addrs.iter().enumerate() {
             let ns = Netns::new("m");
-            Self::plug(&node, &ns, &format!("mb{i}"), a);
+            Self::plug(&node, &ns, &format!("mb{i}"), a, offloads);
             let server = Server::start_with(&ns.name, a, 22, echo);
             members.push(Member {
                 ns,
@@ -177,7 +187,7 @@ impl SeedTopology {
         }
     }
 
-    fn plug(node: &Netns, host: &Netns, node_side: &str, addr: Ipv4Addr) {
+    fn plug(node: &Netns, host: &Netns, node_side: &str, addr: Ipv4Addr, offloads: bool) {
         node.ip(&format!(
             "link add {node_side} type veth peer name eth0 netns {}",
             host.name
@@ -185,7 +195,9 @@ impl SeedTopology {
         node.ip(&format!("link set {node_side} master br-int up"));
         host.ip("link set eth0 up");
         host.ip(&format!("addr add {addr}/24 dev eth0"));
-        offloads_off(host, "eth0");
+        if !offloads {
+            offloads_off(host, "eth0");
+        }
     }
 
     pub fn member(&mut self, addr: Ipv4Addr) -> &mut Member {

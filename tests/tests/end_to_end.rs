@@ -619,3 +619,45 @@ fn member_behind_the_gateway() {
     );
     assert!(daemon.stop().unwrap().success());
 }
+
+/// Hosts with their default offloads send CHECKSUM_PARTIAL segments (and TSO/GSO ones); lb
+/// turns TX checksum offload off on the outer end of its port, so what crosses into the
+/// namespace carries complete checksums. Data both ways, in both attach modes.
+fn offloads_on(xdp_mode: &str) {
+    if !require_root() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let cfg = TestConfig::seed(|t| t);
+    let _left = cfg.leftovers();
+    let topo = SeedTopology::with_offloads(&[M1, M2]);
+    let bin = lb_bin();
+    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &["--xdp-mode", xdp_mode]);
+    wait_running(&mut daemon, &cfg);
+    let payload = vec![0x42u8; 200_000];
+    for _ in 0..4 {
+        let mut c = connect(&topo.client.name, VIP, 22)
+            .unwrap_or_else(|e| panic!("connect: {e}\n{}", daemon.log_text()));
+        let mut w = c.stream.try_clone().unwrap();
+        let p = payload.clone();
+        let writer = std::thread::spawn(move || w.write_all(&p));
+        let mut back = vec![0u8; payload.len()];
+        c.stream
+            .read_exact(&mut back)
+            .expect("echo of 200 kB through lb");
+        writer.join().unwrap().unwrap();
+        assert!(back == payload);
+    }
+    wait_all_zero("counters at 0", &bin, &cfg);
+    assert!(daemon.stop().unwrap().success());
+}
+
+#[test]
+fn hosts_with_checksum_offload_native() {
+    offloads_on("auto");
+}
+
+#[test]
+fn hosts_with_checksum_offload_generic() {
+    offloads_on("generic");
+}
