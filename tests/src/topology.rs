@@ -27,9 +27,7 @@ use crate::{in_netns, unique, Netns};
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
-/// Checksum and segmentation offloads off: lb's XDP program rewrites headers with
-/// incremental checksum updates, which needs complete checksums on arriving frames (a veth
-/// otherwise hands over CHECKSUM_PARTIAL packets whose checksum field is only a seed).
+/// Checksum and segmentation offloads off on a host's interface.
 fn offloads_off(ns: &Netns, dev: &str) {
     ns.exec(&format!("ethtool -K {dev} tx off tso off gso off gro off"));
 }
@@ -148,22 +146,16 @@ pub struct SeedTopology {
 
 impl SeedTopology {
     /// Node namespace with br-int, a client at 10.0.0.1, members at `addrs` serving port 22.
+    /// Hosts keep the kernel's default offloads (checksum, TSO, GSO), as real hosts and VMs
+    /// with virtio offload do: they send CHECKSUM_PARTIAL and GSO frames.
     pub fn new(addrs: &[Ipv4Addr]) -> SeedTopology {
-        Self::new_with(addrs, true)
-    }
-
-    /// `echo = false`: the member servers discard what they read (bulk-transfer sinks).
-    pub fn new_with(addrs: &[Ipv4Addr], echo: bool) -> SeedTopology {
-        Self::build(addrs, echo, false)
-    }
-
-    /// Hosts keep the kernel's default offloads (checksum, TSO, GSO): they send
-    /// CHECKSUM_PARTIAL frames, as VMs with virtio offload do behind a tap.
-    pub fn with_offloads(addrs: &[Ipv4Addr]) -> SeedTopology {
         Self::build(addrs, true, true)
     }
 
-    fn build(addrs: &[Ipv4Addr], echo: bool, offloads: bool) -> SeedTopology {
+    /// `echo = false` makes the members bulk-transfer sinks; `offloads = false` turns the
+    /// hosts' checksum and segmentation offloads off (every frame a complete, MTU-sized
+    /// segment).
+    pub fn build(addrs: &[Ipv4Addr], echo: bool, offloads: bool) -> SeedTopology {
         let node = Netns::new("n");
         node.ip("link add br-int type bridge");
         node.ip("link set br-int up");

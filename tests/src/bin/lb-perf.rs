@@ -126,7 +126,10 @@ fn bulk(client_ns: &str, to: Ipv4Addr, seconds: u64) -> anyhow::Result<f64> {
     Ok(sent as f64 * 8.0 / secs / 1e9)
 }
 
-fn throughput(args: &Args) -> anyhow::Result<()> {
+/// Single-stream bulk throughput direct and through lb, with the hosts' offloads off (every
+/// frame an MTU-sized segment with a complete checksum) or on (TSO/GSO and CHECKSUM_PARTIAL,
+/// as real hosts send).
+fn throughput(args: &Args, offloads: bool) -> anyhow::Result<()> {
     const M: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
     let mut rows: Vec<(String, Vec<f64>)> = vec![
         ("direct".into(), vec![]),
@@ -140,7 +143,7 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
                 t[..cut].to_string()
             });
             let _left = cfg.leftovers();
-            let topo = topology::SeedTopology::new_with(&[M], false);
+            let topo = topology::SeedTopology::build(&[M], false, offloads);
             let gbps = if mode == "direct" {
                 bulk(&topo.client.name, M, args.seconds)?
             } else {
@@ -158,7 +161,12 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
             rows[i].1.push(gbps);
         }
     }
-    println!("single TCP stream client -> member, Gbit/s (median of {}, {} s each; offloads off on the hosts):", args.runs, args.seconds);
+    println!(
+        "single TCP stream client -> member, Gbit/s (median of {}, {} s each; offloads {} on the hosts):",
+        args.runs,
+        args.seconds,
+        if offloads { "on" } else { "off" }
+    );
     let direct = median(rows[0].1.clone());
     for (k, v) in rows {
         let m = median(v.clone());
@@ -177,5 +185,6 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     test_run_numbers(args.runs)?;
-    throughput(&args)
+    throughput(&args, false)?;
+    throughput(&args, true)
 }
