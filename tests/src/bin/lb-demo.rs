@@ -125,7 +125,9 @@ fn main() -> anyhow::Result<()> {
             .filter(|p| p.port() < 60000)
             .map(|p| p.to_string())
             .collect();
-        println!("member {} saw connections from {}", m.addr, from.join(", "));
+        if !from.is_empty() {
+            println!("member {} saw connections from {}", m.addr, from.join(", "));
+        }
     }
     print_stats(&args.lb);
 
