@@ -39,6 +39,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Makes sure `dir` will be on a bpffs, mounting one at /sys/fs/bpf if nothing is there.
 pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    // Two threads mounting at once would stack two bpffs instances, the second hiding what
+    // the first pinned.
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let mut probe = dir.to_path_buf();
     while !probe.exists() {
         if !probe.pop() {

@@ -150,6 +150,20 @@ fn setup(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Mounts bpffs on /sys/fs/bpf if nothing is there, once, before tests and demo start many
+/// processes that would otherwise race to mount it (stacked mounts hide each other's pins).
+fn ensure_bpffs() -> Result<()> {
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T", "/sys/fs/bpf"])
+        .output()
+        .context("stat")?;
+    if String::from_utf8_lossy(&fs.stdout).trim() != "bpf_fs" {
+        eprintln!("xtask: mounting bpffs on /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
 fn build_lb(release: bool) -> Result<PathBuf> {
     let mut c = cargo();
     c.args(["build", "--package", "lb-userspace", "--bin", "lb"]);
@@ -178,6 +192,9 @@ fn main() -> Result<()> {
                 eprintln!("xtask: not root: BPF and namespace tests will report SKIPPED");
             }
             let bin = build_lb(false)?;
+            if nix_is_root() {
+                ensure_bpffs()?;
+            }
             // Unit tests of every host crate, then the integration tiers. One cargo
             // invocation so the build is shared.
             let mut c = cargo();
@@ -205,6 +222,7 @@ fn main() -> Result<()> {
 /// Runs one of the tests package's programs (lb-demo, lb-perf) against a release `lb`.
 fn run_tool(name: &str, args: &[&str]) -> Result<()> {
     setup(TEST_PACKAGES)?;
+    ensure_bpffs()?;
     let bin = build_lb(true)?;
     run(cargo()
         .args([
