@@ -63,6 +63,9 @@ pub struct LoadBalancerReport {
     pub port: String,
     pub vip_address: String,
     pub xdp_mode: String,
+    /// pid of the `lb run` serving it, or null if that process is gone (counters are then as
+    /// it left them; start `lb run` again to take over).
+    pub daemon_pid: Option<u32>,
     /// Flows in the conntrack table at the daemon's last sweep (once a second).
     pub conntrack_flows: u64,
     pub listeners: Vec<ListenerReport>,
@@ -200,6 +203,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         port: state.port.clone(),
         vip_address: state.vip_address.to_string(),
         xdp_mode: state.xdp_mode.clone(),
+        daemon_pid: state.live_owner(),
         conntrack_flows,
         listeners,
         members,
@@ -259,6 +263,9 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
             r.xdp_mode,
             r.conntrack_flows
         );
+        if r.daemon_pid.is_none() {
+            let _ = writeln!(o, "  (no lb process serves it any more: counters as it left them; `lb run` takes over)");
+        }
         let _ = writeln!(
             o,
             "  {:<38} {:>6} {:<11} {:>7} {:>8} {:>12} {:>12} {:>10} {:>10}",

@@ -362,7 +362,15 @@ fn killed_daemon_is_replaced_and_established_flows_carry_on() {
     let mut conns: Vec<_> = (0..2)
         .map(|_| connect(&topo.client.name, VIP, 22).expect("connect"))
         .collect();
+    assert_eq!(
+        stats(&bin, &cfg.state_dir)[0]["daemon_pid"],
+        first.pid().unwrap()
+    );
     first.kill_hard();
+    assert!(
+        stats(&bin, &cfg.state_dir)[0]["daemon_pid"].is_null(),
+        "lb stats tells the daemon is gone"
+    );
 
     let mut second = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
     wait_running(&mut second, &cfg);
