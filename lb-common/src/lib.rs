@@ -193,8 +193,12 @@ pub struct Live {
     /// Open connections the last sweep counted in the conntrack table (the daemon zeroes it
     /// before each sweep).
     pub table: i64,
+    /// Forward entries of any state (open, closing, lingering) that named this member at the
+    /// last sweep: a retired member slot is free again once this is 0.
+    pub refs: u64,
+    pub _pad: u64,
 }
-assert_size!(Live, 32);
+assert_size!(Live, 48);
 
 /// `SWEEP` value: what the last run of the `lb_sweep` program did.
 #[repr(C)]

@@ -162,7 +162,7 @@ pub(crate) unsafe fn xadd_i64(dst: *mut i64, v: i64) {
 }
 
 #[inline(always)]
-unsafe fn xadd_u64(dst: *mut u64, v: u64) {
+pub(crate) unsafe fn xadd_u64(dst: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 

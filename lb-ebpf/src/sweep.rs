@@ -106,9 +106,14 @@ extern "C" fn sweep_step(
         add_quiet(MEMBER_LIVE.get_ptr_mut(flow.member), -counted, 0);
         add_quiet(LISTENER_LIVE.get_ptr_mut(flow.listener), -counted, 0);
         c.report.expired += 1;
-    } else if counted != 0 {
-        add_quiet(MEMBER_LIVE.get_ptr_mut(flow.member), 0, 1);
-        add_quiet(LISTENER_LIVE.get_ptr_mut(flow.listener), 0, 1);
+    } else {
+        if counted != 0 {
+            add_quiet(MEMBER_LIVE.get_ptr_mut(flow.member), 0, 1);
+            add_quiet(LISTENER_LIVE.get_ptr_mut(flow.listener), 0, 1);
+        }
+        if let Some(l) = MEMBER_LIVE.get_ptr_mut(flow.member) {
+            unsafe { crate::xadd_u64(&raw mut (*l).refs, 1) };
+        }
     }
     0
 }

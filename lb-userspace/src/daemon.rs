@@ -365,21 +365,26 @@ impl Running {
     }
 
     pub fn sweep(&mut self) {
-        let members: Vec<u32> = self
-            .plan
-            .members
-            .iter()
-            .map(|m| m.index)
-            .chain(self.plan.retired.iter().copied())
-            .collect();
+        let members: Vec<u32> = self.plan.members.iter().map(|m| m.index).collect();
         let listeners: Vec<u32> = self.plan.listeners.iter().map(|l| l.index).collect();
+        let retired = self.plan.retired.clone();
         let lb = self.lb.id.clone();
-        match self.dataplane().sweep(&members, &listeners) {
-            Ok(r) if r.expired > 0 || r.corrected > 0 || r.orphans > 0 => info!(
-                loadbalancer = %lb, flows = r.flows, expired = r.expired, orphans = r.orphans,
-                corrected = r.corrected, "conntrack sweep"
-            ),
-            Ok(_) => {}
+        match self.dataplane().sweep(&members, &listeners, &retired) {
+            Ok(r) => {
+                if r.expired > 0 || r.corrected > 0 || r.orphans > 0 {
+                    info!(
+                        loadbalancer = %lb, flows = r.flows, expired = r.expired, orphans = r.orphans,
+                        corrected = r.corrected, "conntrack sweep"
+                    );
+                }
+                if !r.freed.is_empty() {
+                    // Retired slots whose last flow is gone can serve new members again.
+                    self.plan.retired.retain(|i| !r.freed.contains(i));
+                    if let Err(e) = self.publish() {
+                        error!(loadbalancer = %lb, error = format!("{e:#}"), "cannot publish state");
+                    }
+                }
+            }
             Err(e) => {
                 error!(loadbalancer = %lb, error = format!("{e:#}"), "conntrack sweep failed")
             }

@@ -164,16 +164,23 @@ impl Dataplane {
     /// table, see lb-ebpf/src/sweep.rs), then, for every counter no packet touched meanwhile
     /// (`events` unchanged), sets `active` to the census. Whatever raced before, the counters
     /// equal the table once traffic stops, and are 0 once every flow closed or expired.
-    pub fn sweep(&mut self, members: &[u32], listeners: &[u32]) -> Result<SweepOutcome> {
+    pub fn sweep(
+        &mut self,
+        members: &[u32],
+        listeners: &[u32],
+        retired: &[u32],
+    ) -> Result<SweepOutcome> {
         for (live, idx) in [
             (&self.maps.member_live, members),
+            (&self.maps.member_live, retired),
             (&self.maps.listener_live, listeners),
         ] {
             for &i in idx {
-                live.zero_table(i);
+                live.zero_census(i);
             }
         }
-        let before_m: Vec<u64> = members
+        let census: Vec<u32> = members.iter().chain(retired).copied().collect();
+        let before_m: Vec<u64> = census
             .iter()
             .map(|&m| self.maps.member_live.get(m).events)
             .collect();
@@ -183,13 +190,19 @@ impl Dataplane {
             .collect();
         self.test_run_program("lb_sweep", &[0u8; 64], 1)?;
         let r = self.maps.last_sweep()?;
-        let corrected = self.maps.member_live.correct(members, &before_m)
+        let corrected = self.maps.member_live.correct(&census, &before_m)
             + self.maps.listener_live.correct(listeners, &before_l);
+        let freed = retired
+            .iter()
+            .copied()
+            .filter(|&i| self.maps.member_live.get(i).refs == 0)
+            .collect();
         Ok(SweepOutcome {
             flows: r.flows,
             expired: r.expired,
             orphans: r.orphans,
             corrected,
+            freed,
         })
     }
 }
@@ -250,6 +263,8 @@ impl LiveArray {
                 events: AtomicU64::from_ptr(&raw mut (*p).events).load(Ordering::Relaxed),
                 rr: AtomicU64::from_ptr(&raw mut (*p).rr).load(Ordering::Relaxed),
                 table: AtomicI64::from_ptr(&raw mut (*p).table).load(Ordering::Relaxed),
+                refs: AtomicU64::from_ptr(&raw mut (*p).refs).load(Ordering::Relaxed),
+                _pad: 0,
             }
         }
     }
@@ -278,9 +293,12 @@ impl LiveArray {
         corrected
     }
 
-    fn zero_table(&self, i: u32) {
+    fn zero_census(&self, i: u32) {
         let p = self.slot(i);
-        unsafe { AtomicI64::from_ptr(&raw mut (*p).table).store(0, Ordering::Relaxed) };
+        unsafe {
+            AtomicI64::from_ptr(&raw mut (*p).table).store(0, Ordering::Relaxed);
+            AtomicU64::from_ptr(&raw mut (*p).refs).store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -339,13 +357,15 @@ fn sum_stats(values: &[Stats]) -> Stats {
     })
 }
 
-/// What one sweep did: the program's report, and the counters the daemon corrected.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What one sweep did: the program's report, the counters the daemon corrected, and the
+/// retired member slots no flow names any more.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepOutcome {
     pub flows: u64,
     pub expired: u64,
     pub orphans: u64,
     pub corrected: u64,
+    pub freed: Vec<u32>,
 }
 
 impl Maps {

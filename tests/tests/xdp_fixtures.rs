@@ -368,7 +368,7 @@ fn sweep_expires_idle_flows_and_corrects_drift() {
     assert_eq!(total(&env), 4);
     // Drift (as a lost race would leave): the table says 2 each.
     env.dp.maps.member_live.add(members[0], 5);
-    let r = env.dp.sweep(&members, &[0]).unwrap();
+    let r = env.dp.sweep(&members, &[0], &[]).unwrap();
     assert_eq!((r.flows, r.expired, r.orphans, r.corrected), (4, 0, 0, 1));
     assert_eq!((env.active(members[0]), env.active(members[1])), (2, 2));
     // Past the connect timeout (no SYN-ACK seen): every flow expires, counters return to 0.
@@ -376,7 +376,7 @@ fn sweep_expires_idle_flows_and_corrects_drift() {
     l.conf.timeout_member_connect_ns = 1_000_000;
     env.dp.maps.set_listener(l.key, l.conf).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
-    let r = env.dp.sweep(&members, &[0]).unwrap();
+    let r = env.dp.sweep(&members, &[0], &[]).unwrap();
     assert_eq!((r.flows, r.expired, r.corrected), (4, 4, 0));
     assert_eq!(total(&env), 0);
     assert_eq!(env.dp.maps.listener_live.get(0).active, 0);
@@ -562,4 +562,42 @@ fn routed_member_gets_the_next_hop_mac() {
         (Ipv4Addr::new(10, 1, 0, 5), [0x02, 0, 0, 0, 0, 0xfe])
     );
     assert!(checksums_ok(&out));
+}
+
+/// A member slot retired by a reload is free again only once no flow names it, lingering
+/// closed ones included.
+#[test]
+fn retired_slot_is_freed_once_its_last_flow_is_gone() {
+    let Some(mut env) = Env::seed() else { return };
+    // Flow A waits for its SYN-ACK on member X; flow B, on member Y, was reset and lingers.
+    let (x, _, _) = env.open(49700);
+    let (y, _, snat_b) = env.open(49701);
+    assert_ne!(x, y);
+    let rst = Tcp::new(y, 22, VIP, snat_b, TCP_RST).macs(mac_of(y), PORT_MAC);
+    env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let (ix, iy) = (env.member_index(x), env.member_index(y));
+    // A reload removes both members: their slots are retired (cleared in MEMBERS).
+    for i in [ix, iy] {
+        env.dp
+            .maps
+            .set_member(i, lb_common::MemberConf::default())
+            .unwrap();
+    }
+    let r = env.dp.sweep(&[], &[0], &[ix, iy]).unwrap();
+    assert!(r.freed.is_empty(), "both still named by a flow");
+    assert_eq!(
+        (env.active(ix), env.active(iy)),
+        (1, 0),
+        "A still counts while it drains"
+    );
+    // A's connect timeout passes: it expires and X is free; B lingers (10 s) and holds Y.
+    let mut l = env.plan.listeners[0].clone();
+    l.conf.timeout_member_connect_ns = 1_000;
+    env.dp.maps.set_listener(l.key, l.conf).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let r = env.dp.sweep(&[], &[0], &[ix, iy]).unwrap();
+    assert_eq!(r.expired, 1);
+    assert_eq!(r.freed, vec![ix]);
+    assert_eq!(env.dp.maps.member_live.get(iy).refs, 1);
+    assert_eq!(env.active(ix), 0);
 }

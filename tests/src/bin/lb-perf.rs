@@ -103,7 +103,7 @@ fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
     // The daemon's once-a-second pass over the table (expiry + drift correction).
     let members: Vec<u32> = env.plan.members.iter().map(|m| m.index).collect();
     let t = Instant::now();
-    let r = env.dp.sweep(&members, &[0])?;
+    let r = env.dp.sweep(&members, &[0], &[])?;
     println!(
         "daemon sweep over {} flows ({} entries): {:.1} ms",
         r.flows,
