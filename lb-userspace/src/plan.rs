@@ -55,8 +55,9 @@ pub struct Plan {
     pub listeners: Vec<PlannedListener>,
     pub pools: Vec<PlannedPool>,
     pub members: Vec<PlannedMember>,
-    /// Member indexes a reload removed: cleared in the maps and never handed out again by
-    /// this daemon's reloads (their flows may still be draining).
+    /// Member indexes a reload removed: cleared in the maps and not handed out again while a
+    /// flow may still name them (the daemon drops an index from here once the sweep's census
+    /// shows none does).
     #[serde(default)]
     pub retired: Vec<u32>,
 }
