@@ -437,3 +437,38 @@ pub fn wait_running(daemon: &mut Daemon, cfg: &TestConfig) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One end-to-end test's world: its config, its topology, the `lb` binary, and the clean-up of
+/// whatever `lb` may leave (dropped last).
+pub struct Setup {
+    pub cfg: TestConfig,
+    pub topo: SeedTopology,
+    pub bin: PathBuf,
+    _left: Leftovers,
+}
+
+impl Setup {
+    /// The seed's config edited by `edit`, and a topology with `members`. None (reported as
+    /// SKIPPED) when not root.
+    pub fn new(edit: impl Fn(String) -> String, members: &[Ipv4Addr]) -> Option<Setup> {
+        if !crate::require_root() {
+            return None;
+        }
+        let cfg = TestConfig::seed(edit);
+        let _left = cfg.leftovers();
+        let topo = SeedTopology::new(members);
+        Some(Setup {
+            cfg,
+            topo,
+            bin: lb_bin(),
+            _left,
+        })
+    }
+
+    /// `lb run` in the node namespace with `args`, up and attached.
+    pub fn start(&self, args: &[&str]) -> Daemon {
+        let mut d = Daemon::start(&self.bin, &self.topo.node.name, &self.cfg.path, args);
+        wait_running(&mut d, &self.cfg);
+        d
+    }
+}

@@ -39,22 +39,21 @@ fn wait_all_zero(what: &str, bin: &std::path::Path, cfg: &TestConfig) {
 /// The seed's scenario, with weights 3:1 and a 1 s health monitor so the test is quick:
 /// (delay 1 s, timeout 0.5 s, rise 2, fall 2).
 fn seed_run(xdp_mode: &str) {
-    if !require_root() {
+    let Some(mut setup) = Setup::new(
+        |t| {
+            t.replacen("weight = 1", "weight = 3", 1)
+                .replace("delay = 5 ", "delay = 1 ")
+                .replace("timeout = 3 ", "timeout = 0.5 ")
+                .replace("max_retries = 3 ", "max_retries = 2 ")
+                .replace("max_retries_down = 3", "max_retries_down = 2")
+        },
+        &[M1, M2],
+    ) else {
         return;
-    }
-    let cfg = TestConfig::seed(|t| {
-        t.replacen("weight = 1", "weight = 3", 1)
-            .replace("delay = 5 ", "delay = 1 ")
-            .replace("timeout = 3 ", "timeout = 0.5 ")
-            .replace("max_retries = 3 ", "max_retries = 2 ")
-            .replace("max_retries_down = 3", "max_retries_down = 2")
-    });
-    let _left = cfg.leftovers();
-    let mut topo = SeedTopology::new(&[M1, M2]);
-    let bin = lb_bin();
-    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &["--xdp-mode", xdp_mode]);
-    wait_running(&mut daemon, &cfg);
-    let s = stats(&bin, &cfg.state_dir);
+    };
+    let mut daemon = setup.start(&["--xdp-mode", xdp_mode]);
+    let Setup { cfg, topo, bin, .. } = &mut setup;
+    let s = stats(bin, &cfg.state_dir);
     assert_eq!(
         s[0]["xdp_mode"],
         if xdp_mode == "generic" {
@@ -111,7 +110,7 @@ fn seed_run(xdp_mode: &str) {
         c.stream.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"ping through lb\n");
     }
-    let s = stats(&bin, &cfg.state_dir);
+    let s = stats(bin, &cfg.state_dir);
     assert_eq!((active(&s, M1), active(&s, M2)), (6, 2));
     assert_eq!(s[0]["listeners"][0]["active_connections"], 8);
     assert_eq!(member(&s, M1)["operating_status"], "ONLINE");
@@ -119,16 +118,16 @@ fn seed_run(xdp_mode: &str) {
 
     // Close them all: every counter returns to 0 once the FIN handshakes went through.
     drop(conns);
-    wait_all_zero("active connections back to 0 after close", &bin, &cfg);
+    wait_all_zero("active connections back to 0 after close", bin, cfg);
 
     // Kill member 10.0.0.2: marked down within delay * fall + timeout (1*2 + 0.5 s).
     topo.member(M1).server.kill();
     let killed = Instant::now();
     wait_for("member marked down", Duration::from_secs(10), || {
-        (member(&stats(&bin, &cfg.state_dir), M1)["operating_status"] == "ERROR").then_some(())
+        (member(&stats(bin, &cfg.state_dir), M1)["operating_status"] == "ERROR").then_some(())
     });
     let took = killed.elapsed();
-    let s = stats(&bin, &cfg.state_dir);
+    let s = stats(bin, &cfg.state_dir);
     assert_eq!(s[0]["listeners"][0]["operating_status"], "DEGRADED");
     assert_eq!(s[0]["operating_status"], "DEGRADED");
     // One check period of slack for where in its cycle the kill landed, and polling.
@@ -145,14 +144,14 @@ fn seed_run(xdp_mode: &str) {
         conns.push(c);
     }
     drop(conns);
-    wait_all_zero("all counters at 0 at the end", &bin, &cfg);
+    wait_all_zero("all counters at 0 at the end", bin, cfg);
     // The member comes back: up again after `max_retries` (rise) good checks.
     let m1 = topo.member(M1);
     m1.server = Server::start(&m1.ns.name, M1, 22);
     wait_for("member back ONLINE", Duration::from_secs(10), || {
-        (member(&stats(&bin, &cfg.state_dir), M1)["operating_status"] == "ONLINE").then_some(())
+        (member(&stats(bin, &cfg.state_dir), M1)["operating_status"] == "ONLINE").then_some(())
     });
-    let s = stats(&bin, &cfg.state_dir);
+    let s = stats(bin, &cfg.state_dir);
     let total: u64 = s[0]["members"]
         .as_array()
         .unwrap()
@@ -220,9 +219,6 @@ fn invalid_config_is_refused_and_nothing_is_created() {
 
 #[test]
 fn adopted_port_is_used_and_left_in_place() {
-    if !require_root() {
-        return;
-    }
     let cfg =
         TestConfig::seed(|t| t.replace("bridge = \"br-int\"", "bridge = \"br-int\"\nadopt = true"));
     let _left = cfg.leftovers();
@@ -258,30 +254,29 @@ fn adopted_port_is_used_and_left_in_place() {
 
 #[test]
 fn idle_flows_expire_and_counters_return_to_zero() {
-    if !require_root() {
+    let Some(setup) = Setup::new(
+        |t| {
+            t.replace("timeout_client_data = 50000", "timeout_client_data = 1500")
+                .replace("timeout_member_data = 50000", "timeout_member_data = 1500")
+        },
+        &[M1, M2],
+    ) else {
         return;
-    }
-    let cfg = TestConfig::seed(|t| {
-        t.replace("timeout_client_data = 50000", "timeout_client_data = 1500")
-            .replace("timeout_member_data = 50000", "timeout_member_data = 1500")
-    });
-    let _left = cfg.leftovers();
-    let topo = SeedTopology::new(&[M1, M2]);
-    let bin = lb_bin();
-    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
-    wait_running(&mut daemon, &cfg);
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let daemon = setup.start(&[]);
     let held: Vec<_> = (0..3)
         .map(|_| connect(&topo.client.name, VIP, 22).expect("connect"))
         .collect();
-    let s = stats(&bin, &cfg.state_dir);
+    let s = stats(bin, &cfg.state_dir);
     assert_eq!(s[0]["listeners"][0]["active_connections"], 3);
     wait_for("the sweep to count 3 flows", Duration::from_secs(5), || {
-        (stats(&bin, &cfg.state_dir)[0]["conntrack_flows"] == 3).then_some(())
+        (stats(bin, &cfg.state_dir)[0]["conntrack_flows"] == 3).then_some(())
     });
     // Idle past min(client, member) data timeout: expired by the daemon's sweep, although the
     // sockets are still open at both ends.
     wait_for("idle flows expired", Duration::from_secs(10), || {
-        let s = stats(&bin, &cfg.state_dir);
+        let s = stats(bin, &cfg.state_dir);
         (s[0]["conntrack_flows"] == 0
             && active(&s, M1) == 0
             && active(&s, M2) == 0
@@ -349,31 +344,26 @@ fn missing_bridge_is_created_and_removed_again() {
 
 #[test]
 fn killed_daemon_is_replaced_and_established_flows_carry_on() {
-    if !require_root() {
-        return;
-    }
     use std::io::{Read, Write};
-    let cfg = TestConfig::seed(|t| t);
-    let _left = cfg.leftovers();
-    let topo = SeedTopology::new(&[M1, M2]);
-    let bin = lb_bin();
-    let mut first = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
-    wait_running(&mut first, &cfg);
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let mut first = setup.start(&[]);
     let mut conns: Vec<_> = (0..2)
         .map(|_| connect(&topo.client.name, VIP, 22).expect("connect"))
         .collect();
     assert_eq!(
-        stats(&bin, &cfg.state_dir)[0]["daemon_pid"],
+        stats(bin, &cfg.state_dir)[0]["daemon_pid"],
         first.pid().unwrap()
     );
     first.kill_hard();
     assert!(
-        stats(&bin, &cfg.state_dir)[0]["daemon_pid"].is_null(),
+        stats(bin, &cfg.state_dir)[0]["daemon_pid"].is_null(),
         "lb stats tells the daemon is gone"
     );
 
-    let mut second = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
-    wait_running(&mut second, &cfg);
+    let mut second = setup.start(&[]);
     assert!(
         second
             .log_text()
@@ -390,14 +380,14 @@ fn killed_daemon_is_replaced_and_established_flows_carry_on() {
             .unwrap_or_else(|e| panic!("echo after takeover: {e}\n{}", second.log_text()));
         assert_eq!(&buf, b"still here\n");
     }
-    let s = stats(&bin, &cfg.state_dir);
+    let s = stats(bin, &cfg.state_dir);
     assert_eq!(
         s[0]["listeners"][0]["active_connections"], 2,
         "counters survived too"
     );
 
     // A third daemon for the same load balancer is refused and changes nothing.
-    let mut third = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
+    let mut third = Daemon::start(bin, &topo.node.name, &cfg.path, &[]);
     let status = wait_for("the third lb to give up", Duration::from_secs(20), || {
         third.exited()
     });
@@ -413,7 +403,7 @@ fn killed_daemon_is_replaced_and_established_flows_carry_on() {
     );
 
     drop(conns);
-    wait_all_zero("counters at 0 after close", &bin, &cfg);
+    wait_all_zero("counters at 0 after close", bin, cfg);
     assert!(second.stop().unwrap().success());
     assert!(
         !lb::node::netns_exists(&cfg.namespace()),
@@ -423,9 +413,6 @@ fn killed_daemon_is_replaced_and_established_flows_carry_on() {
 
 #[test]
 fn sighup_applies_member_changes_without_dropping_flows() {
-    if !require_root() {
-        return;
-    }
     use std::io::{Read, Write};
     const M3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
     let fast = |t: String| {
@@ -433,12 +420,11 @@ fn sighup_applies_member_changes_without_dropping_flows() {
             .replace("timeout = 3 ", "timeout = 0.5 ")
             .replace("max_retries = 3 ", "max_retries = 1 ")
     };
-    let cfg = TestConfig::seed(fast);
-    let _left = cfg.leftovers();
-    let topo = SeedTopology::new(&[M1, M2, M3]);
-    let bin = lb_bin();
-    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
-    wait_running(&mut daemon, &cfg);
+    let Some(setup) = Setup::new(fast, &[M1, M2, M3]) else {
+        return;
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let mut daemon = setup.start(&[]);
     let mut held: Vec<_> = (0..2)
         .map(|_| connect(&topo.client.name, VIP, 22).expect("connect"))
         .collect();
@@ -459,7 +445,7 @@ fn sighup_applies_member_changes_without_dropping_flows() {
         "the new member in lb stats",
         Duration::from_secs(10),
         || {
-            let s = stats(&bin, &cfg.state_dir);
+            let s = stats(bin, &cfg.state_dir);
             let addrs: Vec<_> = s[0]["members"]
                 .as_array()
                 .unwrap()
@@ -489,7 +475,7 @@ fn sighup_applies_member_changes_without_dropping_flows() {
         fresh.iter().any(|c| c.member() == M3),
         "the new member takes connections"
     );
-    let s = stats(&bin, &cfg.state_dir);
+    let s = stats(bin, &cfg.state_dir);
     assert_eq!(s[0]["listeners"][0]["active_connections"], 6);
 
     // A config that does not validate changes nothing.
@@ -501,7 +487,7 @@ fn sighup_applies_member_changes_without_dropping_flows() {
             .contains("the running configuration stays")
             .then_some(())
     });
-    let after = stats(&bin, &cfg.state_dir);
+    let after = stats(bin, &cfg.state_dir);
     let view = |s: &Value| -> Vec<(Value, Value, Value)> {
         s[0]["members"]
             .as_array()
@@ -516,7 +502,7 @@ fn sighup_applies_member_changes_without_dropping_flows() {
 
     drop(held);
     drop(fresh);
-    wait_all_zero("counters at 0, the retired member's included", &bin, &cfg);
+    wait_all_zero("counters at 0, the retired member's included", bin, cfg);
     assert!(daemon.stop().unwrap().success(), "{}", daemon.log_text());
 }
 
@@ -524,16 +510,12 @@ fn sighup_applies_member_changes_without_dropping_flows() {
 /// close 100 connections each at the same time, on both CPUs.
 #[test]
 fn counters_are_exact_after_concurrent_churn() {
-    if !require_root() {
-        return;
-    }
     use std::io::{Read, Write};
-    let cfg = TestConfig::seed(|t| t);
-    let _left = cfg.leftovers();
-    let topo = SeedTopology::new(&[M1, M2]);
-    let bin = lb_bin();
-    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
-    wait_running(&mut daemon, &cfg);
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let mut daemon = setup.start(&[]);
     let failures = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..4 {
@@ -557,8 +539,8 @@ fn counters_are_exact_after_concurrent_churn() {
         "every connection worked\n{}",
         daemon.log_text()
     );
-    wait_all_zero("counters at 0 after the churn", &bin, &cfg);
-    let s = stats(&bin, &cfg.state_dir);
+    wait_all_zero("counters at 0 after the churn", bin, cfg);
+    let s = stats(bin, &cfg.state_dir);
     let total: u64 = s[0]["members"]
         .as_array()
         .unwrap()
@@ -579,19 +561,20 @@ fn counters_are_exact_after_concurrent_churn() {
 /// namespace's default route (and monitored through it).
 #[test]
 fn member_behind_the_gateway() {
-    if !require_root() {
-        return;
-    }
     const FAR: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 5);
-    let cfg = TestConfig::seed(|t| {
-        t.replace(
-            "bridge = \"br-int\"",
-            "bridge = \"br-int\"\ngateway = \"10.0.0.1\"",
-        )
-        .replace("\"10.0.0.4\"", "\"10.1.0.5\"")
-    });
-    let _left = cfg.leftovers();
-    let topo = SeedTopology::new(&[M1]);
+    let Some(setup) = Setup::new(
+        |t| {
+            t.replace(
+                "bridge = \"br-int\"",
+                "bridge = \"br-int\"\ngateway = \"10.0.0.1\"",
+            )
+            .replace("\"10.0.0.4\"", "\"10.1.0.5\"")
+        },
+        &[M1],
+    ) else {
+        return;
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
     // The client's namespace doubles as the subnet's router towards 10.1.0.0/24.
     let far = integration_tests::Netns::new("f");
     topo.client.ip(&format!(
@@ -608,9 +591,7 @@ fn member_behind_the_gateway() {
     topo.client
         .exec("ethtool -K far0 tx off tso off gso off gro off");
     let _server = Server::start(&far.name, FAR, 22);
-    let bin = lb_bin();
-    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &[]);
-    wait_running(&mut daemon, &cfg);
+    let mut daemon = setup.start(&[]);
     let mut seen_far = 0;
     for _ in 0..4 {
         let c = connect(&topo.client.name, VIP, 22)
@@ -621,7 +602,7 @@ fn member_behind_the_gateway() {
     }
     assert!(seen_far >= 1, "the routed member took connections");
     assert_eq!(
-        member(&stats(&bin, &cfg.state_dir), FAR)["operating_status"],
+        member(&stats(bin, &cfg.state_dir), FAR)["operating_status"],
         "ONLINE",
         "monitored through the route"
     );
@@ -633,16 +614,12 @@ fn member_behind_the_gateway() {
 /// into the namespace carries complete checksums. 200 kB both ways, in both attach modes; the
 /// native one times out without it.
 fn offloads_on(xdp_mode: &str) {
-    if !require_root() {
-        return;
-    }
     use std::io::{Read, Write};
-    let cfg = TestConfig::seed(|t| t);
-    let _left = cfg.leftovers();
-    let topo = SeedTopology::new(&[M1, M2]);
-    let bin = lb_bin();
-    let mut daemon = Daemon::start(&bin, &topo.node.name, &cfg.path, &["--xdp-mode", xdp_mode]);
-    wait_running(&mut daemon, &cfg);
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let mut daemon = setup.start(&["--xdp-mode", xdp_mode]);
     let payload = vec![0x42u8; 200_000];
     for _ in 0..4 {
         let mut c = connect(&topo.client.name, VIP, 22)
@@ -657,7 +634,7 @@ fn offloads_on(xdp_mode: &str) {
         writer.join().unwrap().unwrap();
         assert!(back == payload);
     }
-    wait_all_zero("counters at 0", &bin, &cfg);
+    wait_all_zero("counters at 0", bin, cfg);
     assert!(daemon.stop().unwrap().success());
 }
 
