@@ -207,6 +207,17 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Sends `msg` and reads it back from the (echoing) member.
+    pub fn echo(&mut self, msg: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(msg)?;
+        let mut back = vec![0u8; msg.len()];
+        self.stream.read_exact(&mut back)?;
+        if back != msg {
+            return Err(std::io::Error::other("echo differs"));
+        }
+        Ok(())
+    }
+
     /// The member address the greeting names.
     pub fn member(&self) -> Ipv4Addr {
         self.greeting

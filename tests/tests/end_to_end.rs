@@ -104,11 +104,7 @@ fn seed_run(xdp_mode: &str) {
     }
     // Data both ways through the NAT (the servers echo).
     for c in &mut conns {
-        use std::io::{Read, Write};
-        c.stream.write_all(b"ping through lb\n").unwrap();
-        let mut buf = [0u8; 16];
-        c.stream.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"ping through lb\n");
+        c.echo(b"ping through lb\n").expect("echo through lb");
     }
     let s = stats(bin, &cfg.state_dir);
     assert_eq!((active(&s, M1), active(&s, M2)), (6, 2));
@@ -344,7 +340,6 @@ fn missing_bridge_is_created_and_removed_again() {
 
 #[test]
 fn killed_daemon_is_replaced_and_established_flows_carry_on() {
-    use std::io::{Read, Write};
     let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
         return;
     };
@@ -373,12 +368,8 @@ fn killed_daemon_is_replaced_and_established_flows_carry_on() {
     );
     // The flows were pinned: the same connections still go through, to the same members.
     for c in &mut conns {
-        c.stream.write_all(b"still here\n").unwrap();
-        let mut buf = [0u8; 11];
-        c.stream
-            .read_exact(&mut buf)
+        c.echo(b"still here\n")
             .unwrap_or_else(|e| panic!("echo after takeover: {e}\n{}", second.log_text()));
-        assert_eq!(&buf, b"still here\n");
     }
     let s = stats(bin, &cfg.state_dir);
     assert_eq!(
@@ -413,7 +404,6 @@ fn killed_daemon_is_replaced_and_established_flows_carry_on() {
 
 #[test]
 fn sighup_applies_member_changes_without_dropping_flows() {
-    use std::io::{Read, Write};
     const M3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
     let fast = |t: String| {
         t.replace("delay = 5 ", "delay = 1 ")
@@ -457,10 +447,7 @@ fn sighup_applies_member_changes_without_dropping_flows() {
     );
     // Established connections carry on, the one on the removed member included (it drains).
     for c in &mut held {
-        c.stream.write_all(b"after reload\n").unwrap();
-        let mut buf = [0u8; 13];
-        c.stream
-            .read_exact(&mut buf)
+        c.echo(b"after reload\n")
             .unwrap_or_else(|e| panic!("echo after reload: {e}\n{}", daemon.log_text()));
     }
     // New connections never reach the removed member; the new one gets them first.
@@ -510,7 +497,6 @@ fn sighup_applies_member_changes_without_dropping_flows() {
 /// close 100 connections each at the same time, on both CPUs.
 #[test]
 fn counters_are_exact_after_concurrent_churn() {
-    use std::io::{Read, Write};
     let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
         return;
     };
@@ -521,11 +507,7 @@ fn counters_are_exact_after_concurrent_churn() {
         for _ in 0..4 {
             s.spawn(|| {
                 for _ in 0..100 {
-                    let ok = connect(&topo.client.name, VIP, 22).and_then(|mut c| {
-                        c.stream.write_all(b"x\n")?;
-                        let mut b = [0u8; 2];
-                        c.stream.read_exact(&mut b)
-                    });
+                    let ok = connect(&topo.client.name, VIP, 22).and_then(|mut c| c.echo(b"x\n"));
                     if ok.is_err() {
                         failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

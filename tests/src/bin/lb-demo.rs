@@ -177,10 +177,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     for c in &mut conns {
-        use std::io::{Read, Write};
-        c.stream.write_all(b"still there?\n")?;
-        let mut buf = [0u8; 13];
-        c.stream.read_exact(&mut buf)?;
+        c.echo(b"still there?\n")?;
     }
     println!("the 4 established connections still echo through lb");
     let more = connect_n(&topo, 4)?;
