@@ -167,3 +167,28 @@ pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
         M2_MAC
     }
 }
+
+/// The frame lb should emit for client segment `t` towards `member` with SNAT port `snat`.
+pub fn to_member(t: &Tcp, member: Ipv4Addr, snat: u16) -> Tcp {
+    Tcp {
+        src_mac: PORT_MAC,
+        dst_mac: mac_of(member),
+        src: VIP,
+        dst: member,
+        sport: snat,
+        ..t.clone()
+    }
+}
+
+/// The frame lb should emit for member segment `t` towards the client's port `client_port`.
+pub fn to_client(t: &Tcp, client_port: u16) -> Tcp {
+    Tcp {
+        src_mac: PORT_MAC,
+        dst_mac: CLIENT_MAC,
+        src: VIP,
+        sport: 22,
+        dst: CLIENT,
+        dport: client_port,
+        ..t.clone()
+    }
+}

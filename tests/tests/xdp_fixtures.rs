@@ -25,13 +25,11 @@ fn one_flow_syn_reply_data_fin_exact_bytes() {
         (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&snat),
         "snat port {snat} in range"
     );
-    let mut want = syn.clone();
-    want.src_mac = PORT_MAC;
-    want.dst_mac = mac_of(member);
-    want.src = VIP;
-    want.dst = member;
-    want.sport = snat;
-    assert_eq!(out, want.build(), "SYN output bytes");
+    assert_eq!(
+        out,
+        to_member(&syn, member, snat).build(),
+        "SYN output bytes"
+    );
     assert!(checksums_ok(&out));
     let m = env.member_index(member);
     assert_eq!(env.active(m), 1);
@@ -47,14 +45,11 @@ fn one_flow_syn_reply_data_fin_exact_bytes() {
     synack.seq = 5000;
     synack.ack = 1001;
     let out = env.expect(&synack.build(), XDP_TX, reason::TX_TO_CLIENT);
-    let mut want = synack.clone();
-    want.src_mac = PORT_MAC;
-    want.dst_mac = CLIENT_MAC;
-    want.src = VIP;
-    want.sport = 22;
-    want.dst = CLIENT;
-    want.dport = 40000;
-    assert_eq!(out, want.build(), "SYN-ACK output bytes");
+    assert_eq!(
+        out,
+        to_client(&synack, 40000).build(),
+        "SYN-ACK output bytes"
+    );
 
     // Data from the client, with an odd-length payload for the checksum's sake.
     let mut data = Tcp::new(CLIENT, 40000, VIP, 22, TCP_ACK | TCP_PSH)
@@ -63,13 +58,11 @@ fn one_flow_syn_reply_data_fin_exact_bytes() {
     data.seq = 1001;
     data.ack = 5001;
     let out = env.expect(&data.build(), XDP_TX, reason::TX_TO_MEMBER);
-    let mut want = data.clone();
-    want.src_mac = PORT_MAC;
-    want.dst_mac = mac_of(member);
-    want.src = VIP;
-    want.dst = member;
-    want.sport = snat;
-    assert_eq!(out, want.build(), "data output bytes");
+    assert_eq!(
+        out,
+        to_member(&data, member, snat).build(),
+        "data output bytes"
+    );
     assert!(checksums_ok(&out));
 
     // FIN from the client: still active until the member's FIN.
@@ -105,14 +98,7 @@ fn rst_closes_and_new_syn_reuses_tuple() {
     assert_eq!(env.active(m), 1);
     let rst = Tcp::new(member, 22, VIP, snat, TCP_RST).macs(mac_of(member), PORT_MAC);
     let out = env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
-    let mut want = rst.clone();
-    want.src_mac = PORT_MAC;
-    want.dst_mac = CLIENT_MAC;
-    want.src = VIP;
-    want.sport = 22;
-    want.dst = CLIENT;
-    want.dport = 40100;
-    assert_eq!(out, want.build(), "RST output bytes");
+    assert_eq!(out, to_client(&rst, 40100).build(), "RST output bytes");
     assert_eq!(env.active(m), 0, "RST from the member closes the flow");
     // The client reuses the tuple: a fresh flow is counted again, exactly once.
     let (member2, _, _) = env.open(40100);
@@ -430,13 +416,11 @@ fn ip_options_are_honoured() {
     syn.ip_options = vec![1, 1, 1, 1];
     let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
     let o = Tcp::parse(&out).unwrap();
-    let mut want = syn.clone();
-    want.src_mac = PORT_MAC;
-    want.dst_mac = mac_of(o.dst);
-    want.src = VIP;
-    want.dst = o.dst;
-    want.sport = o.sport;
-    assert_eq!(out, want.build(), "options kept, ports found after them");
+    assert_eq!(
+        out,
+        to_member(&syn, o.dst, o.sport).build(),
+        "options kept, ports found after them"
+    );
     assert!(checksums_ok(&out));
 }
 
