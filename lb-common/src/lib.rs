@@ -29,7 +29,6 @@ pub const SNAT_PORT_MAX: u16 = 59_999;
 pub const SNAT_TRIES: u32 = 32;
 
 pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
 
 /// `MemberConf::flags` bits.
 pub const MEMBER_F_CONFIGURED: u32 = 1 << 0;
@@ -51,8 +50,6 @@ pub const CT_SYNACK: u8 = 1 << 1;
 pub const CT_FIN_CLIENT: u8 = 1 << 2;
 pub const CT_FIN_MEMBER: u8 = 1 << 3;
 pub const CT_RST: u8 = 1 << 4;
-/// Both FINs or one RST seen: the connection no longer counts as active.
-pub const CT_CLOSED_MASK: u8 = CT_RST;
 
 /// How long an entry lingers after the connection closed (FIN both ways or RST), so that the
 /// last ACK and retransmitted FINs still get translated.
@@ -297,9 +294,7 @@ assert_size!(Flow, 72);
 impl Flow {
     /// Idle timeout of an entry in this state, given the listener's settings.
     pub fn timeout_ns(&self, connect_ns: u64, data_ns: u64) -> u64 {
-        if self.state & CT_RST != 0
-            || (self.state & CT_FIN_CLIENT != 0 && self.state & CT_FIN_MEMBER != 0)
-        {
+        if self.is_closed() {
             CLOSED_LINGER_NS
         } else if self.state & CT_SYNACK == 0 {
             connect_ns
@@ -308,6 +303,7 @@ impl Flow {
         }
     }
 
+    /// Both FINs or one RST seen: the connection no longer counts as active.
     pub fn is_closed(&self) -> bool {
         self.state & CT_RST != 0
             || (self.state & CT_FIN_CLIENT != 0 && self.state & CT_FIN_MEMBER != 0)

@@ -108,21 +108,14 @@ impl Dataplane {
     /// Runs the program once on `packet` through BPF_PROG_TEST_RUN (the live maps are used and
     /// updated). Returns the XDP action and the packet as the program left it.
     pub fn test_run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let (action, out, _) = self.test_run_repeat(packet, 1)?;
+        let (action, out, _) = self.test_run_program("lb", packet, 1)?;
         Ok((action, out))
     }
 
-    /// As `test_run`, `repeat` times; also returns the kernel's mean duration per run.
-    pub fn test_run_repeat(
-        &mut self,
-        packet: &[u8],
-        repeat: u32,
-    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
-        self.test_run_program("lb", packet, repeat)
-    }
-
-    /// BPF_PROG_TEST_RUN of program `name` of the object ("lb" or "lb_peer_pass", the trivial
-    /// XDP_PASS program benchmarks compare against).
+    /// BPF_PROG_TEST_RUN of program `name` of the object ("lb", "lb_sweep", or "lb_peer_pass",
+    /// the trivial XDP_PASS program benchmarks compare against), `repeat` times; also returns
+    /// the kernel's mean duration per run. XDP test runs do not restore the frame between
+    /// repetitions: a NAT program sees its own output from the second one on.
     pub fn test_run_program(
         &mut self,
         name: &str,
