@@ -24,6 +24,29 @@ const EMBEDDED_L4_MIN: usize = 8;
 /// Enough of the embedded TCP header to hold its checksum (offset 16).
 const EMBEDDED_TCP_CSUM_END: usize = 18;
 
+/// Addresses and ports of an IPv4/TCP packet, as on the wire.
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+
+impl Tuple {
+    /// `csum` after this tuple's addresses (and, with `ports`, ports) became `new`'s.
+    #[inline(always)]
+    fn update(&self, csum: u16, new: &Tuple, ports: bool) -> u16 {
+        let mut c = checksum::replace4(csum, self.src_be, new.src_be);
+        c = checksum::replace4(c, self.dst_be, new.dst_be);
+        if ports {
+            c = checksum::replace2(c, self.sport_be, new.sport_be);
+            c = checksum::replace2(c, self.dport_be, new.dport_be);
+        }
+        c
+    }
+}
+
 pub struct IcmpError {
     pub eth: *mut EthHdr,
     pub ip: *mut Ipv4Hdr,
@@ -35,10 +58,7 @@ pub struct IcmpError {
     pub src_be: u32,
     pub dst_be: u32,
     /// The embedded (offending) packet's addresses and ports.
-    pub in_src_be: u32,
-    pub in_dst_be: u32,
-    pub in_sport_be: u16,
-    pub in_dport_be: u16,
+    pub inner: Tuple,
 }
 
 /// Parses an ICMP error whose embedded packet is TCP; anything else passes to the kernel.
@@ -79,60 +99,63 @@ pub fn parse(
             has_tcp_csum,
             src_be: u32::from_ne_bytes((*ip).src_addr),
             dst_be: u32::from_ne_bytes((*ip).dst_addr),
-            in_src_be: u32::from_ne_bytes((*inner_ip).src_addr),
-            in_dst_be: u32::from_ne_bytes((*inner_ip).dst_addr),
-            in_sport_be: u16::from_ne_bytes([l4[0], l4[1]]),
-            in_dport_be: u16::from_ne_bytes([l4[2], l4[3]]),
+            inner: Tuple {
+                src_be: u32::from_ne_bytes((*inner_ip).src_addr),
+                dst_be: u32::from_ne_bytes((*inner_ip).dst_addr),
+                sport_be: u16::from_ne_bytes([l4[0], l4[1]]),
+                dport_be: u16::from_ne_bytes([l4[2], l4[3]]),
+            },
         })
     }
 }
 
-/// The translation of one error: new outer addresses, new embedded addresses and ports.
+/// The translation of one error: `inner` is the packet the receiving end originally sent
+/// (that end -> VIP); the error goes out VIP -> that end, between `smac` and `dmac`.
 pub struct Translation {
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub src_be: u32,
-    pub dst_be: u32,
-    pub in_src_be: u32,
-    pub in_dst_be: u32,
-    pub in_sport_be: u16,
-    pub in_dport_be: u16,
+    pub inner: Tuple,
 }
 
 /// # Safety
 /// `e` must come from `parse` on the packet currently in the context.
 #[inline(always)]
 pub unsafe fn rewrite(ctx: &XdpContext, e: &IcmpError, t: &Translation) {
+    let (old, new) = (&e.inner, &t.inner);
     unsafe {
         (*e.eth).src_addr = t.smac;
         (*e.eth).dst_addr = t.dmac;
 
-        // Outer IPv4 header.
-        let mut c = u16::from_ne_bytes((*e.ip).check);
-        c = checksum::replace4(c, e.src_be, t.src_be);
-        c = checksum::replace4(c, e.dst_be, t.dst_be);
+        // Outer IPv4 header: from the VIP to the end the error is for.
+        let outer_old = Tuple {
+            src_be: e.src_be,
+            dst_be: e.dst_be,
+            sport_be: 0,
+            dport_be: 0,
+        };
+        let outer_new = Tuple {
+            src_be: new.dst_be,
+            dst_be: new.src_be,
+            sport_be: 0,
+            dport_be: 0,
+        };
+        let c = outer_old.update(u16::from_ne_bytes((*e.ip).check), &outer_new, false);
         (*e.ip).check = c.to_ne_bytes();
-        (*e.ip).src_addr = t.src_be.to_ne_bytes();
-        (*e.ip).dst_addr = t.dst_be.to_ne_bytes();
+        (*e.ip).src_addr = outer_new.src_be.to_ne_bytes();
+        (*e.ip).dst_addr = outer_new.dst_be.to_ne_bytes();
 
-        // Embedded IPv4 header; the ICMP checksum covers every word that changes in it.
+        // Embedded packet. The ICMP checksum covers every word that changes in it: addresses,
+        // ports, and the embedded checksums themselves.
         let mut icmp = *e.icmp;
-        let mut ic = u16::from_ne_bytes([icmp[2], icmp[3]]);
+        let mut ic = old.update(u16::from_ne_bytes([icmp[2], icmp[3]]), new, true);
         let old_in = u16::from_ne_bytes((*e.inner_ip).check);
-        let mut new_in = checksum::replace4(old_in, e.in_src_be, t.in_src_be);
-        new_in = checksum::replace4(new_in, e.in_dst_be, t.in_dst_be);
-        ic = checksum::replace4(ic, e.in_src_be, t.in_src_be);
-        ic = checksum::replace4(ic, e.in_dst_be, t.in_dst_be);
+        let new_in = old.update(old_in, new, false);
         ic = checksum::replace2(ic, old_in, new_in);
         (*e.inner_ip).check = new_in.to_ne_bytes();
-        (*e.inner_ip).src_addr = t.in_src_be.to_ne_bytes();
-        (*e.inner_ip).dst_addr = t.in_dst_be.to_ne_bytes();
-
-        // Embedded ports, and the embedded TCP checksum if it is there.
-        ic = checksum::replace2(ic, e.in_sport_be, t.in_sport_be);
-        ic = checksum::replace2(ic, e.in_dport_be, t.in_dport_be);
+        (*e.inner_ip).src_addr = new.src_be.to_ne_bytes();
+        (*e.inner_ip).dst_addr = new.dst_be.to_ne_bytes();
         let mut l4 = *e.inner_l4;
-        let (s, d) = (t.in_sport_be.to_ne_bytes(), t.in_dport_be.to_ne_bytes());
+        let (s, d) = (new.sport_be.to_ne_bytes(), new.dport_be.to_ne_bytes());
         l4[0] = s[0];
         l4[1] = s[1];
         l4[2] = d[0];
@@ -142,13 +165,10 @@ pub unsafe fn rewrite(ctx: &XdpContext, e: &IcmpError, t: &Translation) {
         // travels through the stack from parse() when the offset is variable.
         let p = (e.inner_l4 as usize + 16) as *mut [u8; 2];
         if e.has_tcp_csum && p as usize + 2 <= ctx.data_end() {
-            let old = u16::from_ne_bytes(*p);
-            let mut new = checksum::replace4(old, e.in_src_be, t.in_src_be);
-            new = checksum::replace4(new, e.in_dst_be, t.in_dst_be);
-            new = checksum::replace2(new, e.in_sport_be, t.in_sport_be);
-            new = checksum::replace2(new, e.in_dport_be, t.in_dport_be);
-            ic = checksum::replace2(ic, old, new);
-            *p = new.to_ne_bytes();
+            let old_tcp = u16::from_ne_bytes(*p);
+            let new_tcp = old.update(old_tcp, new, true);
+            ic = checksum::replace2(ic, old_tcp, new_tcp);
+            *p = new_tcp.to_ne_bytes();
         }
         let icb = ic.to_ne_bytes();
         icmp[2] = icb[0];

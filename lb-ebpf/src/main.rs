@@ -115,10 +115,10 @@ fn process(ctx: &XdpContext) -> Verdict {
 fn icmp_error(ctx: &XdpContext, e: &icmp::IcmpError) -> Verdict {
     // Embedded VIP:snat -> member:port (sent to a member): the error is for the client.
     let rkey = FlowKey {
-        src_be: e.in_dst_be,
-        dst_be: e.in_src_be,
-        sport_be: e.in_dport_be,
-        dport_be: e.in_sport_be,
+        src_be: e.inner.dst_be,
+        dst_be: e.inner.src_be,
+        sport_be: e.inner.dport_be,
+        dport_be: e.inner.sport_be,
         proto: IPPROTO_TCP,
         dir: FLOW_DIR_REVERSE,
         _pad: [0; 2],
@@ -134,7 +134,7 @@ fn icmp_error(ctx: &XdpContext, e: &icmp::IcmpError) -> Verdict {
         (None, None) => return verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED),
     };
     // The end the error goes to, and the packet that end originally sent.
-    let (mac, addr, port, peer_port, why) = if to_client {
+    let (mac, addr, port, vip_port, why) = if to_client {
         let (p, q) = (f.client_port_be, f.listener_port_be);
         (f.client_mac, f.client_be, p, q, reason::TX_ICMP_TO_CLIENT)
     } else {
@@ -144,12 +144,12 @@ fn icmp_error(ctx: &XdpContext, e: &icmp::IcmpError) -> Verdict {
     let t = icmp::Translation {
         smac: f.port_mac,
         dmac: mac,
-        src_be: f.vip_be,
-        dst_be: addr,
-        in_src_be: addr,
-        in_dst_be: f.vip_be,
-        in_sport_be: port,
-        in_dport_be: peer_port,
+        inner: icmp::Tuple {
+            src_be: addr,
+            dst_be: f.vip_be,
+            sport_be: port,
+            dport_be: vip_port,
+        },
     };
     unsafe { icmp::rewrite(ctx, e, &t) };
     verdict(xdp_action::XDP_TX, why)
