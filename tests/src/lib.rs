@@ -97,6 +97,46 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 
+/// The IPv4 header fields the builders set; the rest are zero.
+struct Ipv4 {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    id: u16,
+    df: bool,
+    ttl: u8,
+}
+
+impl Ipv4 {
+    /// An Ethernet frame carrying this header (with `options`, a multiple of 4 bytes, and a
+    /// correct checksum) and `payload`.
+    fn frame(&self, src_mac: [u8; 6], dst_mac: [u8; 6], options: &[u8], payload: &[u8]) -> Vec<u8> {
+        assert_eq!(options.len() % 4, 0);
+        let ihl = 20 + options.len();
+        let mut ip = vec![0u8; 20];
+        ip.extend_from_slice(options);
+        ip[0] = 0x40 | (ihl / 4) as u8;
+        ip[2..4].copy_from_slice(&((ihl + payload.len()) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&self.id.to_be_bytes());
+        if self.df {
+            ip[6] = 0x40;
+        }
+        ip[8] = self.ttl;
+        ip[9] = self.proto;
+        ip[12..16].copy_from_slice(&self.src.octets());
+        ip[16..20].copy_from_slice(&self.dst.octets());
+        let c = checksum::ipv4_header(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = Vec::with_capacity(14 + ip.len() + payload.len());
+        f.extend_from_slice(&dst_mac);
+        f.extend_from_slice(&src_mac);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(payload);
+        f
+    }
+}
+
 /// One Ethernet/IPv4/TCP frame, built with correct checksums.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tcp {
@@ -158,27 +198,15 @@ impl Tcp {
         tcp.extend_from_slice(&self.payload);
         let c = checksum::l4_ipv4(self.src.octets(), self.dst.octets(), 6, &tcp);
         tcp[16..18].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(self.ip_options.len() % 4, 0);
-        let ihl = 20 + self.ip_options.len();
-        let mut ip = vec![0u8; 20];
-        ip.extend_from_slice(&self.ip_options);
-        ip[0] = 0x40 | (ihl / 4) as u8;
-        ip[2..4].copy_from_slice(&((ihl + tcp.len()) as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
-        ip[6] = 0x40; // DF
-        ip[8] = self.ttl;
-        ip[9] = 6;
-        ip[12..16].copy_from_slice(&self.src.octets());
-        ip[16..20].copy_from_slice(&self.dst.octets());
-        let c = checksum::ipv4_header(&ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut f = Vec::with_capacity(14 + ip.len() + tcp.len());
-        f.extend_from_slice(&self.dst_mac);
-        f.extend_from_slice(&self.src_mac);
-        f.extend_from_slice(&[0x08, 0x00]);
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&tcp);
-        f
+        let ip = Ipv4 {
+            src: self.src,
+            dst: self.dst,
+            proto: 6,
+            id: self.ip_id,
+            df: true,
+            ttl: self.ttl,
+        };
+        ip.frame(self.src_mac, self.dst_mac, &self.ip_options, &tcp)
     }
 
     /// Parses a frame this builder could have produced (for reading what the program emitted).
@@ -236,20 +264,13 @@ pub fn icmp_error(
     icmp.extend_from_slice(embedded);
     let c = !checksum::fold(checksum::sum_be(&icmp, 0));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 1;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let c = checksum::ipv4_header(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&icmp);
-    f
+    let ip = Ipv4 {
+        src,
+        dst,
+        proto: 1,
+        id: 0,
+        df: false,
+        ttl: 64,
+    };
+    ip.frame(src_mac, dst_mac, &[], &icmp)
 }
