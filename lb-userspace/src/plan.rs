@@ -30,9 +30,6 @@ pub struct PlannedMember {
     pub index: u32,
     pub address: Ipv4Addr,
     pub protocol_port: u16,
-    pub weight: u16,
-    pub admin_state_up: bool,
-    pub backup: bool,
     /// Health check target, when the pool has a monitor.
     pub monitor: Option<(Ipv4Addr, u16)>,
     #[serde(skip)]
@@ -125,9 +122,6 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 index: idx,
                 address: m.address,
                 protocol_port: m.protocol_port,
-                weight: m.weight,
-                admin_state_up: m.admin_state_up,
-                backup: m.backup,
                 monitor: pool.healthmonitor.as_ref().map(|_| m.monitor_target()),
                 conf: MemberConf {
                     addr_be: u32::from(m.address).to_be(),
