@@ -90,8 +90,9 @@ pub struct MonitorTarget {
     pub up: bool,
 }
 
-/// Runs every member's monitor until `tx` closes. Call on a runtime whose thread is inside the
-/// load balancer's namespace: the sockets are created there.
+/// Runs every member's monitor until the future is dropped (the daemon's stop signal). Call
+/// on a runtime whose thread is inside the load balancer's namespace: the sockets are
+/// created there.
 pub async fn run(
     lb: String,
     vip: Ipv4Addr,
@@ -124,8 +125,6 @@ pub async fn run(
                     if tx.send(tr).is_err() {
                         return;
                     }
-                } else if tx.is_closed() {
-                    return;
                 }
             }
         });
@@ -160,11 +159,6 @@ mod tests {
         assert_eq!(c.record(true), Some(true));
         assert!(c.up);
     }
-}
-
-#[cfg(test)]
-mod start_state {
-    use super::Checker;
 
     #[test]
     fn a_member_that_is_down_when_monitoring_restarts_can_rise() {
