@@ -303,6 +303,34 @@ impl Drop for LiveArray {
     }
 }
 
+/// Memory the kernel charges to each pinned map under `dir` (the `memlock` line of the map's
+/// fdinfo: what the map uses now, e.g. a `BPF_F_NO_PREALLOC` hash its live entries), by name.
+pub fn map_memory(dir: &Path) -> Result<Vec<(String, u64)>> {
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataplaneError::Io { what, path, source }
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("cannot list pin directory", dir))? {
+        let path = entry.map_err(io("cannot list pin directory", dir))?.path();
+        let Ok(map) = MapData::from_pin(&path) else {
+            continue; // a pinned program or link, not a map
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd());
+        let info = format!("/proc/self/fdinfo/{fd}");
+        let text = std::fs::read_to_string(&info).map_err(io("cannot read", Path::new(&info)))?;
+        let bytes = text
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        out.push((name, bytes));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// The pinned maps of one load balancer.
 pub struct Maps {
     pub dir: PathBuf,

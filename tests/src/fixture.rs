@@ -57,14 +57,15 @@ impl Env {
         ns.ip("link set port0 up");
         ns.ip("link set port0p up");
         ns.ip("addr add 10.0.0.250/24 dev port0");
-        ns.ip("neigh replace 10.0.0.2 lladdr 02:00:00:00:00:02 nud permanent dev port0");
-        ns.ip("neigh replace 10.0.0.4 lladdr 02:00:00:00:00:04 nud permanent dev port0");
+        let cfg = Config::parse(config, "fixture").expect("fixture config");
+        let plan = lb::plan::plan(&cfg.loadbalancer[0], None).unwrap();
+        for a in [M1, M2] {
+            neighbour(&ns, a);
+        }
         ns.exec("sysctl -qw net.ipv4.conf.all.forwarding=1");
         let pin = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
         let mut dp = Dataplane::load(&pin.0, flows).expect("load BPF object");
-        let cfg = Config::parse(config, "fixture").expect("fixture config");
-        let plan = lb::plan::plan(&cfg.loadbalancer[0], None).unwrap();
         for p in &plan.pools {
             dp.maps.set_pool(p.index, p.conf).unwrap();
         }
@@ -160,12 +161,15 @@ impl Env {
     }
 }
 
+/// A permanent neighbour entry for `addr` (MAC `mac_of(addr)`) in the fixture's namespace.
+pub fn neighbour(ns: &Netns, addr: Ipv4Addr) {
+    let mac = mac_of(addr).map(|b| format!("{b:02x}")).join(":");
+    ns.ip(&format!("neigh replace {addr} lladdr {mac} nud permanent dev port0"));
+}
+
+/// The MAC of the fixture's neighbour at `addr`: 02:00:00:00:00:<last octet> (M1_MAC, M2_MAC).
 pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
-    if addr == M1 {
-        M1_MAC
-    } else {
-        M2_MAC
-    }
+    [0x02, 0, 0, 0, 0, addr.octets()[3]]
 }
 
 /// The frame lb should emit for client segment `t` towards `member` with SNAT port `snat`.

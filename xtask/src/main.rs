@@ -10,12 +10,16 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 /// Keep in sync with lb-userspace/build.rs (bpf-linker 0.10.3 needs this nightly's LLVM 22).
 const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.10.3";
 /// What the tests and the demo run: ip, ethtool (checksum offload off on test veths),
 /// sysctl, nsenter.
 const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "util-linux"];
+/// What the benchmark drives and compares against, besides the test packages.
+const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "iperf3", "haproxy", "nftables"];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, test and demo lb")]
@@ -42,6 +46,35 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// lb side by side with direct, the seed's HAProxy and nftables full NAT (real traffic),
+    /// and test_run ns/packet over conntrack and pool sizes; writes BENCHMARKS.md and a plot
+    Bench {
+        /// Seconds per wrk / iperf3 run
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Repetitions of every measurement (median and spread are reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// More arguments for lb-bench (e.g. --no-grid, --paths lb,haproxy, --flows 1000)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Run the BPF and namespace test tiers inside a VM (qemu; KVM when usable), no root needed
+    VmTest {
+        /// Kernel: a Debian version or package (6.1, 6.12, linux-image-6.12.100+deb12-amd64) or
+        /// a path to a vmlinuz; repeat for a matrix. Default: Debian's current linux-image-amd64
+        #[arg(long)]
+        kernel: Vec<String>,
+        /// Give up on a VM after this many minutes
+        #[arg(long, default_value_t = 30)]
+        timeout_min: u64,
+        /// VM memory in MiB
+        #[arg(long, default_value_t = 3072)]
+        memory: u32,
+        /// Arguments for every test binary in the VM (e.g. a test name filter)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// The seed's scenario in namespaces: node with br-int, client, two members, lb in between
     Demo {
@@ -140,6 +173,12 @@ fn setup(packages: &[&str]) -> Result<()> {
         })
         .collect();
     if !missing.is_empty() {
+        if !nix_is_root() {
+            bail!(
+                "missing Debian packages: {0}; install them as root: apt-get install {0}",
+                missing.join(" ")
+            );
+        }
         eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
         run(Command::new("apt-get").arg("update").arg("-q"))?;
         run(Command::new("apt-get")
@@ -209,6 +248,33 @@ fn main() -> Result<()> {
             let (s, r) = (seconds.to_string(), runs.to_string());
             run_tool("lb-perf", &["--seconds", &s, "--runs", &r])
         }
+        Cmd::Bench {
+            seconds,
+            runs,
+            rest,
+        } => {
+            let (s, r) = (seconds.to_string(), runs.to_string());
+            let out = root().join("BENCHMARKS.md");
+            let plot = root().join("docs/benchmarks.svg");
+            let mut args = vec!["--seconds", &s, "--runs", &r];
+            let (out, plot) = (out.to_string_lossy(), plot.to_string_lossy());
+            args.extend(["--out", &out, "--plot", &plot]);
+            let mut command = format!("cargo xtask bench --seconds {s} --runs {r}");
+            for a in &rest {
+                command.push(' ');
+                command.push_str(a);
+            }
+            args.extend(["--command", &command]);
+            args.extend(rest.iter().map(String::as_str));
+            let packages: Vec<&str> = TEST_PACKAGES.iter().chain(BENCH_PACKAGES).copied().collect();
+            run_tool_with("lb-bench", &args, &packages)
+        }
+        Cmd::VmTest {
+            kernel,
+            timeout_min,
+            memory,
+            args,
+        } => vm_test(&kernel, timeout_min, memory, &args),
         Cmd::Demo { xdp_mode, hold } => {
             let mut args = vec!["--xdp-mode", xdp_mode.as_str()];
             if hold {
@@ -221,7 +287,11 @@ fn main() -> Result<()> {
 
 /// Runs one of the tests package's programs (lb-demo, lb-perf) against a release `lb`.
 fn run_tool(name: &str, args: &[&str]) -> Result<()> {
-    setup(TEST_PACKAGES)?;
+    run_tool_with(name, args, TEST_PACKAGES)
+}
+
+fn run_tool_with(name: &str, args: &[&str], packages: &[&str]) -> Result<()> {
+    setup(packages)?;
     ensure_bpffs()?;
     let bin = build_lb(true)?;
     run(cargo()
@@ -245,4 +315,102 @@ fn nix_is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0"))
+}
+
+/// Builds `lb` and every test binary, then runs them in a VM per kernel; one summary line per
+/// kernel; fails if any kernel failed.
+fn vm_test(kernels: &[String], timeout_min: u64, memory: u32, args: &[String]) -> Result<()> {
+    let packages: Vec<&str> = TEST_PACKAGES.iter().chain(vm::VM_PACKAGES).copied().collect();
+    setup(&packages)?;
+    let lb = build_lb(false)?;
+    let tests = build_tests()?;
+    let work = root().join("target/vm");
+    std::fs::create_dir_all(&work)?;
+    let specs: Vec<String> = if kernels.is_empty() {
+        vec![String::new()]
+    } else {
+        kernels.to_vec()
+    };
+    let mut results = Vec::new();
+    for spec in &specs {
+        let label = if spec.is_empty() { "debian-current" } else { spec };
+        let r = vm::get_kernel(spec, &work.join("kernels")).and_then(|k| {
+            let image = vm::initramfs(&k, &lb, &tests, args, &work)?;
+            let r = vm::boot(
+                &k,
+                &image,
+                std::time::Duration::from_secs(timeout_min * 60),
+                memory,
+            );
+            let _ = std::fs::remove_file(&image);
+            r.map(|o| (k.label, o))
+        });
+        results.push((label.to_string(), r));
+    }
+    eprintln!("\nvm-test summary:");
+    let mut ok = true;
+    for (label, r) in &results {
+        match r {
+            Ok((version, o)) => {
+                ok &= o.passed;
+                eprintln!(
+                    "  {version:<28} {}  {} ({:.0} s)",
+                    if o.passed { "PASS" } else { "FAIL" },
+                    o.detail,
+                    o.seconds
+                );
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("  {label:<28} ERROR {e:#}");
+            }
+        }
+    }
+    if !ok {
+        bail!("vm-test failed");
+    }
+    Ok(())
+}
+
+/// `cargo test --no-run` of the workspace: (unique name, executable) of every test binary.
+fn build_tests() -> Result<Vec<(String, PathBuf)>> {
+    let out = cargo()
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--exclude",
+            "xtask",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        let Some(exe) = v["executable"].as_str() else {
+            continue;
+        };
+        let name = format!(
+            "{}-{}",
+            v["target"]["name"].as_str().unwrap_or("test"),
+            v["target"]["kind"][0].as_str().unwrap_or("")
+        );
+        tests.push((name, PathBuf::from(exe)));
+    }
+    if tests.is_empty() {
+        bail!("cargo test --no-run reported no test binaries");
+    }
+    Ok(tests)
 }

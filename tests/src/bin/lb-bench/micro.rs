@@ -1,0 +1,218 @@
+//! BPF_PROG_TEST_RUN ns/packet of lb's paths against the trivial XDP program of the same object,
+//! with the conntrack table filled to each size and pools of each member count, and the memory
+//! the kernel charges to the maps at each size.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{ensure, Context as _};
+use integration_tests::{fixture::*, in_netns, Tcp, TCP_ACK, TCP_PSH, TCP_SYN};
+use lb_common::{SNAT_PORT_MAX, SNAT_PORT_MIN};
+
+use crate::Spread;
+
+/// New flows timed per run of the SYN path (they stay in the table).
+const SYN_CALLS: u32 = 2_000;
+/// Calls per run of the other paths.
+const CALLS: u32 = 20_000;
+
+/// One cell of the grid: a pool size and a table size.
+pub struct Cell {
+    pub members: u32,
+    /// Flows asked for, and flows in the table while established/reply were timed.
+    pub asked: u32,
+    pub flows: u32,
+    pub trivial: Spread,
+    pub established: Spread,
+    pub reply: Spread,
+    pub syn: Spread,
+    /// Flows in the table after the SYN runs (the memory is measured then).
+    pub flows_after_syn: u32,
+    pub conntrack_bytes: u64,
+    pub maps_bytes: u64,
+}
+
+/// A cell that cannot be filled: why.
+pub struct Skipped {
+    pub members: u32,
+    pub asked: u32,
+    pub why: String,
+}
+
+/// An open flow: what the client sent from and what lb chose for it.
+#[derive(Clone, Copy)]
+struct Open {
+    client: Ipv4Addr,
+    member: Ipv4Addr,
+    member_port: u16,
+    snat: u16,
+}
+
+/// The seed's listener with a pool of `n` members: 10.0.0.2..=10.0.0.129, port 22 for the
+/// first 128, 23 for the next (every member its own address:port, so its own SNAT space).
+fn pool_config(n: u32) -> String {
+    let mut cfg = include_str!("../../../../examples/seed.toml").to_string();
+    let first = cfg.find("[[loadbalancer.pool.member]]").unwrap();
+    cfg.truncate(first);
+    for i in 0..n {
+        cfg.push_str(&format!(
+            "[[loadbalancer.pool.member]]\nid = \"m{i}\"\naddress = \"10.0.0.{}\"\nprotocol_port = {}\n\n",
+            2 + i % 128,
+            22 + i / 128
+        ));
+    }
+    cfg
+}
+
+/// Distinct clients 10.1.0.0 + k, each from port 40000.
+fn client(k: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + k)
+}
+
+fn syn(k: u32) -> Vec<u8> {
+    Tcp::new(client(k), 40000, VIP, 22, TCP_SYN)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .build()
+}
+
+pub fn run(
+    runs: usize,
+    member_counts: &[u32],
+    flow_levels: &[u32],
+) -> anyhow::Result<(Vec<Cell>, Vec<Skipped>)> {
+    let mut cells = Vec::new();
+    let mut skipped = Vec::new();
+    for &members in member_counts {
+        let top = *flow_levels.iter().max().unwrap_or(&0);
+        let capacity = top + SYN_CALLS * runs as u32 * flow_levels.len() as u32 + 1024;
+        let mut env = Env::with_capacity(&pool_config(members), capacity)
+            .context("BPF_PROG_TEST_RUN needs root")?;
+        for i in 0..members.min(128) {
+            neighbour(&env.ns, Ipv4Addr::new(10, 0, 0, 2 + i as u8));
+        }
+        // Every member has its own SNAT port space; past ~80% of it, random tries start to
+        // fail (SNAT_TRIES), so a table this pool cannot hold is reported, not faked.
+        let snat_space = members * (SNAT_PORT_MAX - SNAT_PORT_MIN + 1) as u32;
+        let limit = snat_space / 10 * 8;
+        let ns = env.ns.name.clone();
+        let mut open: Vec<Open> = Vec::new();
+        let mut next = 0u32;
+        for &asked in flow_levels {
+            if asked > limit {
+                skipped.push(Skipped {
+                    members,
+                    asked,
+                    why: format!(
+                        "{members} members x {} SNAT ports = {snat_space} flows at most \
+                         (one VIP address towards each member); filled to 80% that is {limit}",
+                        SNAT_PORT_MAX - SNAT_PORT_MIN + 1
+                    ),
+                });
+                continue;
+            }
+            let dp = &mut env.dp;
+            let cell = in_netns(&ns, || -> anyhow::Result<Cell> {
+                // Fill with real SYNs through the program: least connections spreads them.
+                while next < asked {
+                    let (a, out, _) = dp.test_run_program("lb", &syn(next), 1)?;
+                    ensure!(
+                        a == XDP_TX,
+                        "filling: SYN {next} got action {a}, verdicts {:?}",
+                        dp.maps.verdicts()?
+                    );
+                    let o = Tcp::parse(&out).context("SYN output")?;
+                    open.push(Open {
+                        client: client(next),
+                        member: o.dst,
+                        member_port: o.dport,
+                        snat: o.sport,
+                    });
+                    next += 1;
+                }
+                // Every SYN so far opened a flow (the earlier sizes' SYN runs included).
+                let flows = next;
+                let mut time = |prog: &str,
+                                calls: u32,
+                                frame: &mut dyn FnMut(u32) -> Vec<u8>,
+                                want: u32|
+                 -> anyhow::Result<f64> {
+                    let mut total = 0u128;
+                    for i in 0..calls {
+                        let (a, _, d) = dp.test_run_program(prog, &frame(i), 1)?;
+                        ensure!(
+                            a == want,
+                            "{prog}: call {i}: action {a}, verdicts {:?}",
+                            dp.maps.verdicts()?
+                        );
+                        total += d.as_nanos();
+                    }
+                    Ok(total as f64 / calls as f64)
+                };
+                // Established and reply packets cycle through the open flows with a large
+                // prime stride: every call a different flow, as on a busy node.
+                let pick = |i: u32, r: usize| {
+                    open[((i as u64 * 7_919 + r as u64 * 104_729) % open.len() as u64) as usize]
+                };
+                let (mut trivial, mut est, mut rep, mut syns) = (vec![], vec![], vec![], vec![]);
+                for r in 0..runs {
+                    let data = |i: u32| {
+                        let f = pick(i, r);
+                        Tcp::new(f.client, 40000, VIP, 22, TCP_ACK | TCP_PSH)
+                            .macs(CLIENT_MAC, PORT_MAC)
+                            .payload(&[0u8; 64])
+                            .build()
+                    };
+                    trivial.push(time("lb_peer_pass", CALLS, &mut |i| data(i), XDP_PASS)?);
+                    est.push(time("lb", CALLS, &mut |i| data(i), XDP_TX)?);
+                    rep.push(time(
+                        "lb",
+                        CALLS,
+                        &mut |i| {
+                            let f = pick(i, r);
+                            Tcp::new(f.member, f.member_port, VIP, f.snat, TCP_ACK)
+                                .macs(mac_of(f.member), PORT_MAC)
+                                .payload(&[0u8; 64])
+                                .build()
+                        },
+                        XDP_TX,
+                    )?);
+                    let first = next;
+                    syns.push(time(
+                        "lb",
+                        SYN_CALLS,
+                        &mut |i| syn(first + i),
+                        XDP_TX,
+                    )?);
+                    next += SYN_CALLS;
+                }
+                let memory = lb::dataplane::map_memory(&dp.maps.dir)?;
+                Ok(Cell {
+                    members,
+                    asked,
+                    flows,
+                    trivial: Spread::of(trivial),
+                    established: Spread::of(est),
+                    reply: Spread::of(rep),
+                    syn: Spread::of(syns),
+                    flows_after_syn: next,
+                    conntrack_bytes: memory
+                        .iter()
+                        .filter(|(n, _)| n == "CONNTRACK")
+                        .map(|(_, b)| b)
+                        .sum(),
+                    maps_bytes: memory.iter().map(|(_, b)| b).sum(),
+                })
+            })??;
+            // The SYN runs' flows stay open; established/reply at the next size use them too.
+            eprintln!(
+                "  {members:>3} members, {:>7} flows: trivial {:.0}  established {:.0}  reply {:.0}  SYN {:.0} ns",
+                cell.flows,
+                cell.trivial.median,
+                cell.established.median,
+                cell.reply.median,
+                cell.syn.median
+            );
+            cells.push(cell);
+        }
+    }
+    Ok((cells, skipped))
+}

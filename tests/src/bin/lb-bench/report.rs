@@ -1,0 +1,525 @@
+//! The benchmark's report: a Markdown document (BENCHMARKS.md) with the machine, the command,
+//! the numbers, the targets of issue 3 against them, and an SVG plot. Hand-written analysis
+//! below the `NOTES` marker of an existing report is kept when the numbers are rewritten.
+
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use plotters::prelude::*;
+
+use crate::{
+    micro::{Cell, Skipped},
+    traffic::{Measure, Route, Wrk},
+    Args, Spread,
+};
+
+const NOTES: &str = "<!-- Hand-written notes below this line are kept by `cargo xtask bench`. -->";
+
+pub struct Report {
+    pub cells: Vec<Cell>,
+    pub skipped: Vec<Skipped>,
+    pub traffic: Vec<Measure>,
+    command: String,
+    runs: usize,
+    seconds: u64,
+    kept_notes: String,
+}
+
+fn sh(cmd: &str) -> String {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn fmt_n(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn cell(s: &Spread) -> String {
+    if s.n == 0 {
+        return "-".into();
+    }
+    format!("{} ({}-{})", fmt_n(s.median), fmt_n(s.min), fmt_n(s.max))
+}
+
+/// A target line: what, measured, goal, met.
+struct Target {
+    what: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+impl Report {
+    pub fn new(args: &Args) -> Report {
+        let kept_notes = std::fs::read_to_string(&args.out)
+            .ok()
+            .and_then(|t| t.split_once(NOTES).map(|(_, n)| n.to_string()))
+            .unwrap_or_else(|| "\n".into());
+        Report {
+            cells: vec![],
+            skipped: vec![],
+            traffic: vec![],
+            command: args.command.clone(),
+            runs: args.runs,
+            seconds: args.seconds,
+            kept_notes,
+        }
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        let mut r: Vec<Route> = Vec::new();
+        for m in &self.traffic {
+            if !r.contains(&m.path) {
+                r.push(m.path);
+            }
+        }
+        r
+    }
+
+    /// The spread of `f` over every repetition of `route`.
+    fn spread(&self, route: Route, f: impl Fn(&Measure) -> Option<f64>) -> Spread {
+        Spread::of(
+            self.traffic
+                .iter()
+                .filter(|m| m.path == route)
+                .filter_map(&f)
+                .collect(),
+        )
+    }
+
+    fn per_million(w: &Wrk, cpu: f64) -> Option<f64> {
+        (w.requests > 0).then(|| cpu / w.requests as f64 * 1e6)
+    }
+
+    /// The metrics of the traffic table: name, higher-is-better, extractor.
+    #[allow(clippy::type_complexity)]
+    fn metrics() -> Vec<(&'static str, bool, Box<dyn Fn(&Measure) -> Option<f64>>)> {
+        vec![
+            ("keep-alive requests/s", true, Box::new(|m| Some(m.keepalive.rps))),
+            ("keep-alive p50 ms", false, Box::new(|m| Some(m.keepalive.p50_ms))),
+            ("keep-alive p99 ms", false, Box::new(|m| Some(m.keepalive.p99_ms))),
+            ("new connections/s", true, Box::new(|m| Some(m.close.rps))),
+            ("new connection p50 ms", false, Box::new(|m| Some(m.close.p50_ms))),
+            ("new connection p99 ms", false, Box::new(|m| Some(m.close.p99_ms))),
+            ("new connection errors", false, Box::new(|m| Some(m.close.errors as f64))),
+            ("bulk Gbit/s (iperf3)", true, Box::new(|m| Some(m.bulk_gbps))),
+            (
+                "LB's own CPU s / 1M keep-alive req",
+                false,
+                Box::new(|m| Self::per_million(&m.keepalive, m.keepalive.own_cpu_s?)),
+            ),
+            (
+                "LB's own CPU s / 1M new connections",
+                false,
+                Box::new(|m| Self::per_million(&m.close, m.close.own_cpu_s?)),
+            ),
+            (
+                "machine CPU s / 1M keep-alive req",
+                false,
+                Box::new(|m| Self::per_million(&m.keepalive, m.keepalive.machine_cpu_s)),
+            ),
+            (
+                "machine CPU s / 1M new connections",
+                false,
+                Box::new(|m| Self::per_million(&m.close, m.close.machine_cpu_s)),
+            ),
+        ]
+    }
+
+    fn ratio(&self, route: Route, f: &dyn Fn(&Measure) -> Option<f64>) -> Option<f64> {
+        let base = self.spread(Route::Direct, f);
+        let v = self.spread(route, f);
+        (base.n > 0 && v.n > 0 && base.median != 0.0).then(|| v.median / base.median)
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        let has = |r: Route| self.traffic.iter().any(|m| m.path == r);
+        let m = Self::metrics();
+        let get = |name: &str| &m.iter().find(|x| x.0 == name).unwrap().2;
+        if has(Route::Lb) && has(Route::Direct) {
+            for (name, goal, higher) in [
+                ("keep-alive requests/s", 0.9, true),
+                ("new connections/s", 0.8, true),
+                ("bulk Gbit/s (iperf3)", 0.95, true),
+                ("keep-alive p99 ms", 1.2, false),
+                ("new connection p99 ms", 1.2, false),
+            ] {
+                let r = self.ratio(Route::Lb, get(name).as_ref());
+                t.push(Target {
+                    what: format!(
+                        "lb {name} {} {goal}x direct",
+                        if higher { ">=" } else { "<=" }
+                    ),
+                    measured: r.map(|r| format!("{r:.2}x")).unwrap_or("-".into()),
+                    met: r.map(|r| if higher { r >= goal } else { r <= goal }),
+                });
+            }
+            for other in [Route::Haproxy, Route::Nftables] {
+                if !has(other) {
+                    continue;
+                }
+                for name in [
+                    "keep-alive requests/s",
+                    "new connections/s",
+                    "bulk Gbit/s (iperf3)",
+                ] {
+                    let f = get(name);
+                    let (a, b) = (self.spread(Route::Lb, f), self.spread(other, f));
+                    t.push(Target {
+                        what: format!("lb ahead of {other}: {name}"),
+                        measured: format!("{} vs {}", fmt_n(a.median), fmt_n(b.median)),
+                        met: Some(a.median > b.median),
+                    });
+                }
+            }
+        }
+        if has(Route::Lb) && has(Route::Haproxy) {
+            for name in [
+                "LB's own CPU s / 1M keep-alive req",
+                "LB's own CPU s / 1M new connections",
+            ] {
+                let f = get(name);
+                let (a, b) = (self.spread(Route::Lb, f), self.spread(Route::Haproxy, f));
+                t.push(Target {
+                    what: format!("{name}: lb <= 1/3 of HAProxy"),
+                    measured: format!(
+                        "{} vs {} ({:.2}x)",
+                        fmt_n(a.median),
+                        fmt_n(b.median),
+                        a.median / b.median
+                    ),
+                    met: Some(a.median * 3.0 <= b.median),
+                });
+            }
+            // The same question asked of the whole machine: what each path costs beyond the
+            // direct path, per request (lb's softirq work on its port is in here, all of it).
+            for (name, label) in [
+                ("machine CPU s / 1M keep-alive req", "keep-alive"),
+                ("machine CPU s / 1M new connections", "new connections"),
+            ] {
+                let f = get(name);
+                let d = self.spread(Route::Direct, f).median;
+                let (a, b) = (
+                    self.spread(Route::Lb, f).median - d,
+                    self.spread(Route::Haproxy, f).median - d,
+                );
+                t.push(Target {
+                    what: format!(
+                        "machine CPU beyond direct per 1M {label}: lb <= 1/3 of HAProxy"
+                    ),
+                    measured: format!("{} vs {} s", fmt_n(a), fmt_n(b)),
+                    met: Some(a * 3.0 <= b),
+                });
+            }
+        }
+        for c in &self.cells {
+            let r = c.established.median / c.trivial.median;
+            t.push(Target {
+                what: format!(
+                    "established <= 3x trivial ({} members, {} flows)",
+                    c.members, c.flows
+                ),
+                measured: format!("{r:.2}x"),
+                met: Some(r <= 3.0),
+            });
+        }
+        let mut pools: Vec<u32> = self.cells.iter().map(|c| c.members).collect();
+        pools.dedup();
+        for p in pools {
+            let of = |asked| {
+                self.cells
+                    .iter()
+                    .find(|c| c.members == p && c.asked == asked)
+            };
+            if let (Some(small), Some(big)) = (of(1_000), of(1_000_000)) {
+                let r = big.established.median / small.established.median;
+                t.push(Target {
+                    what: format!("established at 1M flows <= 1.3x at 1k ({p} members)"),
+                    measured: format!("{r:.2}x"),
+                    met: Some(r <= 1.3),
+                });
+            }
+        }
+        for c in self.cells.iter().filter(|c| c.members == 256) {
+            let r = c.syn.median / c.trivial.median;
+            t.push(Target {
+                what: format!("SYN with 256 members <= 10x trivial ({} flows)", c.flows),
+                measured: format!("{r:.2}x"),
+                met: Some(r <= 10.0),
+            });
+        }
+        t
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
+        let _ = writeln!(s, "# Benchmarks\n");
+        let _ = writeln!(
+            s,
+            "Written by `{}` on {} (lb commit {}).\n\nMachine: {} cores ({}), {} memory, kernel {}; \
+             versions: {}, {}, {}, {}, {}.\n",
+            self.command,
+            sh("date -u +'%Y-%m-%d %H:%M UTC'"),
+            sh("git rev-parse --short HEAD 2>/dev/null"),
+            sh("nproc"),
+            cpu.trim(),
+            sh("free -h | awk '/Mem:/{print $2}'"),
+            sh("uname -r"),
+            sh("haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3"),
+            sh("nginx -v 2>&1 | cut -d' ' -f3"),
+            sh("wrk -v 2>&1 | head -1 | cut -d' ' -f1-2"),
+            sh("iperf3 -v 2>/dev/null | head -1 | cut -d' ' -f1-2"),
+            sh("nft -v 2>/dev/null"),
+        );
+        if !self.traffic.is_empty() {
+            let routes = self.routes();
+            let _ = writeln!(
+                s,
+                "## Real traffic on the seed's topology\n\n\
+                 Client namespace -> br-int -> the load balancer's namespace (VIP 10.0.0.250) -> \
+                 two members (nginx, 2 workers each, answering a 16-byte body; iperf3 on the \
+                 first). Direct: the client talks to the first member. wrk -t2 -c32, {} s per \
+                 run, keep-alive and `Connection: close`; iperf3 one stream, {} s, through a \
+                 pool that holds the first member only. Every path on a fresh topology; paths \
+                 interleaved in each of {} runs. Cells: median (min-max), and the median's \
+                 ratio to direct.\n",
+                self.seconds, self.seconds, self.runs
+            );
+            let _ = write!(s, "| |");
+            for r in &routes {
+                let _ = write!(s, " {r} |");
+            }
+            let _ = write!(s, "\n|---|");
+            for _ in &routes {
+                let _ = write!(s, "---|");
+            }
+            s.push('\n');
+            for (name, _, f) in Self::metrics() {
+                let _ = write!(s, "| {name} |");
+                for &r in &routes {
+                    let v = self.spread(r, f.as_ref());
+                    let ratio = self
+                        .ratio(r, f.as_ref())
+                        .filter(|_| r != Route::Direct)
+                        .map(|x| format!(" **{x:.2}x**"))
+                        .unwrap_or_default();
+                    let _ = write!(s, " {}{ratio} |", cell(&v));
+                }
+                s.push('\n');
+            }
+            let _ = writeln!(
+                s,
+                "\nLB's own CPU: lb = its XDP program's run time (kernel BPF statistics) plus \
+                 the daemon process; HAProxy = its process (user + system). Machine CPU: every \
+                 core's busy time in /proc/stat over the run (client, members and the bridge \
+                 included), so its difference to direct is what the path costs.\n"
+            );
+        }
+        if !self.cells.is_empty() {
+            let _ = writeln!(
+                s,
+                "## BPF_PROG_TEST_RUN, ns/packet\n\n\
+                 One run per call (XDP test runs do not restore the frame between repetitions, \
+                 so a NAT program would see its own output), mean over 20,000 calls (SYN: 2,000 \
+                 new clients), median (min-max) of {} runs. The trivial program is the object's \
+                 `lb_peer_pass` (XDP_PASS), timed the same way in the same run: the ~75 ns of a \
+                 test run's own overhead is in every figure. Established and reply packets \
+                 cycle through the open flows, a different flow every call. The table was filled \
+                 by SYNs through the program (least connections spread them); memory is what the \
+                 kernel charges to the maps (fdinfo `memlock`) after the SYN runs.\n",
+                self.runs
+            );
+            let _ = writeln!(
+                s,
+                "| members | flows | trivial | established | reply | SYN | est / trivial | SYN / trivial | conntrack MiB | all maps MiB |\n\
+                 |---|---|---|---|---|---|---|---|---|---|"
+            );
+            for c in &self.cells {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {:.2}x | {:.2}x | {:.1} (at {} flows) | {:.1} |",
+                    c.members,
+                    c.flows,
+                    cell(&c.trivial),
+                    cell(&c.established),
+                    cell(&c.reply),
+                    cell(&c.syn),
+                    c.established.median / c.trivial.median,
+                    c.syn.median / c.trivial.median,
+                    c.conntrack_bytes as f64 / 1048576.0,
+                    c.flows_after_syn,
+                    c.maps_bytes as f64 / 1048576.0,
+                );
+            }
+            for k in &self.skipped {
+                let _ = writeln!(
+                    s,
+                    "\nNot measured: {} members with {} flows: {}.",
+                    k.members, k.asked, k.why
+                );
+            }
+            s.push('\n');
+        }
+        let targets = self.targets();
+        if !targets.is_empty() {
+            let _ = writeln!(
+                s,
+                "## Targets (issue 3)\n\n| target | measured | met |\n|---|---|---|"
+            );
+            for t in &targets {
+                let met = match t.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "-",
+                };
+                let _ = writeln!(s, "| {} | {} | {met} |", t.what, t.measured);
+            }
+            s.push('\n');
+        }
+        let _ = write!(s, "{NOTES}{}", self.kept_notes);
+        s
+    }
+
+    /// Two panels: real-traffic ratios to direct per path, and ns/packet over the grid.
+    pub fn plot(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (left, right) = root.split_horizontally(600);
+        let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44)];
+
+        let routes: Vec<Route> = self
+            .routes()
+            .into_iter()
+            .filter(|r| *r != Route::Direct)
+            .collect();
+        let metrics = Self::metrics();
+        let shown = ["keep-alive requests/s", "new connections/s", "bulk Gbit/s (iperf3)"];
+        let mut ymax = 1.2f64;
+        let mut bars = Vec::new();
+        for (i, name) in shown.iter().enumerate() {
+            let f = &metrics.iter().find(|m| m.0 == *name).unwrap().2;
+            for (j, r) in routes.iter().enumerate() {
+                if let Some(v) = self.ratio(*r, f.as_ref()) {
+                    ymax = ymax.max(v * 1.1);
+                    bars.push((i, j, v));
+                }
+            }
+        }
+        let mut c = ChartBuilder::on(&left)
+            .caption("real traffic, ratio to direct (same run)", ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0f64..3f64, 0f64..ymax)?;
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(3)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                ["keep-alive req/s", "new conn/s", "bulk"]
+                    .get(i)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            })
+            .draw()?;
+        let w = 0.8 / routes.len().max(1) as f64;
+        for (j, r) in routes.iter().enumerate() {
+            let color = colors[j % colors.len()];
+            c.draw_series(bars.iter().filter(|b| b.1 == j).map(|&(i, j, v)| {
+                let x0 = i as f64 + 0.1 + j as f64 * w;
+                Rectangle::new([(x0, 0.0), (x0 + w * 0.9, v)], color.filled())
+            }))?
+            .label(r.to_string())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        }
+        c.draw_series(LineSeries::new([(0.0, 1.0), (3.0, 1.0)], BLACK.stroke_width(1)))?
+            .label("direct = 1");
+        c.configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()?;
+
+        // ns/packet against conntrack size, per pool size: established and SYN, with trivial.
+        let xmax = self.cells.iter().map(|c| c.flows).max().unwrap_or(1000).max(1000) as f64;
+        let ymax = self
+            .cells
+            .iter()
+            .map(|c| c.syn.median)
+            .fold(100.0f64, f64::max)
+            * 1.15;
+        let mut c = ChartBuilder::on(&right)
+            .caption("BPF_PROG_TEST_RUN ns/packet", ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d((500f64..xmax * 2.0).log_scale(), 0f64..ymax)?;
+        c.configure_mesh()
+            .x_desc("flows in conntrack")
+            .x_label_formatter(&|x| {
+                if *x >= 1e6 {
+                    format!("{:.0}M", x / 1e6)
+                } else {
+                    format!("{:.0}k", x / 1e3)
+                }
+            })
+            .draw()?;
+        let mut pools: Vec<u32> = self.cells.iter().map(|c| c.members).collect();
+        pools.dedup();
+        let palette = [
+            RGBColor(31, 119, 180),
+            RGBColor(255, 127, 14),
+            RGBColor(44, 160, 44),
+            RGBColor(214, 39, 40),
+        ];
+        for (k, p) in pools.iter().enumerate() {
+            let color = palette[k % palette.len()];
+            let pts = |f: &dyn Fn(&Cell) -> f64| -> Vec<(f64, f64)> {
+                self.cells
+                    .iter()
+                    .filter(|c| c.members == *p)
+                    .map(|c| (c.flows as f64, f(c)))
+                    .collect()
+            };
+            c.draw_series(LineSeries::new(
+                pts(&|c| c.syn.median),
+                color.stroke_width(2),
+            ))?
+            .label(format!("SYN, {p} members"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], color.stroke_width(2)));
+            c.draw_series(LineSeries::new(
+                pts(&|c| c.established.median),
+                color.stroke_width(1),
+            ))?
+            .label(format!("established, {p} members"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], color));
+        }
+        let trivial: Vec<(f64, f64)> = self
+            .cells
+            .iter()
+            .filter(|c| Some(&c.members) == pools.first())
+            .map(|c| (c.flows as f64, c.trivial.median))
+            .collect();
+        c.draw_series(LineSeries::new(trivial, BLACK.stroke_width(1)))?
+            .label("trivial XDP_PASS")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLACK));
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,543 @@
+//! Real traffic on the seed's topology, one path at a time, every path on a fresh topology:
+//! wrk against nginx members (keep-alive, and `Connection: close` for new connections), iperf3
+//! for bulk, and the CPU each side used.
+//!
+//! ```text
+//!   client ns --veth-- node ns [br-int] --veth-- member ns 10.0.0.2 (nginx :80, iperf3 :5201)
+//!                          |            --veth-- member ns 10.0.0.4 (nginx :80)
+//!                          +--veth-- the load balancer's namespace, VIP 10.0.0.250:
+//!                                    lb (XDP) | HAProxy 2.6 (the seed's config) | nftables DNAT+SNAT
+//! ```
+//! Direct: the client talks to member 10.0.0.2 itself (nginx there runs one worker per core, so
+//! one member alone can use the whole machine).
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use integration_tests::{
+    in_netns, topology::{self, SeedTopology, TestConfig, VIP}, unique, Netns,
+};
+
+pub const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+const HTTP: u16 = 80;
+const IPERF: u16 = 5201;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Route {
+    Direct,
+    Lb,
+    Haproxy,
+    Nftables,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Route::Direct => "direct",
+            Route::Lb => "lb",
+            Route::Haproxy => "haproxy",
+            Route::Nftables => "nftables",
+        })
+    }
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "direct" => Route::Direct,
+            "lb" => Route::Lb,
+            "haproxy" => Route::Haproxy,
+            "nftables" => Route::Nftables,
+            _ => return Err(format!("unknown path {s}: direct, lb, haproxy or nftables")),
+        })
+    }
+}
+
+/// One wrk run.
+#[derive(Clone, Debug, Default)]
+pub struct Wrk {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub requests: u64,
+    /// Socket errors and non-2xx responses wrk counted.
+    pub errors: u64,
+    /// CPU seconds the whole machine spent (all cores, /proc/stat) during the run.
+    pub machine_cpu_s: f64,
+    /// CPU seconds of the load-balancing side itself: lb's XDP program (kernel run-time
+    /// statistics) plus its daemon, or the HAProxy process. None where there is no such
+    /// thing to measure (direct; nftables works inside the kernel's softirq).
+    pub own_cpu_s: Option<f64>,
+}
+
+/// Everything measured on one path in one repetition.
+#[derive(Clone, Debug)]
+pub struct Measure {
+    pub path: Route,
+    pub keepalive: Wrk,
+    pub close: Wrk,
+    pub bulk_gbps: f64,
+}
+
+/// A process group started for the benchmark, stopped (SIGTERM, then SIGKILL) on drop.
+struct Proc {
+    child: Child,
+    what: String,
+}
+
+impl Proc {
+    fn spawn(what: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Proc> {
+        let f = std::fs::File::create(log)?;
+        let child = cmd
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Proc {
+            child,
+            what: what.into(),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn check_alive(&mut self, log: &Path) -> anyhow::Result<()> {
+        if let Some(s) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({s}): {}",
+                self.what,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        use nix::{sys::signal, unistd::Pid};
+        let pg = Pid::from_raw(-(self.child.id() as i32));
+        let _ = signal::kill(pg, signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = signal::kill(pg, signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+fn netns_cmd(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+/// Waits until `addr` accepts TCP connections from namespace `ns`.
+fn wait_listening(ns: &str, addr: Ipv4Addr, port: u16, what: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let ok = in_netns(ns, || {
+            TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_millis(200))
+                .is_ok()
+        })?;
+        if ok {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("{what} not accepting on {addr}:{port} after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The members' servers: nginx (2 workers) on every member, iperf3 on the first.
+struct Servers {
+    _procs: Vec<Proc>,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> anyhow::Result<TempDir> {
+        let p = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_servers(topo: &SeedTopology) -> anyhow::Result<Servers> {
+    let dir = TempDir::new("srv")?;
+    let mut procs = Vec::new();
+    for m in &topo.members {
+        let d = dir.0.join(m.addr.to_string());
+        std::fs::create_dir_all(&d)?;
+        let conf = d.join("nginx.conf");
+        let ds = d.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 2;\ndaemon off;\npid {ds}/nginx.pid;\nerror_log {ds}/error.log warn;\n\
+                 events {{ worker_connections 16384; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {ds}/b;\n  proxy_temp_path {ds}/p;\n  \
+                 fastcgi_temp_path {ds}/f;\n  uwsgi_temp_path {ds}/u;\n  scgi_temp_path {ds}/s;\n  \
+                 keepalive_requests 100000000;\n  keepalive_timeout 120s;\n  \
+                 server {{\n    listen {}:{HTTP} backlog=8192;\n    \
+                 location / {{ return 200 \"member {}\\n\"; }}\n  }}\n}}\n",
+                m.addr, m.addr
+            ),
+        )?;
+        let log = d.join("nginx.out");
+        let mut p = Proc::spawn(
+            "nginx",
+            netns_cmd(&m.ns.name, "nginx").arg("-c").arg(&conf),
+            &log,
+        )?;
+        std::thread::sleep(Duration::from_millis(100));
+        p.check_alive(&log)?;
+        wait_listening(&m.ns.name, m.addr, HTTP, "nginx")?;
+        procs.push(p);
+    }
+    let first = &topo.members[0];
+    let log = dir.0.join("iperf3.out");
+    let mut p = Proc::spawn(
+        "iperf3 -s",
+        netns_cmd(&first.ns.name, "iperf3").args([
+            "-s",
+            "-B",
+            &first.addr.to_string(),
+            "-p",
+            &IPERF.to_string(),
+        ]),
+        &log,
+    )?;
+    std::thread::sleep(Duration::from_millis(100));
+    p.check_alive(&log)?;
+    wait_listening(&first.ns.name, first.addr, IPERF, "iperf3")?;
+    procs.push(p);
+    Ok(Servers {
+        _procs: procs,
+        _dir: dir,
+    })
+}
+
+/// lb's config for the benchmark: the seed's load balancer with its listener on port 80 over
+/// both members, and a second listener for iperf3 whose pool holds the first member only (the
+/// seed's least connections would split iperf3's control and data connections).
+fn lb_config() -> TestConfig {
+    let cfg = TestConfig::seed(|t| {
+        let t = t
+            .replace("protocol_port = 22\ndefault_pool_id", "protocol_port = 80\ndefault_pool_id")
+            .replace("protocol_port = 22\nweight", "protocol_port = 80\nweight");
+        format!(
+            "{t}\n[[loadbalancer.listener]]\nid = \"bulk\"\nprotocol = \"TCP\"\nprotocol_port = {IPERF}\n\
+             default_pool_id = \"bulk\"\n\n[[loadbalancer.pool]]\nid = \"bulk\"\nprotocol = \"TCP\"\n\
+             lb_algorithm = \"LEAST_CONNECTIONS\"\n\n[[loadbalancer.pool.member]]\nid = \"bulk-m1\"\n\
+             address = \"{M1}\"\nprotocol_port = {IPERF}\n"
+        )
+    });
+    let text = std::fs::read_to_string(&cfg.path).unwrap();
+    std::fs::write(
+        &cfg.path,
+        text.replace("conntrack_flows = 4096", "conntrack_flows = 262144"),
+    )
+    .unwrap();
+    cfg
+}
+
+/// HAProxy with the seed's configuration (ports as above; no daemon mode, user switch or
+/// syslog, which a benchmark in namespaces has no use for).
+fn haproxy_config(dir: &Path) -> String {
+    format!(
+        "global\n        stats socket {}/sock mode 0666 level user\n\
+         defaults\n        retries 3\n        option redispatch\n        timeout connect 5000\n\
+         \x20       timeout client 50000\n        timeout server 50000\n\
+         frontend df25900f-53b1-4aab-8436-8411ec710445\n        bind {VIP}:{HTTP}\n        mode tcp\n\
+         \x20       default_backend 574a31da-a28a-449f-8c9d-3d3687c3c02a\n\
+         backend 574a31da-a28a-449f-8c9d-3d3687c3c02a\n        mode tcp\n        balance leastconn\n\
+         \x20       server 45481748-3104-462c-ae4b-fae0f4b08c20 {M1}:{HTTP} weight 1\n\
+         \x20       server 227b69fe-8685-4df6-b2a5-2f964c74886c {M2}:{HTTP} weight 1\n\
+         frontend bulk\n        bind {VIP}:{IPERF}\n        mode tcp\n        default_backend bulk\n\
+         backend bulk\n        mode tcp\n        server bulk-m1 {M1}:{IPERF}\n",
+        dir.display()
+    )
+}
+
+/// The kernel's own full NAT: DNAT to the members (round robin: nftables has no least
+/// connections) and SNAT to the VIP, in a namespace on br-int, one-armed like lb.
+const NFT_RULES: &str = "table ip lbbench {
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr 10.0.0.250 tcp dport 80 dnat to numgen inc mod 2 map { 0 : 10.0.0.2, 1 : 10.0.0.4 }
+    ip daddr 10.0.0.250 tcp dport 5201 dnat to 10.0.0.2
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat snat to 10.0.0.250
+  }
+}
+";
+
+/// A namespace on br-int holding the VIP (for HAProxy and nftables).
+fn vip_namespace(topo: &SeedTopology) -> Netns {
+    let ns = Netns::new("v");
+    let outer = format!("{}p", &ns.name[..ns.name.len().min(12)]);
+    topo.node.ip(&format!(
+        "link add {outer} type veth peer name eth0 netns {}",
+        ns.name
+    ));
+    topo.node.ip(&format!("link set {outer} master br-int up"));
+    ns.ip("link set eth0 up");
+    ns.ip(&format!("addr add {VIP}/24 dev eth0"));
+    ns
+}
+
+/// The CPU the whole machine has used so far (seconds, all cores).
+fn machine_cpu() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = f.iter().take(8).sum::<f64>() - f.get(3).unwrap_or(&0.0) - f.get(4).unwrap_or(&0.0);
+    busy / clk_tck()
+}
+
+fn clk_tck() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
+/// utime + stime of process `pid`, all its threads, in seconds.
+fn process_cpu(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = s.rsplit_once(") ").map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / clk_tck()
+}
+
+/// Run time of every loaded XDP program named "lb" (the kernel counts it while statistics
+/// are enabled).
+fn lb_program_cpu() -> f64 {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some("lb"))
+        .map(|p| p.run_time().as_secs_f64())
+        .sum()
+}
+
+/// What the load-balancing side's own CPU is made of on a path.
+enum Own {
+    None,
+    Lb { daemon: u32 },
+    Process(u32),
+}
+
+impl Own {
+    fn read(&self) -> Option<f64> {
+        match *self {
+            Own::None => None,
+            Own::Lb { daemon } => Some(lb_program_cpu() + process_cpu(daemon)),
+            Own::Process(pid) => Some(process_cpu(pid)),
+        }
+    }
+}
+
+fn wrk(client: &str, target: Ipv4Addr, seconds: u64, close: bool, own: &Own) -> anyhow::Result<Wrk> {
+    let mut c = netns_cmd(client, "wrk");
+    c.args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", "--timeout", "2s"]);
+    if close {
+        c.args(["-H", "Connection: close"]);
+    }
+    c.arg(format!("http://{target}:{HTTP}/"));
+    let (m0, o0) = (machine_cpu(), own.read());
+    let out = c.output().context("running wrk")?;
+    let (m1, o1) = (machine_cpu(), own.read());
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let mut w = parse_wrk(&text).with_context(|| format!("wrk output:\n{text}"))?;
+    w.machine_cpu_s = m1 - m0;
+    w.own_cpu_s = o0.zip(o1).map(|(a, b)| b - a);
+    Ok(w)
+}
+
+fn ms(v: &str) -> Option<f64> {
+    let (n, unit) = v
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| v.split_at(i))?;
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1e3,
+        "ms" => n,
+        "s" => n * 1e3,
+        "m" => n * 60e3,
+        _ => return None,
+    })
+}
+
+pub fn parse_wrk(text: &str) -> Option<Wrk> {
+    let mut w = Wrk::default();
+    for line in text.lines() {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        match t.as_slice() {
+            ["Requests/sec:", v] => w.rps = v.parse().ok()?,
+            ["50%", v] => w.p50_ms = ms(v)?,
+            ["99%", v] => w.p99_ms = ms(v)?,
+            [n, "requests", "in", ..] => w.requests = n.parse().ok()?,
+            ["Socket", "errors:", rest @ ..] => {
+                w.errors += rest
+                    .iter()
+                    .filter_map(|x| x.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>()
+            }
+            ["Non-2xx", "or", "3xx", "responses:", n] => w.errors += n.parse::<u64>().ok()?,
+            _ => {}
+        }
+    }
+    (w.rps > 0.0 || w.requests == 0).then_some(w)
+}
+
+fn iperf3(client: &str, target: Ipv4Addr, seconds: u64) -> anyhow::Result<f64> {
+    let out = netns_cmd(client, "iperf3")
+        .args(["-c", &target.to_string(), "-p", &IPERF.to_string()])
+        .args(["-t", &seconds.to_string(), "-J"])
+        .output()
+        .context("running iperf3")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stdout)))?;
+    if let Some(e) = v.get("error") {
+        bail!("iperf3: {e}");
+    }
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .context("iperf3 output has no end.sum_received")
+}
+
+/// One repetition of one path on a fresh topology.
+pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> {
+    let topo = SeedTopology::new(&[M1, M2]);
+    let _servers = start_servers(&topo)?;
+    let client = topo.client.name.clone();
+    let run = |target: Ipv4Addr, own: Own| -> anyhow::Result<Measure> {
+        // A short warm-up: ARP, the members' accept queues, lb's first flows.
+        wrk(&client, target, 1, false, &Own::None)?;
+        let keepalive = wrk(&client, target, seconds, false, &own)?;
+        let close = wrk(&client, target, seconds, true, &own)?;
+        let bulk_gbps = iperf3(&client, target, seconds)?;
+        Ok(Measure {
+            path,
+            keepalive,
+            close,
+            bulk_gbps,
+        })
+    };
+    match path {
+        Route::Direct => run(M1, Own::None),
+        Route::Lb => {
+            let cfg = lb_config();
+            let _left = cfg.leftovers();
+            let mut d = topology::Daemon::start(lb, &topo.node.name, &cfg.path, &[]);
+            topology::wait_running(&mut d, &cfg);
+            let m = run(VIP, Own::Lb {
+                daemon: d.pid().context("lb daemon pid")?,
+            });
+            d.stop();
+            m
+        }
+        Route::Haproxy => {
+            let ns = vip_namespace(&topo);
+            let dir = TempDir::new("hap")?;
+            let conf = dir.0.join("haproxy.cfg");
+            std::fs::write(&conf, haproxy_config(&dir.0))?;
+            let log = dir.0.join("haproxy.out");
+            let mut p = Proc::spawn(
+                "haproxy",
+                netns_cmd(&ns.name, "haproxy").arg("-db").arg("-f").arg(&conf),
+                &log,
+            )?;
+            std::thread::sleep(Duration::from_millis(200));
+            p.check_alive(&log)?;
+            wait_listening(&client, VIP, HTTP, "haproxy")?;
+            let pid = p.pid();
+            run(VIP, Own::Process(pid))
+        }
+        Route::Nftables => {
+            let ns = vip_namespace(&topo);
+            for s in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+            ] {
+                ns.exec(&format!("sysctl -qw {s}"));
+            }
+            let dir = TempDir::new("nft")?;
+            let rules = dir.0.join("rules.nft");
+            std::fs::write(&rules, NFT_RULES)?;
+            ns.exec(&format!("nft -f {}", rules.display()));
+            run(VIP, Own::None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let text = "Running 5s test @ http://10.0.0.2:80/
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   610.41us  364.37us  12.52ms   88.21%
+    Req/Sec    26.97k     2.05k   31.15k    70.00%
+  Latency Distribution
+     50%  541.00us
+     75%  718.00us
+     90%  0.94ms
+     99%    1.89ms
+  268389 requests in 5.00s, 41.98MB read
+  Socket errors: connect 0, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 4
+Requests/sec:  53666.29
+Transfer/sec:      8.39MB
+";
+        let w = parse_wrk(text).unwrap();
+        assert_eq!(w.rps, 53666.29);
+        assert_eq!(w.p50_ms, 0.541);
+        assert_eq!(w.p99_ms, 1.89);
+        assert_eq!(w.requests, 268389);
+        assert_eq!(w.errors, 9);
+    }
+}

@@ -1,0 +1,511 @@
+//! `cargo xtask vm-test`: the BPF_PROG_TEST_RUN and namespace test tiers inside a virtual
+//! machine, on a chosen kernel, without root on the host.
+//!
+//! 1. Kernel: a Debian package fetched with `apt-get download` (default: what
+//!    `linux-image-amd64` depends on) and unpacked with `dpkg-deb -x`, or a vmlinuz given by
+//!    path (modules from `/lib/modules/<version>` when they exist).
+//! 2. Initramfs (cpio newc): busybox, the host's `ip`, `nsenter`, `ethtool` and the libraries
+//!    they load, the test binaries `cargo test --no-run` built, `lb`, and the kernel modules the
+//!    tests need with their dependencies (decompressed, loaded in order by /init).
+//! 3. qemu-system-x86_64 with KVM when /dev/kvm can be opened, software emulation otherwise;
+//!    the console is streamed to the terminal; /init prints the tests' status and powers off.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// What the tests load at run time (veth ports, the node's bridge, TC attach).
+const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf", "virtio_rng"];
+/// Host programs the tests and lb run, copied with their libraries.
+const HOST_PROGRAMS: &[&str] = &["ip", "nsenter", "ethtool"];
+/// Debian packages vm-test needs on the host.
+pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "xz-utils", "zstd"];
+const EXIT_MARK: &str = "LB-VM-TEST-EXIT=";
+
+pub struct Kernel {
+    pub label: String,
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/<version>` of that kernel, if there is one.
+    pub modules: Option<PathBuf>,
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(program))
+            .find(|f| f.is_file())
+    })
+}
+
+/// A Debian kernel package that holds a vmlinuz: follows meta-packages (linux-image-amd64,
+/// linux-image-6.12-amd64) to the versioned image they depend on.
+fn resolve_package(name: &str) -> Result<String> {
+    let mut name = name.to_string();
+    for _ in 0..4 {
+        let show = output(Command::new("apt-cache").args(["show", "--no-all-versions", &name]))
+            .with_context(|| {
+                format!(
+                    "no Debian package {name} (see `apt-cache search linux-image`; \
+                     `apt-get update` may be needed)"
+                )
+            })?;
+        let field = |f: &str| {
+            show.lines()
+                .find_map(|l| l.strip_prefix(f))
+                .map(|v| v.trim().to_string())
+        };
+        // A versioned image has a large Installed-Size; a meta-package depends on one.
+        let size: u64 = field("Installed-Size:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if size > 10_000 {
+            return Ok(name);
+        }
+        let dep = field("Depends:")
+            .and_then(|d| {
+                d.split(',')
+                    .map(|x| x.trim().split(' ').next().unwrap_or("").to_string())
+                    .find(|x| x.starts_with("linux-image-"))
+            })
+            .with_context(|| format!("{name} depends on no linux-image package"))?;
+        name = dep;
+    }
+    bail!("{name}: meta-packages nest too deep")
+}
+
+/// `spec`: empty (Debian's current kernel), a path to a vmlinuz, or a Debian package / version
+/// (`6.12`, `6.1.0-50-amd64`, `linux-image-6.12.100+deb12-amd64`).
+pub fn get_kernel(spec: &str, cache: &Path) -> Result<Kernel> {
+    let as_path = Path::new(spec);
+    if !spec.is_empty() && as_path.is_file() {
+        let version = as_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+            .map(str::to_string);
+        let modules = version
+            .as_ref()
+            .map(|v| PathBuf::from("/lib/modules").join(v))
+            .filter(|p| p.is_dir());
+        if modules.is_none() {
+            eprintln!(
+                "vm-test: no /lib/modules for {spec}: the kernel must have veth and bridge built in"
+            );
+        }
+        return Ok(Kernel {
+            label: version.unwrap_or_else(|| spec.to_string()),
+            vmlinuz: as_path.to_path_buf(),
+            modules,
+        });
+    }
+    if spec.contains('/') {
+        bail!("kernel {spec}: no such file");
+    }
+    which("apt-get").context(
+        "a kernel by version needs apt-get and dpkg-deb (Debian); or pass --kernel /path/to/vmlinuz",
+    )?;
+    let candidates: Vec<String> = if spec.is_empty() {
+        vec!["linux-image-amd64".into()]
+    } else if spec.starts_with("linux-image-") {
+        vec![spec.into()]
+    } else {
+        vec![
+            format!("linux-image-{spec}-amd64"),
+            format!("linux-image-{spec}"),
+        ]
+    };
+    let mut last = None;
+    let mut package = None;
+    for c in &candidates {
+        match resolve_package(c) {
+            Ok(p) => {
+                package = Some(p);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let package = match package {
+        Some(p) => p,
+        None => return Err(last.unwrap()),
+    };
+    let dir = cache.join(&package);
+    let root = dir.join("root");
+    if !root.join("boot").is_dir() {
+        std::fs::create_dir_all(&dir)?;
+        eprintln!("vm-test: fetching {package} (apt-get download)");
+        let st = Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(&dir)
+            .status()
+            .context("apt-get download")?;
+        if !st.success() {
+            bail!("apt-get download {package} failed: check the network and `apt-get update`");
+        }
+        let deb = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download left no .deb")?;
+        let tmp = dir.join("root.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+        std::fs::rename(&tmp, &root)?;
+        std::fs::remove_file(&deb)?;
+    }
+    let vmlinuz = std::fs::read_dir(root.join("boot"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .with_context(|| format!("{package} holds no /boot/vmlinuz-*"))?;
+    let version = vmlinuz.file_name().unwrap().to_string_lossy()["vmlinuz-".len()..].to_string();
+    let modules = root.join("lib/modules").join(&version);
+    Ok(Kernel {
+        label: version,
+        vmlinuz,
+        modules: modules.is_dir().then_some(modules),
+    })
+}
+
+/// The modules in `wanted` and what they depend on, dependencies first, as paths relative to
+/// the modules directory. Built-in or absent modules are left out (absent ones reported).
+fn module_order(dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
+    let dep = std::fs::read_to_string(dir.join("modules.dep"))
+        .with_context(|| format!("reading {}/modules.dep", dir.display()))?;
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let name_of = |path: &str| {
+        let f = path.rsplit('/').next().unwrap_or(path);
+        f.split(".ko").next().unwrap_or(f).replace('-', "_")
+    };
+    let deps_of = |path: &str| -> Vec<String> {
+        dep.lines()
+            .find_map(|l| {
+                let (m, d) = l.split_once(':')?;
+                (m == path).then(|| d.split_whitespace().map(str::to_string).collect())
+            })
+            .unwrap_or_default()
+    };
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    for w in wanted {
+        let found = dep.lines().find_map(|l| {
+            let (m, _) = l.split_once(':')?;
+            (name_of(m) == w.replace('-', "_")).then(|| m.to_string())
+        });
+        let Some(path) = found else {
+            if !builtin.lines().any(|l| name_of(l) == w.replace('-', "_")) {
+                eprintln!("vm-test: module {w} is neither built in nor in {}", dir.display());
+            }
+            continue;
+        };
+        // modules.dep lists every (transitive) dependency; load them in reverse.
+        let mut chain = deps_of(&path);
+        chain.reverse();
+        chain.push(path);
+        for m in chain {
+            if seen.insert(m.clone()) {
+                order.push(m);
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Copies `src` to `dst`, decompressing .ko.xz / .ko.zst / .ko.gz modules.
+fn copy_module(src: &Path, dst: &Path) -> Result<()> {
+    let s = src.to_string_lossy();
+    let tool = if s.ends_with(".xz") {
+        Some("xz")
+    } else if s.ends_with(".zst") {
+        Some("zstd")
+    } else if s.ends_with(".gz") {
+        Some("gzip")
+    } else {
+        None
+    };
+    match tool {
+        None => {
+            std::fs::copy(src, dst)?;
+        }
+        Some(t) => {
+            let out = Command::new(t)
+                .args(["-d", "-c"])
+                .arg(src)
+                .output()
+                .with_context(|| format!("{t} (to decompress {s})"))?;
+            if !out.status.success() {
+                bail!("{t} -d {s} failed");
+            }
+            std::fs::write(dst, out.stdout)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies a dynamically linked program and every library `ldd` names into `root`.
+fn copy_with_libs(program: &Path, root: &Path, into: &str) -> Result<()> {
+    let dst = root.join(into).join(program.file_name().unwrap());
+    std::fs::copy(program, &dst).with_context(|| format!("copying {}", program.display()))?;
+    let ldd = Command::new("ldd").arg(program).output();
+    let Ok(ldd) = ldd else { return Ok(()) };
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let lib = match line.split_once("=>") {
+            Some((_, r)) => r.split_whitespace().next(),
+            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+        };
+        let Some(lib) = lib.filter(|l| l.starts_with('/')) else {
+            continue;
+        };
+        let to = root.join(lib.trim_start_matches('/'));
+        if !to.exists() {
+            std::fs::create_dir_all(to.parent().unwrap())?;
+            std::fs::copy(lib, &to).with_context(|| format!("copying {lib}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn init_script(test_args: &[String]) -> String {
+    let args = test_args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin:/sbin:/usr/sbin HOME=/tmp RUST_BACKTRACE=1 LB_BIN=/lbtest/lb
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mount -t bpf bpf /sys/fs/bpf
+mkdir -p /var && ln -s /run /var/run
+for m in $(cat /modules/order); do
+  insmod "/modules/$m" 2>/dev/null || echo "vm-test: insmod $m failed"
+done
+ip link set lo up
+echo "vm-test: kernel $(uname -r), $(nproc) CPUs"
+status=0
+for t in /lbtest/tests/*; do
+  echo "vm-test: === $(basename "$t")"
+  "$t" --test-threads=2 {args} || status=1
+done
+echo "{EXIT_MARK}$status"
+poweroff -f
+"#
+    )
+}
+
+/// Builds the initramfs for `kernel` in `work`; returns its path.
+pub fn initramfs(
+    kernel: &Kernel,
+    lb: &Path,
+    tests: &[(String, PathBuf)],
+    test_args: &[String],
+    work: &Path,
+) -> Result<PathBuf> {
+    let root = work.join(format!("initramfs-{}", kernel.label));
+    let _ = std::fs::remove_dir_all(&root);
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc",
+        "lbtest/tests", "modules",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("no busybox: install busybox-static")?;
+    std::fs::copy(&busybox, root.join("bin/busybox"))?;
+    for p in HOST_PROGRAMS {
+        let path = which(p).with_context(|| {
+            format!("{p} is not installed on the host (iproute2, util-linux, ethtool)")
+        })?;
+        copy_with_libs(&path, &root, "usr/sbin")?;
+    }
+    copy_with_libs(lb, &root, "lbtest")?;
+    for (name, path) in tests {
+        let dst = root.join("lbtest/tests").join(name);
+        std::fs::copy(path, &dst)?;
+        copy_with_libs(path, &root, "lbtest")?;
+        // The copy with the test's own name is the one the init runs.
+        let _ = std::fs::remove_file(root.join("lbtest").join(path.file_name().unwrap()));
+    }
+    // Debug info is most of a test binary's size: strip it when the host can.
+    if which("strip").is_some() {
+        let mut c = Command::new("strip");
+        c.arg("--strip-debug").arg(root.join("lbtest/lb"));
+        for (name, _) in tests {
+            c.arg(root.join("lbtest/tests").join(name));
+        }
+        let _ = c.status();
+    }
+    let mut order = Vec::new();
+    if let Some(dir) = &kernel.modules {
+        for m in module_order(dir, MODULES)? {
+            let file = m.rsplit('/').next().unwrap().to_string();
+            let file = file
+                .trim_end_matches(".xz")
+                .trim_end_matches(".zst")
+                .trim_end_matches(".gz")
+                .to_string();
+            copy_module(&dir.join(&m), &root.join("modules").join(&file))?;
+            order.push(file);
+        }
+    }
+    std::fs::write(root.join("modules/order"), order.join("\n") + "\n")?;
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    let init = root.join("init");
+    std::fs::write(&init, init_script(test_args))?;
+    output(Command::new("chmod").arg("755").arg(&init))?;
+    let image = work.join(format!("initramfs-{}.cpio", kernel.label));
+    let out = std::fs::File::create(&image)?;
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("find . -print0 | cpio --null -o -H newc --quiet")
+        .current_dir(&root)
+        .stdout(out)
+        .status()
+        .context("cpio (install the cpio package)")?;
+    if !st.success() {
+        bail!("cpio failed");
+    }
+    std::fs::remove_dir_all(&root)?;
+    Ok(image)
+}
+
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+pub struct Outcome {
+    pub passed: bool,
+    pub detail: String,
+    pub seconds: f64,
+}
+
+/// Boots `kernel` with `initrd`, streams the console, returns what /init reported.
+pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, memory_mb: u32) -> Result<Outcome> {
+    let qemu = which("qemu-system-x86_64")
+        .context("qemu-system-x86_64 not found: install the Debian package qemu-system-x86")?;
+    let kvm = kvm_usable();
+    let mut c = Command::new(qemu);
+    c.args(["-nographic", "-no-reboot", "-smp", "2"])
+        .args(["-m", &memory_mb.to_string()])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet random.trust_cpu=on",
+        ])
+        .args(["-device", "virtio-rng-pci"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if kvm {
+        c.args(["-enable-kvm", "-cpu", "host"]);
+    } else {
+        c.args(["-accel", "tcg", "-cpu", "max"]);
+    }
+    eprintln!(
+        "vm-test: booting {} ({}, {} MiB)",
+        kernel.label,
+        if kvm { "KVM" } else { "software emulation: slow" },
+        memory_mb
+    );
+    let start = Instant::now();
+    let mut child = c.spawn().context("starting qemu")?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut status = None;
+    let mut summary = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(line) => {
+                println!("{line}");
+                let l = line.trim();
+                if let Some(s) = l.strip_prefix(EXIT_MARK) {
+                    status = s.trim().parse::<i32>().ok();
+                }
+                if l.starts_with("test result:") {
+                    summary.push(l.trim_start_matches("test result: ").to_string());
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{}: no result after {timeout:?}: killed", kernel.label);
+        }
+    }
+    let _ = child.wait();
+    let seconds = start.elapsed().as_secs_f64();
+    let (passed, total) = summary.iter().fold((0u64, 0u64), |(p, f), s| {
+        // "ok. 13 passed; 0 failed; ..."
+        let n = |what: &str| {
+            s.split(';')
+                .find_map(|x| x.trim().strip_suffix(what).map(|v| v.trim().trim_start_matches("ok.").trim_start_matches("FAILED.").trim().parse::<u64>().unwrap_or(0)))
+                .unwrap_or(0)
+        };
+        (p + n("passed"), f + n("failed"))
+    });
+    let detail = format!("{passed} passed, {total} failed, in {} binaries", summary.len());
+    match status {
+        Some(0) => Ok(Outcome {
+            passed: true,
+            detail,
+            seconds,
+        }),
+        Some(_) => Ok(Outcome {
+            passed: false,
+            detail,
+            seconds,
+        }),
+        None => Ok(Outcome {
+            passed: false,
+            detail: "the VM stopped without reporting a result (kernel panic? see above)".into(),
+            seconds,
+        }),
+    }
+}
