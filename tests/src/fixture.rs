@@ -164,7 +164,9 @@ impl Env {
 /// A permanent neighbour entry for `addr` (MAC `mac_of(addr)`) in the fixture's namespace.
 pub fn neighbour(ns: &Netns, addr: Ipv4Addr) {
     let mac = mac_of(addr).map(|b| format!("{b:02x}")).join(":");
-    ns.ip(&format!("neigh replace {addr} lladdr {mac} nud permanent dev port0"));
+    ns.ip(&format!(
+        "neigh replace {addr} lladdr {mac} nud permanent dev port0"
+    ));
 }
 
 /// The MAC of the fixture's neighbour at `addr`: 02:00:00:00:00:<last octet> (M1_MAC, M2_MAC).

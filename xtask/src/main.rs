@@ -266,7 +266,11 @@ fn main() -> Result<()> {
             }
             args.extend(["--command", &command]);
             args.extend(rest.iter().map(String::as_str));
-            let packages: Vec<&str> = TEST_PACKAGES.iter().chain(BENCH_PACKAGES).copied().collect();
+            let packages: Vec<&str> = TEST_PACKAGES
+                .iter()
+                .chain(BENCH_PACKAGES)
+                .copied()
+                .collect();
             run_tool_with("lb-bench", &args, &packages)
         }
         Cmd::VmTest {
@@ -320,7 +324,11 @@ fn nix_is_root() -> bool {
 /// Builds `lb` and every test binary, then runs them in a VM per kernel; one summary line per
 /// kernel; fails if any kernel failed.
 fn vm_test(kernels: &[String], timeout_min: u64, memory: u32, args: &[String]) -> Result<()> {
-    let packages: Vec<&str> = TEST_PACKAGES.iter().chain(vm::VM_PACKAGES).copied().collect();
+    let packages: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .chain(vm::VM_PACKAGES)
+        .copied()
+        .collect();
     setup(&packages)?;
     let lb = build_lb(false)?;
     let tests = build_tests()?;
@@ -333,7 +341,11 @@ fn vm_test(kernels: &[String], timeout_min: u64, memory: u32, args: &[String]) -
     };
     let mut results = Vec::new();
     for spec in &specs {
-        let label = if spec.is_empty() { "debian-current" } else { spec };
+        let label = if spec.is_empty() {
+            "debian-current"
+        } else {
+            spec
+        };
         let r = vm::get_kernel(spec, &work.join("kernels")).and_then(|k| {
             let image = vm::initramfs(&k, &lb, &tests, args, &work)?;
             let r = vm::boot(

@@ -22,10 +22,18 @@ use anyhow::{bail, Context as _, Result};
 
 /// What the tests load at run time (veth ports, the node's bridge, TC attach).
 const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf", "virtio_rng"];
-/// Host programs the tests and lb run, copied with their libraries.
-const HOST_PROGRAMS: &[&str] = &["ip", "nsenter", "ethtool"];
+/// Host programs the tests and lb run, copied with their libraries. `sh` too: busybox's shell
+/// runs its own applets (a reduced `ip`) before anything on PATH.
+const HOST_PROGRAMS: &[&str] = &["ip", "nsenter", "ethtool", "sh"];
 /// Debian packages vm-test needs on the host.
-pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "xz-utils", "zstd"];
+pub const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    "zstd",
+];
 const EXIT_MARK: &str = "LB-VM-TEST-EXIT=";
 
 pub struct Kernel {
@@ -71,6 +79,10 @@ fn resolve_package(name: &str) -> Result<String> {
                 .find_map(|l| l.strip_prefix(f))
                 .map(|v| v.trim().to_string())
         };
+        // apt-cache also answers for names that packages merely provide.
+        if field("Package:").as_deref() != Some(name.as_str()) {
+            bail!("no Debian package is called {name}");
+        }
         // A versioned image has a large Installed-Size; a meta-package depends on one.
         let size: u64 = field("Installed-Size:")
             .and_then(|v| v.parse().ok())
@@ -142,6 +154,30 @@ pub fn get_kernel(spec: &str, cache: &Path) -> Result<Kernel> {
             Err(e) => last = Some(e),
         }
     }
+    // "6.1": no meta-package by that name; the newest versioned image that starts with it.
+    if package.is_none() && !spec.is_empty() && !spec.starts_with("linux-image-") {
+        let names =
+            output(Command::new("apt-cache").args(["pkgnames", &format!("linux-image-{spec}")]))
+                .unwrap_or_default();
+        let mut found: Vec<&str> = names
+            .lines()
+            .filter(|n| {
+                n.ends_with("-amd64")
+                    && !["cloud", "-rt-", "dbg", "unsigned"]
+                        .iter()
+                        .any(|x| n.contains(x))
+                    && n[format!("linux-image-{spec}").len()..].starts_with(['.', '-'])
+            })
+            .collect();
+        found.sort_by_key(|n| {
+            n.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|x| x.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        });
+        if let Some(n) = found.last() {
+            package = resolve_package(n).ok();
+        }
+    }
     let package = match package {
         Some(p) => p,
         None => return Err(last.unwrap()),
@@ -180,6 +216,15 @@ pub fn get_kernel(spec: &str, cache: &Path) -> Result<Kernel> {
         .with_context(|| format!("{package} holds no /boot/vmlinuz-*"))?;
     let version = vmlinuz.file_name().unwrap().to_string_lossy()["vmlinuz-".len()..].to_string();
     let modules = root.join("lib/modules").join(&version);
+    if modules.is_dir() && !modules.join("modules.dep").exists() {
+        // Packages leave modules.dep to the installing system's depmod.
+        let depmod = ["/sbin/depmod", "/usr/sbin/depmod"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .context("no depmod: install the Debian package kmod")?;
+        output(Command::new(depmod).arg("-b").arg(&root).arg(&version))?;
+    }
     Ok(Kernel {
         label: version,
         vmlinuz,
@@ -214,7 +259,10 @@ fn module_order(dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
         });
         let Some(path) = found else {
             if !builtin.lines().any(|l| name_of(l) == w.replace('-', "_")) {
-                eprintln!("vm-test: module {w} is neither built in nor in {}", dir.display());
+                eprintln!(
+                    "vm-test: module {w} is neither built in nor in {}",
+                    dir.display()
+                );
             }
             continue;
         };
@@ -272,7 +320,10 @@ fn copy_with_libs(program: &Path, root: &Path, into: &str) -> Result<()> {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
         let lib = match line.split_once("=>") {
             Some((_, r)) => r.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+            None => line
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/')),
         };
         let Some(lib) = lib.filter(|l| l.starts_with('/')) else {
             continue;
@@ -295,7 +346,8 @@ fn init_script(test_args: &[String]) -> String {
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/usr/bin:/sbin:/usr/sbin HOME=/tmp RUST_BACKTRACE=1 LB_BIN=/lbtest/lb
+ln -sf /usr/sbin/sh /bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp RUST_BACKTRACE=1 LB_BIN=/lbtest/lb
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -330,8 +382,18 @@ pub fn initramfs(
     let root = work.join(format!("initramfs-{}", kernel.label));
     let _ = std::fs::remove_dir_all(&root);
     for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc",
-        "lbtest/tests", "modules",
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "etc",
+        "lbtest/tests",
+        "modules",
     ] {
         std::fs::create_dir_all(root.join(d))?;
     }
@@ -378,7 +440,10 @@ pub fn initramfs(
         }
     }
     std::fs::write(root.join("modules/order"), order.join("\n") + "\n")?;
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
     std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
     let init = root.join("init");
     std::fs::write(&init, init_script(test_args))?;
@@ -399,12 +464,56 @@ pub fn initramfs(
     Ok(image)
 }
 
-pub fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
+/// Whether KVM boots this kernel: /dev/kvm opens, and a bare boot (no initramfs, so it ends in
+/// a quick panic) prints that panic within 20 s. Nested virtualisation often has a /dev/kvm
+/// that fails (a CPU model qemu cannot set) or hangs; then software emulation it is.
+/// `LB_VM_ACCEL=kvm|tcg` skips the probe.
+pub fn kvm_usable(qemu: &Path, kernel: &Kernel) -> bool {
+    match std::env::var("LB_VM_ACCEL").as_deref() {
+        Ok("kvm") => return true,
+        Ok("tcg") => return false,
+        _ => {}
+    }
+    if std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_ok()
+        .is_err()
+    {
+        return false;
+    }
+    let child = Command::new(qemu)
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-m",
+            "256",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+        ])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("Kernel panic") {
+                let _ = tx.send(());
+                break;
+            }
+        }
+    });
+    let ok = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    ok
 }
 
 pub struct Outcome {
@@ -417,7 +526,7 @@ pub struct Outcome {
 pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, memory_mb: u32) -> Result<Outcome> {
     let qemu = which("qemu-system-x86_64")
         .context("qemu-system-x86_64 not found: install the Debian package qemu-system-x86")?;
-    let kvm = kvm_usable();
+    let kvm = kvm_usable(&qemu, kernel);
     let mut c = Command::new(qemu);
     c.args(["-nographic", "-no-reboot", "-smp", "2"])
         .args(["-m", &memory_mb.to_string()])
@@ -441,7 +550,11 @@ pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, memory_mb: u32) -
     eprintln!(
         "vm-test: booting {} ({}, {} MiB)",
         kernel.label,
-        if kvm { "KVM" } else { "software emulation: slow" },
+        if kvm {
+            "KVM"
+        } else {
+            "software emulation: slow"
+        },
         memory_mb
     );
     let start = Instant::now();
@@ -485,12 +598,24 @@ pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, memory_mb: u32) -
         // "ok. 13 passed; 0 failed; ..."
         let n = |what: &str| {
             s.split(';')
-                .find_map(|x| x.trim().strip_suffix(what).map(|v| v.trim().trim_start_matches("ok.").trim_start_matches("FAILED.").trim().parse::<u64>().unwrap_or(0)))
+                .find_map(|x| {
+                    x.trim().strip_suffix(what).map(|v| {
+                        v.trim()
+                            .trim_start_matches("ok.")
+                            .trim_start_matches("FAILED.")
+                            .trim()
+                            .parse::<u64>()
+                            .unwrap_or(0)
+                    })
+                })
                 .unwrap_or(0)
         };
         (p + n("passed"), f + n("failed"))
     });
-    let detail = format!("{passed} passed, {total} failed, in {} binaries", summary.len());
+    let detail = format!(
+        "{passed} passed, {total} failed, in {} binaries",
+        summary.len()
+    );
     match status {
         Some(0) => Ok(Outcome {
             passed: true,

@@ -176,12 +176,7 @@ pub fn run(
                         XDP_TX,
                     )?);
                     let first = next;
-                    syns.push(time(
-                        "lb",
-                        SYN_CALLS,
-                        &mut |i| syn(first + i),
-                        XDP_TX,
-                    )?);
+                    syns.push(time("lb", SYN_CALLS, &mut |i| syn(first + i), XDP_TX)?);
                     next += SYN_CALLS;
                 }
                 let memory = lb::dataplane::map_memory(&dp.maps.dir)?;

@@ -102,14 +102,42 @@ impl Report {
     #[allow(clippy::type_complexity)]
     fn metrics() -> Vec<(&'static str, bool, Box<dyn Fn(&Measure) -> Option<f64>>)> {
         vec![
-            ("keep-alive requests/s", true, Box::new(|m| Some(m.keepalive.rps))),
-            ("keep-alive p50 ms", false, Box::new(|m| Some(m.keepalive.p50_ms))),
-            ("keep-alive p99 ms", false, Box::new(|m| Some(m.keepalive.p99_ms))),
+            (
+                "keep-alive requests/s",
+                true,
+                Box::new(|m| Some(m.keepalive.rps)),
+            ),
+            (
+                "keep-alive p50 ms",
+                false,
+                Box::new(|m| Some(m.keepalive.p50_ms)),
+            ),
+            (
+                "keep-alive p99 ms",
+                false,
+                Box::new(|m| Some(m.keepalive.p99_ms)),
+            ),
             ("new connections/s", true, Box::new(|m| Some(m.close.rps))),
-            ("new connection p50 ms", false, Box::new(|m| Some(m.close.p50_ms))),
-            ("new connection p99 ms", false, Box::new(|m| Some(m.close.p99_ms))),
-            ("new connection errors", false, Box::new(|m| Some(m.close.errors as f64))),
-            ("bulk Gbit/s (iperf3)", true, Box::new(|m| Some(m.bulk_gbps))),
+            (
+                "new connection p50 ms",
+                false,
+                Box::new(|m| Some(m.close.p50_ms)),
+            ),
+            (
+                "new connection p99 ms",
+                false,
+                Box::new(|m| Some(m.close.p99_ms)),
+            ),
+            (
+                "new connection errors",
+                false,
+                Box::new(|m| Some(m.close.errors as f64)),
+            ),
+            (
+                "bulk Gbit/s (iperf3)",
+                true,
+                Box::new(|m| Some(m.bulk_gbps)),
+            ),
             (
                 "LB's own CPU s / 1M keep-alive req",
                 false,
@@ -212,9 +240,7 @@ impl Report {
                     self.spread(Route::Haproxy, f).median - d,
                 );
                 t.push(Target {
-                    what: format!(
-                        "machine CPU beyond direct per 1M {label}: lb <= 1/3 of HAProxy"
-                    ),
+                    what: format!("machine CPU beyond direct per 1M {label}: lb <= 1/3 of HAProxy"),
                     measured: format!("{} vs {} s", fmt_n(a), fmt_n(b)),
                     met: Some(a * 3.0 <= b),
                 });
@@ -397,7 +423,11 @@ impl Report {
         let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
         root.fill(&WHITE)?;
         let (left, right) = root.split_horizontally(600);
-        let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44)];
+        let colors = [
+            RGBColor(31, 119, 180),
+            RGBColor(255, 127, 14),
+            RGBColor(44, 160, 44),
+        ];
 
         let routes: Vec<Route> = self
             .routes()
@@ -405,7 +435,11 @@ impl Report {
             .filter(|r| *r != Route::Direct)
             .collect();
         let metrics = Self::metrics();
-        let shown = ["keep-alive requests/s", "new connections/s", "bulk Gbit/s (iperf3)"];
+        let shown = [
+            "keep-alive requests/s",
+            "new connections/s",
+            "bulk Gbit/s (iperf3)",
+        ];
         let mut ymax = 1.2f64;
         let mut bars = Vec::new();
         for (i, name) in shown.iter().enumerate() {
@@ -418,7 +452,10 @@ impl Report {
             }
         }
         let mut c = ChartBuilder::on(&left)
-            .caption("real traffic, ratio to direct (same run)", ("sans-serif", 18))
+            .caption(
+                "real traffic, ratio to direct (same run)",
+                ("sans-serif", 18),
+            )
             .margin(15)
             .x_label_area_size(30)
             .y_label_area_size(45)
@@ -444,15 +481,24 @@ impl Report {
             .label(r.to_string())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
         }
-        c.draw_series(LineSeries::new([(0.0, 1.0), (3.0, 1.0)], BLACK.stroke_width(1)))?
-            .label("direct = 1");
+        c.draw_series(LineSeries::new(
+            [(0.0, 1.0), (3.0, 1.0)],
+            BLACK.stroke_width(1),
+        ))?
+        .label("direct = 1");
         c.configure_series_labels()
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
             .draw()?;
 
         // ns/packet against conntrack size, per pool size: established and SYN, with trivial.
-        let xmax = self.cells.iter().map(|c| c.flows).max().unwrap_or(1000).max(1000) as f64;
+        let xmax = self
+            .cells
+            .iter()
+            .map(|c| c.flows)
+            .max()
+            .unwrap_or(1000)
+            .max(1000) as f64;
         let ymax = self
             .cells
             .iter()

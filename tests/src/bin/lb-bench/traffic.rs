@@ -22,7 +22,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use integration_tests::{
-    in_netns, topology::{self, SeedTopology, TestConfig, VIP}, unique, Netns,
+    in_netns,
+    topology::{self, SeedTopology, TestConfig, VIP},
+    unique, Netns,
 };
 
 pub const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -249,7 +251,10 @@ fn start_servers(topo: &SeedTopology) -> anyhow::Result<Servers> {
 fn lb_config() -> TestConfig {
     let cfg = TestConfig::seed(|t| {
         let t = t
-            .replace("protocol_port = 22\ndefault_pool_id", "protocol_port = 80\ndefault_pool_id")
+            .replace(
+                "protocol_port = 22\ndefault_pool_id",
+                "protocol_port = 80\ndefault_pool_id",
+            )
             .replace("protocol_port = 22\nweight", "protocol_port = 80\nweight");
         format!(
             "{t}\n[[loadbalancer.listener]]\nid = \"bulk\"\nprotocol = \"TCP\"\nprotocol_port = {IPERF}\n\
@@ -326,7 +331,8 @@ fn machine_cpu() -> f64 {
         .filter_map(|x| x.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal ...
-    let busy: f64 = f.iter().take(8).sum::<f64>() - f.get(3).unwrap_or(&0.0) - f.get(4).unwrap_or(&0.0);
+    let busy: f64 =
+        f.iter().take(8).sum::<f64>() - f.get(3).unwrap_or(&0.0) - f.get(4).unwrap_or(&0.0);
     busy / clk_tck()
 }
 
@@ -374,9 +380,22 @@ impl Own {
     }
 }
 
-fn wrk(client: &str, target: Ipv4Addr, seconds: u64, close: bool, own: &Own) -> anyhow::Result<Wrk> {
+fn wrk(
+    client: &str,
+    target: Ipv4Addr,
+    seconds: u64,
+    close: bool,
+    own: &Own,
+) -> anyhow::Result<Wrk> {
     let mut c = netns_cmd(client, "wrk");
-    c.args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", "--timeout", "2s"]);
+    c.args([
+        "-t2",
+        "-c32",
+        &format!("-d{seconds}s"),
+        "--latency",
+        "--timeout",
+        "2s",
+    ]);
     if close {
         c.args(["-H", "Connection: close"]);
     }
@@ -385,7 +404,11 @@ fn wrk(client: &str, target: Ipv4Addr, seconds: u64, close: bool, own: &Own) -> 
     let out = c.output().context("running wrk")?;
     let (m1, o1) = (machine_cpu(), own.read());
     let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut w = parse_wrk(&text).with_context(|| format!("wrk output:\n{text}"))?;
     w.machine_cpu_s = m1 - m0;
     w.own_cpu_s = o0.zip(o1).map(|(a, b)| b - a);
@@ -470,9 +493,12 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
             let _left = cfg.leftovers();
             let mut d = topology::Daemon::start(lb, &topo.node.name, &cfg.path, &[]);
             topology::wait_running(&mut d, &cfg);
-            let m = run(VIP, Own::Lb {
-                daemon: d.pid().context("lb daemon pid")?,
-            });
+            let m = run(
+                VIP,
+                Own::Lb {
+                    daemon: d.pid().context("lb daemon pid")?,
+                },
+            );
             d.stop();
             m
         }
@@ -484,7 +510,10 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
             let log = dir.0.join("haproxy.out");
             let mut p = Proc::spawn(
                 "haproxy",
-                netns_cmd(&ns.name, "haproxy").arg("-db").arg("-f").arg(&conf),
+                netns_cmd(&ns.name, "haproxy")
+                    .arg("-db")
+                    .arg("-f")
+                    .arg(&conf),
                 &log,
             )?;
             std::thread::sleep(Duration::from_millis(200));
