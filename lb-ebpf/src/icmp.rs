@@ -8,11 +8,11 @@
 //! the error is re-addressed from the VIP to that end. Every checksum involved is updated
 //! incrementally: outer IPv4, embedded IPv4, embedded TCP (when the error carries it), ICMP.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::bindings::xdp_action;
 use lb_common::{checksum, reason, IPPROTO_TCP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::parse::{ptr_at, Early};
+use crate::parse::{ptr_at, Early, Frame};
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
@@ -63,8 +63,8 @@ pub struct IcmpError {
 
 /// Parses an ICMP error whose embedded packet is TCP; anything else passes to the kernel.
 #[inline(always)]
-pub fn parse(
-    ctx: &XdpContext,
+pub fn parse<C: Frame>(
+    ctx: &C,
     eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
     ihl: usize,
@@ -120,7 +120,7 @@ pub struct Translation {
 /// # Safety
 /// `e` must come from `parse` on the packet currently in the context.
 #[inline(always)]
-pub unsafe fn rewrite(ctx: &XdpContext, e: &IcmpError, t: &Translation) {
+pub unsafe fn rewrite<C: Frame>(ctx: &C, e: &IcmpError, t: &Translation) {
     let (old, new) = (&e.inner, &t.inner);
     unsafe {
         (*e.eth).src_addr = t.smac;

@@ -20,11 +20,10 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_NOEXIST},
-    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop},
-    macros::xdp,
-    programs::XdpContext,
-    EbpfContext,
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_redirect},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use lb_common::{
     reason, select, Flow, FlowKey, ListenerConf, ListenerKey, Live, Stats, ALG_SOURCE_IP,
@@ -32,7 +31,7 @@ use lb_common::{
     IPPROTO_TCP, MAX_POOL_MEMBERS, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TRIES,
 };
 use maps::*;
-use parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use parse::{Frame, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
@@ -49,13 +48,45 @@ const fn verdict(action: u32, reason: u32) -> Verdict {
     Verdict { action, reason }
 }
 
-#[xdp]
-pub fn lb(ctx: XdpContext) -> u32 {
-    let v = process(&ctx);
+#[inline(always)]
+fn count(v: &Verdict) {
     if let Some(c) = VERDICTS.get_ptr_mut(v.reason) {
         unsafe { *c += 1 };
     }
+}
+
+#[xdp]
+pub fn lb(ctx: XdpContext) -> u32 {
+    let v = process(&ctx);
+    count(&v);
     v.action
+}
+
+/// Headers the data path reads: Ethernet, IPv4 with options, and TCP, or an ICMP error with
+/// its embedded IPv4 header (options included) and 8 bytes of its transport header.
+const HEADERS_MAX: usize = 14 + 60 + 8 + 60 + 18;
+
+/// The same data path at TC ingress of the port (`xdp_mode = "tc"`): it sees skbs as the
+/// stack built them, GSO super-packets with partial checksums included, and sends a rewritten
+/// one back out of the port it came in on (the XDP_TX of a TC program) without cutting it up.
+#[classifier]
+pub fn lb_tc(ctx: TcContext) -> i32 {
+    // An skb's linear part may end before the headers do; the kernel pulls them in on asking.
+    let want = if ctx.len() as usize > HEADERS_MAX {
+        HEADERS_MAX
+    } else {
+        ctx.len() as usize
+    };
+    if ctx.data_end() - ctx.data() < want {
+        let _ = ctx.pull_data(want as u32);
+    }
+    let v = process(&ctx);
+    count(&v);
+    match v.action {
+        xdp_action::XDP_TX => unsafe { bpf_redirect(ctx.ifindex(), 0) as i32 },
+        xdp_action::XDP_DROP => TC_ACT_SHOT,
+        _ => TC_ACT_OK,
+    }
 }
 
 /// Attached to the outer end of a veth port lb created, so that frames XDP_TX'd into the veth
@@ -66,7 +97,7 @@ pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> Verdict {
+fn process<C: Frame>(ctx: &C) -> Verdict {
     let pkt = match parse::parse(ctx) {
         Ok(parse::Parsed::Tcp(p)) => p,
         Ok(parse::Parsed::IcmpError(e)) => return icmp_error(ctx, &e),
@@ -105,14 +136,14 @@ fn process(ctx: &XdpContext) -> Verdict {
             return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
         }
         let rflow = unsafe { *rflow };
-        return from_member(&pkt, &rflow);
+        return from_member(ctx, &pkt, &rflow);
     }
     verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
 }
 
 /// An ICMP error whose embedded packet is one lb sent: back to the end that sent the original.
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext, e: &icmp::IcmpError) -> Verdict {
+fn icmp_error<C: Frame>(ctx: &C, e: &icmp::IcmpError) -> Verdict {
     // Embedded VIP:snat -> member:port (sent to a member): the error is for the client.
     let rkey = FlowKey {
         src_be: e.inner.dst_be,
@@ -333,7 +364,7 @@ extern "C" fn select_step(i: u32, ctx: *mut c_void) -> i64 {
 
 /// Fills the flow's member, MAC and SNAT port for member `idx`, inserting the reverse entry.
 #[inline(always)]
-fn bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) -> Result<(), u32> {
+fn bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -> Result<(), u32> {
     let r = try_bind_member(ctx, flow, idx, pkt_len);
     if let Err(why) = r {
         if let Some(s) = MEMBER_STATS.get_ptr_mut(idx) {
@@ -351,7 +382,7 @@ fn bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) -> Res
 }
 
 #[inline(always)]
-fn try_bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) -> Result<(), u32> {
+fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -> Result<(), u32> {
     let Some(m) = MEMBERS.get(idx) else {
         return Err(reason::DROP_NO_MEMBER);
     };
@@ -365,12 +396,12 @@ fn try_bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) ->
     fib.sport = flow.snat_port_be;
     fib.dport = m.port_be;
     fib.__bindgen_anon_1.tot_len = pkt_len;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.ifindex = ctx.ifindex();
     fib.__bindgen_anon_3.ipv4_src = flow.vip_be;
     fib.__bindgen_anon_4.ipv4_dst = m.addr_be;
     let rc = unsafe {
         bpf_fib_lookup(
-            ctx.as_ptr(),
+            ctx.raw(),
             &mut fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
@@ -386,8 +417,19 @@ fn try_bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) ->
 
     let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
     let mut seed = unsafe { bpf_get_prandom_u32() };
-    for _ in 0..SNAT_TRIES {
-        let port = SNAT_PORT_MIN + (seed % span) as u16;
+    let client_port = u16::from_be(flow.client_port_be);
+    for i in 0..SNAT_TRIES {
+        // First choice: the client's own source port (as netfilter's NAT does). The member
+        // then sees the port the client chose, and when a client reuses a port, the member's
+        // TIME_WAIT on that tuple belongs to the same client's earlier connection, whose
+        // sequence numbers and timestamps the new SYN continues: the member accepts the reuse
+        // as it would without lb. A random port there is refused by TIME_WAIT (PAWS, or an
+        // older sequence number), costing the client a 1 s SYN retransmission.
+        let port = if i == 0 && (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&client_port) {
+            client_port
+        } else {
+            SNAT_PORT_MIN + (seed % span) as u16
+        };
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
         let port_be = port.to_be();
         // A port that is also a listener on this VIP would make replies look like clients.
@@ -411,7 +453,7 @@ fn try_bind_member(ctx: &XdpContext, flow: &mut Flow, idx: u32, pkt_len: u16) ->
 }
 
 #[inline(always)]
-fn from_client(ctx: &XdpContext, pkt: &Packet, listener: &ListenerConf) -> Verdict {
+fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     let fkey = FlowKey {
         src_be: pkt.src_be,
@@ -503,6 +545,7 @@ fn from_client(ctx: &XdpContext, pkt: &Packet, listener: &ListenerConf) -> Verdi
     );
     unsafe {
         parse::rewrite(
+            ctx,
             pkt,
             flow.port_mac,
             flow.member_mac,
@@ -519,8 +562,8 @@ fn from_client(ctx: &XdpContext, pkt: &Packet, listener: &ListenerConf) -> Verdi
 /// `option redispatch`. Moves the flow to another member when its member is no longer
 /// available, or after `retries` retransmissions, or once the connect timeout has passed.
 #[inline(always)]
-fn maybe_redispatch(
-    ctx: &XdpContext,
+fn maybe_redispatch<C: Frame>(
+    ctx: &C,
     pkt: &Packet,
     listener: &ListenerConf,
     f: *mut Flow,
@@ -570,7 +613,7 @@ fn maybe_redispatch(
 }
 
 #[inline(always)]
-fn from_member(pkt: &Packet, rflow: &Flow) -> Verdict {
+fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(f) = CONNTRACK.get_ptr_mut(rflow.forward_key()) {
         track(f, pkt.tcp_flags, false, now);
@@ -584,6 +627,7 @@ fn from_member(pkt: &Packet, rflow: &Flow) -> Verdict {
     );
     unsafe {
         parse::rewrite(
+            ctx,
             pkt,
             rflow.port_mac,
             rflow.client_mac,

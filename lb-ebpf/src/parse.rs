@@ -3,9 +3,89 @@
 //! Policy: IHL honoured (options allowed); a first fragment is parsed and flagged (the caller
 //! drops it if it is balanced traffic); later fragments carry no ports and pass to the kernel.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
 use lb_common::{checksum, reason, IPPROTO_TCP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+/// What the data path needs of the context it runs in: XDP (a frame) or TC (an skb, which may
+/// be a GSO super-packet with a partial checksum and headers-only linear data).
+pub trait Frame {
+    /// For an skb, TCP checksum updates go through `bpf_l4_csum_replace`, which knows whether
+    /// the checksum field is complete or only the pseudo-header seed of an offloaded one.
+    const SKB: bool;
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The whole packet's length (for an skb, beyond its linear part).
+    fn len(&self) -> usize;
+    fn ifindex(&self) -> u32;
+    fn raw(&self) -> *mut c_void;
+    /// Updates the TCP checksum at packet offset `off` for a `size`-byte field changed from
+    /// `from` to `to` (`pseudo`: the field is in the pseudo-header, i.e. an address).
+    fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool);
+}
+
+impl Frame for XdpContext {
+    const SKB: bool = false;
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.as_ptr()
+    }
+    #[inline(always)]
+    fn l4_csum_replace(&self, _: usize, _: u32, _: u32, _: u64, _: bool) {}
+}
+
+const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
+
+impl Frame for TcContext {
+    const SKB: bool = true;
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.as_ptr()
+    }
+    #[inline(always)]
+    fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool) {
+        let flags = size | if pseudo { BPF_F_PSEUDO_HDR } else { 0 };
+        let _ = self.skb.l4_csum_replace(off, from as u64, to as u64, flags);
+    }
+}
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -33,7 +113,7 @@ pub struct Packet {
 }
 
 #[inline(always)]
-pub(crate) fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub(crate) fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -54,7 +134,7 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, Early> {
+pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
     let eth: *mut EthHdr =
         ptr_at(ctx, 0).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_TRUNCATED_ETH))?;
     if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
@@ -71,7 +151,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Early> {
         )
     };
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    let frame_len = ctx.data_end() - ctx.data();
+    let frame_len = ctx.len();
     if vihl >> 4 != 4
         || ihl < Ipv4Hdr::LEN
         || (tot_len as usize) < ihl
@@ -116,12 +196,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Early> {
     }
 }
 
-/// Rewrites MACs, addresses and ports, updating the IPv4 and TCP checksums incrementally.
+/// Rewrites MACs, addresses and ports, updating the IPv4 and TCP checksums incrementally (for
+/// an skb, the TCP checksum through the kernel: see `Frame::SKB`).
 ///
 /// # Safety
 /// `pkt` must come from `parse` on the packet currently in the context.
 #[inline(always)]
-pub unsafe fn rewrite(
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn rewrite<C: Frame>(
+    ctx: &C,
     pkt: &Packet,
     smac: [u8; 6],
     dmac: [u8; 6],
@@ -144,20 +227,39 @@ pub unsafe fn rewrite(
 
         let tcp = pkt.tcp as *mut [u8; TCP_HDR_LEN];
         let mut t = *tcp;
-        let mut c = u16::from_ne_bytes([t[16], t[17]]);
-        c = checksum::replace4(c, pkt.src_be, saddr_be);
-        c = checksum::replace4(c, pkt.dst_be, daddr_be);
-        c = checksum::replace2(c, pkt.sport_be, sport_be);
-        c = checksum::replace2(c, pkt.dport_be, dport_be);
         let s = sport_be.to_ne_bytes();
         let d = dport_be.to_ne_bytes();
-        let cs = c.to_ne_bytes();
         t[0] = s[0];
         t[1] = s[1];
         t[2] = d[0];
         t[3] = d[1];
-        t[16] = cs[0];
-        t[17] = cs[1];
+        if !C::SKB {
+            let mut c = u16::from_ne_bytes([t[16], t[17]]);
+            c = checksum::replace4(c, pkt.src_be, saddr_be);
+            c = checksum::replace4(c, pkt.dst_be, daddr_be);
+            c = checksum::replace2(c, pkt.sport_be, sport_be);
+            c = checksum::replace2(c, pkt.dport_be, dport_be);
+            let cs = c.to_ne_bytes();
+            t[16] = cs[0];
+            t[17] = cs[1];
+        }
         *tcp = t;
+        if C::SKB {
+            // Packet pointers are invalid after these calls: nothing below uses them.
+            let off = pkt.tcp as usize - ctx.data() + 16;
+            let ports = |sp: u16, dp: u16| {
+                let (a, b) = (sp.to_ne_bytes(), dp.to_ne_bytes());
+                u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
+            };
+            ctx.l4_csum_replace(off, pkt.src_be, saddr_be, 4, true);
+            ctx.l4_csum_replace(off, pkt.dst_be, daddr_be, 4, true);
+            ctx.l4_csum_replace(
+                off,
+                ports(pkt.sport_be, pkt.dport_be),
+                ports(sport_be, dport_be),
+                4,
+                false,
+            );
+        }
     }
 }

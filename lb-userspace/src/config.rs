@@ -48,12 +48,18 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeChoice {
-    /// native on a veth port lb created (its outer end gets an XDP_PASS program so XDP_TX
-    /// frames are received), generic on adopted devices
+    /// tc: the data path that is fastest on the veth and tap ports of a network node
     #[default]
     Auto,
+    /// native (driver) XDP; on a veth port lb created, its outer end gets an XDP_PASS program
+    /// so that XDP_TX frames are received
     Native,
+    /// generic (skb) XDP, on any device
     Generic,
+    /// the same data path at TC ingress of the port (tcx; clsact on kernels before 6.6): it
+    /// handles the stack's GSO super-packets and offloaded checksums whole, where XDP sees
+    /// them cut into MTU-sized frames with software checksums
+    Tc,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -18,7 +18,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use aya::programs::XdpMode;
+use aya::{
+    programs::{tc, SchedClassifier, TcAttachType, XdpMode},
+    util::KernelVersion,
+};
 use lb_common::{MemberConf, PoolConf, MEMBER_F_UP};
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -91,15 +94,39 @@ struct Health {
     thread: std::thread::JoinHandle<()>,
 }
 
-fn choose_mode(choice: XdpModeChoice, created_veth: bool) -> (XdpMode, &'static str) {
+/// Where the data path runs on the port.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Attach {
+    Xdp(XdpMode),
+    Tc,
+}
+
+fn choose_mode(choice: XdpModeChoice) -> (Attach, &'static str) {
     match choice {
-        XdpModeChoice::Native => (XdpMode::Driver, "native"),
-        XdpModeChoice::Generic => (XdpMode::Skb, "generic"),
-        // Native XDP_TX on a veth only reaches the peer when the peer runs NAPI; lb can ensure
-        // that only on a veth it created (by attaching lb_peer_pass to the outer end).
-        XdpModeChoice::Auto if created_veth => (XdpMode::Driver, "native"),
-        XdpModeChoice::Auto => (XdpMode::Skb, "generic"),
+        XdpModeChoice::Native => (Attach::Xdp(XdpMode::Driver), "native"),
+        XdpModeChoice::Generic => (Attach::Xdp(XdpMode::Skb), "generic"),
+        // On the veth and tap ports of a network node, TC beats XDP: the stack hands the port
+        // GSO super-packets with partial checksums, which TC rewrites whole and XDP only sees
+        // cut into MTU-sized frames (BENCHMARKS.md: bulk 0.2x direct with XDP, ~0.85x with
+        // TC). Native XDP is for NICs whose driver runs it; ask for it by name.
+        XdpModeChoice::Tc | XdpModeChoice::Auto => (Attach::Tc, "tc"),
     }
+}
+
+/// Attaches `prog` at TC ingress of `port` (in the current namespace): a tcx link on 6.6 and
+/// newer (gone with this process, like the XDP link); before that a clsact filter, replacing
+/// whatever clsact an earlier run left on the port.
+fn attach_tc(prog: &mut SchedClassifier, port: &str) -> anyhow::Result<()> {
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if !tcx {
+        let _ = std::process::Command::new("tc")
+            .args(["qdisc", "del", "dev", port, "clsact"])
+            .stderr(std::process::Stdio::null())
+            .status();
+        tc::qdisc_add_clsact(port).with_context(|| format!("adding clsact to {port}"))?;
+    }
+    prog.attach(port, TcAttachType::Ingress)?;
+    Ok(())
 }
 
 /// Writes `new` into the maps: pools and members first, listeners last (a listener is live as
@@ -196,9 +223,8 @@ impl Running {
     ) -> anyhow::Result<()> {
         let mut dp = Dataplane::load(&self.pin_dir, cfg.daemon.conntrack_flows)?;
         write_plan(&mut dp, &self.plan, prev_plan)?;
-        let created_veth = self.node.outer.is_some();
-        let (mode, name) = choose_mode(mode_choice, created_veth);
-        if mode == XdpMode::Driver {
+        let (mode, name) = choose_mode(mode_choice);
+        if mode == Attach::Xdp(XdpMode::Driver) {
             if let Some(outer) = &self.node.outer {
                 dp.peer_program()
                     .attach(outer, XdpMode::Driver)
@@ -208,15 +234,33 @@ impl Running {
             }
         }
         let port = self.node.port.clone();
-        let prog = dp.program();
-        node::in_netns(&self.node.namespace, || prog.attach(&port, mode))?.with_context(|| {
+        let attached = match mode {
+            Attach::Xdp(m) => {
+                let prog = dp.program();
+                node::in_netns(&self.node.namespace, || {
+                    prog.attach(&port, m)
+                        .map(|_| ())
+                        .map_err(anyhow::Error::from)
+                })?
+            }
+            Attach::Tc => {
+                if let Some(outer) = &self.node.outer {
+                    node::set_tx_checksum(outer, true).with_context(|| {
+                        format!("turning TX checksum offload back on on {outer}")
+                    })?;
+                }
+                let prog = dp.tc_program();
+                node::in_netns(&self.node.namespace, || attach_tc(prog, &port))?
+            }
+        };
+        attached.with_context(|| {
             format!(
-                "attaching XDP ({name}) to {port} in {}",
+                "attaching the data path ({name}) to {port} in {}",
                 self.node.namespace
             )
         })?;
         self.mode = name;
-        info!(loadbalancer = %self.lb.id, port = %port, mode = name, "XDP attached");
+        info!(loadbalancer = %self.lb.id, port = %port, mode = name, "data path attached");
         self.dataplane = Some(dp);
         self.start_health(tx)?;
         self.publish()

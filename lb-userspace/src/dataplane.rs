@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp},
+    programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -89,12 +89,26 @@ impl Dataplane {
                 source,
             })?;
         }
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut("lb_tc")
+            .expect("program is in the object")
+            .try_into()
+            .expect("program is a classifier");
+        tc.load().map_err(|source| DataplaneError::Program {
+            name: "load",
+            source,
+        })?;
         let maps = Maps::open(pin_dir)?;
         Ok(Dataplane { ebpf, maps })
     }
 
     pub fn program(&mut self) -> &mut Xdp {
         self.ebpf.program_mut("lb").unwrap().try_into().unwrap()
+    }
+
+    /// The data path at TC ingress (`xdp_mode = "tc"`).
+    pub fn tc_program(&mut self) -> &mut SchedClassifier {
+        self.ebpf.program_mut("lb_tc").unwrap().try_into().unwrap()
     }
 
     pub fn peer_program(&mut self) -> &mut Xdp {
@@ -112,8 +126,9 @@ impl Dataplane {
         Ok((action, out))
     }
 
-    /// BPF_PROG_TEST_RUN of program `name` of the object ("lb", "lb_sweep", or "lb_peer_pass",
-    /// the trivial XDP_PASS program benchmarks compare against), `repeat` times; also returns
+    /// BPF_PROG_TEST_RUN of program `name` of the object ("lb", "lb_tc", "lb_sweep", or
+    /// "lb_peer_pass", the trivial XDP_PASS program benchmarks compare against), `repeat`
+    /// times; also returns
     /// the kernel's mean duration per run. XDP test runs do not restore the frame between
     /// repetitions: a NAT program sees its own output from the second one on.
     pub fn test_run_program(
@@ -122,30 +137,26 @@ impl Dataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
-        use aya::programs::{TestRun, TestRunOptions};
+        use aya::programs::{Program, TestRun, TestRunOptions};
         let mut out = vec![0u8; packet.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
         opts.repeat = repeat;
-        let prog: &mut Xdp = self
+        let err = |source| DataplaneError::Program {
+            name: "test_run",
+            source,
+        };
+        let r = match self
             .ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Program {
-                name: "test_run",
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: "test_run",
-                source,
-            })?;
-        let r = prog
-            .test_run(opts)
-            .map_err(|source| DataplaneError::Program {
-                name: "test_run",
-                source,
-            })?;
+            .program(name)
+            .ok_or(err(ProgramError::NotLoaded))?
+        {
+            Program::Xdp(p) => p.test_run(opts),
+            Program::SchedClassifier(p) => p.test_run(opts),
+            _ => Err(ProgramError::NotLoaded),
+        }
+        .map_err(err)?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out, r.duration))
     }

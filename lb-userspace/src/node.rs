@@ -124,14 +124,15 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     })
 }
 
-/// Turns TX checksum offload off on `dev` (in the calling thread's namespace), as
-/// `ethtool -K dev tx off` does (ETHTOOL_STXCSUM; the ethtool netlink crate can only read
-/// features).
+/// Turns TX checksum offload off or on on `dev` (in the calling thread's namespace), as
+/// `ethtool -K dev tx off|on` does (ETHTOOL_STXCSUM; the ethtool netlink crate can only read
+/// features). Segmentation offloads follow: they need checksum offload.
 ///
-/// Done on the outer end of a port lb creates: a CHECKSUM_PARTIAL frame (a local sender, a VM
-/// with checksum offload behind a tap) that the bridge forwards into it then has its checksum
-/// completed by the kernel before it crosses into the namespace, where XDP needs it complete.
-pub fn disable_tx_checksum(dev: &str) -> std::io::Result<()> {
+/// Off on the outer end of a port lb creates, for XDP: a CHECKSUM_PARTIAL frame (a local
+/// sender, a VM with checksum offload behind a tap) that the bridge forwards into it then has
+/// its checksum completed by the kernel before it crosses into the namespace, where XDP needs
+/// it complete. Back on for the TC data path, which handles partial checksums and GSO whole.
+pub fn set_tx_checksum(dev: &str, enabled: bool) -> std::io::Result<()> {
     #[repr(C)]
     struct EthtoolValue {
         cmd: u32,
@@ -149,7 +150,7 @@ pub fn disable_tx_checksum(dev: &str) -> std::io::Result<()> {
     }
     let mut value = EthtoolValue {
         cmd: ETHTOOL_STXCSUM,
-        data: 0,
+        data: enabled as u32,
     };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
@@ -411,7 +412,7 @@ impl Node {
                 tracing::warn!(port = %port, namespace = %ns, "reusing the port a previous lb run left behind");
                 self.outer = Some(outer.clone());
                 self.created_namespace = true;
-                disable_tx_checksum(&outer).map_err(|e| {
+                set_tx_checksum(&outer, false).map_err(|e| {
                     port_err(format!(
                         "cannot turn TX checksum offload off on {outer}: {e}"
                     ))
@@ -435,7 +436,7 @@ impl Node {
             }
             here.add_veth(&outer, &port).await?;
             self.outer = Some(outer.clone());
-            disable_tx_checksum(&outer).map_err(|e| {
+            set_tx_checksum(&outer, false).map_err(|e| {
                 port_err(format!(
                     "cannot turn TX checksum offload off on {outer}: {e}"
                 ))

@@ -585,3 +585,89 @@ fn retired_slot_is_freed_once_its_last_flow_is_gone() {
     assert_eq!(env.dp.maps.member_live.get(iy).refs, 1);
     assert_eq!(env.active(ix), 0);
 }
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// `xdp_mode = "tc"`: the classifier shares the XDP program's data path and maps. Its SYN
+/// opens a flow the XDP program then serves; its output for established, reply and ICMP
+/// frames is byte for byte what the XDP program emits (the kernel's checksum helpers against
+/// lb's own incremental update); it passes and drops what XDP passes and drops.
+#[test]
+fn tc_program_shares_the_data_path_and_rewrites_the_same_bytes() {
+    let Some(mut env) = Env::seed() else { return };
+    let ns = env.ns.name.clone();
+    let tc = |env: &mut Env, frame: &[u8]| -> (u32, Vec<u8>) {
+        let dp = &mut env.dp;
+        let (a, out, _) = in_netns(&ns, || dp.test_run_program("lb_tc", frame, 1))
+            .unwrap()
+            .unwrap();
+        (a, out)
+    };
+    // A SYN through TC: a member, the VIP as source, valid checksums, the flow in the table.
+    let syn = Tcp::new(CLIENT, 51000, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    let (a, out) = tc(&mut env, &syn.build());
+    assert_eq!(a, TC_ACT_REDIRECT, "out of the port it came in on");
+    let o = Tcp::parse(&out).unwrap();
+    assert!(checksums_ok(&out));
+    let (member, snat) = (o.dst, o.sport);
+    assert_eq!(
+        out,
+        to_member(&syn, member, snat).build(),
+        "SYN output bytes"
+    );
+    assert!(env.flow(51000).is_some());
+
+    // Established and reply frames: identical to the XDP program's output.
+    let mut data = Tcp::new(CLIENT, 51000, VIP, 22, TCP_ACK | TCP_PSH)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(b"odd-length payload!");
+    data.seq = 77;
+    let reply = Tcp::new(member, 22, VIP, snat, TCP_ACK)
+        .macs(mac_of(member), PORT_MAC)
+        .payload(&[9u8; 33]);
+    for (frame, why) in [
+        (data.build(), reason::TX_TO_MEMBER),
+        (reply.build(), reason::TX_TO_CLIENT),
+    ] {
+        let (a, by_tc) = tc(&mut env, &frame);
+        assert_eq!(a, TC_ACT_REDIRECT);
+        let by_xdp = env.expect(&frame, XDP_TX, why);
+        assert_eq!(
+            by_tc,
+            by_xdp,
+            "TC and XDP emit the same bytes ({})",
+            reason::NAMES[why as usize]
+        );
+    }
+    assert_eq!(
+        tc(&mut env, &data.build()).1,
+        to_member(&data, member, snat).build()
+    );
+
+    // An ICMP error from the member's side about a segment lb sent.
+    let sent = env.expect(&data.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let err = icmp_error(
+        mac_of(member),
+        PORT_MAC,
+        member,
+        VIP,
+        3,
+        4,
+        [0, 0, 0x05, 0x78],
+        &sent[14..14 + 48],
+    );
+    let (a, by_tc) = tc(&mut env, &err);
+    assert_eq!(a, TC_ACT_REDIRECT);
+    assert_eq!(by_tc, env.expect(&err, XDP_TX, reason::TX_ICMP_TO_CLIENT));
+
+    // Not balanced: passed untouched. Malformed: dropped.
+    let other = Tcp::new(CLIENT, 51001, VIP, 23, TCP_SYN)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .build();
+    assert_eq!(tc(&mut env, &other), (TC_ACT_OK, other.clone()));
+    let mut bad = other.clone();
+    bad[14] = 0x44;
+    assert_eq!(tc(&mut env, &bad).0, TC_ACT_SHOT);
+}

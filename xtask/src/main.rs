@@ -258,7 +258,12 @@ fn main() -> Result<()> {
             let plot = root().join("docs/benchmarks.svg");
             let mut args = vec!["--seconds", &s, "--runs", &r];
             let (out, plot) = (out.to_string_lossy(), plot.to_string_lossy());
-            args.extend(["--out", &out, "--plot", &plot]);
+            if !rest.iter().any(|a| a == "--out") {
+                args.extend(["--out", &out]);
+            }
+            if !rest.iter().any(|a| a == "--plot") {
+                args.extend(["--plot", &plot]);
+            }
             let mut command = format!("cargo xtask bench --seconds {s} --runs {r}");
             for a in &rest {
                 command.push(' ');

@@ -24,7 +24,7 @@ use anyhow::{bail, Context as _, Result};
 const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf", "virtio_rng"];
 /// Host programs the tests and lb run, copied with their libraries. `sh` too: busybox's shell
 /// runs its own applets (a reduced `ip`) before anything on PATH.
-const HOST_PROGRAMS: &[&str] = &["ip", "nsenter", "ethtool", "sh"];
+const HOST_PROGRAMS: &[&str] = &["ip", "tc", "nsenter", "ethtool", "sh"];
 /// Debian packages vm-test needs on the host.
 pub const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",

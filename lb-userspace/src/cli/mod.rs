@@ -43,8 +43,8 @@ pub struct RunArgs {
     /// TOML configuration (see examples/seed.toml)
     #[arg(long, short)]
     pub config: PathBuf,
-    /// XDP attach mode; overrides daemon.xdp_mode. auto = native on a veth port lb created,
-    /// generic on adopted devices
+    /// Where the data path runs; overrides daemon.xdp_mode. auto = tc (TC ingress, fastest on
+    /// veth and tap ports); native or generic XDP on request
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpModeChoice>,
 }

@@ -28,7 +28,11 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Paths to drive real traffic through (direct is the baseline and always runs)
-    #[arg(long, value_delimiter = ',', default_value = "lb,haproxy,nftables")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lb,lb-xdp,haproxy,nftables"
+    )]
     paths: Vec<Route>,
     /// Conntrack sizes for the ns/packet grid
     #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]

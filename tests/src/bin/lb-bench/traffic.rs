@@ -36,6 +36,8 @@ const IPERF: u16 = 5201;
 pub enum Route {
     Direct,
     Lb,
+    /// lb with its data path in native XDP (`--xdp-mode native`; the default is TC)
+    LbXdp,
     Haproxy,
     Nftables,
 }
@@ -45,6 +47,7 @@ impl fmt::Display for Route {
         f.write_str(match self {
             Route::Direct => "direct",
             Route::Lb => "lb",
+            Route::LbXdp => "lb-xdp",
             Route::Haproxy => "haproxy",
             Route::Nftables => "nftables",
         })
@@ -57,9 +60,14 @@ impl std::str::FromStr for Route {
         Ok(match s {
             "direct" => Route::Direct,
             "lb" => Route::Lb,
+            "lb-xdp" => Route::LbXdp,
             "haproxy" => Route::Haproxy,
             "nftables" => Route::Nftables,
-            _ => return Err(format!("unknown path {s}: direct, lb, haproxy or nftables")),
+            _ => {
+                return Err(format!(
+                    "unknown path {s}: direct, lb, lb-xdp, haproxy or nftables"
+                ))
+            }
         })
     }
 }
@@ -353,12 +361,12 @@ fn process_cpu(pid: u32) -> f64 {
     (t(11) + t(12)) / clk_tck()
 }
 
-/// Run time of every loaded XDP program named "lb" (the kernel counts it while statistics
-/// are enabled).
+/// Run time of every loaded program named "lb" or "lb_tc" (the kernel counts it while
+/// statistics are enabled).
 fn lb_program_cpu() -> f64 {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("lb"))
+        .filter(|p| matches!(p.name_as_str(), Some("lb") | Some("lb_tc")))
         .map(|p| p.run_time().as_secs_f64())
         .sum()
 }
@@ -390,7 +398,7 @@ fn wrk(
     let mut c = netns_cmd(client, "wrk");
     c.args([
         "-t2",
-        "-c32",
+        &format!("-c{}", connections()),
         &format!("-d{seconds}s"),
         "--latency",
         "--timeout",
@@ -413,6 +421,14 @@ fn wrk(
     w.machine_cpu_s = m1 - m0;
     w.own_cpu_s = o0.zip(o1).map(|(a, b)| b - a);
     Ok(w)
+}
+
+/// wrk's connections: 32, or LB_BENCH_CONNECTIONS.
+fn connections() -> u32 {
+    std::env::var("LB_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32)
 }
 
 fn ms(v: &str) -> Option<f64> {
@@ -473,11 +489,48 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
     let topo = SeedTopology::new(&[M1, M2]);
     let _servers = start_servers(&topo)?;
     let client = topo.client.name.clone();
+    if std::env::var_os("LB_BENCH_NO_TS").is_some() {
+        topo.client.exec("sysctl -qw net.ipv4.tcp_timestamps=0");
+    }
     let run = |target: Ipv4Addr, own: Own| -> anyhow::Result<Measure> {
         // A short warm-up: ARP, the members' accept queues, lb's first flows.
         wrk(&client, target, 1, false, &Own::None)?;
         let keepalive = wrk(&client, target, seconds, false, &own)?;
         let close = wrk(&client, target, seconds, true, &own)?;
+        if std::env::var_os("LB_BENCH_DIAG").is_some() {
+            // TCP's own counters after the new-connection run, client and members.
+            let mut namespaces = vec![client.clone()];
+            namespaces.extend(topo.members.iter().map(|m| m.ns.name.clone()));
+            for ns in namespaces {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns, "nstat", "-az"])
+                    .output()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let picked: Vec<String> = text
+                    .lines()
+                    .filter(|l| {
+                        [
+                            "SynRetrans",
+                            "ListenDrops",
+                            "ListenOverflows",
+                            "PAWS",
+                            "TW",
+                            "TcpRetransSegs",
+                            "TcpOutRsts",
+                            "TcpAttemptFails",
+                            "Challenge",
+                        ]
+                        .iter()
+                        .any(|k| l.contains(k))
+                    })
+                    .filter_map(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        (f.len() >= 2 && f[1] != "0").then(|| format!("{}={}", f[0], f[1]))
+                    })
+                    .collect();
+                eprintln!("  nstat {ns}: {}", picked.join(" "));
+            }
+        }
         let bulk_gbps = iperf3(&client, target, seconds)?;
         Ok(Measure {
             path,
@@ -488,10 +541,15 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
     };
     match path {
         Route::Direct => run(M1, Own::None),
-        Route::Lb => {
+        Route::Lb | Route::LbXdp => {
             let cfg = lb_config();
             let _left = cfg.leftovers();
-            let mut d = topology::Daemon::start(lb, &topo.node.name, &cfg.path, &[]);
+            let args: &[&str] = if path == Route::LbXdp {
+                &["--xdp-mode", "native"]
+            } else {
+                &[]
+            };
+            let mut d = topology::Daemon::start(lb, &topo.node.name, &cfg.path, args);
             topology::wait_running(&mut d, &cfg);
             let m = run(
                 VIP,
@@ -499,6 +557,9 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
                     daemon: d.pid().context("lb daemon pid")?,
                 },
             );
+            // What lb did with every packet: drops here would explain a slow path.
+            let st = topology::stats(lb, &cfg.state_dir);
+            eprintln!("  lb verdicts: {}", st[0]["verdicts"]);
             d.stop();
             m
         }
