@@ -5,6 +5,11 @@
 //! Every figure is a median over `--runs` repetitions with its spread, and every comparison is
 //! a ratio to a baseline measured in the same run. Nothing here asserts a target: machines are
 //! shared and noisy; the report says which targets the numbers meet.
+//!
+//! Knobs for investigating (not used for the report): `LB_BENCH_CONNECTIONS=N` (wrk's
+//! connections, default 32), `LB_BENCH_DIAG=1` (TCP counters of client and members after each
+//! new-connection run: SYN retransmissions, PAWS and TIME_WAIT refusals), `LB_BENCH_NO_TS=1`
+//! (TCP timestamps off on the client).
 
 mod micro;
 mod report;
