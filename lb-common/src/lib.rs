@@ -288,7 +288,13 @@ pub struct Flow {
     /// 1 while this flow is included in the member's and listener's `active`.
     pub counted: u8,
     pub syn_retries: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Added to the client's TCP timestamps (TSval) towards the member, taken off the member's
+    /// echoes (TSecr) towards the client: chosen at the SYN so that the member sees lb's own
+    /// millisecond clock. Every connection a member sees from one VIP address then carries
+    /// rising timestamps, whichever client it came from, so a member's TIME_WAIT on a reused
+    /// SNAT port accepts the new SYN (PAWS) instead of dropping it.
+    pub ts_delta: u32,
 }
 assert_size!(Flow, 72);
 

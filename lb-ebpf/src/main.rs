@@ -465,6 +465,7 @@ fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verd
         _pad: [0; 2],
     };
     let is_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let ts = parse::find_timestamp(ctx, pkt);
     let mut new_conn = false;
 
     let flow_ptr = match CONNTRACK.get_ptr_mut(fkey) {
@@ -518,6 +519,11 @@ fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verd
                 counted: 1,
                 ..Flow::default()
             };
+            if let Some(v) = ts.and_then(|off| parse::read4(ctx, pkt, off)) {
+                // The member sees lb's millisecond clock (see Flow::ts_delta).
+                let now_ms = (now / 1_000_000) as u32;
+                flow.ts_delta = now_ms.wrapping_sub(u32::from_be_bytes(v));
+            }
             if let Err(r) = bind_member(ctx, &mut flow, idx, pkt.ip_len) {
                 return verdict(xdp_action::XDP_DROP, r);
             }
@@ -553,6 +559,7 @@ fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verd
             flow.member_be,
             flow.snat_port_be,
             flow.member_port_be,
+            shifted(ctx, pkt, ts, flow.ts_delta),
         );
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_MEMBER)
@@ -635,9 +642,32 @@ fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verdict {
             rflow.client_be,
             rflow.listener_port_be,
             rflow.client_port_be,
+            shifted(
+                ctx,
+                pkt,
+                parse::find_timestamp(ctx, pkt).map(|off| off + 4),
+                rflow.ts_delta.wrapping_neg(),
+            ),
         );
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_CLIENT)
+}
+
+/// The timestamp field at `off` plus `delta`, for `parse::rewrite`: TSval towards a member,
+/// TSecr (with the negated delta) towards a client.
+#[inline(always)]
+fn shifted<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    off: Option<usize>,
+    delta: u32,
+) -> Option<(usize, [u8; 4])> {
+    if delta == 0 {
+        return None;
+    }
+    let off = off?;
+    let v = parse::read4(ctx, pkt, off)?;
+    Some((off, u32::from_be_bytes(v).wrapping_add(delta).to_be_bytes()))
 }
 
 #[cfg(not(test))]

@@ -107,6 +107,8 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// IPv4 total length (host order).
     pub ip_len: u16,
+    /// TCP header length, options included (20..=60).
+    pub doff: usize,
     pub fragment: bool,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
@@ -189,6 +191,7 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
             dport_be: u16::from_ne_bytes([t[2], t[3]]),
             tcp_flags: t[13],
             ip_len: tot_len,
+            doff,
             fragment: more_fragments,
             src_mac: (*eth).src_addr,
             dst_mac: (*eth).dst_addr,
@@ -196,8 +199,69 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
     }
 }
 
-/// Rewrites MACs, addresses and ports, updating the IPv4 and TCP checksums incrementally (for
-/// an skb, the TCP checksum through the kernel: see `Frame::SKB`).
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_TIMESTAMP: u8 = 8;
+const TCPOLEN_TIMESTAMP: usize = 10;
+
+/// Offset from the TCP header of the timestamp option's TSval (TSecr follows at +4), if the
+/// segment carries one. Options are walked kind by kind, at most 12 steps (NOPs are single
+/// bytes; real stacks put timestamps at option offset 0, 2, 6 or 10). The step is computed
+/// without a branch, so the verifier follows one path through the walk, not one per
+/// combination of option kinds.
+#[inline(always)]
+pub fn find_timestamp<C: Frame>(ctx: &C, pkt: &Packet) -> Option<usize> {
+    let base = pkt.tcp as usize;
+    let doff = pkt.doff;
+    let mut i = TCP_HDR_LEN;
+    for _ in 0..12 {
+        if i + 2 > doff || i > 60 {
+            return None;
+        }
+        let p = base + i;
+        if p + 2 > ctx.data_end() {
+            return None;
+        }
+        let (kind, len) = unsafe { (*(p as *const u8), *((p + 1) as *const u8)) };
+        if kind == TCPOPT_TIMESTAMP && len as usize == TCPOLEN_TIMESTAMP {
+            return (i + TCPOLEN_TIMESTAMP <= doff).then_some(i + 2);
+        }
+        // NOP: one byte; anything else: its length (0 for EOL and padding, which ends the
+        // walk by standing still).
+        let x = (kind ^ TCPOPT_NOP) as u64;
+        let not_nop = (x | x.wrapping_neg()) >> 63;
+        i += (not_nop * len as u64 + (1 - not_nop)) as usize;
+    }
+    None
+}
+
+/// The 4 bytes at `off` from the TCP header, as they sit in the packet.
+#[inline(always)]
+pub fn read4<C: Frame>(ctx: &C, pkt: &Packet, off: usize) -> Option<[u8; 4]> {
+    if off > 56 {
+        return None;
+    }
+    let p = pkt.tcp as usize + off;
+    if p + 4 > ctx.data_end() {
+        return None;
+    }
+    Some(unsafe { *(p as *const [u8; 4]) })
+}
+
+/// How a 4-byte field at `off` from the TCP header enters the ones' complement sum, as the
+/// u32 the checksum helpers take: its bytes as they are when `off` is even, rotated by one
+/// byte when odd (the words then straddle the field).
+#[inline(always)]
+fn csum_word(b: [u8; 4], off: usize) -> u32 {
+    if off & 1 == 0 {
+        u32::from_ne_bytes(b)
+    } else {
+        u32::from_ne_bytes([b[3], b[0], b[1], b[2]])
+    }
+}
+
+/// Rewrites MACs, addresses and ports (and, with `ts`, the 4 bytes at `ts.0` from the TCP
+/// header: a timestamp), updating the IPv4 and TCP checksums incrementally (for an skb, the
+/// TCP checksum through the kernel: see `Frame::SKB`).
 ///
 /// # Safety
 /// `pkt` must come from `parse` on the packet currently in the context.
@@ -212,8 +276,21 @@ pub unsafe fn rewrite<C: Frame>(
     daddr_be: u32,
     sport_be: u16,
     dport_be: u16,
+    ts: Option<(usize, [u8; 4])>,
 ) {
     unsafe {
+        // The timestamp first, while the packet pointers are valid.
+        let mut ts_change = None;
+        if let Some((off, new)) = ts {
+            if off <= 56 {
+                let p = pkt.tcp as usize + off;
+                if p + 4 <= ctx.data_end() {
+                    let old = *(p as *const [u8; 4]);
+                    *(p as *mut [u8; 4]) = new;
+                    ts_change = Some((off, csum_word(old, off), csum_word(new, off)));
+                }
+            }
+        }
         (*pkt.eth).src_addr = smac;
         (*pkt.eth).dst_addr = dmac;
 
@@ -239,6 +316,9 @@ pub unsafe fn rewrite<C: Frame>(
             c = checksum::replace4(c, pkt.dst_be, daddr_be);
             c = checksum::replace2(c, pkt.sport_be, sport_be);
             c = checksum::replace2(c, pkt.dport_be, dport_be);
+            if let Some((_, old, new)) = ts_change {
+                c = checksum::replace4(c, old, new);
+            }
             let cs = c.to_ne_bytes();
             t[16] = cs[0];
             t[17] = cs[1];
@@ -260,6 +340,9 @@ pub unsafe fn rewrite<C: Frame>(
                 4,
                 false,
             );
+            if let Some((_, old, new)) = ts_change {
+                ctx.l4_csum_replace(off, old, new, 4, false);
+            }
         }
     }
 }

@@ -154,6 +154,8 @@ pub struct Tcp {
     pub ttl: u8,
     /// IPv4 options (a multiple of 4 bytes).
     pub ip_options: Vec<u8>,
+    /// TCP options (a multiple of 4 bytes).
+    pub tcp_options: Vec<u8>,
 }
 
 impl Tcp {
@@ -172,6 +174,7 @@ impl Tcp {
             ip_id: 0x1c46,
             ttl: 64,
             ip_options: vec![],
+            tcp_options: vec![],
         }
     }
 
@@ -181,6 +184,33 @@ impl Tcp {
         self
     }
 
+    /// TCP options, padded with NOPs to a multiple of 4 bytes.
+    pub fn options(mut self, o: &[u8]) -> Tcp {
+        self.tcp_options = o.to_vec();
+        while self.tcp_options.len() % 4 != 0 {
+            self.tcp_options.push(1);
+        }
+        self
+    }
+
+    /// The timestamp option's (TSval, TSecr), if the segment carries one.
+    pub fn timestamps(&self) -> Option<(u32, u32)> {
+        let o = &self.tcp_options;
+        let mut i = 0;
+        while i + 1 < o.len() {
+            match o[i] {
+                0 => return None,
+                1 => i += 1,
+                8 if o[i + 1] == 10 && i + 10 <= o.len() => {
+                    let v = |a: usize| u32::from_be_bytes(o[a..a + 4].try_into().unwrap());
+                    return Some((v(i + 2), v(i + 6)));
+                }
+                _ => i += (o[i + 1] as usize).max(2),
+            }
+        }
+        None
+    }
+
     pub fn payload(mut self, p: &[u8]) -> Tcp {
         self.payload = p.to_vec();
         self
@@ -188,11 +218,12 @@ impl Tcp {
 
     pub fn build(&self) -> Vec<u8> {
         let mut tcp = vec![0u8; 20];
+        tcp.extend_from_slice(&self.tcp_options);
         tcp[0..2].copy_from_slice(&self.sport.to_be_bytes());
         tcp[2..4].copy_from_slice(&self.dport.to_be_bytes());
         tcp[4..8].copy_from_slice(&self.seq.to_be_bytes());
         tcp[8..12].copy_from_slice(&self.ack.to_be_bytes());
-        tcp[12] = 5 << 4;
+        tcp[12] = ((20 + self.tcp_options.len()) as u8 / 4) << 4;
         tcp[13] = self.flags;
         tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
         tcp.extend_from_slice(&self.payload);
@@ -218,6 +249,7 @@ impl Tcp {
         let ip = &f[14..14 + ihl];
         let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
         let tcp = &f[14 + ihl..14 + tot];
+        let doff = ((tcp[12] >> 4) as usize) * 4;
         Some(Tcp {
             dst_mac: f[0..6].try_into().unwrap(),
             src_mac: f[6..12].try_into().unwrap(),
@@ -228,10 +260,11 @@ impl Tcp {
             seq: u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
             ack: u32::from_be_bytes(tcp[8..12].try_into().unwrap()),
             flags: tcp[13],
-            payload: tcp[20..].to_vec(),
+            payload: tcp[doff..].to_vec(),
             ip_id: u16::from_be_bytes([ip[4], ip[5]]),
             ttl: ip[8],
             ip_options: ip[20..].to_vec(),
+            tcp_options: tcp[20..doff].to_vec(),
         })
     }
 }

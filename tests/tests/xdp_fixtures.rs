@@ -671,3 +671,107 @@ fn tc_program_shares_the_data_path_and_rewrites_the_same_bytes() {
     bad[14] = 0x44;
     assert_eq!(tc(&mut env, &bad).0, TC_ACT_SHOT);
 }
+
+/// CLOCK_MONOTONIC in milliseconds (the clock `bpf_ktime_get_ns` reads), truncated to 32 bits.
+fn monotonic_ms() -> u32 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000) as u32
+}
+
+/// NOP, NOP, timestamps: the layout Linux uses on established segments.
+fn ts_option(val: u32, ecr: u32) -> Vec<u8> {
+    let mut o = vec![1, 1, 8, 10];
+    o.extend(val.to_be_bytes());
+    o.extend(ecr.to_be_bytes());
+    o
+}
+
+/// Members see lb's millisecond clock in TSval whichever client a connection came from (so a
+/// reused SNAT port meets rising timestamps in the member's TIME_WAIT); the client gets its
+/// own values back in TSecr. Checksums follow, also for an option at an odd offset, and the
+/// TC program writes the same bytes.
+#[test]
+fn tcp_timestamps_towards_members_follow_lbs_clock() {
+    let Some(mut env) = Env::seed() else { return };
+    // Linux's SYN layout: MSS, SACK permitted, timestamps, NOP, window scale.
+    let mut opts = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10];
+    opts.extend(1000u32.to_be_bytes());
+    opts.extend(0u32.to_be_bytes());
+    opts.extend([1, 3, 3, 7]);
+    let syn = Tcp::new(CLIENT, 52000, VIP, 22, TCP_SYN)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .options(&opts);
+    let before = monotonic_ms();
+    let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let after = monotonic_ms();
+    assert!(checksums_ok(&out));
+    let o = Tcp::parse(&out).unwrap();
+    let (member, snat) = (o.dst, o.sport);
+    let (val, ecr) = o.timestamps().expect("timestamps kept");
+    assert!(
+        val.wrapping_sub(before) <= after.wrapping_sub(before),
+        "TSval {val} is lb's clock (between {before} and {after} ms)"
+    );
+    assert_eq!(ecr, 0);
+    let mut want = opts.clone();
+    want[8..12].copy_from_slice(&val.to_be_bytes());
+    assert_eq!(
+        out,
+        to_member(&syn.clone().options(&want), member, snat).build(),
+        "nothing else changes"
+    );
+
+    // Later segments: the client's clock moved 5 ms, so does what the member sees.
+    let data = Tcp::new(CLIENT, 52000, VIP, 22, TCP_ACK | TCP_PSH)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .options(&ts_option(1005, 7000))
+        .payload(b"hello");
+    let out = env.expect(&data.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert!(checksums_ok(&out));
+    assert_eq!(
+        Tcp::parse(&out).unwrap().timestamps(),
+        Some((val.wrapping_add(5), 7000)),
+        "TSval shifted, TSecr (the member's own clock) untouched"
+    );
+    // The member echoes lb's value; the client gets its own back.
+    let reply = Tcp::new(member, 22, VIP, snat, TCP_ACK)
+        .macs(mac_of(member), PORT_MAC)
+        .options(&ts_option(7001, val.wrapping_add(5)))
+        .payload(b"world!");
+    let out = env.expect(&reply.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert!(checksums_ok(&out));
+    assert_eq!(Tcp::parse(&out).unwrap().timestamps(), Some((7001, 1005)));
+
+    // The TC program: the same bytes.
+    let ns = env.ns.name.clone();
+    for frame in [data.build(), reply.build()] {
+        let dp = &mut env.dp;
+        let (_, by_tc, _) = in_netns(&ns, || dp.test_run_program("lb_tc", &frame, 1))
+            .unwrap()
+            .unwrap();
+        let (_, by_xdp) = env.run(&frame);
+        assert_eq!(by_tc, by_xdp, "TC and XDP translate timestamps alike");
+    }
+
+    // An option at an odd offset (NOP, timestamps, NOP NOP NOP): the checksum still holds.
+    let mut odd = vec![1, 8, 10];
+    odd.extend(1010u32.to_be_bytes());
+    odd.extend(7002u32.to_be_bytes());
+    let late = Tcp::new(CLIENT, 52000, VIP, 22, TCP_ACK)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .options(&odd)
+        .payload(b"odd");
+    let out = env.expect(&late.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert!(
+        checksums_ok(&out),
+        "checksum with the option at an odd offset"
+    );
+    assert_eq!(
+        Tcp::parse(&out).unwrap().timestamps(),
+        Some((val.wrapping_add(10), 7002))
+    );
+}

@@ -10,6 +10,8 @@ use lb_common::{SNAT_PORT_MAX, SNAT_PORT_MIN};
 
 use crate::Spread;
 
+const TC_ACT_REDIRECT: u32 = 7;
+
 /// New flows timed per run of the SYN path (they stay in the table).
 const SYN_CALLS: u32 = 2_000;
 /// Calls per run of the other paths.
@@ -23,6 +25,10 @@ pub struct Cell {
     pub flows: u32,
     pub trivial: Spread,
     pub established: Spread,
+    /// The same flow every call (its entry cached).
+    pub established_hot: Spread,
+    /// As `established`, through the TC program (skb test runs).
+    pub established_tc: Spread,
     pub reply: Spread,
     pub syn: Spread,
     /// Flows in the table after the SYN runs (the memory is measured then).
@@ -153,6 +159,7 @@ pub fn run(
                     open[((i as u64 * 7_919 + r as u64 * 104_729) % open.len() as u64) as usize]
                 };
                 let (mut trivial, mut est, mut rep, mut syns) = (vec![], vec![], vec![], vec![]);
+                let (mut hot, mut tc) = (vec![], vec![]);
                 for r in 0..runs {
                     let data = |i: u32| {
                         let f = pick(i, r);
@@ -163,6 +170,11 @@ pub fn run(
                     };
                     trivial.push(time("lb_peer_pass", CALLS, &mut |i| data(i), XDP_PASS)?);
                     est.push(time("lb", CALLS, &mut |i| data(i), XDP_TX)?);
+                    // One flow over and over: its entry stays in cache, so this is the cost of
+                    // the path itself, without the memory latency of a large table.
+                    hot.push(time("lb", CALLS, &mut |_| data(0), XDP_TX)?);
+                    // The same path through the TC entry point (the default attach mode).
+                    tc.push(time("lb_tc", CALLS, &mut |i| data(i), TC_ACT_REDIRECT)?);
                     rep.push(time(
                         "lb",
                         CALLS,
@@ -186,6 +198,8 @@ pub fn run(
                     flows,
                     trivial: Spread::of(trivial),
                     established: Spread::of(est),
+                    established_hot: Spread::of(hot),
+                    established_tc: Spread::of(tc),
                     reply: Spread::of(rep),
                     syn: Spread::of(syns),
                     flows_after_syn: next,
