@@ -187,7 +187,7 @@ impl Tcp {
     /// TCP options, padded with NOPs to a multiple of 4 bytes.
     pub fn options(mut self, o: &[u8]) -> Tcp {
         self.tcp_options = o.to_vec();
-        while self.tcp_options.len() % 4 != 0 {
+        while !self.tcp_options.len().is_multiple_of(4) {
             self.tcp_options.push(1);
         }
         self
