@@ -20,7 +20,9 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_F_INGRESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+    },
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_redirect},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -46,6 +48,27 @@ struct Verdict {
 #[inline(always)]
 const fn verdict(action: u32, reason: u32) -> Verdict {
     Verdict { action, reason }
+}
+
+/// See `fast_path`. Only the segments it translates are counted here; the rest are counted by
+/// the port's program.
+#[classifier]
+pub fn lb_tc_fast(ctx: TcContext) -> i32 {
+    let want = if ctx.len() as usize > HEADERS_MAX {
+        HEADERS_MAX
+    } else {
+        ctx.len() as usize
+    };
+    if ctx.data_end() - ctx.data() < want {
+        let _ = ctx.pull_data(want as u32);
+    }
+    match fast_path(&ctx) {
+        Some(v) => {
+            count(&v);
+            unsafe { bpf_redirect(ctx.ifindex(), BPF_F_INGRESS as u64) as i32 }
+        }
+        None => TC_ACT_OK,
+    }
 }
 
 #[inline(always)]
@@ -390,7 +413,11 @@ fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -
     flow.member_be = m.addr_be;
     flow.member_port_be = m.port_be;
 
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Err(reason::DROP_NO_ROUTE);
+    };
+    let fib: &mut FibParams = unsafe { &mut (*scratch).fib };
+    *fib = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_TCP;
     fib.sport = flow.snat_port_be;
@@ -399,14 +426,7 @@ fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -
     fib.ifindex = ctx.ifindex();
     fib.__bindgen_anon_3.ipv4_src = flow.vip_be;
     fib.__bindgen_anon_4.ipv4_dst = m.addr_be;
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.raw(),
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, core::mem::size_of::<FibParams>() as i32, 0) };
     if rc == FIB_NO_NEIGH {
         return Err(reason::DROP_NO_NEIGH);
     }
@@ -443,7 +463,7 @@ fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -
             continue;
         }
         flow.snat_port_be = port_be;
-        match CONNTRACK.insert(flow.reverse_key(), *flow, BPF_NOEXIST as u64) {
+        match CONNTRACK.insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64) {
             Ok(()) => return Ok(()),
             Err(e) if e == -EEXIST => continue,
             Err(_) => return Err(reason::DROP_CT_FULL),
@@ -494,54 +514,92 @@ fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verd
             if !is_syn {
                 return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
             }
-            if listener.connection_limit != 0 {
-                if let Some(l) = LISTENER_LIVE.get(listener.index) {
-                    if l.active >= listener.connection_limit as i64 {
-                        return verdict(xdp_action::XDP_DROP, reason::DROP_CONN_LIMIT);
-                    }
+            match open_flow(ctx, pkt, listener, ts.unwrap_or(0)) {
+                Ok(f) => {
+                    new_conn = true;
+                    f
                 }
-            }
-            let idx = match choose(listener, pkt.src_be, u32::MAX) {
-                Ok(i) => i,
                 Err(r) => return verdict(xdp_action::XDP_DROP, r),
-            };
-            let mut flow = Flow {
-                created_ns: now,
-                last_seen_ns: now,
-                client_be: pkt.src_be,
-                client_port_be: pkt.sport_be,
-                listener_port_be: pkt.dport_be,
-                vip_be: pkt.dst_be,
-                listener: listener.index,
-                client_mac: pkt.src_mac,
-                port_mac: pkt.dst_mac,
-                state: CT_SYN,
-                counted: 1,
-                ..Flow::default()
-            };
-            if let Some(v) = ts.and_then(|off| parse::read4(ctx, pkt, off)) {
-                // The member sees lb's millisecond clock (see Flow::ts_delta).
-                let now_ms = (now / 1_000_000) as u32;
-                flow.ts_delta = now_ms.wrapping_sub(u32::from_be_bytes(v));
             }
-            if let Err(r) = bind_member(ctx, &mut flow, idx, pkt.ip_len) {
-                return verdict(xdp_action::XDP_DROP, r);
-            }
-            if CONNTRACK.insert(fkey, flow, BPF_NOEXIST as u64).is_err() {
-                let _ = CONNTRACK.remove(flow.reverse_key());
-                return verdict(xdp_action::XDP_DROP, reason::DROP_CT_FULL);
-            }
-            let Some(f) = CONNTRACK.get_ptr_mut(fkey) else {
-                return verdict(xdp_action::XDP_DROP, reason::DROP_CT_FULL);
-            };
-            count_open(idx, listener.index);
-            new_conn = true;
-            f
         }
     };
 
+    forward(ctx, pkt, flow_ptr, ts, now, new_conn)
+}
+
+/// A new flow for a client's SYN: connection limit, member choice, MAC and SNAT port, the
+/// forward entry; counted as active. `ts`: the timestamp option's offset, 0 if none.
+#[inline(always)]
+fn open_flow<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    listener: &ListenerConf,
+    ts: usize,
+) -> Result<*mut Flow, u32> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fkey = FlowKey {
+        src_be: pkt.src_be,
+        dst_be: pkt.dst_be,
+        sport_be: pkt.sport_be,
+        dport_be: pkt.dport_be,
+        proto: IPPROTO_TCP,
+        dir: FLOW_DIR_FORWARD,
+        _pad: [0; 2],
+    };
+    if listener.connection_limit != 0 {
+        if let Some(l) = LISTENER_LIVE.get(listener.index) {
+            if l.active >= listener.connection_limit as i64 {
+                return Err(reason::DROP_CONN_LIMIT);
+            }
+        }
+    }
+    let idx = choose(listener, pkt.src_be, u32::MAX)?;
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;
+    let flow: &mut Flow = unsafe { &mut (*scratch).flow };
+    *flow = Flow::default();
+    flow.created_ns = now;
+    flow.last_seen_ns = now;
+    flow.client_be = pkt.src_be;
+    flow.client_port_be = pkt.sport_be;
+    flow.listener_port_be = pkt.dport_be;
+    flow.vip_be = pkt.dst_be;
+    flow.listener = listener.index;
+    flow.client_mac = pkt.src_mac;
+    flow.port_mac = pkt.dst_mac;
+    flow.state = CT_SYN;
+    flow.counted = 1;
+    if let Some(v) = (ts != 0)
+        .then_some(ts)
+        .and_then(|off| parse::read4(ctx, pkt, off))
+    {
+        // The member sees lb's millisecond clock (see Flow::ts_delta).
+        let now_ms = (now / 1_000_000) as u32;
+        flow.ts_delta = now_ms.wrapping_sub(u32::from_be_bytes(v));
+    }
+    bind_member(ctx, flow, idx, pkt.ip_len)?;
+    if CONNTRACK.insert(fkey, &*flow, BPF_NOEXIST as u64).is_err() {
+        let _ = CONNTRACK.remove(flow.reverse_key());
+        return Err(reason::DROP_CT_FULL);
+    }
+    let Some(f) = CONNTRACK.get_ptr_mut(fkey) else {
+        return Err(reason::DROP_CT_FULL);
+    };
+    count_open(idx, listener.index);
+    Ok(f)
+}
+
+/// A client's segment of flow `flow_ptr`, translated towards its member.
+#[inline(always)]
+fn forward<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    flow_ptr: *mut Flow,
+    ts: Option<usize>,
+    now: u64,
+    new_conn: bool,
+) -> Verdict {
     track(flow_ptr, pkt.tcp_flags, true, now);
-    let flow = unsafe { *flow_ptr };
+    let flow = unsafe { &*flow_ptr };
     add_stats(
         flow.member,
         flow.listener,
@@ -565,6 +623,48 @@ fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verd
     verdict(xdp_action::XDP_TX, reason::TX_TO_MEMBER)
 }
 
+/// The established-flow shortcut at egress of the outer end of a port lb created (in the
+/// node's namespace, `lb_tc_fast`): a segment of a flow lb already tracks, in either
+/// direction, is translated there and handed back to the bridge as if the port had sent it,
+/// without crossing into the namespace and back. Anything else (SYNs, unknown flows, ICMP,
+/// ARP, health-check traffic) returns None and goes on into the namespace, to `lb_tc`.
+#[inline(always)]
+fn fast_path(ctx: &TcContext) -> Option<Verdict> {
+    let Ok(parse::Parsed::Tcp(pkt)) = parse::parse(ctx) else {
+        return None;
+    };
+    if pkt.fragment || pkt.tcp_flags & TCP_SYN != 0 {
+        return None;
+    }
+    let key = FlowKey {
+        src_be: pkt.src_be,
+        dst_be: pkt.dst_be,
+        sport_be: pkt.sport_be,
+        dport_be: pkt.dport_be,
+        proto: IPPROTO_TCP,
+        dir: FLOW_DIR_FORWARD,
+        _pad: [0; 2],
+    };
+    let lkey = ListenerKey {
+        vip_be: pkt.dst_be,
+        port_be: pkt.dport_be,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    if LISTENERS.get_ptr(lkey).is_some() {
+        let f = CONNTRACK.get_ptr_mut(key)?;
+        let now = unsafe { bpf_ktime_get_ns() };
+        let ts = parse::find_timestamp(ctx, &pkt);
+        return Some(forward(ctx, &pkt, f, ts, now, false));
+    }
+    let rkey = FlowKey {
+        dir: FLOW_DIR_REVERSE,
+        ..key
+    };
+    let rflow = unsafe { *CONNTRACK.get_ptr(rkey)? };
+    Some(from_member(ctx, &pkt, &rflow))
+}
+
 /// A retransmitted SYN of a flow whose member has not answered: HAProxy's `retries` +
 /// `option redispatch`. Moves the flow to another member when its member is no longer
 /// available, or after `retries` retransmissions, or once the connect timeout has passed.
@@ -576,7 +676,9 @@ fn maybe_redispatch<C: Frame>(
     f: *mut Flow,
 ) -> Result<(), u32> {
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut flow = unsafe { *f };
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;
+    let flow: &mut Flow = unsafe { &mut (*scratch).flow };
+    *flow = unsafe { *f };
     flow.syn_retries = flow.syn_retries.saturating_add(1);
     let member_ok = match MEMBERS.get(flow.member) {
         Some(m) => select::available(&select::Candidate {
@@ -600,11 +702,11 @@ fn maybe_redispatch<C: Frame>(
     let old_member = flow.member;
     flow.created_ns = now;
     flow.syn_retries = 0;
-    bind_member(ctx, &mut flow, idx, pkt.ip_len)?;
+    bind_member(ctx, flow, idx, pkt.ip_len)?;
     let _ = CONNTRACK.remove(old_rkey);
     uncount(f);
     flow.counted = 1;
-    unsafe { *f = flow };
+    unsafe { *f = *flow };
     count_open(idx, listener.index);
     // The connection now counts on the new member; the listener saw no new connection.
     if let Some(s) = MEMBER_STATS.get_ptr_mut(old_member) {

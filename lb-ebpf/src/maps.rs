@@ -60,6 +60,18 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 pub static CONNTRACK: HashMap<FlowKey, Flow> =
     HashMap::pinned(2 * DEFAULT_CONNTRACK_FLOWS, BPF_F_NO_PREALLOC);
 
+/// Per-CPU scratch space for the SYN path's large temporaries (a flow being built, the FIB
+/// lookup's parameters): kept off the 512-byte BPF stack, which older kernels' verifiers
+/// also charge with the member-selection callback's frame.
+#[repr(C)]
+pub struct Scratch {
+    pub flow: Flow,
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// What the last `lb_sweep` run did (one entry).
 #[map]
 pub static SWEEP: Array<SweepReport> = Array::pinned(1, 0);

@@ -113,19 +113,19 @@ fn choose_mode(choice: XdpModeChoice) -> (Attach, &'static str) {
     }
 }
 
-/// Attaches `prog` at TC ingress of `port` (in the current namespace): a tcx link on 6.6 and
+/// Attaches `prog` at TC `at` of `dev` (in the current namespace): a tcx link on 6.6 and
 /// newer (gone with this process, like the XDP link); before that a clsact filter, replacing
-/// whatever clsact an earlier run left on the port.
-fn attach_tc(prog: &mut SchedClassifier, port: &str) -> anyhow::Result<()> {
+/// whatever clsact an earlier run left on the device.
+fn attach_tc(prog: &mut SchedClassifier, dev: &str, at: TcAttachType) -> anyhow::Result<()> {
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     if !tcx {
         let _ = std::process::Command::new("tc")
-            .args(["qdisc", "del", "dev", port, "clsact"])
+            .args(["qdisc", "del", "dev", dev, "clsact"])
             .stderr(std::process::Stdio::null())
             .status();
-        tc::qdisc_add_clsact(port).with_context(|| format!("adding clsact to {port}"))?;
+        tc::qdisc_add_clsact(dev).with_context(|| format!("adding clsact to {dev}"))?;
     }
-    prog.attach(port, TcAttachType::Ingress)?;
+    prog.attach(dev, at)?;
     Ok(())
 }
 
@@ -248,9 +248,15 @@ impl Running {
                     node::set_tx_checksum(outer, true).with_context(|| {
                         format!("turning TX checksum offload back on on {outer}")
                     })?;
+                    // Established flows are translated on the outer end already, in the node
+                    // namespace, and never cross into the load balancer's namespace.
+                    attach_tc(dp.tc_fast_program(), outer, TcAttachType::Egress)
+                        .with_context(|| format!("attaching lb_tc_fast to {outer}"))?;
                 }
                 let prog = dp.tc_program();
-                node::in_netns(&self.node.namespace, || attach_tc(prog, &port))?
+                node::in_netns(&self.node.namespace, || {
+                    attach_tc(prog, &port, TcAttachType::Ingress)
+                })?
             }
         };
         attached.with_context(|| {

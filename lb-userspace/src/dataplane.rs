@@ -89,15 +89,17 @@ impl Dataplane {
                 source,
             })?;
         }
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut("lb_tc")
-            .expect("program is in the object")
-            .try_into()
-            .expect("program is a classifier");
-        tc.load().map_err(|source| DataplaneError::Program {
-            name: "load",
-            source,
-        })?;
+        for name in ["lb_tc", "lb_tc_fast"] {
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("program is in the object")
+                .try_into()
+                .expect("program is a classifier");
+            tc.load().map_err(|source| DataplaneError::Program {
+                name: "load",
+                source,
+            })?;
+        }
         let maps = Maps::open(pin_dir)?;
         Ok(Dataplane { ebpf, maps })
     }
@@ -109,6 +111,15 @@ impl Dataplane {
     /// The data path at TC ingress (`xdp_mode = "tc"`).
     pub fn tc_program(&mut self) -> &mut SchedClassifier {
         self.ebpf.program_mut("lb_tc").unwrap().try_into().unwrap()
+    }
+
+    /// The established-flow shortcut on the outer end of a port lb created (tc mode).
+    pub fn tc_fast_program(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut("lb_tc_fast")
+            .unwrap()
+            .try_into()
+            .unwrap()
     }
 
     pub fn peer_program(&mut self) -> &mut Xdp {

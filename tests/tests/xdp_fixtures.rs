@@ -590,7 +590,7 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
-/// `xdp_mode = "tc"`: the classifier shares the XDP program's data path and maps. Its SYN
+/// `xdp_mode = "tc"`: the classifiers share the XDP program's data path and maps. Its SYN
 /// opens a flow the XDP program then serves; its output for established, reply and ICMP
 /// frames is byte for byte what the XDP program emits (the kernel's checksum helpers against
 /// lb's own incremental update); it passes and drops what XDP passes and drops.
@@ -661,6 +661,44 @@ fn tc_program_shares_the_data_path_and_rewrites_the_same_bytes() {
     let (a, by_tc) = tc(&mut env, &err);
     assert_eq!(a, TC_ACT_REDIRECT);
     assert_eq!(by_tc, env.expect(&err, XDP_TX, reason::TX_ICMP_TO_CLIENT));
+
+    // The shortcut on the port's outer end: established segments in both directions come
+    // out as the port's program would emit them; a SYN, and anything unknown, goes on into
+    // the namespace untouched and uncounted (the port's program counts it there).
+    let fast = |env: &mut Env, frame: &[u8]| -> (u32, Vec<u8>) {
+        let dp = &mut env.dp;
+        let (a, out, _) = in_netns(&ns, || dp.test_run_program("lb_tc_fast", frame, 1))
+            .unwrap()
+            .unwrap();
+        (a, out)
+    };
+    for frame in [data.build(), reply.build()] {
+        let (a, by_fast) = fast(&mut env, &frame);
+        assert_eq!(a, TC_ACT_REDIRECT);
+        assert_eq!(
+            by_fast,
+            tc(&mut env, &frame).1,
+            "the shortcut emits the same bytes"
+        );
+    }
+    let before = env.verdicts();
+    let new_syn = Tcp::new(CLIENT, 51002, VIP, 22, TCP_SYN)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .build();
+    assert_eq!(fast(&mut env, &new_syn), (TC_ACT_OK, new_syn.clone()));
+    assert!(
+        env.flow(51002).is_none(),
+        "a SYN opens no flow on the shortcut"
+    );
+    let unknown = Tcp::new(M1, 22, VIP, 12345, TCP_ACK)
+        .macs(M1_MAC, PORT_MAC)
+        .build();
+    assert_eq!(fast(&mut env, &unknown), (TC_ACT_OK, unknown.clone()));
+    assert_eq!(
+        env.verdicts(),
+        before,
+        "what the shortcut passes on is not counted"
+    );
 
     // Not balanced: passed untouched. Malformed: dropped.
     let other = Tcp::new(CLIENT, 51001, VIP, 23, TCP_SYN)
