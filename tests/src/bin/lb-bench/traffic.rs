@@ -361,12 +361,12 @@ fn process_cpu(pid: u32) -> f64 {
     (t(11) + t(12)) / clk_tck()
 }
 
-/// Run time of every loaded program named "lb" or "lb_tc" (the kernel counts it while
-/// statistics are enabled).
+/// Run time of every loaded data-path program of lb ("lb", "lb_tc", "lb_tc_fast"; the
+/// kernel counts it while statistics are enabled).
 fn lb_program_cpu() -> f64 {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| matches!(p.name_as_str(), Some("lb") | Some("lb_tc")))
+        .filter(|p| matches!(p.name_as_str(), Some("lb" | "lb_tc" | "lb_tc_fast")))
         .map(|p| p.run_time().as_secs_f64())
         .sum()
 }
