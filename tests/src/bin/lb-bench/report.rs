@@ -450,6 +450,8 @@ impl Report {
             RGBColor(31, 119, 180),
             RGBColor(255, 127, 14),
             RGBColor(44, 160, 44),
+            RGBColor(214, 39, 40),
+            RGBColor(148, 103, 189),
         ];
 
         let routes: Vec<Route> = self
@@ -485,11 +487,14 @@ impl Report {
             .build_cartesian_2d(0f64..3f64, 0f64..ymax)?;
         c.configure_mesh()
             .disable_x_mesh()
-            .x_labels(3)
+            .x_labels(7)
             .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                ["keep-alive req/s", "new conn/s", "bulk"]
-                    .get(i)
+                // Only the group centres (0.5, 1.5, 2.5) carry a name.
+                if (x.fract() - 0.5).abs() > 0.01 {
+                    return String::new();
+                }
+                ["keep-alive req/s", "new conn/s", "bulk Gbit/s"]
+                    .get(x.floor() as usize)
                     .map(|s| s.to_string())
                     .unwrap_or_default()
             })
@@ -561,6 +566,16 @@ impl Report {
                     .map(|c| (c.flows as f64, f(c)))
                     .collect()
             };
+            c.draw_series(
+                pts(&|c| c.syn.median)
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )?;
+            c.draw_series(
+                pts(&|c| c.established.median)
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.stroke_width(1))),
+            )?;
             c.draw_series(LineSeries::new(
                 pts(&|c| c.syn.median),
                 color.stroke_width(2),
@@ -574,10 +589,11 @@ impl Report {
             .label(format!("established, {p} members"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], color));
         }
+        // The trivial program's figure at each table size (the largest pool has every size).
         let trivial: Vec<(f64, f64)> = self
             .cells
             .iter()
-            .filter(|c| Some(&c.members) == pools.first())
+            .filter(|c| Some(&c.members) == pools.last())
             .map(|c| (c.flows as f64, c.trivial.median))
             .collect();
         c.draw_series(LineSeries::new(trivial, BLACK.stroke_width(1)))?
