@@ -329,7 +329,7 @@ impl Report {
                 s,
                 "## Real traffic on the seed's topology\n\n\
                  Client namespace -> br-int -> the load balancer's namespace (VIP 10.0.0.250) -> \
-                 two members (nginx, 2 workers each, answering a 16-byte body; iperf3 on the \
+                 two members (nginx, 2 workers each with SO_REUSEPORT, answering a 16-byte body; iperf3 on the \
                  first). Direct: the client talks to the first member. wrk -t2 -c32, {} s per \
                  run, keep-alive and `Connection: close`; iperf3 one stream, {} s, through a \
                  pool that holds the first member only. Every path on a fresh topology; paths \

@@ -214,7 +214,7 @@ fn start_servers(topo: &SeedTopology) -> anyhow::Result<Servers> {
                  http {{\n  access_log off;\n  client_body_temp_path {ds}/b;\n  proxy_temp_path {ds}/p;\n  \
                  fastcgi_temp_path {ds}/f;\n  uwsgi_temp_path {ds}/u;\n  scgi_temp_path {ds}/s;\n  \
                  keepalive_requests 100000000;\n  keepalive_timeout 120s;\n  \
-                 server {{\n    listen {}:{HTTP} backlog=8192;\n    \
+                 server {{\n    listen {}:{HTTP} backlog=8192 reuseport;\n    \
                  location / {{ return 200 \"member {}\\n\"; }}\n  }}\n}}\n",
                 m.addr, m.addr
             ),
