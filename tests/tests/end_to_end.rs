@@ -283,11 +283,15 @@ fn idle_flows_expire_and_counters_return_to_zero() {
             && s[0]["listeners"][0]["active_connections"] == 0)
             .then_some(())
     });
-    assert!(
-        daemon.log_text().contains("expired=3"),
-        "{}",
-        daemon.log_text()
-    );
+    // The sweeps expired them (in one pass, or across two when the connections straddle a
+    // sweep, as on a slow VM).
+    let log = daemon.log_text();
+    let expired: u64 = log
+        .lines()
+        .filter_map(|l| l.split("expired=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(expired, 3, "{log}");
     drop(held);
 }
 
