@@ -54,14 +54,7 @@ const fn verdict(action: u32, reason: u32) -> Verdict {
 /// the port's program.
 #[classifier]
 pub fn lb_tc_fast(ctx: TcContext) -> i32 {
-    let want = if ctx.len() as usize > HEADERS_MAX {
-        HEADERS_MAX
-    } else {
-        ctx.len() as usize
-    };
-    if ctx.data_end() - ctx.data() < want {
-        let _ = ctx.pull_data(want as u32);
-    }
+    pull_headers(&ctx);
     match fast_path(&ctx) {
         Some(v) => {
             count(&v);
@@ -89,12 +82,9 @@ pub fn lb(ctx: XdpContext) -> u32 {
 /// its embedded IPv4 header (options included) and 8 bytes of its transport header.
 const HEADERS_MAX: usize = 14 + 60 + 8 + 60 + 18;
 
-/// The same data path at TC ingress of the port (`xdp_mode = "tc"`): it sees skbs as the
-/// stack built them, GSO super-packets with partial checksums included, and sends a rewritten
-/// one back out of the port it came in on (the XDP_TX of a TC program) without cutting it up.
-#[classifier]
-pub fn lb_tc(ctx: TcContext) -> i32 {
-    // An skb's linear part may end before the headers do; the kernel pulls them in on asking.
+/// An skb's linear part may end before the headers do; the kernel pulls them in on asking.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext) {
     let want = if ctx.len() as usize > HEADERS_MAX {
         HEADERS_MAX
     } else {
@@ -103,6 +93,14 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
     if ctx.data_end() - ctx.data() < want {
         let _ = ctx.pull_data(want as u32);
     }
+}
+
+/// The same data path at TC ingress of the port (`xdp_mode = "tc"`): it sees skbs as the
+/// stack built them, GSO super-packets with partial checksums included, and sends a rewritten
+/// one back out of the port it came in on (the XDP_TX of a TC program) without cutting it up.
+#[classifier]
+pub fn lb_tc(ctx: TcContext) -> i32 {
+    pull_headers(&ctx);
     let v = process(&ctx);
     count(&v);
     match v.action {

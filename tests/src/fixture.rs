@@ -88,10 +88,16 @@ impl Env {
     }
 
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_program("lb", frame)
+    }
+
+    /// Runs program `name` of the object ("lb", "lb_tc", "lb_tc_fast") once on `frame`.
+    pub fn run_program(&mut self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         let Env { ns, dp, .. } = self;
-        in_netns(&ns.name, || dp.test_run(frame))
+        let (action, out, _) = in_netns(&ns.name, || dp.test_run_program(name, frame, 1))
             .unwrap()
-            .expect("test_run")
+            .expect("test_run");
+        (action, out)
     }
 
     pub fn verdicts(&self) -> Vec<u64> {

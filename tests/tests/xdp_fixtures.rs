@@ -597,14 +597,7 @@ const TC_ACT_REDIRECT: u32 = 7;
 #[test]
 fn tc_program_shares_the_data_path_and_rewrites_the_same_bytes() {
     let Some(mut env) = Env::seed() else { return };
-    let ns = env.ns.name.clone();
-    let tc = |env: &mut Env, frame: &[u8]| -> (u32, Vec<u8>) {
-        let dp = &mut env.dp;
-        let (a, out, _) = in_netns(&ns, || dp.test_run_program("lb_tc", frame, 1))
-            .unwrap()
-            .unwrap();
-        (a, out)
-    };
+    let tc = |env: &mut Env, frame: &[u8]| env.run_program("lb_tc", frame);
     // A SYN through TC: a member, the VIP as source, valid checksums, the flow in the table.
     let syn = Tcp::new(CLIENT, 51000, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
     let (a, out) = tc(&mut env, &syn.build());
@@ -665,13 +658,7 @@ fn tc_program_shares_the_data_path_and_rewrites_the_same_bytes() {
     // The shortcut on the port's outer end: established segments in both directions come
     // out as the port's program would emit them; a SYN, and anything unknown, goes on into
     // the namespace untouched and uncounted (the port's program counts it there).
-    let fast = |env: &mut Env, frame: &[u8]| -> (u32, Vec<u8>) {
-        let dp = &mut env.dp;
-        let (a, out, _) = in_netns(&ns, || dp.test_run_program("lb_tc_fast", frame, 1))
-            .unwrap()
-            .unwrap();
-        (a, out)
-    };
+    let fast = |env: &mut Env, frame: &[u8]| env.run_program("lb_tc_fast", frame);
     for frame in [data.build(), reply.build()] {
         let (a, by_fast) = fast(&mut env, &frame);
         assert_eq!(a, TC_ACT_REDIRECT);
@@ -785,12 +772,8 @@ fn tcp_timestamps_towards_members_follow_lbs_clock() {
     assert_eq!(Tcp::parse(&out).unwrap().timestamps(), Some((7001, 1005)));
 
     // The TC program: the same bytes.
-    let ns = env.ns.name.clone();
     for frame in [data.build(), reply.build()] {
-        let dp = &mut env.dp;
-        let (_, by_tc, _) = in_netns(&ns, || dp.test_run_program("lb_tc", &frame, 1))
-            .unwrap()
-            .unwrap();
+        let (_, by_tc) = env.run_program("lb_tc", &frame);
         let (_, by_xdp) = env.run(&frame);
         assert_eq!(by_tc, by_xdp, "TC and XDP translate timestamps alike");
     }
