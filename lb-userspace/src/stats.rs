@@ -254,7 +254,7 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
     for r in reports {
         let _ = writeln!(
             o,
-            "loadbalancer {} {}  vip {}  namespace {}  port {}  xdp {}  flows {} (last sweep)",
+            "loadbalancer {} {}  vip {}  namespace {}  port {}  attach {}  flows {} (last sweep)",
             r.id,
             r.operating_status,
             r.vip_address,
