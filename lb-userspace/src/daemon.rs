@@ -113,16 +113,25 @@ fn choose_mode(choice: XdpModeChoice) -> (Attach, &'static str) {
     }
 }
 
+/// tcx links (kernel 6.6+): TC programs that go with the process, like XDP links.
+fn tcx_supported() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Removes `dev`'s clsact qdisc and every filter on it (in the current namespace), if any.
+fn remove_clsact(dev: &str) {
+    let _ = std::process::Command::new("tc")
+        .args(["qdisc", "del", "dev", dev, "clsact"])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// Attaches `prog` at TC `at` of `dev` (in the current namespace): a tcx link on 6.6 and
 /// newer (gone with this process, like the XDP link); before that a clsact filter, replacing
 /// whatever clsact an earlier run left on the device.
 fn attach_tc(prog: &mut SchedClassifier, dev: &str, at: TcAttachType) -> anyhow::Result<()> {
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    if !tcx {
-        let _ = std::process::Command::new("tc")
-            .args(["qdisc", "del", "dev", dev, "clsact"])
-            .stderr(std::process::Stdio::null())
-            .status();
+    if !tcx_supported() {
+        remove_clsact(dev);
         tc::qdisc_add_clsact(dev).with_context(|| format!("adding clsact to {dev}"))?;
     }
     prog.attach(dev, at)?;
@@ -444,7 +453,9 @@ impl Running {
     /// Detaches, unpins and removes what this load balancer created.
     pub async fn stop(&mut self) {
         self.stop_health();
-        // Dropping the programs closes their links: XDP is detached.
+        // Dropping the programs closes their links: XDP and tcx programs are detached. A
+        // clsact filter (TC before 6.6) is no link: it goes with the port's qdiscs when the
+        // port is deleted or moved back to the node's namespace (teardown, below).
         self.dataplane = None;
         if let Ok(entries) = std::fs::read_dir(&self.pin_dir) {
             for e in entries.flatten() {

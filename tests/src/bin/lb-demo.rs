@@ -192,7 +192,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    step("SIGTERM: lb detaches its programs, unpins maps, removes the namespace and port it created");
+    step(
+        "SIGTERM: lb detaches its programs, unpins maps, removes the namespace and port it created",
+    );
     let status = daemon.stop();
     print!(
         "{}",
