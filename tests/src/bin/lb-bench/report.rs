@@ -515,6 +515,7 @@ impl Report {
         ))?
         .label("direct = 1");
         c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
             .draw()?;
