@@ -2,7 +2,7 @@
 //! - BPF_PROG_TEST_RUN ns/packet of lb's SYN (new flow), established and reply paths, against
 //!   the trivial XDP_PASS program of the same object;
 //! - single-stream TCP bulk throughput client -> member: direct, through lb with native XDP,
-//!   through lb with generic XDP.
+//!   with generic XDP, and at TC (the default).
 //!
 //! Numbers are reported, never asserted: machines here are shared and noisy.
 
@@ -142,9 +142,10 @@ fn throughput(args: &Args, offloads: bool) -> anyhow::Result<()> {
         ("direct".into(), vec![]),
         ("lb native XDP".into(), vec![]),
         ("lb generic XDP".into(), vec![]),
+        ("lb tc (default)".into(), vec![]),
     ];
     for _ in 0..args.runs {
-        for (mode, i) in [("direct", 0usize), ("native", 1), ("generic", 2)] {
+        for (mode, i) in [("direct", 0usize), ("native", 1), ("generic", 2), ("tc", 3)] {
             let cfg = topology::TestConfig::seed(|t| {
                 let cut = t.find("[[loadbalancer.pool.member]]\nid = \"227b").unwrap();
                 t[..cut].to_string()
