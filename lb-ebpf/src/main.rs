@@ -124,13 +124,7 @@ fn process<C: Frame>(ctx: &C) -> Verdict {
         Ok(parse::Parsed::IcmpError(e)) => return icmp_error(ctx, &e),
         Err(v) => return verdict(v.0, v.1),
     };
-    let lkey = ListenerKey {
-        vip_be: pkt.dst_be,
-        port_be: pkt.dport_be,
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    };
-    if let Some(listener) = unsafe { LISTENERS.get(lkey) } {
+    if let Some(listener) = unsafe { LISTENERS.get(pkt.listener_key()) } {
         let v = if pkt.fragment {
             verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT)
         } else {
@@ -143,16 +137,7 @@ fn process<C: Frame>(ctx: &C) -> Verdict {
         }
         return v;
     }
-    let rkey = FlowKey {
-        src_be: pkt.src_be,
-        dst_be: pkt.dst_be,
-        sport_be: pkt.sport_be,
-        dport_be: pkt.dport_be,
-        proto: IPPROTO_TCP,
-        dir: FLOW_DIR_REVERSE,
-        _pad: [0; 2],
-    };
-    if let Some(rflow) = CONNTRACK.get_ptr(rkey) {
+    if let Some(rflow) = CONNTRACK.get_ptr(pkt.flow_key(FLOW_DIR_REVERSE)) {
         if pkt.fragment {
             return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
         }
@@ -424,7 +409,14 @@ fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -
     fib.ifindex = ctx.ifindex();
     fib.__bindgen_anon_3.ipv4_src = flow.vip_be;
     fib.__bindgen_anon_4.ipv4_dst = m.addr_be;
-    let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, core::mem::size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
     if rc == FIB_NO_NEIGH {
         return Err(reason::DROP_NO_NEIGH);
     }
@@ -473,17 +465,8 @@ fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -
 #[inline(always)]
 fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
-    let fkey = FlowKey {
-        src_be: pkt.src_be,
-        dst_be: pkt.dst_be,
-        sport_be: pkt.sport_be,
-        dport_be: pkt.dport_be,
-        proto: IPPROTO_TCP,
-        dir: FLOW_DIR_FORWARD,
-        _pad: [0; 2],
-    };
+    let fkey = pkt.flow_key(FLOW_DIR_FORWARD);
     let is_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let ts = parse::find_timestamp(ctx, pkt);
     let mut new_conn = false;
 
     let flow_ptr = match CONNTRACK.get_ptr_mut(fkey) {
@@ -512,7 +495,7 @@ fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verd
             if !is_syn {
                 return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
             }
-            match open_flow(ctx, pkt, listener, ts.unwrap_or(0)) {
+            match open_flow(ctx, pkt, listener, &fkey, now) {
                 Ok(f) => {
                     new_conn = true;
                     f
@@ -522,28 +505,19 @@ fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verd
         }
     };
 
-    forward(ctx, pkt, flow_ptr, ts, now, new_conn)
+    forward(ctx, pkt, flow_ptr, now, new_conn)
 }
 
 /// A new flow for a client's SYN: connection limit, member choice, MAC and SNAT port, the
-/// forward entry; counted as active. `ts`: the timestamp option's offset, 0 if none.
+/// forward entry `fkey`; counted as active.
 #[inline(always)]
 fn open_flow<C: Frame>(
     ctx: &C,
     pkt: &Packet,
     listener: &ListenerConf,
-    ts: usize,
+    fkey: &FlowKey,
+    now: u64,
 ) -> Result<*mut Flow, u32> {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let fkey = FlowKey {
-        src_be: pkt.src_be,
-        dst_be: pkt.dst_be,
-        sport_be: pkt.sport_be,
-        dport_be: pkt.dport_be,
-        proto: IPPROTO_TCP,
-        dir: FLOW_DIR_FORWARD,
-        _pad: [0; 2],
-    };
     if listener.connection_limit != 0 {
         if let Some(l) = LISTENER_LIVE.get(listener.index) {
             if l.active >= listener.connection_limit as i64 {
@@ -566,10 +540,7 @@ fn open_flow<C: Frame>(
     flow.port_mac = pkt.dst_mac;
     flow.state = CT_SYN;
     flow.counted = 1;
-    if let Some(v) = (ts != 0)
-        .then_some(ts)
-        .and_then(|off| parse::read4(ctx, pkt, off))
-    {
+    if let Some(v) = parse::find_timestamp(ctx, pkt).and_then(|off| parse::read4(ctx, pkt, off)) {
         // The member sees lb's millisecond clock (see Flow::ts_delta).
         let now_ms = (now / 1_000_000) as u32;
         flow.ts_delta = now_ms.wrapping_sub(u32::from_be_bytes(v));
@@ -592,7 +563,6 @@ fn forward<C: Frame>(
     ctx: &C,
     pkt: &Packet,
     flow_ptr: *mut Flow,
-    ts: Option<usize>,
     now: u64,
     new_conn: bool,
 ) -> Verdict {
@@ -615,7 +585,7 @@ fn forward<C: Frame>(
             flow.member_be,
             flow.snat_port_be,
             flow.member_port_be,
-            shifted(ctx, pkt, ts, flow.ts_delta),
+            ts_shift(ctx, pkt, flow.ts_delta, 0),
         );
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_MEMBER)
@@ -634,32 +604,12 @@ fn fast_path(ctx: &TcContext) -> Option<Verdict> {
     if pkt.fragment || pkt.tcp_flags & TCP_SYN != 0 {
         return None;
     }
-    let key = FlowKey {
-        src_be: pkt.src_be,
-        dst_be: pkt.dst_be,
-        sport_be: pkt.sport_be,
-        dport_be: pkt.dport_be,
-        proto: IPPROTO_TCP,
-        dir: FLOW_DIR_FORWARD,
-        _pad: [0; 2],
-    };
-    let lkey = ListenerKey {
-        vip_be: pkt.dst_be,
-        port_be: pkt.dport_be,
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    };
-    if LISTENERS.get_ptr(lkey).is_some() {
-        let f = CONNTRACK.get_ptr_mut(key)?;
+    if LISTENERS.get_ptr(pkt.listener_key()).is_some() {
+        let f = CONNTRACK.get_ptr_mut(pkt.flow_key(FLOW_DIR_FORWARD))?;
         let now = unsafe { bpf_ktime_get_ns() };
-        let ts = parse::find_timestamp(ctx, &pkt);
-        return Some(forward(ctx, &pkt, f, ts, now, false));
+        return Some(forward(ctx, &pkt, f, now, false));
     }
-    let rkey = FlowKey {
-        dir: FLOW_DIR_REVERSE,
-        ..key
-    };
-    let rflow = unsafe { *CONNTRACK.get_ptr(rkey)? };
+    let rflow = unsafe { *CONNTRACK.get_ptr(pkt.flow_key(FLOW_DIR_REVERSE))? };
     Some(from_member(ctx, &pkt, &rflow))
 }
 
@@ -742,32 +692,21 @@ fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verdict {
             rflow.client_be,
             rflow.listener_port_be,
             rflow.client_port_be,
-            shifted(
-                ctx,
-                pkt,
-                parse::find_timestamp(ctx, pkt).map(|off| off + 4),
-                rflow.ts_delta.wrapping_neg(),
-            ),
+            ts_shift(ctx, pkt, rflow.ts_delta.wrapping_neg(), 4),
         );
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_CLIENT)
 }
 
-/// The timestamp field at `off` plus `delta`, for `parse::rewrite`: TSval towards a member,
-/// TSecr (with the negated delta) towards a client.
+/// What `parse::rewrite` adds to a timestamp field (see `Flow::ts_delta`): `delta` at the
+/// timestamp option's TSval (`field` 0, towards a member) or TSecr (`field` 4, towards a
+/// client). No option walk for flows without a delta.
 #[inline(always)]
-fn shifted<C: Frame>(
-    ctx: &C,
-    pkt: &Packet,
-    off: Option<usize>,
-    delta: u32,
-) -> Option<(usize, [u8; 4])> {
+fn ts_shift<C: Frame>(ctx: &C, pkt: &Packet, delta: u32, field: usize) -> Option<(usize, u32)> {
     if delta == 0 {
         return None;
     }
-    let off = off?;
-    let v = parse::read4(ctx, pkt, off)?;
-    Some((off, u32::from_be_bytes(v).wrapping_add(delta).to_be_bytes()))
+    parse::find_timestamp(ctx, pkt).map(|off| (off + field, delta))
 }
 
 #[cfg(not(test))]

@@ -3,19 +3,17 @@
 //! Policy: IHL honoured (options allowed); a first fragment is parsed and flagged (the caller
 //! drops it if it is balanced traffic); later fragments carry no ports and pass to the kernel.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::xdp_action,
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use lb_common::{checksum, reason, IPPROTO_TCP};
+use lb_common::{checksum, reason, FlowKey, ListenerKey, IPPROTO_TCP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// What the data path needs of the context it runs in: XDP (a frame) or TC (an skb, which may
 /// be a GSO super-packet with a partial checksum and headers-only linear data).
-pub trait Frame {
+pub trait Frame: EbpfContext {
     /// For an skb, TCP checksum updates go through `bpf_l4_csum_replace`, which knows whether
     /// the checksum field is complete or only the pseudo-header seed of an offloaded one.
     const SKB: bool;
@@ -24,7 +22,6 @@ pub trait Frame {
     /// The whole packet's length (for an skb, beyond its linear part).
     fn len(&self) -> usize;
     fn ifindex(&self) -> u32;
-    fn raw(&self) -> *mut c_void;
     /// Updates the TCP checksum at packet offset `off` for a `size`-byte field changed from
     /// `from` to `to` (`pseudo`: the field is in the pseudo-header, i.e. an address).
     fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool);
@@ -49,10 +46,6 @@ impl Frame for XdpContext {
         self.ingress_ifindex() as u32
     }
     #[inline(always)]
-    fn raw(&self) -> *mut c_void {
-        self.as_ptr()
-    }
-    #[inline(always)]
     fn l4_csum_replace(&self, _: usize, _: u32, _: u32, _: u64, _: bool) {}
 }
 
@@ -75,10 +68,6 @@ impl Frame for TcContext {
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         unsafe { (*self.skb.skb).ifindex }
-    }
-    #[inline(always)]
-    fn raw(&self) -> *mut c_void {
-        self.as_ptr()
     }
     #[inline(always)]
     fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool) {
@@ -112,6 +101,34 @@ pub struct Packet {
     pub fragment: bool,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+}
+
+impl Packet {
+    /// The conntrack key of this packet's tuple as it is, in direction `dir` (forward for a
+    /// client's segment, reverse for a member's).
+    #[inline(always)]
+    pub fn flow_key(&self, dir: u8) -> FlowKey {
+        FlowKey {
+            src_be: self.src_be,
+            dst_be: self.dst_be,
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: IPPROTO_TCP,
+            dir,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The listener this packet would be addressed to (VIP, port).
+    #[inline(always)]
+    pub fn listener_key(&self) -> ListenerKey {
+        ListenerKey {
+            vip_be: self.dst_be,
+            port_be: self.dport_be,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
 }
 
 #[inline(always)]
@@ -234,9 +251,9 @@ pub fn find_timestamp<C: Frame>(ctx: &C, pkt: &Packet) -> Option<usize> {
     None
 }
 
-/// The 4 bytes at `off` from the TCP header, as they sit in the packet.
+/// The 4 bytes at `off` from the TCP header, bounds-checked.
 #[inline(always)]
-pub fn read4<C: Frame>(ctx: &C, pkt: &Packet, off: usize) -> Option<[u8; 4]> {
+fn field4<C: Frame>(ctx: &C, pkt: &Packet, off: usize) -> Option<*mut [u8; 4]> {
     if off > 56 {
         return None;
     }
@@ -244,7 +261,13 @@ pub fn read4<C: Frame>(ctx: &C, pkt: &Packet, off: usize) -> Option<[u8; 4]> {
     if p + 4 > ctx.data_end() {
         return None;
     }
-    Some(unsafe { *(p as *const [u8; 4]) })
+    Some(p as *mut [u8; 4])
+}
+
+/// The 4 bytes at `off` from the TCP header, as they sit in the packet.
+#[inline(always)]
+pub fn read4<C: Frame>(ctx: &C, pkt: &Packet, off: usize) -> Option<[u8; 4]> {
+    field4(ctx, pkt, off).map(|p| unsafe { *p })
 }
 
 /// How a 4-byte field at `off` from the TCP header enters the ones' complement sum, as the
@@ -259,9 +282,9 @@ fn csum_word(b: [u8; 4], off: usize) -> u32 {
     }
 }
 
-/// Rewrites MACs, addresses and ports (and, with `ts`, the 4 bytes at `ts.0` from the TCP
-/// header: a timestamp), updating the IPv4 and TCP checksums incrementally (for an skb, the
-/// TCP checksum through the kernel: see `Frame::SKB`).
+/// Rewrites MACs, addresses and ports (and, with `ts = (off, delta)`, adds `delta` to the
+/// 32-bit timestamp at `off` from the TCP header), updating the IPv4 and TCP checksums
+/// incrementally (for an skb, the TCP checksum through the kernel: see `Frame::SKB`).
 ///
 /// # Safety
 /// `pkt` must come from `parse` on the packet currently in the context.
@@ -276,19 +299,17 @@ pub unsafe fn rewrite<C: Frame>(
     daddr_be: u32,
     sport_be: u16,
     dport_be: u16,
-    ts: Option<(usize, [u8; 4])>,
+    ts: Option<(usize, u32)>,
 ) {
     unsafe {
         // The timestamp first, while the packet pointers are valid.
         let mut ts_change = None;
-        if let Some((off, new)) = ts {
-            if off <= 56 {
-                let p = pkt.tcp as usize + off;
-                if p + 4 <= ctx.data_end() {
-                    let old = *(p as *const [u8; 4]);
-                    *(p as *mut [u8; 4]) = new;
-                    ts_change = Some((off, csum_word(old, off), csum_word(new, off)));
-                }
+        if let Some((off, delta)) = ts {
+            if let Some(p) = field4(ctx, pkt, off) {
+                let old = *p;
+                let new = u32::from_be_bytes(old).wrapping_add(delta).to_be_bytes();
+                *p = new;
+                ts_change = Some((csum_word(old, off), csum_word(new, off)));
             }
         }
         (*pkt.eth).src_addr = smac;
@@ -316,7 +337,7 @@ pub unsafe fn rewrite<C: Frame>(
             c = checksum::replace4(c, pkt.dst_be, daddr_be);
             c = checksum::replace2(c, pkt.sport_be, sport_be);
             c = checksum::replace2(c, pkt.dport_be, dport_be);
-            if let Some((_, old, new)) = ts_change {
+            if let Some((old, new)) = ts_change {
                 c = checksum::replace4(c, old, new);
             }
             let cs = c.to_ne_bytes();
@@ -340,7 +361,7 @@ pub unsafe fn rewrite<C: Frame>(
                 4,
                 false,
             );
-            if let Some((_, old, new)) = ts_change {
+            if let Some((old, new)) = ts_change {
                 ctx.l4_csum_replace(off, old, new, 4, false);
             }
         }
