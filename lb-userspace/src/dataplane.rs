@@ -130,18 +130,11 @@ impl Dataplane {
             .unwrap()
     }
 
-    /// Runs the program once on `packet` through BPF_PROG_TEST_RUN (the live maps are used and
-    /// updated). Returns the XDP action and the packet as the program left it.
-    pub fn test_run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let (action, out, _) = self.test_run_program("lb", packet, 1)?;
-        Ok((action, out))
-    }
-
-    /// BPF_PROG_TEST_RUN of program `name` of the object ("lb", "lb_tc", "lb_sweep", or
-    /// "lb_peer_pass", the trivial XDP_PASS program benchmarks compare against), `repeat`
-    /// times; also returns
-    /// the kernel's mean duration per run. XDP test runs do not restore the frame between
-    /// repetitions: a NAT program sees its own output from the second one on.
+    /// BPF_PROG_TEST_RUN of program `name` of the object ("lb", "lb_tc", "lb_tc_fast",
+    /// "lb_sweep", or "lb_peer_pass", the trivial XDP_PASS program benchmarks compare
+    /// against), `repeat` times, on the live maps. Returns the program's verdict, the packet as
+    /// it left it, and the kernel's mean duration per run. XDP test runs do not restore the
+    /// frame between repetitions: a NAT program sees its own output from the second one on.
     pub fn test_run_program(
         &mut self,
         name: &str,
