@@ -580,7 +580,7 @@ pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, memory_mb: u32) -
                     status = s.trim().parse::<i32>().ok();
                 }
                 if l.starts_with("test result:") {
-                    summary.push(l.trim_start_matches("test result: ").to_string());
+                    summary.push(l.to_string());
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -594,43 +594,31 @@ pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, memory_mb: u32) -
     }
     let _ = child.wait();
     let seconds = start.elapsed().as_secs_f64();
-    let (passed, total) = summary.iter().fold((0u64, 0u64), |(p, f), s| {
-        // "ok. 13 passed; 0 failed; ..."
-        let n = |what: &str| {
-            s.split(';')
-                .find_map(|x| {
-                    x.trim().strip_suffix(what).map(|v| {
-                        v.trim()
-                            .trim_start_matches("ok.")
-                            .trim_start_matches("FAILED.")
-                            .trim()
-                            .parse::<u64>()
-                            .unwrap_or(0)
-                    })
-                })
-                .unwrap_or(0)
-        };
-        (p + n("passed"), f + n("failed"))
-    });
-    let detail = format!(
-        "{passed} passed, {total} failed, in {} binaries",
-        summary.len()
-    );
-    match status {
-        Some(0) => Ok(Outcome {
-            passed: true,
-            detail,
-            seconds,
-        }),
-        Some(_) => Ok(Outcome {
-            passed: false,
-            detail,
-            seconds,
-        }),
-        None => Ok(Outcome {
-            passed: false,
-            detail: "the VM stopped without reporting a result (kernel panic? see above)".into(),
-            seconds,
-        }),
-    }
+    // "test result: ok. 13 passed; 0 failed; 0 ignored; ..." per test binary.
+    let count = |what: &str| -> u64 {
+        summary
+            .iter()
+            .flat_map(|s| {
+                let w: Vec<&str> = s.split_whitespace().collect();
+                (1..w.len())
+                    .filter(|&i| w[i].trim_end_matches(';') == what)
+                    .filter_map(|i| w[i - 1].parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    let detail = match status {
+        None => "the VM stopped without reporting a result (kernel panic? see above)".into(),
+        Some(_) => format!(
+            "{} passed, {} failed, in {} binaries",
+            count("passed"),
+            count("failed"),
+            summary.len()
+        ),
+    };
+    Ok(Outcome {
+        passed: status == Some(0),
+        detail,
+        seconds,
+    })
 }
