@@ -5,7 +5,14 @@
 //! the field name: `_be` fields hold network byte order exactly as on the wire.
 #![no_std]
 
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+
 pub mod checksum;
+pub mod schema;
 pub mod select;
 
 /// Listeners per load balancer (one BPF instance serves one load balancer).
@@ -118,12 +125,6 @@ pub mod reason {
     ];
 }
 
-macro_rules! assert_size {
-    ($t:ty, $n:expr) => {
-        const _: () = assert!(core::mem::size_of::<$t>() == $n);
-    };
-}
-
 /// `LISTENERS` key: a VIP, port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -208,7 +209,9 @@ pub struct SweepReport {
     pub expired: u64,
     /// Reverse entries removed whose forward entry was gone.
     pub orphans: u64,
-    pub _pad: u64,
+    /// How long the sweep's last full pass over the table took, pauses between chunks
+    /// included (microseconds).
+    pub cycle_us: u64,
 }
 assert_size!(SweepReport, 32);
 
@@ -355,4 +358,5 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for SweepReport {}
+    unsafe impl aya::Pod for crate::schema::SchemaEntry {}
 }

@@ -12,7 +12,6 @@
 mod icmp;
 mod maps;
 mod parse;
-mod sweep;
 
 use core::{
     ffi::c_void,

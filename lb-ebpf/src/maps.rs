@@ -8,8 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats,
-    SweepReport, DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
+    reason,
+    schema::{SchemaEntry, SCHEMA_ENTRIES},
+    Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats, SweepReport,
+    DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
 };
 
 /// Hash maps allocate on insert and free through RCU: an entry the daemon expires can never be
@@ -72,6 +74,12 @@ pub struct Scratch {
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// What the last `lb_sweep` run did (one entry).
+/// What the daemon's last expiry cycle did (one entry, written by userspace; no program
+/// reads it).
 #[map]
 pub static SWEEP: Array<SweepReport> = Array::pinned(1, 0);
+
+/// What each pinned map holds (`lb_common::schema`), as the daemon that created the maps wrote
+/// it: a daemon taking the maps over compares it before it loads anything. No program reads it.
+#[map]
+pub static SCHEMA: Array<SchemaEntry> = Array::pinned(SCHEMA_ENTRIES, 0);

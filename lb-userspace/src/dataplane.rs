@@ -24,6 +24,25 @@ use lb_common::{
 /// The BPF object built by build.rs (aya-build, pinned nightly).
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 
+/// Environment variable naming a BPF object file to load instead of the embedded one: a data
+/// path built separately (development, and the upgrade tests, which take over with a program
+/// that differs). Its maps must match the pinned ones like any other.
+pub const BPF_OBJECT_ENV: &str = "LB_BPF_OBJECT";
+
+/// The object to load: `$LB_BPF_OBJECT` if set, else the embedded one.
+pub fn bpf_object() -> Result<std::borrow::Cow<'static, [u8]>> {
+    let Some(path) = std::env::var_os(BPF_OBJECT_ENV) else {
+        return Ok(BPF_OBJECT.into());
+    };
+    let path = PathBuf::from(path);
+    let bytes = std::fs::read(&path).map_err(|source| DataplaneError::Io {
+        what: "cannot read the BPF object ($LB_BPF_OBJECT)",
+        path,
+        source,
+    })?;
+    Ok(bytes.into())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("cannot load the BPF object (maps pinned under {dir})")]
@@ -44,6 +63,8 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
+    #[error(transparent)]
+    Pins(#[from] crate::pins::PinError),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -63,22 +84,29 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Loads the object, creating the pinned maps or reusing those already pinned (a restarted
-    /// daemon keeps its flows).
+    /// daemon keeps its flows). Pinned maps are reused only if they match what the object
+    /// declares (`pins::check`); otherwise nothing is loaded and the error names the map and
+    /// the difference.
     pub fn load(pin_dir: &Path, conntrack_flows: u32) -> Result<Self> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DataplaneError::Io {
             what: "cannot create pin directory",
             path: pin_dir.into(),
             source,
         })?;
+        let object = bpf_object()?;
+        let conntrack_entries = conntrack_flows.saturating_mul(2);
+        let declared = crate::pins::declared(&object, conntrack_entries)?;
+        crate::pins::check(pin_dir, &declared)?;
+        crate::pins::record(pin_dir, &declared)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
-            .map_max_entries("CONNTRACK", conntrack_flows.saturating_mul(2))
-            .load(BPF_OBJECT)
+            .map_max_entries("CONNTRACK", conntrack_entries)
+            .load(&object)
             .map_err(|e| DataplaneError::Load {
                 dir: pin_dir.into(),
                 source: Box::new(e),
             })?;
-        for name in ["lb", "lb_peer_pass", "lb_sweep"] {
+        for name in ["lb", "lb_peer_pass"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .expect("program is in the object")
@@ -167,51 +195,20 @@ impl Dataplane {
 }
 
 impl Dataplane {
-    /// Expires idle flows and corrects counter drift from the table: zeroes the `table` census
-    /// of `members` and `listeners`, runs `lb_sweep` (one in-kernel pass over the conntrack
-    /// table, see lb-ebpf/src/sweep.rs), then, for every counter no packet touched meanwhile
-    /// (`events` unchanged), sets `active` to the census. Whatever raced before, the counters
-    /// equal the table once traffic stops, and are 0 once every flow closed or expired.
+    /// One whole expiry and census cycle over the conntrack table, without pauses (fixtures,
+    /// benchmarks); the daemon runs cycles on its own thread (`daemon::expiry`).
     pub fn sweep(
         &mut self,
         members: &[u32],
         listeners: &[u32],
         retired: &[u32],
-    ) -> Result<SweepOutcome> {
-        for (live, idx) in [
-            (&self.maps.member_live, members),
-            (&self.maps.member_live, retired),
-            (&self.maps.listener_live, listeners),
-        ] {
-            for &i in idx {
-                live.zero_census(i);
-            }
-        }
-        let census: Vec<u32> = members.iter().chain(retired).copied().collect();
-        let before_m: Vec<u64> = census
-            .iter()
-            .map(|&m| self.maps.member_live.get(m).events)
-            .collect();
-        let before_l: Vec<u64> = listeners
-            .iter()
-            .map(|&l| self.maps.listener_live.get(l).events)
-            .collect();
-        self.test_run_program("lb_sweep", &[0u8; 64], 1)?;
-        let r = self.maps.last_sweep()?;
-        let corrected = self.maps.member_live.correct(&census, &before_m)
-            + self.maps.listener_live.correct(listeners, &before_l);
-        let freed = retired
-            .iter()
-            .copied()
-            .filter(|&i| self.maps.member_live.get(i).refs == 0)
-            .collect();
-        Ok(SweepOutcome {
-            flows: r.flows,
-            expired: r.expired,
-            orphans: r.orphans,
-            corrected,
-            freed,
-        })
+    ) -> Result<crate::expiry::SweepOutcome> {
+        let census = crate::expiry::Census {
+            members: members.to_vec(),
+            retired: retired.to_vec(),
+            listeners: listeners.to_vec(),
+        };
+        crate::expiry::Sweeper::open(&self.maps.dir)?.cycle(&census, &mut |_| {})
     }
 }
 
@@ -228,7 +225,7 @@ unsafe impl Send for LiveArray {}
 unsafe impl Sync for LiveArray {}
 
 impl LiveArray {
-    fn open(path: &Path, len: u32) -> Result<Self> {
+    pub(crate) fn open(path: &Path, len: u32) -> Result<Self> {
         let map = MapData::from_pin(path).map_err(|source| DataplaneError::Map {
             path: path.into(),
             source,
@@ -286,26 +283,32 @@ impl LiveArray {
         }
     }
 
-    /// Drift correction after a sweep: for each of `indexes` whose `events` did not move since
-    /// `before` (no packet changed it during the sweep), sets `active` to the sweep's census.
-    /// Returns how many were corrected.
-    fn correct(&self, indexes: &[u32], before: &[u64]) -> u64 {
-        let mut corrected = 0;
-        for (&i, &b) in indexes.iter().zip(before) {
-            let now = self.get(i);
-            if now.events == b && now.active != now.table {
-                self.add(i, now.table - now.active);
-                corrected += 1;
-            }
-        }
-        corrected
-    }
-
-    fn zero_census(&self, i: u32) {
+    /// Adds `delta` to `active` without bumping `events`: the expiry's own changes, which
+    /// its census already accounts for.
+    pub fn add_quiet(&self, i: u32, delta: i64) {
         let p = self.slot(i);
         unsafe {
-            AtomicI64::from_ptr(&raw mut (*p).table).store(0, Ordering::Relaxed);
-            AtomicU64::from_ptr(&raw mut (*p).refs).store(0, Ordering::Relaxed);
+            AtomicI64::from_ptr(&raw mut (*p).active).fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// Drift correction after a cycle: if no packet changed `active` since `events` read
+    /// `before`, sets it to `census`. Returns whether it changed.
+    pub(crate) fn correct(&self, i: u32, before: u64, census: i64) -> bool {
+        let now = self.get(i);
+        if now.events == before && now.active != census {
+            self.add_quiet(i, census - now.active);
+            return true;
+        }
+        false
+    }
+
+    /// Records a cycle's census: open flows and flows of any state naming the index.
+    pub(crate) fn set_census(&self, i: u32, open: i64, refs: u64) {
+        let p = self.slot(i);
+        unsafe {
+            AtomicI64::from_ptr(&raw mut (*p).table).store(open, Ordering::Relaxed);
+            AtomicU64::from_ptr(&raw mut (*p).refs).store(refs, Ordering::Relaxed);
         }
     }
 }
@@ -362,7 +365,7 @@ pub struct Maps {
     pub listener_live: LiveArray,
 }
 
-fn open_map<T>(dir: &Path, name: &str) -> Result<T>
+pub(crate) fn open_map<T>(dir: &Path, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = MapError>,
 {
@@ -391,17 +394,6 @@ fn sum_stats(values: &[Stats]) -> Stats {
         }
         a
     })
-}
-
-/// What one sweep did: the program's report, the counters the daemon corrected, and the
-/// retired member slots no flow names any more.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SweepOutcome {
-    pub flows: u64,
-    pub expired: u64,
-    pub orphans: u64,
-    pub corrected: u64,
-    pub freed: Vec<u32>,
 }
 
 impl Maps {

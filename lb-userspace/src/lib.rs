@@ -1,11 +1,14 @@
 //! lb's userspace: the daemon (`lb run`), the CLI (`lb stats`), and the library the
 //! integration tests drive (loading the XDP program, writing and reading its maps).
 
+pub mod batch;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod expiry;
 pub mod health;
 pub mod node;
+pub mod pins;
 pub mod plan;
 pub mod state;
 pub mod stats;

@@ -191,6 +191,14 @@ pub fn run(
                     syns.push(time("lb", SYN_CALLS, &mut |i| syn(first + i), XDP_TX)?);
                     next += SYN_CALLS;
                 }
+                let members_ix: Vec<u32> = (0..members).collect();
+                let sw = dp.sweep(&members_ix, &[0], &[])?;
+                eprintln!(
+                    "  sweep over {} flows: {:.1} ms, longest chunk {:.2} ms",
+                    sw.flows,
+                    sw.duration.as_secs_f64() * 1e3,
+                    sw.longest_chunk.as_secs_f64() * 1e3
+                );
                 let memory = lb::dataplane::map_memory(&dp.maps.dir)?;
                 Ok(Cell {
                     members,

@@ -1,0 +1,246 @@
+//! What each pinned map holds, so that a daemon taking over pinned maps (a restart, an upgrade)
+//! reuses them only when it reads them as the daemon that created them wrote them.
+//!
+//! Every pinned map has an entry in [`MAPS`]: a hand-kept `version`, bumped whenever the meaning
+//! of its keys or values changes, and a `layout` fingerprint computed here at compile time from
+//! the sizes and field offsets of its key and value types and the constants that index it. The
+//! daemon that creates a load balancer's maps writes the table into the pinned `SCHEMA` map;
+//! a later daemon compares it, along with each map's type, key and value sizes, capacity and
+//! flags as the kernel reports them, before it loads anything (`lb-userspace/src/pins.rs`).
+//!
+//! The unit test `schema_versions_follow_layouts` pins each fingerprint to its version: a
+//! change of layout fails it until the version is bumped.
+
+use core::mem::{offset_of, size_of};
+
+use crate::{
+    reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats,
+    SweepReport, MAX_POOL_MEMBERS,
+};
+
+/// `SCHEMA` value: one pinned map's identity as the daemon that created it saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchemaEntry {
+    /// The map's pin name, NUL-padded.
+    pub name: [u8; 16],
+    pub version: u32,
+    pub layout: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+assert_size!(SchemaEntry, 32);
+
+/// Entries of the `SCHEMA` map (its own layout never changes: a new one would be `SCHEMA2`).
+pub const SCHEMA_ENTRIES: u32 = 32;
+
+impl SchemaEntry {
+    pub fn name(&self) -> &str {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
+        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+}
+
+/// One pinned map this build uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSchema {
+    pub name: &'static str,
+    pub version: u32,
+    pub layout: u32,
+}
+
+impl MapSchema {
+    pub fn entry(&self, key_size: u32, value_size: u32) -> SchemaEntry {
+        let mut name = [0u8; 16];
+        let n = self.name.len().min(16);
+        name[..n].copy_from_slice(&self.name.as_bytes()[..n]);
+        SchemaEntry {
+            name,
+            version: self.version,
+            layout: self.layout,
+            key_size,
+            value_size,
+        }
+    }
+}
+
+/// FNV-1a over 32-bit words, usable in constants.
+const fn fnv(words: &[usize]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < words.len() {
+        let mut w = words[i] as u64;
+        let mut b = 0;
+        while b < 8 {
+            h ^= (w & 0xff) as u32;
+            h = h.wrapping_mul(0x0100_0193);
+            w >>= 8;
+            b += 1;
+        }
+        i += 1;
+    }
+    h
+}
+
+const fn fnv_str(h: u32, s: &str) -> u32 {
+    let bytes = s.as_bytes();
+    let mut h = h;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h
+}
+
+const fn mix(a: u32, b: u32) -> u32 {
+    fnv(&[a as usize, b as usize])
+}
+
+/// Size, alignment and the offset of every named field of a `#[repr(C)]` type.
+macro_rules! layout {
+    ($t:ty; $($f:ident),* $(,)?) => {
+        fnv(&[size_of::<$t>(), core::mem::align_of::<$t>(), $(offset_of!($t, $f)),*])
+    };
+}
+
+const LISTENER_KEY: u32 = layout!(ListenerKey; vip_be, port_be, proto, _pad);
+const LISTENER_CONF: u32 = layout!(ListenerConf; index, pool, connection_limit, retries,
+    timeout_member_connect_ns, timeout_data_ns);
+const POOL_CONF: u32 = layout!(PoolConf; count, algorithm);
+const MEMBER_CONF: u32 = layout!(MemberConf; addr_be, port_be, weight, flags, _pad);
+const LIVE: u32 = layout!(Live; active, events, rr, table, refs, _pad);
+const STATS: u32 = layout!(Stats; packets_in, bytes_in, packets_out, bytes_out,
+    total_connections, redispatches, drops);
+const FLOW_KEY: u32 = layout!(FlowKey; src_be, dst_be, sport_be, dport_be, proto, dir, _pad);
+const FLOW: u32 = layout!(Flow; created_ns, last_seen_ns, client_be, member_be, client_port_be,
+    listener_port_be, member_port_be, snat_port_be, vip_be, member, listener, client_mac,
+    member_mac, port_mac, state, counted, syn_retries, _pad, ts_delta);
+const SWEEP_REPORT: u32 = layout!(SweepReport; flows, expired, orphans, cycle_us);
+/// Verdict arrays are indexed by reason: their names and order are part of the layout.
+const REASONS: u32 = {
+    let mut h = reason::COUNT;
+    let mut i = 0;
+    while i < reason::NAMES.len() {
+        h = fnv_str(h, reason::NAMES[i]);
+        i += 1;
+    }
+    h
+};
+const U32: u32 = fnv(&[4, 4]);
+const U64: u32 = fnv(&[8, 8]);
+
+/// Every pinned map of a load balancer, with its version and layout. Keep in sync with
+/// `lb-ebpf/src/maps.rs` (a test checks that every pinned map of the object is here).
+pub const MAPS: &[MapSchema] = &[
+    MapSchema {
+        name: "LISTENERS",
+        version: 1,
+        layout: mix(LISTENER_KEY, LISTENER_CONF),
+    },
+    MapSchema {
+        name: "POOLS",
+        version: 1,
+        layout: mix(U32, POOL_CONF),
+    },
+    MapSchema {
+        name: "MEMBERS",
+        version: 1,
+        layout: mix(MAX_POOL_MEMBERS, MEMBER_CONF),
+    },
+    MapSchema {
+        name: "MEMBER_LIVE",
+        version: 1,
+        layout: mix(MAX_POOL_MEMBERS, LIVE),
+    },
+    MapSchema {
+        name: "LISTENER_LIVE",
+        version: 1,
+        layout: mix(U32, LIVE),
+    },
+    MapSchema {
+        name: "MEMBER_STATS",
+        version: 1,
+        layout: mix(MAX_POOL_MEMBERS, STATS),
+    },
+    MapSchema {
+        name: "LISTENER_STATS",
+        version: 1,
+        layout: mix(U32, STATS),
+    },
+    MapSchema {
+        name: "LISTENER_DROPS",
+        version: 1,
+        layout: mix(REASONS, U64),
+    },
+    MapSchema {
+        name: "VERDICTS",
+        version: 1,
+        layout: mix(REASONS, U64),
+    },
+    MapSchema {
+        name: "CONNTRACK",
+        version: 1,
+        layout: mix(FLOW_KEY, FLOW),
+    },
+    MapSchema {
+        name: "SWEEP",
+        version: 1,
+        layout: mix(U32, SWEEP_REPORT),
+    },
+];
+
+/// The schema of pinned map `name`, if this build pins a map of that name.
+pub fn find(name: &str) -> Option<&'static MapSchema> {
+    MAPS.iter().find(|m| m.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure here means a pinned map's layout changed. Bump that map's `version` in `MAPS`
+    /// (a daemon taking over maps of the old layout then refuses them, naming the map) and
+    /// record the new fingerprint here.
+    #[test]
+    fn schema_versions_follow_layouts() {
+        let recorded: &[(&str, u32, u32)] = &[
+            ("LISTENERS", 1, 0x7a4e_385a),
+            ("POOLS", 1, 0xa58a_610d),
+            ("MEMBERS", 1, 0xfb78_4c8f),
+            ("MEMBER_LIVE", 1, 0x8ac6_259f),
+            ("LISTENER_LIVE", 1, 0x5aa4_6a3e),
+            ("MEMBER_STATS", 1, 0x05ae_e319),
+            ("LISTENER_STATS", 1, 0xeb63_52d0),
+            ("LISTENER_DROPS", 1, 0x5cdb_65d7),
+            ("VERDICTS", 1, 0x5cdb_65d7),
+            ("CONNTRACK", 1, 0x0b82_f2d9),
+            ("SWEEP", 1, 0xcff9_c699),
+        ];
+        let mut wrong = [("", 0, 0, 0); 16];
+        let mut n = 0;
+        for (m, &(name, version, layout)) in MAPS.iter().zip(recorded) {
+            assert_eq!(m.name, name);
+            if (m.version, m.layout) != (version, layout) {
+                wrong[n] = (name, m.version, m.layout, layout);
+                n += 1;
+            }
+        }
+        assert_eq!(MAPS.len(), recorded.len());
+        assert!(
+            n == 0,
+            "layouts changed (name, version, layout now, layout recorded): {:x?}; bump their \
+             versions in MAPS and record the new layouts here",
+            &wrong[..n]
+        );
+    }
+
+    #[test]
+    fn names_fit_the_entry() {
+        for m in MAPS {
+            assert!(m.name.len() <= 15, "{}", m.name);
+            assert_eq!(m.entry(1, 2).name(), m.name);
+        }
+    }
+}
