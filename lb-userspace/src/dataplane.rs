@@ -132,6 +132,13 @@ impl Dataplane {
         Ok(Dataplane { ebpf, maps })
     }
 
+    /// Program `name` of the loaded object.
+    pub(crate) fn program_mut(&mut self, name: &str) -> &mut aya::programs::Program {
+        self.ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("program {name} is in the object"))
+    }
+
     pub fn program(&mut self) -> &mut Xdp {
         self.ebpf.program_mut("lb").unwrap().try_into().unwrap()
     }
@@ -208,7 +215,7 @@ impl Dataplane {
             retired: retired.to_vec(),
             listeners: listeners.to_vec(),
         };
-        crate::expiry::Sweeper::open(&self.maps.dir)?.cycle(&census, &mut |_| {})
+        crate::expiry::Sweeper::open(&self.maps.dir)?.cycle(&census, &mut |_| true)
     }
 }
 
@@ -303,6 +310,18 @@ impl LiveArray {
         false
     }
 
+    /// Zeroes every counter of slot `i` (a slot taken by a new member or listener).
+    pub(crate) fn reset(&self, i: u32) {
+        let p = self.slot(i);
+        unsafe {
+            AtomicI64::from_ptr(&raw mut (*p).active).store(0, Ordering::Relaxed);
+            AtomicU64::from_ptr(&raw mut (*p).events).fetch_add(1, Ordering::Relaxed);
+            AtomicU64::from_ptr(&raw mut (*p).rr).store(0, Ordering::Relaxed);
+            AtomicI64::from_ptr(&raw mut (*p).table).store(0, Ordering::Relaxed);
+            AtomicU64::from_ptr(&raw mut (*p).refs).store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Records a cycle's census: open flows and flows of any state naming the index.
     pub(crate) fn set_census(&self, i: u32, open: i64, refs: u64) {
         let p = self.slot(i);
@@ -381,6 +400,18 @@ where
     T::try_from(map).map_err(|source| DataplaneError::Map { path, source })
 }
 
+/// A zero for every possible CPU, to reset an entry of a per-CPU array.
+fn per_cpu_zeros<T: aya::Pod + Default + Clone>() -> Result<aya::maps::PerCpuValues<T>> {
+    let io = |path: &str, source| DataplaneError::Io {
+        what: "cannot count the possible CPUs in",
+        path: path.into(),
+        source,
+    };
+    let n = aya::util::nr_cpus().map_err(|(path, source)| io(path, source))?;
+    aya::maps::PerCpuValues::try_from(vec![T::default(); n])
+        .map_err(|e| io("/sys/devices/system/cpu/possible", e))
+}
+
 fn sum_stats(values: &[Stats]) -> Stats {
     values.iter().fold(Stats::default(), |mut a, s| {
         a.packets_in += s.packets_in;
@@ -397,6 +428,83 @@ fn sum_stats(values: &[Stats]) -> Stats {
 }
 
 impl Maps {
+    /// Writes `new` into the maps: pools and members first, listeners last (a listener is live
+    /// as soon as it is written); entries `old` had and `new` has not are cleared; indexes
+    /// `new` gives to new members and listeners start with zeroed counters. A member whose
+    /// address and port did not change keeps the health verdict the data path has.
+    pub fn write_plan(
+        &mut self,
+        new: &crate::plan::Plan,
+        old: Option<&crate::plan::Plan>,
+    ) -> Result<()> {
+        for &i in &new.fresh_members {
+            self.reset_member(i)?;
+        }
+        for &i in &new.fresh_listeners {
+            self.reset_listener(i)?;
+        }
+        for p in &new.pools {
+            self.set_pool(p.index, p.conf)?;
+        }
+        for m in &new.members {
+            let mut conf = m.conf;
+            if let Ok(cur) = self.member(m.index) {
+                if cur.addr_be == conf.addr_be
+                    && cur.port_be == conf.port_be
+                    && cur.flags & lb_common::MEMBER_F_UP == 0
+                {
+                    conf.flags &= !lb_common::MEMBER_F_UP;
+                }
+            }
+            self.set_member(m.index, conf)?;
+        }
+        for &i in &new.retired {
+            self.set_member(i, MemberConf::default())?;
+        }
+        if let Some(old) = old {
+            for p in old
+                .pools
+                .iter()
+                .filter(|p| !new.pools.iter().any(|n| n.index == p.index))
+            {
+                self.set_pool(p.index, PoolConf::default())?;
+            }
+        }
+        let wanted: Vec<_> = new.listeners.iter().map(|l| l.key).collect();
+        for (key, _) in self.listeners() {
+            if !wanted.contains(&key) {
+                self.remove_listener(&key)?;
+            }
+        }
+        for l in &new.listeners {
+            self.set_listener(l.key, l.conf)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes every counter of member slot `i` (traffic, connections, drops, census), before
+    /// it serves a member it did not serve before.
+    pub fn reset_member(&mut self, i: u32) -> Result<()> {
+        let e = self.err("MEMBER_STATS");
+        self.member_stats.set(i, per_cpu_zeros()?, 0).map_err(e)?;
+        self.member_live.reset(i);
+        Ok(())
+    }
+
+    /// Zeroes every counter of listener index `i`, before it serves a new listener.
+    pub fn reset_listener(&mut self, i: u32) -> Result<()> {
+        let e = self.err("LISTENER_STATS");
+        self.listener_stats.set(i, per_cpu_zeros()?, 0).map_err(e)?;
+        for r in 0..reason::COUNT {
+            let e = self.err("LISTENER_DROPS");
+            self.listener_drops
+                .set(i * reason::COUNT + r, per_cpu_zeros()?, 0)
+                .map_err(e)?;
+        }
+        self.listener_live.reset(i);
+        Ok(())
+    }
+
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Maps {
             dir: dir.into(),

@@ -64,6 +64,8 @@ pub struct SweepOutcome {
     pub duration: Duration,
     /// The longest chunk (one syscall and its processing): the longest the cycle held a CPU.
     pub longest_chunk: Duration,
+    /// False if `pause` stopped the cycle early: nothing was corrected or freed.
+    pub complete: bool,
 }
 
 /// The conntrack table of one load balancer and the counters its census corrects, opened from
@@ -171,11 +173,12 @@ impl Sweeper {
     }
 
     /// One cycle over the whole table. `pause` runs after every chunk but the last with the
-    /// time that chunk took, and may sleep (the daemon's thread) or not (tests, benchmarks).
+    /// time that chunk took, and may sleep (the daemon's thread) or not (tests, benchmarks);
+    /// returning false ends the cycle there (the load balancer is going away).
     pub fn cycle(
         &mut self,
         census: &Census,
-        pause: &mut dyn FnMut(Duration),
+        pause: &mut dyn FnMut(Duration) -> bool,
     ) -> Result<SweepOutcome> {
         let start = Instant::now();
         let started_ns = monotonic_ns();
@@ -245,10 +248,12 @@ impl Sweeper {
                 self.expire(key, &listeners, &mut tally, &mut named, &mut out)?;
             }
             out.longest_chunk = out.longest_chunk.max(chunk_start.elapsed());
-            if cursor != Cursor::Done {
-                pause(chunk_start.elapsed());
+            if cursor != Cursor::Done && !pause(chunk_start.elapsed()) {
+                out.duration = start.elapsed();
+                return Ok(out);
             }
         }
+        out.complete = true;
         named.sort_unstable();
         for (rkey, fkey) in candidates {
             if named.binary_search(&fingerprint(&rkey)).is_ok() {

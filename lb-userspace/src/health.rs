@@ -81,6 +81,8 @@ pub async fn check_tcp(
     }
 }
 
+/// One member to monitor.
+#[derive(Debug, Clone)]
 pub struct MonitorTarget {
     pub member_index: u32,
     pub member_id: String,
@@ -90,46 +92,43 @@ pub struct MonitorTarget {
     pub up: bool,
 }
 
-/// Runs every member's monitor until the future is dropped (the daemon's stop signal). Call
-/// on a runtime whose thread is inside the load balancer's namespace: the sockets are
-/// created there.
-pub async fn run(
-    lb: String,
-    vip: Ipv4Addr,
-    targets: Vec<MonitorTarget>,
-    tx: UnboundedSender<Transition>,
-) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in targets {
-        let tx = tx.clone();
-        let lb = lb.clone();
-        tasks.spawn(async move {
-            let mut checker = Checker::new(t.monitor.max_retries, t.monitor.max_retries_down, t.up);
-            let mut tick = tokio::time::interval(t.monitor.delay());
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let result = check_tcp(vip, t.target, t.monitor.timeout()).await;
-                let reason = match &result {
-                    Ok(()) => "check passed".to_string(),
-                    Err(e) => e.clone(),
-                };
-                if let Some(up) = checker.record(result.is_ok()) {
-                    let tr = Transition {
-                        loadbalancer: lb.clone(),
-                        member_index: t.member_index,
-                        member_id: t.member_id.clone(),
-                        up,
-                        reason,
-                    };
-                    if tx.send(tr).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+impl MonitorTarget {
+    /// Two targets with the same identity are the same monitor: a reload keeps it running.
+    pub fn same_monitor(&self, other: &MonitorTarget) -> bool {
+        self.member_index == other.member_index
+            && self.member_id == other.member_id
+            && self.target == other.target
+            && self.monitor == other.monitor
     }
-    while tasks.join_next().await.is_some() {}
+}
+
+/// Checks one member every `delay` until the future is dropped, sending its transitions.
+/// Call on a runtime whose thread is inside the load balancer's namespace: the sockets are
+/// created there.
+pub async fn monitor(lb: String, vip: Ipv4Addr, t: MonitorTarget, tx: UnboundedSender<Transition>) {
+    let mut checker = Checker::new(t.monitor.max_retries, t.monitor.max_retries_down, t.up);
+    let mut tick = tokio::time::interval(t.monitor.delay());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = check_tcp(vip, t.target, t.monitor.timeout()).await;
+        let reason = match &result {
+            Ok(()) => "check passed".to_string(),
+            Err(e) => e.clone(),
+        };
+        if let Some(up) = checker.record(result.is_ok()) {
+            let tr = Transition {
+                loadbalancer: lb.clone(),
+                member_index: t.member_index,
+                member_id: t.member_id.clone(),
+                up,
+                reason,
+            };
+            if tx.send(tr).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

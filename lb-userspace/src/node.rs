@@ -322,6 +322,27 @@ impl Netlink {
             .map_err(nl(format!("default route via {gw}")))
     }
 
+    /// Whether any device has bridge `bridge` as its controller.
+    pub async fn has_ports(&self, bridge: &str) -> Result<bool> {
+        let Some(b) = self.index(bridge).await? else {
+            return Ok(false);
+        };
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links
+            .try_next()
+            .await
+            .map_err(nl(format!("listing the ports of {bridge}")))?
+        {
+            let on_it = msg.attributes.iter().any(|a| {
+                matches!(a, rtnetlink::packet_route::link::LinkAttribute::Controller(c) if *c == b)
+            });
+            if on_it {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub async fn delete(&self, name: &str) -> Result<()> {
         if let Some(i) = self.index(name).await? {
             self.handle
@@ -335,19 +356,31 @@ impl Netlink {
     }
 }
 
-/// What `Node::setup` created, so teardown removes exactly that.
-#[derive(Default)]
+/// What lb created for one load balancer, across every run since it was first brought up:
+/// recorded in its state file *before* each creation (a crash right after still leaves it
+/// recorded), so that teardown after any number of restarts and takeovers removes exactly
+/// this, and returns an adopted port to the node's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owned {
+    /// lb made namespace `qlbaas-<id>` (else Neutron or an operator did).
+    pub namespace: bool,
+    /// lb made the port as a veth; this is its outer end, in the node's namespace.
+    pub veth: Option<String>,
+    /// lb made this bridge.
+    pub bridge: Option<String>,
+    /// lb moved the adopted port from the node's namespace into the load balancer's.
+    pub moved_port: bool,
+}
+
+/// The load balancer's namespace and port, and what of them lb owns.
 pub struct Node {
     pub namespace: String,
     pub port: String,
     /// Outer end of a veth lb created (in the node namespace), if any.
     pub outer: Option<String>,
-    pub created_namespace: bool,
-    pub created_bridge: Option<String>,
-    /// An adopted port lb moved from the node namespace into the load balancer's namespace.
-    pub moved_port: bool,
+    pub owned: Owned,
     /// The node namespace (the daemon's), to hand an adopted port back on teardown.
-    node_ns: Option<OwnedFd>,
+    node_ns: OwnedFd,
 }
 
 /// Name of the outer end of a created port: Neutron's `tap` prefix becomes `ns` (as its
@@ -360,8 +393,18 @@ pub fn outer_name(port: &str) -> String {
     base.chars().take(15).collect()
 }
 
+/// Called with what lb is about to own, before it creates it.
+pub type Record<'a> = dyn FnMut(&Owned) -> std::io::Result<()> + Send + 'a;
+
 impl Node {
-    pub async fn setup(lb: &LoadBalancer) -> Result<Node> {
+    /// Makes (or finds) the namespace and port of `lb`, with its VIP and sysctls. `inherited`
+    /// is what earlier runs recorded as lb's; `record` persists every addition before it is
+    /// made. On failure, what this call created is removed again; what it inherited is not.
+    pub async fn setup(
+        lb: &LoadBalancer,
+        inherited: &Owned,
+        record: &mut Record<'_>,
+    ) -> Result<Node> {
         let node_ns =
             File::open("/proc/thread-self/ns/net").map_err(|source| NodeError::Enter {
                 ns: "(node)".into(),
@@ -370,17 +413,57 @@ impl Node {
         let mut node = Node {
             namespace: lb.namespace(),
             port: lb.port.name.clone(),
-            node_ns: Some(node_ns.into()),
-            ..Default::default()
+            outer: inherited.veth.clone(),
+            owned: inherited.clone(),
+            node_ns: node_ns.into(),
         };
-        if let Err(e) = node.setup_inner(lb).await {
-            node.teardown().await;
+        if let Err(e) = node.setup_inner(lb, record).await {
+            let mut created = Node {
+                namespace: node.namespace.clone(),
+                port: node.port.clone(),
+                outer: None,
+                owned: node.owned.added_since(inherited),
+                node_ns: node
+                    .node_ns
+                    .try_clone()
+                    .map_err(|source| NodeError::Enter {
+                        ns: "(node)".into(),
+                        source,
+                    })?,
+            };
+            created.teardown().await;
+            let _ = record(inherited);
             return Err(e);
         }
         Ok(node)
     }
 
-    async fn setup_inner(&mut self, lb: &LoadBalancer) -> Result<()> {
+    /// The node of a load balancer as its state file records it, for teardown.
+    pub fn from_record(namespace: &str, port: &str, owned: &Owned) -> Node {
+        Node {
+            namespace: namespace.into(),
+            port: port.into(),
+            outer: owned.veth.clone(),
+            owned: owned.clone(),
+            node_ns: File::open("/proc/thread-self/ns/net")
+                .expect("the node's namespace")
+                .into(),
+        }
+    }
+
+    /// Records `change` applied to what lb owns, then keeps it.
+    fn own(&mut self, record: &mut Record<'_>, change: impl FnOnce(&mut Owned)) -> Result<()> {
+        let mut next = self.owned.clone();
+        change(&mut next);
+        record(&next).map_err(|e| NodeError::Port {
+            port: self.port.clone(),
+            reason: format!("cannot record what lb creates in the state file: {e}"),
+        })?;
+        self.owned = next;
+        Ok(())
+    }
+
+    async fn setup_inner(&mut self, lb: &LoadBalancer, record: &mut Record<'_>) -> Result<()> {
         let ns = self.namespace.clone();
         let port = self.port.clone();
         let port_err = |reason: String| NodeError::Port {
@@ -388,16 +471,16 @@ impl Node {
             reason,
         };
         if !netns_exists(&ns) {
+            self.own(record, |o| o.namespace = true)?;
             ip_netns("add", &ns)?;
-            self.created_namespace = true;
         }
         let here = Netlink::here()?;
         let inside = Netlink::in_ns(&ns)?;
         let ns_file = open_netns(&ns)?;
         if lb.port.adopt {
             if here.index(&port).await?.is_some() {
+                self.own(record, |o| o.moved_port = true)?;
                 here.move_to(&port, &ns_file).await?;
-                self.moved_port = true;
             } else if inside.index(&port).await?.is_none() {
                 return Err(port_err(format!(
                     "adopt = true but no device of that name in the node namespace or in {ns}"
@@ -407,16 +490,13 @@ impl Node {
             let bridge = &lb.port.bridge;
             let outer = outer_name(&port);
             if inside.index(&port).await?.is_some() && here.index(&outer).await?.is_some() {
-                // Left by an lb run that never tore down (killed, crashed): take it over, so
-                // the flows pinned in its maps carry on once the program is attached again.
+                // Left by an lb run that did not tear down (killed, crashed, or handed over):
+                // its data path still runs on it.
                 tracing::warn!(port = %port, namespace = %ns, "reusing the port a previous lb run left behind");
+                if self.owned.veth.as_deref() != Some(outer.as_str()) {
+                    self.own(record, |o| o.veth = Some(outer.clone()))?;
+                }
                 self.outer = Some(outer.clone());
-                self.created_namespace = true;
-                set_tx_checksum(&outer, false).map_err(|e| {
-                    port_err(format!(
-                        "cannot turn TX checksum offload off on {outer}: {e}"
-                    ))
-                })?;
                 here.set_controller(&outer, bridge).await?;
                 here.up(&outer).await?;
                 return self.finish(lb, &inside).await;
@@ -427,20 +507,16 @@ impl Node {
                 ));
             }
             if here.index(bridge).await?.is_none() {
+                self.own(record, |o| o.bridge = Some(bridge.clone()))?;
                 here.add_bridge(bridge).await?;
-                self.created_bridge = Some(bridge.clone());
             }
             here.up(bridge).await?;
             if here.index(&outer).await?.is_some() {
                 return Err(port_err(format!("the outer end's name {outer} is taken")));
             }
+            self.own(record, |o| o.veth = Some(outer.clone()))?;
             here.add_veth(&outer, &port).await?;
             self.outer = Some(outer.clone());
-            set_tx_checksum(&outer, false).map_err(|e| {
-                port_err(format!(
-                    "cannot turn TX checksum offload off on {outer}: {e}"
-                ))
-            })?;
             here.move_to(&port, &ns_file).await?;
             here.set_controller(&outer, bridge).await?;
             here.up(&outer).await?;
@@ -471,35 +547,62 @@ impl Node {
         Ok(())
     }
 
-    /// Removes what setup created; an adopted port goes back where it came from.
+    /// Removes what lb owns; an adopted port goes back to the node's namespace. A bridge lb
+    /// made stays while other ports (another load balancer's) are on it.
     pub async fn teardown(&mut self) {
         let here = Netlink::here();
-        if self.moved_port {
+        if self.owned.moved_port {
             let back = async {
                 let inside = Netlink::in_ns(&self.namespace)?;
-                let node_ns = self.node_ns.as_ref().expect("set in setup");
-                inside.move_to(&self.port, node_ns).await
+                inside.move_to(&self.port, &self.node_ns).await
             };
             if let Err(e) = back.await {
                 tracing::warn!(error = %e, port = %self.port, "cannot return the adopted port");
             }
-            self.moved_port = false;
+            self.owned.moved_port = false;
         }
-        if let (Some(outer), Ok(here)) = (self.outer.take(), &here) {
+        if let (Some(outer), Ok(here)) = (self.owned.veth.take(), &here) {
             if let Err(e) = here.delete(&outer).await {
                 tracing::warn!(error = %e, "cannot delete {outer}");
             }
         }
-        if self.created_namespace {
+        self.outer = None;
+        if self.owned.namespace {
             if let Err(e) = ip_netns("del", &self.namespace) {
                 tracing::warn!(error = %e, "cannot delete namespace {}", self.namespace);
             }
-            self.created_namespace = false;
+            self.owned.namespace = false;
         }
-        if let (Some(br), Ok(here)) = (self.created_bridge.take(), &here) {
-            if let Err(e) = here.delete(&br).await {
-                tracing::warn!(error = %e, "cannot delete bridge {br}");
+        if let (Some(br), Ok(here)) = (self.owned.bridge.take(), &here) {
+            match here.has_ports(&br).await {
+                Ok(false) => {
+                    if let Err(e) = here.delete(&br).await {
+                        tracing::warn!(error = %e, "cannot delete bridge {br}");
+                    }
+                }
+                Ok(true) => {
+                    tracing::info!(bridge = %br, "leaving the bridge lb made: other ports are on it")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list the ports of bridge {br}"),
             }
+        }
+    }
+}
+
+impl Owned {
+    /// What `self` owns that `before` did not.
+    pub fn added_since(&self, before: &Owned) -> Owned {
+        Owned {
+            namespace: self.namespace && !before.namespace,
+            veth: self
+                .veth
+                .clone()
+                .filter(|v| before.veth.as_ref() != Some(v)),
+            bridge: self
+                .bridge
+                .clone()
+                .filter(|b| before.bridge.as_ref() != Some(b)),
+            moved_port: self.moved_port && !before.moved_port,
         }
     }
 }

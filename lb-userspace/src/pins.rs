@@ -345,7 +345,8 @@ mod tests {
     fn every_difference_is_named() {
         let p = Path::new("/p/CONNTRACK");
         let want = conntrack(8);
-        let cases: [(&str, fn(&mut MapDesc)); 4] = [
+        type Change = fn(&mut MapDesc);
+        let cases: [(&str, Change); 4] = [
             ("map type", |m| m.map_type = 9),
             ("key size", |m| m.key_size = 20),
             ("value size", |m| m.value_size = 80),

@@ -57,6 +57,12 @@ pub struct Plan {
     /// shows none does).
     #[serde(default)]
     pub retired: Vec<u32>,
+    /// Member and listener indexes this plan gives to members and listeners that did not
+    /// have them in the plan it was made from: their counters start at 0 when it is written.
+    #[serde(skip)]
+    pub fresh_members: Vec<u32>,
+    #[serde(skip)]
+    pub fresh_listeners: Vec<u32>,
 }
 
 const MS: u64 = 1_000_000;
@@ -99,15 +105,22 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
         let base = index * MAX_POOL_MEMBERS;
         let mut count = 0;
         for m in &pool.member {
-            let idx = prev
+            let kept = prev
                 .members
                 .iter()
                 .find(|x| x.id == m.id && x.pool_id == pool.id)
-                .map(|x| x.index)
-                .or_else(|| allocate(base..base + MAX_POOL_MEMBERS, &mut members_taken))
-                .ok_or_else(|| NoSlotLeft {
-                    pool: pool.id.clone(),
-                })?;
+                .map(|x| x.index);
+            let idx = match kept {
+                Some(i) => i,
+                None => {
+                    let i = allocate(base..base + MAX_POOL_MEMBERS, &mut members_taken)
+                        .ok_or_else(|| NoSlotLeft {
+                            pool: pool.id.clone(),
+                        })?;
+                    p.fresh_members.push(i);
+                    i
+                }
+            };
             count = count.max(idx - base + 1);
             let mut flags = MEMBER_F_CONFIGURED | MEMBER_F_UP;
             if m.admin_state_up {
@@ -158,13 +171,22 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
 
     let mut listeners_taken: HashSet<u32> = prev.listeners.iter().map(|l| l.index).collect();
     for l in &lb.listener {
-        let index = prev
+        // A new listener never takes the index of one removed by the same change: the
+        // removed one's flows still name it until they expire.
+        let kept = prev
             .listeners
             .iter()
             .find(|x| x.id == l.id)
-            .map(|x| x.index)
-            .or_else(|| allocate(0..MAX_LISTENERS, &mut listeners_taken))
-            .expect("validated: at most MAX_LISTENERS listeners");
+            .map(|x| x.index);
+        let index = match kept {
+            Some(i) => i,
+            None => {
+                let i = allocate(0..MAX_LISTENERS, &mut listeners_taken)
+                    .expect("validated: at most MAX_LISTENERS listeners");
+                p.fresh_listeners.push(i);
+                i
+            }
+        };
         let pool_index = p
             .pools
             .iter()
@@ -273,8 +295,21 @@ mod tests {
         );
         assert_eq!(new.retired, vec![idx(&old, &first.id).unwrap()]);
         assert_eq!(new.pools[0].conf.count, 3);
+        assert_eq!(
+            new.fresh_members,
+            vec![2],
+            "only the new member's counters restart"
+        );
+        assert!(new.fresh_listeners.is_empty());
         assert_eq!(new.listeners[0].index, old.listeners[0].index);
-        // Planning the same config again changes nothing.
-        assert_eq!(plan(&lb, Some(&new)).unwrap(), new);
+        // Planning the same config again changes nothing, and restarts no counter.
+        let again = plan(&lb, Some(&new)).unwrap();
+        assert_eq!(
+            again,
+            Plan {
+                fresh_members: vec![],
+                ..new
+            }
+        );
     }
 }

@@ -1,11 +1,27 @@
-//! What a running daemon publishes for `lb stats`: one JSON file per load balancer naming the
-//! map indexes (the maps themselves hold only numbers).
+//! What a daemon records of each load balancer, one JSON file per load balancer in
+//! `<state_dir>/<id>.json`: for `lb stats` the map indexes (the maps hold only numbers); for
+//! the next daemon (after a crash, a restart, a takeover) the plan those indexes follow, what
+//! lb owns on the node, and where the data path is attached.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Plan;
+use crate::{daemon::attach::Attachment, node::Owned, plan::Plan};
+
+/// Where a load balancer's daemon stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Being brought up (or taken over): not everything is in place yet.
+    Starting,
+    /// Up, served by the daemon `pid` while it lives.
+    #[default]
+    Running,
+    /// Its daemon exited leaving the data path in place (SIGUSR1, or handing over to
+    /// `lb run --takeover`): flows are translated, nothing expires or is checked.
+    Left,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -19,6 +35,14 @@ pub struct State {
     /// Listener and member ids with their map indexes (the maps hold only numbers); a daemon
     /// that takes over plans from it.
     pub plan: Plan,
+    /// What lb created on the node for this load balancer, across runs.
+    #[serde(default)]
+    pub owned: Owned,
+    /// Where the data path is attached; a daemon taking over replaces the programs there.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    #[serde(default)]
+    pub phase: Phase,
 }
 
 impl State {
@@ -39,8 +63,15 @@ impl State {
         serde_json::from_slice(&text).ok()
     }
 
+    pub fn remove(state_dir: &Path, lb: &str) {
+        let _ = std::fs::remove_file(Self::path(state_dir, lb));
+    }
+
     /// The pid of the `lb` process that published this state, if it is still running.
     pub fn live_owner(&self) -> Option<u32> {
+        if self.phase == Phase::Left {
+            return None;
+        }
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid)).ok()?;
         (comm.trim() == "lb" && self.pid != std::process::id()).then_some(self.pid)
     }

@@ -217,6 +217,10 @@ pub fn collect_all(state_dir: &Path) -> anyhow::Result<Vec<LoadBalancerReport>> 
         State::read_all(state_dir).with_context(|| format!("reading {}", state_dir.display()))?;
     states
         .iter()
+        // A load balancer still coming up for the first time has no maps to read yet.
+        .filter(|s| {
+            s.phase != crate::state::Phase::Starting || s.pin_dir.join("CONNTRACK").exists()
+        })
         .map(|s| {
             collect(s).with_context(|| {
                 format!(

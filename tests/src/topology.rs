@@ -431,11 +431,14 @@ pub fn lb_bin() -> PathBuf {
     p
 }
 
-/// Waits until this daemon has published its state file (it is up and attached).
+/// Waits until this daemon has published its state file as running (it is up and attached).
 pub fn wait_running(daemon: &mut Daemon, cfg: &TestConfig) {
     let start = Instant::now();
     let pid = daemon.pid();
-    while lb::state::State::read(&cfg.state_dir, &cfg.lb_id).map(|s| s.pid) != pid {
+    let running = lb::state::Phase::Running;
+    while lb::state::State::read(&cfg.state_dir, &cfg.lb_id).map(|s| (s.pid, s.phase))
+        != pid.map(|p| (p, running))
+    {
         if let Some(s) = daemon.exited() {
             panic!(
                 "lb run exited ({s}) before it was up:\n{}",

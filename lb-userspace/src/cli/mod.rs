@@ -21,9 +21,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon in the foreground: create each load balancer's namespace, port and VIP,
-    /// attach the XDP program, run health monitors, expire idle flows. SIGINT/SIGTERM tear
-    /// everything it created down again (adopted ports are left in place).
+    /// Run the daemon in the foreground: create each load balancer's namespace, port and VIP
+    /// (or take over what an earlier run left), attach the data path, run health monitors,
+    /// expire idle flows. SIGHUP reloads the config; SIGINT/SIGTERM tear down everything lb
+    /// created (adopted ports are returned); SIGUSR1 exits leaving the data path running with
+    /// every flow, for the next `lb run` to take over.
     Run(RunArgs),
     /// Print counters of running load balancers, read from the pinned maps.
     Stats(StatsArgs),
@@ -47,6 +49,12 @@ pub struct RunArgs {
     /// veth and tap ports); native or generic XDP on request
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpModeChoice>,
+    /// Take over load balancers another `lb run` is running (an upgrade or restart without
+    /// dropping connections): check this binary's maps and programs against the pinned ones,
+    /// then have the running daemon hand over (SIGUSR1) and replace its programs atomically.
+    /// A mismatch is refused and the running daemon is left alone
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -9,7 +9,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    rt.block_on(lb::daemon::run(&args.config, args.xdp_mode))
+    rt.block_on(lb::daemon::run(lb::daemon::Options {
+        config: args.config,
+        mode: args.xdp_mode,
+        takeover: args.takeover,
+    }))
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {

@@ -1,0 +1,406 @@
+//! `lb run`: the daemon. It brings every load balancer of its config up (or takes over what an
+//! earlier run left, or what a running daemon hands over), keeps them healthy, applies a
+//! changed config on SIGHUP, and ends in one of two ways:
+//! - SIGINT/SIGTERM: tears down everything lb owns (data path, maps, namespace, port);
+//! - SIGUSR1: exits leaving the data path attached with every flow (pinned), for a next
+//!   `lb run` to take over: an upgrade or restart without losing a connection. Without a
+//!   daemon, flows keep being translated; only expiry, health checks and stats pause.
+//!
+//! `lb run --takeover` does both halves of an upgrade: it checks and loads its own programs
+//! against the pinned maps first (a mismatch is refused and the running daemon is left
+//! alone), then asks the running daemon to hand over (SIGUSR1), takes each load balancer's
+//! lock as it is released, and replaces the programs under the pinned attachments atomically.
+//!
+//! Parts: `lock` (one daemon per load balancer), `instance` (one load balancer's lifecycle),
+//! `attach` (attachments that outlive the process), `reconcile` (reload as a transaction),
+//! `monitors` (health checks), `expiry` (the conntrack expiry thread).
+
+pub mod attach;
+pub mod expiry;
+pub mod instance;
+pub mod lock;
+pub mod monitors;
+pub mod reconcile;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+use self::{
+    expiry::{Expiry, Freed},
+    instance::{Claim, Ctx, Instance, Mode},
+    lock::{Acquire, LbLock},
+    reconcile::{Backend, Running},
+};
+use crate::{
+    config::{Config, LoadBalancer, XdpModeChoice},
+    dataplane::Dataplane,
+    health::Transition,
+    plan::Plan,
+    state::{Phase, State},
+};
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// How long `--takeover` waits for the running daemon to let go of a load balancer.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes sure `dir` will be on a bpffs, mounting one at /sys/fs/bpf if nothing is there.
+pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    // Two threads mounting at once would stack two bpffs instances, the second hiding what
+    // the first pinned.
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            bail!("{} has no existing parent", dir.display());
+        }
+    }
+    let fs =
+        nix::sys::statfs::statfs(&probe).with_context(|| format!("statfs {}", probe.display()))?;
+    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let sysfs_bpf = Path::new("/sys/fs/bpf");
+    if probe == sysfs_bpf {
+        info!("mounting bpffs on /sys/fs/bpf");
+        nix::mount::mount(
+            Some("bpf"),
+            sysfs_bpf,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mount -t bpf bpf /sys/fs/bpf")?;
+        return Ok(());
+    }
+    bail!(
+        "{} is not on a bpffs (mount one, or set daemon.bpffs under /sys/fs/bpf)",
+        dir.display()
+    )
+}
+
+/// The signals the daemon acts on, registered before anything else so that none of them
+/// kills it during bring-up (they wait until it is up).
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+}
+
+/// What `lb run` was asked.
+pub struct Options {
+    pub config: PathBuf,
+    pub mode: Option<XdpModeChoice>,
+    /// Hand running load balancers over from the daemon that runs them.
+    pub takeover: bool,
+}
+
+impl Running for Instance {
+    fn lb(&self) -> &LoadBalancer {
+        &self.lb
+    }
+    fn plan(&self) -> &Plan {
+        &self.plan
+    }
+}
+
+/// The daemon's side of the reconciler: real load balancers.
+struct Daemon<'a> {
+    ctx: &'a Ctx,
+}
+
+impl Backend for Daemon<'_> {
+    type Lb = Instance;
+
+    async fn start(&mut self, lb: &LoadBalancer) -> anyhow::Result<Instance> {
+        let claim = claim_one(self.ctx, lb)?;
+        Instance::start(self.ctx, claim).await
+    }
+
+    fn update(&mut self, r: &mut Instance, lb: &LoadBalancer, plan: Plan) -> anyhow::Result<()> {
+        r.update(self.ctx, lb, plan)
+    }
+
+    async fn stop(&mut self, r: Instance) {
+        r.teardown(self.ctx).await
+    }
+}
+
+/// Takes `lb`'s lock (refusing if another daemon runs it) and reads what an earlier run left.
+fn claim_one(ctx: &Ctx, lb: &LoadBalancer) -> anyhow::Result<Claim> {
+    match LbLock::try_acquire(&ctx.state_dir, &lb.id)
+        .with_context(|| format!("locking {}", lock::path(&ctx.state_dir, &lb.id).display()))?
+    {
+        Acquire::Acquired(lock) => Ok(Claim {
+            prior: prior_state(ctx, &lb.id),
+            lb: lb.clone(),
+            lock,
+            preloaded: None,
+        }),
+        Acquire::HeldBy(pid) => bail!("{}", already_running(&lb.id, pid)),
+    }
+}
+
+fn already_running(lb: &str, pid: Option<u32>) -> String {
+    let who = pid.map_or("another lb".into(), |p| format!("lb (pid {p})"));
+    format!(
+        "load balancer {lb} is already run by {who}; stop that one first, or start this one \
+         with --takeover to have it hand over without dropping connections"
+    )
+}
+
+/// What an earlier run left of `lb`: its state file, if its maps are still pinned.
+fn prior_state(ctx: &Ctx, lb: &str) -> Option<State> {
+    let s = State::read(&ctx.state_dir, lb)?;
+    s.pin_dir.exists().then_some(s)
+}
+
+/// Locks every load balancer of `cfg`, taking over from the daemons that run them if asked.
+/// Returns the claims, and the load balancers those daemons ran that `cfg` does not have
+/// (to be torn down, as a reload would).
+async fn claim_all(
+    ctx: &Ctx,
+    cfg: &Config,
+    takeover: bool,
+) -> anyhow::Result<(Vec<Claim>, Vec<(State, LbLock)>)> {
+    let mut claims = Vec::new();
+    let mut held: Vec<(&LoadBalancer, u32)> = Vec::new();
+    for lb in &cfg.loadbalancer {
+        match LbLock::try_acquire(&ctx.state_dir, &lb.id)
+            .with_context(|| format!("locking {}", lock::path(&ctx.state_dir, &lb.id).display()))?
+        {
+            Acquire::Acquired(lock) => claims.push(Claim {
+                prior: prior_state(ctx, &lb.id),
+                lb: lb.clone(),
+                lock,
+                preloaded: None,
+            }),
+            Acquire::HeldBy(Some(pid)) if takeover => held.push((lb, pid)),
+            Acquire::HeldBy(pid) => bail!("{}", already_running(&lb.id, pid)),
+        }
+    }
+    if held.is_empty() {
+        return Ok((claims, Vec::new()));
+    }
+    // Preflight, before the running daemon is disturbed: the same shape, maps this build can
+    // use, programs the kernel accepts against them.
+    let mut preloaded: Vec<(&LoadBalancer, u32, State, Dataplane)> = Vec::new();
+    for (lb, pid) in held {
+        let state = State::read(&ctx.state_dir, &lb.id).with_context(|| {
+            format!(
+                "load balancer {} is run by lb (pid {pid}) but {} cannot be read",
+                lb.id,
+                State::path(&ctx.state_dir, &lb.id).display()
+            )
+        })?;
+        instance::check_takeover(ctx, lb, &state)?;
+        let dp = Dataplane::load(&ctx.pin_dir(&lb.id), ctx.conntrack_flows).with_context(|| {
+            format!(
+                "load balancer {}: taking over from lb (pid {pid}) refused; it keeps running \
+                 unchanged",
+                lb.id
+            )
+        })?;
+        preloaded.push((lb, pid, state, dp));
+    }
+    let mut pids: Vec<u32> = preloaded.iter().map(|(_, p, _, _)| *p).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let others: Vec<State> = State::read_all(&ctx.state_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| pids.contains(&s.pid))
+        .filter(|s| !cfg.loadbalancer.iter().any(|lb| lb.id == s.loadbalancer))
+        .collect();
+    let started = Instant::now();
+    for &pid in &pids {
+        info!(pid, "asking the running lb to hand over (SIGUSR1)");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .with_context(|| format!("signalling lb (pid {pid})"))?;
+    }
+    for (lb, pid, _, dp) in preloaded {
+        match LbLock::acquire_within(&ctx.state_dir, &lb.id, HANDOVER_TIMEOUT)? {
+            Acquire::Acquired(lock) => claims.push(Claim {
+                prior: prior_state(ctx, &lb.id),
+                lb: lb.clone(),
+                lock,
+                preloaded: Some(dp),
+            }),
+            Acquire::HeldBy(_) => bail!(
+                "lb (pid {pid}) did not hand load balancer {} over within {:?}",
+                lb.id,
+                HANDOVER_TIMEOUT
+            ),
+        }
+    }
+    info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "handed over: every load balancer's lock is ours"
+    );
+    let mut left = Vec::new();
+    for s in others {
+        if let Acquire::Acquired(lock) =
+            LbLock::acquire_within(&ctx.state_dir, &s.loadbalancer, HANDOVER_TIMEOUT)?
+        {
+            if let Some(s) = State::read(&ctx.state_dir, &s.loadbalancer) {
+                left.push((s, lock));
+            }
+        }
+    }
+    Ok((claims, left))
+}
+
+/// How the daemon ends.
+enum End {
+    Teardown,
+    Leave,
+}
+
+/// Runs the daemon until SIGINT/SIGTERM (tear down) or SIGUSR1 (leave running).
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    let path = opts.config.as_path();
+    let mut cfg = Config::load(path)?;
+    let choice = opts.mode.unwrap_or(cfg.daemon.xdp_mode);
+    let (transitions, mut rx) = mpsc::unbounded_channel::<Transition>();
+    let (freed_tx, mut freed) = mpsc::unbounded_channel::<Freed>();
+    let ctx = Ctx {
+        bpffs: PathBuf::from(&cfg.daemon.bpffs),
+        state_dir: PathBuf::from(&cfg.daemon.state_dir),
+        conntrack_flows: cfg.daemon.conntrack_flows,
+        mode: Mode::from_choice(choice),
+        transitions,
+        expiry: Expiry::start(freed_tx)?,
+    };
+    ensure_bpffs(&ctx.bpffs)?;
+
+    let (claims, left) = claim_all(&ctx, &cfg, opts.takeover).await?;
+    let mut running: Vec<Instance> = Vec::new();
+    for claim in claims {
+        match Instance::start(&ctx, claim).await {
+            Ok(i) => running.push(i),
+            Err(e) => {
+                // What this run made goes; what it took over stays as it was.
+                for r in running.into_iter().rev() {
+                    r.leave_or_teardown(&ctx).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    for (state, lock) in left {
+        instance::teardown_left(state, &ctx.state_dir, lock).await;
+    }
+
+    let end = loop {
+        tokio::select! {
+            _ = signals.int.recv() => { info!("SIGINT: tearing down"); break End::Teardown; }
+            _ = signals.term.recv() => { info!("SIGTERM: tearing down"); break End::Teardown; }
+            _ = signals.usr1.recv() => {
+                info!("SIGUSR1: leaving the data path running for the next lb to take over");
+                break End::Leave;
+            }
+            _ = signals.hup.recv() => {
+                info!(config = %path.display(), "SIGHUP: reloading");
+                reload(path, &mut cfg, &mut running, &ctx).await;
+            }
+            Some(t) = rx.recv() => {
+                if let Some(r) = running.iter_mut().find(|r| r.lb.id == t.loadbalancer) {
+                    if t.up { info!(loadbalancer = %t.loadbalancer, member = %t.member_id, reason = %t.reason, "member UP"); }
+                    else { warn!(loadbalancer = %t.loadbalancer, member = %t.member_id, reason = %t.reason, "member DOWN"); }
+                    if let Err(e) = r.apply_transition(&t) {
+                        error!(error = format!("{e:#}"), "cannot record member health");
+                    }
+                }
+            }
+            Some(f) = freed.recv() => {
+                if let Some(r) = running.iter_mut().find(|r| r.lb.id == f.loadbalancer) {
+                    r.free_slots(&f.slots);
+                }
+            }
+        }
+    };
+    for r in running.into_iter().rev() {
+        match end {
+            End::Teardown => r.teardown(&ctx).await,
+            End::Leave => r.leave(&ctx),
+        }
+    }
+    Ok(())
+}
+
+impl Instance {
+    /// After a failed bring-up of another load balancer: one this run made is torn down,
+    /// one it took over is left running.
+    async fn leave_or_teardown(self, ctx: &Ctx) {
+        if self.inherited() {
+            self.leave(ctx)
+        } else {
+            self.teardown(ctx).await
+        }
+    }
+}
+
+/// Applies the config now in `path` as one transaction: refused as a whole if it does not
+/// validate or cannot be applied in place; rolled back if a step fails.
+async fn reload(path: &Path, cfg: &mut Config, running: &mut Vec<Instance>, ctx: &Ctx) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("SIGHUP: {e}; the running configuration stays");
+            return;
+        }
+    };
+    let changes = match reconcile::diff(running, &cfg.daemon, &new) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("SIGHUP: {e:#}; the running configuration stays (nothing was changed)");
+            return;
+        }
+    };
+    if changes.is_empty() {
+        info!("SIGHUP: nothing changed");
+        *cfg = new;
+        return;
+    }
+    match reconcile::apply(&mut Daemon { ctx }, running, changes).await {
+        Ok(a) => {
+            info!(
+                started = ?a.started, updated = ?a.updated, stopped = ?a.stopped,
+                "SIGHUP: configuration applied"
+            );
+            *cfg = new;
+        }
+        Err(e) => error!("SIGHUP: {e:#}"),
+    }
+}
+
+/// The phase a state file records (for tests and `lb stats`).
+pub fn phase_of(state_dir: &Path, lb: &str) -> Option<Phase> {
+    State::read(state_dir, lb).map(|s| s.phase)
+}

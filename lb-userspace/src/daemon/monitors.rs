@@ -1,0 +1,161 @@
+//! A load balancer's health monitors: one thread inside its namespace (checks bind the VIP
+//! there, as HAProxy's did) running a task per monitored member. Each reload hands it the
+//! whole new set: a member whose monitor is unchanged (same slot, id, target and settings)
+//! keeps its task and with it its rise/fall progress; the others stop or start.
+//!
+//! Members without a monitor still need a neighbour entry for the data path's FIB lookup: a
+//! datagram to their discard port (9) every 10 s makes the namespace's kernel resolve and keep
+//! it, as a check would.
+
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    sync::mpsc::{self, UnboundedSender},
+    task::{AbortHandle, JoinSet},
+};
+use tracing::{debug, error};
+
+use crate::{
+    health::{self, MonitorTarget, Transition},
+    node,
+};
+
+/// The set of members to check.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    pub monitored: Vec<MonitorTarget>,
+    /// Members without a monitor (their neighbour entries are kept warm).
+    pub unmonitored: Vec<Ipv4Addr>,
+}
+
+/// The monitor thread of one load balancer.
+pub struct Monitors {
+    set: Option<mpsc::UnboundedSender<Targets>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Monitors {
+    /// Starts the thread in namespace `ns`, checking `targets` from the VIP.
+    pub fn start(
+        ns: &str,
+        lb: &str,
+        vip: Ipv4Addr,
+        targets: Targets,
+        transitions: UnboundedSender<Transition>,
+    ) -> anyhow::Result<Monitors> {
+        let (set, mut sets) = mpsc::unbounded_channel::<Targets>();
+        set.send(targets).expect("receiver alive");
+        let (ns, lb_id) = (ns.to_string(), lb.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("health-{}", &lb[..lb.len().min(8)]))
+            .spawn(move || {
+                if let Err(e) = node::enter(&ns) {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        error!(error = %e, "health monitor runtime");
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                rt.block_on(async move {
+                    let mut tasks = JoinSet::new();
+                    let mut running: HashMap<u32, (MonitorTarget, AbortHandle)> = HashMap::new();
+                    let mut prime: Option<(Vec<Ipv4Addr>, AbortHandle)> = None;
+                    // Ends when the daemon drops the sender; dropping `tasks` aborts them all.
+                    while let Some(t) = sets.recv().await {
+                        running.retain(|_, (cur, handle)| {
+                            let keep = t.monitored.iter().any(|n| n.same_monitor(cur));
+                            if !keep {
+                                handle.abort();
+                            }
+                            keep
+                        });
+                        for m in t.monitored {
+                            if running.values().any(|(cur, _)| cur.same_monitor(&m)) {
+                                continue;
+                            }
+                            debug!(member = %m.member_id, target = %m.target, "monitor started");
+                            let handle = tasks.spawn(health::monitor(
+                                lb_id.clone(),
+                                vip,
+                                m.clone(),
+                                transitions.clone(),
+                            ));
+                            running.insert(m.member_index, (m, handle));
+                        }
+                        if prime.as_ref().map(|(p, _)| p) != Some(&t.unmonitored) {
+                            if let Some((_, h)) = prime.take() {
+                                h.abort();
+                            }
+                            let members = t.unmonitored.clone();
+                            let h = tasks.spawn(prime_neighbours(vip, members));
+                            prime = Some((t.unmonitored, h));
+                        }
+                        // Reap finished or aborted tasks without waiting.
+                        while tasks.try_join_next().is_some() {}
+                    }
+                });
+            })
+            .context("spawning the health monitor thread")?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e).context("health monitor thread");
+            }
+            Err(_) => {
+                let _ = thread.join();
+                anyhow::bail!("the health monitor thread ended at start");
+            }
+        }
+        Ok(Monitors {
+            set: Some(set),
+            thread: Some(thread),
+        })
+    }
+
+    /// Replaces the set of members to check; unchanged monitors keep running.
+    pub fn set(&self, targets: Targets) {
+        if let Some(s) = &self.set {
+            let _ = s.send(targets);
+        }
+    }
+
+    /// Stops every check and waits for the thread.
+    pub fn stop(&mut self) {
+        self.set = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Monitors {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn prime_neighbours(vip: Ipv4Addr, members: Vec<Ipv4Addr>) {
+    if members.is_empty() {
+        return;
+    }
+    let Ok(sock) = tokio::net::UdpSocket::bind((vip, 0)).await else {
+        return;
+    };
+    loop {
+        for m in &members {
+            let _ = sock.send_to(&[], (*m, 9)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
