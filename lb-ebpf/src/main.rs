@@ -68,6 +68,12 @@ fn count(v: &Verdict) {
     if let Some(c) = VERDICTS.get_ptr_mut(v.reason) {
         unsafe { *c += 1 };
     }
+    // The upgrade tests' variant: one more load, so every entry point's code (and tag)
+    // differs from the default build's.
+    #[cfg(feature = "upgrade-variant")]
+    unsafe {
+        core::ptr::read_volatile(&v.action);
+    }
 }
 
 #[xdp]

@@ -9,6 +9,7 @@ use std::{
 };
 
 pub mod fixture;
+pub mod stream;
 pub mod topology;
 
 pub use lb::node::in_netns;

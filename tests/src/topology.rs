@@ -73,10 +73,16 @@ impl Server {
                         conns.push(std::thread::spawn(move || {
                             let _ = c.set_read_timeout(Some(Duration::from_millis(100)));
                             let mut buf = vec![0u8; 256 * 1024];
+                            let mut first = true;
                             loop {
                                 match c.read(&mut buf) {
                                     Ok(0) => break,
+                                    Ok(n) if first && buf[..n].starts_with(b"STREAM\n") => {
+                                        crate::stream::serve(c, &buf[7..n], &s2);
+                                        break;
+                                    }
                                     Ok(n) => {
+                                        first = false;
                                         if echo {
                                             let _ = c.write_all(&buf[..n]);
                                         }
@@ -262,6 +268,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(bin: &Path, node_ns: &str, config: &Path, extra: &[&str]) -> Daemon {
+        Self::start_with_env(bin, node_ns, config, extra, &[])
+    }
+
+    /// As `start`, with environment variables (e.g. `LB_BPF_OBJECT`).
+    pub fn start_with_env(
+        bin: &Path,
+        node_ns: &str,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
         let log = std::env::temp_dir().join(format!("{}.log", unique("lbd")));
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new("nsenter")
@@ -274,6 +291,7 @@ impl Daemon {
             .stdout(f.try_clone().unwrap())
             .stderr(f)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .spawn()
             .expect("spawn lb run");
         Daemon {

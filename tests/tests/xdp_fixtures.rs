@@ -796,3 +796,134 @@ fn tcp_timestamps_towards_members_follow_lbs_clock() {
         Some((val.wrapping_add(10), 7002))
     );
 }
+
+/// A member slot or listener index that serves someone new starts with every counter at 0:
+/// the slot of a removed member is freed once no flow names it, then given to a new member;
+/// a listener's index goes to a listener added later.
+#[test]
+fn a_reused_index_starts_with_zeroed_counters() {
+    use lb::{config::Config, plan::plan};
+    let Some(mut env) = Env::seed() else { return };
+    let seed = Config::parse(include_str!("../../examples/seed.toml"), "seed").unwrap();
+    let (x, _, _) = env.open(49800);
+    let ix = env.member_index(x);
+    let before = env.dp.maps.member_stats(ix).unwrap();
+    assert_eq!((before.total_connections, before.packets_in), (1, 1));
+    assert_eq!(env.dp.maps.listener_stats(0).unwrap().total_connections, 1);
+
+    // A reload removes member X, and the listener.
+    let mut lb = seed.loadbalancer[0].clone();
+    lb.pool[0].member.retain(|m| m.address != x);
+    lb.listener.clear();
+    let without = plan(&lb, Some(&env.plan)).unwrap();
+    assert_eq!(without.retired, vec![ix]);
+    env.dp.maps.write_plan(&without, Some(&env.plan)).unwrap();
+    // X's flow has no listener any more: the next expiry cycle removes it and frees the slot.
+    let r = env.dp.sweep(&[], &[], &without.retired).unwrap();
+    assert_eq!((r.expired, r.freed.clone()), (1, vec![ix]));
+    let mut freed = without.clone();
+    freed.retired.clear();
+
+    // The next reload adds a member and a listener: they take the freed slot and index 0.
+    let mut lb2 = seed.loadbalancer[0].clone();
+    lb2.pool[0].member.retain(|m| m.address != x);
+    let mut newcomer = seed.loadbalancer[0].pool[0].member[0].clone();
+    newcomer.id = "newcomer".into();
+    newcomer.address = Ipv4Addr::new(10, 0, 0, 9);
+    lb2.pool[0].member.push(newcomer);
+    lb2.listener[0].id = "new-listener".into();
+    let again = plan(&lb2, Some(&freed)).unwrap();
+    let slot = again
+        .members
+        .iter()
+        .find(|m| m.id == "newcomer")
+        .unwrap()
+        .index;
+    assert_eq!(slot, ix, "the freed slot is reused");
+    assert_eq!(again.fresh_members, vec![ix]);
+    assert_eq!(again.listeners[0].index, 0);
+    assert_eq!(again.fresh_listeners, vec![0]);
+    // Dirty the live counters too, as a lost race would.
+    env.dp.maps.member_live.add(ix, 3);
+    env.dp.maps.listener_live.add(0, 2);
+    env.dp.maps.write_plan(&again, Some(&freed)).unwrap();
+
+    assert_eq!(
+        env.dp.maps.member_stats(ix).unwrap(),
+        lb_common::Stats::default()
+    );
+    assert_eq!(
+        env.dp.maps.listener_stats(0).unwrap(),
+        lb_common::Stats::default()
+    );
+    assert!(env
+        .dp
+        .maps
+        .listener_drops(0)
+        .unwrap()
+        .iter()
+        .all(|&d| d == 0));
+    for live in [
+        env.dp.maps.member_live.get(ix),
+        env.dp.maps.listener_live.get(0),
+    ] {
+        assert_eq!((live.active, live.rr, live.table, live.refs), (0, 0, 0, 0));
+    }
+    // A member that kept its slot kept its counters.
+    let kept = again
+        .members
+        .iter()
+        .find(|m| m.id != "newcomer")
+        .unwrap()
+        .index;
+    assert_eq!(
+        kept,
+        env.plan
+            .members
+            .iter()
+            .find(|m| m.address != x)
+            .unwrap()
+            .index
+    );
+}
+
+/// Pinned maps are reused only as they were made: a different capacity or a schema that
+/// differs is refused before anything loads, naming the map and the difference.
+#[test]
+fn pinned_maps_that_differ_are_refused_naming_the_difference() {
+    let Some(env) = Env::seed() else { return };
+    let dir = env.dp.maps.dir.clone();
+    // The fixture's table holds 1024 flows (2048 entries).
+    let e = match lb::dataplane::Dataplane::load(&dir, 4096) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a different capacity was accepted"),
+    };
+    assert!(
+        e.contains("CONNTRACK: max_entries is 2048, this lb needs 8192 (daemon.conntrack_flows)"),
+        "{e}"
+    );
+    assert!(
+        lb::dataplane::Dataplane::load(&dir, 1024).is_ok(),
+        "the same is reused"
+    );
+    // A schema version the pins were not made with.
+    let schema = aya::maps::MapData::from_pin(dir.join("SCHEMA")).unwrap();
+    let mut schema: aya::maps::Array<_, lb_common::schema::SchemaEntry> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(schema)).unwrap();
+    let (i, mut entry) = schema
+        .iter()
+        .filter_map(Result::ok)
+        .enumerate()
+        .find(|(_, e)| e.name() == "MEMBERS")
+        .unwrap();
+    entry.version += 1;
+    schema.set(i as u32, entry, 0).unwrap();
+    let e = match lb::dataplane::Dataplane::load(&dir, 1024) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a different schema was accepted"),
+    };
+    assert!(
+        e.contains("MEMBERS: schema version is 2, this lb needs 1"),
+        "{e}"
+    );
+}

@@ -216,6 +216,31 @@ fn build_lb(release: bool) -> Result<PathBuf> {
         .join("lb"))
 }
 
+/// Builds the BPF object with the `upgrade-variant` feature (same maps, different code) for
+/// the upgrade tests, the way aya-build builds the default one; returns its path.
+fn build_variant_object() -> Result<PathBuf> {
+    let target_dir = root().join("target/bpf-variant");
+    let mut c = Command::new("rustup");
+    c.current_dir(root())
+        .args(["run", BPF_TOOLCHAIN, "cargo", "build", "--quiet"])
+        .args(["--package", "lb-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--features", "upgrade-variant", "--target-dir"])
+        .arg(&target_dir)
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO");
+    run(&mut c)?;
+    Ok(target_dir.join("bpfel-unknown-none/release/lb"))
+}
+
+/// Where the upgrade tests find the variant object.
+const VARIANT_ENV: &str = "LB_TEST_VARIANT_OBJECT";
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup(TEST_PACKAGES),
@@ -231,6 +256,7 @@ fn main() -> Result<()> {
                 eprintln!("xtask: not root: BPF and namespace tests will report SKIPPED");
             }
             let bin = build_lb(false)?;
+            let variant = build_variant_object()?;
             if nix_is_root() {
                 ensure_bpffs()?;
             }
@@ -238,7 +264,8 @@ fn main() -> Result<()> {
             // invocation so the build is shared.
             let mut c = cargo();
             c.args(["test", "--workspace", "--exclude", "lb-ebpf"])
-                .env("LB_BIN", &bin);
+                .env("LB_BIN", &bin)
+                .env(VARIANT_ENV, &variant);
             if !args.is_empty() {
                 c.arg("--").args(&args);
             }
@@ -336,6 +363,7 @@ fn vm_test(kernels: &[String], timeout_min: u64, memory: u32, args: &[String]) -
         .collect();
     setup(&packages)?;
     let lb = build_lb(false)?;
+    let variant = build_variant_object()?;
     let tests = build_tests()?;
     let work = root().join("target/vm");
     std::fs::create_dir_all(&work)?;
@@ -352,7 +380,7 @@ fn vm_test(kernels: &[String], timeout_min: u64, memory: u32, args: &[String]) -
             spec
         };
         let r = vm::get_kernel(spec, &work.join("kernels")).and_then(|k| {
-            let image = vm::initramfs(&k, &lb, &tests, args, &work)?;
+            let image = vm::initramfs(&k, &lb, &variant, &tests, args, &work)?;
             let r = vm::boot(
                 &k,
                 &image,

@@ -348,6 +348,7 @@ fn init_script(test_args: &[String]) -> String {
 /bin/busybox --install -s /bin
 ln -sf /usr/sbin/sh /bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp RUST_BACKTRACE=1 LB_BIN=/lbtest/lb
+export LB_TEST_VARIANT_OBJECT=/lbtest/lb-variant.o
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -375,6 +376,7 @@ poweroff -f
 pub fn initramfs(
     kernel: &Kernel,
     lb: &Path,
+    variant: &Path,
     tests: &[(String, PathBuf)],
     test_args: &[String],
     work: &Path,
@@ -410,6 +412,8 @@ pub fn initramfs(
         copy_with_libs(&path, &root, "usr/sbin")?;
     }
     copy_with_libs(lb, &root, "lbtest")?;
+    std::fs::copy(variant, root.join("lbtest/lb-variant.o"))
+        .with_context(|| format!("copying {}", variant.display()))?;
     for (name, path) in tests {
         let dst = root.join("lbtest/tests").join(name);
         std::fs::copy(path, &dst)?;

@@ -1,0 +1,461 @@
+//! Tier 3, the daemon's lifecycle: a crash and a restart, an upgrade to a different program
+//! object, 20 reloads, refused reloads, a refused takeover, two concurrent `lb run`. Each
+//! runs under streaming connections from several clients (a record every 100 ms both ways;
+//! every record must arrive, in order), while `lb stats` is sampled (no `total_connections`
+//! may go backwards); `active` must be exact while they stream and 0 once they close. Each
+//! prints one `LIFECYCLE` line with the packets lost (TCP retransmissions in the client's and
+//! members' namespaces) and, where it applies, how long the handover took.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    stream::{self, Streams, Watch},
+    topology::*,
+    wait_for,
+};
+use lb::{
+    daemon::attach::Holder,
+    state::{Phase, State},
+};
+
+const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+const M3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
+const CLIENTS: usize = 3;
+
+/// Streams and a stats watcher running through one scenario.
+struct Run {
+    streams: Streams,
+    watch: Watch,
+    retrans: u64,
+}
+
+fn retransmissions(setup: &Setup) -> u64 {
+    let mut n = stream::retransmissions(&setup.topo.client.name);
+    for m in &setup.topo.members {
+        n += stream::retransmissions(&m.ns.name);
+    }
+    n
+}
+
+fn listener_active(setup: &Setup) -> i64 {
+    stats(&setup.bin, &setup.cfg.state_dir)[0]["listeners"][0]["active_connections"]
+        .as_i64()
+        .unwrap_or(-1)
+}
+
+/// Starts the streams and lets them run a second before the scenario's event.
+fn begin(setup: &Setup) -> Run {
+    let retrans = retransmissions(setup);
+    let streams = Streams::start(&setup.topo.client.name, CLIENTS);
+    let watch = Watch::start(&setup.bin, &setup.cfg.state_dir);
+    std::thread::sleep(Duration::from_secs(1));
+    Run {
+        streams,
+        watch,
+        retrans,
+    }
+}
+
+/// Lets the streams run a second more after the scenario's event, ends them and checks
+/// everything the scenario promises; `extra` goes on the LIFECYCLE line.
+fn end(setup: &Setup, run: Run, name: &str, extra: &str) {
+    std::thread::sleep(Duration::from_secs(1));
+    // Exact while they stream (the connections are the only ones).
+    wait_for(
+        "the listener's active count to equal the streams",
+        Duration::from_secs(5),
+        || (listener_active(setup) == CLIENTS as i64).then_some(()),
+    );
+    let reports = run.streams.finish();
+    let watch = run.watch.finish();
+    let lost = retransmissions(setup) - run.retrans;
+    let records = reports.iter().map(|r| r.sent).min().unwrap_or(0);
+    let gap = reports
+        .iter()
+        .map(|r| r.longest_gap)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "LIFECYCLE {name}: {} streams, >= {records} records each way each, {} broken, \
+         packets lost (TCP retransmissions) {lost}, longest gap between records {} ms, \
+         {} stats samples{extra}",
+        reports.len(),
+        reports.iter().filter(|r| !r.complete()).count(),
+        gap.as_millis(),
+        watch.samples,
+    );
+    for r in &reports {
+        assert!(r.complete(), "{name}: stream incomplete: {r:?}");
+    }
+    assert!(
+        watch.backwards.is_empty(),
+        "{name}: total_connections went backwards: {:?}",
+        watch.backwards
+    );
+    assert!(watch.samples > 0, "{name}: lb stats never answered");
+    wait_for(
+        "every active count back to 0",
+        Duration::from_secs(10),
+        || {
+            let s = stats(&setup.bin, &setup.cfg.state_dir);
+            let members = s[0]["members"].as_array().cloned().unwrap_or_default();
+            (members.iter().all(|m| m["active_connections"] == 0)
+                && s[0]["listeners"][0]["active_connections"] == 0)
+                .then_some(())
+        },
+    );
+}
+
+/// The program running at `program`'s recorded attachment: (link id if a link, program id,
+/// tag).
+fn attached(cfg: &TestConfig, program: &str) -> (Option<u32>, u32, u64) {
+    let s = State::read(&cfg.state_dir, &cfg.lb_id).expect("state file");
+    let a = s
+        .attachments
+        .iter()
+        .find(|a| a.program == program)
+        .unwrap_or_else(|| panic!("{program} attached: {:?}", s.attachments));
+    let (link, prog) = match &a.holder {
+        Holder::Link { pin } => {
+            let l = aya::programs::links::PinnedLink::from_pin(pin).expect("pinned link");
+            let info = aya::programs::links::FdLink::from(l)
+                .info()
+                .expect("link info");
+            (Some(info.id()), info.program_id())
+        }
+        Holder::Clsact { .. } => {
+            let out = integration_tests::sh(&format!(
+                "nsenter --net=/var/run/netns/{} tc filter show dev {} ingress",
+                s.namespace, a.device
+            ));
+            let id = out
+                .split_whitespace()
+                .skip_while(|w| *w != "id")
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("a filter id in: {out}"));
+            (None, id)
+        }
+    };
+    let tag = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog)
+        .map(|p| p.tag())
+        .unwrap_or_else(|| panic!("program {prog} loaded"));
+    (link, prog, tag)
+}
+
+/// The BPF object built with the `upgrade-variant` feature (`cargo xtask test` builds it).
+fn variant_object() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var_os("LB_TEST_VARIANT_OBJECT")
+            .expect("LB_TEST_VARIANT_OBJECT: run the tests through `cargo xtask test`"),
+    );
+    assert!(p.is_file(), "{} is missing", p.display());
+    p
+}
+
+fn crash_and_restart(mode: &str) {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let mut first = setup.start(&["--xdp-mode", mode]);
+    let run = begin(&setup);
+    first.kill_hard();
+    // No daemon for 3 s: the pinned data path keeps translating.
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    let mut second = setup.start(&["--xdp-mode", mode]);
+    let up = started.elapsed();
+    let log = second.log_text();
+    assert!(log.contains("replaced atomically"), "{log}");
+    end(
+        &setup,
+        run,
+        &format!("sigkill-restart-{mode}"),
+        &format!(", restarted daemon up in {} ms", up.as_millis()),
+    );
+    assert!(second.stop().unwrap().success(), "{}", second.log_text());
+    assert!(!lb::node::netns_exists(&setup.cfg.namespace()));
+    assert!(
+        !setup.cfg.bpffs.join(&setup.cfg.lb_id).exists(),
+        "pins removed"
+    );
+}
+
+#[test]
+fn sigkill_then_restart_3s_later_loses_nothing_tc() {
+    crash_and_restart("tc");
+}
+
+#[test]
+fn sigkill_then_restart_3s_later_loses_nothing_native_xdp() {
+    crash_and_restart("native");
+}
+
+#[test]
+fn upgrade_through_takeover_to_a_different_program_loses_nothing() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let variant = variant_object();
+    let mut old = setup.start(&[]);
+    let before = attached(&setup.cfg, "lb_tc");
+    let run = begin(&setup);
+    let started = Instant::now();
+    let mut new = Daemon::start_with_env(
+        &setup.bin,
+        &setup.topo.node.name,
+        &setup.cfg.path,
+        &["--takeover"],
+        &[("LB_BPF_OBJECT", variant.as_os_str())],
+    );
+    wait_running(&mut new, &setup.cfg);
+    let took = started.elapsed();
+    let status = wait_for("the old daemon to exit", Duration::from_secs(10), || {
+        old.exited()
+    });
+    assert!(status.success(), "{}", old.log_text());
+    assert!(
+        old.log_text().contains("left running without a daemon"),
+        "{}",
+        old.log_text()
+    );
+    let after = attached(&setup.cfg, "lb_tc");
+    assert_ne!(
+        before.2, after.2,
+        "the new object's program runs (tags differ)"
+    );
+    if before.0.is_some() {
+        assert_eq!(
+            before.0, after.0,
+            "under the same link: replaced, not re-created"
+        );
+    }
+    end(
+        &setup,
+        run,
+        "upgrade-takeover",
+        &format!(
+            ", takeover (start of the new lb to up) {} ms",
+            took.as_millis()
+        ),
+    );
+    assert!(new.stop().unwrap().success(), "{}", new.log_text());
+    assert!(!lb::node::netns_exists(&setup.cfg.namespace()));
+    assert!(
+        !setup.cfg.bpffs.join(&setup.cfg.lb_id).exists(),
+        "pins removed"
+    );
+}
+
+/// The config with member 10.0.0.6 in the pool (`with`) or not, and the first member's
+/// weight `w`.
+fn edited(original: &str, with: bool, w: u32) -> String {
+    let mut t = original.replacen("weight = 1", &format!("weight = {w}"), 1);
+    if with {
+        t.push_str(
+            "\n[[loadbalancer.pool.member]]\nid = \"m6\"\naddress = \"10.0.0.6\"\nprotocol_port = 22\n",
+        );
+    }
+    t
+}
+
+#[test]
+fn twenty_reloads_lose_nothing() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2, M3]) else {
+        return;
+    };
+    let mut daemon = setup.start(&[]);
+    let original = std::fs::read_to_string(&setup.cfg.path).unwrap();
+    let run = begin(&setup);
+    let started = Instant::now();
+    for i in 0..20 {
+        std::fs::write(&setup.cfg.path, edited(&original, i % 2 == 0, 1 + i % 3)).unwrap();
+        daemon.signal(nix::sys::signal::Signal::SIGHUP);
+        wait_for("the reload to be applied", Duration::from_secs(10), || {
+            (daemon
+                .log_text()
+                .matches("SIGHUP: configuration applied")
+                .count()
+                > i as usize)
+                .then_some(())
+        });
+    }
+    let took = started.elapsed();
+    end(
+        &setup,
+        run,
+        "twenty-reloads",
+        &format!(", 20 reloads in {} ms", took.as_millis()),
+    );
+    assert!(daemon.stop().unwrap().success(), "{}", daemon.log_text());
+}
+
+#[test]
+fn refused_reloads_change_nothing() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2, M3]) else {
+        return;
+    };
+    let mut daemon = setup.start(&[]);
+    let original = std::fs::read_to_string(&setup.cfg.path).unwrap();
+    let members = |s: &serde_json::Value| s[0]["members"].as_array().map(|m| m.len());
+    let before = stats(&setup.bin, &setup.cfg.state_dir);
+    let run = begin(&setup);
+
+    // A file that does not validate.
+    std::fs::write(
+        &setup.cfg.path,
+        original.replace("timeout = 3 ", "timeout = 9 "),
+    )
+    .unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the refusal", Duration::from_secs(10), || {
+        daemon.log_text().contains("must be < delay").then_some(())
+    });
+
+    // A file that validates but fails halfway: a member added to the running load balancer,
+    // and a second load balancer whose adopted port does not exist. The first change is
+    // rolled back; the second's namespace, made on the way, is removed again.
+    let second = "0badc0de-0000-4000-8000-000000000001";
+    let _gone = Leftovers {
+        namespaces: vec![format!("qlbaas-{second}")],
+        dirs: vec![setup.cfg.bpffs.join(second)],
+    };
+    let lb2 = include_str!("../../examples/seed.toml")
+        .replace("574a31da-a28a-449f-8c9d-3d3687c3c02a", second)
+        .replace("df25900f-53b1-4aab-8436-8411ec710445", "0badc0de-listener")
+        .replace("45481748-3104-462c-ae4b-fae0f4b08c20", "0badc0de-m1")
+        .replace("227b69fe-8685-4df6-b2a5-2f964c74886c", "0badc0de-m2")
+        .replace("tapfb358342-59", "tapnotthere-00")
+        .replace("bridge = \"br-int\"", "bridge = \"br-int\"\nadopt = true")
+        .replace("10.0.0.", "10.9.0.");
+    std::fs::write(
+        &setup.cfg.path,
+        format!("{}\n{lb2}", edited(&original, true, 1)),
+    )
+    .unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the roll back", Duration::from_secs(10), || {
+        daemon.log_text().contains("rolled back").then_some(())
+    });
+    let log = daemon.log_text();
+    assert!(
+        log.contains("tapnotthere-00"),
+        "the error names the port: {log}"
+    );
+    let after = stats(&setup.bin, &setup.cfg.state_dir);
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        1,
+        "no second load balancer"
+    );
+    assert_eq!(
+        members(&after),
+        members(&before),
+        "the added member is rolled back"
+    );
+    assert!(!lb::node::netns_exists(&format!("qlbaas-{second}")));
+    end(&setup, run, "refused-reloads", "");
+
+    // The refusals left a working daemon: a valid change still applies.
+    std::fs::write(&setup.cfg.path, edited(&original, true, 1)).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("a valid reload afterwards", Duration::from_secs(10), || {
+        (members(&stats(&setup.bin, &setup.cfg.state_dir)) == Some(3)).then_some(())
+    });
+    assert!(daemon.stop().unwrap().success(), "{}", daemon.log_text());
+}
+
+#[test]
+fn takeover_refused_for_a_layout_mismatch_leaves_the_old_daemon_serving() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let mut old = setup.start(&[]);
+    let run = begin(&setup);
+    let bigger = setup.cfg.path.with_extension("bigger.toml");
+    std::fs::write(
+        &bigger,
+        std::fs::read_to_string(&setup.cfg.path)
+            .unwrap()
+            .replace("conntrack_flows = 4096", "conntrack_flows = 8192"),
+    )
+    .unwrap();
+    let mut new = Daemon::start(&setup.bin, &setup.topo.node.name, &bigger, &["--takeover"]);
+    let status = wait_for(
+        "the takeover to be refused",
+        Duration::from_secs(20),
+        || new.exited(),
+    );
+    let _ = std::fs::remove_file(&bigger);
+    assert!(!status.success());
+    let log = new.log_text();
+    assert!(
+        log.contains(
+            "CONNTRACK: max_entries is 8192, this lb needs 16384 (daemon.conntrack_flows)"
+        ) && log.contains("keep conntrack_flows = 4096")
+            && log.contains("it keeps running unchanged"),
+        "{log}"
+    );
+    assert!(old.exited().is_none(), "the old daemon still runs");
+    let s = State::read(&setup.cfg.state_dir, &setup.cfg.lb_id).unwrap();
+    assert_eq!((s.pid, s.phase), (old.pid().unwrap(), Phase::Running));
+    // And keeps serving new connections.
+    let mut c = connect(&setup.topo.client.name, VIP, 22).expect("connect after the refusal");
+    c.echo(b"still served\n").unwrap();
+    drop(c);
+    end(&setup, run, "takeover-refused", "");
+    assert!(old.stop().unwrap().success(), "{}", old.log_text());
+}
+
+#[test]
+fn two_concurrent_runs_one_serves_the_other_is_refused() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let start = |_: usize| {
+        Daemon::start(
+            &setup.bin,
+            &setup.topo.node.name,
+            &setup.cfg.path,
+            &[] as &[&str],
+        )
+    };
+    let mut d = [start(0), start(1)];
+    // A SIGHUP during start-up is held until the daemon is up; it never kills it.
+    std::thread::sleep(Duration::from_millis(20));
+    for x in &d {
+        x.signal(nix::sys::signal::Signal::SIGHUP);
+    }
+    let (winner, loser) = wait_for(
+        "one daemon up, the other refused",
+        Duration::from_secs(20),
+        || {
+            let up = State::read(&setup.cfg.state_dir, &setup.cfg.lb_id)
+                .filter(|s| s.phase == Phase::Running)
+                .map(|s| s.pid)?;
+            let w = d.iter().position(|x| x.pid() == Some(up))?;
+            let l = 1 - w;
+            d[l].exited().map(|st| (w, (l, st)))
+        },
+    );
+    let (l, status) = loser;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "refused, not killed: {}",
+        d[l].log_text()
+    );
+    let want = format!("is already run by lb (pid {})", d[winner].pid().unwrap());
+    assert!(d[l].log_text().contains(&want), "{}", d[l].log_text());
+    assert!(d[winner].exited().is_none(), "{}", d[winner].log_text());
+    let run = begin(&setup);
+    end(&setup, run, "two-concurrent-runs", "");
+    assert!(d[winner].stop().unwrap().success());
+}
