@@ -268,7 +268,7 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
             r.conntrack_flows
         );
         if r.daemon_pid.is_none() {
-            let _ = writeln!(o, "  (no lb process serves it any more: counters as it left them; `lb run` takes over)");
+            let _ = writeln!(o, "  (no lb daemon serves it: the data path keeps translating its flows, but nothing expires or is checked until `lb run` takes over)");
         }
         let _ = writeln!(
             o,

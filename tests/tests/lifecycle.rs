@@ -257,6 +257,7 @@ fn upgrade_through_takeover_to_a_different_program_loses_nothing() {
 /// The config with member 10.0.0.6 in the pool (`with`) or not, and the first member's
 /// weight `w`.
 fn edited(original: &str, with: bool, w: u32) -> String {
+    // The first member's weight only: its monitor is the same one.
     let mut t = original.replacen("weight = 1", &format!("weight = {w}"), 1);
     if with {
         t.push_str(
@@ -288,6 +289,25 @@ fn twenty_reloads_lose_nothing() {
         });
     }
     let took = started.elapsed();
+    // Monitors of members no reload changed kept running (and their rise/fall counts) all
+    // along; the member added and removed ten times got a new one each time.
+    let log = daemon.log_text();
+    let started_for = |id: &str| {
+        log.lines()
+            .filter(|l| l.contains("monitor started") && l.contains(id))
+            .count()
+    };
+    assert_eq!(
+        started_for("45481748-3104-462c-ae4b-fae0f4b08c20"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        started_for("227b69fe-8685-4df6-b2a5-2f964c74886c"),
+        1,
+        "{log}"
+    );
+    assert_eq!(started_for("m6"), 10, "{log}");
     end(
         &setup,
         run,
@@ -428,14 +448,27 @@ fn two_concurrent_runs_one_serves_the_other_is_refused() {
         )
     };
     let mut d = [start(0), start(1)];
-    // A SIGHUP during start-up is held until the daemon is up; it never kills it.
-    std::thread::sleep(Duration::from_millis(20));
+    // A SIGHUP during start-up is held until the daemon is up; it never kills it. (Sent as
+    // soon as `lb` runs and holds it: blocked or caught, not before its first instruction.)
     for x in &d {
+        let pid = x.pid().unwrap();
+        wait_for("lb to start", Duration::from_secs(10), || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let mask = |field: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                    .unwrap_or(0)
+            };
+            let hup = 1u64 << (nix::sys::signal::Signal::SIGHUP as u64 - 1);
+            ((mask("SigBlk:") | mask("SigCgt:")) & hup != 0).then_some(())
+        });
         x.signal(nix::sys::signal::Signal::SIGHUP);
     }
     let (winner, loser) = wait_for(
         "one daemon up, the other refused",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || {
             let up = State::read(&setup.cfg.state_dir, &setup.cfg.lb_id)
                 .filter(|s| s.phase == Phase::Running)
@@ -458,4 +491,75 @@ fn two_concurrent_runs_one_serves_the_other_is_refused() {
     let run = begin(&setup);
     end(&setup, run, "two-concurrent-runs", "");
     assert!(d[winner].stop().unwrap().success());
+}
+
+/// What lb owns survives a crash and a takeover: a namespace Neutron made and a port it
+/// handed over (adopted) are used, and at the end the port goes back to the node's namespace
+/// and the namespace stays, whichever daemon tears down.
+#[test]
+fn ownership_survives_a_crash_and_a_takeover() {
+    let Some(setup) = Setup::new(
+        |t| t.replace("bridge = \"br-int\"", "bridge = \"br-int\"\nadopt = true"),
+        &[M1, M2],
+    ) else {
+        return;
+    };
+    let (cfg, node) = (&setup.cfg, &setup.topo.node);
+    // What Neutron's agent makes before it spawns the load balancer: the namespace, and a
+    // port plugged into br-int.
+    integration_tests::sh(&format!("ip netns add {}", cfg.namespace()));
+    let outer = format!("ad{}", &cfg.port[3..11]);
+    node.ip(&format!(
+        "link add {} type veth peer name {outer}",
+        cfg.port
+    ));
+    node.ip(&format!("link set {outer} master br-int up"));
+
+    let mut a = setup.start(&[]);
+    let run = begin(&setup);
+    a.kill_hard();
+    let mut b = setup.start(&[]);
+    let mut c = Daemon::start(&setup.bin, &node.name, &cfg.path, &["--takeover"]);
+    wait_running(&mut c, cfg);
+    assert!(wait_for("b to hand over", Duration::from_secs(10), || b.exited()).success());
+    let owned = State::read(&cfg.state_dir, &cfg.lb_id).unwrap().owned;
+    assert!(
+        owned.moved_port && !owned.namespace && owned.veth.is_none(),
+        "{owned:?}"
+    );
+    end(&setup, run, "ownership", "");
+
+    assert!(c.stop().unwrap().success(), "{}", c.log_text());
+    assert!(
+        lb::node::netns_exists(&cfg.namespace()),
+        "the namespace Neutron made stays"
+    );
+    let link = node.ip(&format!("link show dev {}", cfg.port));
+    assert!(
+        link.contains(&cfg.port),
+        "the adopted port is back in the node namespace"
+    );
+    let qdiscs = node.ip(&format!("-d link show dev {}", cfg.port));
+    let tc = integration_tests::sh(&format!(
+        "nsenter --net=/var/run/netns/{} tc qdisc show dev {}",
+        node.name, cfg.port
+    ));
+    assert!(!tc.contains("clsact"), "no clsact left: {tc} {qdiscs}");
+    if lb::daemon::attach::tcx_supported() {
+        let progs = integration_tests::in_netns(&node.name, || {
+            aya::programs::SchedClassifier::query_tcx(
+                &cfg.port,
+                aya::programs::TcAttachType::Ingress,
+            )
+            .map(|(_, p)| p.len())
+        })
+        .unwrap()
+        .expect("tcx query");
+        assert_eq!(progs, 0, "no tcx program left on the port");
+    }
+    assert!(!cfg.bpffs.join(&cfg.lb_id).exists(), "pins removed");
+    assert!(
+        State::read(&cfg.state_dir, &cfg.lb_id).is_none(),
+        "state removed"
+    );
 }

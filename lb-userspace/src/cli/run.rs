@@ -4,6 +4,13 @@ use lb::config::Config;
 use super::{CheckArgs, RunArgs};
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Held pending from the first instant until the daemon's handlers are installed (the
+    // first thing `daemon::run` does): a signal during start-up is acted on once the daemon
+    // is up, never the default action that would kill it halfway. Threads started meanwhile
+    // (the runtime's) keep them blocked; the main thread unblocks them.
+    lb::daemon::daemon_signals()
+        .thread_block()
+        .context("blocking signals")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

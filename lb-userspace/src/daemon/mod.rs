@@ -89,6 +89,16 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// The signals the daemon acts on.
+pub fn daemon_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::Signal::*;
+    let mut s = nix::sys::signal::SigSet::empty();
+    for sig in [SIGINT, SIGTERM, SIGHUP, SIGUSR1] {
+        s.add(sig);
+    }
+    s
+}
+
 /// The signals the daemon acts on, registered before anything else so that none of them
 /// kills it during bring-up (they wait until it is up).
 struct Signals {
@@ -100,12 +110,15 @@ struct Signals {
 
 impl Signals {
     fn install() -> anyhow::Result<Signals> {
-        Ok(Signals {
+        let s = Signals {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
             hup: signal(SignalKind::hangup())?,
             usr1: signal(SignalKind::user_defined1())?,
-        })
+        };
+        // `lb run` blocks them from its first instant (cli/run.rs); now they have handlers.
+        daemon_signals().thread_unblock()?;
+        Ok(s)
     }
 }
 

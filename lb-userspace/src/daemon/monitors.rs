@@ -14,7 +14,7 @@ use tokio::{
     sync::mpsc::{self, UnboundedSender},
     task::{AbortHandle, JoinSet},
 };
-use tracing::{debug, error};
+use tracing::{error, info};
 
 use crate::{
     health::{self, MonitorTarget, Transition},
@@ -83,7 +83,7 @@ impl Monitors {
                             if running.values().any(|(cur, _)| cur.same_monitor(&m)) {
                                 continue;
                             }
-                            debug!(member = %m.member_id, target = %m.target, "monitor started");
+                            info!(loadbalancer = %lb_id, member = %m.member_id, target = %m.target, "monitor started");
                             let handle = tasks.spawn(health::monitor(
                                 lb_id.clone(),
                                 vip,

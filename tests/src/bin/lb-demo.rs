@@ -4,7 +4,7 @@
 
 use std::{
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -103,9 +103,12 @@ fn main() -> anyhow::Result<()> {
         &config,
         &["--xdp-mode", &args.xdp_mode],
     );
-    let state = PathBuf::from("/run/lb").join(format!("{SEED_ID}.json"));
     let t0 = Instant::now();
-    while !state.exists() {
+    let running = |pid: Option<u32>| {
+        lb::state::State::read(Path::new("/run/lb"), SEED_ID)
+            .is_some_and(|s| Some(s.pid) == pid && s.phase == lb::state::Phase::Running)
+    };
+    while !running(daemon.pid()) {
         if let Some(s) = daemon.exited() {
             anyhow::bail!("lb exited ({s}):\n{}", daemon.log_text());
         }
@@ -183,7 +186,50 @@ fn main() -> anyhow::Result<()> {
     let more = connect_n(&topo, 4)?;
     print_stats(&args.lb);
     drop(more);
+
+    step("an upgrade: a new lb takes over with `lb run --takeover`; the 4 connections stay up");
+    let mut upgraded = Daemon::start(
+        &args.lb,
+        &topo.node.name,
+        &config,
+        &["--xdp-mode", &args.xdp_mode, "--takeover"],
+    );
+    let t0 = Instant::now();
+    while !running(upgraded.pid()) {
+        if let Some(s) = upgraded.exited() {
+            anyhow::bail!("the new lb exited ({s}):\n{}", upgraded.log_text());
+        }
+        if t0.elapsed() > Duration::from_secs(20) || stop.load(Ordering::Relaxed) {
+            anyhow::bail!("the new lb did not take over:\n{}", upgraded.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let old = loop {
+        if let Some(s) = daemon.exited() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            anyhow::bail!("the old lb did not exit:\n{}", daemon.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for line in upgraded.log_text().lines().filter(|l| {
+        l.contains("replaced atomically")
+            || l.contains("handed over")
+            || l.contains("load balancer up")
+    }) {
+        println!("{line}");
+    }
+    println!(
+        "took over in {} ms; the old lb exited ({old}) leaving the data path in place",
+        t0.elapsed().as_millis()
+    );
+    for c in &mut conns {
+        c.echo(b"after the upgrade\n")?;
+    }
+    println!("the 4 established connections still echo through lb");
     drop(conns);
+    let mut daemon = upgraded;
 
     if args.hold {
         step("holding; try: sudo ip netns exec <client ns> nc 10.0.0.250 22 ; lb stats --watch 1 ; Ctrl-C to stop");
