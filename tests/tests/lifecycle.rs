@@ -237,13 +237,34 @@ fn upgrade_through_takeover_to_a_different_program_loses_nothing() {
             "under the same link: replaced, not re-created"
         );
     }
+    // From the new daemon's log: SIGUSR1 sent to every lock taken, and each swap.
+    let log = new.log_text();
+    let field = |line: &str, key: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let handover = log
+        .lines()
+        .find(|l| l.contains("handed over"))
+        .map(|l| field(l, "took_ms="))
+        .unwrap_or_default();
+    let swaps: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("replaced atomically"))
+        .map(|l| format!("{} {} us", field(l, "program="), field(l, "took_us=")))
+        .collect();
+    assert!(!swaps.is_empty(), "{log}");
     end(
         &setup,
         run,
         "upgrade-takeover",
         &format!(
-            ", takeover (start of the new lb to up) {} ms",
-            took.as_millis()
+            ", takeover (start of the new lb to up) {} ms, of which handover (SIGUSR1 to \
+             locks taken) {handover} ms, swaps: {}",
+            took.as_millis(),
+            swaps.join(", ")
         ),
     );
     assert!(new.stop().unwrap().success(), "{}", new.log_text());

@@ -182,11 +182,14 @@ impl Instance {
         let t0 = Instant::now();
         let pin_dir = ctx.pin_dir(&lb.id);
         super::ensure_bpffs(&pin_dir)?;
-        let inherited = prior.is_some();
-        if let Some(p) = &prior {
-            check_takeover(ctx, &lb, p)?;
-        } else if pin_dir.join("CONNTRACK").exists() {
-            bail!(
+        // An earlier run's data path, serving flows: maps it pinned, and the state file that
+        // says what they mean. Its record of what lb owns counts either way (a run may have
+        // crashed after making the namespace and before any map).
+        let pinned = pin_dir.join("CONNTRACK").exists();
+        let inherited = pinned && prior.is_some();
+        match &prior {
+            Some(p) if pinned => check_takeover(ctx, &lb, p)?,
+            None if pinned => bail!(
                 "load balancer {}: maps are pinned under {} but no state file {} says which \
                  member each flow names; restore the state file, or remove {} (drops those \
                  flows) and start again",
@@ -194,9 +197,10 @@ impl Instance {
                 pin_dir.display(),
                 State::path(&ctx.state_dir, &lb.id).display(),
                 pin_dir.display()
-            );
+            ),
+            _ => {}
         }
-        let prior_plan = prior.as_ref().map(|p| p.plan.clone());
+        let prior_plan = prior.as_ref().filter(|_| inherited).map(|p| p.plan.clone());
         let mut state = State {
             loadbalancer: lb.id.clone(),
             namespace: lb.namespace(),
@@ -209,6 +213,7 @@ impl Instance {
             owned: prior.as_ref().map(|p| p.owned.clone()).unwrap_or_default(),
             attachments: prior
                 .as_ref()
+                .filter(|_| inherited)
                 .map(|p| p.attachments.clone())
                 .unwrap_or_default(),
             phase: Phase::Starting,

@@ -184,10 +184,9 @@ fn already_running(lb: &str, pid: Option<u32>) -> String {
     )
 }
 
-/// What an earlier run left of `lb`: its state file, if its maps are still pinned.
+/// What an earlier run left of `lb`: its state file.
 fn prior_state(ctx: &Ctx, lb: &str) -> Option<State> {
-    let s = State::read(&ctx.state_dir, lb)?;
-    s.pin_dir.exists().then_some(s)
+    State::read(&ctx.state_dir, lb)
 }
 
 /// Locks every load balancer of `cfg`, taking over from the daemons that run them if asked.

@@ -35,6 +35,10 @@ pub struct Cell {
     pub flows_after_syn: u32,
     pub conntrack_bytes: u64,
     pub maps_bytes: u64,
+    /// One expiry cycle over the table without pauses (the daemon rests between chunks):
+    /// its CPU time and its longest chunk, in ms.
+    pub expiry_ms: f64,
+    pub expiry_chunk_ms: f64,
 }
 
 /// A cell that cannot be filled: why.
@@ -191,14 +195,9 @@ pub fn run(
                     syns.push(time("lb", SYN_CALLS, &mut |i| syn(first + i), XDP_TX)?);
                     next += SYN_CALLS;
                 }
+                // Expiry over the filled table (nothing is idle yet: a pure census pass).
                 let members_ix: Vec<u32> = (0..members).collect();
-                let sw = dp.sweep(&members_ix, &[0], &[])?;
-                eprintln!(
-                    "  sweep over {} flows: {:.1} ms, longest chunk {:.2} ms",
-                    sw.flows,
-                    sw.duration.as_secs_f64() * 1e3,
-                    sw.longest_chunk.as_secs_f64() * 1e3
-                );
+                let expiry = dp.sweep(&members_ix, &[0], &[])?;
                 let memory = lb::dataplane::map_memory(&dp.maps.dir)?;
                 Ok(Cell {
                     members,
@@ -217,16 +216,20 @@ pub fn run(
                         .map(|(_, b)| b)
                         .sum(),
                     maps_bytes: memory.iter().map(|(_, b)| b).sum(),
+                    expiry_ms: expiry.duration.as_secs_f64() * 1e3,
+                    expiry_chunk_ms: expiry.longest_chunk.as_secs_f64() * 1e3,
                 })
             })??;
             // The SYN runs' flows stay open; established/reply at the next size use them too.
             eprintln!(
-                "  {members:>3} members, {:>7} flows: trivial {:.0}  established {:.0}  reply {:.0}  SYN {:.0} ns",
+                "  {members:>3} members, {:>7} flows: trivial {:.0}  established {:.0}  reply {:.0}  SYN {:.0} ns; expiry cycle {:.0} ms (longest chunk {:.1} ms)",
                 cell.flows,
                 cell.trivial.median,
                 cell.established.median,
                 cell.reply.median,
-                cell.syn.median
+                cell.syn.median,
+                cell.expiry_ms,
+                cell.expiry_chunk_ms
             );
             cells.push(cell);
         }

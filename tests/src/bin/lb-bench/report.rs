@@ -382,18 +382,21 @@ impl Report {
                  attach mode's entry point to the same code. The grid's other columns time the \
                  XDP entry point `lb`, against the XDP trivial program. The table was filled \
                  by SYNs through the program (least connections spread them); memory is what the \
-                 kernel charges to the maps (fdinfo `memlock`) after the SYN runs.\n",
+                 kernel charges to the maps (fdinfo `memlock`) after the SYN runs. Expiry is \
+                 one cycle of the daemon's conntrack expiry over the filled table without the \
+                 pauses the daemon takes between chunks: its CPU time, and the longest it held \
+                 the CPU in one piece (one chunk of 4096 entries).\n",
                 self.runs
             );
             let _ = writeln!(
                 s,
-                "| members | flows | trivial | established | established, one flow | established, TC | reply | SYN | est / trivial | SYN / trivial | conntrack MiB | all maps MiB |\n\
-                 |---|---|---|---|---|---|---|---|---|---|---|---|"
+                "| members | flows | trivial | established | established, one flow | established, TC | reply | SYN | est / trivial | SYN / trivial | conntrack MiB | all maps MiB | expiry cycle ms (longest chunk) |\n\
+                 |---|---|---|---|---|---|---|---|---|---|---|---|---|"
             );
             for c in &self.cells {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2}x | {:.2}x | {:.1} (at {} flows) | {:.1} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2}x | {:.2}x | {:.1} (at {} flows) | {:.1} | {:.0} ({:.1}) |",
                     c.members,
                     c.flows,
                     cell(&c.trivial),
@@ -407,6 +410,8 @@ impl Report {
                     c.conntrack_bytes as f64 / 1048576.0,
                     c.flows_after_syn,
                     c.maps_bytes as f64 / 1048576.0,
+                    c.expiry_ms,
+                    c.expiry_chunk_ms,
                 );
             }
             for k in &self.skipped {
