@@ -136,6 +136,19 @@ pub struct ListenerKey {
 }
 assert_size!(ListenerKey, 8);
 
+impl ListenerKey {
+    /// The TCP listener at `vip_be`:`port_be` (network byte order).
+    #[inline(always)]
+    pub const fn tcp(vip_be: u32, port_be: u16) -> ListenerKey {
+        ListenerKey {
+            vip_be,
+            port_be,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+}
+
 /// `LISTENERS` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -330,6 +343,11 @@ impl Flow {
             dir: FLOW_DIR_FORWARD,
             _pad: [0; 2],
         }
+    }
+
+    /// The listener a forward entry's flow came in on.
+    pub fn listener_key(&self) -> ListenerKey {
+        ListenerKey::tcp(self.vip_be, self.listener_port_be)
     }
 
     /// The reverse key of this flow (what the member's replies carry).

@@ -448,13 +448,10 @@ fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
         let port_be = port.to_be();
         // A port that is also a listener on this VIP would make replies look like clients.
-        let lk = ListenerKey {
-            vip_be: flow.vip_be,
-            port_be,
-            proto: IPPROTO_TCP,
-            _pad: 0,
-        };
-        if LISTENERS.get_ptr(lk).is_some() {
+        if LISTENERS
+            .get_ptr(ListenerKey::tcp(flow.vip_be, port_be))
+            .is_some()
+        {
             continue;
         }
         flow.snat_port_be = port_be;

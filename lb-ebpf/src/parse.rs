@@ -122,12 +122,7 @@ impl Packet {
     /// The listener this packet would be addressed to (VIP, port).
     #[inline(always)]
     pub fn listener_key(&self) -> ListenerKey {
-        ListenerKey {
-            vip_be: self.dst_be,
-            port_be: self.dport_be,
-            proto: IPPROTO_TCP,
-            _pad: 0,
-        }
+        ListenerKey::tcp(self.dst_be, self.dport_be)
     }
 }
 

@@ -25,7 +25,7 @@ use std::{
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
     Flow, FlowKey, ListenerConf, ListenerKey, SweepReport, CLOSED_LINGER_NS, FLOW_DIR_REVERSE,
-    IPPROTO_TCP, MAX_LISTENERS, MAX_MEMBERS,
+    MAX_LISTENERS, MAX_MEMBERS,
 };
 
 use crate::{
@@ -105,15 +105,6 @@ fn fingerprint(k: &FlowKey) -> u64 {
     h ^= h >> 29;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^ (h >> 32)
-}
-
-fn listener_key(k: &FlowKey) -> ListenerKey {
-    ListenerKey {
-        vip_be: k.dst_be,
-        port_be: k.dport_be,
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    }
 }
 
 /// What the census of one cycle counted.
@@ -342,8 +333,7 @@ pub fn idle_past_timeout(
     listeners: &StdHashMap<ListenerKey, ListenerConf>,
     now_ns: u64,
 ) -> bool {
-    let key = flow.forward_key();
-    let timeout = match listeners.get(&listener_key(&key)) {
+    let timeout = match listeners.get(&flow.listener_key()) {
         Some(l) => flow.timeout_ns(l.timeout_member_connect_ns, l.timeout_data_ns),
         None => 0,
     };
@@ -362,15 +352,12 @@ pub fn interval(entries: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{CT_FIN_CLIENT, CT_FIN_MEMBER, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD};
+    use lb_common::{
+        CT_FIN_CLIENT, CT_FIN_MEMBER, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD, IPPROTO_TCP,
+    };
 
     fn listener() -> (ListenerKey, ListenerConf) {
-        let key = ListenerKey {
-            vip_be: u32::from_ne_bytes([10, 0, 0, 250]),
-            port_be: 22u16.to_be(),
-            proto: IPPROTO_TCP,
-            _pad: 0,
-        };
+        let key = ListenerKey::tcp(u32::from_ne_bytes([10, 0, 0, 250]), 22u16.to_be());
         let conf = ListenerConf {
             timeout_member_connect_ns: 5_000_000_000,
             timeout_data_ns: 50_000_000_000,

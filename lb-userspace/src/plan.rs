@@ -4,7 +4,7 @@ use std::{collections::HashSet, net::Ipv4Addr};
 
 use lb_common::{
     ListenerConf, ListenerKey, MemberConf, PoolConf, ALG_LEAST_CONNECTIONS, ALG_ROUND_ROBIN,
-    ALG_SOURCE_IP, IPPROTO_TCP, MAX_LISTENERS, MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP,
+    ALG_SOURCE_IP, MAX_LISTENERS, MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP,
     MEMBER_F_CONFIGURED, MEMBER_F_ENABLED, MEMBER_F_UP,
 };
 use serde::{Deserialize, Serialize};
@@ -198,12 +198,7 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
             index,
             protocol_port: l.protocol_port,
             pool_id: l.default_pool_id.clone(),
-            key: ListenerKey {
-                vip_be: u32::from(lb.vip_address).to_be(),
-                port_be: l.protocol_port.to_be(),
-                proto: IPPROTO_TCP,
-                _pad: 0,
-            },
+            key: ListenerKey::tcp(u32::from(lb.vip_address).to_be(), l.protocol_port.to_be()),
             conf: ListenerConf {
                 index,
                 pool: pool_index,

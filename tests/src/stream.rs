@@ -34,6 +34,28 @@ fn lines(buf: &mut Vec<u8>) -> Vec<String> {
     out
 }
 
+/// Reads what has arrived into `buf`: Ok(false) once the peer closed. A read timeout is no
+/// error (nothing arrived yet).
+fn read_into(c: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 4096];
+    match c.read(&mut chunk) {
+        Ok(0) => Ok(false),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(true)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The member's side of a connection that opened with `STREAM\n` (`rest`: what followed it
 /// in the same read): sends `m <n>` every period, checks the client's `c <n>` records, and
 /// on `END` answers `RESULT <records received> <in order: 1|0>`.
@@ -59,7 +81,6 @@ pub fn serve(mut c: TcpStream, rest: &[u8], stop: &AtomicBool) {
     let _ = c.set_read_timeout(Some(PERIOD));
     let mut buf = rest.to_vec();
     let (mut got, mut in_order) = (0u64, true);
-    let mut chunk = [0u8; 4096];
     'conn: while !stop.load(Ordering::Relaxed) {
         for line in lines(&mut buf) {
             if line == "END" {
@@ -73,15 +94,8 @@ pub fn serve(mut c: TcpStream, rest: &[u8], stop: &AtomicBool) {
                 _ => in_order = false,
             }
         }
-        match c.read(&mut chunk) {
-            Ok(0) => break 'conn,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break 'conn,
+        if !matches!(read_into(&mut c, &mut buf), Ok(true)) {
+            break 'conn;
         }
     }
     done.store(true, Ordering::Relaxed);
@@ -197,12 +211,11 @@ fn client(
     };
     let _ = c.set_read_timeout(Some(Duration::from_millis(10)));
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     // The member's greeting names it.
     let start = Instant::now();
     while !buf.contains(&b'\n') && start.elapsed() < Duration::from_secs(5) {
-        if let Ok(n) = c.read(&mut chunk) {
-            buf.extend_from_slice(&chunk[..n]);
+        if !matches!(read_into(&mut c, &mut buf), Ok(true)) {
+            break;
         }
     }
     let greeting = lines(&mut buf).into_iter().next().unwrap_or_default();
@@ -222,14 +235,9 @@ fn client(
             r.sent += 1;
             next_send += PERIOD;
         }
-        match c.read(&mut chunk) {
-            Ok(0) => return fail(r, "the connection closed".into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+        match read_into(&mut c, &mut buf) {
+            Ok(true) => {}
+            Ok(false) => return fail(r, "the connection closed".into()),
             Err(e) => return fail(r, format!("read: {e}")),
         }
         for line in lines(&mut buf) {
@@ -252,11 +260,7 @@ fn client(
     let _ = c.set_read_timeout(Some(Duration::from_millis(100)));
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        match c.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => {}
-        }
+        let open = read_into(&mut c, &mut buf);
         for line in lines(&mut buf) {
             if let Some(rest) = line.strip_prefix("RESULT ") {
                 let mut f = rest.split(' ');
@@ -264,6 +268,9 @@ fn client(
                 r.member_in_order = f.next() == Some("1");
                 return r;
             }
+        }
+        if !matches!(open, Ok(true)) {
+            break;
         }
     }
     fail(r, "no RESULT from the member".into())

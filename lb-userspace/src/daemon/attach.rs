@@ -198,31 +198,20 @@ pub fn attach(
         tracing::warn!(program = t.program, device = %t.device, "the attachment recorded by the previous run is gone; attaching anew");
     }
     let holder = if let Some(mode) = t.hook.xdp() {
-        let pin = t.pin(pin_dir);
-        let _ = std::fs::remove_file(&pin);
         let prog = dp.xdp(t.program);
-        let dev = t.device.clone();
-        let link = at(t.inside, ns, || -> Result<_, ProgramError> {
-            let id = prog.attach(&dev, mode)?;
+        link_pinned(t, ns, pin_dir, |dev| {
+            let id = prog.attach(dev, mode)?;
             prog.take_link(id)
         })?
-        .map_err(err)?;
-        pin_link(FdLink::try_from(link), t.program, &pin)?;
-        Holder::Link { pin }
     } else {
         let dir = t.hook.tc().expect("a TC hook");
         let prog = dp.tc(t.program);
         let dev = t.device.clone();
         if tcx_supported() {
-            let pin = t.pin(pin_dir);
-            let _ = std::fs::remove_file(&pin);
-            let link = at(t.inside, ns, || -> Result<_, ProgramError> {
-                let id = prog.attach(&dev, dir)?;
+            link_pinned(t, ns, pin_dir, |dev| {
+                let id = prog.attach(dev, dir)?;
                 prog.take_link(id)
             })?
-            .map_err(err)?;
-            pin_link(FdLink::try_from(link), t.program, &pin)?;
-            Holder::Link { pin }
         } else {
             at(t.inside, ns, || -> Result<Holder, ProgramError> {
                 let created_qdisc = match tc::qdisc_add_clsact(&dev) {
@@ -261,6 +250,28 @@ pub fn attach(
         },
         Done::Attached,
     ))
+}
+
+/// Attaches with `attach` (given the device) where the target is, and pins the bpf_link it
+/// makes.
+fn link_pinned<L: Send>(
+    t: &Target,
+    ns: &str,
+    pin_dir: &Path,
+    attach: impl FnOnce(&str) -> Result<L, ProgramError> + Send,
+) -> Result<Holder>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let pin = t.pin(pin_dir);
+    let _ = std::fs::remove_file(&pin);
+    let link = at(t.inside, ns, || attach(&t.device))?.map_err(|source| AttachError::Attach {
+        program: t.program.into(),
+        device: t.device.clone(),
+        source: Box::new(source),
+    })?;
+    pin_link(FdLink::try_from(link), t.program, &pin)?;
+    Ok(Holder::Link { pin })
 }
 
 /// Pins a new link. (A link that is no bpf_link, i.e. attached through netlink on a kernel

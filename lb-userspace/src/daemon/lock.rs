@@ -47,7 +47,7 @@ impl LbLock {
             let mut held = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(l) => l,
                 Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                    return Ok(Acquire::HeldBy(read_pid(&mut file)));
+                    return Ok(Acquire::HeldBy(holder_pid(&mut file)));
                 }
                 Err((_, e)) => return Err(e.into()),
             };
@@ -91,10 +91,22 @@ impl LbLock {
     }
 }
 
-fn read_pid(file: &mut File) -> Option<u32> {
-    let mut s = String::new();
-    file.read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
+/// The pid the holder wrote. A holder writes it right after it takes the lock: one that has
+/// only just taken it (the file still empty, or naming an earlier holder that is gone) is
+/// given half a second.
+fn holder_pid(file: &mut File) -> Option<u32> {
+    for _ in 0..50 {
+        let mut s = String::new();
+        if file.rewind().is_ok() && file.read_to_string(&mut s).is_ok() {
+            if let Ok(pid) = s.trim().parse::<u32>() {
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    return Some(pid);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ use crate::{
     dataplane::Dataplane,
     health::Transition,
     plan::Plan,
-    state::{Phase, State},
+    state::State,
 };
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -410,9 +410,4 @@ async fn reload(path: &Path, cfg: &mut Config, running: &mut Vec<Instance>, ctx:
         }
         Err(e) => error!("SIGHUP: {e:#}"),
     }
-}
-
-/// The phase a state file records (for tests and `lb stats`).
-pub fn phase_of(state_dir: &Path, lb: &str) -> Option<Phase> {
-    State::read(state_dir, lb).map(|s| s.phase)
 }
