@@ -360,6 +360,11 @@ for m in $(cat /modules/order); do
   insmod "/modules/$m" 2>/dev/null || echo "vm-test: insmod $m failed"
 done
 ip link set lo up
+# Keeps the kernel's TC ingress/egress static keys on for the whole run. Every first tcx or
+# clsact attachment (and every last detachment) flips them, which patches kernel text under
+# running CPUs; QEMU's software emulation has been seen executing such a site half patched
+# (6.12: "Oops: int3" in __dev_queue_xmit while streams ran through a takeover).
+tc qdisc add dev lo clsact || echo "vm-test: cannot add clsact to lo"
 echo "vm-test: kernel $(uname -r), $(nproc) CPUs"
 status=0
 for t in /lbtest/tests/*; do
