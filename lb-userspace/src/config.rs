@@ -89,6 +89,9 @@ impl Default for Daemon {
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancer {
     pub id: String,
+    /// The network namespace it lives in; `qlbaas-<id>` when absent.
+    #[serde(default)]
+    pub namespace: Option<String>,
     pub vip_address: Ipv4Addr,
     #[serde(default = "default_prefix")]
     pub vip_prefixlen: u8,
@@ -207,6 +210,18 @@ pub struct Member {
     pub monitor_address: Option<Ipv4Addr>,
     #[serde(default)]
     pub monitor_port: Option<u16>,
+    /// Checked as its pool's monitor says, not at all, or with settings of its own (haproxy
+    /// configs set check, inter, rise and fall per server).
+    #[serde(skip)]
+    pub check: MemberCheck,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum MemberCheck {
+    #[default]
+    Pool,
+    Off,
+    Own(HealthMonitor),
 }
 
 fn one() -> u16 {
@@ -221,7 +236,23 @@ fn yes() -> bool {
 pub enum MonitorType {
     TCP,
     HTTP,
+    /// A TLS ClientHello answered by a ServerHello (haproxy's `option ssl-hello-chk`).
+    #[serde(rename = "TLS-HELLO")]
+    TLS_HELLO,
     PING,
+}
+
+/// What an HTTP monitor's answer must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HttpExpect {
+    /// Octavia's `expected_codes`: codes and ranges (`200`, `200,202`, `200-204`).
+    Codes(Vec<(u16, u16)>),
+    /// haproxy's `http-check expect [!] status <code>`.
+    Status { negate: bool, code: String },
+    /// haproxy's `http-check expect [!] rstatus <regex>`.
+    Regex { negate: bool, pattern: String },
+    /// haproxy's default: any 2xx or 3xx.
+    Success,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -238,6 +269,54 @@ pub struct HealthMonitor {
     /// consecutive failures to go down (fall)
     #[serde(default = "three")]
     pub max_retries_down: u32,
+    /// HTTP monitors: request method and path
+    #[serde(default = "get")]
+    pub http_method: String,
+    #[serde(default = "slash")]
+    pub url_path: String,
+    /// HTTP monitors: `HTTP/1.0` or `HTTP/1.1` (sent with a Host header)
+    #[serde(default = "http10")]
+    pub http_version: String,
+    /// HTTP monitors: codes and ranges that mean up (`200`, `200,202`, `200-204`)
+    #[serde(default = "two_hundred")]
+    pub expected_codes: String,
+    /// What a drop-in haproxy config expects instead of `expected_codes`.
+    #[serde(skip)]
+    pub http_expect: Option<HttpExpect>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+fn slash() -> String {
+    "/".into()
+}
+fn http10() -> String {
+    "HTTP/1.0".into()
+}
+fn two_hundred() -> String {
+    "200".into()
+}
+
+/// Octavia's `expected_codes` as ranges.
+pub fn parse_expected_codes(s: &str) -> Option<Vec<(u16, u16)>> {
+    s.split(',')
+        .map(|part| {
+            let part = part.trim();
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            ((100..=599).contains(&a) && (a..=599).contains(&b)).then_some((a, b))
+        })
+        .collect()
+}
+
+impl HealthMonitor {
+    /// What an HTTP check's answer must be.
+    pub fn expectation(&self) -> HttpExpect {
+        self.http_expect.clone().unwrap_or_else(|| {
+            HttpExpect::Codes(parse_expected_codes(&self.expected_codes).unwrap_or_default())
+        })
+    }
 }
 
 impl HealthMonitor {
@@ -260,7 +339,22 @@ impl Member {
 
 impl LoadBalancer {
     pub fn namespace(&self) -> String {
-        format!("qlbaas-{}", self.id)
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| format!("qlbaas-{}", self.id))
+    }
+
+    /// The monitor that checks `member` of `pool`, if any.
+    pub fn member_monitor<'a>(
+        &'a self,
+        pool: &'a Pool,
+        member: &'a Member,
+    ) -> Option<&'a HealthMonitor> {
+        match &member.check {
+            MemberCheck::Pool => pool.healthmonitor.as_ref(),
+            MemberCheck::Off => None,
+            MemberCheck::Own(m) => Some(m),
+        }
     }
     pub fn pool(&self, id: &str) -> Option<(usize, &Pool)> {
         self.pool.iter().enumerate().find(|(_, p)| p.id == id)
@@ -287,6 +381,12 @@ impl Config {
 
     /// Every rule the daemon relies on; the first violation is reported with its field path.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(Rules {
+            monitor_timeout_below_delay: true,
+        })
+    }
+
+    pub fn validate_with(&self, rules: Rules) -> Result<(), ConfigError> {
         let d = &self.daemon;
         if d.conntrack_flows == 0 || d.conntrack_flows > 8_000_000 {
             return Err(invalid(
@@ -545,50 +645,90 @@ impl Config {
                     }
                 }
                 if let Some(hm) = &pool.healthmonitor {
-                    let at = format!("{at}.healthmonitor");
-                    if hm.kind != MonitorType::TCP {
-                        return Err(invalid(
-                            format!("{at}.type"),
-                            format!("{:?}", hm.kind),
-                            "only TCP monitors are supported",
-                        ));
-                    }
-                    if !(hm.delay.is_finite() && hm.delay > 0.0 && hm.delay <= 3600.0) {
-                        return Err(invalid(
-                            format!("{at}.delay"),
-                            hm.delay,
-                            "seconds, > 0 and <= 3600",
-                        ));
-                    }
-                    if !(hm.timeout.is_finite() && hm.timeout > 0.0) {
-                        return Err(invalid(format!("{at}.timeout"), hm.timeout, "seconds, > 0"));
-                    }
-                    if hm.timeout >= hm.delay {
-                        return Err(invalid(
-                            format!("{at}.timeout"),
-                            hm.timeout,
-                            format!("must be < delay ({})", hm.delay),
-                        ));
-                    }
-                    if hm.max_retries == 0 || hm.max_retries > 10 {
-                        return Err(invalid(
-                            format!("{at}.max_retries"),
-                            hm.max_retries,
-                            "must be 1..=10",
-                        ));
-                    }
-                    if hm.max_retries_down == 0 || hm.max_retries_down > 10 {
-                        return Err(invalid(
-                            format!("{at}.max_retries_down"),
-                            hm.max_retries_down,
-                            "must be 1..=10",
-                        ));
+                    validate_monitor(hm, &format!("{at}.healthmonitor"), rules)?;
+                }
+                for (j, m) in pool.member.iter().enumerate() {
+                    if let MemberCheck::Own(hm) = &m.check {
+                        validate_monitor(hm, &format!("{at}.member[{j}].check"), rules)?;
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// What validation demands beyond the daemon's own needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Octavia's rule: a monitor's timeout is below its delay. haproxy's configs may leave
+    /// them equal (no `timeout check`: the check may take the whole interval).
+    pub monitor_timeout_below_delay: bool,
+}
+
+fn validate_monitor(hm: &HealthMonitor, at: &str, rules: Rules) -> Result<(), ConfigError> {
+    if hm.kind == MonitorType::PING {
+        return Err(invalid(
+            format!("{at}.type"),
+            "PING",
+            "PING monitors are not supported (TCP, HTTP or TLS-HELLO)",
+        ));
+    }
+    if !(hm.delay.is_finite() && hm.delay > 0.0 && hm.delay <= 3600.0) {
+        return Err(invalid(
+            format!("{at}.delay"),
+            hm.delay,
+            "seconds, > 0 and <= 3600",
+        ));
+    }
+    if !(hm.timeout.is_finite() && hm.timeout > 0.0) {
+        return Err(invalid(format!("{at}.timeout"), hm.timeout, "seconds, > 0"));
+    }
+    if rules.monitor_timeout_below_delay && hm.timeout >= hm.delay {
+        return Err(invalid(
+            format!("{at}.timeout"),
+            hm.timeout,
+            format!("must be < delay ({})", hm.delay),
+        ));
+    }
+    if hm.max_retries == 0 || hm.max_retries > 10 {
+        return Err(invalid(
+            format!("{at}.max_retries"),
+            hm.max_retries,
+            "must be 1..=10",
+        ));
+    }
+    if hm.max_retries_down == 0 || hm.max_retries_down > 10 {
+        return Err(invalid(
+            format!("{at}.max_retries_down"),
+            hm.max_retries_down,
+            "must be 1..=10",
+        ));
+    }
+    if hm.kind == MonitorType::HTTP {
+        if hm.http_expect.is_none() && parse_expected_codes(&hm.expected_codes).is_none() {
+            return Err(invalid(
+                format!("{at}.expected_codes"),
+                &hm.expected_codes,
+                "codes 100-599 and ranges, e.g. 200, 200,202 or 200-204",
+            ));
+        }
+        if !matches!(hm.http_version.as_str(), "HTTP/1.0" | "HTTP/1.1") {
+            return Err(invalid(
+                format!("{at}.http_version"),
+                &hm.http_version,
+                "HTTP/1.0 or HTTP/1.1",
+            ));
+        }
+        if hm.http_method.is_empty() || !hm.url_path.starts_with('/') {
+            return Err(invalid(
+                format!("{at}.url_path"),
+                &hm.url_path,
+                "a method and a path starting with /",
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {

@@ -1,15 +1,119 @@
-//! TCP health monitors, run from inside the load balancer's namespace with the VIP as source
-//! (as HAProxy's checks were): `delay` between checks, `timeout` per check, `max_retries`
-//! consecutive successes to rise, `max_retries_down` consecutive failures to fall.
+//! Health monitors, run from inside the load balancer's namespace with the VIP as source (as
+//! HAProxy's checks were): `delay` between checks, `timeout` per check, `max_retries`
+//! consecutive successes to rise, `max_retries_down` consecutive failures to fall. A check is
+//! a TCP connect, an HTTP request whose status must match, or a TLS ClientHello that must be
+//! answered by a ServerHello; its outcome is told in haproxy's `check_status` words (L4OK,
+//! L4CON, L7STS, ...), which the stats socket reports.
 
 use std::{
+    collections::HashMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::mpsc::UnboundedSender;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    sync::mpsc::UnboundedSender,
+};
 
-use crate::config::HealthMonitor;
+use crate::config::{HealthMonitor, HttpExpect, MonitorType};
+
+/// A check's outcome in haproxy's words (its `check_status`).
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckStatus {
+    /// The socket could not be made (a local error).
+    SOCKERR,
+    /// TCP: connected.
+    L4OK,
+    /// TCP: no answer in time.
+    L4TOUT,
+    /// TCP: refused, reset, unreachable.
+    L4CON,
+    /// TLS: a ServerHello came back.
+    L6OK,
+    L6TOUT,
+    /// TLS: something else came back.
+    L6RSP,
+    /// HTTP: a status the monitor expects.
+    L7OK,
+    L7TOUT,
+    /// HTTP: not an HTTP answer.
+    L7RSP,
+    /// HTTP: a status the monitor does not expect.
+    L7STS,
+}
+
+impl CheckStatus {
+    pub fn ok(self) -> bool {
+        matches!(
+            self,
+            CheckStatus::L4OK | CheckStatus::L6OK | CheckStatus::L7OK
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckStatus::SOCKERR => "SOCKERR",
+            CheckStatus::L4OK => "L4OK",
+            CheckStatus::L4TOUT => "L4TOUT",
+            CheckStatus::L4CON => "L4CON",
+            CheckStatus::L6OK => "L6OK",
+            CheckStatus::L6TOUT => "L6TOUT",
+            CheckStatus::L6RSP => "L6RSP",
+            CheckStatus::L7OK => "L7OK",
+            CheckStatus::L7TOUT => "L7TOUT",
+            CheckStatus::L7RSP => "L7RSP",
+            CheckStatus::L7STS => "L7STS",
+        }
+    }
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    pub status: CheckStatus,
+    /// The HTTP status code, for HTTP checks that got one.
+    pub code: Option<u16>,
+    pub duration: Duration,
+    /// What happened, for logs and the stats socket's `check_desc`.
+    pub desc: String,
+}
+
+/// What the stats socket shows of a member's checks (haproxy's `check_*`, `chkfail`,
+/// `chkdown`, `lastchg`, `downtime` and the `UP 1/3` / `DOWN 1/2` progress).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckInfo {
+    pub status: Option<CheckStatus>,
+    pub code: Option<u16>,
+    pub duration_ms: u64,
+    pub desc: String,
+    /// Failed checks since the member was configured.
+    pub chkfail: u64,
+    /// UP -> DOWN transitions.
+    pub chkdown: u64,
+    /// Unix time of the last transition (or of the start of monitoring).
+    pub last_change: u64,
+    /// Seconds spent down before the current state.
+    pub downtime_secs: u64,
+    pub up: bool,
+    /// Consecutive successes while down, failures while up (the progress to a transition).
+    pub progress: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// Every monitored member's check info, by member index (shared with the stats socket).
+pub type Board = Arc<Mutex<HashMap<u32, CheckInfo>>>;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// A member's health changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +129,8 @@ pub struct Transition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checker {
     pub up: bool,
-    successes: u32,
-    failures: u32,
+    pub successes: u32,
+    pub failures: u32,
     rise: u32,
     fall: u32,
 }
@@ -65,19 +169,210 @@ impl Checker {
     }
 }
 
+/// Connects from `vip:ephemeral` to `target` within `timeout`.
+async fn connect(
+    vip: Ipv4Addr,
+    target: SocketAddrV4,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, (CheckStatus, String)> {
+    let sock = tokio::net::TcpSocket::new_v4()
+        .map_err(|e| (CheckStatus::SOCKERR, format!("socket: {e}")))?;
+    sock.bind(SocketAddr::V4(SocketAddrV4::new(vip, 0)))
+        .map_err(|e| (CheckStatus::SOCKERR, format!("bind {vip}: {e}")))?;
+    match tokio::time::timeout(timeout, sock.connect(SocketAddr::V4(target))).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err((CheckStatus::L4CON, format!("connect {target}: {e}"))),
+        Err(_) => Err((
+            CheckStatus::L4TOUT,
+            format!("connect {target}: no answer within {timeout:?}"),
+        )),
+    }
+}
+
 /// One TCP check: connect from `vip:ephemeral` to `target` within `timeout`.
 pub async fn check_tcp(
     vip: Ipv4Addr,
     target: SocketAddrV4,
     timeout: Duration,
 ) -> Result<(), String> {
-    let sock = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-    sock.bind(SocketAddr::V4(SocketAddrV4::new(vip, 0)))
-        .map_err(|e| format!("bind {vip}: {e}"))?;
-    match tokio::time::timeout(timeout, sock.connect(SocketAddr::V4(target))).await {
-        Ok(Ok(_stream)) => Ok(()),
-        Ok(Err(e)) => Err(format!("connect {target}: {e}")),
-        Err(_) => Err(format!("connect {target}: no answer within {timeout:?}")),
+    connect(vip, target, timeout)
+        .await
+        .map(drop)
+        .map_err(|(_, e)| e)
+}
+
+/// One check of `target` as `monitor` says, within its timeout.
+pub async fn check(vip: Ipv4Addr, target: SocketAddrV4, monitor: &HealthMonitor) -> CheckResult {
+    let start = Instant::now();
+    let timeout = monitor.timeout();
+    let (status, code, desc) = match connect(vip, target, timeout).await {
+        Err((status, desc)) => (status, None, desc),
+        Ok(stream) => {
+            let left = timeout.saturating_sub(start.elapsed());
+            match monitor.kind {
+                MonitorType::HTTP => http(stream, target, monitor, left).await,
+                MonitorType::TLS_HELLO => tls_hello(stream, left).await,
+                MonitorType::TCP | MonitorType::PING => {
+                    (CheckStatus::L4OK, None, "Layer4 check passed".into())
+                }
+            }
+        }
+    };
+    CheckResult {
+        status,
+        code,
+        duration: start.elapsed(),
+        desc,
+    }
+}
+
+/// Reads from `stream` until `enough` says so, the peer closes, or `left` runs out.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    left: Duration,
+    enough: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, bool> {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + left;
+    let mut chunk = [0u8; 2048];
+    while !enough(&buf) && buf.len() < 16384 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(_)) => break,
+            Err(_) => return Err(true),
+        }
+    }
+    Ok(buf)
+}
+
+async fn http(
+    mut stream: tokio::net::TcpStream,
+    target: SocketAddrV4,
+    m: &HealthMonitor,
+    left: Duration,
+) -> (CheckStatus, Option<u16>, String) {
+    let host = if m.http_version == "HTTP/1.1" {
+        format!("Host: {}\r\n", target.ip())
+    } else {
+        String::new()
+    };
+    let request = format!(
+        "{} {} {}\r\n{host}Connection: close\r\n\r\n",
+        m.http_method, m.url_path, m.http_version
+    );
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return (
+            CheckStatus::L7RSP,
+            None,
+            format!("sending the request: {e}"),
+        );
+    }
+    let line = match read_until(&mut stream, left, |b| b.contains(&b'\n')).await {
+        Err(_) => return (CheckStatus::L7TOUT, None, "no HTTP answer in time".into()),
+        Ok(b) => b,
+    };
+    let first = String::from_utf8_lossy(line.split(|&c| c == b'\n').next().unwrap_or(&[]))
+        .trim()
+        .to_string();
+    let mut words = first.split_whitespace();
+    let code = match (
+        words.next(),
+        words.next().and_then(|c| c.parse::<u16>().ok()),
+    ) {
+        (Some(v), Some(c)) if v.starts_with("HTTP/") && (100..=599).contains(&c) => c,
+        _ => {
+            return (
+                CheckStatus::L7RSP,
+                None,
+                format!("not an HTTP status line: {first:?}"),
+            )
+        }
+    };
+    if expect_matches(&m.expectation(), code) {
+        (CheckStatus::L7OK, Some(code), first)
+    } else {
+        (CheckStatus::L7STS, Some(code), first)
+    }
+}
+
+/// Whether HTTP status `code` is what `e` expects.
+pub fn expect_matches(e: &HttpExpect, code: u16) -> bool {
+    let s = code.to_string();
+    match e {
+        HttpExpect::Codes(ranges) => ranges.iter().any(|&(a, b)| (a..=b).contains(&code)),
+        HttpExpect::Status { negate, code: want } => (s == *want) != *negate,
+        HttpExpect::Regex { negate, pattern } => {
+            let hit = regex::Regex::new(pattern).is_ok_and(|r| r.is_match(&s));
+            hit != *negate
+        }
+        HttpExpect::Success => (200..400).contains(&code),
+    }
+}
+
+/// A TLS 1.2 ClientHello offering the common ECDHE, RSA and TLS 1.3 suites: what
+/// `option ssl-hello-chk` checks a server answers with a ServerHello.
+fn client_hello() -> Vec<u8> {
+    let suites: &[u16] = &[
+        0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0x009e, 0x009f,
+        0xc013, 0xc014, 0x002f, 0x0035,
+    ];
+    let mut body = vec![0x03, 0x03];
+    body.extend((0..32u8).map(|i| i.wrapping_mul(73).wrapping_add(11)));
+    body.push(0); // no session id
+    body.extend(((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend(s.to_be_bytes());
+    }
+    body.extend([1, 0]); // compression: null
+    let mut ext = Vec::new();
+    // supported_groups: x25519, secp256r1, secp384r1
+    ext.extend([
+        0x00, 0x0a, 0x00, 0x08, 0x00, 0x06, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18,
+    ]);
+    // ec_point_formats: uncompressed
+    ext.extend([0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
+    // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256,
+    // ecdsa_secp384r1_sha384, rsa_pss_rsae_sha384, rsa_pkcs1_sha384, rsa_pkcs1_sha1
+    ext.extend([
+        0x00, 0x0d, 0x00, 0x10, 0x00, 0x0e, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x03, 0x08,
+        0x05, 0x05, 0x01, 0x02, 0x01,
+    ]);
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![0x01];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend((hs.len() as u16).to_be_bytes());
+    rec.extend(hs);
+    rec
+}
+
+async fn tls_hello(
+    mut stream: tokio::net::TcpStream,
+    left: Duration,
+) -> (CheckStatus, Option<u16>, String) {
+    if let Err(e) = stream.write_all(&client_hello()).await {
+        return (
+            CheckStatus::L6RSP,
+            None,
+            format!("sending a ClientHello: {e}"),
+        );
+    }
+    match read_until(&mut stream, left, |b| b.len() >= 6).await {
+        Err(_) => (CheckStatus::L6TOUT, None, "no TLS answer in time".into()),
+        Ok(b) if b.len() >= 6 && b[0] == 0x16 && b[1] == 0x03 && b[5] == 0x02 => (
+            CheckStatus::L6OK,
+            None,
+            "Layer6 check passed (ServerHello)".into(),
+        ),
+        Ok(b) if b.first() == Some(&0x15) => (CheckStatus::L6RSP, None, "TLS alert".into()),
+        Ok(b) => (
+            CheckStatus::L6RSP,
+            None,
+            format!("not a ServerHello ({} bytes)", b.len()),
+        ),
     }
 }
 
@@ -102,27 +397,72 @@ impl MonitorTarget {
     }
 }
 
-/// Checks one member every `delay` until the future is dropped, sending its transitions.
-/// Call on a runtime whose thread is inside the load balancer's namespace: the sockets are
-/// created there.
-pub async fn monitor(lb: String, vip: Ipv4Addr, t: MonitorTarget, tx: UnboundedSender<Transition>) {
-    let mut checker = Checker::new(t.monitor.max_retries, t.monitor.max_retries_down, t.up);
+/// Checks one member every `delay` until the future is dropped, sending its transitions and
+/// recording every outcome on `board`. `info` is where a previous run left it (a restart or a
+/// takeover keeps the counters and the rise/fall progress).
+pub async fn monitor(
+    lb: String,
+    vip: Ipv4Addr,
+    t: MonitorTarget,
+    tx: UnboundedSender<Transition>,
+    board: Board,
+) {
+    let (rise, fall) = (t.monitor.max_retries, t.monitor.max_retries_down);
+    let mut checker = Checker::new(rise, fall, t.up);
+    let mut info = {
+        let b = board.lock().unwrap();
+        b.get(&t.member_index).cloned()
+    }
+    .filter(|i| i.up == t.up && (i.rise, i.fall) == (rise, fall))
+    .unwrap_or(CheckInfo {
+        last_change: unix_now(),
+        up: t.up,
+        rise,
+        fall,
+        ..Default::default()
+    });
+    if info.up {
+        checker.failures = info.progress;
+    } else {
+        checker.successes = info.progress;
+    }
+    board.lock().unwrap().insert(t.member_index, info.clone());
     let mut tick = tokio::time::interval(t.monitor.delay());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = check_tcp(vip, t.target, t.monitor.timeout()).await;
-        let reason = match &result {
-            Ok(()) => "check passed".to_string(),
-            Err(e) => e.clone(),
+        let r = check(vip, t.target, &t.monitor).await;
+        let changed = checker.record(r.status.ok());
+        info.status = Some(r.status);
+        info.code = r.code;
+        info.duration_ms = r.duration.as_millis() as u64;
+        info.desc = r.desc.clone();
+        if !r.status.ok() {
+            info.chkfail += 1;
+        }
+        if let Some(up) = changed {
+            let now = unix_now();
+            if !up {
+                info.chkdown += 1;
+            } else {
+                info.downtime_secs += now.saturating_sub(info.last_change);
+            }
+            info.last_change = now;
+            info.up = up;
+        }
+        info.progress = if checker.up {
+            checker.failures
+        } else {
+            checker.successes
         };
-        if let Some(up) = checker.record(result.is_ok()) {
+        board.lock().unwrap().insert(t.member_index, info.clone());
+        if let Some(up) = changed {
             let tr = Transition {
                 loadbalancer: lb.clone(),
                 member_index: t.member_index,
                 member_id: t.member_id.clone(),
                 up,
-                reason,
+                reason: format!("{}: {}", r.status.name(), r.desc),
             };
             if tx.send(tr).is_err() {
                 return;
@@ -157,6 +497,37 @@ mod tests {
         assert_eq!(c.record(true), None);
         assert_eq!(c.record(true), Some(true));
         assert!(c.up);
+    }
+
+    #[test]
+    fn expectations_as_haproxy_and_octavia_write_them() {
+        let codes = HttpExpect::Codes(crate::config::parse_expected_codes("200,202-204").unwrap());
+        assert!(expect_matches(&codes, 203) && !expect_matches(&codes, 201));
+        let re = HttpExpect::Regex {
+            negate: false,
+            pattern: "^(200|202)$".into(),
+        };
+        assert!(expect_matches(&re, 202) && !expect_matches(&re, 500));
+        let not500 = HttpExpect::Status {
+            negate: true,
+            code: "500".into(),
+        };
+        assert!(expect_matches(&not500, 200) && !expect_matches(&not500, 500));
+        assert!(
+            expect_matches(&HttpExpect::Success, 302) && !expect_matches(&HttpExpect::Success, 404)
+        );
+    }
+
+    #[test]
+    fn the_client_hello_is_one_well_formed_record() {
+        let h = client_hello();
+        assert_eq!(&h[..3], &[0x16, 0x03, 0x01]);
+        assert_eq!(u16::from_be_bytes([h[3], h[4]]) as usize, h.len() - 5);
+        assert_eq!(h[5], 0x01, "ClientHello");
+        assert_eq!(
+            u32::from_be_bytes([0, h[6], h[7], h[8]]) as usize,
+            h.len() - 9
+        );
     }
 
     #[test]

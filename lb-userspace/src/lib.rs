@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod expiry;
+pub mod haproxy;
 pub mod health;
 pub mod node;
 pub mod pins;

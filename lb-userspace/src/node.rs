@@ -94,6 +94,14 @@ fn open_netns(ns: &str) -> Result<File> {
     })
 }
 
+/// Whether the calling thread is in namespace `ns` already.
+pub fn same_netns(ns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let here = id(Path::new("/proc/thread-self/ns/net"));
+    here.is_some() && here == id(&netns_path(ns))
+}
+
 /// Moves the calling thread into namespace `ns`. Only call on a thread you own.
 pub fn enter(ns: &str) -> Result<()> {
     setns(open_netns(ns)?, CloneFlags::CLONE_NEWNET).map_err(|e| NodeError::Enter {
@@ -477,7 +485,14 @@ impl Node {
         let here = Netlink::here()?;
         let inside = Netlink::in_ns(&ns)?;
         let ns_file = open_netns(&ns)?;
-        if lb.port.adopt {
+        // The haproxy drop-in runs inside the load balancer's namespace already: "here" is
+        // "inside", and an adopted port there is simply used.
+        let already_inside = same_netns(&ns);
+        if lb.port.adopt && already_inside {
+            if here.index(&port).await?.is_none() {
+                return Err(port_err(format!("no device of that name in {ns}")));
+            }
+        } else if lb.port.adopt {
             if here.index(&port).await?.is_some() {
                 self.own(record, |o| o.moved_port = true)?;
                 here.move_to(&port, &ns_file).await?;

@@ -135,7 +135,7 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 index: idx,
                 address: m.address,
                 protocol_port: m.protocol_port,
-                monitor: pool.healthmonitor.as_ref().map(|_| m.monitor_target()),
+                monitor: lb.member_monitor(pool, m).map(|_| m.monitor_target()),
                 conf: MemberConf {
                     addr_be: u32::from(m.address).to_be(),
                     port_be: m.protocol_port.to_be(),

@@ -43,6 +43,10 @@ pub struct State {
     pub attachments: Vec<Attachment>,
     #[serde(default)]
     pub phase: Phase,
+    /// Health check counters and progress per member index, as the daemon left them (the next
+    /// one carries on from them).
+    #[serde(default)]
+    pub checks: std::collections::BTreeMap<u32, crate::health::CheckInfo>,
 }
 
 impl State {
@@ -73,7 +77,17 @@ impl State {
             return None;
         }
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid)).ok()?;
-        (comm.trim() == "lb" && self.pid != std::process::id()).then_some(self.pid)
+        // A killed daemon no parent has reaped yet (a zombie) serves nothing.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next());
+        if matches!(state, Some("Z" | "X" | "x")) {
+            return None;
+        }
+        // `haproxy`: the drop-in, run through a link of that name.
+        (matches!(comm.trim(), "lb" | "haproxy") && self.pid != std::process::id())
+            .then_some(self.pid)
     }
 
     /// Every published load balancer, sorted by id.

@@ -213,6 +213,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
 
 pub fn collect_all(state_dir: &Path) -> anyhow::Result<Vec<LoadBalancerReport>> {
     use anyhow::Context as _;
+    crate::daemon::gc::collect(state_dir);
     let states =
         State::read_all(state_dir).with_context(|| format!("reading {}", state_dir.display()))?;
     states

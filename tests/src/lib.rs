@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod agent;
 pub mod fixture;
 pub mod stream;
 pub mod topology;

@@ -38,6 +38,16 @@ pub enum Command {
     },
     /// Print the man page (roff): `lb man > /usr/local/share/man/man1/lb.1`
     Man,
+    /// Stand in for haproxy: `lb haproxy -f <conf> -p <pidfile> [-sf <pids>]` (or lb invoked
+    /// as `haproxy`) serves a mode tcp haproxy configuration in the network namespace it is
+    /// started in, with haproxy's pid file, -sf/-st handover and stats socket; configurations
+    /// that need L7 run the real haproxy (see README, "Replacing HAProxy in the LBaaS agent")
+    #[command(disable_help_flag = true)]
+    Haproxy {
+        /// haproxy's arguments: -f FILE, -p PIDFILE, -sf PID..., -st PID..., -D, -q, -c, -v, -vv
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

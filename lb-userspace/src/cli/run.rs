@@ -17,9 +17,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(lb::daemon::run(lb::daemon::Options {
-        config: args.config,
+        source: lb::daemon::Source::File(args.config),
         mode: args.xdp_mode,
         takeover: args.takeover,
+        embedding: None,
     }))
 }
 

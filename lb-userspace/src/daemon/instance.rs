@@ -162,12 +162,22 @@ pub struct Instance {
     state: State,
     state_dir: PathBuf,
     monitors: Option<Monitors>,
+    /// Every monitored member's check outcomes (the stats socket reads them).
+    pub board: crate::health::Board,
     lock: LbLock,
     /// Brought up over what an earlier run left (its data path served flows before us).
     inherited: bool,
 }
 
 impl Instance {
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.state.pin_dir.clone()
+    }
+
     pub fn inherited(&self) -> bool {
         self.inherited
     }
@@ -217,6 +227,11 @@ impl Instance {
                 .map(|p| p.attachments.clone())
                 .unwrap_or_default(),
             phase: Phase::Starting,
+            checks: prior
+                .as_ref()
+                .filter(|_| inherited)
+                .map(|p| p.checks.clone())
+                .unwrap_or_default(),
         };
         let state_dir = ctx.state_dir.clone();
         let write = |s: &State| {
@@ -271,6 +286,7 @@ impl Instance {
             state,
             state_dir,
             monitors: None,
+            board: Default::default(),
             lock,
             inherited,
         };
@@ -391,12 +407,18 @@ impl Instance {
             self.write_state()?;
         }
 
+        // Carry on from the counters and progress the previous run left.
+        self.board
+            .lock()
+            .unwrap()
+            .extend(std::mem::take(&mut self.state.checks));
         self.monitors = Some(Monitors::start(
             &ns,
             &self.lb.id,
             self.lb.vip_address,
             self.monitor_targets(),
             ctx.transitions.clone(),
+            self.board.clone(),
         )?);
         ctx.expiry
             .add(&self.lb.id, Sweeper::open(&pin_dir)?, self.census());
@@ -425,7 +447,8 @@ impl Instance {
         let mut t = Targets::default();
         for m in &self.plan.members {
             let pool = self.lb.pool(&m.pool_id).expect("planned").1;
-            match (&pool.healthmonitor, m.monitor) {
+            let member = pool.member.iter().find(|x| x.id == m.id).expect("planned");
+            match (self.lb.member_monitor(pool, member), m.monitor) {
                 (Some(hm), Some((addr, port))) => {
                     let up = self
                         .dp
@@ -485,6 +508,41 @@ impl Instance {
         Ok(())
     }
 
+    /// A runtime change of one member (the stats socket's admin commands); as haproxy's, it
+    /// lasts until the next configuration.
+    pub fn change_member(
+        &mut self,
+        member: &str,
+        change: super::MemberChange,
+    ) -> Result<(), String> {
+        let m = self
+            .plan
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .ok_or_else(|| format!("no such server: {member}"))?;
+        let mut conf = self.dp.maps.member(m.index).map_err(|e| e.to_string())?;
+        let planned = m.conf;
+        match change {
+            super::MemberChange::Weight(w) => conf.weight = w,
+            super::MemberChange::Ready => {
+                conf.flags |= lb_common::MEMBER_F_ENABLED;
+                if conf.weight == 0 {
+                    conf.weight = planned.weight.max(1);
+                }
+            }
+            super::MemberChange::Drain => {
+                conf.flags |= lb_common::MEMBER_F_ENABLED;
+                conf.weight = 0;
+            }
+            super::MemberChange::Maint => conf.flags &= !lb_common::MEMBER_F_ENABLED,
+        }
+        self.dp
+            .maps
+            .set_member(m.index, conf)
+            .map_err(|e| e.to_string())
+    }
+
     /// Retired member slots no flow names any more can serve new members.
     pub fn free_slots(&mut self, slots: &[u32]) {
         self.plan.retired.retain(|i| !slots.contains(i));
@@ -509,6 +567,7 @@ impl Instance {
         remove_pins(&self.state.pin_dir);
         self.node.teardown().await;
         State::remove(&self.state_dir, &self.lb.id);
+        let _ = std::fs::remove_file(self.state_dir.join(format!("{}.stats-samples", self.lb.id)));
         self.lock.remove();
         info!(loadbalancer = %self.lb.id, "stopped and removed");
     }
@@ -521,6 +580,13 @@ impl Instance {
         }
         ctx.expiry.remove(&self.lb.id);
         self.state.phase = Phase::Left;
+        self.state.checks = self
+            .board
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         if let Err(e) = self.write_state() {
             warn!(
                 error = format!("{e:#}"),
@@ -548,7 +614,7 @@ pub async fn teardown_left(state: State, state_dir: &Path, lock: LbLock) {
 }
 
 /// Unpins everything under `dir` (maps, and links not unpinned already) and removes it.
-fn remove_pins(dir: &Path) {
+pub(crate) fn remove_pins(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let _ = std::fs::remove_file(e.path());

@@ -17,6 +17,7 @@
 
 pub mod attach;
 pub mod expiry;
+pub mod gc;
 pub mod instance;
 pub mod lock;
 pub mod monitors;
@@ -49,6 +50,11 @@ use crate::{
 };
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// How long a start waits for a lock held by something other than a daemon (`lb stats`
+/// collecting what a killed daemon left holds one for an instant); a daemon holds its lock
+/// for its whole life, so waiting this long changes no refusal.
+const TRANSIENT_HOLD: Duration = Duration::from_millis(300);
 
 /// How long `--takeover` waits for the running daemon to let go of a load balancer.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,10 +130,53 @@ impl Signals {
 
 /// What `lb run` was asked.
 pub struct Options {
-    pub config: PathBuf,
+    pub source: Source,
     pub mode: Option<XdpModeChoice>,
     /// Hand running load balancers over from the daemon that runs them.
     pub takeover: bool,
+    /// What a caller embedding the daemon adds (the haproxy drop-in).
+    pub embedding: Option<Embedding>,
+}
+
+/// Where the configuration comes from.
+pub enum Source {
+    /// lb's TOML file, re-read on SIGHUP.
+    File(PathBuf),
+    /// A configuration made by the caller (the haproxy drop-in, which reloads by starting a
+    /// new process with `-sf`, as haproxy does).
+    Fixed(Config),
+}
+
+/// A change a caller asks the event loop to make (it is the single writer of the maps'
+/// configuration): the haproxy stats socket's admin commands.
+pub struct Request {
+    pub loadbalancer: String,
+    pub member: String,
+    pub change: MemberChange,
+    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    Weight(u16),
+    /// haproxy's `set server ... state ready|drain|maint`.
+    Ready,
+    Drain,
+    Maint,
+}
+
+/// Runs once every load balancer is up.
+pub type UpHook = Box<dyn FnOnce(&[Instance]) -> anyhow::Result<()> + Send>;
+
+/// What the haproxy drop-in adds to the daemon.
+pub struct Embedding {
+    /// Runs once every load balancer is up, before the event loop (the drop-in writes its pid
+    /// file, opens its stats sockets and tells its waiting parent); an error ends the run as
+    /// a failed start does.
+    pub up: UpHook,
+    pub requests: mpsc::UnboundedReceiver<Request>,
+    /// The only daemons a lock may be taken over from (`-sf`/`-st`); others are refused.
+    pub takeover_from: Vec<u32>,
 }
 
 impl Running for Instance {
@@ -163,7 +212,7 @@ impl Backend for Daemon<'_> {
 
 /// Takes `lb`'s lock (refusing if another daemon runs it) and reads what an earlier run left.
 fn claim_one(ctx: &Ctx, lb: &LoadBalancer) -> anyhow::Result<Claim> {
-    match LbLock::try_acquire(&ctx.state_dir, &lb.id)
+    match LbLock::acquire_within(&ctx.state_dir, &lb.id, TRANSIENT_HOLD)
         .with_context(|| format!("locking {}", lock::path(&ctx.state_dir, &lb.id).display()))?
     {
         Acquire::Acquired(lock) => Ok(Claim {
@@ -196,11 +245,12 @@ async fn claim_all(
     ctx: &Ctx,
     cfg: &Config,
     takeover: bool,
+    allowed: Option<&[u32]>,
 ) -> anyhow::Result<(Vec<Claim>, Vec<(State, LbLock)>)> {
     let mut claims = Vec::new();
     let mut held: Vec<(&LoadBalancer, u32)> = Vec::new();
     for lb in &cfg.loadbalancer {
-        match LbLock::try_acquire(&ctx.state_dir, &lb.id)
+        match LbLock::acquire_within(&ctx.state_dir, &lb.id, TRANSIENT_HOLD)
             .with_context(|| format!("locking {}", lock::path(&ctx.state_dir, &lb.id).display()))?
         {
             Acquire::Acquired(lock) => claims.push(Claim {
@@ -209,7 +259,14 @@ async fn claim_all(
                 lock,
                 preloaded: None,
             }),
-            Acquire::HeldBy(Some(pid)) if takeover => held.push((lb, pid)),
+            Acquire::HeldBy(Some(pid)) if takeover && allowed.is_none_or(|a| a.contains(&pid)) => {
+                held.push((lb, pid))
+            }
+            Acquire::HeldBy(Some(pid)) if allowed.is_some() => bail!(
+                "load balancer {} is run by lb (pid {pid}), which is not among the pids given \
+                 to -sf/-st",
+                lb.id
+            ),
             Acquire::HeldBy(pid) => bail!("{}", already_running(&lb.id, pid)),
         }
     }
@@ -296,8 +353,17 @@ enum End {
 /// Runs the daemon until SIGINT/SIGTERM (tear down) or SIGUSR1 (leave running).
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
-    let path = opts.config.as_path();
-    let mut cfg = Config::load(path)?;
+    let (path, mut cfg) = match opts.source {
+        Source::File(p) => {
+            let c = Config::load(&p)?;
+            (Some(p), c)
+        }
+        Source::Fixed(c) => (None, c),
+    };
+    let (up_hook, mut requests, allowed) = match opts.embedding {
+        Some(e) => (Some(e.up), Some(e.requests), Some(e.takeover_from)),
+        None => (None, None, None),
+    };
     let choice = opts.mode.unwrap_or(cfg.daemon.xdp_mode);
     let (transitions, mut rx) = mpsc::unbounded_channel::<Transition>();
     let (freed_tx, mut freed) = mpsc::unbounded_channel::<Freed>();
@@ -310,8 +376,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         expiry: Expiry::start(freed_tx)?,
     };
     ensure_bpffs(&ctx.bpffs)?;
+    gc::collect(&ctx.state_dir);
 
-    let (claims, left) = claim_all(&ctx, &cfg, opts.takeover).await?;
+    let (claims, left) = claim_all(&ctx, &cfg, opts.takeover, allowed.as_deref()).await?;
     let mut running: Vec<Instance> = Vec::new();
     for claim in claims {
         match Instance::start(&ctx, claim).await {
@@ -328,6 +395,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     for (state, lock) in left {
         instance::teardown_left(state, &ctx.state_dir, lock).await;
     }
+    if let Some(up) = up_hook {
+        if let Err(e) = up(&running) {
+            for r in running.into_iter().rev() {
+                r.leave_or_teardown(&ctx).await;
+            }
+            return Err(e);
+        }
+    }
 
     let end = loop {
         tokio::select! {
@@ -337,9 +412,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 info!("SIGUSR1: leaving the data path running for the next lb to take over");
                 break End::Leave;
             }
-            _ = signals.hup.recv() => {
-                info!(config = %path.display(), "SIGHUP: reloading");
-                reload(path, &mut cfg, &mut running, &ctx).await;
+            _ = signals.hup.recv() => match &path {
+                Some(path) => {
+                    info!(config = %path.display(), "SIGHUP: reloading");
+                    reload(path, &mut cfg, &mut running, &ctx).await;
+                }
+                None => info!("SIGHUP: this configuration is replaced by starting a new process with -sf, as haproxy's is"),
+            },
+            Some(req) = async { match requests.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                let r = match running.iter_mut().find(|r| r.lb.id == req.loadbalancer) {
+                    Some(r) => r.change_member(&req.member, req.change),
+                    None => Err(format!("no load balancer {}", req.loadbalancer)),
+                };
+                let _ = req.reply.send(r);
             }
             Some(t) = rx.recv() => {
                 if let Some(r) = running.iter_mut().find(|r| r.lb.id == t.loadbalancer) {

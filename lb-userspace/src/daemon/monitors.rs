@@ -43,6 +43,7 @@ impl Monitors {
         vip: Ipv4Addr,
         targets: Targets,
         transitions: UnboundedSender<Transition>,
+        board: health::Board,
     ) -> anyhow::Result<Monitors> {
         let (set, mut sets) = mpsc::unbounded_channel::<Targets>();
         set.send(targets).expect("receiver alive");
@@ -72,10 +73,11 @@ impl Monitors {
                     let mut prime: Option<(Vec<Ipv4Addr>, AbortHandle)> = None;
                     // Ends when the daemon drops the sender; dropping `tasks` aborts them all.
                     while let Some(t) = sets.recv().await {
-                        running.retain(|_, (cur, handle)| {
+                        running.retain(|i, (cur, handle)| {
                             let keep = t.monitored.iter().any(|n| n.same_monitor(cur));
                             if !keep {
                                 handle.abort();
+                                board.lock().unwrap().remove(i);
                             }
                             keep
                         });
@@ -89,6 +91,7 @@ impl Monitors {
                                 vip,
                                 m.clone(),
                                 transitions.clone(),
+                                board.clone(),
                             ));
                             running.insert(m.member_index, (m, handle));
                         }

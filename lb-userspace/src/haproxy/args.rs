@@ -1,0 +1,158 @@
+//! haproxy's command line, as the LBaaS agent and operators write it: `-f FILE` (repeatable;
+//! a directory means its `*.cfg` files in order), `-p PIDFILE`, `-sf PID...` and `-st PID...`
+//! (the pid lists end at the next option), `-D`, `-q`, `-c`, `-v`, `-vv`. Anything else is
+//! refused, naming the option.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Args {
+    pub files: Vec<PathBuf>,
+    pub pidfile: Option<PathBuf>,
+    /// Old processes to hand over from: `-sf` (soft stop, SIGUSR1) or `-st` (SIGTERM).
+    pub finish: Vec<u32>,
+    pub terminate: Vec<u32>,
+    pub daemon: bool,
+    pub quiet: bool,
+    pub check: bool,
+    /// 1 for `-v`, 2 for `-vv`.
+    pub version: u8,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgsError {
+    #[error("option '{0}' is not supported by lb's haproxy drop-in (it accepts -f, -p, -sf, -st, -D, -q, -c, -v, -vv)")]
+    Unsupported(String),
+    #[error("option '{0}' needs a value")]
+    Missing(String),
+    #[error("'{value}' after {option} is not a pid")]
+    BadPid { option: String, value: String },
+    #[error("no configuration file (-f)")]
+    NoConfig,
+}
+
+impl Args {
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, ArgsError> {
+        let mut a = Args::default();
+        let mut it = args.into_iter().peekable();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "-f" => a.files.push(
+                    it.next()
+                        .ok_or_else(|| ArgsError::Missing(arg.clone()))?
+                        .into(),
+                ),
+                "-p" => {
+                    a.pidfile = Some(
+                        it.next()
+                            .ok_or_else(|| ArgsError::Missing(arg.clone()))?
+                            .into(),
+                    )
+                }
+                "-sf" | "-st" => {
+                    while let Some(p) = it.peek() {
+                        if p.starts_with('-') {
+                            break;
+                        }
+                        let v = it.next().expect("peeked");
+                        let pid: u32 = v.parse().map_err(|_| ArgsError::BadPid {
+                            option: arg.clone(),
+                            value: v.clone(),
+                        })?;
+                        if arg == "-sf" {
+                            a.finish.push(pid);
+                        } else {
+                            a.terminate.push(pid);
+                        }
+                    }
+                }
+                "-D" => a.daemon = true,
+                "-q" => a.quiet = true,
+                "-c" => a.check = true,
+                "-v" | "-V" => a.version = a.version.max(1),
+                "-vv" => a.version = 2,
+                "--" => {
+                    for f in it.by_ref() {
+                        a.files.push(f.into());
+                    }
+                }
+                other => return Err(ArgsError::Unsupported(other.into())),
+            }
+        }
+        if a.files.is_empty() && a.version == 0 {
+            return Err(ArgsError::NoConfig);
+        }
+        Ok(a)
+    }
+
+    /// The configuration files to read, in order: each `-f`, a directory as its `*.cfg` files
+    /// in alphabetical order (as haproxy reads them).
+    pub fn config_files(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for f in &self.files {
+            if f.is_dir() {
+                let mut cfgs: Vec<PathBuf> = std::fs::read_dir(f)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "cfg") && p.is_file())
+                    .collect();
+                cfgs.sort();
+                out.extend(cfgs);
+            } else {
+                out.push(f.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every old pid, whichever way it is to be stopped.
+    pub fn old_pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.finish.iter().chain(&self.terminate).copied().collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Args, ArgsError> {
+        Args::parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn the_agent_s_command_lines() {
+        let a = p("-f /s/lb1/haproxy.conf -p /s/lb1/haproxy.pid").unwrap();
+        assert_eq!(a.files, [PathBuf::from("/s/lb1/haproxy.conf")]);
+        assert_eq!(a.pidfile, Some(PathBuf::from("/s/lb1/haproxy.pid")));
+        let a = p("-f /c -p /p -sf 12 34").unwrap();
+        assert_eq!(a.finish, [12, 34]);
+        let a = p("-f /c -sf -p /p").unwrap();
+        assert!(a.finish.is_empty(), "an empty pid list is fine");
+        let a = p("-f a -f b -st 7 -D -q").unwrap();
+        assert_eq!(
+            (a.files.len(), a.terminate.clone(), a.daemon, a.quiet),
+            (2, vec![7], true, true)
+        );
+    }
+
+    #[test]
+    fn everything_else_is_refused_naming_it() {
+        assert_eq!(
+            p("-f c -W").unwrap_err(),
+            ArgsError::Unsupported("-W".into())
+        );
+        assert_eq!(
+            p("-f c -x /sock").unwrap_err().to_string(),
+            "option '-x' is not supported by lb's haproxy drop-in (it accepts -f, -p, -sf, -st, -D, -q, -c, -v, -vv)"
+        );
+        assert_eq!(p("-p").unwrap_err(), ArgsError::Missing("-p".into()));
+        assert!(matches!(
+            p("-f c -sf 12 x1").unwrap_err(),
+            ArgsError::BadPid { .. }
+        ));
+        assert_eq!(p("-q").unwrap_err(), ArgsError::NoConfig);
+        assert_eq!(p("-vv").unwrap().version, 2);
+    }
+}

@@ -1,0 +1,533 @@
+//! A haproxy configuration (`mode tcp`) as one of lb's load balancers:
+//!
+//! | haproxy | lb |
+//! |---|---|
+//! | every `bind` address (one VIP; `*` = the namespace's only address) | `vip_address`, and the device holding it as the adopted `port` |
+//! | `frontend`/`listen` (each bind port) | listener (id: the proxy's name; `name:port` for a second port) |
+//! | `default_backend` | the listener's pool |
+//! | `backend`/`listen` | pool (id: its name) |
+//! | `balance leastconn / roundrobin, static-rr / source` | `LEAST_CONNECTIONS / ROUND_ROBIN / SOURCE_IP` |
+//! | `server name addr:port weight W [backup] [disabled]` | member (id: its name) |
+//! | `check`, `inter`, `rise`, `fall`, `port`, `addr`, `timeout check`, `option httpchk`, `http-check expect`, `option ssl-hello-chk` | the member's monitor (TCP, HTTP, TLS-HELLO) |
+//! | `timeout connect / client / server` | `timeout_member_connect / timeout_client_data / timeout_member_data` |
+//! | `retries` (+ `option redispatch`, which lb always does) | `retries` |
+//! | `maxconn` (frontend, capped by global) | `connection_limit` |
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use super::config::{Balance, CheckKind, HaConfig, Proxy, Refusal, Server, StatsSocket};
+use crate::config::{
+    Algorithm, Config, Daemon, HealthMonitor, HttpExpect, Listener, LoadBalancer, Member,
+    MemberCheck, MonitorType, Pool, Port, Protocol,
+};
+
+/// What the drop-in needs to know of the network namespace it runs in.
+pub trait Namespace {
+    /// The device holding `address`, and the address's prefix length.
+    fn locate(&self, address: Ipv4Addr) -> Option<(String, u8)>;
+    /// The only IPv4 address of the namespace outside loopback, if there is exactly one
+    /// (what `bind *:port` means on a load balancer's port).
+    fn only_address(&self) -> Option<Ipv4Addr>;
+}
+
+/// A haproxy configuration as lb runs it.
+#[derive(Debug, Clone)]
+pub struct DropIn {
+    pub config: Config,
+    /// The haproxy configuration it came from (names and order for the stats socket).
+    pub haproxy: HaConfig,
+    pub logs: Vec<super::config::Log>,
+    pub sockets: Vec<StatsSocket>,
+    pub daemon: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub global_maxconn: Option<u32>,
+}
+
+/// haproxy's defaults where a config leaves timeouts out (haproxy warns and waits forever;
+/// lb's flows need an end): lb's own defaults.
+const DEFAULT_CONNECT_MS: u64 = 5_000;
+const DEFAULT_DATA_MS: u64 = 50_000;
+
+fn ms(d: Option<Duration>, default: u64) -> u64 {
+    d.map(|d| d.as_millis() as u64).unwrap_or(default).max(1)
+}
+
+fn refusal(at: &str, keyword: &str, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        at: at.into(),
+        keyword: keyword.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Maps `cfg` (which must need no L7) onto one load balancer `id` in namespace `netns`.
+pub fn convert(
+    cfg: &HaConfig,
+    id: &str,
+    netns: &str,
+    ns: &dyn Namespace,
+) -> Result<DropIn, Refusal> {
+    let frontends: Vec<&Proxy> = cfg
+        .proxies
+        .iter()
+        .filter(|p| p.kind.has_frontend() && !p.disabled)
+        .collect();
+    let mut vip: Option<(Ipv4Addr, String)> = None;
+    let mut listeners = Vec::new();
+    for f in &frontends {
+        if f.binds.is_empty() {
+            if f.kind.has_backend() {
+                continue; // a listen section used as a backend only
+            }
+            return Err(refusal(
+                &f.at,
+                "frontend",
+                format!("{} has no 'bind'", f.name),
+            ));
+        }
+        let pool = if f.kind.has_backend() {
+            f.name.clone()
+        } else {
+            let b = f.default_backend.as_ref().ok_or_else(|| {
+                refusal(
+                    &f.at,
+                    "default_backend",
+                    format!(
+                        "{} has none: lb sends each listener's connections to its default backend",
+                        f.name
+                    ),
+                )
+            })?;
+            let Some(backend) = cfg.proxy(b).filter(|p| p.kind.has_backend()) else {
+                return Err(refusal(
+                    &f.at,
+                    "default_backend",
+                    format!("no backend named {b}"),
+                ));
+            };
+            backend.name.clone()
+        };
+        let backend = cfg.proxy(&pool).expect("checked");
+        for (i, b) in f.binds.iter().enumerate() {
+            let address = match b.address {
+                Some(a) => a,
+                None => ns.only_address().ok_or_else(|| {
+                    refusal(&b.at, "bind", "lb balances on one VIP: 'bind *' needs the namespace to hold exactly one address; name it")
+                })?,
+            };
+            match &vip {
+                Some((v, at)) if *v != address => {
+                    return Err(refusal(
+                        &b.at,
+                        "bind",
+                        format!("lb serves one VIP per load balancer: {address} here, {v} at {at}"),
+                    ))
+                }
+                Some(_) => {}
+                None => vip = Some((address, b.at.clone())),
+            }
+            if listeners
+                .iter()
+                .any(|l: &Listener| l.protocol_port == b.port)
+            {
+                return Err(refusal(
+                    &b.at,
+                    "bind",
+                    format!("{address}:{} is bound twice", b.port),
+                ));
+            }
+            let global = cfg.global.maxconn;
+            let limit = match (f.params.maxconn, global) {
+                (Some(a), Some(g)) => a.min(g) as i64,
+                (Some(a), None) | (None, Some(a)) => a as i64,
+                (None, None) => -1,
+            };
+            listeners.push(Listener {
+                id: if i == 0 {
+                    f.name.clone()
+                } else {
+                    format!("{}:{}", f.name, b.port)
+                },
+                protocol: Protocol::TCP,
+                protocol_port: b.port,
+                default_pool_id: pool.clone(),
+                connection_limit: limit,
+                timeout_client_data: ms(f.params.timeout_client, DEFAULT_DATA_MS),
+                timeout_member_connect: ms(backend.params.timeout_connect, DEFAULT_CONNECT_MS),
+                timeout_member_data: ms(backend.params.timeout_server, DEFAULT_DATA_MS),
+                retries: backend.params.retries,
+            });
+        }
+    }
+    let Some((vip, vip_at)) = vip else {
+        return Err(refusal(
+            "",
+            "frontend",
+            "no enabled frontend or listen section binds an address: nothing to serve",
+        ));
+    };
+    let mut pools = Vec::new();
+    for b in cfg.proxies.iter().filter(|p| p.kind.has_backend()) {
+        pools.push(pool(b)?);
+    }
+    // -c checks a config anywhere; running needs the VIP here.
+    let (device, prefix) = ns.locate(vip).ok_or_else(|| {
+        refusal(&vip_at, "bind", format!("no device in network namespace {netns} holds {vip} (the agent plugs the port and assigns the VIP before it starts haproxy)"))
+    })?;
+    let lb = LoadBalancer {
+        id: id.into(),
+        namespace: Some(netns.into()),
+        vip_address: vip,
+        vip_prefixlen: prefix,
+        port: Port {
+            name: device,
+            bridge: "br-int".into(),
+            adopt: true,
+            mac: None,
+            gateway: None,
+        },
+        listener: listeners,
+        pool: pools,
+    };
+    let config = Config {
+        daemon: Daemon::default(),
+        loadbalancer: vec![lb],
+    };
+    config
+        .validate_with(crate::config::Rules {
+            monitor_timeout_below_delay: false,
+        })
+        .map_err(|e| refusal("", "config", e.to_string()))?;
+    Ok(DropIn {
+        config,
+        haproxy: cfg.clone(),
+        logs: cfg.global.logs.clone(),
+        sockets: cfg.global.stats_sockets.clone(),
+        daemon: cfg.global.daemon,
+        user: cfg.global.user.clone(),
+        group: cfg.global.group.clone(),
+        global_maxconn: cfg.global.maxconn,
+    })
+}
+
+fn pool(b: &Proxy) -> Result<Pool, Refusal> {
+    if b.stick_on_src || b.stick.is_some() {
+        return Err(refusal(
+            &b.at,
+            "stick on src",
+            "not yet supported by lb (source-address persistence)",
+        ));
+    }
+    let backups = b.servers.iter().filter(|s| s.params.backup).count();
+    if backups > 1 && !b.params.allbackups {
+        let second = b
+            .servers
+            .iter()
+            .filter(|s| s.params.backup)
+            .nth(1)
+            .expect("two");
+        return Err(refusal(&second.at, "backup", "lb uses every backup server at once, as haproxy's 'option allbackups' does; without it haproxy uses only the first: add 'option allbackups' to this backend"));
+    }
+    let checked: Vec<&Server> = b.servers.iter().filter(|s| s.params.check).collect();
+    let pool_monitor = checked.first().map(|s| monitor(b, s));
+    let member = b
+        .servers
+        .iter()
+        .map(|s| {
+            let own = s.params.check.then(|| monitor(b, s));
+            Member {
+                id: s.name.clone(),
+                address: s.address,
+                protocol_port: s.port,
+                weight: s.params.weight,
+                admin_state_up: !s.params.disabled,
+                backup: s.params.backup,
+                monitor_address: s.params.addr,
+                monitor_port: s.params.port,
+                check: match own {
+                    None => MemberCheck::Off,
+                    Some(m) if Some(&m) == pool_monitor.as_ref() => MemberCheck::Pool,
+                    Some(m) => MemberCheck::Own(m),
+                },
+            }
+        })
+        .collect();
+    Ok(Pool {
+        id: b.name.clone(),
+        protocol: Protocol::TCP,
+        lb_algorithm: match b.params.balance {
+            Balance::LeastConn => Algorithm::LEAST_CONNECTIONS,
+            Balance::RoundRobin | Balance::StaticRoundRobin => Algorithm::ROUND_ROBIN,
+            Balance::Source => Algorithm::SOURCE_IP,
+        },
+        member,
+        healthmonitor: pool_monitor,
+    })
+}
+
+/// The monitor of checked server `s` of backend `b`. Its timeout: `timeout check` when set
+/// (capped by `inter`); else `inter`, and for the connect `timeout connect` if shorter, as
+/// haproxy does.
+fn monitor(b: &Proxy, s: &Server) -> HealthMonitor {
+    let inter = s.params.inter.max(Duration::from_millis(100));
+    let timeout = match b.params.timeout_check {
+        Some(t) => t.min(inter),
+        None => b.params.timeout_connect.map_or(inter, |c| c.min(inter)),
+    };
+    let (kind, method, path, version, expect) = match &b.params.check {
+        CheckKind::Tcp => (MonitorType::TCP, "GET", "/", "HTTP/1.0", None),
+        CheckKind::SslHello => (MonitorType::TLS_HELLO, "GET", "/", "HTTP/1.0", None),
+        CheckKind::Http(h) => (
+            MonitorType::HTTP,
+            h.method.as_str(),
+            h.uri.as_str(),
+            if h.version.starts_with("HTTP/1.1") {
+                "HTTP/1.1"
+            } else {
+                "HTTP/1.0"
+            },
+            Some(match &h.expect {
+                None => HttpExpect::Success,
+                Some(e) if e.regex => HttpExpect::Regex {
+                    negate: e.negate,
+                    pattern: e.pattern.clone(),
+                },
+                Some(e) => HttpExpect::Status {
+                    negate: e.negate,
+                    code: e.pattern.clone(),
+                },
+            }),
+        ),
+    };
+    HealthMonitor {
+        kind,
+        delay: inter.as_secs_f64(),
+        timeout: timeout.as_secs_f64().max(0.001),
+        max_retries: s.params.rise.clamp(1, 10),
+        max_retries_down: s.params.fall.clamp(1, 10),
+        http_method: method.into(),
+        url_path: path.into(),
+        http_version: version.into(),
+        expected_codes: "200".into(),
+        http_expect: expect,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::haproxy::{config::parse, tokens};
+
+    struct Fake;
+    impl Namespace for Fake {
+        fn locate(&self, a: Ipv4Addr) -> Option<(String, u8)> {
+            (a == Ipv4Addr::new(10, 0, 0, 250)).then(|| ("tapfb358342-59".into(), 24))
+        }
+        fn only_address(&self) -> Option<Ipv4Addr> {
+            Some(Ipv4Addr::new(10, 0, 0, 250))
+        }
+    }
+
+    fn conv(text: &str) -> Result<DropIn, Refusal> {
+        let cfg = parse(&tokens::lines(std::path::Path::new("conf"), text).unwrap()).unwrap();
+        convert(&cfg, "574a31da", "qlbaas-574a31da", &Fake)
+    }
+
+    /// The seed's config (../shared/seed/), as the v1 driver wrote it.
+    pub const SEED: &str = "global
+        daemon
+        user nobody
+        group nogroup
+        log /dev/log local0
+        log /dev/log local1 notice
+        stats socket /opt/stack/data/neutron/lbaas/574a31da/sock mode 0666 level user
+defaults
+        log global
+        retries 3
+        option redispatch
+        timeout connect 5000
+        timeout client 50000
+        timeout server 50000
+frontend df25900f-53b1-4aab-8436-8411ec710445
+        option tcplog
+        bind 10.0.0.250:22
+        mode tcp
+        default_backend 574a31da-a28a-449f-8c9d-3d3687c3c02a
+backend 574a31da-a28a-449f-8c9d-3d3687c3c02a
+        mode tcp
+        balance leastconn
+        server 45481748-3104-462c-ae4b-fae0f4b08c20 10.0.0.2:22 weight 1
+        server 227b69fe-8685-4df6-b2a5-2f964c74886c 10.0.0.4:22 weight 1
+";
+
+    #[test]
+    fn the_seed_config_becomes_the_seed_load_balancer() {
+        let d = conv(SEED).unwrap();
+        assert!(d.daemon);
+        assert_eq!(d.sockets[0].mode, Some(0o666));
+        let lb = &d.config.loadbalancer[0];
+        assert_eq!(
+            (lb.vip_address, lb.vip_prefixlen),
+            (Ipv4Addr::new(10, 0, 0, 250), 24)
+        );
+        assert_eq!(
+            (lb.port.name.as_str(), lb.port.adopt),
+            ("tapfb358342-59", true)
+        );
+        assert_eq!(lb.namespace(), "qlbaas-574a31da");
+        let l = &lb.listener[0];
+        assert_eq!(
+            (l.id.as_str(), l.protocol_port, l.retries),
+            ("df25900f-53b1-4aab-8436-8411ec710445", 22, 3)
+        );
+        assert_eq!(
+            (
+                l.timeout_member_connect,
+                l.timeout_client_data,
+                l.timeout_member_data
+            ),
+            (5000, 50000, 50000)
+        );
+        assert_eq!(l.connection_limit, -1);
+        let p = &lb.pool[0];
+        assert_eq!(p.lb_algorithm, Algorithm::LEAST_CONNECTIONS);
+        assert_eq!(p.member.len(), 2);
+        assert!(p.healthmonitor.is_none());
+        assert!(p
+            .member
+            .iter()
+            .all(|m| m.check == MemberCheck::Off && m.weight == 1));
+    }
+
+    /// What the v2 driver's templates write for an HTTP-monitored pool.
+    #[test]
+    fn a_v2_config_with_an_http_monitor() {
+        let text = "global
+    daemon
+    user nobody
+    group nogroup
+    log /dev/log local0 debug alert
+    log /dev/log local1 notice alert
+    maxconn 2000
+    stats socket /var/lib/neutron/lbaas/v2/lb1/haproxy_stats.sock mode 0666 level user
+defaults
+    log global
+    retries 3
+    option redispatch
+    timeout connect 5000
+    timeout client 50000
+    timeout server 50000
+frontend l1
+    option tcplog
+    maxconn 100
+    bind 10.0.0.250:80
+    mode tcp
+    default_backend p1
+backend p1
+    mode tcp
+    balance roundrobin
+    timeout check 3s
+    option httpchk GET /health
+    http-check expect rstatus 200|202
+    server m1 10.0.0.2:80 weight 2 check inter 5s fall 3
+    server m2 10.0.0.4:80 weight 1 check inter 5s fall 3
+";
+        let d = conv(text).unwrap();
+        let lb = &d.config.loadbalancer[0];
+        assert_eq!(lb.listener[0].connection_limit, 100);
+        let p = &lb.pool[0];
+        assert_eq!(p.lb_algorithm, Algorithm::ROUND_ROBIN);
+        let m = p.healthmonitor.as_ref().unwrap();
+        assert_eq!(
+            (
+                m.kind,
+                m.delay,
+                m.timeout,
+                m.max_retries,
+                m.max_retries_down
+            ),
+            (MonitorType::HTTP, 5.0, 3.0, 2, 3)
+        );
+        assert_eq!(
+            (m.http_method.as_str(), m.url_path.as_str()),
+            ("GET", "/health")
+        );
+        assert_eq!(
+            m.http_expect,
+            Some(HttpExpect::Regex {
+                negate: false,
+                pattern: "200|202".into()
+            })
+        );
+        assert!(p.member.iter().all(|m| m.check == MemberCheck::Pool));
+        assert_eq!(p.member[0].weight, 2);
+    }
+
+    #[test]
+    fn refusals_name_the_place() {
+        let e = conv(&SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.9:22")).unwrap_err();
+        assert_eq!(e.at, "conf:17");
+        assert!(
+            e.reason
+                .contains("no device in network namespace qlbaas-574a31da holds 10.0.0.9"),
+            "{e}"
+        );
+        let two = SEED.replace(
+            "        bind 10.0.0.250:22\n",
+            "        bind 10.0.0.250:22\n        bind 10.0.0.251:23\n",
+        );
+        let e = conv(&two).unwrap_err();
+        assert!(
+            e.reason.starts_with("lb serves one VIP per load balancer"),
+            "{e}"
+        );
+        let e = conv(&SEED.replace(
+            "default_backend 574a31da-a28a-449f-8c9d-3d3687c3c02a",
+            "default_backend nope",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.keyword.as_str(), e.reason.as_str()),
+            ("default_backend", "no backend named nope")
+        );
+        let e = conv(&SEED.replace(
+            "balance leastconn",
+            "balance leastconn\n        stick-table type ip size 10k\n        stick on src",
+        ))
+        .unwrap_err();
+        assert_eq!(e.keyword, "stick on src");
+    }
+
+    #[test]
+    fn bind_star_means_the_namespace_s_address() {
+        let d = conv(&SEED.replace("bind 10.0.0.250:22", "bind *:22")).unwrap();
+        assert_eq!(
+            d.config.loadbalancer[0].vip_address,
+            Ipv4Addr::new(10, 0, 0, 250)
+        );
+    }
+
+    #[test]
+    fn servers_with_their_own_check_settings_get_their_own_monitor() {
+        let d = conv(
+            &SEED
+                .replace(
+                    "10.0.0.2:22 weight 1",
+                    "10.0.0.2:22 weight 1 check inter 2s",
+                )
+                .replace(
+                    "10.0.0.4:22 weight 1",
+                    "10.0.0.4:22 weight 1 check inter 4s rise 3",
+                ),
+        )
+        .unwrap();
+        let p = &d.config.loadbalancer[0].pool[0];
+        assert_eq!(p.healthmonitor.as_ref().unwrap().delay, 2.0);
+        assert_eq!(p.member[0].check, MemberCheck::Pool);
+        match &p.member[1].check {
+            MemberCheck::Own(m) => assert_eq!((m.delay, m.max_retries), (4.0, 3)),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The drop-in's process: what `haproxy -f <conf> -p <pid> [-sf <pids>]` does when lb is the
+//! `haproxy` the agent finds on PATH.
+//!
+//! 1. Parse the command line and the configuration; `-v`, `-c` answer at once.
+//! 2. A configuration that needs an L7 proxy: exec the real haproxy with the same arguments.
+//! 3. Join the host's mount namespace (bpffs, /run/lb), name the network namespace it runs
+//!    in, find the device holding the VIP, map the configuration onto a load balancer.
+//! 4. `daemon` (or `-D`): fork; the parent waits on a pipe and exits 0 only once the child
+//!    serves, with the pid file written, or exits 1 with the child's reason. A failed start
+//!    leaves nothing behind.
+//! 5. The child runs lb's daemon on the load balancer, taking over from an lb among the old
+//!    pids without losing a flow; once up it writes the pid file, opens the stats sockets,
+//!    and sends the old pids haproxy's signals (SIGUSR1 for `-sf`, SIGTERM for `-st`).
+
+use std::{
+    io::{Read as _, Write as _},
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::{fork, ForkResult, Pid},
+};
+
+use super::{
+    args::Args,
+    convert::{self, DropIn},
+    namespace::{self, Anywhere, Here},
+    stats_socket,
+};
+use crate::daemon::{self, Embedding, Source};
+
+/// The real haproxy, for configurations that need L7: `$LB_HAPROXY_BIN`, else
+/// `/usr/sbin/haproxy` unless that is lb itself.
+pub fn real_haproxy() -> Result<PathBuf, String> {
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok());
+    let (p, what) = match std::env::var_os("LB_HAPROXY_BIN") {
+        Some(p) => (PathBuf::from(p), "$LB_HAPROXY_BIN"),
+        None => (PathBuf::from("/usr/sbin/haproxy"), "/usr/sbin/haproxy"),
+    };
+    let canon = p.canonicalize().ok();
+    if canon.is_none() {
+        return Err(format!("{what} ({}) does not exist", p.display()));
+    }
+    if canon == me {
+        return Err(format!(
+            "{what} ({}) is lb itself; set LB_HAPROXY_BIN to the real haproxy",
+            p.display()
+        ));
+    }
+    Ok(p)
+}
+
+/// Replaces this process with the real haproxy and the same arguments.
+fn hand_off(why: &super::config::L7, argv: &[String]) -> i32 {
+    let bin = match real_haproxy() {
+        Ok(b) => b,
+        Err(reason) => {
+            eprintln!(
+                "lb haproxy: {}: {} needs an L7 proxy, and the real haproxy cannot be run: {reason}",
+                why.at, why.what
+            );
+            return 1;
+        }
+    };
+    eprintln!(
+        "lb haproxy: {}: {} needs an L7 proxy: running {} with the same arguments",
+        why.at,
+        why.what,
+        bin.display()
+    );
+    let err = std::os::unix::process::CommandExt::exec(std::process::Command::new(&bin).args(argv));
+    eprintln!("lb haproxy: cannot run {}: {err}", bin.display());
+    1
+}
+
+/// `lb haproxy <args>`; returns the exit code.
+pub fn main(argv: Vec<String>) -> i32 {
+    let args = match Args::parse(argv.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("lb haproxy: {e}");
+            return 1;
+        }
+    };
+    if args.version > 0 {
+        print!("{}", super::version(args.version > 1));
+        return 0;
+    }
+    let files = match args.config_files() {
+        Ok(f) if !f.is_empty() => f,
+        Ok(_) => {
+            eprintln!("lb haproxy: no configuration file in {:?}", args.files);
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("lb haproxy: cannot list {:?}: {e}", args.files);
+            return 1;
+        }
+    };
+    let cfg = match super::load(&files) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lb haproxy: {e}");
+            return 1;
+        }
+    };
+    if let Some(l7) = &cfg.l7 {
+        return hand_off(l7, &argv);
+    }
+    if args.check {
+        return match convert::convert(&cfg, "check", "check", &Anywhere) {
+            Ok(_) => {
+                if !args.quiet {
+                    println!("Configuration file is valid");
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("lb haproxy: {e}");
+                1
+            }
+        };
+    }
+    match prepare(&cfg, &files) {
+        Ok(drop_in) => serve(args, drop_in),
+        Err(e) => {
+            eprintln!("lb haproxy: {e:#}");
+            1
+        }
+    }
+}
+
+/// Step 3: still single-threaded.
+fn prepare(cfg: &super::HaConfig, files: &[PathBuf]) -> anyhow::Result<DropIn> {
+    namespace::join_host_mounts().context("joining the host's mount namespace (PID 1's)")?;
+    let netns = namespace::current_netns_name().context(
+        "lb haproxy runs in a named network namespace (ip netns exec qlbaas-<id> ...); this one has no name under /var/run/netns",
+    )?;
+    let id = namespace::loadbalancer_id(&netns, &files[0]);
+    let here = Here::read().context("listing this namespace's addresses")?;
+    let mut d = convert::convert(cfg, &id, &netns, &here)?;
+    // haproxy configs have no place for these: lb-specific environment variables.
+    if let Some(v) = std::env::var_os("LB_STATE_DIR") {
+        d.config.daemon.state_dir = v.to_string_lossy().into_owned();
+    }
+    if let Some(v) = std::env::var_os("LB_BPFFS") {
+        d.config.daemon.bpffs = v.to_string_lossy().into_owned();
+    }
+    Ok(d)
+}
+
+/// Steps 4 and 5.
+fn serve(args: Args, drop_in: DropIn) -> i32 {
+    let daemon = args.daemon || drop_in.daemon;
+    let mut ready: Option<OwnedFd> = None;
+    if daemon {
+        let (r, w) = match nix::unistd::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("lb haproxy: pipe: {e}");
+                return 1;
+            }
+        };
+        // SAFETY: no thread has been started yet; the child continues with this single thread.
+        match unsafe { fork() } {
+            Err(e) => {
+                eprintln!("lb haproxy: fork: {e}");
+                return 1;
+            }
+            Ok(ForkResult::Parent { .. }) => {
+                drop(w);
+                let mut msg = String::new();
+                let _ = std::fs::File::from(r).read_to_string(&mut msg);
+                return match msg.strip_prefix("OK") {
+                    Some(_) => 0,
+                    None => {
+                        eprint!(
+                            "lb haproxy: {}",
+                            if msg.is_empty() {
+                                "the daemon ended before it served\n".to_string()
+                            } else {
+                                msg
+                            }
+                        );
+                        1
+                    }
+                };
+            }
+            Ok(ForkResult::Child) => {
+                drop(r);
+                let _ = nix::unistd::setsid();
+                detach_stdio();
+                ready = Some(w);
+            }
+        }
+    }
+    super::syslog::init(&drop_in.logs);
+    init_logging(daemon);
+    let result = run(args, drop_in, ready.as_ref().map(|f| f.as_raw_fd()));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = format!("{e:#}\n");
+            tracing::error!("{}", msg.trim_end());
+            if let Some(fd) = ready {
+                let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
+            } else {
+                eprint!("lb haproxy: {msg}");
+            }
+            1
+        }
+    }
+}
+
+/// A daemon's stdio goes to /dev/null (its logs go to syslog, as haproxy's).
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this (single-threaded) process.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn init_logging(daemon: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    let _ = if daemon {
+        b.with_writer(super::syslog::Writer).try_init()
+    } else {
+        b.with_writer(std::io::stderr).try_init()
+    };
+}
+
+fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let _guard = rt.enter();
+    let (requests_tx, requests) = tokio::sync::mpsc::unbounded_channel();
+    let pidfile = args.pidfile.clone();
+    let sockets = drop_in.sockets.clone();
+    let (finish, terminate) = (args.finish.clone(), args.terminate.clone());
+    let maxconn = drop_in.global_maxconn;
+    let ha = drop_in.haproxy.clone();
+    let handle = rt.handle().clone();
+    let up = move |running: &[crate::daemon::instance::Instance]| -> anyhow::Result<()> {
+        let me = std::process::id();
+        if let Some(p) = &pidfile {
+            write_pidfile(p, me)?;
+        }
+        let _enter = handle.enter();
+        for s in &sockets {
+            stats_socket::serve(s, &ha, running, requests_tx.clone(), maxconn)
+                .with_context(|| format!("stats socket {}", s.path.display()))?;
+        }
+        if let Some(fd) = ready {
+            // SAFETY: the pipe's write end, owned by this process until now.
+            let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let _ = f.write_all(b"OK\n");
+        }
+        for (pids, sig) in [(&finish, Signal::SIGUSR1), (&terminate, Signal::SIGTERM)] {
+            for &pid in pids.iter().filter(|&&p| p != me && p > 1) {
+                match kill(Pid::from_raw(pid as i32), sig) {
+                    Ok(()) => tracing::info!(pid, signal = %sig, "old process told to stop"),
+                    Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => tracing::warn!(pid, error = %e, "cannot signal the old process"),
+                }
+            }
+        }
+        Ok(())
+    };
+    let embedding = Embedding {
+        up: Box::new(up),
+        requests,
+        takeover_from: args.old_pids(),
+    };
+    rt.block_on(daemon::run(daemon::Options {
+        source: Source::Fixed(drop_in.config),
+        mode: None,
+        takeover: true,
+        embedding: Some(embedding),
+    }))
+}
+
+/// The pid file: this process's pid (haproxy writes one line per process).
+fn write_pidfile(path: &Path, pid: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("lb{pid}.tmp"));
+    std::fs::write(&tmp, format!("{pid}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

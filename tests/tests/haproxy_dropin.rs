@@ -1,0 +1,318 @@
+//! Tier 3, lb as the haproxy the LBaaS agent runs: the agent's own command sequences
+//! (`tests/src/agent.rs`) against configs in both drivers' shapes, the seed's included.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use integration_tests::{
+    agent::{Agent, HttpServer},
+    stream::{self, Streams},
+    topology::*,
+    wait_for, Netns,
+};
+
+const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+const S1: &str = "45481748-3104-462c-ae4b-fae0f4b08c20";
+const S2: &str = "227b69fe-8685-4df6-b2a5-2f964c74886c";
+
+/// The v1 driver's template (the seed's config), with checks when `check` is given.
+fn v1_conf(agent: &Agent, weights: (u16, u16), check: &str) -> String {
+    format!(
+        "global
+        daemon
+        user nobody
+        group nogroup
+        log /dev/log local0
+        log /dev/log local1 notice
+        stats socket {sock} mode 0666 level user
+defaults
+        log global
+        retries 3
+        option redispatch
+        timeout connect 5000
+        timeout client 50000
+        timeout server 50000
+frontend df25900f-53b1-4aab-8436-8411ec710445
+        option tcplog
+        bind 10.0.0.250:22
+        mode tcp
+        default_backend {id}
+backend {id}
+        mode tcp
+        balance leastconn
+        server {S1} 10.0.0.2:22 weight {w1}{check}
+        server {S2} 10.0.0.4:22 weight {w2}{check}
+",
+        sock = agent.sock().display(),
+        id = agent.id,
+        w1 = weights.0,
+        w2 = weights.1,
+    )
+}
+
+/// The v2 driver's templates for an HTTP listener-less pool with an HTTP monitor (mode tcp:
+/// the listener is TCP).
+fn v2_conf(agent: &Agent, port: u16) -> String {
+    format!(
+        "# Configuration for {id}
+global
+    daemon
+    user nobody
+    group nogroup
+    log /dev/log local0 debug alert
+    log /dev/log local1 notice alert
+    maxconn 2000
+    stats socket {sock} mode 0666 level user
+
+defaults
+    log global
+    retries 3
+    option redispatch
+    timeout connect 5000
+    timeout client 50000
+    timeout server 50000
+
+frontend listener-{id}
+    option tcplog
+    maxconn 1000
+    bind 10.0.0.250:{port}
+    mode tcp
+    default_backend pool-{id}
+
+backend pool-{id}
+    mode tcp
+    balance roundrobin
+    timeout check 1s
+    option httpchk GET /health
+    http-check expect rstatus 200|202
+    server {S1} 10.0.0.2:{port} weight 1 check inter 1s fall 2
+    server {S2} 10.0.0.4:{port} weight 1 check inter 1s fall 2
+",
+        id = agent.id,
+        sock = agent.sock().display(),
+    )
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "haproxy failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_agent_creates_polls_updates_and_undeploys_the_seed_load_balancer() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let mut topo = SeedTopology::new(&[M1, M2]);
+    let mut agent = Agent::new(&topo, &lb_bin(), false);
+    agent.plug(VIP);
+
+    // create: the command returns once serving, with the daemon's pid in the pid file.
+    ok(&agent.spawn(&v1_conf(&agent, (1, 1), " check inter 1s fall 2")));
+    assert!(
+        agent.active(),
+        "the pid file's process names the load balancer"
+    );
+    assert!(agent.exists());
+    let c = connect(&topo.client.name, VIP, 22).expect("connect through the VIP");
+    let m = c.member();
+    drop(c);
+    let peers = topo.member(m).server.peers.lock().unwrap().clone();
+    assert!(
+        peers.iter().all(|p| p.ip() == std::net::IpAddr::V4(VIP)),
+        "members see the VIP: {peers:?}"
+    );
+
+    // stats as the agent reads them.
+    let (pool, members) = wait_for("both members checked", Duration::from_secs(10), || {
+        let (p, m) = agent.stats();
+        m.values().all(|x| x["health"] == "L4OK").then_some((p, m))
+    });
+    assert_eq!(pool["svname"], "BACKEND");
+    assert_eq!(pool["stot"], "1");
+    assert_eq!(members.len(), 2);
+    assert!(members.contains_key(S1) && members.contains_key(S2));
+    assert!(members.values().all(|x| x["status"] == "ACTIVE"));
+
+    // update with -sf under streaming connections: nothing lost.
+    let retrans = stream::retransmissions(&topo.client.name);
+    let streams = Streams::start(&topo.client.name, 3);
+    std::thread::sleep(Duration::from_secs(1));
+    let old = agent.pids();
+    ok(&agent.spawn(&v1_conf(&agent, (2, 1), " check inter 1s fall 2")));
+    let new = agent.pids();
+    assert_ne!(old, new);
+    assert!(agent.active());
+    wait_for("the old process to exit", Duration::from_secs(10), || {
+        old.iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let reports = streams.finish();
+    let lost = stream::retransmissions(&topo.client.name) - retrans;
+    eprintln!(
+        "LIFECYCLE haproxy -sf: {} streams, packets lost (client retransmissions) {lost}",
+        reports.len()
+    );
+    for r in &reports {
+        assert!(r.complete(), "stream incomplete across -sf: {r:?}");
+    }
+    let (pool, _) = agent.stats();
+    assert!(
+        pool["stot"].parse::<u64>().unwrap() >= 4,
+        "counters carried across -sf: {pool:?}"
+    );
+
+    // a member's server dies: DOWN in the stats within fall x inter.
+    topo.member(M2).server.kill();
+    wait_for("the member DOWN in stats", Duration::from_secs(10), || {
+        let (_, m) = agent.stats();
+        (m[S2]["status"] == "INACTIVE" && m[S2]["health"] == "L4CON").then_some(())
+    });
+    let raw = agent.raw_stats();
+    let s2 = raw.iter().find(|r| r["svname"] == S2).unwrap();
+    assert_eq!(s2["status"], "DOWN");
+    assert!(s2["chkfail"].parse::<u64>().unwrap() >= 2);
+
+    // undeploy: nothing of lb remains once an lb command runs.
+    agent.undeploy();
+    let out = std::process::Command::new(lb_bin())
+        .args(["stats", "--json", "--state-dir"])
+        .arg(agent.state_dir.as_ref().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[]",
+        "lb stats never lists it"
+    );
+    assert!(
+        agent.remains().is_empty(),
+        "left behind: {:?}",
+        agent.remains()
+    );
+}
+
+#[test]
+fn an_http_monitored_member_answering_500_goes_down() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let topo = SeedTopology::new(&[M1, M2]);
+    let h1 = HttpServer::start(&topo.members[0].ns, M1, 8080);
+    let _h2 = HttpServer::start(&topo.members[1].ns, M2, 8080);
+    let mut agent = Agent::new(&topo, &lb_bin(), false);
+    agent.plug(VIP);
+    ok(&agent.spawn(&v2_conf(&agent, 8080)));
+    wait_for("both members L7OK", Duration::from_secs(10), || {
+        let (_, m) = agent.stats();
+        (m.len() == 2 && m.values().all(|x| x["health"] == "L7OK")).then_some(())
+    });
+    h1.status.store(500, std::sync::atomic::Ordering::Relaxed);
+    wait_for(
+        "the member answering 500 DOWN",
+        Duration::from_secs(10),
+        || {
+            let (_, m) = agent.stats();
+            (m[S1]["status"] == "INACTIVE" && m[S1]["health"] == "L7STS").then_some(())
+        },
+    );
+    let raw = agent.raw_stats();
+    let s1 = raw.iter().find(|r| r["svname"] == S1).unwrap();
+    assert_eq!(
+        (s1["check_code"].as_str(), s1["status"].as_str()),
+        ("500", "DOWN")
+    );
+    // Its answers come back: it rises again.
+    h1.status.store(202, std::sync::atomic::Ordering::Relaxed);
+    wait_for("the member UP again", Duration::from_secs(10), || {
+        let (_, m) = agent.stats();
+        (m[S1]["status"] == "ACTIVE" && m[S1]["health"] == "L7OK").then_some(())
+    });
+}
+
+#[test]
+fn lb_stats_on_the_host_and_in_another_namespace_lists_what_the_agent_started() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let topo = SeedTopology::new(&[M1, M2]);
+    // lb's default state and pins: the host's /run/lb and /sys/fs/bpf/lb.
+    let mut agent = Agent::new(&topo, &lb_bin(), true);
+    agent.plug(VIP);
+    ok(&agent.spawn(&v1_conf(&agent, (1, 1), "")));
+    let listed = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).contains(&agent.id)
+    };
+    let host = std::process::Command::new(lb_bin())
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    assert!(listed(host), "lb stats on the host");
+    let other = Netns::new("st");
+    let inside = std::process::Command::new("ip")
+        .args(["netns", "exec", &other.name])
+        .arg(lb_bin())
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    assert!(listed(inside), "lb stats under another ip netns exec");
+    agent.undeploy();
+}
+
+#[test]
+fn refused_configs_name_file_line_and_keyword_and_leave_nothing() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let topo = SeedTopology::new(&[M1, M2]);
+    let mut agent = Agent::new(&topo, &lb_bin(), false);
+    agent.plug(VIP);
+    let conf = v1_conf(&agent, (1, 1), "").replace(
+        "balance leastconn",
+        "balance leastconn\n        tcp-request content reject",
+    );
+    let out = agent.spawn(&conf);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:23: 'tcp-request': changes how connections are accepted or routed",
+            agent.conf().display()
+        )),
+        "{err}"
+    );
+    let out = agent.haproxy(&["-f", &agent.conf().display().to_string(), "-Ws"], &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("option '-Ws' is not supported"));
+    // A VIP the namespace does not hold: refused before anything is made.
+    let out = agent.spawn(&v1_conf(&agent, (1, 1), "").replace("10.0.0.250:22", "10.0.0.251:22"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds 10.0.0.251"));
+    assert!(
+        agent.remains().is_empty(),
+        "left behind: {:?}",
+        agent.remains()
+    );
+    assert!(!agent.exists());
+    // -c checks without running.
+    std::fs::write(agent.conf(), v1_conf(&agent, (1, 1), "")).unwrap();
+    let out = agent.haproxy(&["-c", "-f", &agent.conf().display().to_string()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Configuration file is valid\n"
+    );
+}
