@@ -75,7 +75,9 @@ pub mod reason {
     /// IPv4 but not for a listener nor a reply of a balanced flow (ICMP to the VIP, the
     /// namespace's own connections, health checks): passed untouched.
     pub const PASS_NOT_BALANCED: u32 = 3;
-    /// To a listener, not a SYN, no flow: passed so the kernel answers with RST as a host would.
+    /// To a listener, but no flow of lb's: not a SYN (the kernel answers RST as a host
+    /// would, or serves a connection a haproxy before lb still holds), or a SYN while the
+    /// listener drains (a haproxy taking over from lb serves it).
     pub const PASS_NO_FLOW: u32 = 4;
     /// Frame shorter than the Ethernet header.
     pub const DROP_TRUNCATED_ETH: u32 = 5;
@@ -163,8 +165,15 @@ pub struct ListenerConf {
     pub retries: u32,
     pub timeout_member_connect_ns: u64,
     pub timeout_data_ns: u64,
+    /// `LISTENER_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
-assert_size!(ListenerConf, 32);
+assert_size!(ListenerConf, 40);
+
+/// `ListenerConf::flags`: draining. No new flow is opened (a SYN without a flow goes to the
+/// namespace's stack, where a haproxy taking over listens); established flows carry on.
+pub const LISTENER_F_DRAIN: u32 = 1 << 0;
 
 /// `POOLS` value.
 #[repr(C)]

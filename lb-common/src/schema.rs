@@ -107,7 +107,7 @@ macro_rules! layout {
 
 const LISTENER_KEY: u32 = layout!(ListenerKey; vip_be, port_be, proto, _pad);
 const LISTENER_CONF: u32 = layout!(ListenerConf; index, pool, connection_limit, retries,
-    timeout_member_connect_ns, timeout_data_ns);
+    timeout_member_connect_ns, timeout_data_ns, flags, _pad);
 const POOL_CONF: u32 = layout!(PoolConf; count, algorithm);
 const MEMBER_CONF: u32 = layout!(MemberConf; addr_be, port_be, weight, flags, _pad);
 const LIVE: u32 = layout!(Live; active, events, rr, table, refs, _pad);
@@ -136,7 +136,8 @@ const U64: u32 = fnv(&[8, 8]);
 pub const MAPS: &[MapSchema] = &[
     MapSchema {
         name: "LISTENERS",
-        version: 1,
+        // 2: ListenerConf::flags (draining).
+        version: 2,
         layout: mix(LISTENER_KEY, LISTENER_CONF),
     },
     MapSchema {
@@ -206,7 +207,7 @@ mod tests {
     #[test]
     fn schema_versions_follow_layouts() {
         let recorded: &[(&str, u32, u32)] = &[
-            ("LISTENERS", 1, 0x7a4e_385a),
+            ("LISTENERS", 2, 0xf78e_27c7),
             ("POOLS", 1, 0xa58a_610d),
             ("MEMBERS", 1, 0xfb78_4c8f),
             ("MEMBER_LIVE", 1, 0x8ac6_259f),

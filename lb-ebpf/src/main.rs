@@ -29,7 +29,7 @@ use aya_ebpf::{
 use lb_common::{
     reason, select, Flow, FlowKey, ListenerConf, ListenerKey, Live, Stats, ALG_SOURCE_IP,
     CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE,
-    IPPROTO_TCP, MAX_POOL_MEMBERS, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TRIES,
+    IPPROTO_TCP, LISTENER_F_DRAIN, MAX_POOL_MEMBERS, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TRIES,
 };
 use maps::*;
 use parse::{Frame, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -494,7 +494,9 @@ fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verd
             f
         }
         None => {
-            if !is_syn {
+            // Not lb's flow: the namespace's stack answers it (RST, or a haproxy taking over
+            // while this listener drains serves it).
+            if !is_syn || listener.flags & LISTENER_F_DRAIN != 0 {
                 return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
             }
             match open_flow(ctx, pkt, listener, &fkey, now) {

@@ -212,6 +212,8 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 // A flow idle in both directions ends when the first of HAProxy's client and
                 // server timeouts would have fired.
                 timeout_data_ns: l.timeout_client_data.min(l.timeout_member_data) * MS,
+                flags: 0,
+                _pad: 0,
             },
         });
     }

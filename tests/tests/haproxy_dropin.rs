@@ -316,3 +316,107 @@ fn refused_configs_name_file_line_and_keyword_and_leave_nothing() {
         "Configuration file is valid\n"
     );
 }
+
+/// An HTTP GET through the VIP from the client: the status code and the body.
+fn http_get(client: &str, port: u16) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    integration_tests::in_netns(client, || -> std::io::Result<(u16, String)> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((VIP, port)),
+            Duration::from_secs(3),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Ok((code, body))
+    })
+    .map_err(std::io::Error::other)?
+}
+
+fn l7_conf(agent: &Agent) -> String {
+    v2_conf(agent, 80)
+        .replace("    mode tcp\n", "    mode http\n")
+        .replace(
+            "    option tcplog\n",
+            "    option httplog\n    option forwardfor\n",
+        )
+}
+
+/// `mode http` goes to the real haproxy; the agent's updates move the load balancer from
+/// haproxy to lb and back, each taking over from the other with -sf.
+#[test]
+fn a_mode_http_config_runs_the_real_haproxy_and_updates_move_between_them() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    if !std::path::Path::new("/usr/sbin/haproxy").exists() {
+        eprintln!("SKIPPED: no real haproxy at /usr/sbin/haproxy (cargo xtask test installs it)");
+        return;
+    }
+    let topo = SeedTopology::new(&[M1, M2]);
+    let _h1 = HttpServer::start(&topo.members[0].ns, M1, 80);
+    let _h2 = HttpServer::start(&topo.members[1].ns, M2, 80);
+    let mut agent = Agent::new(&topo, &lb_bin(), false);
+    agent.plug(VIP);
+    let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+
+    let out = agent.spawn(&l7_conf(&agent));
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("needs an L7 proxy: running /usr/sbin/haproxy"));
+    let haproxy = agent.pids();
+    assert!(haproxy
+        .iter()
+        .all(|p| exe(*p).ends_with("haproxy") && exe(*p) != lb_bin().canonicalize().unwrap()));
+    let (code, _) = wait_for("haproxy to serve", Duration::from_secs(10), || {
+        http_get(&topo.client.name, 80).ok()
+    });
+    assert_eq!(code, 200);
+    let (pool, _) = agent.stats();
+    assert_eq!(
+        pool["svname"], "BACKEND",
+        "the real haproxy's own stats socket"
+    );
+
+    // The listener becomes TCP: lb takes over from haproxy (which gets SIGUSR1).
+    ok(&agent.spawn(&v2_conf(&agent, 80)));
+    let lb = agent.pids();
+    assert_eq!(exe(lb[0]), lb_bin().canonicalize().unwrap());
+    wait_for("haproxy to finish", Duration::from_secs(15), || {
+        haproxy
+            .iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    });
+    let (code, body) = http_get(&topo.client.name, 80).expect("through lb");
+    assert_eq!(code, 200);
+    assert!(body == "10.0.0.2" || body == "10.0.0.4");
+    let (pool, _) = agent.stats();
+    assert_eq!(pool["stot"], "1", "lb's stats socket now");
+
+    // Back to HTTP: the real haproxy takes over; lb drains, then tears its data path down.
+    ok(&agent.spawn(&l7_conf(&agent)));
+    wait_for(
+        "lb to finish its soft stop",
+        Duration::from_secs(15),
+        || {
+            lb.iter()
+                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+                .then_some(())
+        },
+    );
+    let (code, _) = http_get(&topo.client.name, 80).expect("through haproxy again");
+    assert_eq!(code, 200);
+    assert!(
+        agent.remains().is_empty(),
+        "lb left nothing: {:?}",
+        agent.remains()
+    );
+}

@@ -927,3 +927,21 @@ fn pinned_maps_that_differ_are_refused_naming_the_difference() {
         "{e}"
     );
 }
+
+/// A draining listener (haproxy's soft stop, when a real haproxy takes over) opens no new
+/// flow: a SYN goes to the namespace's stack untouched; established flows carry on.
+#[test]
+fn a_draining_listener_passes_new_syns_and_keeps_established_flows() {
+    let Some(mut env) = Env::seed() else { return };
+    let (member, _, snat) = env.open(49900);
+    let mut l = env.plan.listeners[0].clone();
+    l.conf.flags |= lb_common::LISTENER_F_DRAIN;
+    env.dp.maps.set_listener(l.key, l.conf).unwrap();
+    let syn = Tcp::new(CLIENT, 49901, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&syn.build(), XDP_PASS, reason::PASS_NO_FLOW);
+    assert!(env.flow(49901).is_none(), "no flow opened");
+    let ack = Tcp::new(CLIENT, 49900, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    let out = env.expect(&ack.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let o = Tcp::parse(&out).unwrap();
+    assert_eq!((o.dst, o.sport), (member, snat));
+}

@@ -16,10 +16,10 @@ mod vm;
 const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.10.3";
 /// What the tests and the demo run: ip, ethtool (checksum offload off on test veths),
-/// sysctl, nsenter.
-const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "util-linux"];
+/// sysctl, nsenter; the real haproxy, which the drop-in hands L7 configurations to.
+const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "util-linux", "haproxy"];
 /// What the benchmark drives and compares against, besides the test packages.
-const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "iperf3", "haproxy", "nftables"];
+const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "iperf3", "nftables"];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, test and demo lb")]

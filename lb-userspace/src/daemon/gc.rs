@@ -41,7 +41,9 @@ pub fn collect(state_dir: &Path) -> Vec<String> {
         };
         super::instance::remove_pins(&s.pin_dir);
         State::remove(state_dir, &s.loadbalancer);
-        let _ = std::fs::remove_file(state_dir.join(format!("{}.stats-samples", s.loadbalancer)));
+        for extra in ["stats-samples", "handover"] {
+            let _ = std::fs::remove_file(state_dir.join(format!("{}.{extra}", s.loadbalancer)));
+        }
         lock.remove();
         info!(loadbalancer = %s.loadbalancer, namespace = %s.namespace, "removed what a killed lb left: its namespace or port is gone");
         removed.push(s.loadbalancer);

@@ -423,6 +423,7 @@ impl Instance {
         ctx.expiry
             .add(&self.lb.id, Sweeper::open(&pin_dir)?, self.census());
         self.state.phase = Phase::Running;
+        let _ = std::fs::remove_file(super::handover_path(&self.state_dir, &self.lb.id));
         self.write_state()
     }
 
@@ -485,6 +486,25 @@ impl Instance {
         }
         ctx.expiry.set_census(&self.lb.id, self.census());
         Ok(())
+    }
+
+    /// haproxy's soft stop: every listener drains (no new flow: SYNs go to the namespace's
+    /// stack, where a haproxy taking over listens); established flows carry on.
+    pub fn drain(&mut self) -> anyhow::Result<()> {
+        for (key, mut conf) in self.dp.maps.listeners() {
+            conf.flags |= lb_common::LISTENER_F_DRAIN;
+            self.dp.maps.set_listener(key, conf)?;
+        }
+        Ok(())
+    }
+
+    /// Connections counted open on this load balancer's listeners.
+    pub fn open_connections(&self) -> i64 {
+        self.plan
+            .listeners
+            .iter()
+            .map(|l| self.dp.maps.listener_live.get(l.index).active.max(0))
+            .sum()
     }
 
     /// Records a health verdict in the data path.
@@ -567,7 +587,9 @@ impl Instance {
         remove_pins(&self.state.pin_dir);
         self.node.teardown().await;
         State::remove(&self.state_dir, &self.lb.id);
-        let _ = std::fs::remove_file(self.state_dir.join(format!("{}.stats-samples", self.lb.id)));
+        for extra in ["stats-samples", "handover"] {
+            let _ = std::fs::remove_file(self.state_dir.join(format!("{}.{extra}", self.lb.id)));
+        }
         self.lock.remove();
         info!(loadbalancer = %self.lb.id, "stopped and removed");
     }

@@ -304,6 +304,14 @@ async fn claim_all(
         .filter(|s| !cfg.loadbalancer.iter().any(|lb| lb.id == s.loadbalancer))
         .collect();
     let started = Instant::now();
+    // Tells the old daemon that its SIGUSR1 is a handover (leave everything running), not a
+    // haproxy soft stop (drain, then tear down).
+    for (lb, _, _, _) in &preloaded {
+        let _ = std::fs::write(
+            handover_path(&ctx.state_dir, &lb.id),
+            std::process::id().to_string(),
+        );
+    }
     for &pid in &pids {
         info!(pid, "asking the running lb to hand over (SIGUSR1)");
         nix::sys::signal::kill(
@@ -342,6 +350,21 @@ async fn claim_all(
         }
     }
     Ok((claims, left))
+}
+
+/// `<state_dir>/<id>.handover`: the pid of a daemon taking the load balancer over.
+pub fn handover_path(state_dir: &Path, lb: &str) -> PathBuf {
+    state_dir.join(format!("{lb}.handover"))
+}
+
+/// Whether a live process other than this one is taking over any of `running`.
+fn handing_over(ctx: &Ctx, running: &[Instance]) -> bool {
+    running.iter().any(|r| {
+        std::fs::read_to_string(handover_path(&ctx.state_dir, &r.lb.id))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists())
+    })
 }
 
 /// How the daemon ends.
@@ -404,13 +427,34 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
 
+    // The haproxy drop-in's SIGUSR1 without a handover is haproxy's soft stop.
+    let soft_stop = requests.is_some();
+    let mut draining = false;
+    let mut drain_tick = tokio::time::interval(Duration::from_secs(1));
     let end = loop {
         tokio::select! {
             _ = signals.int.recv() => { info!("SIGINT: tearing down"); break End::Teardown; }
             _ = signals.term.recv() => { info!("SIGTERM: tearing down"); break End::Teardown; }
             _ = signals.usr1.recv() => {
+                if soft_stop && !handing_over(&ctx, &running) {
+                    info!("SIGUSR1: soft stop: new connections go to the namespace's stack (a haproxy taking over); established ones carry on until they end");
+                    for r in running.iter_mut() {
+                        if let Err(e) = r.drain() {
+                            error!(error = format!("{e:#}"), "cannot drain");
+                        }
+                    }
+                    draining = true;
+                    continue;
+                }
                 info!("SIGUSR1: leaving the data path running for the next lb to take over");
                 break End::Leave;
+            }
+            _ = drain_tick.tick(), if draining => {
+                let open: i64 = running.iter().map(|r| r.open_connections()).sum();
+                if open <= 0 {
+                    info!("soft stop: the last connection ended; tearing down");
+                    break End::Teardown;
+                }
             }
             _ = signals.hup.recv() => match &path {
                 Some(path) => {
