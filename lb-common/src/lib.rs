@@ -167,9 +167,29 @@ pub struct ListenerConf {
     pub timeout_data_ns: u64,
     /// `LISTENER_F_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The SNAT ports this listener's new flows take (inclusive); 0 = `SNAT_PORT_MIN` /
+    /// `SNAT_PORT_MAX`. The haproxy drop-in narrows them while a HAProxy it replaced may
+    /// still hold (or members keep in TIME_WAIT) tuples from the namespace's old ephemeral
+    /// range.
+    pub snat_min: u16,
+    pub snat_max: u16,
 }
 assert_size!(ListenerConf, 40);
+
+impl ListenerConf {
+    /// The SNAT port range of this listener's new flows.
+    #[inline(always)]
+    pub fn snat_ports(&self) -> (u16, u16) {
+        if self.snat_min >= SNAT_PORT_MIN
+            && self.snat_max >= self.snat_min
+            && self.snat_max <= SNAT_PORT_MAX
+        {
+            (self.snat_min, self.snat_max)
+        } else {
+            (SNAT_PORT_MIN, SNAT_PORT_MAX)
+        }
+    }
+}
 
 /// `ListenerConf::flags`: draining. No new flow is opened (a SYN without a flow goes to the
 /// namespace's stack, where a haproxy taking over listens); established flows carry on.

@@ -107,7 +107,7 @@ macro_rules! layout {
 
 const LISTENER_KEY: u32 = layout!(ListenerKey; vip_be, port_be, proto, _pad);
 const LISTENER_CONF: u32 = layout!(ListenerConf; index, pool, connection_limit, retries,
-    timeout_member_connect_ns, timeout_data_ns, flags, _pad);
+    timeout_member_connect_ns, timeout_data_ns, flags, snat_min, snat_max);
 const POOL_CONF: u32 = layout!(PoolConf; count, algorithm);
 const MEMBER_CONF: u32 = layout!(MemberConf; addr_be, port_be, weight, flags, _pad);
 const LIVE: u32 = layout!(Live; active, events, rr, table, refs, _pad);
@@ -136,8 +136,8 @@ const U64: u32 = fnv(&[8, 8]);
 pub const MAPS: &[MapSchema] = &[
     MapSchema {
         name: "LISTENERS",
-        // 2: ListenerConf::flags (draining).
-        version: 2,
+        // 2: ListenerConf::flags (draining); 3: snat_min/snat_max.
+        version: 3,
         layout: mix(LISTENER_KEY, LISTENER_CONF),
     },
     MapSchema {
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn schema_versions_follow_layouts() {
         let recorded: &[(&str, u32, u32)] = &[
-            ("LISTENERS", 2, 0xf78e_27c7),
+            ("LISTENERS", 3, 0xcb04_8b8d),
             ("POOLS", 1, 0xa58a_610d),
             ("MEMBERS", 1, 0xfb78_4c8f),
             ("MEMBER_LIVE", 1, 0x8ac6_259f),

@@ -375,8 +375,14 @@ extern "C" fn select_step(i: u32, ctx: *mut c_void) -> i64 {
 
 /// Fills the flow's member, MAC and SNAT port for member `idx`, inserting the reverse entry.
 #[inline(always)]
-fn bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -> Result<(), u32> {
-    let r = try_bind_member(ctx, flow, idx, pkt_len);
+fn bind_member<C: Frame>(
+    ctx: &C,
+    flow: &mut Flow,
+    idx: u32,
+    pkt_len: u16,
+    snat: (u16, u16),
+) -> Result<(), u32> {
+    let r = try_bind_member(ctx, flow, idx, pkt_len, snat);
     if let Err(why) = r {
         if let Some(s) = MEMBER_STATS.get_ptr_mut(idx) {
             // Slots as in lb_common::MEMBER_DROP_REASONS.
@@ -393,7 +399,13 @@ fn bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -> Re
 }
 
 #[inline(always)]
-fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -> Result<(), u32> {
+fn try_bind_member<C: Frame>(
+    ctx: &C,
+    flow: &mut Flow,
+    idx: u32,
+    pkt_len: u16,
+    (snat_min, snat_max): (u16, u16),
+) -> Result<(), u32> {
     let Some(m) = MEMBERS.get(idx) else {
         return Err(reason::DROP_NO_MEMBER);
     };
@@ -430,7 +442,7 @@ fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -
     }
     flow.member_mac = fib.dmac;
 
-    let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    let span = (snat_max - snat_min) as u32 + 1;
     let mut seed = unsafe { bpf_get_prandom_u32() };
     let client_port = u16::from_be(flow.client_port_be);
     for i in 0..SNAT_TRIES {
@@ -440,10 +452,10 @@ fn try_bind_member<C: Frame>(ctx: &C, flow: &mut Flow, idx: u32, pkt_len: u16) -
         // sequence numbers and timestamps the new SYN continues: the member accepts the reuse
         // as it would without lb. A random port there is refused by TIME_WAIT (PAWS, or an
         // older sequence number), costing the client a 1 s SYN retransmission.
-        let port = if i == 0 && (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&client_port) {
+        let port = if i == 0 && (snat_min..=snat_max).contains(&client_port) {
             client_port
         } else {
-            SNAT_PORT_MIN + (seed % span) as u16
+            snat_min + (seed % span) as u16
         };
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
         let port_be = port.to_be();
@@ -549,7 +561,7 @@ fn open_flow<C: Frame>(
         let now_ms = (now / 1_000_000) as u32;
         flow.ts_delta = now_ms.wrapping_sub(u32::from_be_bytes(v));
     }
-    bind_member(ctx, flow, idx, pkt.ip_len)?;
+    bind_member(ctx, flow, idx, pkt.ip_len, listener.snat_ports())?;
     if CONNTRACK.insert(fkey, &*flow, BPF_NOEXIST as u64).is_err() {
         let _ = CONNTRACK.remove(flow.reverse_key());
         return Err(reason::DROP_CT_FULL);
@@ -654,7 +666,7 @@ fn maybe_redispatch<C: Frame>(
     let old_member = flow.member;
     flow.created_ns = now;
     flow.syn_retries = 0;
-    bind_member(ctx, flow, idx, pkt.ip_len)?;
+    bind_member(ctx, flow, idx, pkt.ip_len, listener.snat_ports())?;
     let _ = CONNTRACK.remove(old_rkey);
     uncount(f);
     flow.counted = 1;

@@ -213,7 +213,8 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 // server timeouts would have fired.
                 timeout_data_ns: l.timeout_client_data.min(l.timeout_member_data) * MS,
                 flags: 0,
-                _pad: 0,
+                snat_min: 0,
+                snat_max: 0,
             },
         });
     }

@@ -420,3 +420,92 @@ fn a_mode_http_config_runs_the_real_haproxy_and_updates_move_between_them() {
         agent.remains()
     );
 }
+
+/// New connections (HTTP/1.0, the member closes first, as `Connection: close`) from 4
+/// threads for `secs` seconds: how many, and how many took a second or more to connect (a
+/// SYN retransmission: the member's TIME_WAIT refused the first SYN).
+fn load(client: &str, secs: u64) -> (u64, u64) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let (done, slow) = (AtomicU64::new(0), AtomicU64::new(0));
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                lb::node::enter(client).unwrap();
+                while std::time::Instant::now() < until {
+                    let t = std::time::Instant::now();
+                    let r = (|| -> std::io::Result<()> {
+                        use std::io::{Read as _, Write as _};
+                        let mut c = std::net::TcpStream::connect_timeout(
+                            &std::net::SocketAddr::from((VIP, 80)),
+                            Duration::from_secs(5),
+                        )?;
+                        if t.elapsed() >= Duration::from_millis(900) {
+                            slow.fetch_add(1, Relaxed);
+                        }
+                        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                        let mut b = Vec::new();
+                        c.read_to_end(&mut b)?;
+                        Ok(())
+                    })();
+                    if r.is_ok() {
+                        done.fetch_add(1, Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    (done.into_inner(), slow.into_inner())
+}
+
+/// The first lb deploy on a node that ran HAProxy: under `Connection: close` load, the
+/// agent's update starts lb with -sf <haproxy>. New connections must not stall: members
+/// hold TIME_WAIT tuples from HAProxy's connections, with HAProxy's timestamps.
+#[test]
+fn switching_from_haproxy_to_lb_under_load_does_not_stall_new_connections() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    if !std::path::Path::new("/usr/sbin/haproxy").exists() {
+        eprintln!("SKIPPED: no real haproxy at /usr/sbin/haproxy (cargo xtask test installs it)");
+        return;
+    }
+    // Without HAProxy before: lb alone, the same load.
+    let base = {
+        let topo = SeedTopology::new(&[M1, M2]);
+        let _h = (
+            HttpServer::start(&topo.members[0].ns, M1, 80),
+            HttpServer::start(&topo.members[1].ns, M2, 80),
+        );
+        let mut agent = Agent::new(&topo, &lb_bin(), false);
+        agent.plug(VIP);
+        ok(&agent.spawn(&v2_conf(&agent, 80)));
+        let r = load(&topo.client.name, 10);
+        agent.undeploy();
+        r
+    };
+    let topo = SeedTopology::new(&[M1, M2]);
+    let _h = (
+        HttpServer::start(&topo.members[0].ns, M1, 80),
+        HttpServer::start(&topo.members[1].ns, M2, 80),
+    );
+    let mut agent = Agent::new(&topo, &lb_bin(), false);
+    agent.plug(VIP);
+    // The real haproxy serves first (the config is L7 only to make lb hand it over).
+    ok(&agent.spawn(&l7_conf(&agent)));
+    let before = load(&topo.client.name, 5);
+    let (switched, after) = std::thread::scope(|s| {
+        let l = s.spawn(|| load(&topo.client.name, 10));
+        std::thread::sleep(Duration::from_millis(500));
+        let out = agent.spawn(&v2_conf(&agent, 80));
+        (out, l.join().unwrap())
+    });
+    ok(&switched);
+    eprintln!(
+        "SWITCH haproxy -> lb under Connection: close load, 4 threads, 10 s: {} connections ({:.0}/s), {} slow (>= 0.9 s); lb alone: {} ({:.0}/s), {} slow; ratio {:.2}; haproxy before the switch: {:.0}/s",
+        after.0, after.0 as f64 / 10.0, after.1, base.0, base.0 as f64 / 10.0, base.1,
+        after.0 as f64 / base.0.max(1) as f64, before.0 as f64 / 5.0
+    );
+    assert_eq!(after.1, 0, "no connection waited for a SYN retransmission");
+}

@@ -945,3 +945,24 @@ fn a_draining_listener_passes_new_syns_and_keeps_established_flows() {
     let o = Tcp::parse(&out).unwrap();
     assert_eq!((o.dst, o.sport), (member, snat));
 }
+
+/// A listener's SNAT ports narrowed (the drop-in replacing a HAProxy keeps clear of the
+/// namespace's old ephemeral range): new flows take ports in that range only, the client's
+/// own port when it is in it.
+#[test]
+fn new_flows_take_snat_ports_in_the_listener_s_range() {
+    let Some(mut env) = Env::seed() else { return };
+    let mut l = env.plan.listeners[0].clone();
+    (l.conf.snat_min, l.conf.snat_max) = (20_000, 20_063);
+    env.dp.maps.set_listener(l.key, l.conf).unwrap();
+    // First, before the range fills: the client's own port, when it is in the range.
+    let (_, _, snat) = env.open(20_050);
+    assert_eq!(
+        snat, 20_050,
+        "the client's own port first, when in the range"
+    );
+    for p in 0..40u16 {
+        let (_, _, snat) = env.open(45_000 + p);
+        assert!((20_000..=20_063).contains(&snat), "port {snat}");
+    }
+}

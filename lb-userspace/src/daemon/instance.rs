@@ -107,6 +107,8 @@ pub struct Ctx {
     pub mode: Mode,
     pub transitions: UnboundedSender<Transition>,
     pub expiry: Expiry,
+    /// SNAT ports of new flows from the start (the haproxy drop-in replacing a HAProxy).
+    pub snat_ports: Option<(u16, u16)>,
 }
 
 impl Ctx {
@@ -350,7 +352,12 @@ impl Instance {
     }
 
     async fn bring_up(&mut self, ctx: &Ctx, prior_plan: Option<&Plan>) -> anyhow::Result<()> {
-        let plan = plan(&self.lb, prior_plan)?;
+        let mut plan = plan(&self.lb, prior_plan)?;
+        if let Some((lo, hi)) = ctx.snat_ports {
+            for l in &mut plan.listeners {
+                (l.conf.snat_min, l.conf.snat_max) = (lo, hi);
+            }
+        }
         // Recorded before the maps: a flow never names an index the state file does not.
         self.state.plan = plan.clone();
         self.write_state()?;
@@ -485,6 +492,26 @@ impl Instance {
             m.set(self.monitor_targets());
         }
         ctx.expiry.set_census(&self.lb.id, self.census());
+        Ok(())
+    }
+
+    /// The SNAT ports every listener's new flows take; None: lb's whole range.
+    pub fn set_snat_ports(&mut self, range: Option<(u16, u16)>) -> anyhow::Result<()> {
+        let (lo, hi) = range.unwrap_or((0, 0));
+        for l in &mut self.plan.listeners {
+            (l.conf.snat_min, l.conf.snat_max) = (lo, hi);
+            let mut conf = self
+                .dp
+                .maps
+                .listeners()
+                .into_iter()
+                .find(|(k, _)| *k == l.key)
+                .map(|(_, c)| c)
+                .unwrap_or(l.conf);
+            (conf.snat_min, conf.snat_max) = (lo, hi);
+            self.dp.maps.set_listener(l.key, conf)?;
+        }
+        info!(loadbalancer = %self.lb.id, ports = ?range, "SNAT ports of new flows");
         Ok(())
     }
 

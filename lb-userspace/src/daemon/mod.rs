@@ -151,9 +151,17 @@ pub enum Source {
 /// configuration): the haproxy stats socket's admin commands.
 pub struct Request {
     pub loadbalancer: String,
-    pub member: String,
-    pub change: MemberChange,
+    pub kind: RequestKind,
     pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+pub enum RequestKind {
+    Member {
+        member: String,
+        change: MemberChange,
+    },
+    /// The SNAT ports of every listener's new flows; None: lb's whole range.
+    SnatPorts(Option<(u16, u16)>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +185,9 @@ pub struct Embedding {
     pub requests: mpsc::UnboundedReceiver<Request>,
     /// The only daemons a lock may be taken over from (`-sf`/`-st`); others are refused.
     pub takeover_from: Vec<u32>,
+    /// SNAT ports new flows take from the start (a HAProxy replaced may still hold tuples
+    /// from the namespace's old ephemeral range); None: lb's whole range.
+    pub snat_ports: Option<(u16, u16)>,
 }
 
 impl Running for Instance {
@@ -383,9 +394,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         Source::Fixed(c) => (None, c),
     };
-    let (up_hook, mut requests, allowed) = match opts.embedding {
-        Some(e) => (Some(e.up), Some(e.requests), Some(e.takeover_from)),
-        None => (None, None, None),
+    let (up_hook, mut requests, allowed, snat_ports) = match opts.embedding {
+        Some(e) => (
+            Some(e.up),
+            Some(e.requests),
+            Some(e.takeover_from),
+            e.snat_ports,
+        ),
+        None => (None, None, None, None),
     };
     let choice = opts.mode.unwrap_or(cfg.daemon.xdp_mode);
     let (transitions, mut rx) = mpsc::unbounded_channel::<Transition>();
@@ -397,6 +413,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         mode: Mode::from_choice(choice),
         transitions,
         expiry: Expiry::start(freed_tx)?,
+        snat_ports,
     };
     ensure_bpffs(&ctx.bpffs)?;
     gc::collect(&ctx.state_dir);
@@ -464,9 +481,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 None => info!("SIGHUP: this configuration is replaced by starting a new process with -sf, as haproxy's is"),
             },
             Some(req) = async { match requests.as_mut() { Some(r) => r.recv().await, None => None } } => {
-                let r = match running.iter_mut().find(|r| r.lb.id == req.loadbalancer) {
-                    Some(r) => r.change_member(&req.member, req.change),
-                    None => Err(format!("no load balancer {}", req.loadbalancer)),
+                let r = match (running.iter_mut().find(|r| r.lb.id == req.loadbalancer), req.kind) {
+                    (Some(r), RequestKind::Member { member, change }) => r.change_member(&member, change),
+                    (Some(r), RequestKind::SnatPorts(range)) => r.set_snat_ports(range).map_err(|e| format!("{e:#}")),
+                    (None, _) => Err(format!("no load balancer {}", req.loadbalancer)),
                 };
                 let _ = req.reply.send(r);
             }

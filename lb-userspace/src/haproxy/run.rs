@@ -135,6 +135,48 @@ pub fn main(argv: Vec<String>) -> i32 {
     }
 }
 
+/// Old pids that are a real haproxy (not lb): the first lb deploy on a node that ran HAProxy.
+fn real_haproxies(pids: &[u32]) -> Vec<u32> {
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok());
+    pids.iter()
+        .copied()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .ok()
+                .and_then(|e| e.canonicalize().ok())
+                != me
+        })
+        .collect()
+}
+
+/// SNAT ports that avoid this namespace's ephemeral range as it is now (before lb moves it):
+/// a HAProxy being replaced made its connections to members from that range, and members
+/// keep their closed tuples in TIME_WAIT with HAProxy's timestamps, which would refuse lb's
+/// SYNs on the same tuples (PAWS) and cost clients a 1 s retransmission.
+fn snat_clear_of_local_ports() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u32>().ok());
+    let (lo, hi) = (it.next()?, it.next()?);
+    let (min, max) = (
+        lb_common::SNAT_PORT_MIN as u32,
+        lb_common::SNAT_PORT_MAX as u32,
+    );
+    let below = (min, lo.saturating_sub(1).min(max));
+    let above = ((hi + 1).max(min), max);
+    let size = |(a, b): (u32, u32)| if b >= a { b - a + 1 } else { 0 };
+    let best = if size(below) >= size(above) {
+        below
+    } else {
+        above
+    };
+    (size(best) >= 1024).then_some((best.0 as u16, best.1 as u16))
+}
+
 /// Step 3: still single-threaded.
 fn prepare(cfg: &super::HaConfig, files: &[PathBuf]) -> anyhow::Result<DropIn> {
     namespace::join_host_mounts().context("joining the host's mount namespace (PID 1's)")?;
@@ -257,6 +299,16 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
     let (finish, terminate) = (args.finish.clone(), args.terminate.clone());
     let maxconn = drop_in.global_maxconn;
     let ha = drop_in.haproxy.clone();
+    // Replacing a real HAProxy: keep new flows' SNAT ports clear of its ports until it has
+    // ended and members' TIME_WAIT (60 s) with it.
+    let haproxies = real_haproxies(&args.old_pids());
+    let snat_ports = if haproxies.is_empty() {
+        None
+    } else {
+        snat_clear_of_local_ports()
+    };
+    let lb_id = drop_in.config.loadbalancer[0].id.clone();
+    let restore_tx = requests_tx.clone();
     let handle = rt.handle().clone();
     let up = move |running: &[crate::daemon::instance::Instance]| -> anyhow::Result<()> {
         let me = std::process::id();
@@ -267,6 +319,25 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
         for s in &sockets {
             stats_socket::serve(s, &ha, running, requests_tx.clone(), maxconn)
                 .with_context(|| format!("stats socket {}", s.path.display()))?;
+        }
+        if let Some(range) = snat_ports {
+            tracing::info!(ports = ?range, haproxy = ?haproxies, "new flows avoid the replaced HAProxy's ephemeral ports until it ends, and 60 s more");
+            let (pids, lb) = (haproxies.clone(), lb_id.clone());
+            handle.spawn(async move {
+                while pids
+                    .iter()
+                    .any(|p| Path::new(&format!("/proc/{p}")).exists())
+                {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                tokio::time::sleep(HAPROXY_TIME_WAIT).await;
+                let (reply, _) = tokio::sync::oneshot::channel();
+                let _ = restore_tx.send(daemon::Request {
+                    loadbalancer: lb,
+                    kind: daemon::RequestKind::SnatPorts(None),
+                    reply,
+                });
+            });
         }
         if let Some(fd) = ready {
             // SAFETY: the pipe's write end, owned by this process until now.
@@ -288,6 +359,7 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
         up: Box::new(up),
         requests,
         takeover_from: args.old_pids(),
+        snat_ports,
     };
     rt.block_on(daemon::run(daemon::Options {
         source: Source::Fixed(drop_in.config),
@@ -296,6 +368,10 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
         embedding: Some(embedding),
     }))
 }
+
+/// How long members keep the tuples of a replaced HAProxy's last connections (Linux's
+/// TIME_WAIT).
+const HAPROXY_TIME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The pid file: this process's pid (haproxy writes one line per process).
 fn write_pidfile(path: &Path, pid: u32) -> anyhow::Result<()> {

@@ -30,7 +30,7 @@ use tokio::{
 
 use super::config::{HaConfig, Kind, Level, StatsSocket};
 use crate::{
-    daemon::{instance::Instance, MemberChange, Request},
+    daemon::{instance::Instance, MemberChange, Request, RequestKind},
     dataplane::Maps,
     health::{Board, CheckInfo, CheckStatus},
     plan::Plan,
@@ -821,8 +821,7 @@ async fn change(
     requests
         .send(Request {
             loadbalancer: view.id.clone(),
-            member,
-            change,
+            kind: RequestKind::Member { member, change },
             reply,
         })
         .map_err(|_| "the daemon is stopping\n".to_string())?;
