@@ -202,8 +202,41 @@ pub struct PoolConf {
     /// Member slots in use: 0..count.
     pub count: u32,
     pub algorithm: u32,
+    /// `POOL_F_*` bits.
+    pub flags: u32,
+    /// Source-address persistence: seconds a client's entry lives after its last new
+    /// connection; 0 = until the table evicts it (haproxy's stick-table without `expire`).
+    pub persist_timeout_s: u32,
 }
-assert_size!(PoolConf, 8);
+assert_size!(PoolConf, 16);
+
+/// `PoolConf::flags`: a client address keeps its member across connections (haproxy's
+/// `stick on src`, Octavia's SOURCE_IP session persistence).
+pub const POOL_F_PERSIST_SOURCE: u32 = 1 << 0;
+
+/// Client addresses the `STICKY` table remembers per load balancer (least recently used
+/// ones are evicted beyond it). An LRU table is allocated whole: about 1.3 MiB at this size
+/// (haproxy's LBaaS driver asks for `size 10k`).
+pub const STICKY_ENTRIES: u32 = 16_384;
+
+/// `STICKY` key: a client address in a pool.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StickyKey {
+    pub client_be: u32,
+    pub pool: u32,
+}
+assert_size!(StickyKey, 8);
+
+/// `STICKY` value: the member a client address sticks to, and when it last opened a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sticky {
+    pub member: u32,
+    pub _pad: u32,
+    pub last_ns: u64,
+}
+assert_size!(Sticky, 16);
 
 /// `MEMBERS` value, index `pool * MAX_POOL_MEMBERS + slot`.
 #[repr(C)]
@@ -405,5 +438,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for SweepReport {}
+    unsafe impl aya::Pod for StickyKey {}
+    unsafe impl aya::Pod for Sticky {}
     unsafe impl aya::Pod for crate::schema::SchemaEntry {}
 }

@@ -14,8 +14,8 @@
 use core::mem::{offset_of, size_of};
 
 use crate::{
-    reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats,
-    SweepReport, MAX_POOL_MEMBERS,
+    reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats, Sticky,
+    StickyKey, SweepReport, MAX_POOL_MEMBERS,
 };
 
 /// `SCHEMA` value: one pinned map's identity as the daemon that created it saw it.
@@ -108,7 +108,9 @@ macro_rules! layout {
 const LISTENER_KEY: u32 = layout!(ListenerKey; vip_be, port_be, proto, _pad);
 const LISTENER_CONF: u32 = layout!(ListenerConf; index, pool, connection_limit, retries,
     timeout_member_connect_ns, timeout_data_ns, flags, snat_min, snat_max);
-const POOL_CONF: u32 = layout!(PoolConf; count, algorithm);
+const POOL_CONF: u32 = layout!(PoolConf; count, algorithm, flags, persist_timeout_s);
+const STICKY_KEY: u32 = layout!(StickyKey; client_be, pool);
+const STICKY: u32 = layout!(Sticky; member, _pad, last_ns);
 const MEMBER_CONF: u32 = layout!(MemberConf; addr_be, port_be, weight, flags, _pad);
 const LIVE: u32 = layout!(Live; active, events, rr, table, refs, _pad);
 const STATS: u32 = layout!(Stats; packets_in, bytes_in, packets_out, bytes_out,
@@ -130,6 +132,7 @@ const REASONS: u32 = {
 };
 const U32: u32 = fnv(&[4, 4]);
 const U64: u32 = fnv(&[8, 8]);
+const U16: u32 = fnv(&[2, 2]);
 
 /// Every pinned map of a load balancer, with its version and layout. Keep in sync with
 /// `lb-ebpf/src/maps.rs` (a test checks that every pinned map of the object is here).
@@ -142,8 +145,19 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "POOLS",
-        version: 1,
+        // 2: flags and persist_timeout_s (source-address persistence).
+        version: 2,
         layout: mix(U32, POOL_CONF),
+    },
+    MapSchema {
+        name: "STICKY",
+        version: 1,
+        layout: mix(STICKY_KEY, STICKY),
+    },
+    MapSchema {
+        name: "SOURCE_TABLE",
+        version: 1,
+        layout: mix(crate::select::SOURCE_TABLE_SIZE, U16),
     },
     MapSchema {
         name: "MEMBERS",
@@ -208,7 +222,9 @@ mod tests {
     fn schema_versions_follow_layouts() {
         let recorded: &[(&str, u32, u32)] = &[
             ("LISTENERS", 3, 0xcb04_8b8d),
-            ("POOLS", 1, 0xa58a_610d),
+            ("POOLS", 2, 0xf8c3_bd53),
+            ("STICKY", 1, 0xf092_f559),
+            ("SOURCE_TABLE", 1, 0x2e06_bff9),
             ("MEMBERS", 1, 0xfb78_4c8f),
             ("MEMBER_LIVE", 1, 0x8ac6_259f),
             ("LISTENER_LIVE", 1, 0x5aa4_6a3e),

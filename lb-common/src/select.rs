@@ -4,11 +4,65 @@
 //! configured, enabled, up and of weight > 0, the lowest `(active + 1) / weight`; ties go to the
 //! first candidate in rotation order, and the caller rotates `start` on every pick. Backup
 //! members are only considered when no primary member is available.
+//!
+//! `balance source` as HAProxy's default (`hash-type map-based`) does it: a table per pool in
+//! which every available member holds a share of entries proportional to its weight
+//! ([`fill_source_table`], built by the daemon whenever a member's weight or state changes);
+//! the client address's hash picks the entry.
 
 use crate::{
     ALG_LEAST_CONNECTIONS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED,
     MEMBER_F_ENABLED, MEMBER_F_UP,
 };
+
+/// Entries of a pool's source-hashing table (the `SOURCE_TABLE` map holds one per pool).
+pub const SOURCE_TABLE_SIZE: u32 = 1024;
+/// A table entry that names no member.
+pub const SOURCE_NONE: u16 = u16::MAX;
+
+/// The hash source hashing lands with: murmur3's 32-bit finalizer over the client address,
+/// so that every bit of the address moves every bit of the hash (a multiplicative hash
+/// leaves the low bits to the low bytes, and `% size` reads exactly those).
+#[inline(always)]
+pub fn client_hash(addr_be: u32) -> u32 {
+    let mut h = addr_be;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Fills a pool's source-hashing table: every available member (primaries, or the backups
+/// when no primary is available) gets a run of entries proportional to its weight; an
+/// empty pool fills it with `SOURCE_NONE`. `members` are (slot, candidate) in slot order.
+pub fn fill_source_table(members: &[(u32, Candidate)], table: &mut [u16]) {
+    let primary = |c: &Candidate| c.flags & MEMBER_F_BACKUP == 0;
+    let any_primary = members.iter().any(|(_, c)| available(c) && primary(c));
+    let chosen = |c: &Candidate| available(c) && primary(c) == any_primary;
+    let total: u64 = members
+        .iter()
+        .filter(|(_, c)| chosen(c))
+        .map(|(_, c)| c.weight as u64)
+        .sum();
+    if total == 0 {
+        table.iter_mut().for_each(|e| *e = SOURCE_NONE);
+        return;
+    }
+    let n = table.len() as u64;
+    let (mut acc, mut at, mut last) = (0u64, 0usize, SOURCE_NONE);
+    for (slot, c) in members.iter().filter(|(_, c)| chosen(c)) {
+        acc += c.weight as u64;
+        last = *slot as u16;
+        // Entries up to this member's cumulative share of the table.
+        let end = ((acc * n + total / 2) / total) as usize;
+        while at < end.min(table.len()) {
+            table[at] = last;
+            at += 1;
+        }
+    }
+    table[at..].iter_mut().for_each(|e| *e = last);
+}
 
 /// What selection needs to know of one member slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -244,6 +298,37 @@ mod tests {
             m.get(i as usize).copied()
         });
         assert_eq!(r, Some(0));
+    }
+
+    /// Source hashing: each member's share of the table follows its weight (1:3, 1:1:8);
+    /// backups only fill it when no primary is available; nothing available empties it.
+    #[test]
+    fn source_tables_follow_the_weights() {
+        let mut t = [0u16; SOURCE_TABLE_SIZE as usize];
+        let count = |t: &[u16], s: u16| t.iter().filter(|&&e| e == s).count();
+        fill_source_table(&[(0, c(1, 0)), (1, c(3, 0))], &mut t);
+        assert_eq!((count(&t, 0), count(&t, 1)), (256, 768));
+        fill_source_table(&[(0, c(1, 0)), (1, c(1, 0)), (2, c(8, 0))], &mut t);
+        assert_eq!((count(&t, 0), count(&t, 1), count(&t, 2)), (102, 103, 819));
+        let mut b = c(1, 0);
+        b.flags |= MEMBER_F_BACKUP;
+        let mut down = c(5, 0);
+        down.flags &= !MEMBER_F_UP;
+        fill_source_table(&[(0, down), (4, b)], &mut t);
+        assert_eq!(count(&t, 4), 1024, "the backup when no primary is up");
+        fill_source_table(&[(0, c(1, 0)), (4, b)], &mut t);
+        assert_eq!(count(&t, 0), 1024, "not while a primary is");
+        fill_source_table(&[(0, down)], &mut t);
+        assert_eq!(count(&t, SOURCE_NONE), 1024);
+        // Spread of real client addresses over a 1:3 table.
+        fill_source_table(&[(0, c(1, 0)), (1, c(3, 0))], &mut t);
+        let on_heavy = (0..10_000u32)
+            .filter(|i| {
+                let h = client_hash((0xc0a8_0000u32 + i).to_be());
+                t[(h % SOURCE_TABLE_SIZE) as usize] == 1
+            })
+            .count();
+        assert!((7300..=7700).contains(&on_heavy), "{on_heavy}");
     }
 
     #[test]

@@ -27,9 +27,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    reason, select, Flow, FlowKey, ListenerConf, ListenerKey, Live, Stats, ALG_SOURCE_IP,
-    CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE,
-    IPPROTO_TCP, LISTENER_F_DRAIN, MAX_POOL_MEMBERS, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TRIES,
+    reason, select, Flow, FlowKey, ListenerConf, ListenerKey, Live, Stats, Sticky, StickyKey,
+    ALG_SOURCE_IP, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
+    FLOW_DIR_REVERSE, IPPROTO_TCP, LISTENER_F_DRAIN, MAX_POOL_MEMBERS, POOL_F_PERSIST_SOURCE,
+    SNAT_TRIES,
 };
 use maps::*;
 use parse::{Frame, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -299,14 +300,60 @@ fn track(flow: *mut Flow, tcp_flags: u8, from_client: bool, now: u64) {
     }
 }
 
+/// A member for a new flow: the one a sticky client address keeps, else `choose`'s. A
+/// subprogram (not inlined): the verifier then sees one result here instead of carrying
+/// every path through persistence and selection into the SNAT loop after it.
+#[inline(never)]
+fn pick_member(listener: &ListenerConf, client_be: u32, now: u64) -> u64 {
+    let r = match sticky_member(listener, client_be, now) {
+        Some(i) => Ok(i),
+        None => choose(listener, client_be, u32::MAX),
+    };
+    encode(r)
+}
+
+/// `choose` for a redispatch, as a subprogram (see `pick_member`).
+#[inline(never)]
+fn pick_other(listener: &ListenerConf, client_be: u32, exclude: u32) -> u64 {
+    encode(choose(listener, client_be, exclude))
+}
+
+/// A subprogram's Result in one register: the member index, or the reason with bit 32 set.
+#[inline(always)]
+fn encode(r: Result<u32, u32>) -> u64 {
+    match r {
+        Ok(i) => i as u64,
+        Err(why) => (1 << 32) | why as u64,
+    }
+}
+
+#[inline(always)]
+fn decode(v: u64) -> Result<u32, u32> {
+    if v >> 32 != 0 {
+        Err(v as u32)
+    } else {
+        Ok(v as u32)
+    }
+}
+
 /// A member for a new (or redispatched) flow: slot index in `MEMBERS`, or a drop reason.
 #[inline(always)]
 fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> Result<u32, u32> {
     let Some(pool) = POOLS.get(listener.pool) else {
         return Err(reason::DROP_NO_MEMBER);
     };
+    let base = listener.pool * MAX_POOL_MEMBERS;
+    // Source hashing: the client's entry in the pool's table (shares by weight, rebuilt by
+    // the daemon on every change); a redispatch, or an entry whose member has just become
+    // unavailable, falls back to the scan from the client's hash.
+    let hash = select::client_hash(client_be);
+    if pool.algorithm == ALG_SOURCE_IP && exclude == u32::MAX {
+        if let Some(i) = source_entry(listener.pool, pool.count, hash) {
+            return Ok(base + i);
+        }
+    }
     let start = if pool.algorithm == ALG_SOURCE_IP {
-        (client_be.wrapping_mul(2_654_435_761)) >> 8
+        hash
     } else {
         match LISTENER_LIVE.get_ptr_mut(listener.index) {
             Some(l) => unsafe {
@@ -317,7 +364,6 @@ fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> Result<u32, 
             None => 0,
         }
     };
-    let base = listener.pool * MAX_POOL_MEMBERS;
     let exclude_slot = if exclude >= base {
         exclude - base
     } else {
@@ -341,6 +387,73 @@ fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> Result<u32, 
         Some(s) => Ok(base + s),
         None => Err(reason::DROP_NO_MEMBER),
     }
+}
+
+/// The slot the pool's source-hashing table gives `hash`, if its member is available.
+#[inline(always)]
+fn source_entry(pool: u32, count: u32, hash: u32) -> Option<u32> {
+    let at = pool * select::SOURCE_TABLE_SIZE + hash % select::SOURCE_TABLE_SIZE;
+    let slot = *SOURCE_TABLE.get(at)? as u32;
+    if slot >= count {
+        return None;
+    }
+    let m = MEMBERS.get(pool * MAX_POOL_MEMBERS + slot)?;
+    let c = select::Candidate {
+        weight: m.weight as u32,
+        flags: m.flags,
+        active: 0,
+    };
+    select::available(&c).then_some(slot)
+}
+
+/// The member a client address sticks to in the listener's pool (source-address
+/// persistence), if it is still within the pool's timeout, configured, enabled and up.
+#[inline(always)]
+fn sticky_member(listener: &ListenerConf, client_be: u32, now: u64) -> Option<u32> {
+    let pool = POOLS.get(listener.pool)?;
+    if pool.flags & POOL_F_PERSIST_SOURCE == 0 {
+        return None;
+    }
+    let key = StickyKey {
+        client_be,
+        pool: listener.pool,
+    };
+    let s = unsafe { STICKY.get(&key) }?;
+    let fresh = pool.persist_timeout_s == 0
+        || now.wrapping_sub(s.last_ns) < pool.persist_timeout_s as u64 * 1_000_000_000;
+    let base = listener.pool * MAX_POOL_MEMBERS;
+    if !fresh || s.member < base || s.member >= base + pool.count {
+        return None;
+    }
+    // As haproxy's: a member drained to weight 0 still takes the clients stuck to it.
+    let m = MEMBERS.get(s.member)?;
+    let c = select::Candidate {
+        weight: 1,
+        flags: m.flags,
+        active: 0,
+    };
+    select::available(&c).then_some(s.member)
+}
+
+/// Remembers the member a client address got (pools with source-address persistence).
+#[inline(always)]
+fn stick(listener: &ListenerConf, client_be: u32, member: u32, now: u64) {
+    let Some(pool) = POOLS.get(listener.pool) else {
+        return;
+    };
+    if pool.flags & POOL_F_PERSIST_SOURCE == 0 {
+        return;
+    }
+    let key = StickyKey {
+        client_be,
+        pool: listener.pool,
+    };
+    let v = Sticky {
+        member,
+        _pad: 0,
+        last_ns: now,
+    };
+    let _ = STICKY.insert(&key, &v, 0);
 }
 
 #[repr(C)]
@@ -541,7 +654,7 @@ fn open_flow<C: Frame>(
             }
         }
     }
-    let idx = choose(listener, pkt.src_be, u32::MAX)?;
+    let idx = decode(pick_member(listener, pkt.src_be, now))?;
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;
     let flow: &mut Flow = unsafe { &mut (*scratch).flow };
     *flow = Flow::default();
@@ -570,6 +683,7 @@ fn open_flow<C: Frame>(
         return Err(reason::DROP_CT_FULL);
     };
     count_open(idx, listener.index);
+    stick(listener, pkt.src_be, idx, now);
     Ok(f)
 }
 
@@ -657,7 +771,7 @@ fn maybe_redispatch<C: Frame>(
         unsafe { (*f).syn_retries = flow.syn_retries };
         return Ok(());
     }
-    let idx = choose(listener, pkt.src_be, flow.member)?;
+    let idx = decode(pick_other(listener, pkt.src_be, flow.member))?;
     if idx == flow.member {
         unsafe { (*f).syn_retries = flow.syn_retries };
         return Ok(());
@@ -672,6 +786,8 @@ fn maybe_redispatch<C: Frame>(
     flow.counted = 1;
     unsafe { *f = *flow };
     count_open(idx, listener.index);
+    // The client sticks to the member that answers now (haproxy's redispatch does so too).
+    stick(listener, pkt.src_be, idx, now);
     // The connection now counts on the new member; the listener saw no new connection.
     if let Some(s) = MEMBER_STATS.get_ptr_mut(old_member) {
         unsafe { (*s).redispatches += 1 };

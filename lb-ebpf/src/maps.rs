@@ -5,13 +5,14 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     reason,
     schema::{SchemaEntry, SCHEMA_ENTRIES},
-    Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats, SweepReport,
-    DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
+    select, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats, Sticky,
+    StickyKey, SweepReport, DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
+    STICKY_ENTRIES,
 };
 
 /// Hash maps allocate on insert and free through RCU: an entry the daemon expires can never be
@@ -83,3 +84,15 @@ pub static SWEEP: Array<SweepReport> = Array::pinned(1, 0);
 /// it: a daemon taking the maps over compares it before it loads anything. No program reads it.
 #[map]
 pub static SCHEMA: Array<SchemaEntry> = Array::pinned(SCHEMA_ENTRIES, 0);
+
+/// (client address, pool) -> the member it sticks to and when it last opened a flow, for
+/// pools with source-address persistence. Least recently used entries are evicted when full
+/// (as a haproxy stick-table of that size); entries past the pool's timeout are ignored.
+#[map]
+pub static STICKY: LruHashMap<StickyKey, Sticky> = LruHashMap::pinned(STICKY_ENTRIES, 0);
+
+/// Per pool, `SOURCE_TABLE_SIZE` member slots for `balance source`: each available member
+/// holds a share by weight (`select::fill_source_table`); the daemon rebuilds a pool's
+/// table whenever a member's weight, state or admin flags change.
+#[map]
+pub static SOURCE_TABLE: Array<u16> = Array::pinned(MAX_POOLS * select::SOURCE_TABLE_SIZE, 0);

@@ -192,6 +192,29 @@ pub struct Pool {
     pub member: Vec<Member>,
     #[serde(default)]
     pub healthmonitor: Option<HealthMonitor>,
+    /// A client address keeps its member across connections (Octavia's session
+    /// persistence; haproxy's `stick on src`).
+    #[serde(default)]
+    pub session_persistence: Option<SessionPersistence>,
+}
+
+#[allow(clippy::upper_case_acronyms, non_camel_case_types)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum PersistenceType {
+    SOURCE_IP,
+    HTTP_COOKIE,
+    APP_COOKIE,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPersistence {
+    #[serde(rename = "type")]
+    pub kind: PersistenceType,
+    /// Seconds a client keeps its member after its last new connection; absent: until the
+    /// table (16384 clients per load balancer, least recently used first) evicts it.
+    #[serde(default)]
+    pub persistence_timeout: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -646,6 +669,15 @@ impl Config {
                 }
                 if let Some(hm) = &pool.healthmonitor {
                     validate_monitor(hm, &format!("{at}.healthmonitor"), rules)?;
+                }
+                if let Some(sp) = &pool.session_persistence {
+                    if sp.kind != PersistenceType::SOURCE_IP {
+                        return Err(invalid(
+                            format!("{at}.session_persistence.type"),
+                            format!("{:?}", sp.kind),
+                            "cookie persistence needs an L7 proxy; lb keeps SOURCE_IP",
+                        ));
+                    }
                 }
                 for (j, m) in pool.member.iter().enumerate() {
                     if let MemberCheck::Own(hm) = &m.check {

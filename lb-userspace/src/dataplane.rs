@@ -18,7 +18,7 @@ use aya::{
 };
 use lb_common::{
     reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats,
-    SweepReport, MAX_LISTENERS, MAX_MEMBERS,
+    SweepReport, MAX_LISTENERS, MAX_MEMBERS, MAX_POOL_MEMBERS,
 };
 
 /// The BPF object built by build.rs (aya-build, pinned nightly).
@@ -380,6 +380,9 @@ pub struct Maps {
     listener_drops: PerCpuArray<MapData, u64>,
     sweep: Array<MapData, SweepReport>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
+    source_table: Array<MapData, u16>,
+    /// What this process last wrote to each pool's `SOURCE_TABLE` (it writes the differences).
+    source_written: std::collections::HashMap<u32, Vec<u16>>,
     pub member_live: LiveArray,
     pub listener_live: LiveArray,
 }
@@ -476,9 +479,52 @@ impl Maps {
                 self.remove_listener(&key)?;
             }
         }
+        for p in &new.pools {
+            self.refresh_source_table(p.index)?;
+        }
         for l in &new.listeners {
             self.set_listener(l.key, l.conf)?;
         }
+        Ok(())
+    }
+
+    /// Rebuilds pool `pool`'s `balance source` table from its members as the data path sees
+    /// them now (weights, health, admin state); nothing for pools of other algorithms. Call
+    /// after any change of a member. Entries change one at a time: a flow opened meanwhile
+    /// gets the old or the new entry, and one whose member just went away falls back to
+    /// the data path's scan.
+    pub fn refresh_source_table(&mut self, pool: u32) -> Result<()> {
+        let e = self.err("POOLS");
+        let conf = self.pools.get(&pool, 0).map_err(e)?;
+        if conf.algorithm != lb_common::ALG_SOURCE_IP {
+            self.source_written.remove(&pool);
+            return Ok(());
+        }
+        let base = pool * MAX_POOL_MEMBERS;
+        let mut members = Vec::with_capacity(conf.count as usize);
+        for slot in 0..conf.count.min(MAX_POOL_MEMBERS) {
+            let m = self.member(base + slot)?;
+            let c = lb_common::select::Candidate {
+                weight: m.weight as u32,
+                flags: m.flags,
+                active: 0,
+            };
+            members.push((slot, c));
+        }
+        let size = lb_common::select::SOURCE_TABLE_SIZE;
+        let mut table = vec![0u16; size as usize];
+        lb_common::select::fill_source_table(&members, &mut table);
+        let old = self.source_written.remove(&pool);
+        for (i, &slot) in table.iter().enumerate() {
+            if old.as_ref().is_some_and(|o| o[i] == slot) {
+                continue;
+            }
+            let e = self.err("SOURCE_TABLE");
+            self.source_table
+                .set(pool * size + i as u32, slot, 0)
+                .map_err(e)?;
+        }
+        self.source_written.insert(pool, table);
         Ok(())
     }
 
@@ -517,6 +563,8 @@ impl Maps {
             listener_drops: open_map(dir, "LISTENER_DROPS")?,
             sweep: open_map(dir, "SWEEP")?,
             conntrack: open_map(dir, "CONNTRACK")?,
+            source_table: open_map(dir, "SOURCE_TABLE")?,
+            source_written: Default::default(),
             member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
             listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
         })

@@ -5,7 +5,7 @@ use std::{collections::HashSet, net::Ipv4Addr};
 use lb_common::{
     ListenerConf, ListenerKey, MemberConf, PoolConf, ALG_LEAST_CONNECTIONS, ALG_ROUND_ROBIN,
     ALG_SOURCE_IP, MAX_LISTENERS, MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP,
-    MEMBER_F_CONFIGURED, MEMBER_F_ENABLED, MEMBER_F_UP,
+    MEMBER_F_CONFIGURED, MEMBER_F_ENABLED, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -155,6 +155,16 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                     Algorithm::ROUND_ROBIN => ALG_ROUND_ROBIN,
                     Algorithm::SOURCE_IP => ALG_SOURCE_IP,
                 },
+                flags: if pool.session_persistence.is_some() {
+                    POOL_F_PERSIST_SOURCE
+                } else {
+                    0
+                },
+                persist_timeout_s: pool
+                    .session_persistence
+                    .as_ref()
+                    .and_then(|p| p.persistence_timeout)
+                    .unwrap_or(0),
             },
         });
     }
@@ -234,6 +244,7 @@ mod tests {
         let want = PoolConf {
             count: 2,
             algorithm: ALG_LEAST_CONNECTIONS,
+            ..Default::default()
         };
         assert_eq!(p.pools[0].conf, want);
         let l = &p.listeners[0];

@@ -167,6 +167,16 @@ impl Agent {
         })
     }
 
+    /// One command on the stats socket (as `socat` or `echo ... | nc -U` sends it): the
+    /// whole answer.
+    pub fn command(&self, line: &str) -> String {
+        let mut s = UnixStream::connect(self.sock()).expect("connect to the stats socket");
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
     /// The driver's `_get_stats_from_socket` + `_parse_stats`: `show stat -1 6 -1`, 1024-byte
     /// reads until a short one, one map per row keyed by the header's names.
     pub fn raw_stats(&self) -> Vec<HashMap<String, String>> {

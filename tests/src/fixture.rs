@@ -66,15 +66,7 @@ impl Env {
         let pin = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
         let mut dp = Dataplane::load(&pin.0, flows).expect("load BPF object");
-        for p in &plan.pools {
-            dp.maps.set_pool(p.index, p.conf).unwrap();
-        }
-        for m in &plan.members {
-            dp.maps.set_member(m.index, m.conf).unwrap();
-        }
-        for l in &plan.listeners {
-            dp.maps.set_listener(l.key, l.conf).unwrap();
-        }
+        dp.maps.write_plan(&plan, None).unwrap();
         Some(Env {
             dp,
             ns,
@@ -144,6 +136,9 @@ impl Env {
         let mut c = self.dp.maps.member(idx).unwrap();
         c.flags = f(c.flags);
         self.dp.maps.set_member(idx, c).unwrap();
+        // As the daemon does after every change of a member.
+        let pool = idx / lb_common::MAX_POOL_MEMBERS;
+        self.dp.maps.refresh_source_table(pool).unwrap();
     }
 
     pub fn flow(&self, client_port: u16) -> Option<Flow> {

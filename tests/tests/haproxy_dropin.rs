@@ -317,6 +317,87 @@ fn refused_configs_name_file_line_and_keyword_and_leave_nothing() {
     );
 }
 
+/// Octavia's SOURCE_IP session persistence as its haproxy template writes it (`stick-table`,
+/// `stick on src`) on a roundrobin backend: the client keeps its member; drained through an
+/// admin-level stats socket it still does (haproxy keeps persistent clients on a drained
+/// server); in maintenance it moves to the other member and sticks there.
+#[test]
+fn stick_on_src_keeps_a_client_on_its_member_and_admin_commands_move_it() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let topo = SeedTopology::new(&[M1, M2]);
+    let mut agent = Agent::new(&topo, &lb_bin(), false);
+    agent.plug(VIP);
+    let conf = v1_conf(&agent, (1, 1), "")
+        .replace("level user", "level admin")
+        .replace(
+            "balance leastconn\n",
+            "balance roundrobin\n        stick-table type ip size 10k expire 30m\n        stick on src\n",
+        );
+    ok(&agent.spawn(&conf));
+    let member_now = || {
+        connect(&topo.client.name, VIP, 22)
+            .expect("connect through the VIP")
+            .member()
+    };
+    let first = member_now();
+    for _ in 0..5 {
+        assert_eq!(member_now(), first, "roundrobin alone would alternate");
+    }
+    let (id, other, other_id) = if first == M1 {
+        (S1, M2, S2)
+    } else {
+        (S2, M1, S1)
+    };
+    let backend = &agent.id;
+    let server = |id: &str| {
+        agent
+            .raw_stats()
+            .into_iter()
+            .find(|r| r["svname"] == id)
+            .unwrap()
+    };
+
+    assert_eq!(
+        agent
+            .command(&format!("set weight {backend}/{id} 0"))
+            .trim(),
+        ""
+    );
+    assert_eq!(server(id)["weight"], "0");
+    for _ in 0..3 {
+        assert_eq!(member_now(), first, "a drained member keeps its clients");
+    }
+
+    assert_eq!(
+        agent
+            .command(&format!("disable server {backend}/{id}"))
+            .trim(),
+        ""
+    );
+    assert_eq!(server(id)["status"], "MAINT");
+    for _ in 0..3 {
+        assert_eq!(member_now(), other, "in maintenance: the other member");
+    }
+    assert_eq!(
+        agent
+            .command(&format!("enable server {backend}/{id}"))
+            .trim(),
+        ""
+    );
+    assert_eq!(
+        agent
+            .command(&format!("set weight {backend}/{id} 1"))
+            .trim(),
+        ""
+    );
+    for _ in 0..3 {
+        assert_eq!(member_now(), other, "and stuck to it now");
+    }
+    assert_eq!(server(other_id)["stot"], "6");
+}
+
 /// An HTTP GET through the VIP from the client: the status code and the body.
 fn http_get(client: &str, port: u16) -> std::io::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};

@@ -966,3 +966,99 @@ fn new_flows_take_snat_ports_in_the_listener_s_range() {
         assert!((20_000..=20_063).contains(&snat), "port {snat}");
     }
 }
+
+/// A SYN from `client`:`port`; the member it reaches.
+fn open_from(env: &mut Env, client: Ipv4Addr, port: u16) -> Ipv4Addr {
+    let syn = Tcp::new(client, port, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    Tcp::parse(&out).unwrap().dst
+}
+
+/// `SOURCE_IP` (haproxy's `balance source`) is weighted: 400 clients on weights 1 and 3
+/// split about 100/300, and each client keeps its member; while one member is down every
+/// client goes to the other, and comes back to its own when it is up again.
+#[test]
+fn source_hashing_follows_the_weights_and_keeps_each_client_on_its_member() {
+    let cfg = include_str!("../../examples/seed.toml")
+        .replace("LEAST_CONNECTIONS", "SOURCE_IP")
+        .replacen("weight = 1", "weight = 3", 1);
+    // Four flows from each of 400 clients.
+    let Some(mut env) = Env::with_capacity(&cfg, 8192) else {
+        return;
+    };
+    let client = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 0, 0)) + i);
+    let mut first = Vec::new();
+    for i in 0..400u32 {
+        let m = open_from(&mut env, client(i), 40_000);
+        assert_eq!(
+            open_from(&mut env, client(i), 40_001),
+            m,
+            "{} keeps its member",
+            client(i)
+        );
+        first.push(m);
+    }
+    let on_m1 = first.iter().filter(|&&m| m == M1).count();
+    assert!(
+        (270..=330).contains(&on_m1),
+        "weight 3 of 4 took {on_m1} of 400"
+    );
+    env.set_member_flags(M1, |f| f & !MEMBER_F_UP);
+    for i in 0..400u32 {
+        assert_ne!(open_from(&mut env, client(i), 40_002), M1, "M1 is down");
+    }
+    env.set_member_flags(M1, |f| f | MEMBER_F_UP);
+    for (i, &m) in (0..400u32).zip(&first) {
+        assert_eq!(open_from(&mut env, client(i), 40_003), m, "back to its own");
+    }
+}
+
+/// `stick on src` / SOURCE_IP persistence: a client keeps the member least connections gave
+/// it, however the load shifts, while that member is up (drained too); then it sticks to the
+/// next one.
+#[test]
+fn source_persistence_keeps_a_client_on_its_member_while_it_is_up() {
+    let cfg = include_str!("../../examples/seed.toml").replace(
+        "lb_algorithm = \"LEAST_CONNECTIONS\"",
+        "lb_algorithm = \"LEAST_CONNECTIONS\"\nsession_persistence = { type = \"SOURCE_IP\", persistence_timeout = 60 }",
+    );
+    let Some(mut env) = Env::new(&cfg) else {
+        return;
+    };
+    let sticky = Ipv4Addr::new(192, 168, 7, 7);
+    let first = open_from(&mut env, sticky, 41_000);
+    // Others load that member: least connections alone would send the next one elsewhere.
+    for p in 0..6 {
+        let other = Ipv4Addr::new(192, 168, 8, p as u8);
+        let _ = open_from(&mut env, other, 42_000 + p);
+    }
+    for p in 1..5 {
+        assert_eq!(
+            open_from(&mut env, sticky, 41_000 + p),
+            first,
+            "sticks while up"
+        );
+    }
+    // Drained to weight 0 (haproxy's `set weight` 0, `state drain`): still sticks.
+    let idx = env.member_index(first);
+    let mut conf = env.dp.maps.member(idx).unwrap();
+    let weight = conf.weight;
+    conf.weight = 0;
+    env.dp.maps.set_member(idx, conf).unwrap();
+    assert_eq!(
+        open_from(&mut env, sticky, 41_050),
+        first,
+        "sticks while drained"
+    );
+    conf.weight = weight;
+    env.dp.maps.set_member(idx, conf).unwrap();
+    env.set_member_flags(first, |f| f & !MEMBER_F_UP);
+    let next = open_from(&mut env, sticky, 41_100);
+    assert_ne!(next, first, "a member that is down is not kept");
+    env.set_member_flags(first, |f| f | MEMBER_F_UP);
+    assert_eq!(
+        open_from(&mut env, sticky, 41_101),
+        next,
+        "now it sticks to the new one"
+    );
+}

@@ -552,6 +552,9 @@ impl Instance {
             conf.flags &= !MEMBER_F_UP;
         }
         self.dp.maps.set_member(t.member_index, conf)?;
+        self.dp
+            .maps
+            .refresh_source_table(t.member_index / lb_common::MAX_POOL_MEMBERS)?;
         Ok(())
     }
 
@@ -584,9 +587,11 @@ impl Instance {
             }
             super::MemberChange::Maint => conf.flags &= !lb_common::MEMBER_F_ENABLED,
         }
+        let pool = m.index / lb_common::MAX_POOL_MEMBERS;
         self.dp
             .maps
             .set_member(m.index, conf)
+            .and_then(|()| self.dp.maps.refresh_source_table(pool))
             .map_err(|e| e.to_string())
     }
 

@@ -18,7 +18,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use super::config::{Balance, CheckKind, HaConfig, Proxy, Refusal, Server, StatsSocket};
 use crate::config::{
     Algorithm, Config, Daemon, HealthMonitor, HttpExpect, Listener, LoadBalancer, Member,
-    MemberCheck, MonitorType, Pool, Port, Protocol,
+    MemberCheck, MonitorType, PersistenceType, Pool, Port, Protocol, SessionPersistence,
 };
 
 /// What the drop-in needs to know of the network namespace it runs in.
@@ -212,13 +212,33 @@ pub fn convert(
 }
 
 fn pool(b: &Proxy) -> Result<Pool, Refusal> {
-    if b.stick_on_src || b.stick.is_some() {
-        return Err(refusal(
-            &b.at,
-            "stick on src",
-            "not yet supported by lb (source-address persistence)",
-        ));
-    }
+    let session_persistence = match (&b.stick, b.stick_on_src) {
+        (None, false) | (Some(_), false) => None,
+        (Some(t), true) => {
+            if t.size > lb_common::STICKY_ENTRIES as u64 {
+                return Err(refusal(
+                    &b.at,
+                    "stick-table",
+                    format!(
+                        "size {}: lb's table holds {} client addresses per load balancer",
+                        t.size,
+                        lb_common::STICKY_ENTRIES
+                    ),
+                ));
+            }
+            Some(SessionPersistence {
+                kind: PersistenceType::SOURCE_IP,
+                persistence_timeout: t.expire.map(|e| e.as_secs().max(1) as u32),
+            })
+        }
+        (None, true) => {
+            return Err(refusal(
+                &b.at,
+                "stick on src",
+                "needs a 'stick-table type ip size N' in the same backend",
+            ))
+        }
+    };
     let backups = b.servers.iter().filter(|s| s.params.backup).count();
     if backups > 1 && !b.params.allbackups {
         let second = b
@@ -263,6 +283,7 @@ fn pool(b: &Proxy) -> Result<Pool, Refusal> {
         },
         member,
         healthmonitor: pool_monitor,
+        session_persistence,
     })
 }
 
@@ -493,10 +514,23 @@ backend p1
         );
         let e = conv(&SEED.replace(
             "balance leastconn",
-            "balance leastconn\n        stick-table type ip size 10k\n        stick on src",
+            "balance leastconn\n        stick on src",
         ))
         .unwrap_err();
-        assert_eq!(e.keyword, "stick on src");
+        assert_eq!(e.keyword, "stick on src", "no table");
+        let d = conv(&SEED.replace(
+            "balance leastconn",
+            "balance leastconn\n        stick-table type ip size 10k expire 30m\n        stick on src",
+        ))
+        .unwrap();
+        let sp = d.config.loadbalancer[0].pool[0]
+            .session_persistence
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (sp.kind, sp.persistence_timeout),
+            (PersistenceType::SOURCE_IP, Some(1800))
+        );
     }
 
     #[test]
