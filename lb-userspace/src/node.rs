@@ -102,8 +102,13 @@ pub fn same_netns(ns: &str) -> bool {
     here.is_some() && here == id(&netns_path(ns))
 }
 
-/// Moves the calling thread into namespace `ns`. Only call on a thread you own.
+/// Moves the calling thread into namespace `ns` (nothing to do if it is there already: a
+/// drop-in daemon that gave up CAP_SYS_ADMIN runs in its load balancer's namespace). Only
+/// call on a thread you own.
 pub fn enter(ns: &str) -> Result<()> {
+    if same_netns(ns) {
+        return Ok(());
+    }
     setns(open_netns(ns)?, CloneFlags::CLONE_NEWNET).map_err(|e| NodeError::Enter {
         ns: ns.into(),
         source: e.into(),

@@ -102,6 +102,43 @@ fn ok(out: &std::process::Output) {
     );
 }
 
+/// `user nobody` / `group nogroup`: every thread of the daemon runs as 65534 with the
+/// capabilities the README names, in every set, and nothing more.
+fn assert_runs_as_nobody_with_only_the_kept_capabilities(pid: u32) {
+    let kept = lb::haproxy::privileges::KEPT
+        .iter()
+        .fold(0u64, |m, (c, _)| m | c.bitmask());
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(tasks.len() > 2, "threads: {tasks:?}");
+    for t in tasks {
+        let status = std::fs::read_to_string(t.join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(field("Uid:"), vec!["65534"; 4], "{}", t.display());
+        let nogroup = nix::unistd::Group::from_name("nogroup")
+            .unwrap()
+            .unwrap()
+            .gid
+            .to_string();
+        assert_eq!(field("Gid:"), vec![nogroup; 4], "{}", t.display());
+        assert!(field("Groups:").is_empty(), "{}", t.display());
+        for set in ["CapPrm:", "CapEff:", "CapBnd:"] {
+            let v = u64::from_str_radix(&field(set)[0], 16).unwrap();
+            assert_eq!(v, kept, "{set} of {}: {v:x}", t.display());
+        }
+    }
+}
+
 #[test]
 fn the_agent_creates_polls_updates_and_undeploys_the_seed_load_balancer() {
     if !integration_tests::require_root() {
@@ -118,6 +155,7 @@ fn the_agent_creates_polls_updates_and_undeploys_the_seed_load_balancer() {
         "the pid file's process names the load balancer"
     );
     assert!(agent.exists());
+    assert_runs_as_nobody_with_only_the_kept_capabilities(agent.pids()[0]);
     let c = connect(&topo.client.name, VIP, 22).expect("connect through the VIP");
     let m = c.member();
     drop(c);
@@ -236,6 +274,84 @@ fn an_http_monitored_member_answering_500_goes_down() {
     });
 }
 
+/// `option ssl-hello-chk` (the v2 driver's HTTPS monitor): a member running a real TLS
+/// server (`openssl s_server`) is L6OK; one answering in plain HTTP is not, and is DOWN.
+#[test]
+fn a_tls_hello_check_tells_a_tls_member_from_a_plain_one() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let topo = SeedTopology::new(&[M1, M2]);
+    let dir = std::env::temp_dir().join(integration_tests::unique("tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=member", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _tls = Kill(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &topo.members[0].ns.name,
+                "openssl",
+                "s_server",
+            ])
+            .args(["-quiet", "-accept", "10.0.0.2:8443", "-key"])
+            .arg(&key)
+            .arg("-cert")
+            .arg(&cert)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server"),
+    );
+    let _plain = HttpServer::start(&topo.members[1].ns, M2, 8443);
+    let mut agent = Agent::new(&topo, &lb_bin(), false);
+    agent.plug(VIP);
+    let conf = v2_conf(&agent, 8443).replace(
+        "    option httpchk GET /health\n    http-check expect rstatus 200|202\n",
+        "    option ssl-hello-chk\n",
+    );
+    ok(&agent.spawn(&conf));
+    let m = wait_for("both members checked", Duration::from_secs(15), || {
+        let (_, m) = agent.stats();
+        (m.len() == 2 && m[S1]["health"] == "L6OK" && m[S2]["status"] == "INACTIVE").then_some(m)
+    });
+    assert_eq!(m[S1]["status"], "ACTIVE");
+    assert!(
+        ["L6RSP", "L6TOUT"].contains(&m[S2]["health"].as_str()),
+        "{:?}",
+        m[S2]
+    );
+    // Through the VIP, passthrough: the TLS member's handshake completes end to end.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &topo.client.name, "openssl", "s_client"])
+        .args(["-connect", "10.0.0.250:8443", "-brief"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CONNECTION ESTABLISHED"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn lb_stats_on_the_host_and_in_another_namespace_lists_what_the_agent_started() {
     if !integration_tests::require_root() {
@@ -297,6 +413,15 @@ fn refused_configs_name_file_line_and_keyword_and_leave_nothing() {
     // A VIP the namespace does not hold: refused before anything is made.
     let out = agent.spawn(&v1_conf(&agent, (1, 1), "").replace("10.0.0.250:22", "10.0.0.251:22"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds 10.0.0.251"));
+    // A user that does not exist: refused, by -c as well.
+    let ghost = v1_conf(&agent, (1, 1), "").replace("user nobody", "user lb-no-such-user");
+    let out = agent.spawn(&ghost);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown user 'lb-no-such-user'"), "{err}");
+    let out = agent.haproxy(&["-c", "-f", &agent.conf().display().to_string()], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown user 'lb-no-such-user'"));
     assert!(
         agent.remains().is_empty(),
         "left behind: {:?}",
@@ -330,12 +455,17 @@ fn stick_on_src_keeps_a_client_on_its_member_and_admin_commands_move_it() {
     let mut agent = Agent::new(&topo, &lb_bin(), false);
     agent.plug(VIP);
     let conf = v1_conf(&agent, (1, 1), "")
-        .replace("level user", "level admin")
+        .replace("level user", "level admin user root group nogroup")
         .replace(
             "balance leastconn\n",
             "balance roundrobin\n        stick-table type ip size 10k expire 30m\n        stick on src\n",
         );
     ok(&agent.spawn(&conf));
+    // The socket's owner as configured, although the daemon runs as nobody.
+    let meta = std::fs::metadata(agent.sock()).unwrap();
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!((meta.uid(), meta.gid()), (0, nogroup.gid.as_raw()));
     let member_now = || {
         connect(&topo.client.name, VIP, 22)
             .expect("connect through the VIP")

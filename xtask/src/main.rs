@@ -17,7 +17,14 @@ const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.10.3";
 /// What the tests and the demo run: ip, ethtool (checksum offload off on test veths),
 /// sysctl, nsenter; the real haproxy, which the drop-in hands L7 configurations to.
-const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "util-linux", "haproxy"];
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "procps",
+    "util-linux",
+    "haproxy",
+    "openssl",
+];
 /// What the benchmark drives and compares against, besides the test packages.
 const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "iperf3", "nftables"];
 

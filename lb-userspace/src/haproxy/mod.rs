@@ -9,6 +9,7 @@ pub mod args;
 pub mod config;
 pub mod convert;
 pub mod namespace;
+pub mod privileges;
 pub mod run;
 pub mod stats_socket;
 pub mod syslog;

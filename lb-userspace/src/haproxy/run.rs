@@ -28,7 +28,7 @@ use super::{
     args::Args,
     convert::{self, DropIn},
     namespace::{self, Anywhere, Here},
-    stats_socket,
+    privileges, stats_socket,
 };
 use crate::daemon::{self, Embedding, Source};
 
@@ -113,7 +113,10 @@ pub fn main(argv: Vec<String>) -> i32 {
         return hand_off(l7, &argv);
     }
     if args.check {
-        return match convert::convert(&cfg, "check", "check", &Anywhere) {
+        let checked = convert::convert(&cfg, "check", "check", &Anywhere)
+            .map_err(|e| e.to_string())
+            .and_then(|d| privileges::resolve(d.user.as_deref(), d.group.as_deref()));
+        return match checked {
             Ok(_) => {
                 if !args.quiet {
                     println!("Configuration file is valid");
@@ -287,6 +290,23 @@ fn init_logging(daemon: bool) {
 }
 
 fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow::Result<()> {
+    // Replacing a real HAProxy: keep new flows' SNAT ports clear of its ports until it has
+    // ended and members' TIME_WAIT (60 s) with it. (Read as root: another user's
+    // /proc/<pid>/exe is not readable without CAP_SYS_PTRACE.)
+    let haproxies = real_haproxies(&args.old_pids());
+    // What needs more than the daemon keeps, while this is the only thread.
+    crate::daemon::ensure_bpffs(Path::new(&drop_in.config.daemon.bpffs))?;
+    let creds = privileges::resolve(drop_in.user.as_deref(), drop_in.group.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    // The stats sockets are bound as root, as haproxy binds them before it changes user.
+    let bound = drop_in
+        .sockets
+        .iter()
+        .map(|s| {
+            stats_socket::bind(s).with_context(|| format!("stats socket {}", s.path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    privileges::drop_to(&creds).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -296,12 +316,10 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
     let (requests_tx, requests) = tokio::sync::mpsc::unbounded_channel();
     let pidfile = args.pidfile.clone();
     let sockets = drop_in.sockets.clone();
+    let bound = std::sync::Mutex::new(bound);
     let (finish, terminate) = (args.finish.clone(), args.terminate.clone());
     let maxconn = drop_in.global_maxconn;
     let ha = drop_in.haproxy.clone();
-    // Replacing a real HAProxy: keep new flows' SNAT ports clear of its ports until it has
-    // ended and members' TIME_WAIT (60 s) with it.
-    let haproxies = real_haproxies(&args.old_pids());
     let snat_ports = if haproxies.is_empty() {
         None
     } else {
@@ -316,8 +334,8 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
             write_pidfile(p, me)?;
         }
         let _enter = handle.enter();
-        for s in &sockets {
-            stats_socket::serve(s, &ha, running, requests_tx.clone(), maxconn)
+        for (s, b) in sockets.iter().zip(bound.lock().unwrap().drain(..)) {
+            stats_socket::serve(b, &ha, running, requests_tx.clone(), maxconn)
                 .with_context(|| format!("stats socket {}", s.path.display()))?;
         }
         if let Some(range) = snat_ports {

@@ -860,11 +860,69 @@ async fn connection(
     let _ = c.shutdown().await;
 }
 
-/// Opens the stats socket `s` for the load balancers `running` (the drop-in runs one):
-/// bound under a temporary name, given its mode and owner, then renamed into place, so the
-/// path always answers (across `-sf` too). Starts the sampler behind `smax` and the rates.
+/// A stats socket bound under a temporary name next to its path, with its mode and owner:
+/// made before the daemon gives up root (as haproxy binds before `setuid`), moved into
+/// place by [`serve`] once the load balancer serves. Dropped unserved, it is removed.
+pub struct Bound {
+    path: PathBuf,
+    tmp: PathBuf,
+    level: Level,
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Binds stats socket `s` under a temporary name (see [`Bound`]).
+pub fn bind(s: &StatsSocket) -> anyhow::Result<Bound> {
+    let tmp = s.path.with_file_name(format!(
+        ".{}.{}.tmp",
+        file_name(&s.path),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = std::os::unix::net::UnixListener::bind(&tmp)
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", tmp.display()))?;
+    let bound = Bound {
+        path: s.path.clone(),
+        tmp: tmp.clone(),
+        level: s.level,
+        listener: Some(listener),
+    };
+    if let Some(mode) = s.mode {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    }
+    if s.uid.is_some() || s.gid.is_some() {
+        let uid = s.uid.as_deref().and_then(|u| {
+            nix::unistd::User::from_name(u)
+                .ok()
+                .flatten()
+                .map(|u| u.uid)
+                .or_else(|| u.parse().ok().map(nix::unistd::Uid::from_raw))
+        });
+        let gid = s.gid.as_deref().and_then(|g| {
+            nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .map(|g| g.gid)
+                .or_else(|| g.parse().ok().map(nix::unistd::Gid::from_raw))
+        });
+        nix::unistd::chown(&tmp, uid, gid)?;
+    }
+    Ok(bound)
+}
+
+/// Serves bound socket `b` for the load balancers `running` (the drop-in runs one): renamed
+/// into place, so the path always answers (across `-sf` too). Starts the sampler behind
+/// `smax` and the rates.
 pub fn serve(
-    s: &StatsSocket,
+    mut b: Bound,
     ha: &HaConfig,
     running: &[Instance],
     requests: UnboundedSender<Request>,
@@ -891,40 +949,12 @@ pub fn serve(
             view.samples = Arc::new(Mutex::new(prev));
         }
     }
-    let tmp = s.path.with_file_name(format!(
-        ".{}.{}.tmp",
-        file_name(&s.path),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = std::os::unix::net::UnixListener::bind(&tmp)
-        .map_err(|e| anyhow::anyhow!("binding {}: {e}", tmp.display()))?;
-    if let Some(mode) = s.mode {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    }
-    if s.uid.is_some() || s.gid.is_some() {
-        let uid = s.uid.as_deref().and_then(|u| {
-            nix::unistd::User::from_name(u)
-                .ok()
-                .flatten()
-                .map(|u| u.uid)
-                .or_else(|| u.parse().ok().map(nix::unistd::Uid::from_raw))
-        });
-        let gid = s.gid.as_deref().and_then(|g| {
-            nix::unistd::Group::from_name(g)
-                .ok()
-                .flatten()
-                .map(|g| g.gid)
-                .or_else(|| g.parse().ok().map(nix::unistd::Gid::from_raw))
-        });
-        nix::unistd::chown(&tmp, uid, gid)?;
-    }
-    std::fs::rename(&tmp, &s.path)
-        .map_err(|e| anyhow::anyhow!("moving the socket to {}: {e}", s.path.display()))?;
+    std::fs::rename(&b.tmp, &b.path)
+        .map_err(|e| anyhow::anyhow!("moving the socket to {}: {e}", b.path.display()))?;
+    let listener = b.listener.take().expect("served once");
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
-    let level = s.level;
+    let level = b.level;
     let v = view.clone();
     tokio::spawn(async move {
         loop {
