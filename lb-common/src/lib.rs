@@ -173,8 +173,12 @@ pub struct ListenerConf {
     /// range.
     pub snat_min: u16,
     pub snat_max: u16,
+    /// Connections open on all listeners of the load balancer together (haproxy's global
+    /// `maxconn`); 0 = unlimited. Every listener carries the same value.
+    pub total_limit: u32,
+    pub _pad: u32,
 }
-assert_size!(ListenerConf, 40);
+assert_size!(ListenerConf, 48);
 
 impl ListenerConf {
     /// The SNAT port range of this listener's new flows.

@@ -107,7 +107,7 @@ macro_rules! layout {
 
 const LISTENER_KEY: u32 = layout!(ListenerKey; vip_be, port_be, proto, _pad);
 const LISTENER_CONF: u32 = layout!(ListenerConf; index, pool, connection_limit, retries,
-    timeout_member_connect_ns, timeout_data_ns, flags, snat_min, snat_max);
+    timeout_member_connect_ns, timeout_data_ns, flags, snat_min, snat_max, total_limit, _pad);
 const POOL_CONF: u32 = layout!(PoolConf; count, algorithm, flags, persist_timeout_s);
 const STICKY_KEY: u32 = layout!(StickyKey; client_be, pool);
 const STICKY: u32 = layout!(Sticky; member, _pad, last_ns);
@@ -139,8 +139,8 @@ const U16: u32 = fnv(&[2, 2]);
 pub const MAPS: &[MapSchema] = &[
     MapSchema {
         name: "LISTENERS",
-        // 2: ListenerConf::flags (draining); 3: snat_min/snat_max.
-        version: 3,
+        // 2: ListenerConf::flags (draining); 3: snat_min/snat_max; 4: total_limit.
+        version: 4,
         layout: mix(LISTENER_KEY, LISTENER_CONF),
     },
     MapSchema {
@@ -221,7 +221,7 @@ mod tests {
     #[test]
     fn schema_versions_follow_layouts() {
         let recorded: &[(&str, u32, u32)] = &[
-            ("LISTENERS", 3, 0xcb04_8b8d),
+            ("LISTENERS", 4, 0xab74_7c97),
             ("POOLS", 2, 0xf8c3_bd53),
             ("STICKY", 1, 0xf092_f559),
             ("SOURCE_TABLE", 1, 0x2e06_bff9),

@@ -29,8 +29,8 @@ use aya_ebpf::{
 use lb_common::{
     reason, select, Flow, FlowKey, ListenerConf, ListenerKey, Live, Stats, Sticky, StickyKey,
     ALG_SOURCE_IP, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
-    FLOW_DIR_REVERSE, IPPROTO_TCP, LISTENER_F_DRAIN, MAX_POOL_MEMBERS, POOL_F_PERSIST_SOURCE,
-    SNAT_TRIES,
+    FLOW_DIR_REVERSE, IPPROTO_TCP, LISTENER_F_DRAIN, MAX_LISTENERS, MAX_POOL_MEMBERS,
+    POOL_F_PERSIST_SOURCE, SNAT_TRIES,
 };
 use maps::*;
 use parse::{Frame, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -456,6 +456,33 @@ fn stick(listener: &ListenerConf, client_be: u32, member: u32, now: u64) {
     let _ = STICKY.insert(&key, &v, 0);
 }
 
+/// Connections open on all listeners of the load balancer (this object's maps serve one).
+#[inline(always)]
+fn open_connections() -> i64 {
+    let mut sum: i64 = 0;
+    unsafe {
+        bpf_loop(
+            MAX_LISTENERS,
+            add_active as *mut c_void,
+            &raw mut sum as *mut c_void,
+            0,
+        );
+    }
+    sum
+}
+
+/// `bpf_loop` callback: adds listener `i`'s open connections to the sum at `ctx`.
+#[inline(never)]
+extern "C" fn add_active(i: u32, ctx: *mut c_void) -> i64 {
+    let sum = unsafe { &mut *(ctx as *mut i64) };
+    if let Some(l) = LISTENER_LIVE.get(i) {
+        if l.active > 0 {
+            *sum += l.active;
+        }
+    }
+    0
+}
+
 #[repr(C)]
 struct Selection {
     picker: select::Picker,
@@ -653,6 +680,9 @@ fn open_flow<C: Frame>(
                 return Err(reason::DROP_CONN_LIMIT);
             }
         }
+    }
+    if listener.total_limit != 0 && open_connections() >= listener.total_limit as i64 {
+        return Err(reason::DROP_CONN_LIMIT);
     }
     let idx = decode(pick_member(listener, pkt.src_be, now))?;
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;

@@ -24,6 +24,14 @@ pub enum ConfigError {
     },
 }
 
+/// A connection limit: -1 (unlimited) or a positive number that fits the data path's u32.
+fn check_limit(at: &str, v: i64) -> Result<(), ConfigError> {
+    if v < -1 || v == 0 || v > u32::MAX as i64 {
+        return Err(invalid(at, v, "-1 (unlimited) or a positive number"));
+    }
+    Ok(())
+}
+
 fn invalid(
     field: impl Into<String>,
     value: impl ToString,
@@ -96,6 +104,10 @@ pub struct LoadBalancer {
     #[serde(default = "default_prefix")]
     pub vip_prefixlen: u8,
     pub port: Port,
+    /// Connections open on all its listeners together (haproxy's global `maxconn`);
+    /// -1 = unlimited.
+    #[serde(default = "minus_one")]
+    pub connection_limit: i64,
     #[serde(default)]
     pub listener: Vec<Listener>,
     #[serde(default)]
@@ -456,6 +468,7 @@ impl Config {
         for (i, lb) in self.loadbalancer.iter().enumerate() {
             let at = format!("loadbalancer[{i}]");
             check_id(format!("{at}.id"), &lb.id)?;
+            check_limit(&format!("{at}.connection_limit"), lb.connection_limit)?;
             if lb.namespace().len() > 200 {
                 return Err(invalid(
                     format!("{at}.id"),
@@ -571,16 +584,7 @@ impl Config {
                         "60000-65535 is the namespace's local port range",
                     ));
                 }
-                if l.connection_limit < -1
-                    || l.connection_limit == 0
-                    || l.connection_limit > u32::MAX as i64
-                {
-                    return Err(invalid(
-                        format!("{at}.connection_limit"),
-                        l.connection_limit,
-                        "-1 (unlimited) or a positive number",
-                    ));
-                }
+                check_limit(&format!("{at}.connection_limit"), l.connection_limit)?;
                 for (name, v) in [
                     ("timeout_client_data", l.timeout_client_data),
                     ("timeout_member_connect", l.timeout_member_connect),

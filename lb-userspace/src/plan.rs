@@ -212,11 +212,9 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
             conf: ListenerConf {
                 index,
                 pool: pool_index,
-                connection_limit: if l.connection_limit < 0 {
-                    0
-                } else {
-                    l.connection_limit as u32
-                },
+                connection_limit: l.connection_limit.max(0) as u32,
+                total_limit: lb.connection_limit.max(0) as u32,
+                _pad: 0,
                 retries: l.retries,
                 timeout_member_connect_ns: l.timeout_member_connect * MS,
                 // A flow idle in both directions ends when the first of HAProxy's client and

@@ -343,6 +343,44 @@ fn connection_limit_is_enforced() {
     assert_eq!(drops.iter().sum::<u64>(), 1);
 }
 
+/// The load balancer's limit (haproxy's global `maxconn`) counts every listener's open
+/// connections together.
+#[test]
+fn the_load_balancer_s_limit_counts_all_listeners() {
+    let seed = include_str!("../../examples/seed.toml");
+    let second = seed
+        .split("[[loadbalancer.listener]]")
+        .nth(1)
+        .unwrap()
+        .split("[[loadbalancer.pool]]")
+        .next()
+        .unwrap()
+        .replace("df25900f", "0000900f")
+        .replace("protocol_port = 22", "protocol_port = 2222");
+    let cfg = seed
+        .replace(
+            "vip_prefixlen = 24\n",
+            "vip_prefixlen = 24\nconnection_limit = 3\n",
+        )
+        .replace(
+            "[[loadbalancer.pool]]",
+            &format!("[[loadbalancer.listener]]{second}[[loadbalancer.pool]]"),
+        );
+    let Some(mut env) = Env::new(&cfg) else {
+        return;
+    };
+    let syn = |port: u16, listener: u16| {
+        Tcp::new(CLIENT, port, VIP, listener, TCP_SYN)
+            .macs(CLIENT_MAC, PORT_MAC)
+            .build()
+    };
+    env.expect(&syn(45000, 22), XDP_TX, reason::TX_TO_MEMBER);
+    env.expect(&syn(45001, 2222), XDP_TX, reason::TX_TO_MEMBER);
+    env.expect(&syn(45002, 2222), XDP_TX, reason::TX_TO_MEMBER);
+    env.expect(&syn(45003, 22), XDP_DROP, reason::DROP_CONN_LIMIT);
+    env.expect(&syn(45004, 2222), XDP_DROP, reason::DROP_CONN_LIMIT);
+}
+
 #[test]
 fn sweep_expires_idle_flows_and_corrects_drift() {
     let Some(mut env) = Env::seed() else { return };

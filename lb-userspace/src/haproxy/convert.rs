@@ -11,7 +11,8 @@
 //! | `check`, `inter`, `rise`, `fall`, `port`, `addr`, `timeout check`, `option httpchk`, `http-check expect`, `option ssl-hello-chk` | the member's monitor (TCP, HTTP, TLS-HELLO) |
 //! | `timeout connect / client / server` | `timeout_member_connect / timeout_client_data / timeout_member_data` |
 //! | `retries` (+ `option redispatch`, which lb always does) | `retries` |
-//! | `maxconn` (frontend, capped by global) | `connection_limit` |
+//! | `maxconn` (frontend, capped by global) | the listener's `connection_limit` |
+//! | `maxconn` (global) | the load balancer's `connection_limit` (all listeners together) |
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -187,6 +188,7 @@ pub fn convert(
             mac: None,
             gateway: None,
         },
+        connection_limit: cfg.global.maxconn.map_or(-1, |m| m as i64),
         listener: listeners,
         pool: pools,
     };
@@ -457,6 +459,10 @@ backend p1
         let d = conv(text).unwrap();
         let lb = &d.config.loadbalancer[0];
         assert_eq!(lb.listener[0].connection_limit, 100);
+        assert_eq!(
+            lb.connection_limit, 2000,
+            "global maxconn: all listeners together"
+        );
         let p = &lb.pool[0];
         assert_eq!(p.lb_algorithm, Algorithm::ROUND_ROBIN);
         let m = p.healthmonitor.as_ref().unwrap();
