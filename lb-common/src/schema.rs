@@ -132,7 +132,6 @@ const REASONS: u32 = {
 };
 const U32: u32 = fnv(&[4, 4]);
 const U64: u32 = fnv(&[8, 8]);
-const U16: u32 = fnv(&[2, 2]);
 
 /// Every pinned map of a load balancer, with its version and layout. Keep in sync with
 /// `lb-ebpf/src/maps.rs` (a test checks that every pinned map of the object is here).
@@ -156,8 +155,12 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "SOURCE_TABLE",
-        version: 1,
-        layout: mix(crate::select::SOURCE_TABLE_SIZE, U16),
+        // 2: one value per pool (the whole table) instead of one per entry.
+        version: 2,
+        layout: mix(
+            U32,
+            fnv(&[crate::select::SOURCE_TABLE_SIZE as usize * 2, 2]),
+        ),
     },
     MapSchema {
         name: "MEMBERS",
@@ -224,7 +227,7 @@ mod tests {
             ("LISTENERS", 4, 0xab74_7c97),
             ("POOLS", 2, 0xf8c3_bd53),
             ("STICKY", 1, 0xf092_f559),
-            ("SOURCE_TABLE", 1, 0x2e06_bff9),
+            ("SOURCE_TABLE", 2, 0x5b73_21e3),
             ("MEMBERS", 1, 0xfb78_4c8f),
             ("MEMBER_LIVE", 1, 0x8ac6_259f),
             ("LISTENER_LIVE", 1, 0x5aa4_6a3e),

@@ -392,8 +392,8 @@ fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> Result<u32, 
 /// The slot the pool's source-hashing table gives `hash`, if its member is available.
 #[inline(always)]
 fn source_entry(pool: u32, count: u32, hash: u32) -> Option<u32> {
-    let at = pool * select::SOURCE_TABLE_SIZE + hash % select::SOURCE_TABLE_SIZE;
-    let slot = *SOURCE_TABLE.get(at)? as u32;
+    let table = SOURCE_TABLE.get(pool)?;
+    let slot = table[(hash % select::SOURCE_TABLE_SIZE) as usize] as u32;
     if slot >= count {
         return None;
     }

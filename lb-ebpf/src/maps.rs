@@ -92,7 +92,8 @@ pub static SCHEMA: Array<SchemaEntry> = Array::pinned(SCHEMA_ENTRIES, 0);
 pub static STICKY: LruHashMap<StickyKey, Sticky> = LruHashMap::pinned(STICKY_ENTRIES, 0);
 
 /// Per pool, `SOURCE_TABLE_SIZE` member slots for `balance source`: each available member
-/// holds a share by weight (`select::fill_source_table`); the daemon rebuilds a pool's
-/// table whenever a member's weight, state or admin flags change.
+/// holds a share by weight (`select::fill_source_table`); the daemon rewrites a pool's
+/// table (one value, one syscall) whenever a member's weight, state or admin flags change.
 #[map]
-pub static SOURCE_TABLE: Array<u16> = Array::pinned(MAX_POOLS * select::SOURCE_TABLE_SIZE, 0);
+pub static SOURCE_TABLE: Array<[u16; select::SOURCE_TABLE_SIZE as usize]> =
+    Array::pinned(MAX_POOLS, 0);

@@ -380,8 +380,9 @@ pub struct Maps {
     listener_drops: PerCpuArray<MapData, u64>,
     sweep: Array<MapData, SweepReport>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
-    source_table: Array<MapData, u16>,
-    /// What this process last wrote to each pool's `SOURCE_TABLE` (it writes the differences).
+    source_table: Array<MapData, [u16; lb_common::select::SOURCE_TABLE_SIZE as usize]>,
+    /// What this process last wrote to each pool's `SOURCE_TABLE` (unchanged tables are not
+    /// written again).
     source_written: std::collections::HashMap<u32, Vec<u16>>,
     pub member_live: LiveArray,
     pub listener_live: LiveArray,
@@ -490,8 +491,8 @@ impl Maps {
 
     /// Rebuilds pool `pool`'s `balance source` table from its members as the data path sees
     /// them now (weights, health, admin state); nothing for pools of other algorithms. Call
-    /// after any change of a member. Entries change one at a time: a flow opened meanwhile
-    /// gets the old or the new entry, and one whose member just went away falls back to
+    /// after any change of a member. The table is one map value, written in one syscall; a
+    /// flow opened meanwhile whose entry names a member that just went away falls back to
     /// the data path's scan.
     pub fn refresh_source_table(&mut self, pool: u32) -> Result<()> {
         let e = self.err("POOLS");
@@ -511,19 +512,14 @@ impl Maps {
             };
             members.push((slot, c));
         }
-        let size = lb_common::select::SOURCE_TABLE_SIZE;
-        let mut table = vec![0u16; size as usize];
+        let mut table = [0u16; lb_common::select::SOURCE_TABLE_SIZE as usize];
         lb_common::select::fill_source_table(&members, &mut table);
-        let old = self.source_written.remove(&pool);
-        for (i, &slot) in table.iter().enumerate() {
-            if old.as_ref().is_some_and(|o| o[i] == slot) {
-                continue;
-            }
-            let e = self.err("SOURCE_TABLE");
-            self.source_table
-                .set(pool * size + i as u32, slot, 0)
-                .map_err(e)?;
+        if self.source_written.get(&pool).map(Vec::as_slice) == Some(&table[..]) {
+            return Ok(());
         }
+        let e = self.err("SOURCE_TABLE");
+        self.source_table.set(pool, table, 0).map_err(e)?;
+        let table = table.to_vec();
         self.source_written.insert(pool, table);
         Ok(())
     }

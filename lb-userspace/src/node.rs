@@ -137,6 +137,18 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     })
 }
 
+/// Reads a sysctl of the namespace through /proc/sys from a thread inside it (trimmed).
+pub fn read_sysctl(ns: &str, key: &str) -> Result<String> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    in_netns(ns, || std::fs::read_to_string(&path))?
+        .map(|v| v.trim().to_string())
+        .map_err(|source| NodeError::Sysctl {
+            ns: ns.into(),
+            key: key.into(),
+            source,
+        })
+}
+
 /// Turns TX checksum offload off or on on `dev` (in the calling thread's namespace), as
 /// `ethtool -K dev tx off|on` does (ETHTOOL_STXCSUM; the ethtool netlink crate can only read
 /// features). Segmentation offloads follow: they need checksum offload.
@@ -383,6 +395,11 @@ pub struct Owned {
     pub bridge: Option<String>,
     /// lb moved the adopted port from the node's namespace into the load balancer's.
     pub moved_port: bool,
+    /// Sysctls lb changed in a namespace it did not make, with the values it found: put
+    /// back on teardown (after the haproxy drop-in hands a namespace back to haproxy, its
+    /// ephemeral ports and forwarding are as they were).
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// The load balancer's namespace and port, and what of them lb owns.
@@ -519,7 +536,7 @@ impl Node {
                 self.outer = Some(outer.clone());
                 here.set_controller(&outer, bridge).await?;
                 here.up(&outer).await?;
-                return self.finish(lb, &inside).await;
+                return self.finish(lb, &inside, record).await;
             }
             if here.index(&port).await?.is_some() || inside.index(&port).await?.is_some() {
                 return Err(port_err(
@@ -544,11 +561,16 @@ impl Node {
                 inside.set_mac(&port, mac).await?;
             }
         }
-        self.finish(lb, &inside).await
+        self.finish(lb, &inside, record).await
     }
 
     /// Up, VIP and sysctls: the same for a created, adopted or recovered port.
-    async fn finish(&mut self, lb: &LoadBalancer, inside: &Netlink) -> Result<()> {
+    async fn finish(
+        &mut self,
+        lb: &LoadBalancer,
+        inside: &Netlink,
+        record: &mut Record<'_>,
+    ) -> Result<()> {
         let (ns, port) = (self.namespace.clone(), self.port.clone());
         inside.up("lo").await?;
         inside.up(&port).await?;
@@ -558,12 +580,26 @@ impl Node {
         if let Some(gw) = lb.port.gateway {
             inside.default_route(gw).await?;
         }
-        sysctl(&ns, "net.ipv4.ip_local_port_range", LOCAL_PORT_RANGE)?;
-        // bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the ingress device.
-        sysctl(&ns, &format!("net.ipv4.conf.{port}.forwarding"), "1")?;
-        // Members on the VIP's subnet are on-link: never send them ICMP redirects.
-        sysctl(&ns, &format!("net.ipv4.conf.{port}.send_redirects"), "0")?;
-        sysctl(&ns, "net.ipv4.conf.all.send_redirects", "0")?;
+        let wanted = [
+            ("net.ipv4.ip_local_port_range".to_string(), LOCAL_PORT_RANGE),
+            // bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the ingress
+            // device.
+            (format!("net.ipv4.conf.{port}.forwarding"), "1"),
+            // Members on the VIP's subnet are on-link: never send them ICMP redirects.
+            (format!("net.ipv4.conf.{port}.send_redirects"), "0"),
+            ("net.ipv4.conf.all.send_redirects".to_string(), "0"),
+        ];
+        for (key, value) in wanted {
+            let found = read_sysctl(&ns, &key)?;
+            if found.split_whitespace().eq(value.split_whitespace()) {
+                continue;
+            }
+            let recorded = self.owned.sysctls.iter().any(|(k, _)| *k == key);
+            if !self.owned.namespace && !recorded {
+                self.own(record, |o| o.sysctls.push((key.clone(), found.clone())))?;
+            }
+            sysctl(&ns, &key, value)?;
+        }
         Ok(())
     }
 
@@ -587,6 +623,13 @@ impl Node {
             }
         }
         self.outer = None;
+        if !self.owned.namespace {
+            for (key, value) in std::mem::take(&mut self.owned.sysctls).into_iter().rev() {
+                if let Err(e) = sysctl(&self.namespace, &key, &value) {
+                    tracing::warn!(error = %e, "cannot put {key} back to {value}");
+                }
+            }
+        }
         if self.owned.namespace {
             if let Err(e) = ip_netns("del", &self.namespace) {
                 tracing::warn!(error = %e, "cannot delete namespace {}", self.namespace);
@@ -623,6 +666,12 @@ impl Owned {
                 .clone()
                 .filter(|b| before.bridge.as_ref() != Some(b)),
             moved_port: self.moved_port && !before.moved_port,
+            sysctls: self
+                .sysctls
+                .iter()
+                .filter(|x| !before.sysctls.contains(x))
+                .cloned()
+                .collect(),
         }
     }
 }
