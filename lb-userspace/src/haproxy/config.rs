@@ -15,13 +15,22 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use super::tokens::Line;
 
-/// Why a config cannot be served by lb, with where.
+/// Why a config cannot be served by lb, with where (`file:line`; empty when it is about the
+/// configuration as a whole).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{at}: '{keyword}': {reason}")]
 pub struct Refusal {
     pub at: String,
     pub keyword: String,
     pub reason: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.at.is_empty() {
+            write!(f, "{}: ", self.at)?;
+        }
+        write!(f, "'{}': {}", self.keyword, self.reason)
+    }
 }
 
 fn refuse(l: &Line, keyword: &str, reason: impl Into<String>) -> Refusal {
@@ -1222,5 +1231,87 @@ mod tests {
             ),
             (2222, true, true, Some(22), Some(Ipv4Addr::new(10, 0, 0, 5)))
         );
+    }
+
+    /// Every refusal of the configuration reader, with its whole message: (config, message).
+    #[test]
+    fn every_refusal_names_file_line_keyword_and_why() {
+        let b = "backend b\n";
+        let cases: &[(String, &str)] = &[
+            ("frontend\n".into(), "haproxy.conf:1: 'frontend': needs a name"),
+            (format!("{b}backend b\n"), "haproxy.conf:2: 'backend': a proxy named b exists already"),
+            ("peers p\n".into(), "haproxy.conf:1: 'peers': this section is not supported by lb (mode tcp load balancing only)"),
+            ("maxconn 10\n".into(), "haproxy.conf:1: 'maxconn': outside of any section"),
+            ("global\n user\n".into(), "haproxy.conf:2: 'user': expects a user"),
+            ("global\n maxconn lots\n".into(), "haproxy.conf:2: 'maxconn': 'lots' is not a valid number"),
+            ("global\n master-worker\n".into(), "haproxy.conf:2: 'master-worker': lb runs as one daemon process (no master-worker mode)"),
+            ("global\n maxconnrate 100\n".into(), "haproxy.conf:2: 'maxconnrate': lb does not limit connection rates"),
+            ("global\n lua-load /x.lua\n".into(), "haproxy.conf:2: 'lua-load': lb runs no Lua"),
+            ("global\n external-check\n".into(), "haproxy.conf:2: 'external-check': lb runs no external checks"),
+            ("global\n frobnicate\n".into(), "haproxy.conf:2: 'frobnicate': unknown keyword in section 'global'"),
+            ("global\n log /dev/log\n".into(), "haproxy.conf:2: 'log': expects a facility"),
+            ("global\n stats socket ipv4@127.0.0.1:9999\n".into(), "haproxy.conf:2: 'stats socket': ipv4@127.0.0.1:9999: lb serves its stats socket on a unix path only"),
+            ("global\n stats socket /s mode\n".into(), "haproxy.conf:2: 'mode': expects a value"),
+            ("global\n stats socket /s mode 999\n".into(), "haproxy.conf:2: 'mode': '999' is not an octal mode"),
+            ("global\n stats socket /s level root\n".into(), "haproxy.conf:2: 'level': unknown level 'root'"),
+            ("global\n stats socket /s accept-netscaler-cip 1\n".into(), "haproxy.conf:2: 'accept-netscaler-cip': unknown 'stats socket' setting"),
+            (format!("{b} bind :22\n"), "haproxy.conf:2: 'bind': not allowed in a backend section"),
+            ("frontend f\n server s 10.0.0.2:22\n".into(), "haproxy.conf:2: 'server': not allowed in a frontend section"),
+            ("frontend f\n use_backend b if x\n".into(), "haproxy.conf:2: 'use_backend': lb sends a listener's connections to its default_backend only (no content switching)"),
+            (format!("{b} server s 10.0.0.2:22\n server s 10.0.0.4:22\n"), "haproxy.conf:3: 'server': a server named s exists already in b"),
+            (format!("{b} stick on dst\n"), "haproxy.conf:2: 'stick': lb sticks on the client's source address only ('stick on src')"),
+            (format!("{b} mode health\n"), "haproxy.conf:2: 'mode': unknown mode 'health'"),
+            (format!("{b} balance first\n"), "haproxy.conf:2: 'balance': lb balances by roundrobin, static-rr, leastconn or source, not 'first'"),
+            (format!("{b} balance leastconn 3\n"), "haproxy.conf:2: 'balance': 'leastconn' takes no arguments"),
+            (format!("{b} timeout client-fin 1s\n"), "haproxy.conf:2: 'timeout client-fin': lb applies timeout client/server to half-closed connections too; it has no separate FIN timeouts"),
+            (format!("{b} timeout forever 1s\n"), "haproxy.conf:2: 'timeout': unknown timeout 'forever'"),
+            (format!("{b} timeout connect 5y\n"), "haproxy.conf:2: 'timeout': '5y': unknown time unit 'y'"),
+            (format!("{b} timeout connect soon\n"), "haproxy.conf:2: 'timeout': 'soon' is not a valid time"),
+            (format!("{b} option tcp-check\n"), "haproxy.conf:2: 'option': lb checks by TCP connect, HTTP (option httpchk) or TLS hello (option ssl-hello-chk); tcp-check rules are not supported"),
+            (format!("{b} option mysql-check\n"), "haproxy.conf:2: 'option mysql-check': lb checks by TCP connect, HTTP (option httpchk) or TLS hello (option ssl-hello-chk)"),
+            (format!("{b} http-check expect string ok\n"), "haproxy.conf:2: 'http-check expect': lb checks the status only (status or rstatus), not 'string'"),
+            (format!("{b} http-check expect\n"), "haproxy.conf:2: 'http-check expect': expects status or rstatus and a pattern"),
+            (format!("{b} http-check disable-on-404\n"), "haproxy.conf:2: 'http-check disable-on-404': lb has no drain-on-404 checks"),
+            (format!("{b} http-check send meth GET\n"), "haproxy.conf:2: 'http-check send': lb supports 'http-check expect [!] status|rstatus' only"),
+            (format!("{b} no option redispatch\n"), "haproxy.conf:2: 'no option redispatch': lb always redispatches a connection whose server does not answer after its retries"),
+            ("listen l :22\n stats enable\n".into(), "haproxy.conf:2: 'stats': the HTTP statistics page needs mode http; lb serves statistics on the stats socket"),
+            ("frontend f\n tcp-request content reject\n".into(), "haproxy.conf:2: 'tcp-request': changes how connections are accepted or routed, which lb does not implement"),
+            (format!("{b} option transparent\n"), "haproxy.conf:2: 'option': changes how connections are accepted or routed, which lb does not implement"),
+            (format!("{b} option frob\n"), "haproxy.conf:2: 'option frob': unknown or unsupported option"),
+            (format!("{b} no frob\n"), "haproxy.conf:2: 'no': unsupported 'no' line"),
+            ("defaults\n frobnicate\n".into(), "haproxy.conf:2: 'frobnicate': unknown keyword in section 'defaults'"),
+            ("frontend f\n bind /run/x.sock\n".into(), "haproxy.conf:2: 'bind': /run/x.sock: lb balances TCP on an IPv4 address and port"),
+            ("frontend f\n bind [::]:22\n".into(), "haproxy.conf:2: 'bind': [::]:22: IPv6 is not supported by lb yet"),
+            ("frontend f\n bind 10.0.0.250\n".into(), "haproxy.conf:2: 'bind': 10.0.0.250: expects <address>:<port>"),
+            ("frontend f\n bind :80-90\n".into(), "haproxy.conf:2: 'bind': :80-90: port ranges are not supported by lb"),
+            ("frontend f\n bind :0\n".into(), "haproxy.conf:2: 'bind': :0: '0' is not a valid port"),
+            ("frontend f\n bind lb.example:22\n".into(), "haproxy.conf:2: 'bind': lb.example:22: lb needs an IPv4 address, not 'lb.example'"),
+            ("frontend f\n bind :22 accept-proxy\n".into(), "haproxy.conf:2: 'bind ... accept-proxy': unsupported bind setting (it changes how connections are accepted)"),
+            (format!("{b} server s\n"), "haproxy.conf:2: 'server': expects an address"),
+            (format!("{b} server s m1.example:22\n"), "haproxy.conf:2: 'server': m1.example:22: lb needs an IPv4 address (no name resolution, no IPv6 yet), not 'm1.example'"),
+            (format!("{b} server s 10.0.0.2\n"), "haproxy.conf:2: 'server': 10.0.0.2: lb needs the server's port (haproxy would use the client's destination port)"),
+            (format!("{b} server s 10.0.0.2:+1\n"), "haproxy.conf:2: 'server': 10.0.0.2:+1: port offsets are not supported by lb"),
+            (format!("{b} server s 10.0.0.2:22 weight\n"), "haproxy.conf:2: 'weight': expects a value"),
+            (format!("{b} server s 10.0.0.2:22 weight 300\n"), "haproxy.conf:2: 'weight': 300: must be 0..=256"),
+            (format!("{b} server s 10.0.0.2:22 addr m1\n"), "haproxy.conf:2: 'addr': 'm1' is not an IPv4 address"),
+            (format!("{b} server s 10.0.0.2:22 send-proxy\n"), "haproxy.conf:2: 'server ... send-proxy': unsupported server setting (it changes how connections reach the server or how it is checked)"),
+            (format!("{b} server s 10.0.0.2:22 frob\n"), "haproxy.conf:2: 'server ... frob': unknown server setting"),
+            (format!("{b} stick-table type ip size 1k nopurge\n"), "haproxy.conf:2: 'stick-table ... nopurge': unsupported stick-table setting"),
+            (format!("{b} stick-table type ip size 1k frob\n"), "haproxy.conf:2: 'stick-table ... frob': unknown stick-table setting"),
+            (format!("{b} stick-table type string size 1k\n"), "haproxy.conf:2: 'stick-table': lb keeps tables of client addresses only (type ip)"),
+            (format!("{b} stick-table type ip\n"), "haproxy.conf:2: 'stick-table': expects a size"),
+            (format!("{b} stick-table type ip size many\n"), "haproxy.conf:2: 'size': 'many' is not a valid number"),
+        ];
+        let mut wrong = Vec::new();
+        for (text, want) in cases {
+            match parse_text(text) {
+                Ok(_) => wrong.push(format!("{text:?}: accepted, wanted {want}")),
+                Err(e) if e.to_string() != *want => {
+                    wrong.push(format!("{text:?}:\n  got    {e}\n  wanted {want}"))
+                }
+                Err(_) => {}
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 }

@@ -570,4 +570,57 @@ backend p1
             other => panic!("{other:?}"),
         }
     }
+
+    /// Every refusal of the mapping onto lb's model, with its whole message.
+    #[test]
+    fn every_mapping_refusal_is_named() {
+        struct Two;
+        impl Namespace for Two {
+            fn locate(&self, a: Ipv4Addr) -> Option<(String, u8)> {
+                Fake.locate(a)
+            }
+            fn only_address(&self) -> Option<Ipv4Addr> {
+                None
+            }
+        }
+        let be = "default_backend 574a31da-a28a-449f-8c9d-3d3687c3c02a";
+        let lc = "balance leastconn";
+        let cases: Vec<(String, &str)> = vec![
+            (SEED.replace("        bind 10.0.0.250:22\n", ""), "conf:15: 'frontend': df25900f-53b1-4aab-8436-8411ec710445 has no 'bind'"),
+            (SEED.replace(be, ""), "conf:15: 'default_backend': df25900f-53b1-4aab-8436-8411ec710445 has none: lb sends each listener's connections to its default backend"),
+            (SEED.replace(be, "default_backend nope"), "conf:15: 'default_backend': no backend named nope"),
+            (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:22\n        bind 10.0.0.251:23"), "conf:18: 'bind': lb serves one VIP per load balancer: 10.0.0.251 here, 10.0.0.250 at conf:17"),
+            (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:22,10.0.0.250:22"), "conf:17: 'bind': 10.0.0.250:22 is bound twice"),
+            (SEED.replace("frontend df25900f-53b1-4aab-8436-8411ec710445", "frontend df25900f-53b1-4aab-8436-8411ec710445\n        disabled"), "'frontend': no enabled frontend or listen section binds an address: nothing to serve"),
+            (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.9:22"), "conf:17: 'bind': no device in network namespace qlbaas-574a31da holds 10.0.0.9 (the agent plugs the port and assigns the VIP before it starts haproxy)"),
+            (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:60001"), "'config': invalid config: loadbalancer[0].listener[0].protocol_port = 60001: 60000-65535 is the namespace's local port range"),
+            (SEED.replace(lc, &format!("{lc}\n        stick-table type ip size 100k\n        stick on src")), "conf:20: 'stick-table': size 102400: lb's table holds 16384 client addresses per load balancer"),
+            (SEED.replace(lc, &format!("{lc}\n        stick on src")), "conf:20: 'stick on src': needs a 'stick-table type ip size N' in the same backend"),
+            (SEED.replace("weight 1\n", "weight 1 backup\n"), "conf:24: 'backup': lb uses every backup server at once, as haproxy's 'option allbackups' does; without it haproxy uses only the first: add 'option allbackups' to this backend"),
+        ];
+        let mut wrong = Vec::new();
+        for (text, want) in &cases {
+            match conv(text) {
+                Ok(_) => wrong.push(format!("accepted, wanted {want}")),
+                Err(e) if e.to_string() != *want => {
+                    wrong.push(format!("got    {e}\n  wanted {want}"))
+                }
+                Err(_) => {}
+            }
+        }
+        let cfg = parse(
+            &tokens::lines(
+                std::path::Path::new("conf"),
+                &SEED.replace("bind 10.0.0.250:22", "bind *:22"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let e = convert(&cfg, "574a31da", "qlbaas-574a31da", &Two).unwrap_err();
+        let want = "conf:17: 'bind': lb balances on one VIP: 'bind *' needs the namespace to hold exactly one address; name it";
+        if e.to_string() != want {
+            wrong.push(format!("got    {e}\n  wanted {want}"));
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
 }
