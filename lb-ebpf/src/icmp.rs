@@ -9,10 +9,14 @@
 //! incrementally: outer IPv4, embedded IPv4, embedded TCP (when the error carries it), ICMP.
 
 use aya_ebpf::bindings::xdp_action;
-use lb_common::{checksum, reason, IPPROTO_TCP};
+use lb_common::{checksum, reason, FlowKey, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, IPPROTO_TCP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use crate::parse::{ptr_at, Early, Frame};
+use crate::{
+    maps::CONNTRACK,
+    parse::{ptr_at, Early, Frame},
+    verdict, Verdict,
+};
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
@@ -175,4 +179,49 @@ pub unsafe fn rewrite<C: Frame>(ctx: &C, e: &IcmpError, t: &Translation) {
         icmp[3] = icb[1];
         *e.icmp = icmp;
     }
+}
+
+/// An ICMP error whose embedded packet is one lb sent: back to the end that sent the original.
+#[inline(always)]
+pub(crate) fn to_end<C: Frame>(ctx: &C, e: &IcmpError) -> Verdict {
+    // Embedded VIP:snat -> member:port (sent to a member): the error is for the client.
+    let rkey = FlowKey {
+        src_be: e.inner.dst_be,
+        dst_be: e.inner.src_be,
+        sport_be: e.inner.dport_be,
+        dport_be: e.inner.sport_be,
+        proto: IPPROTO_TCP,
+        dir: FLOW_DIR_REVERSE,
+        _pad: [0; 2],
+    };
+    // Embedded VIP:listener -> client:port (sent to a client): the error is for the member.
+    let fkey = FlowKey {
+        dir: FLOW_DIR_FORWARD,
+        ..rkey
+    };
+    let (f, to_client) = match (CONNTRACK.get_ptr(rkey), CONNTRACK.get_ptr(fkey)) {
+        (Some(f), _) => (unsafe { *f }, true),
+        (None, Some(f)) => (unsafe { *f }, false),
+        (None, None) => return verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED),
+    };
+    // The end the error goes to, and the packet that end originally sent.
+    let (mac, addr, port, vip_port, why) = if to_client {
+        let (p, q) = (f.client_port_be, f.listener_port_be);
+        (f.client_mac, f.client_be, p, q, reason::TX_ICMP_TO_CLIENT)
+    } else {
+        let (p, q) = (f.member_port_be, f.snat_port_be);
+        (f.member_mac, f.member_be, p, q, reason::TX_ICMP_TO_MEMBER)
+    };
+    let t = Translation {
+        smac: f.port_mac,
+        dmac: mac,
+        inner: Tuple {
+            src_be: addr,
+            dst_be: f.vip_be,
+            sport_be: port,
+            dport_be: vip_port,
+        },
+    };
+    unsafe { rewrite(ctx, e, &t) };
+    verdict(xdp_action::XDP_TX, why)
 }

@@ -1,0 +1,239 @@
+//! The client's side: segments to a listener. A SYN opens a flow (limits, member, SNAT);
+//! a retransmitted SYN may be redispatched; everything else of a known flow is translated
+//! towards its member. Also the established-flow shortcut of `lb_tc_fast`.
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+    programs::TcContext,
+};
+use lb_common::{
+    reason, select, Flow, FlowKey, ListenerConf, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
+    FLOW_DIR_REVERSE, LISTENER_F_DRAIN,
+};
+
+use crate::{
+    balance::{decode, open_connections, pick_member, pick_other, stick},
+    conntrack::{count_open, track, uncount},
+    maps::*,
+    member::from_member,
+    nat::{bind_member, ts_shift},
+    parse::{self, Frame, Packet, TCP_ACK, TCP_SYN},
+    stats::add_stats,
+    verdict, Verdict,
+};
+
+#[inline(always)]
+pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verdict {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fkey = pkt.flow_key(FLOW_DIR_FORWARD);
+    let is_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let mut new_conn = false;
+
+    let flow_ptr = match CONNTRACK.get_ptr_mut(fkey) {
+        Some(f) if is_syn && unsafe { (*f).is_closed() } => {
+            // The client reuses the tuple of a closed connection: start over.
+            unsafe {
+                uncount(f);
+                let _ = CONNTRACK.remove((*f).reverse_key());
+            }
+            let _ = CONNTRACK.remove(fkey);
+            None
+        }
+        other => other,
+    };
+
+    let flow_ptr = match flow_ptr {
+        Some(f) => {
+            if is_syn && unsafe { (*f).state & CT_SYNACK == 0 } {
+                if let Err(r) = maybe_redispatch(ctx, pkt, listener, f) {
+                    return verdict(xdp_action::XDP_DROP, r);
+                }
+            }
+            f
+        }
+        None => {
+            // Not lb's flow: the namespace's stack answers it (RST, or a haproxy taking over
+            // while this listener drains serves it).
+            if !is_syn || listener.flags & LISTENER_F_DRAIN != 0 {
+                return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
+            }
+            match open_flow(ctx, pkt, listener, &fkey, now) {
+                Ok(f) => {
+                    new_conn = true;
+                    f
+                }
+                Err(r) => return verdict(xdp_action::XDP_DROP, r),
+            }
+        }
+    };
+
+    forward(ctx, pkt, flow_ptr, now, new_conn)
+}
+
+/// A new flow for a client's SYN: connection limit, member choice, MAC and SNAT port, the
+/// forward entry `fkey`; counted as active.
+#[inline(always)]
+pub(crate) fn open_flow<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    listener: &ListenerConf,
+    fkey: &FlowKey,
+    now: u64,
+) -> Result<*mut Flow, u32> {
+    if listener.connection_limit != 0 {
+        if let Some(l) = LISTENER_LIVE.get(listener.index) {
+            if l.active >= listener.connection_limit as i64 {
+                return Err(reason::DROP_CONN_LIMIT);
+            }
+        }
+    }
+    if listener.total_limit != 0 && open_connections() >= listener.total_limit as i64 {
+        return Err(reason::DROP_CONN_LIMIT);
+    }
+    let idx = decode(pick_member(listener, pkt.src_be, now))?;
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;
+    let flow: &mut Flow = unsafe { &mut (*scratch).flow };
+    *flow = Flow::default();
+    flow.created_ns = now;
+    flow.last_seen_ns = now;
+    flow.client_be = pkt.src_be;
+    flow.client_port_be = pkt.sport_be;
+    flow.listener_port_be = pkt.dport_be;
+    flow.vip_be = pkt.dst_be;
+    flow.listener = listener.index;
+    flow.client_mac = pkt.src_mac;
+    flow.port_mac = pkt.dst_mac;
+    flow.state = CT_SYN;
+    flow.counted = 1;
+    if let Some(v) = parse::find_timestamp(ctx, pkt).and_then(|off| parse::read4(ctx, pkt, off)) {
+        // The member sees lb's millisecond clock (see Flow::ts_delta).
+        let now_ms = (now / 1_000_000) as u32;
+        flow.ts_delta = now_ms.wrapping_sub(u32::from_be_bytes(v));
+    }
+    bind_member(ctx, flow, idx, pkt.ip_len, listener.snat_ports())?;
+    if CONNTRACK.insert(fkey, &*flow, BPF_NOEXIST as u64).is_err() {
+        let _ = CONNTRACK.remove(flow.reverse_key());
+        return Err(reason::DROP_CT_FULL);
+    }
+    let Some(f) = CONNTRACK.get_ptr_mut(fkey) else {
+        return Err(reason::DROP_CT_FULL);
+    };
+    count_open(idx, listener.index);
+    stick(listener, pkt.src_be, idx, now);
+    Ok(f)
+}
+
+/// A client's segment of flow `flow_ptr`, translated towards its member.
+#[inline(always)]
+pub(crate) fn forward<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    flow_ptr: *mut Flow,
+    now: u64,
+    new_conn: bool,
+) -> Verdict {
+    track(flow_ptr, pkt.tcp_flags, true, now);
+    let flow = unsafe { &*flow_ptr };
+    add_stats(
+        flow.member,
+        flow.listener,
+        pkt.ip_len as u64,
+        true,
+        new_conn,
+    );
+    unsafe {
+        parse::rewrite(
+            ctx,
+            pkt,
+            flow.port_mac,
+            flow.member_mac,
+            flow.vip_be,
+            flow.member_be,
+            flow.snat_port_be,
+            flow.member_port_be,
+            ts_shift(ctx, pkt, flow.ts_delta, 0),
+        );
+    }
+    verdict(xdp_action::XDP_TX, reason::TX_TO_MEMBER)
+}
+
+/// The established-flow shortcut at egress of the outer end of a port lb created (in the
+/// node's namespace, `lb_tc_fast`): a segment of a flow lb already tracks, in either
+/// direction, is translated there and handed back to the bridge as if the port had sent it,
+/// without crossing into the namespace and back. Anything else (SYNs, unknown flows, ICMP,
+/// ARP, health-check traffic) returns None and goes on into the namespace, to `lb_tc`.
+#[inline(always)]
+pub(crate) fn fast_path(ctx: &TcContext) -> Option<Verdict> {
+    let Ok(parse::Parsed::Tcp(pkt)) = parse::parse(ctx) else {
+        return None;
+    };
+    if pkt.fragment || pkt.tcp_flags & TCP_SYN != 0 {
+        return None;
+    }
+    if LISTENERS.get_ptr(pkt.listener_key()).is_some() {
+        let f = CONNTRACK.get_ptr_mut(pkt.flow_key(FLOW_DIR_FORWARD))?;
+        let now = unsafe { bpf_ktime_get_ns() };
+        return Some(forward(ctx, &pkt, f, now, false));
+    }
+    let rflow = unsafe { *CONNTRACK.get_ptr(pkt.flow_key(FLOW_DIR_REVERSE))? };
+    Some(from_member(ctx, &pkt, &rflow))
+}
+
+/// A retransmitted SYN of a flow whose member has not answered: HAProxy's `retries` +
+/// `option redispatch`. Moves the flow to another member when its member is no longer
+/// available, or after `retries` retransmissions, or once the connect timeout has passed.
+#[inline(always)]
+pub(crate) fn maybe_redispatch<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    listener: &ListenerConf,
+    f: *mut Flow,
+) -> Result<(), u32> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;
+    let flow: &mut Flow = unsafe { &mut (*scratch).flow };
+    *flow = unsafe { *f };
+    flow.syn_retries = flow.syn_retries.saturating_add(1);
+    let member_ok = match MEMBERS.get(flow.member) {
+        Some(m) => select::available(&select::Candidate {
+            weight: m.weight as u32,
+            flags: m.flags,
+            active: 0,
+        }),
+        None => false,
+    };
+    let overdue = now.wrapping_sub(flow.created_ns) >= listener.timeout_member_connect_ns;
+    if member_ok && (flow.syn_retries as u32) <= listener.retries && !overdue {
+        unsafe { (*f).syn_retries = flow.syn_retries };
+        return Ok(());
+    }
+    let idx = decode(pick_other(listener, pkt.src_be, flow.member))?;
+    if idx == flow.member {
+        unsafe { (*f).syn_retries = flow.syn_retries };
+        return Ok(());
+    }
+    let old_rkey = flow.reverse_key();
+    let old_member = flow.member;
+    flow.created_ns = now;
+    flow.syn_retries = 0;
+    bind_member(ctx, flow, idx, pkt.ip_len, listener.snat_ports())?;
+    let _ = CONNTRACK.remove(old_rkey);
+    uncount(f);
+    flow.counted = 1;
+    unsafe { *f = *flow };
+    count_open(idx, listener.index);
+    // The client sticks to the member that answers now (haproxy's redispatch does so too).
+    stick(listener, pkt.src_be, idx, now);
+    // The connection now counts on the new member; the listener saw no new connection.
+    if let Some(s) = MEMBER_STATS.get_ptr_mut(old_member) {
+        unsafe { (*s).redispatches += 1 };
+    }
+    if let Some(s) = LISTENER_STATS.get_ptr_mut(listener.index) {
+        unsafe { (*s).redispatches += 1 };
+    }
+    if let Some(s) = MEMBER_STATS.get_ptr_mut(idx) {
+        unsafe { (*s).total_connections += 1 };
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Binding a flow to its member: the member's MAC from the namespace's FIB, and the SNAT
+//! port, allocated by inserting the reverse conntrack entry; TCP timestamp shifting.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, BPF_NOEXIST},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32},
+};
+use lb_common::{reason, Flow, ListenerKey, IPPROTO_TCP, SNAT_TRIES};
+
+use crate::{
+    maps::*,
+    parse::{self, Frame, Packet},
+};
+
+pub(crate) const AF_INET: u8 = 2;
+
+pub(crate) const FIB_SUCCESS: i64 = 0;
+
+pub(crate) const FIB_NO_NEIGH: i64 = 7;
+
+pub(crate) const EEXIST: i32 = 17;
+
+/// Fills the flow's member, MAC and SNAT port for member `idx`, inserting the reverse entry.
+#[inline(always)]
+pub(crate) fn bind_member<C: Frame>(
+    ctx: &C,
+    flow: &mut Flow,
+    idx: u32,
+    pkt_len: u16,
+    snat: (u16, u16),
+) -> Result<(), u32> {
+    let r = try_bind_member(ctx, flow, idx, pkt_len, snat);
+    if let Err(why) = r {
+        if let Some(s) = MEMBER_STATS.get_ptr_mut(idx) {
+            // Slots as in lb_common::MEMBER_DROP_REASONS.
+            let slot = match why {
+                reason::DROP_NO_NEIGH => 0,
+                reason::DROP_NO_ROUTE => 1,
+                reason::DROP_SNAT_EXHAUSTED => 2,
+                _ => 3,
+            };
+            unsafe { (*s).drops[slot] += 1 };
+        }
+    }
+    r
+}
+
+#[inline(always)]
+pub(crate) fn try_bind_member<C: Frame>(
+    ctx: &C,
+    flow: &mut Flow,
+    idx: u32,
+    pkt_len: u16,
+    (snat_min, snat_max): (u16, u16),
+) -> Result<(), u32> {
+    let Some(m) = MEMBERS.get(idx) else {
+        return Err(reason::DROP_NO_MEMBER);
+    };
+    flow.member = idx;
+    flow.member_be = m.addr_be;
+    flow.member_port_be = m.port_be;
+
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Err(reason::DROP_NO_ROUTE);
+    };
+    let fib: &mut FibParams = unsafe { &mut (*scratch).fib };
+    *fib = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = IPPROTO_TCP;
+    fib.sport = flow.snat_port_be;
+    fib.dport = m.port_be;
+    fib.__bindgen_anon_1.tot_len = pkt_len;
+    fib.ifindex = ctx.ifindex();
+    fib.__bindgen_anon_3.ipv4_src = flow.vip_be;
+    fib.__bindgen_anon_4.ipv4_dst = m.addr_be;
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == FIB_NO_NEIGH {
+        return Err(reason::DROP_NO_NEIGH);
+    }
+    if rc != FIB_SUCCESS {
+        return Err(reason::DROP_NO_ROUTE);
+    }
+    flow.member_mac = fib.dmac;
+
+    let span = (snat_max - snat_min) as u32 + 1;
+    let mut seed = unsafe { bpf_get_prandom_u32() };
+    let client_port = u16::from_be(flow.client_port_be);
+    for i in 0..SNAT_TRIES {
+        // First choice: the client's own source port (as netfilter's NAT does). The member
+        // then sees the port the client chose, and when a client reuses a port, the member's
+        // TIME_WAIT on that tuple belongs to the same client's earlier connection, whose
+        // sequence numbers and timestamps the new SYN continues: the member accepts the reuse
+        // as it would without lb. A random port there is refused by TIME_WAIT (PAWS, or an
+        // older sequence number), costing the client a 1 s SYN retransmission.
+        let port = if i == 0 && (snat_min..=snat_max).contains(&client_port) {
+            client_port
+        } else {
+            snat_min + (seed % span) as u16
+        };
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port_be = port.to_be();
+        // A port that is also a listener on this VIP would make replies look like clients.
+        if LISTENERS
+            .get_ptr(ListenerKey::tcp(flow.vip_be, port_be))
+            .is_some()
+        {
+            continue;
+        }
+        flow.snat_port_be = port_be;
+        match CONNTRACK.insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == -EEXIST => continue,
+            Err(_) => return Err(reason::DROP_CT_FULL),
+        }
+    }
+    Err(reason::DROP_SNAT_EXHAUSTED)
+}
+
+/// What `parse::rewrite` adds to a timestamp field (see `Flow::ts_delta`): `delta` at the
+/// timestamp option's TSval (`field` 0, towards a member) or TSecr (`field` 4, towards a
+/// client). No option walk for flows without a delta.
+#[inline(always)]
+pub(crate) fn ts_shift<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    delta: u32,
+    field: usize,
+) -> Option<(usize, u32)> {
+    if delta == 0 {
+        return None;
+    }
+    parse::find_timestamp(ctx, pkt).map(|off| (off + field, delta))
+}
