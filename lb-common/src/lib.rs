@@ -52,12 +52,33 @@ pub const ALG_LEAST_CONNECTIONS: u32 = 0;
 pub const ALG_ROUND_ROBIN: u32 = 1;
 pub const ALG_SOURCE_IP: u32 = 2;
 
-/// `Flow::state` bits (TCP).
-pub const CT_SYN: u8 = 1 << 0;
-pub const CT_SYNACK: u8 = 1 << 1;
-pub const CT_FIN_CLIENT: u8 = 1 << 2;
-pub const CT_FIN_MEMBER: u8 = 1 << 3;
-pub const CT_RST: u8 = 1 << 4;
+/// `Flow::state` bits. The data path sets them with atomic ORs and clears `CT_COUNTED` with
+/// an atomic fetch-and, so that two CPUs handling the same flow (a client's FIN and the
+/// member's FIN at once) lose no bit and stop counting the flow exactly once.
+pub const CT_SYN: u64 = 1 << 0;
+pub const CT_SYNACK: u64 = 1 << 1;
+pub const CT_FIN_CLIENT: u64 = 1 << 2;
+pub const CT_FIN_MEMBER: u64 = 1 << 3;
+/// A RST within the receiving side's window.
+pub const CT_RST: u64 = 1 << 4;
+/// Included in its member's and listener's `active`.
+pub const CT_COUNTED: u64 = 1 << 8;
+
+/// Both FINs or one RST in `CT_*` bits `state`.
+#[inline(always)]
+pub const fn closed(state: u64) -> bool {
+    state & CT_RST != 0 || (state & CT_FIN_CLIENT != 0 && state & CT_FIN_MEMBER != 0)
+}
+
+/// The port's L2 address: the `PORT` map's one value, written by the daemon before it
+/// attaches. Only frames addressed to it are balanced; all zeros: not known (every frame).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortConf {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+assert_size!(PortConf, 8);
 
 /// How long an entry lingers after the connection closed (FIN both ways or RST), so that the
 /// last ACK and retransmitted FINs still get translated.
@@ -104,7 +125,10 @@ pub mod reason {
     pub const TX_ICMP_TO_CLIENT: u32 = 15;
     /// An ICMP error about a flow, from the client's side, translated and sent to the member.
     pub const TX_ICMP_TO_MEMBER: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// Not addressed to the port's MAC (a bridge flooding unknown unicast): passed to the
+    /// kernel, which drops what is not for the host, untouched.
+    pub const PASS_NOT_FOR_PORT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "tx_to_member",
@@ -124,6 +148,7 @@ pub mod reason {
         "drop_no_route",
         "tx_icmp_to_client",
         "tx_icmp_to_member",
+        "pass_not_for_port",
     ];
 }
 
@@ -342,13 +367,15 @@ pub const FLOW_DIR_FORWARD: u8 = 0;
 pub const FLOW_DIR_REVERSE: u8 = 1;
 
 /// Conntrack value. Both entries of a flow hold the same translation; the forward entry is the
-/// authority for state, timestamps and counting.
+/// authority for state, timestamps, windows and counting.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     /// The flow's first SYN (CLOCK_MONOTONIC ns, as `bpf_ktime_get_ns`).
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// `CT_*` bits (see there: changed atomically).
+    pub state: u64,
     pub client_be: u32,
     pub member_be: u32,
     pub client_port_be: u16,
@@ -359,26 +386,36 @@ pub struct Flow {
     /// Index into `MEMBERS` (`pool * MAX_POOL_MEMBERS + slot`).
     pub member: u32,
     pub listener: u32,
-    /// L2 source of the client side's SYN: the reply's destination MAC.
-    pub client_mac: [u8; 6],
-    /// Member MAC from the FIB lookup at SYN time.
-    pub member_mac: [u8; 6],
-    /// Our port's MAC (L2 destination of the client's SYN).
-    pub port_mac: [u8; 6],
-    /// `CT_*` bits.
-    pub state: u8,
-    /// 1 while this flow is included in the member's and listener's `active`.
-    pub counted: u8,
-    pub syn_retries: u8,
-    pub _pad: [u8; 3],
     /// Added to the client's TCP timestamps (TSval) towards the member, taken off the member's
     /// echoes (TSecr) towards the client: chosen at the SYN so that the member sees lb's own
     /// millisecond clock. Every connection a member sees from one VIP address then carries
     /// rising timestamps, whichever client it came from, so a member's TIME_WAIT on a reused
     /// SNAT port accepts the new SYN (PAWS) instead of dropping it.
     pub ts_delta: u32,
+    /// Added to the member's sequence numbers towards the client, taken off the client's
+    /// acknowledgments towards the member: 0 unless lb answered the client's SYN itself (a
+    /// SYN cookie) and opened the member's side later with the member's own ISN.
+    pub seq_delta: u32,
+    /// The last acknowledgment number and receive window (scaled) each side sent, in the
+    /// client's sequence space: a RST is honoured only when its sequence number falls in the
+    /// window of the side it goes to. Before a side has acknowledged anything, its window is
+    /// the one sequence number the other side's SYN makes next.
+    pub client_ack: u32,
+    pub client_win: u32,
+    pub member_ack: u32,
+    pub member_win: u32,
+    /// L2 source of the client side's SYN: the reply's destination MAC.
+    pub client_mac: [u8; 6],
+    /// Member MAC from the FIB lookup at SYN time.
+    pub member_mac: [u8; 6],
+    /// Our port's MAC (L2 destination of the client's SYN).
+    pub port_mac: [u8; 6],
+    pub syn_retries: u8,
+    /// Window scale shifts in effect: the client's (applied to its windows) in the low
+    /// nibble, the member's in the high one; 0 when either side did not offer scaling.
+    pub wscale: u8,
 }
-assert_size!(Flow, 72);
+assert_size!(Flow, 96);
 
 impl Flow {
     /// Idle timeout of an entry in this state, given the listener's settings.
@@ -394,8 +431,12 @@ impl Flow {
 
     /// Both FINs or one RST seen: the connection no longer counts as active.
     pub fn is_closed(&self) -> bool {
-        self.state & CT_RST != 0
-            || (self.state & CT_FIN_CLIENT != 0 && self.state & CT_FIN_MEMBER != 0)
+        closed(self.state)
+    }
+
+    /// Included in its member's and listener's `active`.
+    pub fn counted(&self) -> bool {
+        self.state & CT_COUNTED != 0
     }
 
     /// The forward key of this flow.
@@ -442,6 +483,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for SweepReport {}
+    unsafe impl aya::Pod for PortConf {}
     unsafe impl aya::Pod for StickyKey {}
     unsafe impl aya::Pod for Sticky {}
     unsafe impl aya::Pod for crate::schema::SchemaEntry {}

@@ -14,8 +14,8 @@
 use core::mem::{offset_of, size_of};
 
 use crate::{
-    reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats, Sticky,
-    StickyKey, SweepReport, MAX_POOL_MEMBERS,
+    reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, PortConf, Stats,
+    Sticky, StickyKey, SweepReport, MAX_POOL_MEMBERS,
 };
 
 /// `SCHEMA` value: one pinned map's identity as the daemon that created it saw it.
@@ -116,9 +116,11 @@ const LIVE: u32 = layout!(Live; active, events, rr, table, refs, _pad);
 const STATS: u32 = layout!(Stats; packets_in, bytes_in, packets_out, bytes_out,
     total_connections, redispatches, drops);
 const FLOW_KEY: u32 = layout!(FlowKey; src_be, dst_be, sport_be, dport_be, proto, dir, _pad);
-const FLOW: u32 = layout!(Flow; created_ns, last_seen_ns, client_be, member_be, client_port_be,
-    listener_port_be, member_port_be, snat_port_be, vip_be, member, listener, client_mac,
-    member_mac, port_mac, state, counted, syn_retries, _pad, ts_delta);
+const FLOW: u32 = layout!(Flow; created_ns, last_seen_ns, state, client_be, member_be,
+    client_port_be, listener_port_be, member_port_be, snat_port_be, vip_be, member, listener,
+    ts_delta, seq_delta, client_ack, client_win, member_ack, member_win, client_mac, member_mac,
+    port_mac, syn_retries, wscale);
+const PORT_CONF: u32 = layout!(PortConf; mac, _pad);
 const SWEEP_REPORT: u32 = layout!(SweepReport; flows, expired, orphans, cycle_us);
 /// Verdict arrays are indexed by reason: their names and order are part of the layout.
 const REASONS: u32 = {
@@ -189,18 +191,26 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "LISTENER_DROPS",
-        version: 1,
+        // 2: pass_not_for_port.
+        version: 2,
         layout: mix(REASONS, U64),
     },
     MapSchema {
         name: "VERDICTS",
-        version: 1,
+        // 2: pass_not_for_port.
+        version: 2,
         layout: mix(REASONS, U64),
     },
     MapSchema {
         name: "CONNTRACK",
-        version: 1,
+        // 2: atomic u64 state (counted is a bit of it), seq_delta, windows, wscale.
+        version: 2,
         layout: mix(FLOW_KEY, FLOW),
+    },
+    MapSchema {
+        name: "PORT",
+        version: 1,
+        layout: mix(U32, PORT_CONF),
     },
     MapSchema {
         name: "SWEEP",
@@ -233,9 +243,10 @@ mod tests {
             ("LISTENER_LIVE", 1, 0x5aa4_6a3e),
             ("MEMBER_STATS", 1, 0x05ae_e319),
             ("LISTENER_STATS", 1, 0xeb63_52d0),
-            ("LISTENER_DROPS", 1, 0x5cdb_65d7),
-            ("VERDICTS", 1, 0x5cdb_65d7),
-            ("CONNTRACK", 1, 0x0b82_f2d9),
+            ("LISTENER_DROPS", 2, 0xb3e1_af03),
+            ("VERDICTS", 2, 0xb3e1_af03),
+            ("CONNTRACK", 2, 0x8bee_21c2),
+            ("PORT", 1, 0x1510_fa71),
             ("SWEEP", 1, 0xcff9_c699),
         ];
         let mut wrong = [("", 0, 0, 0); 16];

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    reason, select, Flow, FlowKey, ListenerConf, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
+    reason, select, Flow, FlowKey, ListenerConf, CT_COUNTED, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
     FLOW_DIR_REVERSE, LISTENER_F_DRAIN,
 };
 
@@ -17,7 +17,7 @@ use crate::{
     conntrack::{count_open, track, uncount},
     maps::*,
     member::from_member,
-    nat::{bind_member, ts_shift},
+    nat::{bind_member, ts_shift, EEXIST},
     parse::{self, Frame, Packet, TCP_ACK, TCP_SYN},
     stats::add_stats,
     verdict, Verdict,
@@ -59,8 +59,8 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
                 return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
             }
             match open_flow(ctx, pkt, listener, &fkey, now) {
-                Ok(f) => {
-                    new_conn = true;
+                Ok((f, new)) => {
+                    new_conn = new;
                     f
                 }
                 Err(r) => return verdict(xdp_action::XDP_DROP, r),
@@ -72,7 +72,8 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
 }
 
 /// A new flow for a client's SYN: connection limit, member choice, MAC and SNAT port, the
-/// forward entry `fkey`; counted as active.
+/// forward entry `fkey`; counted as active. The same SYN handled by another CPU at the same
+/// moment may have inserted the flow first: then that flow, not new.
 #[inline(always)]
 pub(crate) fn open_flow<C: Frame>(
     ctx: &C,
@@ -80,7 +81,7 @@ pub(crate) fn open_flow<C: Frame>(
     listener: &ListenerConf,
     fkey: &FlowKey,
     now: u64,
-) -> Result<*mut Flow, u32> {
+) -> Result<(*mut Flow, bool), u32> {
     if listener.connection_limit != 0 {
         if let Some(l) = LISTENER_LIVE.get(listener.index) {
             if l.active >= listener.connection_limit as i64 {
@@ -104,16 +105,26 @@ pub(crate) fn open_flow<C: Frame>(
     flow.listener = listener.index;
     flow.client_mac = pkt.src_mac;
     flow.port_mac = pkt.dst_mac;
-    flow.state = CT_SYN;
-    flow.counted = 1;
+    flow.state = CT_SYN | CT_COUNTED;
+    // Until the member answers, a client's RST must carry exactly the number after its SYN.
+    flow.member_ack = pkt.seq.wrapping_add(1);
+    flow.member_win = 1;
+    // The client's window scale offer (15: none), settled at the member's SYN-ACK.
+    flow.wscale = parse::find_wscale(ctx, pkt).unwrap_or(0x0f);
     if let Some(v) = parse::find_timestamp(ctx, pkt).and_then(|off| parse::read4(ctx, pkt, off)) {
         // The member sees lb's millisecond clock (see Flow::ts_delta).
         let now_ms = (now / 1_000_000) as u32;
         flow.ts_delta = now_ms.wrapping_sub(u32::from_be_bytes(v));
     }
     bind_member(ctx, flow, idx, pkt.ip_len, listener.snat_ports())?;
-    if CONNTRACK.insert(fkey, &*flow, BPF_NOEXIST as u64).is_err() {
+    if let Err(e) = CONNTRACK.insert(fkey, &*flow, BPF_NOEXIST as u64) {
         let _ = CONNTRACK.remove(flow.reverse_key());
+        if e == -EEXIST {
+            // Another CPU opened this flow from the same SYN a moment ago.
+            if let Some(f) = CONNTRACK.get_ptr_mut(fkey) {
+                return Ok((f, false));
+            }
+        }
         return Err(reason::DROP_CT_FULL);
     }
     let Some(f) = CONNTRACK.get_ptr_mut(fkey) else {
@@ -121,7 +132,7 @@ pub(crate) fn open_flow<C: Frame>(
     };
     count_open(idx, listener.index);
     stick(listener, pkt.src_be, idx, now);
-    Ok(f)
+    Ok((f, true))
 }
 
 /// A client's segment of flow `flow_ptr`, translated towards its member.
@@ -133,7 +144,7 @@ pub(crate) fn forward<C: Frame>(
     now: u64,
     new_conn: bool,
 ) -> Verdict {
-    track(flow_ptr, pkt.tcp_flags, true, now);
+    track(flow_ptr, pkt, true, now, None);
     let flow = unsafe { &*flow_ptr };
     add_stats(
         flow.member,
@@ -168,7 +179,7 @@ pub(crate) fn fast_path(ctx: &TcContext) -> Option<Verdict> {
     let Ok(parse::Parsed::Tcp(pkt)) = parse::parse(ctx) else {
         return None;
     };
-    if pkt.fragment || pkt.tcp_flags & TCP_SYN != 0 {
+    if pkt.fragment || pkt.tcp_flags & TCP_SYN != 0 || !crate::for_port(&pkt.dst_mac) {
         return None;
     }
     if LISTENERS.get_ptr(pkt.listener_key()).is_some() {
@@ -220,7 +231,7 @@ pub(crate) fn maybe_redispatch<C: Frame>(
     bind_member(ctx, flow, idx, pkt.ip_len, listener.snat_ports())?;
     let _ = CONNTRACK.remove(old_rkey);
     uncount(f);
-    flow.counted = 1;
+    flow.state |= CT_COUNTED;
     unsafe { *f = *flow };
     count_open(idx, listener.index);
     // The client sticks to the member that answers now (haproxy's redispatch does so too).

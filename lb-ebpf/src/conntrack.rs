@@ -1,13 +1,16 @@
-//! Flow state and the live connection counts: atomic adds on the shared `Live` counters,
-//! a flow's TCP state folded from its flags, and counting a flow open or closed exactly once.
+//! Flow state and the live connection counts. State bits are set with atomic ORs and the
+//! `CT_COUNTED` bit cleared with an atomic fetch-and: two CPUs handling the same flow at
+//! once (the client's FIN and the member's, two RSTs) lose no bit, and whichever stops
+//! counting the flow does so exactly once. RSTs are honoured only within the window of the
+//! side they go to.
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_and, atomic_or, atomic_xadd, AtomicOrdering};
 
-use lb_common::{Flow, Live, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYNACK};
+use lb_common::{closed, Flow, Live, CT_COUNTED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYNACK};
 
 use crate::{
     maps::*,
-    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// An atomic add whose result is unused: BPF_ATOMIC_ADD, available on every BPF CPU version.
@@ -21,8 +24,20 @@ pub(crate) unsafe fn xadd_u64(dst: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 
+/// `*dst |= bits` atomically; the value before (BPF_OR | BPF_FETCH, kernel 5.12+).
 #[inline(always)]
-pub(crate) fn live_add(live: *mut Live, delta: i64) {
+pub(crate) unsafe fn fetch_or(dst: *mut u64, bits: u64) -> u64 {
+    unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(dst, bits) }
+}
+
+/// `*dst &= mask` atomically; the value before.
+#[inline(always)]
+pub(crate) unsafe fn fetch_and(dst: *mut u64, mask: u64) -> u64 {
+    unsafe { atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(dst, mask) }
+}
+
+#[inline(always)]
+fn live_add(live: *mut Live, delta: i64) {
     unsafe {
         xadd_i64(&raw mut (*live).active, delta);
         xadd_u64(&raw mut (*live).events, 1);
@@ -40,14 +55,18 @@ pub(crate) fn count_open(member: u32, listener: u32) {
     }
 }
 
-/// Stops counting a flow (closed, or moved away by a redispatch). Idempotent per flow.
+/// Stops counting a flow (closed, or moved away by a redispatch): exactly once, whichever
+/// CPU gets here first.
 #[inline(always)]
 pub(crate) fn uncount(flow: *mut Flow) {
     unsafe {
-        if (*flow).counted == 0 {
+        if (*flow).state & CT_COUNTED == 0 {
             return;
         }
-        (*flow).counted = 0;
+        let before = fetch_and(&raw mut (*flow).state, !CT_COUNTED);
+        if before & CT_COUNTED == 0 {
+            return;
+        }
         if let Some(l) = MEMBER_LIVE.get_ptr_mut((*flow).member) {
             live_add(l, -1);
         }
@@ -57,31 +76,97 @@ pub(crate) fn uncount(flow: *mut Flow) {
     }
 }
 
-/// Folds TCP flags into the flow's state; stops counting it once it is closed.
+/// Whether a RST from one side falls in the receive window of the other (RFC 793: RCV.NXT
+/// =< SEG.SEQ < RCV.NXT + RCV.WND; one exact number while the window is 0 or not known). A
+/// member refusing the SYN answers RST+ACK acknowledging it: acceptable when its ACK does.
 #[inline(always)]
-pub(crate) fn track(flow: *mut Flow, tcp_flags: u8, from_client: bool, now: u64) {
-    unsafe {
-        let mut st = (*flow).state;
-        if tcp_flags & TCP_RST != 0 {
-            st |= CT_RST;
+fn rst_in_window(f: &Flow, pkt: &Packet, from_client: bool) -> bool {
+    let (seq, next, win) = if from_client {
+        (pkt.seq, f.member_ack, f.member_win)
+    } else {
+        if f.state & CT_SYNACK == 0 {
+            return pkt.tcp_flags & TCP_ACK != 0 && pkt.ack == f.member_ack;
         }
-        if tcp_flags & TCP_FIN != 0 {
-            st |= if from_client {
-                CT_FIN_CLIENT
-            } else {
-                CT_FIN_MEMBER
-            };
+        (
+            pkt.seq.wrapping_add(f.seq_delta),
+            f.client_ack,
+            f.client_win,
+        )
+    };
+    let win = if win == 0 { 1 } else { win };
+    seq.wrapping_sub(next) < win
+}
+
+/// Records the acknowledgment and window a segment carries (scaled, as the window of the
+/// side that sent it), and for the member's SYN-ACK, the number the client will acknowledge
+/// next and the window scaling both sides agreed on.
+#[inline(always)]
+fn note_window(f: &mut Flow, pkt: &Packet, from_client: bool, wscale: Option<u8>) {
+    let syn = pkt.tcp_flags & TCP_SYN != 0;
+    if from_client {
+        if pkt.tcp_flags & TCP_ACK != 0 && !syn {
+            f.client_ack = pkt.ack;
+            f.client_win = (pkt.win as u32) << (f.wscale & 0x0f);
         }
-        if !from_client && tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK != 0 {
-            st |= CT_SYNACK;
+        return;
+    }
+    if syn {
+        if f.state & CT_SYNACK != 0 {
+            return; // a retransmitted SYN-ACK: all known already
         }
-        if st != (*flow).state {
-            (*flow).state = st;
-        }
-        if (*flow).last_seen_ns != now {
-            (*flow).last_seen_ns = now;
-        }
-        if (*flow).is_closed() {
+        // The SYN-ACK: scaling is on only if both sides offered it (the client's offer is in
+        // the low nibble, 15 when it made none).
+        let client = f.wscale & 0x0f;
+        f.wscale = match wscale {
+            Some(m) if client != 0x0f => client | (m << 4),
+            _ => 0,
+        };
+        f.client_ack = pkt.seq.wrapping_add(1).wrapping_add(f.seq_delta);
+        f.client_win = 1;
+        f.member_ack = pkt.ack;
+        f.member_win = pkt.win as u32;
+        return;
+    }
+    if pkt.tcp_flags & TCP_ACK != 0 {
+        f.member_ack = pkt.ack;
+        f.member_win = (pkt.win as u32) << (f.wscale >> 4);
+    }
+}
+
+/// Folds a segment into its flow's state: FINs, the member's SYN-ACK, RSTs within the
+/// window, the windows; stops counting the flow once it is closed. `wscale`: the window
+/// scale option of a member's SYN-ACK.
+#[inline(always)]
+pub(crate) fn track(
+    flow: *mut Flow,
+    pkt: &Packet,
+    from_client: bool,
+    now: u64,
+    wscale: Option<u8>,
+) {
+    let f = unsafe { &mut *flow };
+    let flags = pkt.tcp_flags;
+    let mut bits = 0u64;
+    if flags & TCP_RST != 0 && rst_in_window(f, pkt, from_client) {
+        bits |= CT_RST;
+    }
+    if flags & TCP_FIN != 0 {
+        bits |= if from_client {
+            CT_FIN_CLIENT
+        } else {
+            CT_FIN_MEMBER
+        };
+    }
+    if !from_client && flags & TCP_SYN != 0 && flags & TCP_ACK != 0 {
+        bits |= CT_SYNACK;
+    }
+    note_window(f, pkt, from_client, wscale);
+    if f.last_seen_ns != now {
+        f.last_seen_ns = now;
+    }
+    if bits != 0 && f.state & bits != bits {
+        let before = unsafe { fetch_or(&raw mut f.state, bits) };
+        if closed(before | bits) {
             uncount(flow);
         }
     }

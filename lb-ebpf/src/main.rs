@@ -118,8 +118,11 @@ pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn process<C: Frame>(ctx: &C) -> Verdict {
     let pkt = match parse::parse(ctx) {
-        Ok(parse::Parsed::Tcp(p)) => p,
-        Ok(parse::Parsed::IcmpError(e)) => return icmp::to_end(ctx, &e),
+        Ok(parse::Parsed::Tcp(p)) if for_port(&p.dst_mac) => p,
+        Ok(parse::Parsed::IcmpError(e)) if for_port(unsafe { &(*e.eth).dst_addr }) => {
+            return icmp::to_end(ctx, &e)
+        }
+        Ok(_) => return verdict(xdp_action::XDP_PASS, reason::PASS_NOT_FOR_PORT),
         Err(v) => return verdict(v.0, v.1),
     };
     if let Some(listener) = unsafe { LISTENERS.get(pkt.listener_key()) } {
@@ -143,6 +146,16 @@ fn process<C: Frame>(ctx: &C) -> Verdict {
         return from_member(ctx, &pkt, &rflow);
     }
     verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
+}
+
+/// Whether a frame's destination is the port (a bridge floods unknown unicast to every port;
+/// those frames are not lb's to balance).
+#[inline(always)]
+pub(crate) fn for_port(dst: &[u8; 6]) -> bool {
+    match PORT.get(0) {
+        Some(p) if p.mac != [0; 6] => p.mac == *dst,
+        _ => true,
+    }
 }
 
 #[cfg(not(test))]

@@ -10,8 +10,8 @@ use aya_ebpf::{
 use lb_common::{
     reason,
     schema::{SchemaEntry, SCHEMA_ENTRIES},
-    select, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, Stats, Sticky,
-    StickyKey, SweepReport, DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
+    select, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, PortConf, Stats,
+    Sticky, StickyKey, SweepReport, DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
     STICKY_ENTRIES,
 };
 
@@ -97,3 +97,8 @@ pub static STICKY: LruHashMap<StickyKey, Sticky> = LruHashMap::pinned(STICKY_ENT
 #[map]
 pub static SOURCE_TABLE: Array<[u16; select::SOURCE_TABLE_SIZE as usize]> =
     Array::pinned(MAX_POOLS, 0);
+
+/// The port's MAC (written by the daemon before it attaches): only frames addressed to it
+/// are balanced.
+#[map]
+pub static PORT: Array<PortConf> = Array::pinned(1, 0);

@@ -7,7 +7,7 @@ use crate::{
     conntrack::track,
     maps::*,
     nat::ts_shift,
-    parse::{self, Frame, Packet},
+    parse::{self, Frame, Packet, TCP_SYN},
     stats::add_stats,
     verdict, Verdict,
 };
@@ -16,7 +16,12 @@ use crate::{
 pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(f) = CONNTRACK.get_ptr_mut(rflow.forward_key()) {
-        track(f, pkt.tcp_flags, false, now);
+        let wscale = if pkt.tcp_flags & TCP_SYN != 0 {
+            parse::find_wscale(ctx, pkt)
+        } else {
+            None
+        };
+        track(f, pkt, false, now, wscale);
     }
     add_stats(
         rflow.member,

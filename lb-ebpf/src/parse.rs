@@ -94,6 +94,10 @@ pub struct Packet {
     pub sport_be: u16,
     pub dport_be: u16,
     pub tcp_flags: u8,
+    /// Sequence and acknowledgment numbers, window (host order).
+    pub seq: u32,
+    pub ack: u32,
+    pub win: u16,
     /// IPv4 total length (host order).
     pub ip_len: u16,
     /// TCP header length, options included (20..=60).
@@ -202,6 +206,9 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
             sport_be: u16::from_ne_bytes([t[0], t[1]]),
             dport_be: u16::from_ne_bytes([t[2], t[3]]),
             tcp_flags: t[13],
+            seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+            win: u16::from_be_bytes([t[14], t[15]]),
             ip_len: tot_len,
             doff,
             fragment: more_fragments,
@@ -212,16 +219,40 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
 }
 
 const TCPOPT_NOP: u8 = 1;
+const TCPOPT_WSCALE: u8 = 3;
+const TCPOLEN_WSCALE: u8 = 3;
 const TCPOPT_TIMESTAMP: u8 = 8;
-const TCPOLEN_TIMESTAMP: usize = 10;
+const TCPOLEN_TIMESTAMP: u8 = 10;
 
 /// Offset from the TCP header of the timestamp option's TSval (TSecr follows at +4), if the
-/// segment carries one. Options are walked kind by kind, at most 12 steps (NOPs are single
+/// segment carries one.
+#[inline(always)]
+pub fn find_timestamp<C: Frame>(ctx: &C, pkt: &Packet) -> Option<usize> {
+    find_option(ctx, pkt, TCPOPT_TIMESTAMP, TCPOLEN_TIMESTAMP)
+}
+
+/// The window scale shift a SYN or SYN-ACK offers (capped at 14, as RFC 7323 says).
+#[inline(always)]
+pub fn find_wscale<C: Frame>(ctx: &C, pkt: &Packet) -> Option<u8> {
+    let off = find_option(ctx, pkt, TCPOPT_WSCALE, TCPOLEN_WSCALE)?;
+    if off > 59 {
+        return None;
+    }
+    let p = pkt.tcp as usize + off;
+    if p + 1 > ctx.data_end() {
+        return None;
+    }
+    let shift = unsafe { *(p as *const u8) };
+    Some(if shift > 14 { 14 } else { shift })
+}
+
+/// Offset from the TCP header of the data of option `kind` (of total length `len`), if the
+/// segment carries it. Options are walked kind by kind, at most 12 steps (NOPs are single
 /// bytes; real stacks put timestamps at option offset 0, 2, 6 or 10). The step is computed
 /// without a branch, so the verifier follows one path through the walk, not one per
 /// combination of option kinds.
 #[inline(always)]
-pub fn find_timestamp<C: Frame>(ctx: &C, pkt: &Packet) -> Option<usize> {
+fn find_option<C: Frame>(ctx: &C, pkt: &Packet, want: u8, want_len: u8) -> Option<usize> {
     let base = pkt.tcp as usize;
     let doff = pkt.doff;
     let mut i = TCP_HDR_LEN;
@@ -234,8 +265,8 @@ pub fn find_timestamp<C: Frame>(ctx: &C, pkt: &Packet) -> Option<usize> {
             return None;
         }
         let (kind, len) = unsafe { (*(p as *const u8), *((p + 1) as *const u8)) };
-        if kind == TCPOPT_TIMESTAMP && len as usize == TCPOLEN_TIMESTAMP {
-            return (i + TCPOLEN_TIMESTAMP <= doff).then_some(i + 2);
+        if kind == want && len == want_len {
+            return (i + want_len as usize <= doff).then_some(i + 2);
         }
         // NOP: one byte; anything else: its length (0 for EOL and padding, which ends the
         // walk by standing still).

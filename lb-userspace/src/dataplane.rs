@@ -201,6 +201,99 @@ impl Dataplane {
     }
 }
 
+/// One of the object's programs, run with BPF_PROG_TEST_RUN from any thread (the multi-CPU
+/// harness pins threads to CPUs and runs the same flows on each at once).
+pub struct ProgramRunner {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Dataplane {
+    /// A runner for program `name` ("lb", "lb_tc", "lb_tc_fast").
+    pub fn runner(&self, name: &str) -> Result<ProgramRunner> {
+        use aya::programs::Program;
+        let err = |source| DataplaneError::Program {
+            name: "test_run",
+            source,
+        };
+        let fd = match self
+            .ebpf
+            .program(name)
+            .ok_or(err(ProgramError::NotLoaded))?
+        {
+            Program::Xdp(p) => p.fd().map_err(err)?.try_clone(),
+            Program::SchedClassifier(p) => p.fd().map_err(err)?.try_clone(),
+            _ => return Err(err(ProgramError::NotLoaded)),
+        }
+        .map_err(|source| DataplaneError::Io {
+            what: "cannot duplicate the program's fd",
+            path: name.into(),
+            source,
+        })?;
+        let fd = fd
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DataplaneError::Io {
+                what: "cannot duplicate the program's fd",
+                path: name.into(),
+                source,
+            })?;
+        Ok(ProgramRunner { fd })
+    }
+}
+
+impl ProgramRunner {
+    /// Runs the program once on `packet` on the calling thread's CPU: its verdict and the
+    /// packet as it left it.
+    pub fn run(&self, packet: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
+        /// `union bpf_attr`'s `test` member.
+        #[repr(C)]
+        #[derive(Default)]
+        struct TestAttr {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+            ctx_size_in: u32,
+            ctx_size_out: u32,
+            ctx_in: u64,
+            ctx_out: u64,
+            flags: u32,
+            cpu: u32,
+            batch_size: u32,
+            _pad: u32,
+        }
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut attr = TestAttr {
+            prog_fd: std::os::fd::AsRawFd::as_raw_fd(&self.fd) as u32,
+            data_size_in: packet.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: packet.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ..Default::default()
+        };
+        // SAFETY: attr points to valid buffers of the sizes it names for the call's duration.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestAttr,
+                std::mem::size_of::<TestAttr>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        out.truncate(attr.data_size_out as usize);
+        Ok((attr.retval, out))
+    }
+}
+
 impl Dataplane {
     /// One whole expiry and census cycle over the conntrack table, without pauses (fixtures,
     /// benchmarks); the daemon runs cycles on its own thread (`daemon::expiry`).
@@ -381,6 +474,7 @@ pub struct Maps {
     sweep: Array<MapData, SweepReport>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
     source_table: Array<MapData, [u16; lb_common::select::SOURCE_TABLE_SIZE as usize]>,
+    port: Array<MapData, lb_common::PortConf>,
     /// What this process last wrote to each pool's `SOURCE_TABLE` (unchanged tables are not
     /// written again).
     source_written: std::collections::HashMap<u32, Vec<u16>>,
@@ -560,6 +654,7 @@ impl Maps {
             sweep: open_map(dir, "SWEEP")?,
             conntrack: open_map(dir, "CONNTRACK")?,
             source_table: open_map(dir, "SOURCE_TABLE")?,
+            port: open_map(dir, "PORT")?,
             source_written: Default::default(),
             member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
             listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
@@ -586,6 +681,13 @@ impl Maps {
 
     pub fn listeners(&self) -> Vec<(ListenerKey, ListenerConf)> {
         self.listeners.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// The port's MAC: only frames addressed to it are balanced (all zeros: every frame).
+    pub fn set_port(&mut self, mac: [u8; 6]) -> Result<()> {
+        let e = self.err("PORT");
+        let conf = lb_common::PortConf { mac, _pad: [0; 2] };
+        self.port.set(0, conf, 0).map_err(e)
     }
 
     pub fn set_pool(&mut self, index: u32, conf: PoolConf) -> Result<()> {

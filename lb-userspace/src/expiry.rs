@@ -125,7 +125,7 @@ impl Tally {
 
     fn live(&mut self, f: &Flow) {
         *self.member_refs.entry(f.member).or_default() += 1;
-        if f.counted != 0 {
+        if f.counted() {
             *self.member_open.entry(f.member).or_default() += 1;
             if let Some(l) = self.listener_open.get_mut(f.listener as usize) {
                 *l += 1;
@@ -317,7 +317,7 @@ impl Sweeper {
         // Only the caller whose delete succeeds stops counting the flow.
         if self.conntrack.remove(key).is_ok() {
             out.expired += 1;
-            if flow.counted != 0 {
+            if flow.counted() {
                 self.member_live.add_quiet(flow.member, -1);
                 self.listener_live.add_quiet(flow.listener, -1);
             }
@@ -366,7 +366,7 @@ mod tests {
         (key, conf)
     }
 
-    fn flow(state: u8, last_seen_ns: u64) -> Flow {
+    fn flow(state: u64, last_seen_ns: u64) -> Flow {
         Flow {
             vip_be: u32::from_ne_bytes([10, 0, 0, 250]),
             listener_port_be: 22u16.to_be(),

@@ -170,6 +170,11 @@ impl Checker {
 }
 
 /// Connects from `vip:ephemeral` to `target` within `timeout`.
+///
+/// Checks never use up the namespace's ports (60000-65535, 5536 of them): the port is
+/// chosen at connect time, per destination (`IP_BIND_ADDRESS_NO_PORT`, so a port busy
+/// towards one member is free towards another), and the connection ends with a RST
+/// (`SO_LINGER` 0, as haproxy's checks do), leaving no TIME_WAIT behind.
 async fn connect(
     vip: Ipv4Addr,
     target: SocketAddrV4,
@@ -177,6 +182,20 @@ async fn connect(
 ) -> Result<tokio::net::TcpStream, (CheckStatus, String)> {
     let sock = tokio::net::TcpSocket::new_v4()
         .map_err(|e| (CheckStatus::SOCKERR, format!("socket: {e}")))?;
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+        .map_err(|e| {
+            (
+                CheckStatus::SOCKERR,
+                format!("IP_BIND_ADDRESS_NO_PORT: {e}"),
+            )
+        })?;
+    // A zero linger does not block on close: it sends the RST at once.
+    let rst_on_close = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Linger, &rst_on_close)
+        .map_err(|e| (CheckStatus::SOCKERR, format!("SO_LINGER: {e}")))?;
     sock.bind(SocketAddr::V4(SocketAddrV4::new(vip, 0)))
         .map_err(|e| (CheckStatus::SOCKERR, format!("bind {vip}: {e}")))?;
     match tokio::time::timeout(timeout, sock.connect(SocketAddr::V4(target))).await {

@@ -255,6 +255,26 @@ impl Netlink {
         }
     }
 
+    /// The L2 address of device `name`, if it has one of 6 bytes.
+    pub async fn mac(&self, name: &str) -> Result<Option<[u8; 6]>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        let msg = links
+            .try_next()
+            .await
+            .map_err(nl(format!("looking up {name}")))?;
+        Ok(msg.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                rtnetlink::packet_route::link::LinkAttribute::Address(a) => a.try_into().ok(),
+                _ => None,
+            })
+        }))
+    }
+
     async fn require(&self, name: &str) -> Result<u32> {
         self.index(name).await?.ok_or_else(|| NodeError::Port {
             port: name.into(),
@@ -409,6 +429,8 @@ pub struct Node {
     /// Outer end of a veth lb created (in the node namespace), if any.
     pub outer: Option<String>,
     pub owned: Owned,
+    /// The port's L2 address once it is set up (only frames to it are balanced).
+    pub port_mac: Option<[u8; 6]>,
     /// The node namespace (the daemon's), to hand an adopted port back on teardown.
     node_ns: OwnedFd,
 }
@@ -445,6 +467,7 @@ impl Node {
             port: lb.port.name.clone(),
             outer: inherited.veth.clone(),
             owned: inherited.clone(),
+            port_mac: None,
             node_ns: node_ns.into(),
         };
         if let Err(e) = node.setup_inner(lb, record).await {
@@ -453,6 +476,7 @@ impl Node {
                 port: node.port.clone(),
                 outer: None,
                 owned: node.owned.added_since(inherited),
+                port_mac: None,
                 node_ns: node
                     .node_ns
                     .try_clone()
@@ -475,6 +499,7 @@ impl Node {
             port: port.into(),
             outer: owned.veth.clone(),
             owned: owned.clone(),
+            port_mac: None,
             node_ns: File::open("/proc/thread-self/ns/net")
                 .expect("the node's namespace")
                 .into(),
@@ -574,6 +599,7 @@ impl Node {
         let (ns, port) = (self.namespace.clone(), self.port.clone());
         inside.up("lo").await?;
         inside.up(&port).await?;
+        self.port_mac = inside.mac(&port).await?;
         inside
             .replace_address(&port, lb.vip_address, lb.vip_prefixlen)
             .await?;

@@ -67,6 +67,7 @@ impl Env {
         lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
         let mut dp = Dataplane::load(&pin.0, flows).expect("load BPF object");
         dp.maps.write_plan(&plan, None).unwrap();
+        dp.maps.set_port(PORT_MAC).unwrap();
         Some(Env {
             dp,
             ns,

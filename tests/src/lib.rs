@@ -151,6 +151,7 @@ pub struct Tcp {
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
+    pub win: u16,
     pub payload: Vec<u8>,
     pub ip_id: u16,
     pub ttl: u8,
@@ -172,6 +173,7 @@ impl Tcp {
             seq: 1000,
             ack: 0,
             flags,
+            win: 64240,
             payload: vec![],
             ip_id: 0x1c46,
             ttl: 64,
@@ -227,7 +229,7 @@ impl Tcp {
         tcp[8..12].copy_from_slice(&self.ack.to_be_bytes());
         tcp[12] = ((20 + self.tcp_options.len()) as u8 / 4) << 4;
         tcp[13] = self.flags;
-        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        tcp[14..16].copy_from_slice(&self.win.to_be_bytes());
         tcp.extend_from_slice(&self.payload);
         let c = checksum::l4_ipv4(self.src.octets(), self.dst.octets(), 6, &tcp);
         tcp[16..18].copy_from_slice(&c.to_be_bytes());
@@ -262,6 +264,7 @@ impl Tcp {
             seq: u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
             ack: u32::from_be_bytes(tcp[8..12].try_into().unwrap()),
             flags: tcp[13],
+            win: u16::from_be_bytes([tcp[14], tcp[15]]),
             payload: tcp[doff..].to_vec(),
             ip_id: u16::from_be_bytes([ip[4], ip[5]]),
             ttl: ip[8],

@@ -654,3 +654,116 @@ fn hosts_with_checksum_offload_native() {
 fn hosts_with_checksum_offload_generic() {
     offloads_on("generic");
 }
+
+/// Health checks never run out of local ports: 20 members checked every 0.2 s (100 checks a
+/// second, a single failure marks a member down) for 60 s while the namespace has only 50
+/// local ports, against members that send nothing first (web servers). A check that bound
+/// `VIP:0` and closed gracefully left a TIME_WAIT per check on lb's side and ran out of
+/// ports within a second.
+#[test]
+fn health_checks_of_20_members_never_exhaust_a_narrow_port_range() {
+    let addrs: Vec<Ipv4Addr> = (10..30).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+    let members: String = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            format!(
+                "[[loadbalancer.pool.member]]\nid = \"member-{i}\"\naddress = \"{a}\"\nprotocol_port = 8080\n\n"
+            )
+        })
+        .collect();
+    let Some(setup) = Setup::new(
+        |t| {
+            let head = t.split("[[loadbalancer.pool.member]]").next().unwrap();
+            format!("{head}{members}")
+                .replace("delay = 5 ", "delay = 0.2 ")
+                .replace("timeout = 3 ", "timeout = 0.1 ")
+                .replace("max_retries = 3 ", "max_retries = 1 ")
+                .replace("max_retries_down = 3", "max_retries_down = 1")
+        },
+        &addrs,
+    ) else {
+        return;
+    };
+    // Members that send nothing and close when the peer does (as a web server does with a
+    // connection that never sends a request): the check's close is then a FIN from lb's
+    // side (a greeting left unread, or an answer after the FIN, would make it a RST).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _silent: Vec<_> = setup
+        .topo
+        .members
+        .iter()
+        .map(|m| silent_server(&m.ns.name, m.addr, 8080, stop.clone()))
+        .collect();
+    struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _stop = Stop(stop);
+    let Setup { cfg, bin, .. } = &setup;
+    let _daemon = setup.start(&[]);
+    let ns = format!("qlbaas-{}", cfg.lb_id);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "sysctl", "-qw"])
+        .arg("net.ipv4.ip_local_port_range=60000 60049")
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let online = |s: &Value| {
+        s[0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["operating_status"] == "ONLINE")
+            .count()
+    };
+    wait_for("all 20 members up", Duration::from_secs(10), || {
+        (online(&stats(bin, &cfg.state_dir)) == 20).then_some(())
+    });
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        let s = stats(bin, &cfg.state_dir);
+        let down: Vec<String> = s[0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["operating_status"] != "ONLINE")
+            .map(|m| format!("{} {}", m["address"], m["operating_status"]))
+            .collect();
+        assert!(down.is_empty(), "a member fell: {down:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A server in namespace `ns` that reads each connection to its end and closes it, sending
+/// nothing.
+fn silent_server(
+    ns: &str,
+    addr: Ipv4Addr,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::Read as _;
+    let ns = ns.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        lb::node::enter(&ns).unwrap();
+        let l = std::net::TcpListener::bind((addr, port)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            let _ = c.set_nonblocking(false);
+            let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut b = [0u8; 512];
+            while matches!(c.read(&mut b), Ok(n) if n > 0) {}
+        }
+    });
+    ready_rx.recv().unwrap();
+    h
+}

@@ -96,7 +96,9 @@ fn rst_closes_and_new_syn_reuses_tuple() {
     let (member, _, snat) = env.open(40100);
     let m = env.member_index(member);
     assert_eq!(env.active(m), 1);
-    let rst = Tcp::new(member, 22, VIP, snat, TCP_RST).macs(mac_of(member), PORT_MAC);
+    // The member refuses: RST+ACK acknowledging the SYN (seq 1000).
+    let mut rst = Tcp::new(member, 22, VIP, snat, TCP_RST | TCP_ACK).macs(mac_of(member), PORT_MAC);
+    rst.ack = 1001;
     let out = env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
     assert_eq!(out, to_client(&rst, 40100).build(), "RST output bytes");
     assert_eq!(env.active(m), 0, "RST from the member closes the flow");
@@ -104,7 +106,8 @@ fn rst_closes_and_new_syn_reuses_tuple() {
     let (member2, _, _) = env.open(40100);
     let m2 = env.member_index(member2);
     assert_eq!(env.active(m2), 1);
-    let rst = Tcp::new(CLIENT, 40100, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+    let mut rst = Tcp::new(CLIENT, 40100, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+    rst.seq = 1001;
     env.expect(&rst.build(), XDP_TX, reason::TX_TO_MEMBER);
     assert_eq!(
         env.active(env.member_index(M1)) + env.active(env.member_index(M2)),
@@ -595,7 +598,8 @@ fn retired_slot_is_freed_once_its_last_flow_is_gone() {
     let (x, _, _) = env.open(49700);
     let (y, _, snat_b) = env.open(49701);
     assert_ne!(x, y);
-    let rst = Tcp::new(y, 22, VIP, snat_b, TCP_RST).macs(mac_of(y), PORT_MAC);
+    let mut rst = Tcp::new(y, 22, VIP, snat_b, TCP_RST | TCP_ACK).macs(mac_of(y), PORT_MAC);
+    rst.ack = 1001;
     env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
     let (ix, iy) = (env.member_index(x), env.member_index(y));
     // A reload removes both members: their slots are retired (cleared in MEMBERS).
@@ -1099,4 +1103,104 @@ fn source_persistence_keeps_a_client_on_its_member_while_it_is_up() {
         next,
         "now it sticks to the new one"
     );
+}
+
+/// The member's SYN-ACK (ISN `isn`, window `win`, options `opts`) and the client's ACK of it
+/// (window `cwin`) for a flow opened from CLIENT:`port` (client ISN 1000).
+fn handshake(env: &mut Env, port: u16, isn: u32, win: u16, cwin: u16, opts: &[u8]) {
+    let f = env.flow(port).unwrap();
+    let (member, snat) = (
+        Ipv4Addr::from(u32::from_be(f.member_be)),
+        u16::from_be(f.snat_port_be),
+    );
+    let mut synack = Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK)
+        .macs(mac_of(member), PORT_MAC)
+        .options(opts);
+    (synack.seq, synack.ack, synack.win) = (isn, 1001, win);
+    env.expect(&synack.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let mut ack = Tcp::new(CLIENT, port, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack, ack.win) = (1001, isn + 1, cwin);
+    env.expect(&ack.build(), XDP_TX, reason::TX_TO_MEMBER);
+}
+
+/// A RST closes a flow only when its sequence number is in the window of the side it goes
+/// to; one outside is still forwarded (the endpoint judges it too) but the flow stays open.
+/// With window scaling offered by both sides, windows are scaled.
+#[test]
+fn rsts_are_honoured_only_within_the_window() {
+    let Some(mut env) = Env::seed() else { return };
+    let (member, _, snat) = env.open(43000);
+    let m = env.member_index(member);
+    handshake(&mut env, 43000, 5000, 1000, 2000, &[]);
+    let from_client = |seq: u32| {
+        let mut r = Tcp::new(CLIENT, 43000, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+        r.seq = seq;
+        r.build()
+    };
+    let from_member = |seq: u32| {
+        let mut r = Tcp::new(member, 22, VIP, snat, TCP_RST).macs(mac_of(member), PORT_MAC);
+        r.seq = seq;
+        r.build()
+    };
+    // The member's window is [1001, 2001), the client's [5001, 7001).
+    for seq in [1000, 2001, 900_000] {
+        env.expect(&from_client(seq), XDP_TX, reason::TX_TO_MEMBER);
+        assert_eq!(env.active(m), 1, "client RST seq {seq} is out of window");
+    }
+    for seq in [5000, 7001, 1001] {
+        env.expect(&from_member(seq), XDP_TX, reason::TX_TO_CLIENT);
+        assert_eq!(env.active(m), 1, "member RST seq {seq} is out of window");
+    }
+    env.expect(&from_member(7000), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(env.active(m), 0, "in window: closed");
+    assert!(env.flow(43000).unwrap().is_closed());
+
+    // Window scale 7 offered both ways: the client's window 100 means 12800.
+    let wscale = [1, 3, 3, 7];
+    let syn = Tcp::new(CLIENT, 43001, VIP, 22, TCP_SYN)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .options(&wscale);
+    env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let f = env.flow(43001).unwrap();
+    let (member, snat) = (
+        Ipv4Addr::from(u32::from_be(f.member_be)),
+        u16::from_be(f.snat_port_be),
+    );
+    let m = env.member_index(member);
+    handshake(&mut env, 43001, 8000, 1000, 100, &wscale);
+    let mut r = Tcp::new(member, 22, VIP, snat, TCP_RST).macs(mac_of(member), PORT_MAC);
+    r.seq = 8001 + 12_000;
+    env.expect(&r.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(env.active(m), 0, "in the scaled window: closed");
+}
+
+/// Frames a bridge floods to every port (not addressed to the port's MAC) are not balanced:
+/// passed untouched and counted as such; replies leave with the port's MAC.
+#[test]
+fn frames_for_another_mac_are_not_balanced() {
+    let Some(mut env) = Env::seed() else { return };
+    let other = [0x02, 0xaa, 0, 0, 0, 1];
+    let syn = Tcp::new(CLIENT, 44000, VIP, 22, TCP_SYN).macs(CLIENT_MAC, other);
+    env.expect(&syn.build(), XDP_PASS, reason::PASS_NOT_FOR_PORT);
+    assert!(env.flow(44000).is_none(), "no flow opened");
+    let (member, _, snat) = env.open(44001);
+    let reply = Tcp::new(member, 22, VIP, snat, TCP_ACK).macs(mac_of(member), other);
+    env.expect(&reply.build(), XDP_PASS, reason::PASS_NOT_FOR_PORT);
+    let reply = Tcp::new(member, 22, VIP, snat, TCP_ACK).macs(mac_of(member), PORT_MAC);
+    let out = env.expect(&reply.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(Tcp::parse(&out).unwrap().src_mac, PORT_MAC);
+    // An ICMP error about the flow, flooded to the port: not translated.
+    let data = Tcp::new(CLIENT, 44001, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    let sent = env.expect(&data.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let err = icmp_error(
+        mac_of(member),
+        other,
+        member,
+        VIP,
+        3,
+        4,
+        [0, 0, 5, 120],
+        &sent[14..42],
+    );
+    env.expect(&err, XDP_PASS, reason::PASS_NOT_FOR_PORT);
 }

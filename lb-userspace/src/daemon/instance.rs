@@ -362,6 +362,9 @@ impl Instance {
         self.state.plan = plan.clone();
         self.write_state()?;
         self.dp.maps.write_plan(&plan, prior_plan)?;
+        self.dp
+            .maps
+            .set_port(self.node.port_mac.unwrap_or_default())?;
         self.plan = plan;
 
         let ns = self.node.namespace.clone();

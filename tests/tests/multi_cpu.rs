@@ -1,0 +1,220 @@
+//! Tier 2b: the data path on two CPUs at once. Threads pinned to CPU 0 and CPU 1 run the
+//! program (BPF_PROG_TEST_RUN runs it on the calling CPU) on the same flows at the same
+//! instant: the client's FIN against the member's FIN, RST against RST, a SYN against the
+//! same SYN. Counters must be exact afterwards, without any expiry cycle to correct them.
+
+use std::{
+    net::Ipv4Addr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
+};
+
+use integration_tests::{fixture::*, *};
+use lb::dataplane::ProgramRunner;
+use lb_common::{reason, CT_FIN_CLIENT, CT_FIN_MEMBER};
+use nix::{
+    sched::{sched_setaffinity, CpuSet},
+    unistd::Pid,
+};
+
+const FLOWS: u16 = 3000;
+const BASE_PORT: u16 = 20000;
+
+/// Two CPUs to collide on, or None (the test then says it is skipped).
+fn two_cpus() -> Option<(usize, usize)> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n < 2 {
+        eprintln!("SKIPPED: needs two CPUs");
+        return None;
+    }
+    Some((0, 1))
+}
+
+/// Runs `a(i)` pinned to one CPU and `b(i)` pinned to the other for every `i`, the two
+/// released together each time by spinning on a shared counter (a sleeping barrier wakes
+/// its threads microseconds apart, longer than the program runs); both run inside
+/// namespace `ns` (FIB lookups).
+fn collide(
+    ns: &str,
+    cpus: (usize, usize),
+    n: usize,
+    a: impl Fn(usize) + Sync,
+    b: impl Fn(usize) + Sync,
+) {
+    let arrived = AtomicUsize::new(0);
+    let side = |cpu: usize, f: &(dyn Fn(usize) + Sync)| {
+        let mut set = CpuSet::new();
+        set.set(cpu).unwrap();
+        sched_setaffinity(Pid::from_raw(0), &set).expect("pin to a CPU");
+        lb::node::enter(ns).unwrap();
+        for i in 0..n {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            while arrived.load(Ordering::SeqCst) < 2 * (i + 1) {
+                std::hint::spin_loop();
+            }
+            f(i);
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| side(cpus.0, &a));
+        s.spawn(|| side(cpus.1, &b));
+    });
+}
+
+/// Opens FLOWS flows from CLIENT (ports BASE_PORT..), completes each handshake (member ISN
+/// 5000, windows 1000 and 2000); returns each flow's (member, snat port).
+fn open_established(env: &mut Env) -> Vec<(Ipv4Addr, u16)> {
+    (0..FLOWS)
+        .map(|i| {
+            let port = BASE_PORT + i;
+            let (member, _, snat) = env.open(port);
+            let mut synack =
+                Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK).macs(mac_of(member), PORT_MAC);
+            (synack.seq, synack.ack, synack.win) = (5000, 1001, 1000);
+            env.expect(&synack.build(), XDP_TX, reason::TX_TO_CLIENT);
+            let mut ack = Tcp::new(CLIENT, port, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+            (ack.seq, ack.ack, ack.win) = (1001, 5001, 2000);
+            env.expect(&ack.build(), XDP_TX, reason::TX_TO_MEMBER);
+            (member, snat)
+        })
+        .collect()
+}
+
+fn total_active(env: &Env) -> i64 {
+    [M1, M2]
+        .iter()
+        .map(|&m| env.active(env.member_index(m)))
+        .sum()
+}
+
+fn run_ok(r: &ProgramRunner, frame: &[u8], want: u32) {
+    let (action, _) = r.run(frame).expect("test run");
+    assert_eq!(action, want);
+}
+
+/// The client's FIN and the member's FIN at the same instant on two CPUs: both bits
+/// recorded, every flow stops counting exactly once.
+#[test]
+fn fins_from_both_sides_at_once_lose_no_bit_and_uncount_once() {
+    let Some(cpus) = two_cpus() else { return };
+    let Some(mut env) = Env::with_capacity(include_str!("../../examples/seed.toml"), 16384) else {
+        return;
+    };
+    let flows = open_established(&mut env);
+    assert_eq!(total_active(&env), FLOWS as i64);
+    let (a, b) = (env.dp.runner("lb").unwrap(), env.dp.runner("lb").unwrap());
+    collide(
+        &env.ns.name,
+        cpus,
+        flows.len(),
+        |i| {
+            let mut fin = Tcp::new(CLIENT, BASE_PORT + i as u16, VIP, 22, TCP_FIN | TCP_ACK)
+                .macs(CLIENT_MAC, PORT_MAC);
+            (fin.seq, fin.ack) = (1001, 5001);
+            run_ok(&a, &fin.build(), XDP_TX);
+        },
+        |i| {
+            let (member, snat) = flows[i];
+            let mut fin =
+                Tcp::new(member, 22, VIP, snat, TCP_FIN | TCP_ACK).macs(mac_of(member), PORT_MAC);
+            (fin.seq, fin.ack) = (5001, 1001);
+            run_ok(&b, &fin.build(), XDP_TX);
+        },
+    );
+    for i in 0..FLOWS {
+        let f = env.flow(BASE_PORT + i).unwrap();
+        assert_eq!(
+            f.state & (CT_FIN_CLIENT | CT_FIN_MEMBER),
+            CT_FIN_CLIENT | CT_FIN_MEMBER,
+            "flow {i}: a FIN bit lost"
+        );
+        assert!(!f.counted(), "flow {i} still counted");
+    }
+    assert_eq!(total_active(&env), 0, "every flow uncounted exactly once");
+    assert_eq!(env.dp.maps.listener_live.get(0).active, 0);
+}
+
+/// A RST from each side at the same instant: the flow stops counting exactly once.
+#[test]
+fn rsts_from_both_sides_at_once_uncount_once() {
+    let Some(cpus) = two_cpus() else { return };
+    let Some(mut env) = Env::with_capacity(include_str!("../../examples/seed.toml"), 16384) else {
+        return;
+    };
+    let flows = open_established(&mut env);
+    let (a, b) = (env.dp.runner("lb").unwrap(), env.dp.runner("lb").unwrap());
+    collide(
+        &env.ns.name,
+        cpus,
+        flows.len(),
+        |i| {
+            let mut rst =
+                Tcp::new(CLIENT, BASE_PORT + i as u16, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+            rst.seq = 1001;
+            run_ok(&a, &rst.build(), XDP_TX);
+        },
+        |i| {
+            let (member, snat) = flows[i];
+            let mut rst = Tcp::new(member, 22, VIP, snat, TCP_RST).macs(mac_of(member), PORT_MAC);
+            rst.seq = 5001;
+            run_ok(&b, &rst.build(), XDP_TX);
+        },
+    );
+    assert_eq!(total_active(&env), 0, "every flow uncounted exactly once");
+    assert_eq!(env.dp.maps.listener_live.get(0).active, 0);
+}
+
+/// The same SYN on two CPUs at once (a duplicated frame, or a retransmission racing the
+/// original): one flow, counted once, and both copies go to its member; none is dropped as
+/// if the table were full.
+#[test]
+fn the_same_syn_on_two_cpus_opens_one_flow() {
+    let Some(cpus) = two_cpus() else { return };
+    let Some(env) = Env::with_capacity(include_str!("../../examples/seed.toml"), 16384) else {
+        return;
+    };
+    let (a, b) = (env.dp.runner("lb").unwrap(), env.dp.runner("lb").unwrap());
+    // Frames built beforehand, results kept per side: nothing but the run between releases.
+    let syns: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            Tcp::new(CLIENT, BASE_PORT + i, VIP, 22, TCP_SYN)
+                .macs(CLIENT_MAC, PORT_MAC)
+                .build()
+        })
+        .collect();
+    let (outs_a, outs_b) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+    collide(
+        &env.ns.name,
+        cpus,
+        FLOWS as usize,
+        |i| {
+            let r = a.run(&syns[i]).unwrap();
+            outs_a.lock().unwrap().push((i, r));
+        },
+        |i| {
+            let r = b.run(&syns[i]).unwrap();
+            outs_b.lock().unwrap().push((i, r));
+        },
+    );
+    let mut outs = outs_a.into_inner().unwrap();
+    outs.extend(outs_b.into_inner().unwrap());
+    let mut by_flow = vec![Vec::new(); FLOWS as usize];
+    for (i, (action, frame)) in outs {
+        assert_eq!(action, XDP_TX, "SYN of flow {i} dropped");
+        by_flow[i].push(Tcp::parse(&frame).unwrap());
+    }
+    for (i, pair) in by_flow.iter().enumerate() {
+        assert_eq!(
+            (pair[0].dst, pair[0].sport),
+            (pair[1].dst, pair[1].sport),
+            "flow {i}: both copies to the same member and port"
+        );
+    }
+    let v = env.verdicts();
+    assert_eq!(v[reason::DROP_CT_FULL as usize], 0);
+    assert_eq!(total_active(&env), FLOWS as i64, "each flow counted once");
+    let ls = env.dp.maps.listener_stats(0).unwrap();
+    assert_eq!(ls.total_connections, FLOWS as u64);
+}
