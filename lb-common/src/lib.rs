@@ -61,8 +61,13 @@ pub const CT_FIN_CLIENT: u64 = 1 << 2;
 pub const CT_FIN_MEMBER: u64 = 1 << 3;
 /// A RST within the receiving side's window.
 pub const CT_RST: u64 = 1 << 4;
-/// Included in its member's and listener's `active`.
+/// The client acknowledged the member's SYN-ACK: a connection from here on (before, a
+/// handshake, which a spoofed SYN never gets past).
+pub const CT_ESTABLISHED: u64 = 1 << 5;
+/// Included in its member's and listener's `active` (established connections).
 pub const CT_COUNTED: u64 = 1 << 8;
+/// Included in its member's and listener's `half_open` (handshakes in progress).
+pub const CT_HALF_OPEN: u64 = 1 << 9;
 
 /// Both FINs or one RST in `CT_*` bits `state`.
 #[inline(always)]
@@ -299,9 +304,18 @@ pub struct Live {
     /// Forward entries of any state (open, closing, lingering) that named this member at the
     /// last sweep: a retired member slot is free again once this is 0.
     pub refs: u64,
-    pub _pad: u64,
+    /// Handshakes in progress (a SYN seen, the client's ACK of the SYN-ACK not yet): not
+    /// connections, so not in `active`, least connections or limits.
+    pub half_open: i64,
+    /// Handshakes the last sweep counted in the conntrack table.
+    pub half_table: i64,
+    /// Members: new connections in a row the member refused (RST to the SYN) or left
+    /// unanswered (the client's SYN retransmitted past `retries`, or the connect timeout):
+    /// at the pool's `error_limit` the member is out of selection until its monitor
+    /// passes a check again (haproxy's `observe layer4`). Reset by an answered SYN.
+    pub failures: u64,
 }
-assert_size!(Live, 48);
+assert_size!(Live, 64);
 
 /// `SWEEP` value: what the last run of the `lb_sweep` program did.
 #[repr(C)]
@@ -418,15 +432,24 @@ pub struct Flow {
 assert_size!(Flow, 96);
 
 impl Flow {
-    /// Idle timeout of an entry in this state, given the listener's settings.
-    pub fn timeout_ns(&self, connect_ns: u64, data_ns: u64) -> u64 {
-        if self.is_closed() {
-            CLOSED_LINGER_NS
-        } else if self.state & CT_SYNACK == 0 {
-            connect_ns
+    /// Whether this forward entry is past its state's time at `now`: a closed flow lingers
+    /// `CLOSED_LINGER_NS` after its last packet; a handshake gets `connect_ns` from its SYN
+    /// (a member retransmitting its SYN-ACK to a spoofed source keeps it no longer); a
+    /// connection ends after `data_ns` idle.
+    pub fn expired(&self, now: u64, connect_ns: u64, data_ns: u64) -> bool {
+        let (since, limit) = if self.is_closed() {
+            (self.last_seen_ns, CLOSED_LINGER_NS)
+        } else if self.state & CT_ESTABLISHED == 0 {
+            (self.created_ns, connect_ns)
         } else {
-            data_ns
-        }
+            (self.last_seen_ns, data_ns)
+        };
+        now.saturating_sub(since) > limit
+    }
+
+    /// A handshake in progress, counted in `half_open`.
+    pub fn half_open(&self) -> bool {
+        self.state & CT_HALF_OPEN != 0
     }
 
     /// Both FINs or one RST seen: the connection no longer counts as active.

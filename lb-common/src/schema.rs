@@ -112,7 +112,7 @@ const POOL_CONF: u32 = layout!(PoolConf; count, algorithm, flags, persist_timeou
 const STICKY_KEY: u32 = layout!(StickyKey; client_be, pool);
 const STICKY: u32 = layout!(Sticky; member, _pad, last_ns);
 const MEMBER_CONF: u32 = layout!(MemberConf; addr_be, port_be, weight, flags, _pad);
-const LIVE: u32 = layout!(Live; active, events, rr, table, refs, _pad);
+const LIVE: u32 = layout!(Live; active, events, rr, table, refs, half_open, half_table, failures);
 const STATS: u32 = layout!(Stats; packets_in, bytes_in, packets_out, bytes_out,
     total_connections, redispatches, drops);
 const FLOW_KEY: u32 = layout!(FlowKey; src_be, dst_be, sport_be, dport_be, proto, dir, _pad);
@@ -171,12 +171,14 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "MEMBER_LIVE",
-        version: 1,
+        // 2: half_open, half_table, failures.
+        version: 2,
         layout: mix(MAX_POOL_MEMBERS, LIVE),
     },
     MapSchema {
         name: "LISTENER_LIVE",
-        version: 1,
+        // 2: half_open, half_table, failures.
+        version: 2,
         layout: mix(U32, LIVE),
     },
     MapSchema {
@@ -203,8 +205,9 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "CONNTRACK",
-        // 2: atomic u64 state (counted is a bit of it), seq_delta, windows, wscale.
-        version: 2,
+        // 2: atomic u64 state (counted is a bit of it), seq_delta, windows, wscale;
+        // 3: established and half-open states.
+        version: 3,
         layout: mix(FLOW_KEY, FLOW),
     },
     MapSchema {
@@ -239,13 +242,13 @@ mod tests {
             ("STICKY", 1, 0xf092_f559),
             ("SOURCE_TABLE", 2, 0x5b73_21e3),
             ("MEMBERS", 1, 0xfb78_4c8f),
-            ("MEMBER_LIVE", 1, 0x8ac6_259f),
-            ("LISTENER_LIVE", 1, 0x5aa4_6a3e),
+            ("MEMBER_LIVE", 2, 0x41d0_9009),
+            ("LISTENER_LIVE", 2, 0x8d87_8724),
             ("MEMBER_STATS", 1, 0x05ae_e319),
             ("LISTENER_STATS", 1, 0xeb63_52d0),
             ("LISTENER_DROPS", 2, 0xb3e1_af03),
             ("VERDICTS", 2, 0xb3e1_af03),
-            ("CONNTRACK", 2, 0x8bee_21c2),
+            ("CONNTRACK", 3, 0x8bee_21c2),
             ("PORT", 1, 0x1510_fa71),
             ("SWEEP", 1, 0xcff9_c699),
         ];

@@ -8,13 +8,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    reason, select, Flow, FlowKey, ListenerConf, CT_COUNTED, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
+    reason, select, Flow, FlowKey, ListenerConf, CT_HALF_OPEN, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
     FLOW_DIR_REVERSE, LISTENER_F_DRAIN,
 };
 
 use crate::{
     balance::{decode, open_connections, pick_member, pick_other, stick},
-    conntrack::{count_open, track, uncount},
+    conntrack::{count_half_open, track, uncount, unhalf},
     maps::*,
     member::from_member,
     nat::{bind_member, ts_shift, EEXIST},
@@ -28,13 +28,13 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
     let now = unsafe { bpf_ktime_get_ns() };
     let fkey = pkt.flow_key(FLOW_DIR_FORWARD);
     let is_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let mut new_conn = false;
 
     let flow_ptr = match CONNTRACK.get_ptr_mut(fkey) {
         Some(f) if is_syn && unsafe { (*f).is_closed() } => {
             // The client reuses the tuple of a closed connection: start over.
             unsafe {
                 uncount(f);
+                unhalf(f);
                 let _ = CONNTRACK.remove((*f).reverse_key());
             }
             let _ = CONNTRACK.remove(fkey);
@@ -59,21 +59,19 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
                 return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
             }
             match open_flow(ctx, pkt, listener, &fkey, now) {
-                Ok((f, new)) => {
-                    new_conn = new;
-                    f
-                }
+                Ok(f) => f,
                 Err(r) => return verdict(xdp_action::XDP_DROP, r),
             }
         }
     };
 
-    forward(ctx, pkt, flow_ptr, now, new_conn)
+    forward(ctx, pkt, flow_ptr, now)
 }
 
 /// A new flow for a client's SYN: connection limit, member choice, MAC and SNAT port, the
-/// forward entry `fkey`; counted as active. The same SYN handled by another CPU at the same
-/// moment may have inserted the flow first: then that flow, not new.
+/// forward entry `fkey`; counted as a handshake (a connection once the client acknowledges
+/// the member's SYN-ACK). The same SYN handled by another CPU at the same moment may have
+/// inserted the flow first: then that flow.
 #[inline(always)]
 pub(crate) fn open_flow<C: Frame>(
     ctx: &C,
@@ -81,7 +79,7 @@ pub(crate) fn open_flow<C: Frame>(
     listener: &ListenerConf,
     fkey: &FlowKey,
     now: u64,
-) -> Result<(*mut Flow, bool), u32> {
+) -> Result<*mut Flow, u32> {
     if listener.connection_limit != 0 {
         if let Some(l) = LISTENER_LIVE.get(listener.index) {
             if l.active >= listener.connection_limit as i64 {
@@ -105,7 +103,7 @@ pub(crate) fn open_flow<C: Frame>(
     flow.listener = listener.index;
     flow.client_mac = pkt.src_mac;
     flow.port_mac = pkt.dst_mac;
-    flow.state = CT_SYN | CT_COUNTED;
+    flow.state = CT_SYN | CT_HALF_OPEN;
     // Until the member answers, a client's RST must carry exactly the number after its SYN.
     flow.member_ack = pkt.seq.wrapping_add(1);
     flow.member_win = 1;
@@ -122,7 +120,7 @@ pub(crate) fn open_flow<C: Frame>(
         if e == -EEXIST {
             // Another CPU opened this flow from the same SYN a moment ago.
             if let Some(f) = CONNTRACK.get_ptr_mut(fkey) {
-                return Ok((f, false));
+                return Ok(f);
             }
         }
         return Err(reason::DROP_CT_FULL);
@@ -130,21 +128,16 @@ pub(crate) fn open_flow<C: Frame>(
     let Some(f) = CONNTRACK.get_ptr_mut(fkey) else {
         return Err(reason::DROP_CT_FULL);
     };
-    count_open(idx, listener.index);
+    count_half_open(idx, listener.index);
     stick(listener, pkt.src_be, idx, now);
-    Ok((f, true))
+    Ok(f)
 }
 
-/// A client's segment of flow `flow_ptr`, translated towards its member.
+/// A client's segment of flow `flow_ptr`, translated towards its member. The one that
+/// completes the handshake counts the connection in the traffic counters' totals.
 #[inline(always)]
-pub(crate) fn forward<C: Frame>(
-    ctx: &C,
-    pkt: &Packet,
-    flow_ptr: *mut Flow,
-    now: u64,
-    new_conn: bool,
-) -> Verdict {
-    track(flow_ptr, pkt, true, now, None);
+pub(crate) fn forward<C: Frame>(ctx: &C, pkt: &Packet, flow_ptr: *mut Flow, now: u64) -> Verdict {
+    let new_conn = track(flow_ptr, pkt, true, now, None);
     let flow = unsafe { &*flow_ptr };
     add_stats(
         flow.member,
@@ -185,7 +178,7 @@ pub(crate) fn fast_path(ctx: &TcContext) -> Option<Verdict> {
     if LISTENERS.get_ptr(pkt.listener_key()).is_some() {
         let f = CONNTRACK.get_ptr_mut(pkt.flow_key(FLOW_DIR_FORWARD))?;
         let now = unsafe { bpf_ktime_get_ns() };
-        return Some(forward(ctx, &pkt, f, now, false));
+        return Some(forward(ctx, &pkt, f, now));
     }
     let rflow = unsafe { *CONNTRACK.get_ptr(pkt.flow_key(FLOW_DIR_REVERSE))? };
     Some(from_member(ctx, &pkt, &rflow))
@@ -230,21 +223,18 @@ pub(crate) fn maybe_redispatch<C: Frame>(
     flow.syn_retries = 0;
     bind_member(ctx, flow, idx, pkt.ip_len, listener.snat_ports())?;
     let _ = CONNTRACK.remove(old_rkey);
-    uncount(f);
-    flow.state |= CT_COUNTED;
+    // Still a handshake: it moves to the new member.
+    unhalf(f);
+    flow.state |= CT_HALF_OPEN;
     unsafe { *f = *flow };
-    count_open(idx, listener.index);
+    count_half_open(idx, listener.index);
     // The client sticks to the member that answers now (haproxy's redispatch does so too).
     stick(listener, pkt.src_be, idx, now);
-    // The connection now counts on the new member; the listener saw no new connection.
     if let Some(s) = MEMBER_STATS.get_ptr_mut(old_member) {
         unsafe { (*s).redispatches += 1 };
     }
     if let Some(s) = LISTENER_STATS.get_ptr_mut(listener.index) {
         unsafe { (*s).redispatches += 1 };
-    }
-    if let Some(s) = MEMBER_STATS.get_ptr_mut(idx) {
-        unsafe { (*s).total_connections += 1 };
     }
     Ok(())
 }

@@ -6,7 +6,10 @@
 
 use core::intrinsics::{atomic_and, atomic_or, atomic_xadd, AtomicOrdering};
 
-use lb_common::{closed, Flow, Live, CT_COUNTED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYNACK};
+use lb_common::{
+    closed, Flow, Live, CT_COUNTED, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_HALF_OPEN,
+    CT_RST, CT_SYNACK,
+};
 
 use crate::{
     maps::*,
@@ -41,6 +44,46 @@ fn live_add(live: *mut Live, delta: i64) {
     unsafe {
         xadd_i64(&raw mut (*live).active, delta);
         xadd_u64(&raw mut (*live).events, 1);
+    }
+}
+
+#[inline(always)]
+fn half_add(live: *mut Live, delta: i64) {
+    unsafe {
+        xadd_i64(&raw mut (*live).half_open, delta);
+        xadd_u64(&raw mut (*live).events, 1);
+    }
+}
+
+/// Counts a new handshake (a SYN that opened a flow) on its member and listener.
+#[inline(always)]
+pub(crate) fn count_half_open(member: u32, listener: u32) {
+    if let Some(l) = MEMBER_LIVE.get_ptr_mut(member) {
+        half_add(l, 1);
+    }
+    if let Some(l) = LISTENER_LIVE.get_ptr_mut(listener) {
+        half_add(l, 1);
+    }
+}
+
+/// Stops counting a flow as a handshake (established, closed, or moved by a redispatch):
+/// exactly once.
+#[inline(always)]
+pub(crate) fn unhalf(flow: *mut Flow) {
+    unsafe {
+        if (*flow).state & CT_HALF_OPEN == 0 {
+            return;
+        }
+        let before = fetch_and(&raw mut (*flow).state, !CT_HALF_OPEN);
+        if before & CT_HALF_OPEN == 0 {
+            return;
+        }
+        if let Some(l) = MEMBER_LIVE.get_ptr_mut((*flow).member) {
+            half_add(l, -1);
+        }
+        if let Some(l) = LISTENER_LIVE.get_ptr_mut((*flow).listener) {
+            half_add(l, -1);
+        }
     }
 }
 
@@ -133,9 +176,11 @@ fn note_window(f: &mut Flow, pkt: &Packet, from_client: bool, wscale: Option<u8>
     }
 }
 
-/// Folds a segment into its flow's state: FINs, the member's SYN-ACK, RSTs within the
+/// Folds a segment into its flow's state: FINs, the member's SYN-ACK, the client's ACK of
+/// it (the handshake becomes a connection: counted active from here), RSTs within the
 /// window, the windows; stops counting the flow once it is closed. `wscale`: the window
-/// scale option of a member's SYN-ACK.
+/// scale option of a member's SYN-ACK. Returns whether this segment established the
+/// connection (exactly one segment per flow does).
 #[inline(always)]
 pub(crate) fn track(
     flow: *mut Flow,
@@ -143,9 +188,21 @@ pub(crate) fn track(
     from_client: bool,
     now: u64,
     wscale: Option<u8>,
-) {
+) -> bool {
     let f = unsafe { &mut *flow };
     let flags = pkt.tcp_flags;
+    let mut established = false;
+    if from_client
+        && flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
+        && f.state & (CT_SYNACK | CT_ESTABLISHED) == CT_SYNACK
+    {
+        let before = unsafe { fetch_or(&raw mut f.state, CT_ESTABLISHED | CT_COUNTED) };
+        if before & CT_ESTABLISHED == 0 {
+            established = true;
+            count_open(f.member, f.listener);
+            unhalf(flow);
+        }
+    }
     let mut bits = 0u64;
     if flags & TCP_RST != 0 && rst_in_window(f, pkt, from_client) {
         bits |= CT_RST;
@@ -168,6 +225,8 @@ pub(crate) fn track(
         let before = unsafe { fetch_or(&raw mut f.state, bits) };
         if closed(before | bits) {
             uncount(flow);
+            unhalf(flow);
         }
     }
+    established
 }

@@ -21,7 +21,7 @@ pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verd
         } else {
             None
         };
-        track(f, pkt, false, now, wscale);
+        let _ = track(f, pkt, false, now, wscale);
     }
     add_stats(
         rflow.member,

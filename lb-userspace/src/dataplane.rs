@@ -369,7 +369,9 @@ impl LiveArray {
                 rr: AtomicU64::from_ptr(&raw mut (*p).rr).load(Ordering::Relaxed),
                 table: AtomicI64::from_ptr(&raw mut (*p).table).load(Ordering::Relaxed),
                 refs: AtomicU64::from_ptr(&raw mut (*p).refs).load(Ordering::Relaxed),
-                _pad: 0,
+                half_open: AtomicI64::from_ptr(&raw mut (*p).half_open).load(Ordering::Relaxed),
+                half_table: AtomicI64::from_ptr(&raw mut (*p).half_table).load(Ordering::Relaxed),
+                failures: AtomicU64::from_ptr(&raw mut (*p).failures).load(Ordering::Relaxed),
             }
         }
     }
@@ -392,15 +394,37 @@ impl LiveArray {
         }
     }
 
-    /// Drift correction after a cycle: if no packet changed `active` since `events` read
-    /// `before`, sets it to `census`. Returns whether it changed.
-    pub(crate) fn correct(&self, i: u32, before: u64, census: i64) -> bool {
-        let now = self.get(i);
-        if now.events == before && now.active != census {
-            self.add_quiet(i, census - now.active);
-            return true;
+    /// Adds `delta` to `half_open` without bumping `events` (the expiry's own changes).
+    pub fn add_half_quiet(&self, i: u32, delta: i64) {
+        let p = self.slot(i);
+        unsafe {
+            AtomicI64::from_ptr(&raw mut (*p).half_open).fetch_add(delta, Ordering::Relaxed);
         }
-        false
+    }
+
+    /// Drift correction after a cycle: if no packet changed the counts since `events` read
+    /// `before`, sets `active` and `half_open` to the census. Returns whether either changed.
+    pub(crate) fn correct(&self, i: u32, before: u64, census: i64, half: i64) -> bool {
+        let now = self.get(i);
+        if now.events != before {
+            return false;
+        }
+        let mut changed = false;
+        if now.active != census {
+            self.add_quiet(i, census - now.active);
+            changed = true;
+        }
+        if now.half_open != half {
+            self.add_half_quiet(i, half - now.half_open);
+            changed = true;
+        }
+        changed
+    }
+
+    /// Clears a member's run of failed connections (its monitor passed a check).
+    pub fn clear_failures(&self, i: u32) {
+        let p = self.slot(i);
+        unsafe { AtomicU64::from_ptr(&raw mut (*p).failures).store(0, Ordering::Relaxed) };
     }
 
     /// Zeroes every counter of slot `i` (a slot taken by a new member or listener).
@@ -412,14 +436,19 @@ impl LiveArray {
             AtomicU64::from_ptr(&raw mut (*p).rr).store(0, Ordering::Relaxed);
             AtomicI64::from_ptr(&raw mut (*p).table).store(0, Ordering::Relaxed);
             AtomicU64::from_ptr(&raw mut (*p).refs).store(0, Ordering::Relaxed);
+            AtomicI64::from_ptr(&raw mut (*p).half_open).store(0, Ordering::Relaxed);
+            AtomicI64::from_ptr(&raw mut (*p).half_table).store(0, Ordering::Relaxed);
+            AtomicU64::from_ptr(&raw mut (*p).failures).store(0, Ordering::Relaxed);
         }
     }
 
-    /// Records a cycle's census: open flows and flows of any state naming the index.
-    pub(crate) fn set_census(&self, i: u32, open: i64, refs: u64) {
+    /// Records a cycle's census: open connections, handshakes, and flows of any state
+    /// naming the index.
+    pub(crate) fn set_census(&self, i: u32, open: i64, half: i64, refs: u64) {
         let p = self.slot(i);
         unsafe {
             AtomicI64::from_ptr(&raw mut (*p).table).store(open, Ordering::Relaxed);
+            AtomicI64::from_ptr(&raw mut (*p).half_table).store(half, Ordering::Relaxed);
             AtomicU64::from_ptr(&raw mut (*p).refs).store(refs, Ordering::Relaxed);
         }
     }

@@ -110,16 +110,20 @@ fn fingerprint(k: &FlowKey) -> u64 {
 /// What the census of one cycle counted.
 struct Tally {
     member_open: StdHashMap<u32, i64>,
+    member_half: StdHashMap<u32, i64>,
     member_refs: StdHashMap<u32, u64>,
     listener_open: [i64; MAX_LISTENERS as usize],
+    listener_half: [i64; MAX_LISTENERS as usize],
 }
 
 impl Tally {
     fn new() -> Self {
         Tally {
             member_open: StdHashMap::new(),
+            member_half: StdHashMap::new(),
             member_refs: StdHashMap::new(),
             listener_open: [0; MAX_LISTENERS as usize],
+            listener_half: [0; MAX_LISTENERS as usize],
         }
     }
 
@@ -128,6 +132,12 @@ impl Tally {
         if f.counted() {
             *self.member_open.entry(f.member).or_default() += 1;
             if let Some(l) = self.listener_open.get_mut(f.listener as usize) {
+                *l += 1;
+            }
+        }
+        if f.half_open() {
+            *self.member_half.entry(f.member).or_default() += 1;
+            if let Some(l) = self.listener_half.get_mut(f.listener as usize) {
                 *l += 1;
             }
         }
@@ -263,16 +273,18 @@ impl Sweeper {
         let live = |t: &StdHashMap<u32, i64>, i: u32| t.get(&i).copied().unwrap_or(0);
         for (&m, &b) in members.iter().zip(&before_m) {
             let open = live(&tally.member_open, m);
+            let half = live(&tally.member_half, m);
             let refs = tally.member_refs.get(&m).copied().unwrap_or(0);
-            self.member_live.set_census(m, open, refs);
-            if self.member_live.correct(m, b, open) {
+            self.member_live.set_census(m, open, half, refs);
+            if self.member_live.correct(m, b, open, half) {
                 out.corrected += 1;
             }
         }
         for (&l, &b) in census.listeners.iter().zip(&before_l) {
             let open = tally.listener_open.get(l as usize).copied().unwrap_or(0);
-            self.listener_live.set_census(l, open, 0);
-            if self.listener_live.correct(l, b, open) {
+            let half = tally.listener_half.get(l as usize).copied().unwrap_or(0);
+            self.listener_live.set_census(l, open, half, 0);
+            if self.listener_live.correct(l, b, open, half) {
                 out.corrected += 1;
             }
         }
@@ -321,6 +333,10 @@ impl Sweeper {
                 self.member_live.add_quiet(flow.member, -1);
                 self.listener_live.add_quiet(flow.listener, -1);
             }
+            if flow.half_open() {
+                self.member_live.add_half_quiet(flow.member, -1);
+                self.listener_live.add_half_quiet(flow.listener, -1);
+            }
         }
         Ok(())
     }
@@ -333,11 +349,10 @@ pub fn idle_past_timeout(
     listeners: &StdHashMap<ListenerKey, ListenerConf>,
     now_ns: u64,
 ) -> bool {
-    let timeout = match listeners.get(&flow.listener_key()) {
-        Some(l) => flow.timeout_ns(l.timeout_member_connect_ns, l.timeout_data_ns),
-        None => 0,
-    };
-    now_ns.saturating_sub(flow.last_seen_ns) > timeout
+    match listeners.get(&flow.listener_key()) {
+        Some(l) => flow.expired(now_ns, l.timeout_member_connect_ns, l.timeout_data_ns),
+        None => true,
+    }
 }
 
 /// How long to wait between cycles for a table of `entries` entries: once a second up to
@@ -353,7 +368,8 @@ pub fn interval(entries: u64) -> Duration {
 mod tests {
     use super::*;
     use lb_common::{
-        CT_FIN_CLIENT, CT_FIN_MEMBER, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD, IPPROTO_TCP,
+        CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
+        IPPROTO_TCP,
     };
 
     fn listener() -> (ListenerKey, ListenerConf) {
@@ -381,27 +397,28 @@ mod tests {
         let listeners: StdHashMap<_, _> = [listener()].into_iter().collect();
         let s = 1_000_000_000u64;
         let t0 = 100 * s;
+        let est = CT_SYN | CT_SYNACK | CT_ESTABLISHED;
+        // (state, age since the SYN, idle since the last packet, expired)
         let cases = [
-            (CT_SYN, 4 * s, false),
-            (CT_SYN, 6 * s, true),
-            (CT_SYN | CT_SYNACK, 49 * s, false),
-            (CT_SYN | CT_SYNACK, 51 * s, true),
-            (
-                CT_SYN | CT_SYNACK | CT_FIN_CLIENT | CT_FIN_MEMBER,
-                9 * s,
-                false,
-            ),
-            (
-                CT_SYN | CT_SYNACK | CT_FIN_CLIENT | CT_FIN_MEMBER,
-                11 * s,
-                true,
-            ),
+            (CT_SYN, 4 * s, 4 * s, false),
+            (CT_SYN, 6 * s, 6 * s, true),
+            // A handshake ends 5 s after its SYN, however recently the member (re)sent its
+            // SYN-ACK.
+            (CT_SYN | CT_SYNACK, 4 * s, 0, false),
+            (CT_SYN | CT_SYNACK, 6 * s, 0, true),
+            (est, 100 * s, 49 * s, false),
+            (est, 100 * s, 51 * s, true),
+            (est | CT_FIN_CLIENT | CT_FIN_MEMBER, 100 * s, 9 * s, false),
+            (est | CT_FIN_CLIENT | CT_FIN_MEMBER, 100 * s, 11 * s, true),
+            (CT_SYN | CT_RST, 100 * s, 9 * s, false),
         ];
-        for (state, idle, expired) in cases {
+        for (state, age, idle, expired) in cases {
+            let mut f = flow(state, t0 - idle);
+            f.created_ns = t0 - age;
             assert_eq!(
-                idle_past_timeout(&flow(state, t0 - idle), &listeners, t0),
+                idle_past_timeout(&f, &listeners, t0),
                 expired,
-                "state {state:#x}, idle {idle} ns"
+                "state {state:#x}, age {age} ns, idle {idle} ns"
             );
         }
         assert!(

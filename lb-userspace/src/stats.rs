@@ -13,6 +13,9 @@ use crate::{dataplane::Maps, state::State};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Counters {
     pub active_connections: i64,
+    /// Handshakes in progress: SYNs that opened a flow whose client has not yet acknowledged
+    /// the member's SYN-ACK (a spoofed SYN never does). Not connections.
+    pub half_open_connections: i64,
     pub total_connections: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -84,9 +87,10 @@ fn named_nonzero(by_reason: &[u64]) -> std::collections::BTreeMap<String, u64> {
 }
 
 impl Counters {
-    fn new(active_connections: i64, s: Stats) -> Counters {
+    fn new(live: lb_common::Live, s: Stats) -> Counters {
         Counters {
-            active_connections,
+            active_connections: live.active,
+            half_open_connections: live.half_open,
             total_connections: s.total_connections,
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
@@ -155,7 +159,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
             weight: conf.weight,
             backup: conf.flags & MEMBER_F_BACKUP != 0,
             operating_status: operating_status(conf.flags, conf.weight, m.monitor.is_some()).into(),
-            counters: Counters::new(maps.member_live.get(m.index).active, s),
+            counters: Counters::new(maps.member_live.get(m.index), s),
             connection_errors: s.drops.iter().sum(),
             drops: MEMBER_DROP_REASONS
                 .iter()
@@ -180,7 +184,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
             operating_status: status.into(),
             protocol_port: l.protocol_port,
             pool_id: l.pool_id.clone(),
-            counters: Counters::new(maps.listener_live.get(l.index).active, s),
+            counters: Counters::new(maps.listener_live.get(l.index), s),
             request_errors: drops.iter().sum(),
             drops: named_nonzero(&drops),
         });
@@ -240,8 +244,9 @@ fn row(o: &mut String, indent: &str, name: String, port: u16, status: &str, c: &
     let width = 40 - indent.len();
     let _ = writeln!(
         o,
-        "{indent}{name:<width$} {port:>6} {status:<11} {:>7} {:>8} {:>12} {:>12} {:>10} {:>10}",
+        "{indent}{name:<width$} {port:>6} {status:<11} {:>7} {:>6} {:>8} {:>12} {:>12} {:>10} {:>10}",
         c.active_connections,
+        c.half_open_connections,
         c.total_connections,
         c.bytes_in,
         c.bytes_out,
@@ -273,11 +278,12 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
         }
         let _ = writeln!(
             o,
-            "  {:<38} {:>6} {:<11} {:>7} {:>8} {:>12} {:>12} {:>10} {:>10}",
+            "  {:<38} {:>6} {:<11} {:>7} {:>6} {:>8} {:>12} {:>12} {:>10} {:>10}",
             "listener/member",
             "port",
             "status",
             "active",
+            "syn",
             "total",
             "bytes_in",
             "bytes_out",

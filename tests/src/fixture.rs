@@ -119,8 +119,14 @@ impl Env {
         out
     }
 
+    /// Established connections counted on member slot `member`.
     pub fn active(&self, member: u32) -> i64 {
         self.dp.maps.member_live.get(member).active
+    }
+
+    /// Handshakes in progress counted on member slot `member`.
+    pub fn half_open(&self, member: u32) -> i64 {
+        self.dp.maps.member_live.get(member).half_open
     }
 
     pub fn member_index(&self, addr: Ipv4Addr) -> u32 {
@@ -143,18 +149,58 @@ impl Env {
     }
 
     pub fn flow(&self, client_port: u16) -> Option<Flow> {
+        self.flow_on(client_port, 22)
+    }
+
+    /// The flow from CLIENT:`client_port` to VIP:`listener_port`.
+    pub fn flow_on(&self, client_port: u16, listener_port: u16) -> Option<Flow> {
         self.dp.maps.flow(&FlowKey {
             src_be: u32::from(CLIENT).to_be(),
             dst_be: u32::from(VIP).to_be(),
             sport_be: client_port.to_be(),
-            dport_be: 22u16.to_be(),
+            dport_be: listener_port.to_be(),
             proto: IPPROTO_TCP,
             dir: FLOW_DIR_FORWARD,
             _pad: [0; 2],
         })
     }
 
-    /// Opens a flow with a SYN from CLIENT:`port`; returns (member address, member mac, snat port).
+    /// Completes the handshake of the flow from CLIENT:`port` to VIP:`listener_port` (client
+    /// ISN 1000): the member's SYN-ACK (ISN 5000, window 1000) and the client's ACK of it
+    /// (window 2000). A connection from then on.
+    pub fn establish_on(&mut self, port: u16, listener_port: u16) {
+        let f = self
+            .flow_on(port, listener_port)
+            .expect("a flow to establish");
+        let (member, snat) = (
+            Ipv4Addr::from(u32::from_be(f.member_be)),
+            u16::from_be(f.snat_port_be),
+        );
+        let mut synack = Tcp::new(
+            member,
+            u16::from_be(f.member_port_be),
+            VIP,
+            snat,
+            TCP_SYN | TCP_ACK,
+        )
+        .macs(mac_of(member), PORT_MAC);
+        (synack.seq, synack.ack, synack.win) = (5000, 1001, 1000);
+        self.expect(&synack.build(), XDP_TX, reason::TX_TO_CLIENT);
+        let mut ack =
+            Tcp::new(CLIENT, port, VIP, listener_port, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+        (ack.seq, ack.ack, ack.win) = (1001, 5001, 2000);
+        self.expect(&ack.build(), XDP_TX, reason::TX_TO_MEMBER);
+    }
+
+    /// A whole connection from CLIENT:`port`: `open`, then the handshake completed.
+    pub fn connect(&mut self, port: u16) -> (Ipv4Addr, [u8; 6], u16) {
+        let r = self.open(port);
+        self.establish_on(port, 22);
+        r
+    }
+
+    /// Opens a flow with a SYN from CLIENT:`port` (a handshake, not yet a connection);
+    /// returns (member address, member mac, snat port).
     pub fn open(&mut self, port: u16) -> (Ipv4Addr, [u8; 6], u16) {
         let syn = Tcp::new(CLIENT, port, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
         let out = self.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);

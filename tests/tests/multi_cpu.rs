@@ -167,8 +167,8 @@ fn rsts_from_both_sides_at_once_uncount_once() {
 }
 
 /// The same SYN on two CPUs at once (a duplicated frame, or a retransmission racing the
-/// original): one flow, counted once, and both copies go to its member; none is dropped as
-/// if the table were full.
+/// original): one flow, counted once as a handshake, and both copies go to its member; none
+/// is dropped as if the table were full.
 #[test]
 fn the_same_syn_on_two_cpus_opens_one_flow() {
     let Some(cpus) = two_cpus() else { return };
@@ -214,7 +214,61 @@ fn the_same_syn_on_two_cpus_opens_one_flow() {
     }
     let v = env.verdicts();
     assert_eq!(v[reason::DROP_CT_FULL as usize], 0);
-    assert_eq!(total_active(&env), FLOWS as i64, "each flow counted once");
+    let half: i64 = [M1, M2]
+        .iter()
+        .map(|&m| env.half_open(env.member_index(m)))
+        .sum();
+    assert_eq!(half, FLOWS as i64, "each handshake counted once");
+    assert_eq!(env.dp.maps.listener_live.get(0).half_open, FLOWS as i64);
+    assert_eq!(
+        total_active(&env),
+        0,
+        "no connection before the handshake ends"
+    );
+}
+
+/// The client's ACK of the SYN-ACK seen on two CPUs at once: the connection is counted
+/// once, and its handshake uncounted once.
+#[test]
+fn the_handshake_ends_once_when_its_ack_is_seen_twice() {
+    let Some(cpus) = two_cpus() else { return };
+    let Some(mut env) = Env::with_capacity(include_str!("../../examples/seed.toml"), 16384) else {
+        return;
+    };
+    for i in 0..FLOWS {
+        let port = BASE_PORT + i;
+        let (member, _, snat) = env.open(port);
+        let mut synack =
+            Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK).macs(mac_of(member), PORT_MAC);
+        (synack.seq, synack.ack) = (5000, 1001);
+        env.expect(&synack.build(), XDP_TX, reason::TX_TO_CLIENT);
+    }
+    let acks: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            let mut a =
+                Tcp::new(CLIENT, BASE_PORT + i, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+            (a.seq, a.ack) = (1001, 5001);
+            a.build()
+        })
+        .collect();
+    let (a, b) = (env.dp.runner("lb").unwrap(), env.dp.runner("lb").unwrap());
+    collide(
+        &env.ns.name,
+        cpus,
+        FLOWS as usize,
+        |i| run_ok(&a, &acks[i], XDP_TX),
+        |i| run_ok(&b, &acks[i], XDP_TX),
+    );
+    assert_eq!(
+        total_active(&env),
+        FLOWS as i64,
+        "each connection counted once"
+    );
+    let half: i64 = [M1, M2]
+        .iter()
+        .map(|&m| env.half_open(env.member_index(m)))
+        .sum();
+    assert_eq!(half, 0);
     let ls = env.dp.maps.listener_stats(0).unwrap();
     assert_eq!(ls.total_connections, FLOWS as u64);
 }

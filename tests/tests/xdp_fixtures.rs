@@ -32,11 +32,12 @@ fn one_flow_syn_reply_data_fin_exact_bytes() {
     );
     assert!(checksums_ok(&out));
     let m = env.member_index(member);
-    assert_eq!(env.active(m), 1);
+    // A handshake until the client acknowledges the member's SYN-ACK: not a connection yet.
+    assert_eq!((env.active(m), env.half_open(m)), (0, 1));
     let st = env.dp.maps.member_stats(m).unwrap();
     assert_eq!(
         (st.total_connections, st.packets_in, st.bytes_in),
-        (1, 1, 40)
+        (0, 1, 40)
     );
 
     // SYN-ACK from the member: reverse-translated to the client, MACs port -> client.
@@ -95,22 +96,22 @@ fn rst_closes_and_new_syn_reuses_tuple() {
     let Some(mut env) = Env::seed() else { return };
     let (member, _, snat) = env.open(40100);
     let m = env.member_index(member);
-    assert_eq!(env.active(m), 1);
+    assert_eq!(env.half_open(m), 1);
     // The member refuses: RST+ACK acknowledging the SYN (seq 1000).
     let mut rst = Tcp::new(member, 22, VIP, snat, TCP_RST | TCP_ACK).macs(mac_of(member), PORT_MAC);
     rst.ack = 1001;
     let out = env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
     assert_eq!(out, to_client(&rst, 40100).build(), "RST output bytes");
-    assert_eq!(env.active(m), 0, "RST from the member closes the flow");
+    assert_eq!(env.half_open(m), 0, "RST from the member closes the flow");
     // The client reuses the tuple: a fresh flow is counted again, exactly once.
     let (member2, _, _) = env.open(40100);
     let m2 = env.member_index(member2);
-    assert_eq!(env.active(m2), 1);
+    assert_eq!(env.half_open(m2), 1);
     let mut rst = Tcp::new(CLIENT, 40100, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
     rst.seq = 1001;
     env.expect(&rst.build(), XDP_TX, reason::TX_TO_MEMBER);
     assert_eq!(
-        env.active(env.member_index(M1)) + env.active(env.member_index(M2)),
+        env.half_open(env.member_index(M1)) + env.half_open(env.member_index(M2)),
         0
     );
 }
@@ -118,11 +119,11 @@ fn rst_closes_and_new_syn_reuses_tuple() {
 #[test]
 fn least_connections_and_down_members() {
     let Some(mut env) = Env::seed() else { return };
-    let (a, _, _) = env.open(41000);
-    let (b, _, _) = env.open(41001);
+    let (a, _, _) = env.connect(41000);
+    let (b, _, _) = env.connect(41001);
     assert_ne!(a, b, "second connection goes to the idle member");
-    let (c, _, _) = env.open(41002);
-    let (d, _, _) = env.open(41003);
+    let (c, _, _) = env.connect(41002);
+    let (d, _, _) = env.connect(41003);
     assert_ne!(c, d, "with one each, the next two split again");
     assert_eq!(env.active(env.member_index(M1)), 2);
     assert_eq!(env.active(env.member_index(M2)), 2);
@@ -151,7 +152,7 @@ fn weights_and_drain() {
     };
     let mut n1 = 0;
     for p in 0..8 {
-        if env.open(42000 + p).0 == M1 {
+        if env.connect(42000 + p).0 == M1 {
             n1 += 1;
         }
     }
@@ -183,24 +184,32 @@ fn retransmitted_syn_to_down_member_is_redispatched() {
     assert_eq!(o.dst, other, "redispatched");
     assert_eq!(o.dst_mac, mac_of(other));
     assert!(checksums_ok(&out));
-    assert_eq!(env.active(env.member_index(first)), 0);
-    assert_eq!(env.active(env.member_index(other)), 1);
+    // Still a handshake, now on the other member.
     let (old, new) = (env.member_index(first), env.member_index(other));
+    assert_eq!((env.half_open(old), env.half_open(new)), (0, 1));
     assert_eq!(env.dp.maps.member_stats(old).unwrap().redispatches, 1);
-    assert_eq!(env.dp.maps.member_stats(new).unwrap().total_connections, 1);
     let ls = env.dp.maps.listener_stats(0).unwrap();
     assert_eq!(
         (ls.total_connections, ls.redispatches, ls.packets_in),
-        (1, 1, 2),
-        "one connection, two SYNs"
+        (0, 1, 2),
+        "no connection yet, two SYNs"
     );
     // The old reverse entry is gone: a late SYN-ACK from the first member is not translated.
     let late = Tcp::new(first, 22, VIP, snat, TCP_SYN | TCP_ACK).macs(mac_of(first), PORT_MAC);
     env.expect(&late.build(), XDP_PASS, reason::PASS_NOT_BALANCED);
     // The new member's reply is.
-    let reply = Tcp::new(other, 22, VIP, o.sport, TCP_SYN | TCP_ACK).macs(mac_of(other), PORT_MAC);
+    let mut reply =
+        Tcp::new(other, 22, VIP, o.sport, TCP_SYN | TCP_ACK).macs(mac_of(other), PORT_MAC);
+    (reply.seq, reply.ack) = (5000, 1001);
     let out = env.expect(&reply.build(), XDP_TX, reason::TX_TO_CLIENT);
     assert_eq!(Tcp::parse(&out).unwrap().dport, 43000);
+    // The client's ACK makes it a connection: counted once, on the member that answered.
+    let mut ack = Tcp::new(CLIENT, 43000, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack) = (1001, 5001);
+    env.expect(&ack.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert_eq!((env.active(new), env.half_open(new)), (1, 0));
+    assert_eq!(env.dp.maps.member_stats(new).unwrap().total_connections, 1);
+    assert_eq!(env.dp.maps.listener_stats(0).unwrap().total_connections, 1);
 }
 
 #[test]
@@ -218,7 +227,7 @@ fn retransmitted_syn_past_retries_is_redispatched() {
     let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
     assert_ne!(Tcp::parse(&out).unwrap().dst, first);
     assert_eq!(
-        env.active(env.member_index(M1)) + env.active(env.member_index(M2)),
+        env.half_open(env.member_index(M1)) + env.half_open(env.member_index(M2)),
         1
     );
 }
@@ -333,8 +342,8 @@ fn connection_limit_is_enforced() {
     let Some(mut env) = Env::new(&cfg) else {
         return;
     };
-    env.open(45000);
-    env.open(45001);
+    env.connect(45000);
+    env.connect(45001);
     let syn = Tcp::new(CLIENT, 45002, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
     env.expect(&syn.build(), XDP_DROP, reason::DROP_CONN_LIMIT);
     let drops = env.dp.maps.listener_drops(0).unwrap();
@@ -377,9 +386,10 @@ fn the_load_balancer_s_limit_counts_all_listeners() {
             .macs(CLIENT_MAC, PORT_MAC)
             .build()
     };
-    env.expect(&syn(45000, 22), XDP_TX, reason::TX_TO_MEMBER);
-    env.expect(&syn(45001, 2222), XDP_TX, reason::TX_TO_MEMBER);
-    env.expect(&syn(45002, 2222), XDP_TX, reason::TX_TO_MEMBER);
+    for (port, listener) in [(45000, 22), (45001, 2222), (45002, 2222)] {
+        env.expect(&syn(port, listener), XDP_TX, reason::TX_TO_MEMBER);
+        env.establish_on(port, listener);
+    }
     env.expect(&syn(45003, 22), XDP_DROP, reason::DROP_CONN_LIMIT);
     env.expect(&syn(45004, 2222), XDP_DROP, reason::DROP_CONN_LIMIT);
 }
@@ -388,7 +398,7 @@ fn the_load_balancer_s_limit_counts_all_listeners() {
 fn sweep_expires_idle_flows_and_corrects_drift() {
     let Some(mut env) = Env::seed() else { return };
     for p in 0..4 {
-        env.open(46000 + p);
+        env.connect(46000 + p);
     }
     let members: Vec<u32> = env.plan.members.iter().map(|m| m.index).collect();
     let total = |env: &Env| members.iter().map(|&m| env.active(m)).sum::<i64>();
@@ -398,9 +408,9 @@ fn sweep_expires_idle_flows_and_corrects_drift() {
     let r = env.dp.sweep(&members, &[0], &[]).unwrap();
     assert_eq!((r.flows, r.expired, r.orphans, r.corrected), (4, 0, 0, 1));
     assert_eq!((env.active(members[0]), env.active(members[1])), (2, 2));
-    // Past the connect timeout (no SYN-ACK seen): every flow expires, counters return to 0.
+    // Idle past the data timeout: every flow expires, counters return to 0.
     let mut l = env.plan.listeners[0].clone();
-    l.conf.timeout_member_connect_ns = 1_000_000;
+    l.conf.timeout_data_ns = 1_000_000;
     env.dp.maps.set_listener(l.key, l.conf).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     let r = env.dp.sweep(&members, &[0], &[]).unwrap();
@@ -442,6 +452,7 @@ fn full_pool_of_256_members_is_scanned() {
             1200,
             "the least loaded of 256 members"
         );
+        env.establish_on(47000 + p, 22);
     }
     // Now slot 1200 has 3 like everyone else: the next SYN goes elsewhere.
     let syn = Tcp::new(CLIENT, 47010, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
@@ -612,7 +623,7 @@ fn retired_slot_is_freed_once_its_last_flow_is_gone() {
     let r = env.dp.sweep(&[], &[0], &[ix, iy]).unwrap();
     assert!(r.freed.is_empty(), "both still named by a flow");
     assert_eq!(
-        (env.active(ix), env.active(iy)),
+        (env.half_open(ix), env.half_open(iy)),
         (1, 0),
         "A still counts while it drains"
     );
@@ -625,7 +636,7 @@ fn retired_slot_is_freed_once_its_last_flow_is_gone() {
     assert_eq!(r.expired, 1);
     assert_eq!(r.freed, vec![ix]);
     assert_eq!(env.dp.maps.member_live.get(iy).refs, 1);
-    assert_eq!(env.active(ix), 0);
+    assert_eq!(env.half_open(ix), 0);
 }
 
 const TC_ACT_OK: u32 = 0;
@@ -847,10 +858,10 @@ fn a_reused_index_starts_with_zeroed_counters() {
     use lb::{config::Config, plan::plan};
     let Some(mut env) = Env::seed() else { return };
     let seed = Config::parse(include_str!("../../examples/seed.toml"), "seed").unwrap();
-    let (x, _, _) = env.open(49800);
+    let (x, _, _) = env.connect(49800);
     let ix = env.member_index(x);
     let before = env.dp.maps.member_stats(ix).unwrap();
-    assert_eq!((before.total_connections, before.packets_in), (1, 1));
+    assert_eq!((before.total_connections, before.packets_in), (1, 2));
     assert_eq!(env.dp.maps.listener_stats(0).unwrap().total_connections, 1);
 
     // A reload removes member X, and the listener.
@@ -1203,4 +1214,43 @@ fn frames_for_another_mac_are_not_balanced() {
         &sent[14..42],
     );
     env.expect(&err, XDP_PASS, reason::PASS_NOT_FOR_PORT);
+}
+
+/// A SYN the member answers but whose client never acknowledges the SYN-ACK (a spoofed
+/// source) is a handshake, not a connection: not in `active`, least connections or the
+/// connection limit, and gone `timeout_member_connect` after its SYN however often the
+/// member retransmits its SYN-ACK.
+#[test]
+fn a_handshake_is_not_a_connection_until_the_client_acknowledges() {
+    let cfg = include_str!("../../examples/seed.toml")
+        .replace("\nretries = 3", "\nretries = 3\nconnection_limit = 1");
+    let Some(mut env) = Env::new(&cfg) else {
+        return;
+    };
+    let (member, _, snat) = env.open(50000);
+    let m = env.member_index(member);
+    let mut synack =
+        Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK).macs(mac_of(member), PORT_MAC);
+    (synack.seq, synack.ack) = (5000, 1001);
+    env.expect(&synack.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!((env.active(m), env.half_open(m)), (0, 1));
+    assert_eq!(env.dp.maps.listener_live.get(0).half_open, 1);
+    // The limit of 1 is not taken by the handshake: a real client gets through, then the
+    // limit holds.
+    env.connect(50001);
+    assert_eq!(env.dp.maps.listener_live.get(0).active, 1);
+    let syn = Tcp::new(CLIENT, 50002, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&syn.build(), XDP_DROP, reason::DROP_CONN_LIMIT);
+    // The member keeps retransmitting its SYN-ACK; the handshake still ends on time.
+    let mut l = env.plan.listeners[0].clone();
+    l.conf.timeout_member_connect_ns = 20_000_000;
+    env.dp.maps.set_listener(l.key, l.conf).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(25));
+    env.expect(&synack.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let members: Vec<u32> = env.plan.members.iter().map(|m| m.index).collect();
+    let r = env.dp.sweep(&members, &[0], &[]).unwrap();
+    assert_eq!(r.expired, 1, "the handshake, not the connection");
+    assert_eq!(env.half_open(m), 0);
+    assert_eq!(env.dp.maps.listener_live.get(0).half_open, 0);
+    assert_eq!(env.dp.maps.listener_live.get(0).active, 1);
 }
