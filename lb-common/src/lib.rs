@@ -64,6 +64,9 @@ pub const CT_RST: u64 = 1 << 4;
 /// The client acknowledged the member's SYN-ACK: a connection from here on (before, a
 /// handshake, which a spoofed SYN never gets past).
 pub const CT_ESTABLISHED: u64 = 1 << 5;
+/// The member refused this handshake (a RST to the SYN, kept from the client): the client's
+/// next SYN goes to another member.
+pub const CT_REFUSED: u64 = 1 << 6;
 /// Included in its member's and listener's `active` (established connections).
 pub const CT_COUNTED: u64 = 1 << 8;
 /// Included in its member's and listener's `half_open` (handshakes in progress).
@@ -133,7 +136,11 @@ pub mod reason {
     /// Not addressed to the port's MAC (a bridge flooding unknown unicast): passed to the
     /// kernel, which drops what is not for the host, untouched.
     pub const PASS_NOT_FOR_PORT: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// A member refused a new connection (RST to the SYN): the RST is kept from the client,
+    /// whose next SYN goes to another member (haproxy's `retries` + `option redispatch`).
+    /// Past the listener's retries the RST reaches the client.
+    pub const DROP_REFUSED: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "tx_to_member",
@@ -154,6 +161,7 @@ pub mod reason {
         "tx_icmp_to_client",
         "tx_icmp_to_member",
         "pass_not_for_port",
+        "drop_refused",
     ];
 }
 
@@ -241,8 +249,20 @@ pub struct PoolConf {
     /// Source-address persistence: seconds a client's entry lives after its last new
     /// connection; 0 = until the table evicts it (haproxy's stick-table without `expire`).
     pub persist_timeout_s: u32,
+    /// Passive health: a member whose last this many new connections in a row were refused
+    /// or went unanswered is out of selection until its monitor passes a check (haproxy's
+    /// `observe layer4` with `error-limit`); 0 = off.
+    pub error_limit: u32,
+    pub _pad: u32,
 }
-assert_size!(PoolConf, 16);
+assert_size!(PoolConf, 24);
+
+/// Whether a member with `failures` refused or unanswered connections in a row is out of
+/// selection under a pool's `error_limit`.
+#[inline(always)]
+pub fn member_failed(failures: u64, error_limit: u32) -> bool {
+    error_limit != 0 && failures >= error_limit as u64
+}
 
 /// `PoolConf::flags`: a client address keeps its member across connections (haproxy's
 /// `stick on src`, Octavia's SOURCE_IP session persistence).
@@ -424,6 +444,8 @@ pub struct Flow {
     pub member_mac: [u8; 6],
     /// Our port's MAC (L2 destination of the client's SYN).
     pub port_mac: [u8; 6],
+    /// While the handshake lasts: the client's SYN retransmissions to the current member in
+    /// the low nibble, redispatches to another member in the high one (both saturating).
     pub syn_retries: u8,
     /// Window scale shifts in effect: the client's (applied to its windows) in the low
     /// nibble, the member's in the high one; 0 when either side did not offer scaling.

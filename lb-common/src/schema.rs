@@ -108,7 +108,8 @@ macro_rules! layout {
 const LISTENER_KEY: u32 = layout!(ListenerKey; vip_be, port_be, proto, _pad);
 const LISTENER_CONF: u32 = layout!(ListenerConf; index, pool, connection_limit, retries,
     timeout_member_connect_ns, timeout_data_ns, flags, snat_min, snat_max, total_limit, _pad);
-const POOL_CONF: u32 = layout!(PoolConf; count, algorithm, flags, persist_timeout_s);
+const POOL_CONF: u32 =
+    layout!(PoolConf; count, algorithm, flags, persist_timeout_s, error_limit, _pad);
 const STICKY_KEY: u32 = layout!(StickyKey; client_be, pool);
 const STICKY: u32 = layout!(Sticky; member, _pad, last_ns);
 const MEMBER_CONF: u32 = layout!(MemberConf; addr_be, port_be, weight, flags, _pad);
@@ -146,8 +147,8 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "POOLS",
-        // 2: flags and persist_timeout_s (source-address persistence).
-        version: 2,
+        // 2: flags and persist_timeout_s (source-address persistence); 3: error_limit.
+        version: 3,
         layout: mix(U32, POOL_CONF),
     },
     MapSchema {
@@ -193,21 +194,21 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "LISTENER_DROPS",
-        // 2: pass_not_for_port.
-        version: 2,
+        // 2: pass_not_for_port; 3: drop_refused.
+        version: 3,
         layout: mix(REASONS, U64),
     },
     MapSchema {
         name: "VERDICTS",
-        // 2: pass_not_for_port.
-        version: 2,
+        // 2: pass_not_for_port; 3: drop_refused.
+        version: 3,
         layout: mix(REASONS, U64),
     },
     MapSchema {
         name: "CONNTRACK",
         // 2: atomic u64 state (counted is a bit of it), seq_delta, windows, wscale;
-        // 3: established and half-open states.
-        version: 3,
+        // 3: established and half-open states; 4: refused, syn_retries' redispatch nibble.
+        version: 4,
         layout: mix(FLOW_KEY, FLOW),
     },
     MapSchema {
@@ -238,7 +239,7 @@ mod tests {
     fn schema_versions_follow_layouts() {
         let recorded: &[(&str, u32, u32)] = &[
             ("LISTENERS", 4, 0xab74_7c97),
-            ("POOLS", 2, 0xf8c3_bd53),
+            ("POOLS", 3, 0x1623_a0ef),
             ("STICKY", 1, 0xf092_f559),
             ("SOURCE_TABLE", 2, 0x5b73_21e3),
             ("MEMBERS", 1, 0xfb78_4c8f),
@@ -246,9 +247,9 @@ mod tests {
             ("LISTENER_LIVE", 2, 0x8d87_8724),
             ("MEMBER_STATS", 1, 0x05ae_e319),
             ("LISTENER_STATS", 1, 0xeb63_52d0),
-            ("LISTENER_DROPS", 2, 0xb3e1_af03),
-            ("VERDICTS", 2, 0xb3e1_af03),
-            ("CONNTRACK", 3, 0x8bee_21c2),
+            ("LISTENER_DROPS", 3, 0xd2e9_dcb2),
+            ("VERDICTS", 3, 0xd2e9_dcb2),
+            ("CONNTRACK", 4, 0x8bee_21c2),
             ("PORT", 1, 0x1510_fa71),
             ("SWEEP", 1, 0xcff9_c699),
         ];

@@ -7,8 +7,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
 use lb_common::{
-    reason, select, ListenerConf, Sticky, StickyKey, ALG_SOURCE_IP, MAX_LISTENERS,
-    MAX_POOL_MEMBERS, POOL_F_PERSIST_SOURCE,
+    member_failed, reason, select, ListenerConf, Sticky, StickyKey, ALG_SOURCE_IP, MAX_LISTENERS,
+    MAX_POOL_MEMBERS, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
 };
 
 use crate::{conntrack::xadd_u64, maps::*};
@@ -61,7 +61,7 @@ pub(crate) fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> R
     // unavailable, falls back to the scan from the client's hash.
     let hash = select::client_hash(client_be);
     if pool.algorithm == ALG_SOURCE_IP && exclude == u32::MAX {
-        if let Some(i) = source_entry(listener.pool, pool.count, hash) {
+        if let Some(i) = source_entry(listener.pool, pool.count, hash, pool.error_limit) {
             return Ok(base + i);
         }
     }
@@ -85,7 +85,7 @@ pub(crate) fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> R
     let mut sel = Selection {
         picker: select::Picker::new(pool.algorithm, pool.count, start, exclude_slot),
         base,
-        _pad: 0,
+        limit: pool.error_limit,
     };
     let n = sel.picker.count();
     unsafe {
@@ -102,12 +102,21 @@ pub(crate) fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> R
     }
 }
 
+/// Whether member `idx` is past its pool's error limit (passive health).
+#[inline(always)]
+fn failed(idx: u32, limit: u32) -> bool {
+    match MEMBER_LIVE.get(idx) {
+        Some(l) => member_failed(l.failures, limit),
+        None => false,
+    }
+}
+
 /// The slot the pool's source-hashing table gives `hash`, if its member is available.
 #[inline(always)]
-pub(crate) fn source_entry(pool: u32, count: u32, hash: u32) -> Option<u32> {
+pub(crate) fn source_entry(pool: u32, count: u32, hash: u32, limit: u32) -> Option<u32> {
     let table = SOURCE_TABLE.get(pool)?;
     let slot = table[(hash % select::SOURCE_TABLE_SIZE) as usize] as u32;
-    if slot >= count {
+    if slot >= count || failed(pool * MAX_POOL_MEMBERS + slot, limit) {
         return None;
     }
     let m = MEMBERS.get(pool * MAX_POOL_MEMBERS + slot)?;
@@ -135,7 +144,11 @@ pub(crate) fn sticky_member(listener: &ListenerConf, client_be: u32, now: u64) -
     let fresh = pool.persist_timeout_s == 0
         || now.wrapping_sub(s.last_ns) < pool.persist_timeout_s as u64 * 1_000_000_000;
     let base = listener.pool * MAX_POOL_MEMBERS;
-    if !fresh || s.member < base || s.member >= base + pool.count {
+    if !fresh
+        || s.member < base
+        || s.member >= base + pool.count
+        || failed(s.member, pool.error_limit)
+    {
         return None;
     }
     // As haproxy's: a member drained to weight 0 still takes the clients stuck to it.
@@ -200,7 +213,8 @@ pub(crate) extern "C" fn add_active(i: u32, ctx: *mut c_void) -> i64 {
 pub(crate) struct Selection {
     picker: select::Picker,
     base: u32,
-    _pad: u32,
+    /// The pool's `error_limit`: members past it are out.
+    limit: u32,
 }
 
 /// `bpf_loop` callback: offers member slot number `i` (in rotation order) to the picker. The
@@ -211,15 +225,19 @@ pub(crate) extern "C" fn select_step(i: u32, ctx: *mut c_void) -> i64 {
     let slot = sel.picker.slot(i);
     let idx = sel.base + slot;
     let Some(m) = MEMBERS.get(idx) else { return 1 };
-    let active = match MEMBER_LIVE.get(idx) {
-        Some(l) => l.active,
-        None => 0,
+    let (active, failed) = match MEMBER_LIVE.get(idx) {
+        Some(l) => (l.active, member_failed(l.failures, sel.limit)),
+        None => (0, false),
     };
     sel.picker.offer(
         slot,
         &select::Candidate {
             weight: m.weight as u32,
-            flags: m.flags,
+            flags: if failed {
+                m.flags & !MEMBER_F_UP
+            } else {
+                m.flags
+            },
             active,
         },
     );

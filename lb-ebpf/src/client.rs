@@ -8,16 +8,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    reason, select, Flow, FlowKey, ListenerConf, CT_HALF_OPEN, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
-    FLOW_DIR_REVERSE, LISTENER_F_DRAIN,
+    reason, select, Flow, FlowKey, ListenerConf, CT_HALF_OPEN, CT_REFUSED, CT_SYN, CT_SYNACK,
+    FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, LISTENER_F_DRAIN,
 };
 
 use crate::{
     balance::{decode, open_connections, pick_member, pick_other, stick},
-    conntrack::{count_half_open, track, uncount, unhalf},
+    conntrack::{count_half_open, note_failure, track, uncount, unhalf},
     maps::*,
     member::from_member,
-    nat::{bind_member, ts_shift, EEXIST},
+    nat::{bind_sub, ts_shift, EEXIST},
     parse::{self, Frame, Packet, TCP_ACK, TCP_SYN},
     stats::add_stats,
     verdict, Verdict,
@@ -114,7 +114,17 @@ pub(crate) fn open_flow<C: Frame>(
         let now_ms = (now / 1_000_000) as u32;
         flow.ts_delta = now_ms.wrapping_sub(u32::from_be_bytes(v));
     }
-    bind_member(ctx, flow, idx, pkt.ip_len, listener.snat_ports())?;
+    // A member that cannot be sent to (no neighbour, no route, no SNAT port) costs this
+    // SYN nothing: another member takes it at once.
+    let mut idx = idx;
+    if let Err(why) = decode(bind_sub(ctx, flow, idx, pkt.ip_len, listener)) {
+        note_failure(idx);
+        idx = match decode(pick_other(listener, pkt.src_be, idx)) {
+            Ok(other) if other != idx => other,
+            _ => return Err(why),
+        };
+        decode(bind_sub(ctx, flow, idx, pkt.ip_len, listener))?;
+    }
     if let Err(e) = CONNTRACK.insert(fkey, &*flow, BPF_NOEXIST as u64) {
         let _ = CONNTRACK.remove(flow.reverse_key());
         if e == -EEXIST {
@@ -198,19 +208,29 @@ pub(crate) fn maybe_redispatch<C: Frame>(
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;
     let flow: &mut Flow = unsafe { &mut (*scratch).flow };
     *flow = unsafe { *f };
-    flow.syn_retries = flow.syn_retries.saturating_add(1);
-    let member_ok = match MEMBERS.get(flow.member) {
-        Some(m) => select::available(&select::Candidate {
-            weight: m.weight as u32,
-            flags: m.flags,
-            active: 0,
-        }),
-        None => false,
-    };
+    // Retransmissions in the low nibble, redispatches in the high one.
+    let (tries, moves) = (flow.syn_retries & 0x0f, flow.syn_retries >> 4);
+    let tries = if tries < 0x0f { tries + 1 } else { tries };
+    flow.syn_retries = tries | (moves << 4);
+    let refused = flow.state & CT_REFUSED != 0;
+    let member_ok = !refused
+        && match MEMBERS.get(flow.member) {
+            Some(m) => select::available(&select::Candidate {
+                weight: m.weight as u32,
+                flags: m.flags,
+                active: 0,
+            }),
+            None => false,
+        };
     let overdue = now.wrapping_sub(flow.created_ns) >= listener.timeout_member_connect_ns;
-    if member_ok && (flow.syn_retries as u32) <= listener.retries && !overdue {
+    let unanswered = tries as u32 > listener.retries || overdue;
+    if member_ok && !unanswered {
         unsafe { (*f).syn_retries = flow.syn_retries };
         return Ok(());
+    }
+    if member_ok && unanswered {
+        // Passive health: the member left this SYN unanswered.
+        note_failure(flow.member);
     }
     let idx = decode(pick_other(listener, pkt.src_be, flow.member))?;
     if idx == flow.member {
@@ -220,12 +240,12 @@ pub(crate) fn maybe_redispatch<C: Frame>(
     let old_rkey = flow.reverse_key();
     let old_member = flow.member;
     flow.created_ns = now;
-    flow.syn_retries = 0;
-    bind_member(ctx, flow, idx, pkt.ip_len, listener.snat_ports())?;
+    flow.syn_retries = (if moves < 0x0f { moves + 1 } else { moves }) << 4;
+    decode(bind_sub(ctx, flow, idx, pkt.ip_len, listener))?;
     let _ = CONNTRACK.remove(old_rkey);
     // Still a handshake: it moves to the new member.
     unhalf(f);
-    flow.state |= CT_HALF_OPEN;
+    flow.state = (flow.state & !CT_REFUSED) | CT_HALF_OPEN;
     unsafe { *f = *flow };
     count_half_open(idx, listener.index);
     // The client sticks to the member that answers now (haproxy's redispatch does so too).

@@ -87,6 +87,27 @@ pub(crate) fn unhalf(flow: *mut Flow) {
     }
 }
 
+/// One more new connection in a row that member `member` refused, left unanswered, or
+/// could not be sent to (passive health, see `PoolConf::error_limit`).
+#[inline(always)]
+pub(crate) fn note_failure(member: u32) {
+    if let Some(l) = MEMBER_LIVE.get_ptr_mut(member) {
+        unsafe { xadd_u64(&raw mut (*l).failures, 1) };
+    }
+}
+
+/// Member `member` answered a SYN: its run of failures ends.
+#[inline(always)]
+pub(crate) fn note_answer(member: u32) {
+    if let Some(l) = MEMBER_LIVE.get_ptr_mut(member) {
+        unsafe {
+            if (*l).failures != 0 {
+                (*l).failures = 0;
+            }
+        }
+    }
+}
+
 /// Counts a new flow as active on its member and listener.
 #[inline(always)]
 pub(crate) fn count_open(member: u32, listener: u32) {

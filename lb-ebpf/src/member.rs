@@ -1,13 +1,13 @@
 //! The member's side: replies to VIP:snat, translated back to the client.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
-use lb_common::{reason, Flow};
+use lb_common::{reason, Flow, CT_REFUSED, CT_SYNACK};
 
 use crate::{
-    conntrack::track,
+    conntrack::{fetch_or, note_answer, note_failure, track},
     maps::*,
     nat::ts_shift,
-    parse::{self, Frame, Packet, TCP_SYN},
+    parse::{self, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     stats::add_stats,
     verdict, Verdict,
 };
@@ -16,7 +16,11 @@ use crate::{
 pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(f) = CONNTRACK.get_ptr_mut(rflow.forward_key()) {
+        if refused(f, pkt) {
+            return verdict(xdp_action::XDP_DROP, reason::DROP_REFUSED);
+        }
         let wscale = if pkt.tcp_flags & TCP_SYN != 0 {
+            note_answer(rflow.member);
             parse::find_wscale(ctx, pkt)
         } else {
             None
@@ -44,4 +48,29 @@ pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verd
         );
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_CLIENT)
+}
+
+/// The member refuses the handshake (RST+ACK acknowledging the SYN, before any SYN-ACK):
+/// counted against it (passive health) and, while the listener's retries allow another
+/// member, kept from the client: the flow is marked so that the client's next SYN goes
+/// elsewhere (haproxy's `retries` + `option redispatch`). Past them, the RST goes on to the
+/// client as a refusal.
+#[inline(always)]
+fn refused(f: *mut Flow, pkt: &Packet) -> bool {
+    let flow = unsafe { &*f };
+    if pkt.tcp_flags & (TCP_RST | TCP_ACK) != TCP_RST | TCP_ACK
+        || flow.state & CT_SYNACK != 0
+        || pkt.ack != flow.member_ack
+    {
+        return false;
+    }
+    note_failure(flow.member);
+    let Some(listener) = (unsafe { LISTENERS.get(flow.listener_key()) }) else {
+        return false;
+    };
+    if (flow.syn_retries >> 4) as u32 >= listener.retries {
+        return false;
+    }
+    unsafe { fetch_or(&raw mut (*f).state, CT_REFUSED) };
+    true
 }

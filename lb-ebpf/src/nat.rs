@@ -1,11 +1,13 @@
 //! Binding a flow to its member: the member's MAC from the namespace's FIB, and the SNAT
 //! port, allocated by inserting the reverse conntrack entry; TCP timestamp shifting.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, BPF_NOEXIST},
-    helpers::{bpf_fib_lookup, bpf_get_prandom_u32},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_loop},
 };
-use lb_common::{reason, Flow, ListenerKey, IPPROTO_TCP, SNAT_TRIES};
+use lb_common::{reason, Flow, ListenerConf, ListenerKey, IPPROTO_TCP, SNAT_TRIES};
 
 use crate::{
     maps::*,
@@ -21,6 +23,21 @@ pub(crate) const FIB_NO_NEIGH: i64 = 7;
 pub(crate) const EEXIST: i32 = 17;
 
 /// Fills the flow's member, MAC and SNAT port for member `idx`, inserting the reverse entry.
+/// `bind_member` as a subprogram (its result encoded as `balance::encode` does): the
+/// verifier checks the FIB lookup and the SNAT loop once, however many places bind.
+/// BPF functions take at most 5 arguments: `listener` brings the SNAT range.
+#[inline(never)]
+pub(crate) fn bind_sub<C: Frame>(
+    ctx: &C,
+    flow: &mut Flow,
+    idx: u32,
+    pkt_len: u16,
+    listener: &ListenerConf,
+) -> u64 {
+    let snat = listener.snat_ports();
+    crate::balance::encode(bind_member(ctx, flow, idx, pkt_len, snat).map(|()| 0))
+}
+
 #[inline(always)]
 pub(crate) fn bind_member<C: Frame>(
     ctx: &C,
@@ -89,38 +106,86 @@ pub(crate) fn try_bind_member<C: Frame>(
     }
     flow.member_mac = fib.dmac;
 
-    let span = (snat_max - snat_min) as u32 + 1;
-    let mut seed = unsafe { bpf_get_prandom_u32() };
+    let mut st = SnatSearch {
+        seed: unsafe { bpf_get_prandom_u32() },
+        min: snat_min,
+        max: snat_max,
+        outcome: SNAT_EXHAUSTED,
+    };
+    unsafe {
+        bpf_loop(
+            SNAT_TRIES,
+            snat_step as *mut c_void,
+            &raw mut st as *mut c_void,
+            0,
+        );
+    }
+    match st.outcome {
+        SNAT_FOUND => Ok(()),
+        SNAT_FULL => Err(reason::DROP_CT_FULL),
+        _ => Err(reason::DROP_SNAT_EXHAUSTED),
+    }
+}
+
+const SNAT_EXHAUSTED: u32 = 0;
+const SNAT_FOUND: u32 = 1;
+const SNAT_FULL: u32 = 2;
+
+/// The state of a search for a free SNAT port, shared with `snat_step`.
+#[repr(C)]
+struct SnatSearch {
+    seed: u32,
+    min: u16,
+    max: u16,
+    outcome: u32,
+}
+
+/// `bpf_loop` callback: try number `i` at a SNAT port for the flow being built in
+/// `SCRATCH` (every caller binds that one), by inserting its reverse entry with
+/// `BPF_NOEXIST`. The verifier checks one try, not `SNAT_TRIES` of them.
+#[inline(never)]
+extern "C" fn snat_step(i: u32, ctx: *mut c_void) -> i64 {
+    let st = unsafe { &mut *(ctx as *mut SnatSearch) };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        st.outcome = SNAT_FULL;
+        return 1;
+    };
+    let flow: &mut Flow = unsafe { &mut (*scratch).flow };
     let client_port = u16::from_be(flow.client_port_be);
-    for i in 0..SNAT_TRIES {
-        // First choice: the client's own source port (as netfilter's NAT does). The member
-        // then sees the port the client chose, and when a client reuses a port, the member's
-        // TIME_WAIT on that tuple belongs to the same client's earlier connection, whose
-        // sequence numbers and timestamps the new SYN continues: the member accepts the reuse
-        // as it would without lb. A random port there is refused by TIME_WAIT (PAWS, or an
-        // older sequence number), costing the client a 1 s SYN retransmission.
-        let port = if i == 0 && (snat_min..=snat_max).contains(&client_port) {
-            client_port
-        } else {
-            snat_min + (seed % span) as u16
-        };
-        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let port_be = port.to_be();
-        // A port that is also a listener on this VIP would make replies look like clients.
-        if LISTENERS
-            .get_ptr(ListenerKey::tcp(flow.vip_be, port_be))
-            .is_some()
-        {
-            continue;
+    // First choice: the client's own source port (as netfilter's NAT does). The member then
+    // sees the port the client chose, and when a client reuses a port, the member's
+    // TIME_WAIT on that tuple belongs to the same client's earlier connection, whose
+    // sequence numbers and timestamps the new SYN continues: the member accepts the reuse as
+    // it would without lb. A random port there is refused by TIME_WAIT (PAWS, or an older
+    // sequence number), costing the client a 1 s SYN retransmission.
+    let port = if i == 0 && client_port >= st.min && client_port <= st.max {
+        client_port
+    } else {
+        // (Computed here, not carried: the verifier must see that it cannot be 0.)
+        let span = st.max.wrapping_sub(st.min) as u32 + 1;
+        st.min.wrapping_add((st.seed % span) as u16)
+    };
+    st.seed = st.seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+    let port_be = port.to_be();
+    // A port that is also a listener on this VIP would make replies look like clients.
+    if LISTENERS
+        .get_ptr(ListenerKey::tcp(flow.vip_be, port_be))
+        .is_some()
+    {
+        return 0;
+    }
+    flow.snat_port_be = port_be;
+    match CONNTRACK.insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            st.outcome = SNAT_FOUND;
+            1
         }
-        flow.snat_port_be = port_be;
-        match CONNTRACK.insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64) {
-            Ok(()) => return Ok(()),
-            Err(e) if e == -EEXIST => continue,
-            Err(_) => return Err(reason::DROP_CT_FULL),
+        Err(e) if e == -EEXIST => 0,
+        Err(_) => {
+            st.outcome = SNAT_FULL;
+            1
         }
     }
-    Err(reason::DROP_SNAT_EXHAUSTED)
 }
 
 /// What `parse::rewrite` adds to a timestamp field (see `Flow::ts_delta`): `delta` at the

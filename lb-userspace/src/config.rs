@@ -208,6 +208,15 @@ pub struct Pool {
     /// persistence; haproxy's `stick on src`).
     #[serde(default)]
     pub session_persistence: Option<SessionPersistence>,
+    /// Passive health: a member whose last this many new connections in a row were refused
+    /// (RST to the SYN) or unanswered (past `retries`, or the connect timeout) is out of
+    /// selection until its monitor passes a check (or, without a monitor, for 10 s). 0 = off.
+    #[serde(default = "ten")]
+    pub error_limit: u32,
+}
+
+fn ten() -> u32 {
+    10
 }
 
 #[allow(clippy::upper_case_acronyms, non_camel_case_types)]

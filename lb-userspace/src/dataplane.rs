@@ -719,6 +719,11 @@ impl Maps {
         self.port.set(0, conf, 0).map_err(e)
     }
 
+    pub fn pool(&self, index: u32) -> Result<PoolConf> {
+        let e = self.err("POOLS");
+        self.pools.get(&index, 0).map_err(e)
+    }
+
     pub fn set_pool(&mut self, index: u32, conf: PoolConf) -> Result<()> {
         let e = self.err("POOLS");
         self.pools.set(index, conf, 0).map_err(e)

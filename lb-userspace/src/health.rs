@@ -425,6 +425,7 @@ pub async fn monitor(
     t: MonitorTarget,
     tx: UnboundedSender<Transition>,
     board: Board,
+    live: std::sync::Arc<crate::dataplane::LiveArray>,
 ) {
     let (rise, fall) = (t.monitor.max_retries, t.monitor.max_retries_down);
     let mut checker = Checker::new(rise, fall, t.up);
@@ -451,6 +452,10 @@ pub async fn monitor(
     loop {
         tick.tick().await;
         let r = check(vip, t.target, &t.monitor).await;
+        if r.status.ok() {
+            // Passive health: a passing check forgives the member's failed connections.
+            live.clear_failures(t.member_index);
+        }
         let changed = checker.record(r.status.ok());
         info.status = Some(r.status);
         info.code = r.code;

@@ -165,6 +165,8 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                     .as_ref()
                     .and_then(|p| p.persistence_timeout)
                     .unwrap_or(0),
+                error_limit: pool.error_limit,
+                _pad: 0,
             },
         });
     }
@@ -242,6 +244,7 @@ mod tests {
         let want = PoolConf {
             count: 2,
             algorithm: ALG_LEAST_CONNECTIONS,
+            error_limit: 10,
             ..Default::default()
         };
         assert_eq!(p.pools[0].conf, want);

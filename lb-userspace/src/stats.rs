@@ -53,6 +53,10 @@ pub struct MemberReport {
     pub counters: Counters,
     /// New flows for this member that could not be sent (HAProxy's connection errors).
     pub connection_errors: u64,
+    /// New connections in a row the member refused or left unanswered (passive health): at
+    /// its pool's `error_limit` the member is ERROR, out of selection until its monitor
+    /// passes a check.
+    pub failed_connections: u64,
     /// The same, by reason (only reasons that occurred).
     pub drops: std::collections::BTreeMap<String, u64>,
 }
@@ -151,6 +155,14 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
     for m in &state.plan.members {
         let s = maps.member_stats(m.index)?;
         let conf = maps.member(m.index)?;
+        let live = maps.member_live.get(m.index);
+        let limit = maps
+            .pool(m.index / lb_common::MAX_POOL_MEMBERS)?
+            .error_limit;
+        let mut status = operating_status(conf.flags, conf.weight, m.monitor.is_some());
+        if status != "OFFLINE" && lb_common::member_failed(live.failures, limit) {
+            status = "ERROR";
+        }
         members.push(MemberReport {
             id: m.id.clone(),
             pool_id: m.pool_id.clone(),
@@ -158,9 +170,10 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
             protocol_port: m.protocol_port,
             weight: conf.weight,
             backup: conf.flags & MEMBER_F_BACKUP != 0,
-            operating_status: operating_status(conf.flags, conf.weight, m.monitor.is_some()).into(),
-            counters: Counters::new(maps.member_live.get(m.index), s),
+            operating_status: status.into(),
+            counters: Counters::new(live, s),
             connection_errors: s.drops.iter().sum(),
+            failed_connections: live.failures,
             drops: MEMBER_DROP_REASONS
                 .iter()
                 .zip(s.drops)

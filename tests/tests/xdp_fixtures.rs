@@ -94,15 +94,15 @@ fn one_flow_syn_reply_data_fin_exact_bytes() {
 #[test]
 fn rst_closes_and_new_syn_reuses_tuple() {
     let Some(mut env) = Env::seed() else { return };
-    let (member, _, snat) = env.open(40100);
+    let (member, _, snat) = env.connect(40100);
     let m = env.member_index(member);
-    assert_eq!(env.half_open(m), 1);
-    // The member refuses: RST+ACK acknowledging the SYN (seq 1000).
+    assert_eq!(env.active(m), 1);
+    // The member resets the connection: a RST at the sequence it would send next.
     let mut rst = Tcp::new(member, 22, VIP, snat, TCP_RST | TCP_ACK).macs(mac_of(member), PORT_MAC);
-    rst.ack = 1001;
+    (rst.seq, rst.ack) = (5001, 1001);
     let out = env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
     assert_eq!(out, to_client(&rst, 40100).build(), "RST output bytes");
-    assert_eq!(env.half_open(m), 0, "RST from the member closes the flow");
+    assert_eq!(env.active(m), 0, "RST from the member closes the flow");
     // The client reuses the tuple: a fresh flow is counted again, exactly once.
     let (member2, _, _) = env.open(40100);
     let m2 = env.member_index(member2);
@@ -114,6 +114,123 @@ fn rst_closes_and_new_syn_reuses_tuple() {
         env.half_open(env.member_index(M1)) + env.half_open(env.member_index(M2)),
         0
     );
+}
+
+/// A member refusing a SYN (RST+ACK acknowledging it) does not reach the client while the
+/// listener's `retries` allow another member: the RST is dropped, the refusal counted against
+/// the member, and the client's next SYN goes to the other member. Past `retries` moves, the
+/// refusal reaches the client as it would without lb.
+#[test]
+fn member_refusal_is_redispatched_until_retries_run_out() {
+    let cfg = include_str!("../../examples/seed.toml").replace("retries = 3", "retries = 1");
+    let Some(mut env) = Env::new(&cfg) else {
+        return;
+    };
+    let (first, _, snat) = env.open(40200);
+    let (i1, other) = (env.member_index(first), if first == M1 { M2 } else { M1 });
+    let i2 = env.member_index(other);
+    let refuse = |member: Ipv4Addr, snat: u16| {
+        let mut rst =
+            Tcp::new(member, 22, VIP, snat, TCP_RST | TCP_ACK).macs(mac_of(member), PORT_MAC);
+        rst.ack = 1001;
+        rst
+    };
+    env.expect(&refuse(first, snat).build(), XDP_DROP, reason::DROP_REFUSED);
+    assert_eq!(env.dp.maps.member_live.get(i1).failures, 1);
+    assert_eq!(
+        env.half_open(i1),
+        1,
+        "still a handshake until the client tries again"
+    );
+    // The client's retransmitted SYN goes to the other member, from the same tuple.
+    let syn = Tcp::new(CLIENT, 40200, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let o = Tcp::parse(&out).unwrap();
+    assert_eq!(o.dst, other, "redispatched");
+    assert_eq!((env.half_open(i1), env.half_open(i2)), (0, 1));
+    // That one refuses too: one move was all `retries = 1` allows, so the client sees it.
+    let rst = refuse(other, o.sport);
+    let out = env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(out, to_client(&rst, 40200).build(), "RST output bytes");
+    assert_eq!((env.half_open(i1), env.half_open(i2)), (0, 0));
+    assert_eq!(env.dp.maps.member_live.get(i2).failures, 1);
+    // A member that answers a SYN ends its run of failures.
+    let (m, _, _) = env.open(40201);
+    assert_eq!(
+        m, first,
+        "the idle member: both have failed once, neither past the limit"
+    );
+    env.establish_on(40201, 22);
+    assert_eq!(env.dp.maps.member_live.get(i1).failures, 0);
+    assert_eq!(env.verdicts()[reason::DROP_REFUSED as usize], 1);
+}
+
+/// Passive health (`observe layer4` + `error-limit`): a member that refused `error_limit`
+/// new connections in a row is out of selection although its monitor still says up; the
+/// daemon clears its failures when a check passes, and it is chosen again.
+#[test]
+fn member_past_its_error_limit_is_out_until_cleared() {
+    let cfg = include_str!("../../examples/seed.toml").replace(
+        "lb_algorithm = \"LEAST_CONNECTIONS\"",
+        "lb_algorithm = \"LEAST_CONNECTIONS\"\nerror_limit = 2",
+    );
+    let Some(mut env) = Env::new(&cfg) else {
+        return;
+    };
+    let (bad, good) = (M1, M2);
+    let ib = env.member_index(bad);
+    // Every SYN sent to `bad` is refused; the client retries and gets `good`.
+    let mut port = 40300;
+    while env.dp.maps.member_live.get(ib).failures < 2 {
+        let (m, _, snat) = env.open(port);
+        if m == bad {
+            let mut rst =
+                Tcp::new(bad, 22, VIP, snat, TCP_RST | TCP_ACK).macs(mac_of(bad), PORT_MAC);
+            rst.ack = 1001;
+            env.expect(&rst.build(), XDP_DROP, reason::DROP_REFUSED);
+        } else {
+            env.establish_on(port, 22);
+        }
+        port += 1;
+        assert!(port < 40320, "bad member never chosen");
+    }
+    // Past the limit: every new connection goes to `good`, busier or not.
+    for p in 40400..40406 {
+        assert_eq!(env.open(p).0, good, "a failed member is out");
+    }
+    let limit = env.dp.maps.pool(0).unwrap().error_limit;
+    assert_eq!(limit, 2);
+    assert!(lb_common::member_failed(
+        env.dp.maps.member_live.get(ib).failures,
+        limit
+    ));
+    // A passing check clears the run.
+    env.dp.maps.member_live.clear_failures(ib);
+    assert_eq!(
+        env.open(40410).0,
+        bad,
+        "back in selection, and the idle one"
+    );
+}
+
+/// A member that cannot be sent to (here: no neighbour entry, so the FIB lookup fails)
+/// costs the SYN nothing: another member takes it in the same packet, and the failure counts
+/// against the member.
+#[test]
+fn bind_failure_picks_another_member_in_the_same_packet() {
+    let Some(mut env) = Env::seed() else { return };
+    env.ns.ip(&format!("neigh del {M1} dev port0"));
+    let im = env.member_index(M1);
+    for p in 40500..40504 {
+        assert_eq!(
+            env.open(p).0,
+            M2,
+            "every SYN reaches the member that can be sent to"
+        );
+    }
+    assert!(env.dp.maps.member_live.get(im).failures >= 1);
+    assert_eq!(env.half_open(im), 0);
+    assert_eq!(env.half_open(env.member_index(M2)), 4);
 }
 
 #[test]
@@ -609,9 +726,10 @@ fn retired_slot_is_freed_once_its_last_flow_is_gone() {
     let (x, _, _) = env.open(49700);
     let (y, _, snat_b) = env.open(49701);
     assert_ne!(x, y);
-    let mut rst = Tcp::new(y, 22, VIP, snat_b, TCP_RST | TCP_ACK).macs(mac_of(y), PORT_MAC);
-    rst.ack = 1001;
-    env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let mut rst = Tcp::new(CLIENT, 49701, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+    rst.seq = 1001;
+    env.expect(&rst.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let _ = snat_b;
     let (ix, iy) = (env.member_index(x), env.member_index(y));
     // A reload removes both members: their slots are retired (cleared in MEMBERS).
     for i in [ix, iy] {

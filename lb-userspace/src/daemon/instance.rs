@@ -429,6 +429,10 @@ impl Instance {
             self.monitor_targets(),
             ctx.transitions.clone(),
             self.board.clone(),
+            std::sync::Arc::new(crate::dataplane::LiveArray::open(
+                &pin_dir.join("MEMBER_LIVE"),
+                lb_common::MAX_MEMBERS,
+            )?),
         )?);
         ctx.expiry
             .add(&self.lb.id, Sweeper::open(&pin_dir)?, self.census());
@@ -475,7 +479,10 @@ impl Instance {
                         up,
                     })
                 }
-                _ => t.unmonitored.push(m.address),
+                _ => {
+                    t.unmonitored.push(m.address);
+                    t.unmonitored_slots.push(m.index);
+                }
             }
         }
         t

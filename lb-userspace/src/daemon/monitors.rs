@@ -17,6 +17,7 @@ use tokio::{
 use tracing::{error, info};
 
 use crate::{
+    dataplane::LiveArray,
     health::{self, MonitorTarget, Transition},
     node,
 };
@@ -25,8 +26,10 @@ use crate::{
 #[derive(Debug, Clone, Default)]
 pub struct Targets {
     pub monitored: Vec<MonitorTarget>,
-    /// Members without a monitor (their neighbour entries are kept warm).
+    /// Members without a monitor (their neighbour entries are kept warm), and their slots
+    /// (passive health: their runs of failures are forgiven every 10 s).
     pub unmonitored: Vec<Ipv4Addr>,
+    pub unmonitored_slots: Vec<u32>,
 }
 
 /// The monitor thread of one load balancer.
@@ -44,6 +47,7 @@ impl Monitors {
         targets: Targets,
         transitions: UnboundedSender<Transition>,
         board: health::Board,
+        live: std::sync::Arc<LiveArray>,
     ) -> anyhow::Result<Monitors> {
         let (set, mut sets) = mpsc::unbounded_channel::<Targets>();
         set.send(targets).expect("receiver alive");
@@ -92,6 +96,7 @@ impl Monitors {
                                 m.clone(),
                                 transitions.clone(),
                                 board.clone(),
+                                live.clone(),
                             ));
                             running.insert(m.member_index, (m, handle));
                         }
@@ -100,7 +105,8 @@ impl Monitors {
                                 h.abort();
                             }
                             let members = t.unmonitored.clone();
-                            let h = tasks.spawn(prime_neighbours(vip, members));
+                            let slots = t.unmonitored_slots.clone();
+                            let h = tasks.spawn(prime_neighbours(vip, members, slots, live.clone()));
                             prime = Some((t.unmonitored, h));
                         }
                         // Reap finished or aborted tasks without waiting.
@@ -148,7 +154,15 @@ impl Drop for Monitors {
     }
 }
 
-async fn prime_neighbours(vip: Ipv4Addr, members: Vec<Ipv4Addr>) {
+/// Members without a monitor: their neighbour entries kept warm, and (passive health) a
+/// member taken out for its failures is given another chance every 10 s, since no check
+/// will ever pass for it.
+async fn prime_neighbours(
+    vip: Ipv4Addr,
+    members: Vec<Ipv4Addr>,
+    slots: Vec<u32>,
+    live: std::sync::Arc<LiveArray>,
+) {
     if members.is_empty() {
         return;
     }
@@ -160,5 +174,8 @@ async fn prime_neighbours(vip: Ipv4Addr, members: Vec<Ipv4Addr>) {
             let _ = sock.send_to(&[], (*m, 9)).await;
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
+        for &s in &slots {
+            live.clear_failures(s);
+        }
     }
 }

@@ -144,6 +144,10 @@ pub struct ServerParams {
     pub addr: Option<Ipv4Addr>,
     pub backup: bool,
     pub disabled: bool,
+    /// `observe layer4`: connection errors count (passive health).
+    pub observe: bool,
+    /// `error-limit` (haproxy's default 10).
+    pub error_limit: u32,
 }
 
 impl Default for ServerParams {
@@ -159,6 +163,8 @@ impl Default for ServerParams {
             addr: None,
             backup: false,
             disabled: false,
+            observe: false,
+            error_limit: 10,
         }
     }
 }
@@ -1052,6 +1058,28 @@ fn server_params(
             }
             "backup" => s.backup = true,
             "no-backup" => s.backup = false,
+            "observe" => match val()? {
+                "layer4" => s.observe = true,
+                other => {
+                    return Err(refuse(
+                        l,
+                        "observe",
+                        format!("lb observes connections (layer4), not '{other}'"),
+                    ))
+                }
+            },
+            "error-limit" => s.error_limit = number(l, "error-limit", val()?)?,
+            // Whatever the event, lb takes the member out until its checks pass again.
+            "on-error" => match val()? {
+                "fastinter" | "fail-check" | "sudden-death" | "mark-down" => {}
+                other => {
+                    return Err(refuse(
+                        l,
+                        "on-error",
+                        format!("unknown on-error action '{other}'"),
+                    ))
+                }
+            },
             "disabled" => s.disabled = true,
             "enabled" => s.disabled = false,
             "id" | "observe-agent" => {
@@ -1067,11 +1095,10 @@ fn server_params(
                 note_l7(l7, l, &format!("server ... {w}"));
             }
             "maxconn" | "maxqueue" | "minconn" | "slowstart" | "track" | "agent-check"
-            | "agent-port" | "agent-inter" | "agent-addr" | "agent-send" | "observe"
-            | "on-error" | "on-marked-down" | "on-marked-up" | "error-limit" | "resolvers"
-            | "init-addr" | "resolve-prefer" | "send-proxy" | "send-proxy-v2"
-            | "send-proxy-v2-ssl" | "source" | "namespace" | "check-ssl" | "check-send-proxy"
-            | "proto" | "usesrc" => {
+            | "agent-port" | "agent-inter" | "agent-addr" | "agent-send" | "on-marked-down"
+            | "on-marked-up" | "resolvers" | "init-addr" | "resolve-prefer" | "send-proxy"
+            | "send-proxy-v2" | "send-proxy-v2-ssl" | "source" | "namespace" | "check-ssl"
+            | "check-send-proxy" | "proto" | "usesrc" => {
                 return Err(refuse(l, &format!("server ... {w}"), "unsupported server setting (it changes how connections reach the server or how it is checked)"));
             }
             other => {
@@ -1287,6 +1314,8 @@ mod tests {
             ("frontend f\n bind :0\n".into(), "haproxy.conf:2: 'bind': :0: '0' is not a valid port"),
             ("frontend f\n bind lb.example:22\n".into(), "haproxy.conf:2: 'bind': lb.example:22: lb needs an IPv4 address, not 'lb.example'"),
             ("frontend f\n bind :22 accept-proxy\n".into(), "haproxy.conf:2: 'bind ... accept-proxy': unsupported bind setting (it changes how connections are accepted)"),
+            (format!("{b} server s 10.0.0.2:22 observe layer7\n"), "haproxy.conf:2: 'observe': lb observes connections (layer4), not 'layer7'"),
+            (format!("{b} server s 10.0.0.2:22 observe layer4 on-error restart\n"), "haproxy.conf:2: 'on-error': unknown on-error action 'restart'"),
             (format!("{b} server s\n"), "haproxy.conf:2: 'server': expects an address"),
             (format!("{b} server s m1.example:22\n"), "haproxy.conf:2: 'server': m1.example:22: lb needs an IPv4 address (no name resolution, no IPv6 yet), not 'm1.example'"),
             (format!("{b} server s 10.0.0.2\n"), "haproxy.conf:2: 'server': 10.0.0.2: lb needs the server's port (haproxy would use the client's destination port)"),

@@ -286,7 +286,29 @@ fn pool(b: &Proxy) -> Result<Pool, Refusal> {
         member,
         healthmonitor: pool_monitor,
         session_persistence,
+        error_limit: error_limit(b)?,
     })
+}
+
+/// haproxy's passive health, per server (`observe layer4`, `error-limit`), as lb's per pool:
+/// off unless the servers observe; they must agree on the limit.
+fn error_limit(b: &Proxy) -> Result<u32, Refusal> {
+    let observing: Vec<&Server> = b.servers.iter().filter(|s| s.params.observe).collect();
+    let Some(first) = observing.first() else {
+        return Ok(0);
+    };
+    if let Some(s) = b
+        .servers
+        .iter()
+        .find(|s| !s.params.observe || s.params.error_limit != first.params.error_limit)
+    {
+        return Err(refusal(
+            &s.at,
+            "observe",
+            "lb observes a whole backend alike: give every server 'observe layer4' and the same 'error-limit'",
+        ));
+    }
+    Ok(first.params.error_limit.max(1))
 }
 
 /// The monitor of checked server `s` of backend `b`. Its timeout: `timeout check` when set
@@ -421,6 +443,24 @@ backend 574a31da-a28a-449f-8c9d-3d3687c3c02a
             .member
             .iter()
             .all(|m| m.check == MemberCheck::Off && m.weight == 1));
+    }
+
+    /// haproxy's passive health per server becomes lb's per pool: off without `observe`.
+    #[test]
+    fn observe_layer4_sets_the_pool_s_error_limit() {
+        assert_eq!(
+            conv(SEED).unwrap().config.loadbalancer[0].pool[0].error_limit,
+            0
+        );
+        let d = conv(&SEED.replace("weight 1\n", "weight 1 observe layer4 on-error mark-down\n"))
+            .unwrap();
+        assert_eq!(
+            d.config.loadbalancer[0].pool[0].error_limit, 10,
+            "haproxy's default"
+        );
+        let d =
+            conv(&SEED.replace("weight 1\n", "weight 1 observe layer4 error-limit 3\n")).unwrap();
+        assert_eq!(d.config.loadbalancer[0].pool[0].error_limit, 3);
     }
 
     /// What the v2 driver's templates write for an HTTP-monitored pool.
@@ -596,6 +636,8 @@ backend p1
             (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:60001"), "'config': invalid config: loadbalancer[0].listener[0].protocol_port = 60001: 60000-65535 is the namespace's local port range"),
             (SEED.replace(lc, &format!("{lc}\n        stick-table type ip size 100k\n        stick on src")), "conf:20: 'stick-table': size 102400: lb's table holds 16384 client addresses per load balancer"),
             (SEED.replace(lc, &format!("{lc}\n        stick on src")), "conf:20: 'stick on src': needs a 'stick-table type ip size N' in the same backend"),
+            (SEED.replace("10.0.0.2:22 weight 1", "10.0.0.2:22 weight 1 observe layer4"), "conf:24: 'observe': lb observes a whole backend alike: give every server 'observe layer4' and the same 'error-limit'"),
+            (SEED.replace("weight 1\n", "weight 1 observe layer4 error-limit 5\n").replacen("error-limit 5", "error-limit 4", 1), "conf:24: 'observe': lb observes a whole backend alike: give every server 'observe layer4' and the same 'error-limit'"),
             (SEED.replace("weight 1\n", "weight 1 backup\n"), "conf:24: 'backup': lb uses every backup server at once, as haproxy's 'option allbackups' does; without it haproxy uses only the first: add 'option allbackups' to this backend"),
         ];
         let mut wrong = Vec::new();
