@@ -25,6 +25,9 @@ pub const MAX_POOL_MEMBERS: u32 = 256;
 pub const MAX_MEMBERS: u32 = MAX_POOLS * MAX_POOL_MEMBERS;
 /// Default conntrack capacity (flows; each flow takes two entries: forward and reverse).
 pub const DEFAULT_CONNTRACK_FLOWS: u32 = 131_072;
+/// Default `half_open_limit` of a listener: handshakes in progress past which SYNs are
+/// answered with cookies (a 64th of the default table).
+pub const DEFAULT_HALF_OPEN_LIMIT: u32 = DEFAULT_CONNTRACK_FLOWS / 64;
 
 /// SNAT source ports the data path allocates from (inclusive). The daemon moves the
 /// namespace's `ip_local_port_range` above this range so the two never collide.
@@ -67,6 +70,9 @@ pub const CT_ESTABLISHED: u64 = 1 << 5;
 /// The member refused this handshake (a RST to the SYN, kept from the client): the client's
 /// next SYN goes to another member.
 pub const CT_REFUSED: u64 = 1 << 6;
+/// Opened by a valid SYN cookie in the client's ACK: lb made the member's handshake itself
+/// and translates sequence numbers (`Flow::seq_delta`) for the flow's life.
+pub const CT_COOKIE: u64 = 1 << 7;
 /// Included in its member's and listener's `active` (established connections).
 pub const CT_COUNTED: u64 = 1 << 8;
 /// Included in its member's and listener's `half_open` (handshakes in progress).
@@ -140,7 +146,17 @@ pub mod reason {
     /// whose next SYN goes to another member (haproxy's `retries` + `option redispatch`).
     /// Past the listener's retries the RST reaches the client.
     pub const DROP_REFUSED: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// Past the listener's half-open budget: lb answered the SYN itself with a SYN cookie
+    /// (a SYN-ACK to the client); no flow, no SNAT port, nothing sent to a member.
+    pub const TX_SYNCOOKIE: u32 = 19;
+    /// A segment lb made for a member on a cookie connection: the SYN when the client's
+    /// ACK carried a valid cookie (or again when the client repeats that ACK), and the ACK of
+    /// the member's SYN-ACK.
+    pub const TX_COOKIE_TO_MEMBER: u32 = 20;
+    /// A client's data on a cookie connection before its member has answered lb's SYN: not
+    /// acknowledged, so the client sends it again.
+    pub const DROP_COOKIE_WAIT: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "tx_to_member",
@@ -162,6 +178,9 @@ pub mod reason {
         "tx_icmp_to_member",
         "pass_not_for_port",
         "drop_refused",
+        "tx_syncookie",
+        "tx_cookie_to_member",
+        "drop_cookie_wait",
     ];
 }
 
@@ -214,7 +233,10 @@ pub struct ListenerConf {
     /// Connections open on all listeners of the load balancer together (haproxy's global
     /// `maxconn`); 0 = unlimited. Every listener carries the same value.
     pub total_limit: u32,
-    pub _pad: u32,
+    /// Handshakes in progress on this listener past which new SYNs are answered with SYN
+    /// cookies (the data path's own SYN-ACK: no flow until the client's ACK); 0 = always,
+    /// `u32::MAX` = never.
+    pub half_open_limit: u32,
 }
 assert_size!(ListenerConf, 48);
 

@@ -107,7 +107,8 @@ macro_rules! layout {
 
 const LISTENER_KEY: u32 = layout!(ListenerKey; vip_be, port_be, proto, _pad);
 const LISTENER_CONF: u32 = layout!(ListenerConf; index, pool, connection_limit, retries,
-    timeout_member_connect_ns, timeout_data_ns, flags, snat_min, snat_max, total_limit, _pad);
+    timeout_member_connect_ns, timeout_data_ns, flags, snat_min, snat_max, total_limit,
+    half_open_limit);
 const POOL_CONF: u32 =
     layout!(PoolConf; count, algorithm, flags, persist_timeout_s, error_limit, _pad);
 const STICKY_KEY: u32 = layout!(StickyKey; client_be, pool);
@@ -141,8 +142,9 @@ const U64: u32 = fnv(&[8, 8]);
 pub const MAPS: &[MapSchema] = &[
     MapSchema {
         name: "LISTENERS",
-        // 2: ListenerConf::flags (draining); 3: snat_min/snat_max; 4: total_limit.
-        version: 4,
+        // 2: ListenerConf::flags (draining); 3: snat_min/snat_max; 4: total_limit;
+        // 5: half_open_limit (SYN cookies).
+        version: 5,
         layout: mix(LISTENER_KEY, LISTENER_CONF),
     },
     MapSchema {
@@ -194,21 +196,22 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "LISTENER_DROPS",
-        // 2: pass_not_for_port; 3: drop_refused.
-        version: 3,
+        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies.
+        version: 4,
         layout: mix(REASONS, U64),
     },
     MapSchema {
         name: "VERDICTS",
-        // 2: pass_not_for_port; 3: drop_refused.
-        version: 3,
+        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies.
+        version: 4,
         layout: mix(REASONS, U64),
     },
     MapSchema {
         name: "CONNTRACK",
         // 2: atomic u64 state (counted is a bit of it), seq_delta, windows, wscale;
-        // 3: established and half-open states; 4: refused, syn_retries' redispatch nibble.
-        version: 4,
+        // 3: established and half-open states; 4: refused, syn_retries' redispatch nibble;
+        // 5: cookie flows (seq_delta in use).
+        version: 5,
         layout: mix(FLOW_KEY, FLOW),
     },
     MapSchema {
@@ -238,7 +241,7 @@ mod tests {
     #[test]
     fn schema_versions_follow_layouts() {
         let recorded: &[(&str, u32, u32)] = &[
-            ("LISTENERS", 4, 0xab74_7c97),
+            ("LISTENERS", 5, 0xab74_7c97),
             ("POOLS", 3, 0x1623_a0ef),
             ("STICKY", 1, 0xf092_f559),
             ("SOURCE_TABLE", 2, 0x5b73_21e3),
@@ -247,9 +250,9 @@ mod tests {
             ("LISTENER_LIVE", 2, 0x8d87_8724),
             ("MEMBER_STATS", 1, 0x05ae_e319),
             ("LISTENER_STATS", 1, 0xeb63_52d0),
-            ("LISTENER_DROPS", 3, 0xd2e9_dcb2),
-            ("VERDICTS", 3, 0xd2e9_dcb2),
-            ("CONNTRACK", 4, 0x8bee_21c2),
+            ("LISTENER_DROPS", 4, 0x3796_d952),
+            ("VERDICTS", 4, 0x3796_d952),
+            ("CONNTRACK", 5, 0x8bee_21c2),
             ("PORT", 1, 0x1510_fa71),
             ("SWEEP", 1, 0xcff9_c699),
         ];

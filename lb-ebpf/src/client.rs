@@ -8,17 +8,18 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    reason, select, Flow, FlowKey, ListenerConf, CT_HALF_OPEN, CT_REFUSED, CT_SYN, CT_SYNACK,
-    FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, LISTENER_F_DRAIN,
+    reason, select, Flow, FlowKey, ListenerConf, CT_COOKIE, CT_HALF_OPEN, CT_REFUSED, CT_SYN,
+    CT_SYNACK, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, LISTENER_F_DRAIN,
 };
 
 use crate::{
     balance::{decode, open_connections, pick_member, pick_other, stick},
     conntrack::{count_half_open, note_failure, track, uncount, unhalf},
+    cookie,
     maps::*,
     member::from_member,
     nat::{bind_sub, ts_shift, EEXIST},
-    parse::{self, Frame, Packet, TCP_ACK, TCP_SYN},
+    parse::{self, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     stats::add_stats,
     verdict, Verdict,
 };
@@ -45,7 +46,18 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
 
     let flow_ptr = match flow_ptr {
         Some(f) => {
-            if is_syn && unsafe { (*f).state & CT_SYNACK == 0 } {
+            let state = unsafe { (*f).state };
+            if state & (CT_COOKIE | CT_SYNACK) == CT_COOKIE && pkt.tcp_flags & TCP_RST == 0 {
+                // lb's SYN to the member is not answered yet: a repeated pure ACK repeats
+                // it; the client's data waits (it sends it again).
+                let pure = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
+                    && pkt.ip_len as usize == 20 + pkt.doff;
+                if pure {
+                    return cookie::member_syn(ctx, pkt, f);
+                }
+                return verdict(xdp_action::XDP_DROP, reason::DROP_COOKIE_WAIT);
+            }
+            if is_syn && state & CT_SYNACK == 0 {
                 if let Err(r) = maybe_redispatch(ctx, pkt, listener, f) {
                     return verdict(xdp_action::XDP_DROP, r);
                 }
@@ -55,10 +67,25 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
         None => {
             // Not lb's flow: the namespace's stack answers it (RST, or a haproxy taking over
             // while this listener drains serves it).
-            if !is_syn || listener.flags & LISTENER_F_DRAIN != 0 {
+            if listener.flags & LISTENER_F_DRAIN != 0 {
                 return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
             }
-            match open_flow(ctx, pkt, listener, &fkey, now) {
+            if !is_syn {
+                // An ACK with a SYN cookie lb sent opens its flow now.
+                if !cookie::valid_ack(pkt, listener, now) {
+                    return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
+                }
+                return match open_flow(ctx, pkt, listener, &fkey, now, true) {
+                    Ok(f) => cookie::member_syn(ctx, pkt, f),
+                    Err(r) => verdict(xdp_action::XDP_DROP, r),
+                };
+            }
+            if cookie::flooded(listener, now) {
+                if let Some(v) = cookie::answer_syn(ctx, pkt) {
+                    return v;
+                }
+            }
+            match open_flow(ctx, pkt, listener, &fkey, now, false) {
                 Ok(f) => f,
                 Err(r) => return verdict(xdp_action::XDP_DROP, r),
             }
@@ -79,6 +106,7 @@ pub(crate) fn open_flow<C: Frame>(
     listener: &ListenerConf,
     fkey: &FlowKey,
     now: u64,
+    by_cookie: bool,
 ) -> Result<*mut Flow, u32> {
     if listener.connection_limit != 0 {
         if let Some(l) = LISTENER_LIVE.get(listener.index) {
@@ -107,6 +135,14 @@ pub(crate) fn open_flow<C: Frame>(
     // Until the member answers, a client's RST must carry exactly the number after its SYN.
     flow.member_ack = pkt.seq.wrapping_add(1);
     flow.member_win = 1;
+    if by_cookie {
+        // `pkt` is the client's ACK of lb's SYN-ACK: its sequence number is the one after the
+        // client's ISN, its acknowledgment the cookie + 1 (see cookie.rs).
+        flow.state |= CT_COOKIE;
+        flow.member_ack = pkt.seq;
+        flow.seq_delta = pkt.ack;
+        flow.client_win = pkt.win as u32;
+    }
     // The client's window scale offer (15: none), settled at the member's SYN-ACK.
     flow.wscale = parse::find_wscale(ctx, pkt).unwrap_or(0x0f);
     if let Some(v) = parse::find_timestamp(ctx, pkt).and_then(|off| parse::read4(ctx, pkt, off)) {
@@ -166,7 +202,12 @@ pub(crate) fn forward<C: Frame>(ctx: &C, pkt: &Packet, flow_ptr: *mut Flow, now:
             flow.member_be,
             flow.snat_port_be,
             flow.member_port_be,
-            ts_shift(ctx, pkt, flow.ts_delta, 0),
+            if flow.state & CT_COOKIE != 0 {
+                // The member acknowledges its own sequence numbers, not the cookie's.
+                Some((8, 0u32.wrapping_sub(flow.seq_delta)))
+            } else {
+                ts_shift(ctx, pkt, flow.ts_delta, 0)
+            },
         );
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_MEMBER)

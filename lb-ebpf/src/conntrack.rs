@@ -197,6 +197,26 @@ fn note_window(f: &mut Flow, pkt: &Packet, from_client: bool, wscale: Option<u8>
     }
 }
 
+/// The handshake of `flow` is complete: a connection from now on, counted once (whichever
+/// CPU's atomic OR sets `CT_ESTABLISHED` counts it). A flow that a FIN or RST closed before
+/// that is no connection: its `CT_COUNTED` is taken back (the closing side found nothing to
+/// uncount). Returns whether this call counted it.
+#[inline(always)]
+pub(crate) fn establish(flow: *mut Flow) -> bool {
+    let before = unsafe { fetch_or(&raw mut (*flow).state, CT_ESTABLISHED | CT_COUNTED) };
+    if before & CT_ESTABLISHED != 0 {
+        return false;
+    }
+    if closed(before) {
+        unsafe { fetch_and(&raw mut (*flow).state, !CT_COUNTED) };
+        return false;
+    }
+    let (member, listener) = unsafe { ((*flow).member, (*flow).listener) };
+    count_open(member, listener);
+    unhalf(flow);
+    true
+}
+
 /// Folds a segment into its flow's state: FINs, the member's SYN-ACK, the client's ACK of
 /// it (the handshake becomes a connection: counted active from here), RSTs within the
 /// window, the windows; stops counting the flow once it is closed. `wscale`: the window
@@ -217,12 +237,7 @@ pub(crate) fn track(
         && flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
         && f.state & (CT_SYNACK | CT_ESTABLISHED) == CT_SYNACK
     {
-        let before = unsafe { fetch_or(&raw mut f.state, CT_ESTABLISHED | CT_COUNTED) };
-        if before & CT_ESTABLISHED == 0 {
-            established = true;
-            count_open(f.member, f.listener);
-            unhalf(flow);
-        }
+        established = establish(flow);
     }
     let mut bits = 0u64;
     if flags & TCP_RST != 0 && rst_in_window(f, pkt, from_client) {

@@ -12,6 +12,7 @@
 mod balance;
 mod client;
 mod conntrack;
+mod cookie;
 mod icmp;
 mod maps;
 mod member;

@@ -70,10 +70,18 @@ pub static CONNTRACK: HashMap<FlowKey, Flow> =
 pub struct Scratch {
     pub flow: Flow,
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+    /// A SYN's TCP header, copied for the SYN-cookie helper.
+    pub tcp: [u8; 64],
 }
 
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per listener: whether it answers SYNs with cookies now (`cookie.rs`). Not pinned: a
+/// process taking over starts with cookie mode off, and enters it again at the next SYN
+/// past the budget.
+#[map]
+pub static ADMISSION: Array<crate::cookie::Admission> = Array::with_max_entries(MAX_LISTENERS, 0);
 
 /// What the daemon's last expiry cycle did (one entry, written by userspace; no program
 /// reads it).

@@ -1,7 +1,7 @@
 //! The member's side: replies to VIP:snat, translated back to the client.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
-use lb_common::{reason, Flow, CT_REFUSED, CT_SYNACK};
+use lb_common::{reason, Flow, CT_COOKIE, CT_REFUSED, CT_SYNACK};
 
 use crate::{
     conntrack::{fetch_or, note_answer, note_failure, track},
@@ -15,7 +15,12 @@ use crate::{
 #[inline(always)]
 pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
+    let mut seq_shift = None;
     if let Some(f) = CONNTRACK.get_ptr_mut(rflow.forward_key()) {
+        let cookie = unsafe { (*f).state } & CT_COOKIE != 0;
+        if cookie && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            return crate::cookie::member_synack(ctx, pkt, f, now);
+        }
         if refused(f, pkt) {
             return verdict(xdp_action::XDP_DROP, reason::DROP_REFUSED);
         }
@@ -26,6 +31,10 @@ pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verd
             None
         };
         let _ = track(f, pkt, false, now, wscale);
+        if cookie {
+            // The client acknowledges the cookie's numbers, not the member's.
+            seq_shift = Some((4, unsafe { (*f).seq_delta }));
+        }
     }
     add_stats(
         rflow.member,
@@ -44,7 +53,10 @@ pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verd
             rflow.client_be,
             rflow.listener_port_be,
             rflow.client_port_be,
-            ts_shift(ctx, pkt, rflow.ts_delta.wrapping_neg(), 4),
+            match seq_shift {
+                Some(s) => Some(s),
+                None => ts_shift(ctx, pkt, rflow.ts_delta.wrapping_neg(), 4),
+            },
         );
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_CLIENT)
@@ -65,6 +77,11 @@ fn refused(f: *mut Flow, pkt: &Packet) -> bool {
         return false;
     }
     note_failure(flow.member);
+    if flow.state & CT_COOKIE != 0 {
+        // The client holds a connection already (lb's SYN-ACK): no SYN of its own will come
+        // to redispatch. It hears the refusal.
+        return false;
+    }
     let Some(listener) = (unsafe { LISTENERS.get(flow.listener_key()) }) else {
         return false;
     };

@@ -25,6 +25,10 @@ pub trait Frame: EbpfContext {
     /// Updates the TCP checksum at packet offset `off` for a `size`-byte field changed from
     /// `from` to `to` (`pseudo`: the field is in the pseudo-header, i.e. an address).
     fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool);
+    /// Copies `len` bytes (1..=64) of the packet from `off` to `dst`.
+    fn load(&self, off: usize, dst: *mut u8, len: u32) -> bool;
+    /// Cuts or extends the packet to `len` bytes (packet pointers are invalid afterwards).
+    fn resize(&self, len: usize) -> bool;
 }
 
 impl Frame for XdpContext {
@@ -47,6 +51,17 @@ impl Frame for XdpContext {
     }
     #[inline(always)]
     fn l4_csum_replace(&self, _: usize, _: u32, _: u32, _: u64, _: bool) {}
+    #[inline(always)]
+    fn load(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+        unsafe {
+            aya_ebpf::helpers::bpf_xdp_load_bytes(self.ctx, off as u32, dst as *mut _, len) == 0
+        }
+    }
+    #[inline(always)]
+    fn resize(&self, len: usize) -> bool {
+        let delta = len as i64 - Frame::len(self) as i64;
+        unsafe { aya_ebpf::helpers::bpf_xdp_adjust_tail(self.ctx, delta as i32) == 0 }
+    }
 }
 
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
@@ -73,6 +88,21 @@ impl Frame for TcContext {
     fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool) {
         let flags = size | if pseudo { BPF_F_PSEUDO_HDR } else { 0 };
         let _ = self.skb.l4_csum_replace(off, from as u64, to as u64, flags);
+    }
+    #[inline(always)]
+    fn load(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+        unsafe {
+            aya_ebpf::helpers::bpf_skb_load_bytes(
+                self.skb.skb as *const _,
+                off as u32,
+                dst as *mut _,
+                len,
+            ) == 0
+        }
+    }
+    #[inline(always)]
+    fn resize(&self, len: usize) -> bool {
+        unsafe { aya_ebpf::helpers::bpf_skb_change_tail(self.skb.skb, len as u32, 0) == 0 }
     }
 }
 

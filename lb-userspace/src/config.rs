@@ -171,6 +171,15 @@ pub struct Listener {
     /// Retransmitted SYNs before redispatching to another member (HAProxy `retries`).
     #[serde(default = "three")]
     pub retries: u32,
+    /// Handshakes in progress on this listener past which lb answers new SYNs itself with
+    /// SYN cookies (no flow, no SNAT port, nothing sent to a member until the client's ACK
+    /// proves its address). 0 = always; -1 = never.
+    #[serde(default = "default_half_open")]
+    pub half_open_limit: i64,
+}
+
+fn default_half_open() -> i64 {
+    lb_common::DEFAULT_HALF_OPEN_LIMIT as i64
 }
 
 fn minus_one() -> i64 {
@@ -594,6 +603,13 @@ impl Config {
                     ));
                 }
                 check_limit(&format!("{at}.connection_limit"), l.connection_limit)?;
+                if l.half_open_limit < -1 || l.half_open_limit > 8_000_000 {
+                    return Err(invalid(
+                        format!("{at}.half_open_limit"),
+                        l.half_open_limit,
+                        "handshakes, 0..=8000000 (0: SYN cookies always; -1: never)",
+                    ));
+                }
                 for (name, v) in [
                     ("timeout_client_data", l.timeout_client_data),
                     ("timeout_member_connect", l.timeout_member_connect),

@@ -216,7 +216,7 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 pool: pool_index,
                 connection_limit: l.connection_limit.max(0) as u32,
                 total_limit: lb.connection_limit.max(0) as u32,
-                _pad: 0,
+                half_open_limit: u32::try_from(l.half_open_limit).unwrap_or(u32::MAX),
                 retries: l.retries,
                 timeout_member_connect_ns: l.timeout_member_connect * MS,
                 // A flow idle in both directions ends when the first of HAProxy's client and

@@ -250,10 +250,19 @@ impl Tcp {
             return None;
         }
         let ihl = ((f[14] & 0x0f) as usize) * 4;
+        if ihl < 20 || f.len() < 14 + ihl {
+            return None;
+        }
         let ip = &f[14..14 + ihl];
         let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        if tot < ihl + 20 || f.len() < 14 + tot {
+            return None;
+        }
         let tcp = &f[14 + ihl..14 + tot];
         let doff = ((tcp[12] >> 4) as usize) * 4;
+        if doff < 20 || doff > tcp.len() {
+            return None;
+        }
         Some(Tcp {
             dst_mac: f[0..6].try_into().unwrap(),
             src_mac: f[6..12].try_into().unwrap(),

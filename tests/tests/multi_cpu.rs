@@ -99,7 +99,7 @@ fn run_ok(r: &ProgramRunner, frame: &[u8], want: u32) {
 #[test]
 fn fins_from_both_sides_at_once_lose_no_bit_and_uncount_once() {
     let Some(cpus) = two_cpus() else { return };
-    let Some(mut env) = Env::with_capacity(include_str!("../../examples/seed.toml"), 16384) else {
+    let Some(mut env) = Env::with_capacity(&stateful(), 16384) else {
         return;
     };
     let flows = open_established(&mut env);
@@ -140,7 +140,7 @@ fn fins_from_both_sides_at_once_lose_no_bit_and_uncount_once() {
 #[test]
 fn rsts_from_both_sides_at_once_uncount_once() {
     let Some(cpus) = two_cpus() else { return };
-    let Some(mut env) = Env::with_capacity(include_str!("../../examples/seed.toml"), 16384) else {
+    let Some(mut env) = Env::with_capacity(&stateful(), 16384) else {
         return;
     };
     let flows = open_established(&mut env);
@@ -172,7 +172,7 @@ fn rsts_from_both_sides_at_once_uncount_once() {
 #[test]
 fn the_same_syn_on_two_cpus_opens_one_flow() {
     let Some(cpus) = two_cpus() else { return };
-    let Some(env) = Env::with_capacity(include_str!("../../examples/seed.toml"), 16384) else {
+    let Some(env) = Env::with_capacity(&stateful(), 16384) else {
         return;
     };
     let (a, b) = (env.dp.runner("lb").unwrap(), env.dp.runner("lb").unwrap());
@@ -232,7 +232,7 @@ fn the_same_syn_on_two_cpus_opens_one_flow() {
 #[test]
 fn the_handshake_ends_once_when_its_ack_is_seen_twice() {
     let Some(cpus) = two_cpus() else { return };
-    let Some(mut env) = Env::with_capacity(include_str!("../../examples/seed.toml"), 16384) else {
+    let Some(mut env) = Env::with_capacity(&stateful(), 16384) else {
         return;
     };
     for i in 0..FLOWS {
@@ -271,4 +271,14 @@ fn the_handshake_ends_once_when_its_ack_is_seen_twice() {
     assert_eq!(half, 0);
     let ls = env.dp.maps.listener_stats(0).unwrap();
     assert_eq!(ls.total_connections, FLOWS as u64);
+}
+
+/// The seed's config with SYN cookies off: these tests open thousands of handshakes at once
+/// and race the stateful path (cookies have their own tests, tests/tests/syn_cookies.rs).
+fn stateful() -> String {
+    include_str!("../../examples/seed.toml").replacen(
+        "retries = 3 ",
+        "retries = 3\nhalf_open_limit = -1 ",
+        1,
+    )
 }

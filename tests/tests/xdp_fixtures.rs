@@ -1372,3 +1372,30 @@ fn a_handshake_is_not_a_connection_until_the_client_acknowledges() {
     assert_eq!(env.dp.maps.listener_live.get(0).half_open, 0);
     assert_eq!(env.dp.maps.listener_live.get(0).active, 1);
 }
+
+/// Found by the fuzzer: a handshake closed by a RST before the client's ACK, then that ACK
+/// (late, or reordered) must not make it a connection: it would stay counted for ever.
+#[test]
+fn a_handshake_reset_before_its_ack_is_never_counted() {
+    let Some(mut env) = Env::seed() else { return };
+    let (member, _, snat) = env.open(47000);
+    let m = env.member_index(member);
+    let mut synack =
+        Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK).macs(mac_of(member), PORT_MAC);
+    (synack.seq, synack.ack) = (5000, 1001);
+    env.expect(&synack.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let mut rst = Tcp::new(CLIENT, 47000, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+    rst.seq = 1001;
+    env.expect(&rst.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert_eq!((env.active(m), env.half_open(m)), (0, 0));
+    let mut ack = Tcp::new(CLIENT, 47000, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack) = (1001, 5001);
+    env.expect(&ack.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert_eq!(
+        (env.active(m), env.half_open(m)),
+        (0, 0),
+        "a closed flow is no connection"
+    );
+    assert!(!env.flow(47000).unwrap().counted());
+    assert_eq!(env.dp.maps.listener_live.get(0).active, 0);
+}

@@ -24,6 +24,7 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "haproxy",
     "openssl",
+    "hping3",
 ];
 /// What the benchmark drives and compares against, besides the test packages.
 const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "iperf3", "nftables"];
@@ -82,6 +83,28 @@ enum Cmd {
         /// Arguments for every test binary in the VM (e.g. a test name filter)
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// A spoofed SYN flood (hping3, random sources) against the seed's load balancer while a
+    /// real client connects and an established session talks; prints a FLOOD line (`cargo
+    /// xtask test` runs the same for 10 s)
+    Flood {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// hping3 interval (u100 = 10k SYN/s) or "flood" (as fast as it can send)
+        #[arg(long, default_value = "flood")]
+        rate: String,
+        /// The listener's half_open_limit (-1: no cookies, to compare)
+        #[arg(long)]
+        half_open_limit: Option<i64>,
+    },
+    /// Mutated and random frames through the data path under BPF_PROG_TEST_RUN (the same
+    /// harness `cargo xtask test` runs with 1M frames), from a seed, for reproduction
+    Fuzz {
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// PRNG seed, hex (default: the one CI uses)
+        #[arg(long)]
+        seed: Option<String>,
     },
     /// The seed's scenario in namespaces: node with br-int, client, two members, lb in between
     Demo {
@@ -318,6 +341,39 @@ fn main() -> Result<()> {
             memory,
             args,
         } => vm_test(&kernel, timeout_min, memory, &args),
+        Cmd::Flood {
+            seconds,
+            rate,
+            half_open_limit,
+        } => {
+            setup(TEST_PACKAGES)?;
+            let bin = build_lb(false)?;
+            ensure_bpffs()?;
+            let mut c = cargo();
+            c.args(["test", "--package", "integration-tests", "--test", "flood"])
+                .args(["--", "spoofed_syn_flood", "--nocapture"])
+                .env("LB_BIN", &bin)
+                .env("LB_FLOOD_SECONDS", seconds.to_string())
+                .env("LB_FLOOD_RATE", rate);
+            if let Some(l) = half_open_limit {
+                c.env("LB_FLOOD_HALF_OPEN_LIMIT", l.to_string());
+            }
+            run(&mut c)
+        }
+        Cmd::Fuzz { frames, seed } => {
+            setup(TEST_PACKAGES)?;
+            let bin = build_lb(false)?;
+            ensure_bpffs()?;
+            let mut c = cargo();
+            c.args(["test", "--package", "integration-tests", "--test", "fuzz"])
+                .args(["--", "--nocapture"])
+                .env("LB_BIN", &bin)
+                .env("LB_FUZZ_FRAMES", frames.to_string());
+            if let Some(s) = seed {
+                c.env("LB_FUZZ_SEED", s);
+            }
+            run(&mut c)
+        }
         Cmd::Demo { xdp_mode, hold } => {
             let mut args = vec!["--xdp-mode", xdp_mode.as_str()];
             if hold {

@@ -158,6 +158,9 @@ pub fn convert(
                 timeout_member_connect: ms(backend.params.timeout_connect, DEFAULT_CONNECT_MS),
                 timeout_member_data: ms(backend.params.timeout_server, DEFAULT_DATA_MS),
                 retries: backend.params.retries,
+                // The kernel in front of haproxy sends cookies once its SYN queue is full;
+                // lb's budget of handshakes plays that part.
+                half_open_limit: lb_common::DEFAULT_HALF_OPEN_LIMIT as i64,
             });
         }
     }

@@ -34,8 +34,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
-    let mut env = Env::with_capacity(include_str!("../../../examples/seed.toml"), 131_072)
+    // SYN cookies off here: this environment times the stateful SYN path; `cookies` below
+    // (every SYN answered with a cookie) times the cookie path.
+    let seed = include_str!("../../../examples/seed.toml");
+    let with_limit = |l: i64| {
+        seed.replacen(
+            "retries = 3 ",
+            &format!("retries = 3\nhalf_open_limit = {l} "),
+            1,
+        )
+    };
+    let mut env = Env::with_capacity(&with_limit(-1), 131_072)
         .ok_or_else(|| anyhow::anyhow!("needs root"))?;
+    let mut cookies = Env::with_capacity(&with_limit(0), 131_072);
     let (member, _, snat) = env.open(50000);
     let data = Tcp::new(CLIENT, 50000, VIP, 22, TCP_ACK | TCP_PSH)
         .macs(CLIENT_MAC, PORT_MAC)
@@ -90,6 +101,43 @@ fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
             ("lb SYN, new flow, 2 members".into(), median(syn)),
         ])
     })??;
+    let mut rows = rows;
+    if let Some(c) = cookies.as_mut() {
+        let ns = c.ns.name.clone();
+        let dp = &mut c.dp;
+        let r = in_netns(&ns, || -> anyhow::Result<Vec<(String, f64)>> {
+            let (mut syn, mut ack) = (vec![], vec![]);
+            for r in 0..runs as u32 {
+                let (mut t_syn, mut t_ack) = (0u128, 0u128);
+                for i in 0..n {
+                    let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 2, 0, 0)) + i + r * n);
+                    let s = Tcp::new(src, 40000, VIP, 22, TCP_SYN)
+                        .macs(CLIENT_MAC, PORT_MAC)
+                        .options(&[2, 4, 0x05, 0xb4])
+                        .build();
+                    let (a, out, d) = dp.test_run_program("lb", &s, 1)?;
+                    anyhow::ensure!(a == XDP_TX, "cookie SYN {i}: action {a}");
+                    t_syn += d.as_nanos();
+                    let o = Tcp::parse(&out).ok_or_else(|| anyhow::anyhow!("no SYN-ACK"))?;
+                    let mut k = Tcp::new(src, 40000, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+                    (k.seq, k.ack) = (o.ack, o.seq.wrapping_add(1));
+                    let (a, _, d) = dp.test_run_program("lb", &k.build(), 1)?;
+                    anyhow::ensure!(a == XDP_TX, "cookie ACK {i}: action {a}");
+                    t_ack += d.as_nanos();
+                }
+                syn.push(t_syn as f64 / n as f64);
+                ack.push(t_ack as f64 / n as f64);
+            }
+            Ok(vec![
+                ("lb SYN answered with a SYN cookie".into(), median(syn)),
+                (
+                    "lb cookie ACK: flow opened, SYN to the member".into(),
+                    median(ack),
+                ),
+            ])
+        })??;
+        rows.extend(r);
+    }
     println!(
         "BPF_PROG_TEST_RUN, ns/packet, one run per call, mean of {n} calls (median of {runs}):"
     );

@@ -1,0 +1,253 @@
+//! TCP admission end to end: real clients through SYN cookies, and a spoofed SYN flood
+//! (hping3 from the client namespace, random sources) while a real client keeps connecting
+//! and an established session keeps talking. `cargo xtask test` runs the flood for 10 s;
+//! `cargo xtask flood` for 60 s (LB_FLOOD_SECONDS).
+
+use std::{
+    net::Ipv4Addr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{topology::*, wait_for};
+use serde_json::Value;
+
+const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+
+fn listener(s: &Value, field: &str) -> i64 {
+    s[0]["listeners"][0][field].as_i64().unwrap()
+}
+
+fn verdict(s: &Value, name: &str) -> u64 {
+    s[0]["verdicts"][name].as_u64().unwrap_or(0)
+}
+
+/// Real TCP stacks on both sides of a cookie connection: with `half_open_limit = 0` every
+/// SYN is answered by lb itself; connections open, carry data both ways (more than one
+/// window's worth), spread over both members, and are counted once established.
+fn every_connection_by_cookie(mode: &str) {
+    let Some(setup) = Setup::new(
+        |t| t.replacen("retries = 3 ", "retries = 3\nhalf_open_limit = 0 ", 1),
+        &[M1, M2],
+    ) else {
+        return;
+    };
+    let mut daemon = setup.start(&["--xdp-mode", mode]);
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let mut conns = Vec::new();
+    for i in 0..6 {
+        let c = connect(&topo.client.name, VIP, 22).unwrap_or_else(|e| {
+            panic!(
+                "{mode}: connection {i} through a cookie: {e}\n{}",
+                daemon.log_text()
+            )
+        });
+        conns.push(c);
+    }
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    for c in &mut conns {
+        c.echo(b"hello through a cookie\n").expect("echo");
+        c.echo(&big).expect("200 kB each way");
+    }
+    let on_m1 = conns.iter().filter(|c| c.member() == M1).count();
+    assert_eq!(
+        on_m1, 3,
+        "{mode}: least connections over cookie connections"
+    );
+    let s = stats(bin, &cfg.state_dir);
+    assert_eq!(listener(&s, "active_connections"), 6);
+    assert_eq!(listener(&s, "half_open_connections"), 0);
+    assert!(verdict(&s, "tx_syncookie") >= 6, "{s}");
+    assert!(verdict(&s, "tx_cookie_to_member") >= 12, "{s}");
+    drop(conns);
+    wait_for("cookie connections closed", Duration::from_secs(10), || {
+        (listener(&stats(bin, &cfg.state_dir), "active_connections") == 0).then_some(())
+    });
+    daemon.stop();
+}
+
+#[test]
+fn every_connection_by_cookie_tc() {
+    every_connection_by_cookie("auto");
+}
+
+#[test]
+fn every_connection_by_cookie_native_xdp() {
+    every_connection_by_cookie("native");
+}
+
+/// hping3 in the client namespace, killed when dropped.
+struct Flood(Child);
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Summed (run time ns, runs) of the loaded programs named `name` (kernel.bpf_stats_enabled).
+fn prog_stats(name: &str) -> (u64, u64) {
+    let mut t = (0, 0);
+    for p in aya::programs::loaded_programs().flatten() {
+        if p.name_as_str() == Some(name) {
+            t.0 += p.run_time().as_nanos() as u64;
+            t.1 += p.run_count();
+        }
+    }
+    t
+}
+
+/// Puts kernel.bpf_stats_enabled back as it was.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn on() -> BpfStats {
+        let p = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = std::fs::read_to_string(p).unwrap_or_else(|_| "0".into());
+        let _ = std::fs::write(p, "1");
+        BpfStats(old.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+#[test]
+fn spoofed_syn_flood_leaves_real_clients_and_counts_alone() {
+    if Command::new("hping3").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no hping3 (Debian package hping3)");
+        return;
+    }
+    let seconds: u64 = std::env::var("LB_FLOOD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    // LB_FLOOD_HALF_OPEN_LIMIT=-1 runs the same flood without cookies (for comparison).
+    let limit = std::env::var("LB_FLOOD_HALF_OPEN_LIMIT").ok();
+    let edit = |t: String| match &limit {
+        Some(l) => t.replacen(
+            "retries = 3 ",
+            &format!("retries = 3\nhalf_open_limit = {l} "),
+            1,
+        ),
+        None => t,
+    };
+    // LB_FLOOD_RATE: hping3's interval option (e.g. u100 for 10k/s); default "flood"
+    // (hping3 --flood: as fast as the client namespace can send).
+    let interval = std::env::var("LB_FLOOD_RATE").unwrap_or_else(|_| "flood".into());
+    let Some(setup) = Setup::new(edit, &[M1, M2]) else {
+        return;
+    };
+    let mut daemon = setup.start(&[]);
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let client = topo.client.name.clone();
+
+    // An established session from before the flood.
+    let mut session = connect(&client, VIP, 22).expect("session before the flood");
+    let _bpf_stats = BpfStats::on();
+    let before = stats(bin, &cfg.state_dir);
+    let prog_before = prog_stats("lb_tc");
+
+    let flood = Flood(
+        Command::new("ip")
+            .args(["netns", "exec", &client, "hping3", "-S", "-p", "22"])
+            .args(if interval == "flood" {
+                vec!["--flood".to_string()]
+            } else {
+                vec!["-i".to_string(), interval.clone()]
+            })
+            .args(["--rand-source", "-q", "10.0.0.250"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hping3"),
+    );
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut failures = Vec::new();
+    let mut session_echoes = 0u64;
+    let mut max_active = 0i64;
+    let mut spoofed_flows_late = 0usize;
+    let mut last_sample = Instant::now();
+    let pin = cfg.bpffs.join(&cfg.lb_id);
+    while start.elapsed() < Duration::from_secs(seconds) {
+        match connect(&client, VIP, 22).and_then(|mut c| c.echo(b"real\n")) {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                failures.push(format!("{:?}: {e}", start.elapsed()));
+            }
+        }
+        if last_sample.elapsed() >= Duration::from_millis(500) {
+            last_sample = Instant::now();
+            session
+                .echo(b"still here\n")
+                .unwrap_or_else(|e| panic!("the established session broke: {e}"));
+            session_echoes += 1;
+            let s = stats(bin, &cfg.state_dir);
+            max_active = max_active.max(listener(&s, "active_connections"));
+            // Handshakes the flood made before cookie mode began end with their connect
+            // timeout (5 s); past it, no spoofed source may hold a flow or a SNAT port.
+            if start.elapsed() > Duration::from_secs(7) {
+                let maps = lb::dataplane::Maps::open(&pin).expect("pinned maps");
+                let spoofed = maps
+                    .flows()
+                    .iter()
+                    .filter(|(k, f)| {
+                        k.dir == lb_common::FLOW_DIR_FORWARD
+                            && f.client_be != u32::from(CLIENT).to_be()
+                    })
+                    .count();
+                spoofed_flows_late = spoofed_flows_late.max(spoofed);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = start.elapsed().as_secs_f64();
+    let prog_after = prog_stats("lb_tc");
+    drop(flood);
+    let after = stats(bin, &cfg.state_dir);
+    let d = |name: &str| verdict(&after, name) - verdict(&before, name);
+    let cookies = d("tx_syncookie");
+    // Packets lb's program ran on, nearly all of them the flood's SYNs.
+    let syn_rate = (prog_after.1 - prog_before.1) as f64 / took;
+    let (ns, runs) = (prog_after.0 - prog_before.0, prog_after.1 - prog_before.1);
+    let ns_per_packet = ns as f64 / runs.max(1) as f64;
+    let success = ok as f64 / (ok + failed).max(1) as f64;
+    println!(
+        "FLOOD seconds={took:.1} syn_per_s={syn_rate:.0} cookies={cookies} \
+         real_ok={ok} real_failed={failed} success={:.4} session_echoes={session_echoes} \
+         max_listener_active={max_active} spoofed_flows_after_7s={spoofed_flows_late} \
+         lb_tc_runs={runs} lb_tc_ns_per_packet={ns_per_packet:.0} \
+         lb_tc_cpu_share={:.3}",
+        success,
+        ns as f64 / 1e9 / took,
+    );
+    assert!(
+        syn_rate >= 3000.0,
+        "the flood reached {syn_rate:.0} SYN/s, below the 3000/s it must be tested at"
+    );
+    assert!(
+        success >= 0.99,
+        "{ok} of {} real connections succeeded: {failures:?}\n{}",
+        ok + failed,
+        daemon.log_text()
+    );
+    // The session and at most one real connection in flight.
+    assert!(
+        max_active <= 2,
+        "active_connections reached {max_active} under the flood"
+    );
+    assert_eq!(
+        spoofed_flows_late, 0,
+        "spoofed sources held flows (SNAT ports)"
+    );
+    session.echo(b"after\n").expect("session after the flood");
+    drop(session);
+    daemon.stop();
+}

@@ -1,0 +1,206 @@
+//! SYN cookies under BPF_PROG_TEST_RUN: past a listener's half-open budget the program
+//! answers a SYN itself and keeps nothing; the client's ACK with a valid cookie opens the
+//! flow and becomes lb's SYN to the member; the member's SYN-ACK becomes lb's ACK to it; then
+//! sequence numbers are translated both ways. Every emitted frame is checked field by field
+//! and by its checksums.
+
+use integration_tests::{fixture::*, *};
+use lb_common::{reason, CT_COOKIE};
+
+const TC_ACT_REDIRECT: u32 = 7;
+/// MSS 1460, SACK permitted, timestamps, window scale 7: what Linux puts in a SYN.
+const LINUX_SYN_OPTIONS: [u8; 20] = [
+    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0x10, 0, 0, 0, 0, 0, 1, 3, 3, 7,
+];
+
+fn env(limit: i64) -> Option<Env> {
+    let cfg = include_str!("../../examples/seed.toml").replacen(
+        "retries = 3 ",
+        &format!("retries = 3\nhalf_open_limit = {limit} "),
+        1,
+    );
+    assert!(cfg.contains("half_open_limit"));
+    Env::new(&cfg)
+}
+
+fn syn(port: u16) -> Tcp {
+    let mut s = Tcp::new(CLIENT, port, VIP, 22, TCP_SYN)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .options(&LINUX_SYN_OPTIONS);
+    s.seq = 7000;
+    s
+}
+
+/// Runs the SYN through `program` and checks the SYN-ACK lb made of it; returns the cookie.
+fn cookie_of(env: &mut Env, program: &str, port: u16) -> u32 {
+    let s = syn(port);
+    let (action, out) = env.run_program(program, &s.build());
+    let want = if program == "lb" {
+        XDP_TX
+    } else {
+        TC_ACT_REDIRECT
+    };
+    assert_eq!(
+        action, want,
+        "{program}: the SYN-ACK goes back out of the port"
+    );
+    let o = Tcp::parse(&out).expect("a TCP frame");
+    assert!(checksums_ok(&out), "{program}: SYN-ACK checksums");
+    assert_eq!(
+        (o.src_mac, o.dst_mac, o.src, o.dst, o.sport, o.dport),
+        (PORT_MAC, CLIENT_MAC, VIP, CLIENT, 22, port)
+    );
+    assert_eq!((o.flags, o.ack, o.win), (TCP_SYN | TCP_ACK, 7001, 65535));
+    assert_eq!(
+        o.tcp_options,
+        vec![2, 4, 0x05, 0xb4],
+        "MSS only (the cookie's 1460)"
+    );
+    assert!(o.payload.is_empty());
+    assert!(env.flow(port).is_none(), "a cookie keeps no flow");
+    o.seq
+}
+
+#[test]
+fn past_the_budget_a_syn_is_answered_with_a_cookie_and_the_ack_opens_the_flow() {
+    let Some(mut env) = env(0) else { return };
+    let cookie = cookie_of(&mut env, "lb", 45000);
+    assert_eq!(env.verdicts()[reason::TX_SYNCOOKIE as usize], 1);
+    for m in [M1, M2] {
+        assert_eq!(env.half_open(env.member_index(m)), 0);
+    }
+
+    // An ACK with a wrong cookie: not lb's; the namespace's stack answers it.
+    let mut bad = Tcp::new(CLIENT, 45000, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (bad.seq, bad.ack) = (7001, cookie.wrapping_add(2));
+    env.expect(&bad.build(), XDP_PASS, reason::PASS_NO_FLOW);
+    assert!(env.flow(45000).is_none());
+
+    // The client's ACK of the cookie: the flow opens and the frame becomes lb's SYN.
+    let mut ack = Tcp::new(CLIENT, 45000, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack, ack.win) = (7001, cookie.wrapping_add(1), 502);
+    let out = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    let o = Tcp::parse(&out).unwrap();
+    assert!(checksums_ok(&out), "SYN to the member: checksums");
+    let (member, snat) = (o.dst, o.sport);
+    assert_eq!(
+        (o.src_mac, o.dst_mac, o.src),
+        (PORT_MAC, mac_of(member), VIP)
+    );
+    assert_eq!((o.flags, o.seq, o.ack, o.win), (TCP_SYN, 7000, 0, 502));
+    assert_eq!(o.tcp_options, vec![2, 4, 0x05, 0xb4]);
+    let m = env.member_index(member);
+    let f = env.flow(45000).expect("flow opened by the cookie");
+    assert_ne!(f.state & CT_COOKIE, 0);
+    assert_eq!((env.half_open(m), env.active(m)), (1, 0));
+
+    // The client repeats its ACK before the member answered: lb repeats its SYN.
+    let out2 = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    assert_eq!(out2, out);
+    // Its data waits: dropped, the client sends it again.
+    let data = Tcp {
+        flags: TCP_ACK | TCP_PSH,
+        payload: b"GET /\r\n".to_vec(),
+        ..ack.clone()
+    };
+    env.expect(&data.build(), XDP_DROP, reason::DROP_COOKIE_WAIT);
+
+    // The member's SYN-ACK becomes lb's ACK to the member: established.
+    let mut synack = Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK)
+        .macs(mac_of(member), PORT_MAC)
+        .options(&[2, 4, 0x05, 0xb4]);
+    (synack.seq, synack.ack) = (90_000, 7001);
+    let out = env.expect(&synack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    assert!(checksums_ok(&out), "ACK to the member: checksums");
+    let o = Tcp::parse(&out).unwrap();
+    assert_eq!(
+        (o.src_mac, o.dst_mac, o.src, o.dst, o.sport, o.dport),
+        (PORT_MAC, mac_of(member), VIP, member, snat, 22)
+    );
+    assert_eq!((o.flags, o.seq, o.ack, o.win), (TCP_ACK, 7001, 90_001, 502));
+    assert_eq!(o.tcp_options, vec![1, 1, 1, 1]);
+    assert_eq!((env.half_open(m), env.active(m)), (0, 1));
+    assert_eq!(env.dp.maps.listener_stats(0).unwrap().total_connections, 1);
+
+    // Data both ways, with the member's numbers translated to the cookie's.
+    let out = env.expect(&data.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let mut want = to_member(&data, member, snat);
+    want.ack = 90_001;
+    assert_eq!(
+        out,
+        want.build(),
+        "client data: acknowledgment in the member's numbers"
+    );
+    let mut reply = Tcp::new(member, 22, VIP, snat, TCP_ACK | TCP_PSH)
+        .macs(mac_of(member), PORT_MAC)
+        .payload(b"HTTP/1.0 200 OK\r\n");
+    (reply.seq, reply.ack) = (90_001, 7008);
+    let out = env.expect(&reply.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let mut want = to_client(&reply, 45000);
+    want.seq = cookie.wrapping_add(1);
+    assert_eq!(
+        out,
+        want.build(),
+        "member data: sequence in the cookie's numbers"
+    );
+
+    // A RST from the member in its own numbers is in the client's window once translated.
+    let mut rst = Tcp::new(member, 22, VIP, snat, TCP_RST | TCP_ACK).macs(mac_of(member), PORT_MAC);
+    (rst.seq, rst.ack) = (90_018, 7008);
+    let out = env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(Tcp::parse(&out).unwrap().seq, cookie.wrapping_add(18));
+    assert_eq!(env.active(m), 0, "the RST closed it");
+}
+
+/// Below the budget a SYN opens a flow as always; once `half_open_limit` handshakes are in
+/// progress the next SYN gets a cookie, and so does every SYN for the hold that follows.
+#[test]
+fn cookies_start_at_the_half_open_limit() {
+    let Some(mut env) = env(2) else { return };
+    env.open(45100);
+    env.open(45101);
+    cookie_of(&mut env, "lb", 45102);
+    // The two handshakes end; the listener stays in cookie mode for its hold.
+    for p in [45100, 45101] {
+        env.establish_on(p, 22);
+    }
+    cookie_of(&mut env, "lb", 45103);
+    assert_eq!(env.verdicts()[reason::TX_SYNCOOKIE as usize], 2);
+}
+
+/// The TC program makes the same SYN-ACK (an skb, through the kernel's helpers), and a
+/// listener with `half_open_limit = -1` never sends cookies.
+#[test]
+fn tc_sends_the_same_cookie_and_minus_one_turns_cookies_off() {
+    let Some(mut env) = env(0) else { return };
+    let xdp = cookie_of(&mut env, "lb", 45200);
+    let tc = cookie_of(&mut env, "lb_tc", 45200);
+    assert_eq!(xdp, tc, "one tuple, one cookie (within the same minute)");
+
+    let Some(mut off) = self::env(-1) else { return };
+    for p in 45300..45310 {
+        off.open(p);
+    }
+    assert_eq!(off.verdicts()[reason::TX_SYNCOOKIE as usize], 0);
+}
+
+/// A member refusing lb's SYN on a cookie connection: the client already holds a
+/// connection, so it hears the refusal, in its own numbers.
+#[test]
+fn a_refusal_on_a_cookie_connection_reaches_the_client_in_window() {
+    let Some(mut env) = env(0) else { return };
+    let cookie = cookie_of(&mut env, "lb", 45400);
+    let mut ack = Tcp::new(CLIENT, 45400, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack) = (7001, cookie.wrapping_add(1));
+    let out = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    let o = Tcp::parse(&out).unwrap();
+    let mut rst =
+        Tcp::new(o.dst, 22, VIP, o.sport, TCP_RST | TCP_ACK).macs(mac_of(o.dst), PORT_MAC);
+    (rst.seq, rst.ack) = (0, 7001);
+    let out = env.expect(&rst.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(Tcp::parse(&out).unwrap().seq, cookie.wrapping_add(1));
+    assert!(checksums_ok(&out));
+    let m = env.member_index(o.dst);
+    assert_eq!((env.half_open(m), env.active(m)), (0, 0));
+    assert_eq!(env.dp.maps.member_live.get(m).failures, 1);
+}
