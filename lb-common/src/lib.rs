@@ -156,7 +156,11 @@ pub mod reason {
     /// A client's data on a cookie connection before its member has answered lb's SYN: not
     /// acknowledged, so the client sends it again.
     pub const DROP_COOKIE_WAIT: u32 = 21;
-    pub const COUNT: u32 = 22;
+    /// A client's ACK with a valid cookie whose flow could not open (no member, neighbour or
+    /// port; a limit; the reason is counted in the listener's drops): the client gets a RST
+    /// rather than a connection nobody serves.
+    pub const TX_COOKIE_RESET: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "tx_to_member",
@@ -181,6 +185,7 @@ pub mod reason {
         "tx_syncookie",
         "tx_cookie_to_member",
         "drop_cookie_wait",
+        "tx_cookie_reset",
     ];
 }
 

@@ -196,14 +196,14 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "LISTENER_DROPS",
-        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies.
-        version: 4,
+        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset.
+        version: 5,
         layout: mix(REASONS, U64),
     },
     MapSchema {
         name: "VERDICTS",
-        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies.
-        version: 4,
+        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset.
+        version: 5,
         layout: mix(REASONS, U64),
     },
     MapSchema {
@@ -250,8 +250,8 @@ mod tests {
             ("LISTENER_LIVE", 2, 0x8d87_8724),
             ("MEMBER_STATS", 1, 0x05ae_e319),
             ("LISTENER_STATS", 1, 0xeb63_52d0),
-            ("LISTENER_DROPS", 4, 0x3796_d952),
-            ("VERDICTS", 4, 0x3796_d952),
+            ("LISTENER_DROPS", 5, 0x4cb5_6d3e),
+            ("VERDICTS", 5, 0x4cb5_6d3e),
             ("CONNTRACK", 5, 0x8bee_21c2),
             ("PORT", 1, 0x1510_fa71),
             ("SWEEP", 1, 0xcff9_c699),

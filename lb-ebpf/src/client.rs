@@ -77,7 +77,7 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
                 }
                 return match open_flow(ctx, pkt, listener, &fkey, now, true) {
                     Ok(f) => cookie::member_syn(ctx, pkt, f),
-                    Err(r) => verdict(xdp_action::XDP_DROP, r),
+                    Err(r) => cookie::reset(ctx, pkt, listener, r),
                 };
             }
             if cookie::flooded(listener, now) {

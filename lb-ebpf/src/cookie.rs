@@ -95,13 +95,13 @@ pub(crate) fn answer_syn<C: Frame>(ctx: &C, pkt: &Packet) -> Option<Verdict> {
         return None;
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
-    // Through the stack, so that the verifier sees the bounds checked on the very register
-    // the helpers get (the compiler would otherwise check an earlier copy).
-    let extra = (pkt.doff as u64).wrapping_sub(20);
+    // Checked on the very register the helpers get, after a volatile load (the compiler
+    // would otherwise test an earlier copy, whose bounds older verifiers do not carry over).
+    let extra = unsafe { core::ptr::read_volatile(&(pkt.doff as u64).wrapping_sub(20)) };
     if extra > 40 {
         return None;
     }
-    let len = (unsafe { core::ptr::read_volatile(&extra) } + 20) as u32;
+    let len = (extra + 20) as u32;
     // The helper reads the header from memory the verifier can size: a copy.
     let th = unsafe { (*scratch).tcp.as_mut_ptr() };
     if !ctx.load(L4, th, len) {
@@ -179,6 +179,34 @@ pub(crate) fn member_syn<C: Frame>(ctx: &C, pkt: &Packet, f: *mut Flow) -> Verdi
     }
     add_stats(flow.member, flow.listener, SEG_LEN as u64 - 14, true, false);
     verdict(xdp_action::XDP_TX, reason::TX_COOKIE_TO_MEMBER)
+}
+
+/// A valid cookie ACK whose flow could not open (`why`: no member, no neighbour, no port,
+/// a limit): the client believes it is connected and, if it waits for the server to speak,
+/// would wait for ever (no SYN of its own will come again). It gets a RST instead, in its
+/// window, and `why` is counted among the listener's drops.
+#[inline(always)]
+pub(crate) fn reset<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf, why: u32) -> Verdict {
+    if let Some(c) = LISTENER_DROPS.get_ptr_mut(listener.index * reason::COUNT + why) {
+        unsafe { *c += 1 };
+    }
+    let seg = Segment {
+        smac: pkt.dst_mac,
+        dmac: pkt.src_mac,
+        saddr_be: pkt.dst_be,
+        daddr_be: pkt.src_be,
+        sport_be: pkt.dport_be,
+        dport_be: pkt.sport_be,
+        seq: pkt.ack,
+        ack: pkt.seq,
+        flags: TCP_RST | TCP_ACK,
+        win: 0,
+        opt: [1, 1, 1, 1],
+    };
+    if !emit(ctx, pkt, &seg) {
+        return verdict(xdp_action::XDP_DROP, why);
+    }
+    verdict(xdp_action::XDP_TX, reason::TX_COOKIE_RESET)
 }
 
 /// The member's SYN-ACK on cookie flow `f`: the client acknowledged lb's SYN-ACK already,

@@ -46,6 +46,7 @@ pub(crate) const fn verdict(action: u32, reason: u32) -> Verdict {
 /// See `client::fast_path`. Only the segments it translates are counted here; the rest are counted by
 /// the port's program.
 #[classifier]
+#[inline(always)]
 pub fn lb_tc_fast(ctx: TcContext) -> i32 {
     pull_headers(&ctx);
     match fast_path(&ctx) {
@@ -71,6 +72,7 @@ fn count(v: &Verdict) {
 }
 
 #[xdp]
+#[inline(always)]
 pub fn lb(ctx: XdpContext) -> u32 {
     let v = process(&ctx);
     count(&v);
@@ -98,6 +100,7 @@ fn pull_headers(ctx: &TcContext) {
 /// stack built them, GSO super-packets with partial checksums included, and sends a rewritten
 /// one back out of the port it came in on (the XDP_TX of a TC program) without cutting it up.
 #[classifier]
+#[inline(always)]
 pub fn lb_tc(ctx: TcContext) -> i32 {
     pull_headers(&ctx);
     let v = process(&ctx);
@@ -112,6 +115,7 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
 /// Attached to the outer end of a veth port lb created, so that frames XDP_TX'd into the veth
 /// are received (native veth XDP needs NAPI on the peer, see docs/ARCHITECTURE.md).
 #[xdp]
+#[inline(always)]
 pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }

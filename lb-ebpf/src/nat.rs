@@ -7,7 +7,9 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, BPF_NOEXIST},
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_loop},
 };
-use lb_common::{reason, Flow, ListenerConf, ListenerKey, IPPROTO_TCP, SNAT_TRIES};
+use lb_common::{
+    reason, Flow, ListenerConf, ListenerKey, CT_COUNTED, CT_HALF_OPEN, IPPROTO_TCP, SNAT_TRIES,
+};
 
 use crate::{
     maps::*,
@@ -180,12 +182,65 @@ extern "C" fn snat_step(i: u32, ctx: *mut c_void) -> i64 {
             st.outcome = SNAT_FOUND;
             1
         }
-        Err(e) if e == -EEXIST => 0,
+        Err(e) if e == -EEXIST => {
+            // Taken: by a flow that may be over. With timestamps on the new flow, the member
+            // accepts the port again at once (see `reclaim`).
+            if flow.ts_delta != 0
+                && reclaim(&flow.reverse_key())
+                && CONNTRACK
+                    .insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64)
+                    .is_ok()
+            {
+                st.outcome = SNAT_FOUND;
+                return 1;
+            }
+            0
+        }
         Err(_) => {
             st.outcome = SNAT_FULL;
             1
         }
     }
+}
+
+/// A closed flow gives its SNAT port back after this long without a packet, instead of the
+/// 10 s it lingers otherwise (for its last ACK and retransmitted FINs).
+const REUSE_AFTER_NS: u64 = 1_000_000_000;
+
+/// Frees SNAT port `rkey` (member -> VIP:port) for a new flow whose SYN carries timestamps,
+/// if the flow holding it closed (both FINs, or a RST) and has been quiet for
+/// `REUSE_AFTER_NS`: its forward and reverse entries go. The member may still keep the old
+/// connection's tuple in TIME_WAIT (60 s); it accepts the new SYN on it because its
+/// timestamp, on lb's millisecond clock (`Flow::ts_delta`), is newer than any the old one
+/// carried (RFC 6191 / Linux's `tcp_timewait_state_process`). So a port is reusable after a
+/// second, not ten: 50,000 ports per member carry 50,000 new connections a second, not
+/// 5,000. A reverse entry whose forward entry is gone (an orphan the expiry has not reached
+/// yet) is freed likewise once it is as old.
+#[inline(always)]
+fn reclaim(rkey: &lb_common::FlowKey) -> bool {
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let Some(r) = (unsafe { CONNTRACK.get(rkey) }) else {
+        return false;
+    };
+    let fkey = r.forward_key();
+    match unsafe { CONNTRACK.get(&fkey) } {
+        Some(f) => {
+            if f.reverse_key() != *rkey
+                || !lb_common::closed(f.state)
+                || f.state & (CT_COUNTED | CT_HALF_OPEN) != 0
+                || now.wrapping_sub(f.last_seen_ns) < REUSE_AFTER_NS
+                || CONNTRACK.remove(&fkey).is_err()
+            {
+                return false;
+            }
+        }
+        None => {
+            if now.wrapping_sub(r.created_ns) < REUSE_AFTER_NS {
+                return false;
+            }
+        }
+    }
+    CONNTRACK.remove(rkey).is_ok()
 }
 
 /// What `parse::rewrite` adds to a timestamp field (see `Flow::ts_delta`): `delta` at the

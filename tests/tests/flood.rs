@@ -35,6 +35,27 @@ fn every_connection_by_cookie(mode: &str) {
     };
     let mut daemon = setup.start(&["--xdp-mode", mode]);
     let Setup { cfg, topo, bin, .. } = &setup;
+    // The monitors' first checks resolve the members' MACs; a cookie ACK that comes before
+    // gets a RST (no SYN of the client's would come again to retry), which is for
+    // tx_cookie_reset's own test, not this one.
+    wait_for(
+        "members' neighbours resolved",
+        Duration::from_secs(10),
+        || {
+            let out = std::process::Command::new("ip")
+                .args(["-n", &cfg.namespace(), "neigh", "show"])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            [M1, M2]
+                .iter()
+                .all(|m| {
+                    text.lines()
+                        .any(|l| l.starts_with(&format!("{m} ")) && l.contains("lladdr"))
+                })
+                .then_some(())
+        },
+    );
     let mut conns = Vec::new();
     for i in 0..6 {
         let c = connect(&topo.client.name, VIP, 22).unwrap_or_else(|e| {

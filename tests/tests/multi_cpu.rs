@@ -1,7 +1,7 @@
 //! Tier 2b: the data path on two CPUs at once. Threads pinned to CPU 0 and CPU 1 run the
 //! program (BPF_PROG_TEST_RUN runs it on the calling CPU) on the same flows at the same
 //! instant: the client's FIN against the member's FIN, RST against RST, a SYN against the
-//! same SYN. Counters must be exact afterwards, without any expiry cycle to correct them.
+//! same SYN, a cookie ACK against the same ACK. Counters must be exact afterwards, without any expiry cycle to correct them.
 
 use std::{
     net::Ipv4Addr,
@@ -271,6 +271,66 @@ fn the_handshake_ends_once_when_its_ack_is_seen_twice() {
     assert_eq!(half, 0);
     let ls = env.dp.maps.listener_stats(0).unwrap();
     assert_eq!(ls.total_connections, FLOWS as u64);
+}
+
+/// The client's ACK carrying a SYN cookie, on two CPUs at once (a retransmission racing
+/// the original): one flow opens, counted as one handshake, and both copies become the same
+/// SYN to the same member and SNAT port.
+#[test]
+fn the_same_cookie_ack_on_two_cpus_opens_one_flow() {
+    let Some(cpus) = two_cpus() else { return };
+    let cfg = include_str!("../../examples/seed.toml").replacen(
+        "retries = 3 ",
+        "retries = 3\nhalf_open_limit = 0 ",
+        1,
+    );
+    let Some(mut env) = Env::with_capacity(&cfg, 16384) else {
+        return;
+    };
+    let acks: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            let syn = Tcp::new(CLIENT, BASE_PORT + i, VIP, 22, TCP_SYN)
+                .macs(CLIENT_MAC, PORT_MAC)
+                .options(&[2, 4, 0x05, 0xb4]);
+            let out = env.expect(&syn.build(), XDP_TX, reason::TX_SYNCOOKIE);
+            let o = Tcp::parse(&out).unwrap();
+            let mut ack =
+                Tcp::new(CLIENT, BASE_PORT + i, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+            (ack.seq, ack.ack) = (o.ack, o.seq.wrapping_add(1));
+            ack.build()
+        })
+        .collect();
+    let (a, b) = (env.dp.runner("lb").unwrap(), env.dp.runner("lb").unwrap());
+    let (outs_a, outs_b) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+    collide(
+        &env.ns.name,
+        cpus,
+        FLOWS as usize,
+        |i| outs_a.lock().unwrap().push((i, a.run(&acks[i]).unwrap())),
+        |i| outs_b.lock().unwrap().push((i, b.run(&acks[i]).unwrap())),
+    );
+    let mut by_flow = vec![Vec::new(); FLOWS as usize];
+    let mut outs = outs_a.into_inner().unwrap();
+    outs.extend(outs_b.into_inner().unwrap());
+    for (i, (action, frame)) in outs {
+        assert_eq!(action, XDP_TX, "cookie ACK of flow {i}");
+        let o = Tcp::parse(&frame).unwrap();
+        assert_eq!(o.flags, TCP_SYN, "flow {i}: lb's SYN to the member");
+        by_flow[i].push((o.dst, o.sport));
+    }
+    for (i, pair) in by_flow.iter().enumerate() {
+        assert_eq!(
+            pair[0], pair[1],
+            "flow {i}: both copies to the same member and port"
+        );
+    }
+    let half: i64 = [M1, M2]
+        .iter()
+        .map(|&m| env.half_open(env.member_index(m)))
+        .sum();
+    assert_eq!(half, FLOWS as i64, "each cookie handshake counted once");
+    assert_eq!(env.dp.maps.listener_live.get(0).half_open, FLOWS as i64);
+    assert_eq!(env.verdicts()[reason::DROP_CT_FULL as usize], 0);
 }
 
 /// The seed's config with SYN cookies off: these tests open thousands of handshakes at once

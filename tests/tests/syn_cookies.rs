@@ -204,3 +204,33 @@ fn a_refusal_on_a_cookie_connection_reaches_the_client_in_window() {
     assert_eq!((env.half_open(m), env.active(m)), (0, 0));
     assert_eq!(env.dp.maps.member_live.get(m).failures, 1);
 }
+
+/// A valid cookie ACK whose flow cannot open (here: no member is up) gets a RST in the
+/// client's window, instead of a connection nobody serves (the client would not send
+/// another SYN); the reason is counted among the listener's drops.
+#[test]
+fn a_cookie_ack_that_cannot_open_its_flow_is_reset() {
+    let Some(mut env) = env(0) else { return };
+    let cookie = cookie_of(&mut env, "lb", 45500);
+    for m in [M1, M2] {
+        env.set_member_flags(m, |f| f & !lb_common::MEMBER_F_UP);
+    }
+    let mut ack = Tcp::new(CLIENT, 45500, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack) = (7001, cookie.wrapping_add(1));
+    let out = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_RESET);
+    assert!(checksums_ok(&out));
+    let o = Tcp::parse(&out).unwrap();
+    assert_eq!(
+        (o.src_mac, o.dst_mac, o.src, o.dst, o.sport, o.dport),
+        (PORT_MAC, CLIENT_MAC, VIP, CLIENT, 22, 45500)
+    );
+    assert_eq!(
+        (o.flags, o.seq, o.ack),
+        (TCP_RST | TCP_ACK, cookie.wrapping_add(1), 7001)
+    );
+    assert!(env.flow(45500).is_none());
+    assert_eq!(
+        env.dp.maps.listener_drops(0).unwrap()[reason::DROP_NO_MEMBER as usize],
+        1
+    );
+}

@@ -1399,3 +1399,42 @@ fn a_handshake_reset_before_its_ack_is_never_counted() {
     assert!(!env.flow(47000).unwrap().counted());
     assert_eq!(env.dp.maps.listener_live.get(0).active, 0);
 }
+
+/// SNAT ports come back a second after their flow closed, instead of ten, for a new flow
+/// with timestamps (the member's TIME_WAIT accepts it: its timestamps follow lb's clock);
+/// a SYN without timestamps still waits.
+#[test]
+fn a_closed_flow_gives_its_snat_port_to_a_timestamped_syn_after_a_second() {
+    let Some(mut env) = Env::seed() else { return };
+    env.set_member_flags(M2, |f| f & !MEMBER_F_UP);
+    let ts = |v: u32| {
+        let mut o = vec![1, 1, 8, 10];
+        o.extend_from_slice(&v.to_be_bytes());
+        o.extend_from_slice(&[0; 4]);
+        o
+    };
+    let syn_from = |env: &mut Env, client: Ipv4Addr, opts: &[u8]| {
+        let syn = Tcp::new(client, 40600, VIP, 22, TCP_SYN)
+            .macs(CLIENT_MAC, PORT_MAC)
+            .options(opts);
+        let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+        Tcp::parse(&out).unwrap().sport
+    };
+    // Client A takes port 40600 (its own) and closes.
+    assert_eq!(syn_from(&mut env, CLIENT, &ts(100)), 40600);
+    let mut fin = Tcp::new(CLIENT, 40600, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+    fin.seq = 1001;
+    env.expect(&fin.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert!(env.flow(40600).unwrap().is_closed());
+    // Within the second: another client with the same source port gets another port.
+    let b = Ipv4Addr::new(10, 0, 0, 9);
+    assert_ne!(syn_from(&mut env, b, &ts(200)), 40600, "still held");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Past it: without timestamps, still another port; with them, A's port.
+    assert_ne!(syn_from(&mut env, Ipv4Addr::new(10, 0, 0, 11), &[]), 40600);
+    assert_eq!(
+        syn_from(&mut env, Ipv4Addr::new(10, 0, 0, 10), &ts(300)),
+        40600
+    );
+    assert!(env.flow(40600).is_none(), "A's closed flow made way");
+}

@@ -134,6 +134,16 @@ impl Report {
                 Box::new(|m| Some(m.close.errors as f64)),
             ),
             (
+                "new connections/s, 64 client addresses",
+                true,
+                Box::new(|m| Some(m.many_rps)),
+            ),
+            (
+                "new connection errors, 64 client addresses",
+                false,
+                Box::new(|m| Some(m.many_errors as f64)),
+            ),
+            (
                 "bulk Gbit/s (iperf3)",
                 true,
                 Box::new(|m| Some(m.bulk_gbps)),

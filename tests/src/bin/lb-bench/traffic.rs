@@ -95,6 +95,9 @@ pub struct Measure {
     pub path: Route,
     pub keepalive: Wrk,
     pub close: Wrk,
+    /// New connections/s and errors from `MANY_CLIENTS` client addresses.
+    pub many_rps: f64,
+    pub many_errors: u64,
     pub bulk_gbps: f64,
 }
 
@@ -497,6 +500,7 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
         wrk(&client, target, 1, false, &Own::None)?;
         let keepalive = wrk(&client, target, seconds, false, &own)?;
         let close = wrk(&client, target, seconds, true, &own)?;
+        let (many_rps, many_errors) = many_clients(&topo.client, target, seconds)?;
         if std::env::var_os("LB_BENCH_DIAG").is_some() {
             // TCP's own counters after the new-connection run, client and members.
             let mut namespaces = vec![client.clone()];
@@ -536,6 +540,8 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
             path,
             keepalive,
             close,
+            many_rps,
+            many_errors,
             bulk_gbps,
         })
     };
@@ -599,6 +605,83 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
             run(VIP, Own::None)
         }
     }
+}
+
+/// Client addresses of the many-clients run (on the client's eth0, beside 10.0.0.1).
+const MANY_CLIENTS: u8 = 64;
+
+/// New connections from many client addresses: `MANY_CLIENTS` threads, each bound to its own
+/// address, each looping connect, `GET / HTTP/1.0` (the member closes), read to the end, for
+/// `seconds`. One wrk from one address hides what many clients meet: their source ports
+/// collide, so lb's SNAT takes random ports, and each is held until its flow is over.
+/// Returns (connections/s, errors).
+fn many_clients(client: &Netns, target: Ipv4Addr, seconds: u64) -> anyhow::Result<(f64, u64)> {
+    let addrs: Vec<Ipv4Addr> = (0..MANY_CLIENTS)
+        .map(|i| Ipv4Addr::new(10, 0, 0, 100 + i))
+        .collect();
+    for a in &addrs {
+        client.ip(&format!("addr add {a}/24 dev eth0"));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, errors) = in_netns(&client.name, || {
+        let threads: Vec<_> = addrs
+            .iter()
+            .map(|&a| {
+                let stop = stop.clone();
+                std::thread::spawn(move || one_client(a, target, &stop))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(seconds));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or((0, 1)))
+            .fold((0u64, 0u64), |(a, b), (c, d)| (a + c, b + d))
+    })?;
+    Ok((ok as f64 / seconds as f64, errors))
+}
+
+/// One client address's loop of `many_clients`: (connections completed, errors).
+fn one_client(
+    addr: Ipv4Addr,
+    target: Ipv4Addr,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (u64, u64) {
+    use std::io::{Read as _, Write as _};
+    let (mut ok, mut errors) = (0, 0);
+    let mut buf = [0u8; 4096];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let r = (|| -> std::io::Result<()> {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            // The port is chosen at connect time, for the whole tuple (as for the checks).
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+                .map_err(std::io::Error::from)?;
+            s.bind(&SocketAddr::from((addr, 0)).into())?;
+            s.connect_timeout(
+                &SocketAddr::from((target, HTTP)).into(),
+                Duration::from_secs(3),
+            )?;
+            let mut s: TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut got = 0;
+            loop {
+                match s.read(&mut buf)? {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+            if got == 0 {
+                return Err(std::io::Error::other("empty response"));
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => ok += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    (ok, errors)
 }
 
 #[cfg(test)]
