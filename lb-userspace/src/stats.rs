@@ -322,6 +322,13 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
                     &m.operating_status,
                     &m.counters,
                 );
+                if m.failed_connections > 0 {
+                    let _ = writeln!(
+                        o,
+                        "      {} new connections in a row refused or unanswered (passive health)",
+                        m.failed_connections
+                    );
+                }
             }
         }
         let nonzero: Vec<_> = r
