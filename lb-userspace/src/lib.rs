@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod expiry;
+pub mod flows;
 pub mod haproxy;
 pub mod health;
 pub mod node;

@@ -26,7 +26,10 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = cli::Cli::parse();
-    if matches!(cli.command, cli::Command::Run(_) | cli::Command::Stats(_)) {
+    if matches!(
+        cli.command,
+        cli::Command::Run(_) | cli::Command::Stats(_) | cli::Command::Flows(_)
+    ) {
         // Under `ip netns exec` (a private mount namespace with a fresh /sys): pins and state
         // must be the host's, where every other lb command sees them.
         if let Err(e) = lb::haproxy::namespace::join_host_mounts() {
@@ -37,6 +40,7 @@ fn main() {
     let r = match cli.command {
         cli::Command::Run(a) => cli::run::run(a),
         cli::Command::Stats(a) => cli::stats::run(a),
+        cli::Command::Flows(a) => cli::flows::run(a),
         cli::Command::Check(a) => cli::run::check(a),
         cli::Command::Completions { shell } => {
             let mut cmd = <cli::Cli as clap::CommandFactory>::command();

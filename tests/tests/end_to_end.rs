@@ -767,3 +767,90 @@ fn silent_server(
     ready_rx.recv().unwrap();
     h
 }
+
+/// `lb flows` lists exactly the open flows (client, member, state), filters by member and
+/// state, and counts.
+#[test]
+fn lb_flows_lists_exactly_the_open_flows() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let mut daemon = setup.start(&[]);
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let flows = |extra: &[&str]| -> Vec<Value> {
+        let out = std::process::Command::new(bin)
+            .args(["flows", "--json", "--state-dir"])
+            .arg(&cfg.state_dir)
+            .args(extra)
+            .output()
+            .expect("lb flows");
+        assert!(
+            out.status.success(),
+            "lb flows: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    };
+    let mut conns: Vec<_> = (0..3)
+        .map(|_| connect(&topo.client.name, VIP, 22).expect("connect"))
+        .collect();
+    for c in &mut conns {
+        c.echo(b"x\n").unwrap();
+    }
+    let listed = flows(&[]);
+    let mut want: Vec<(String, String)> = conns
+        .iter()
+        .map(|c| {
+            let port = c.stream.local_addr().unwrap().port();
+            (format!("{CLIENT}:{port}"), format!("{}:22", c.member()))
+        })
+        .collect();
+    let mut got: Vec<(String, String)> = listed
+        .iter()
+        .map(|f| {
+            assert_eq!(f["state"], "ESTABLISHED", "{f}");
+            assert_eq!(f["vip"], format!("{VIP}:22"));
+            assert_eq!(f["loadbalancer"], cfg.lb_id);
+            (
+                f["client"].as_str().unwrap().to_string(),
+                f["member_address"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "exactly the open connections");
+    let on_m1 = conns.iter().filter(|c| c.member() == M1).count();
+    assert_eq!(flows(&["--member", &M1.to_string()]).len(), on_m1);
+    // One connection closes: its flow lingers as TIME_WAIT, the others stay ESTABLISHED.
+    drop(conns.pop());
+    wait_for(
+        "the closed flow in TIME_WAIT",
+        Duration::from_secs(5),
+        || (flows(&["--state", "time_wait"]).len() == 1).then_some(()),
+    );
+    assert_eq!(flows(&["--state", "ESTABLISHED"]).len(), 2);
+    let out = std::process::Command::new(bin)
+        .args(["flows", "--count", "--state-dir"])
+        .arg(&cfg.state_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("ESTABLISHED 2") && text.ends_with("flows: 3\n"),
+        "{text}"
+    );
+    let none = std::process::Command::new(bin)
+        .args(["flows", "--loadbalancer", "nope", "--state-dir"])
+        .arg(&cfg.state_dir)
+        .output()
+        .unwrap();
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no load balancer nope runs here"));
+    drop(conns);
+    daemon.stop();
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use lb::config::XdpModeChoice;
 
+pub mod flows;
 pub mod run;
 pub mod stats;
 
@@ -29,6 +30,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print counters of running load balancers, read from the pinned maps.
     Stats(StatsArgs),
+    /// List the flows of running load balancers from their conntrack tables (as `conntrack
+    /// -L` or `ipvsadm -Lnc` do), streamed as the table is read
+    Flows(FlowsArgs),
     /// Check a configuration file and print what it would run, without touching anything.
     Check(CheckArgs),
     /// Print a shell completion script (e.g. `lb completions bash > /etc/bash_completion.d/lb`)
@@ -65,6 +69,31 @@ pub struct RunArgs {
     /// A mismatch is refused and the running daemon is left alone
     #[arg(long)]
     pub takeover: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlowsArgs {
+    /// Only this load balancer's flows (its id)
+    #[arg(long)]
+    pub loadbalancer: Option<String>,
+    /// Only this listener's flows (its id)
+    #[arg(long)]
+    pub listener: Option<String>,
+    /// Only the flows to this member (its id or its address)
+    #[arg(long)]
+    pub member: Option<String>,
+    /// Only flows in this state: SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, TIME_WAIT, CLOSE
+    #[arg(long)]
+    pub state: Option<String>,
+    /// One JSON object per flow and line (JSON Lines), as they are read
+    #[arg(long)]
+    pub json: bool,
+    /// Only the number of flows per load balancer and state
+    #[arg(long)]
+    pub count: bool,
+    /// Where the daemon publishes its state files (daemon.state_dir)
+    #[arg(long, default_value = "/run/lb")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
