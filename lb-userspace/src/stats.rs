@@ -268,6 +268,104 @@ fn row(o: &mut String, indent: &str, name: String, port: u16, status: &str, c: &
     );
 }
 
+/// Human units for a rate or a count: 950, 12.3k, 4.5M, 1.2G.
+fn human(v: f64) -> String {
+    let a = v.abs();
+    if a < 1e3 {
+        format!("{v:.0}")
+    } else if a < 1e6 {
+        format!("{:.1}k", v / 1e3)
+    } else if a < 1e9 {
+        format!("{:.1}M", v / 1e6)
+    } else {
+        format!("{:.1}G", v / 1e9)
+    }
+}
+
+/// `lb stats --watch`: one frame of at most 80 columns, rates per second since `prev` (taken
+/// `secs` seconds earlier) beside the totals; `colour` marks statuses with ANSI colours (only
+/// when writing to a terminal).
+pub fn render_watch(
+    now: &[LoadBalancerReport],
+    prev: Option<&[LoadBalancerReport]>,
+    secs: f64,
+    colour: bool,
+) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    if now.is_empty() {
+        o.push_str("no load balancer is running (no state files)\n");
+        return o;
+    }
+    let paint = |status: &str| -> String {
+        let s = format!("{status:<8.8}");
+        if !colour {
+            return s;
+        }
+        let code = match status {
+            "ONLINE" | "NO_MONITOR" => "32",
+            "ERROR" => "31",
+            _ => "33",
+        };
+        format!("\x1b[{code}m{s}\x1b[0m")
+    };
+    let rate = |a: u64, b: Option<u64>| -> String {
+        match b {
+            Some(b) if secs > 0.0 => human(a.saturating_sub(b) as f64 / secs),
+            _ => "-".into(),
+        }
+    };
+    for r in now {
+        let before = prev.and_then(|p| p.iter().find(|x| x.id == r.id));
+        let _ = writeln!(
+            o,
+            "{:<36.36} {}  vip {}  flows {}",
+            r.id,
+            paint(&r.operating_status),
+            r.vip_address,
+            human(r.conntrack_flows as f64)
+        );
+        let _ = writeln!(
+            o,
+            "  {:<20} {:<8} {:>6} {:>5} {:>7} {:>8} {:>8} {:>9}",
+            "listener/member", "status", "active", "syn", "conn/s", "in B/s", "out B/s", "total"
+        );
+        let mut line = |name: String, status: &str, c: &Counters, b: Option<&Counters>| {
+            let _ = writeln!(
+                o,
+                "  {:<20.20} {} {:>6} {:>5} {:>7} {:>8} {:>8} {:>9}",
+                name,
+                paint(status),
+                human(c.active_connections as f64),
+                human(c.half_open_connections as f64),
+                rate(c.total_connections, b.map(|b| b.total_connections)),
+                rate(c.bytes_in, b.map(|b| b.bytes_in)),
+                rate(c.bytes_out, b.map(|b| b.bytes_out)),
+                human(c.total_connections as f64),
+            );
+        };
+        for l in &r.listeners {
+            let bl = before.and_then(|b| b.listeners.iter().find(|x| x.id == l.id));
+            line(
+                format!("{} :{}", &l.id[..l.id.len().min(12)], l.protocol_port),
+                &l.operating_status,
+                &l.counters,
+                bl.map(|x| &x.counters),
+            );
+            for m in r.members.iter().filter(|m| m.pool_id == l.pool_id) {
+                let bm = before.and_then(|b| b.members.iter().find(|x| x.id == m.id));
+                line(
+                    format!(" {}", m.address),
+                    &m.operating_status,
+                    &m.counters,
+                    bm.map(|x| &x.counters),
+                );
+            }
+        }
+    }
+    o
+}
+
 pub fn render_text(reports: &[LoadBalancerReport]) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();

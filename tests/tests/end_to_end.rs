@@ -854,3 +854,46 @@ fn lb_flows_lists_exactly_the_open_flows() {
     drop(conns);
     daemon.stop();
 }
+
+/// `lb stats --watch 1` into a pipe: frames of at most 80 columns, no colour codes, and a
+/// connections-per-second figure that follows the connections made meanwhile.
+#[test]
+fn lb_stats_watch_shows_rates_in_80_columns() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let mut daemon = setup.start(&[]);
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let mut watch = std::process::Command::new(bin)
+        .args(["stats", "--watch", "1", "--state-dir"])
+        .arg(&cfg.state_dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("lb stats --watch");
+    let start = Instant::now();
+    let mut made = 0;
+    while start.elapsed() < Duration::from_millis(3500) {
+        connect(&topo.client.name, VIP, 22).expect("connect");
+        made += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(made > 20);
+    assert!(!text.contains('\x1b'), "no colour codes into a pipe");
+    for l in text.lines() {
+        assert!(l.chars().count() <= 80, "wider than 80 columns: {l:?}");
+    }
+    // Every frame after the first has a rate for the listener: some must be well above 0.
+    let rates: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains(":22") && !l.contains("vip"))
+        .filter_map(|l| l.split_whitespace().nth(5).and_then(|r| r.parse().ok()))
+        .collect();
+    assert!(
+        rates.iter().any(|r| *r >= 5.0),
+        "listener conn/s over the frames: {rates:?}\n{text}"
+    );
+    daemon.stop();
+}

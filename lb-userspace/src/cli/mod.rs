@@ -104,7 +104,9 @@ pub struct StatsArgs {
     /// Where the daemon publishes its state files (daemon.state_dir)
     #[arg(long, default_value = "/run/lb")]
     pub state_dir: PathBuf,
-    /// Print again every N seconds
+    /// Print again every N seconds: a table of at most 80 columns with connections, bytes in
+    /// and out per second beside the totals (colours only on a terminal); with --json, one
+    /// report per line
     #[arg(long, value_name = "SECONDS")]
     pub watch: Option<u64>,
 }
