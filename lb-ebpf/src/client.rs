@@ -18,7 +18,7 @@ use crate::{
     cookie,
     maps::*,
     member::from_member,
-    nat::{bind_sub, ts_shift, EEXIST},
+    nat::{bind_member, shift, EEXIST},
     parse::{self, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     stats::add_stats,
     verdict, Verdict,
@@ -153,13 +153,13 @@ pub(crate) fn open_flow<C: Frame>(
     // A member that cannot be sent to (no neighbour, no route, no SNAT port) costs this
     // SYN nothing: another member takes it at once.
     let mut idx = idx;
-    if let Err(why) = decode(bind_sub(ctx, flow, idx, pkt.ip_len, listener)) {
+    if let Err(why) = decode(bind_member(ctx, flow, idx, pkt.ip_len, listener)) {
         note_failure(idx);
         idx = match decode(pick_other(listener, pkt.src_be, idx)) {
             Ok(other) if other != idx => other,
             _ => return Err(why),
         };
-        decode(bind_sub(ctx, flow, idx, pkt.ip_len, listener))?;
+        decode(bind_member(ctx, flow, idx, pkt.ip_len, listener))?;
     }
     if let Err(e) = CONNTRACK.insert(fkey, &*flow, BPF_NOEXIST as u64) {
         let _ = CONNTRACK.remove(flow.reverse_key());
@@ -202,12 +202,13 @@ pub(crate) fn forward<C: Frame>(ctx: &C, pkt: &Packet, flow_ptr: *mut Flow, now:
             flow.member_be,
             flow.snat_port_be,
             flow.member_port_be,
-            if flow.state & CT_COOKIE != 0 {
-                // The member acknowledges its own sequence numbers, not the cookie's.
-                Some((8, 0u32.wrapping_sub(flow.seq_delta)))
-            } else {
-                ts_shift(ctx, pkt, flow.ts_delta, 0)
-            },
+            shift(
+                ctx,
+                pkt,
+                (flow.state & CT_COOKIE != 0).then_some(flow.seq_delta),
+                flow.ts_delta,
+                true,
+            ),
         );
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_MEMBER)
@@ -282,7 +283,7 @@ pub(crate) fn maybe_redispatch<C: Frame>(
     let old_member = flow.member;
     flow.created_ns = now;
     flow.syn_retries = (if moves < 0x0f { moves + 1 } else { moves }) << 4;
-    decode(bind_sub(ctx, flow, idx, pkt.ip_len, listener))?;
+    decode(bind_member(ctx, flow, idx, pkt.ip_len, listener))?;
     let _ = CONNTRACK.remove(old_rkey);
     // Still a handshake: it moves to the new member.
     unhalf(f);

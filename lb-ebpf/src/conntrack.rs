@@ -39,52 +39,76 @@ pub(crate) unsafe fn fetch_and(dst: *mut u64, mask: u64) -> u64 {
     unsafe { atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(dst, mask) }
 }
 
-#[inline(always)]
-fn live_add(live: *mut Live, delta: i64) {
-    unsafe {
-        xadd_i64(&raw mut (*live).active, delta);
-        xadd_u64(&raw mut (*live).events, 1);
-    }
+/// The two counts a flow takes part in: `Live::active` (connections, while `CT_COUNTED`)
+/// and `Live::half_open` (handshakes, while `CT_HALF_OPEN`).
+#[derive(Clone, Copy)]
+enum Gauge {
+    Active,
+    HalfOpen,
 }
 
-#[inline(always)]
-fn half_add(live: *mut Live, delta: i64) {
-    unsafe {
-        xadd_i64(&raw mut (*live).half_open, delta);
-        xadd_u64(&raw mut (*live).events, 1);
+impl Gauge {
+    /// The flow state bit that says a flow is in this count.
+    #[inline(always)]
+    fn bit(self) -> u64 {
+        match self {
+            Gauge::Active => CT_COUNTED,
+            Gauge::HalfOpen => CT_HALF_OPEN,
+        }
+    }
+
+    /// Adds `delta` to this count of `live` (and bumps `events`).
+    #[inline(always)]
+    fn add(self, live: *mut Live, delta: i64) {
+        unsafe {
+            let field = match self {
+                Gauge::Active => &raw mut (*live).active,
+                Gauge::HalfOpen => &raw mut (*live).half_open,
+            };
+            xadd_i64(field, delta);
+            xadd_u64(&raw mut (*live).events, 1);
+        }
+    }
+
+    /// Adds `delta` on member `member` and listener `listener`.
+    #[inline(always)]
+    fn add_both(self, member: u32, listener: u32, delta: i64) {
+        if let Some(l) = MEMBER_LIVE.get_ptr_mut(member) {
+            self.add(l, delta);
+        }
+        if let Some(l) = LISTENER_LIVE.get_ptr_mut(listener) {
+            self.add(l, delta);
+        }
+    }
+
+    /// Takes `flow` out of this count: exactly once, whichever CPU gets here first (only the
+    /// caller whose atomic fetch-and cleared the bit decrements).
+    #[inline(always)]
+    fn release(self, flow: *mut Flow) {
+        let bit = self.bit();
+        unsafe {
+            if (*flow).state & bit == 0 {
+                return;
+            }
+            if fetch_and(&raw mut (*flow).state, !bit) & bit == 0 {
+                return;
+            }
+            self.add_both((*flow).member, (*flow).listener, -1);
+        }
     }
 }
 
 /// Counts a new handshake (a SYN that opened a flow) on its member and listener.
 #[inline(always)]
 pub(crate) fn count_half_open(member: u32, listener: u32) {
-    if let Some(l) = MEMBER_LIVE.get_ptr_mut(member) {
-        half_add(l, 1);
-    }
-    if let Some(l) = LISTENER_LIVE.get_ptr_mut(listener) {
-        half_add(l, 1);
-    }
+    Gauge::HalfOpen.add_both(member, listener, 1);
 }
 
 /// Stops counting a flow as a handshake (established, closed, or moved by a redispatch):
 /// exactly once.
 #[inline(always)]
 pub(crate) fn unhalf(flow: *mut Flow) {
-    unsafe {
-        if (*flow).state & CT_HALF_OPEN == 0 {
-            return;
-        }
-        let before = fetch_and(&raw mut (*flow).state, !CT_HALF_OPEN);
-        if before & CT_HALF_OPEN == 0 {
-            return;
-        }
-        if let Some(l) = MEMBER_LIVE.get_ptr_mut((*flow).member) {
-            half_add(l, -1);
-        }
-        if let Some(l) = LISTENER_LIVE.get_ptr_mut((*flow).listener) {
-            half_add(l, -1);
-        }
-    }
+    Gauge::HalfOpen.release(flow);
 }
 
 /// One more new connection in a row that member `member` refused, left unanswered, or
@@ -111,33 +135,14 @@ pub(crate) fn note_answer(member: u32) {
 /// Counts a new flow as active on its member and listener.
 #[inline(always)]
 pub(crate) fn count_open(member: u32, listener: u32) {
-    if let Some(l) = MEMBER_LIVE.get_ptr_mut(member) {
-        live_add(l, 1);
-    }
-    if let Some(l) = LISTENER_LIVE.get_ptr_mut(listener) {
-        live_add(l, 1);
-    }
+    Gauge::Active.add_both(member, listener, 1);
 }
 
 /// Stops counting a flow (closed, or moved away by a redispatch): exactly once, whichever
 /// CPU gets here first.
 #[inline(always)]
 pub(crate) fn uncount(flow: *mut Flow) {
-    unsafe {
-        if (*flow).state & CT_COUNTED == 0 {
-            return;
-        }
-        let before = fetch_and(&raw mut (*flow).state, !CT_COUNTED);
-        if before & CT_COUNTED == 0 {
-            return;
-        }
-        if let Some(l) = MEMBER_LIVE.get_ptr_mut((*flow).member) {
-            live_add(l, -1);
-        }
-        if let Some(l) = LISTENER_LIVE.get_ptr_mut((*flow).listener) {
-            live_add(l, -1);
-        }
-    }
+    Gauge::Active.release(flow);
 }
 
 /// Whether a RST from one side falls in the receive window of the other (RFC 793: RCV.NXT

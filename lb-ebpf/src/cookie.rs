@@ -111,19 +111,14 @@ pub(crate) fn answer_syn<C: Frame>(ctx: &C, pkt: &Packet) -> Option<Verdict> {
     if v < 0 {
         return None;
     }
-    let seg = Segment {
-        smac: pkt.dst_mac,
-        dmac: pkt.src_mac,
-        saddr_be: pkt.dst_be,
-        daddr_be: pkt.src_be,
-        sport_be: pkt.dport_be,
-        dport_be: pkt.sport_be,
-        seq: v as u32,
-        ack: pkt.seq.wrapping_add(1),
-        flags: TCP_SYN | TCP_ACK,
-        win: 65535,
-        opt: mss_option((v >> 32) as u16),
-    };
+    let seg = Segment::reply(
+        pkt,
+        v as u32,
+        pkt.seq.wrapping_add(1),
+        TCP_SYN | TCP_ACK,
+        65535,
+        mss_option((v >> 32) as u16),
+    );
     Some(if emit(ctx, pkt, &seg) {
         verdict(xdp_action::XDP_TX, reason::TX_SYNCOOKIE)
     } else {
@@ -190,19 +185,7 @@ pub(crate) fn reset<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf, wh
     if let Some(c) = LISTENER_DROPS.get_ptr_mut(listener.index * reason::COUNT + why) {
         unsafe { *c += 1 };
     }
-    let seg = Segment {
-        smac: pkt.dst_mac,
-        dmac: pkt.src_mac,
-        saddr_be: pkt.dst_be,
-        daddr_be: pkt.src_be,
-        sport_be: pkt.dport_be,
-        dport_be: pkt.sport_be,
-        seq: pkt.ack,
-        ack: pkt.seq,
-        flags: TCP_RST | TCP_ACK,
-        win: 0,
-        opt: [1, 1, 1, 1],
-    };
+    let seg = Segment::reply(pkt, pkt.ack, pkt.seq, TCP_RST | TCP_ACK, 0, [1, 1, 1, 1]);
     if !emit(ctx, pkt, &seg) {
         return verdict(xdp_action::XDP_DROP, why);
     }
@@ -235,19 +218,14 @@ pub(crate) fn member_synack<C: Frame>(ctx: &C, pkt: &Packet, f: *mut Flow, now: 
         false,
         new_conn,
     );
-    let seg = Segment {
-        smac: pkt.dst_mac,
-        dmac: pkt.src_mac,
-        saddr_be: pkt.dst_be,
-        daddr_be: pkt.src_be,
-        sport_be: pkt.dport_be,
-        dport_be: pkt.sport_be,
-        seq: pkt.ack,
-        ack: pkt.seq.wrapping_add(1),
-        flags: TCP_ACK,
+    let seg = Segment::reply(
+        pkt,
+        pkt.ack,
+        pkt.seq.wrapping_add(1),
+        TCP_ACK,
         win,
-        opt: [1, 1, 1, 1],
-    };
+        [1, 1, 1, 1],
+    );
     if !emit(ctx, pkt, &seg) {
         return verdict(xdp_action::XDP_DROP, reason::DROP_BAD_L4);
     }
@@ -274,6 +252,26 @@ pub(crate) struct Segment {
     win: u16,
     /// The one option word (MSS, or NOPs).
     opt: [u8; 4],
+}
+
+impl Segment {
+    /// A segment back to whoever sent `pkt`: MACs, addresses and ports swapped.
+    #[inline(always)]
+    fn reply(pkt: &Packet, seq: u32, ack: u32, flags: u8, win: u16, opt: [u8; 4]) -> Segment {
+        Segment {
+            smac: pkt.dst_mac,
+            dmac: pkt.src_mac,
+            saddr_be: pkt.dst_be,
+            daddr_be: pkt.src_be,
+            sport_be: pkt.dport_be,
+            dport_be: pkt.sport_be,
+            seq,
+            ack,
+            flags,
+            win,
+            opt,
+        }
+    }
 }
 
 /// Ones' complement sum of the IPv4 pseudo-header, as words sit in memory.

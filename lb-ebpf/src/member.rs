@@ -6,7 +6,7 @@ use lb_common::{reason, Flow, CT_COOKIE, CT_REFUSED, CT_SYNACK};
 use crate::{
     conntrack::{fetch_or, note_answer, note_failure, track},
     maps::*,
-    nat::ts_shift,
+    nat::shift,
     parse::{self, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     stats::add_stats,
     verdict, Verdict,
@@ -15,7 +15,9 @@ use crate::{
 #[inline(always)]
 pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut seq_shift = None;
+    // A cookie connection's sequence delta, from the forward entry (the reverse one is the
+    // copy made before the member answered).
+    let mut cookie_delta = None;
     if let Some(f) = CONNTRACK.get_ptr_mut(rflow.forward_key()) {
         let cookie = unsafe { (*f).state } & CT_COOKIE != 0;
         if cookie && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
@@ -32,8 +34,7 @@ pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verd
         };
         let _ = track(f, pkt, false, now, wscale);
         if cookie {
-            // The client acknowledges the cookie's numbers, not the member's.
-            seq_shift = Some((4, unsafe { (*f).seq_delta }));
+            cookie_delta = Some(unsafe { (*f).seq_delta });
         }
     }
     add_stats(
@@ -53,10 +54,7 @@ pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verd
             rflow.client_be,
             rflow.listener_port_be,
             rflow.client_port_be,
-            match seq_shift {
-                Some(s) => Some(s),
-                None => ts_shift(ctx, pkt, rflow.ts_delta.wrapping_neg(), 4),
-            },
+            shift(ctx, pkt, cookie_delta, rflow.ts_delta, false),
         );
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_CLIENT)

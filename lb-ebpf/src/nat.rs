@@ -24,31 +24,20 @@ pub(crate) const FIB_NO_NEIGH: i64 = 7;
 
 pub(crate) const EEXIST: i32 = 17;
 
-/// Fills the flow's member, MAC and SNAT port for member `idx`, inserting the reverse entry.
-/// `bind_member` as a subprogram (its result encoded as `balance::encode` does): the
-/// verifier checks the FIB lookup and the SNAT loop once, however many places bind.
-/// BPF functions take at most 5 arguments: `listener` brings the SNAT range.
+/// Fills the flow's member, MAC and SNAT port for member `idx`, inserting the reverse entry;
+/// a failure is counted in the member's drops. A BPF subprogram (its result encoded as
+/// `balance::encode` does): the verifier checks the FIB lookup and the SNAT search once,
+/// however many places bind. BPF functions take at most 5 arguments: `listener` brings the
+/// SNAT range.
 #[inline(never)]
-pub(crate) fn bind_sub<C: Frame>(
+pub(crate) fn bind_member<C: Frame>(
     ctx: &C,
     flow: &mut Flow,
     idx: u32,
     pkt_len: u16,
     listener: &ListenerConf,
 ) -> u64 {
-    let snat = listener.snat_ports();
-    crate::balance::encode(bind_member(ctx, flow, idx, pkt_len, snat).map(|()| 0))
-}
-
-#[inline(always)]
-pub(crate) fn bind_member<C: Frame>(
-    ctx: &C,
-    flow: &mut Flow,
-    idx: u32,
-    pkt_len: u16,
-    snat: (u16, u16),
-) -> Result<(), u32> {
-    let r = try_bind_member(ctx, flow, idx, pkt_len, snat);
+    let r = try_bind_member(ctx, flow, idx, pkt_len, listener.snat_ports());
     if let Err(why) = r {
         if let Some(s) = MEMBER_STATS.get_ptr_mut(idx) {
             // Slots as in lb_common::MEMBER_DROP_REASONS.
@@ -61,7 +50,7 @@ pub(crate) fn bind_member<C: Frame>(
             unsafe { (*s).drops[slot] += 1 };
         }
     }
-    r
+    crate::balance::encode(r.map(|()| 0))
 }
 
 #[inline(always)]
@@ -243,16 +232,31 @@ fn reclaim(rkey: &lb_common::FlowKey) -> bool {
     CONNTRACK.remove(rkey).is_ok()
 }
 
-/// What `parse::rewrite` adds to a timestamp field (see `Flow::ts_delta`): `delta` at the
-/// timestamp option's TSval (`field` 0, towards a member) or TSecr (`field` 4, towards a
-/// client). No option walk for flows without a delta.
+/// The one 4-byte field `parse::rewrite` adjusts in a segment, as (offset from the TCP
+/// header, what it adds). A cookie connection (`cookie`: its `Flow::seq_delta`): the
+/// acknowledgment towards the member less the delta, the sequence number towards the client
+/// plus it. Otherwise lb's clock in the timestamps (`Flow::ts_delta`): TSval towards the
+/// member plus the delta, TSecr towards the client less it; no option walk without a delta.
 #[inline(always)]
-pub(crate) fn ts_shift<C: Frame>(
+pub(crate) fn shift<C: Frame>(
     ctx: &C,
     pkt: &Packet,
-    delta: u32,
-    field: usize,
+    cookie: Option<u32>,
+    ts_delta: u32,
+    to_member: bool,
 ) -> Option<(usize, u32)> {
+    if let Some(seq_delta) = cookie {
+        return Some(if to_member {
+            (8, seq_delta.wrapping_neg())
+        } else {
+            (4, seq_delta)
+        });
+    }
+    let (delta, field) = if to_member {
+        (ts_delta, 0)
+    } else {
+        (ts_delta.wrapping_neg(), 4)
+    };
     if delta == 0 {
         return None;
     }

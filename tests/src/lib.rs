@@ -18,6 +18,21 @@ use lb_common::checksum;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Configuration text `t` (examples/seed.toml, or a test's copy of it) with the listener's
+/// `half_open_limit` set (0: SYN cookies always; -1: never). Panics if the line it goes
+/// after is gone, so that no test runs with the default unawares.
+pub fn with_half_open_limit(t: &str, limit: impl std::fmt::Display) -> String {
+    assert!(
+        t.contains("retries = 3 "),
+        "no 'retries = 3' line to put half_open_limit after"
+    );
+    t.replacen(
+        "retries = 3 ",
+        &format!("retries = 3\nhalf_open_limit = {limit} "),
+        1,
+    )
+}
+
 /// A name unique to this process and call: `lbt<pid>-<tag><n>` (fits IFNAMSIZ when short).
 pub fn unique(tag: &str) -> String {
     format!(

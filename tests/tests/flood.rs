@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{topology::*, wait_for};
+use integration_tests::{topology::*, wait_for, with_half_open_limit};
 use serde_json::Value;
 
 const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -27,10 +27,7 @@ fn verdict(s: &Value, name: &str) -> u64 {
 /// SYN is answered by lb itself; connections open, carry data both ways (more than one
 /// window's worth), spread over both members, and are counted once established.
 fn every_connection_by_cookie(mode: &str) {
-    let Some(setup) = Setup::new(
-        |t| t.replacen("retries = 3 ", "retries = 3\nhalf_open_limit = 0 ", 1),
-        &[M1, M2],
-    ) else {
+    let Some(setup) = Setup::new(|t| with_half_open_limit(&t, 0), &[M1, M2]) else {
         return;
     };
     let mut daemon = setup.start(&["--xdp-mode", mode]);
@@ -151,11 +148,7 @@ fn spoofed_syn_flood_leaves_real_clients_and_counts_alone() {
     // LB_FLOOD_HALF_OPEN_LIMIT=-1 runs the same flood without cookies (for comparison).
     let limit = std::env::var("LB_FLOOD_HALF_OPEN_LIMIT").ok();
     let edit = |t: String| match &limit {
-        Some(l) => t.replacen(
-            "retries = 3 ",
-            &format!("retries = 3\nhalf_open_limit = {l} "),
-            1,
-        ),
+        Some(l) => with_half_open_limit(&t, l),
         None => t,
     };
     // LB_FLOOD_RATE: hping3's interval option (e.g. u100 for 10k/s); default "flood"

@@ -321,11 +321,7 @@ fn frame(rng: &mut Rng, seeds: &[Vec<u8>], held: &[Held]) -> Vec<u8> {
 fn fuzz(program: &str, share: u64, half_open_limit: Option<i64>) {
     let mut config = include_str!("../../examples/seed.toml").to_string();
     if let Some(l) = half_open_limit {
-        config = config.replacen(
-            "retries = 3 ",
-            &format!("retries = 3\nhalf_open_limit = {l} "),
-            1,
-        );
+        config = with_half_open_limit(&config, l);
         // Passive health off: members that never answer (there are none here) would be out
         // of selection after ten SYNs, and the cookie ACKs would find no member to open.
         config = config.replacen(

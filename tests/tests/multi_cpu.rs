@@ -89,6 +89,38 @@ fn total_active(env: &Env) -> i64 {
         .sum()
 }
 
+fn total_half_open(env: &Env) -> i64 {
+    [M1, M2]
+        .iter()
+        .map(|&m| env.half_open(env.member_index(m)))
+        .sum()
+}
+
+/// Runs `frames[i]` on both CPUs at the same instant, for every `i`; returns each frame's
+/// two outcomes (verdict, frame as the program left it). Frames are built beforehand and
+/// results kept per side: nothing but the run happens between releases.
+fn collide_same(env: &Env, cpus: (usize, usize), frames: &[Vec<u8>]) -> Vec<Vec<(u32, Vec<u8>)>> {
+    let (a, b) = (env.dp.runner("lb").unwrap(), env.dp.runner("lb").unwrap());
+    let (outs_a, outs_b) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+    collide(
+        &env.ns.name,
+        cpus,
+        frames.len(),
+        |i| outs_a.lock().unwrap().push((i, a.run(&frames[i]).unwrap())),
+        |i| outs_b.lock().unwrap().push((i, b.run(&frames[i]).unwrap())),
+    );
+    let mut by_frame = vec![Vec::new(); frames.len()];
+    for (i, r) in outs_a
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .chain(outs_b.into_inner().unwrap())
+    {
+        by_frame[i].push(r);
+    }
+    by_frame
+}
+
 fn run_ok(r: &ProgramRunner, frame: &[u8], want: u32) {
     let (action, _) = r.run(frame).expect("test run");
     assert_eq!(action, want);
@@ -175,8 +207,6 @@ fn the_same_syn_on_two_cpus_opens_one_flow() {
     let Some(env) = Env::with_capacity(&stateful(), 16384) else {
         return;
     };
-    let (a, b) = (env.dp.runner("lb").unwrap(), env.dp.runner("lb").unwrap());
-    // Frames built beforehand, results kept per side: nothing but the run between releases.
     let syns: Vec<Vec<u8>> = (0..FLOWS)
         .map(|i| {
             Tcp::new(CLIENT, BASE_PORT + i, VIP, 22, TCP_SYN)
@@ -184,28 +214,11 @@ fn the_same_syn_on_two_cpus_opens_one_flow() {
                 .build()
         })
         .collect();
-    let (outs_a, outs_b) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
-    collide(
-        &env.ns.name,
-        cpus,
-        FLOWS as usize,
-        |i| {
-            let r = a.run(&syns[i]).unwrap();
-            outs_a.lock().unwrap().push((i, r));
-        },
-        |i| {
-            let r = b.run(&syns[i]).unwrap();
-            outs_b.lock().unwrap().push((i, r));
-        },
-    );
-    let mut outs = outs_a.into_inner().unwrap();
-    outs.extend(outs_b.into_inner().unwrap());
-    let mut by_flow = vec![Vec::new(); FLOWS as usize];
-    for (i, (action, frame)) in outs {
-        assert_eq!(action, XDP_TX, "SYN of flow {i} dropped");
-        by_flow[i].push(Tcp::parse(&frame).unwrap());
-    }
-    for (i, pair) in by_flow.iter().enumerate() {
+    for (i, outs) in collide_same(&env, cpus, &syns).iter().enumerate() {
+        for (action, _) in outs {
+            assert_eq!(*action, XDP_TX, "SYN of flow {i} dropped");
+        }
+        let pair: Vec<Tcp> = outs.iter().map(|(_, f)| Tcp::parse(f).unwrap()).collect();
         assert_eq!(
             (pair[0].dst, pair[0].sport),
             (pair[1].dst, pair[1].sport),
@@ -214,11 +227,11 @@ fn the_same_syn_on_two_cpus_opens_one_flow() {
     }
     let v = env.verdicts();
     assert_eq!(v[reason::DROP_CT_FULL as usize], 0);
-    let half: i64 = [M1, M2]
-        .iter()
-        .map(|&m| env.half_open(env.member_index(m)))
-        .sum();
-    assert_eq!(half, FLOWS as i64, "each handshake counted once");
+    assert_eq!(
+        total_half_open(&env),
+        FLOWS as i64,
+        "each handshake counted once"
+    );
     assert_eq!(env.dp.maps.listener_live.get(0).half_open, FLOWS as i64);
     assert_eq!(
         total_active(&env),
@@ -264,11 +277,7 @@ fn the_handshake_ends_once_when_its_ack_is_seen_twice() {
         FLOWS as i64,
         "each connection counted once"
     );
-    let half: i64 = [M1, M2]
-        .iter()
-        .map(|&m| env.half_open(env.member_index(m)))
-        .sum();
-    assert_eq!(half, 0);
+    assert_eq!(total_half_open(&env), 0);
     let ls = env.dp.maps.listener_stats(0).unwrap();
     assert_eq!(ls.total_connections, FLOWS as u64);
 }
@@ -279,11 +288,7 @@ fn the_handshake_ends_once_when_its_ack_is_seen_twice() {
 #[test]
 fn the_same_cookie_ack_on_two_cpus_opens_one_flow() {
     let Some(cpus) = two_cpus() else { return };
-    let cfg = include_str!("../../examples/seed.toml").replacen(
-        "retries = 3 ",
-        "retries = 3\nhalf_open_limit = 0 ",
-        1,
-    );
+    let cfg = with_half_open_limit(include_str!("../../examples/seed.toml"), 0);
     let Some(mut env) = Env::with_capacity(&cfg, 16384) else {
         return;
     };
@@ -300,35 +305,24 @@ fn the_same_cookie_ack_on_two_cpus_opens_one_flow() {
             ack.build()
         })
         .collect();
-    let (a, b) = (env.dp.runner("lb").unwrap(), env.dp.runner("lb").unwrap());
-    let (outs_a, outs_b) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
-    collide(
-        &env.ns.name,
-        cpus,
-        FLOWS as usize,
-        |i| outs_a.lock().unwrap().push((i, a.run(&acks[i]).unwrap())),
-        |i| outs_b.lock().unwrap().push((i, b.run(&acks[i]).unwrap())),
-    );
-    let mut by_flow = vec![Vec::new(); FLOWS as usize];
-    let mut outs = outs_a.into_inner().unwrap();
-    outs.extend(outs_b.into_inner().unwrap());
-    for (i, (action, frame)) in outs {
-        assert_eq!(action, XDP_TX, "cookie ACK of flow {i}");
-        let o = Tcp::parse(&frame).unwrap();
-        assert_eq!(o.flags, TCP_SYN, "flow {i}: lb's SYN to the member");
-        by_flow[i].push((o.dst, o.sport));
-    }
-    for (i, pair) in by_flow.iter().enumerate() {
+    for (i, outs) in collide_same(&env, cpus, &acks).iter().enumerate() {
+        let mut pair = Vec::new();
+        for (action, frame) in outs {
+            assert_eq!(*action, XDP_TX, "cookie ACK of flow {i}");
+            let o = Tcp::parse(frame).unwrap();
+            assert_eq!(o.flags, TCP_SYN, "flow {i}: lb's SYN to the member");
+            pair.push((o.dst, o.sport));
+        }
         assert_eq!(
             pair[0], pair[1],
             "flow {i}: both copies to the same member and port"
         );
     }
-    let half: i64 = [M1, M2]
-        .iter()
-        .map(|&m| env.half_open(env.member_index(m)))
-        .sum();
-    assert_eq!(half, FLOWS as i64, "each cookie handshake counted once");
+    assert_eq!(
+        total_half_open(&env),
+        FLOWS as i64,
+        "each cookie handshake counted once"
+    );
     assert_eq!(env.dp.maps.listener_live.get(0).half_open, FLOWS as i64);
     assert_eq!(env.verdicts()[reason::DROP_CT_FULL as usize], 0);
 }
@@ -336,9 +330,5 @@ fn the_same_cookie_ack_on_two_cpus_opens_one_flow() {
 /// The seed's config with SYN cookies off: these tests open thousands of handshakes at once
 /// and race the stateful path (cookies have their own tests, tests/tests/syn_cookies.rs).
 fn stateful() -> String {
-    include_str!("../../examples/seed.toml").replacen(
-        "retries = 3 ",
-        "retries = 3\nhalf_open_limit = -1 ",
-        1,
-    )
+    with_half_open_limit(include_str!("../../examples/seed.toml"), -1)
 }

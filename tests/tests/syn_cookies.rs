@@ -14,12 +14,7 @@ const LINUX_SYN_OPTIONS: [u8; 20] = [
 ];
 
 fn env(limit: i64) -> Option<Env> {
-    let cfg = include_str!("../../examples/seed.toml").replacen(
-        "retries = 3 ",
-        &format!("retries = 3\nhalf_open_limit = {limit} "),
-        1,
-    );
-    assert!(cfg.contains("half_open_limit"));
+    let cfg = with_half_open_limit(include_str!("../../examples/seed.toml"), limit);
     Env::new(&cfg)
 }
 

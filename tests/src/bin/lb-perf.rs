@@ -37,15 +37,33 @@ fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
     // SYN cookies off here: this environment times the stateful SYN path; `cookies` below
     // (every SYN answered with a cookie) times the cookie path.
     let seed = include_str!("../../../examples/seed.toml");
-    let with_limit = |l: i64| {
-        seed.replacen(
-            "retries = 3 ",
-            &format!("retries = 3\nhalf_open_limit = {l} "),
-            1,
-        )
-    };
+    let with_limit = |l: i64| integration_tests::with_half_open_limit(seed, l);
+    let started = Instant::now();
     let mut env = Env::with_capacity(&with_limit(-1), 131_072)
         .ok_or_else(|| anyhow::anyhow!("needs root"))?;
+    // What the verifier did for the object just loaded (maps, then every program): the
+    // newest loaded program of each name is this one's.
+    let load = started.elapsed();
+    let mut newest: std::collections::BTreeMap<String, (u32, Option<u32>)> = Default::default();
+    for p in aya::programs::loaded_programs().flatten() {
+        let Some(name) = p.name_as_str() else {
+            continue;
+        };
+        if ["lb", "lb_tc", "lb_tc_fast"].contains(&name)
+            && newest.get(name).is_none_or(|(id, _)| p.id() > *id)
+        {
+            newest.insert(name.into(), (p.id(), p.verified_instruction_count()));
+        }
+    }
+    let counts: Vec<String> = newest
+        .iter()
+        .map(|(n, (_, c))| format!("{n} {}", c.map_or("?".into(), |c| c.to_string())))
+        .collect();
+    println!(
+        "object load (maps and programs, verification included): {:.0} ms; verified instructions: {}",
+        load.as_secs_f64() * 1e3,
+        counts.join(", ")
+    );
     let mut cookies = Env::with_capacity(&with_limit(0), 131_072);
     let (member, _, snat) = env.open(50000);
     let data = Tcp::new(CLIENT, 50000, VIP, 22, TCP_ACK | TCP_PSH)

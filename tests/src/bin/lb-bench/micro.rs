@@ -62,11 +62,8 @@ struct Open {
 /// SYN cookies off: the grid times the stateful path at each table size, and fills the table
 /// with handshakes far past any half-open budget.
 fn pool_config(n: u32) -> String {
-    let mut cfg = include_str!("../../../../examples/seed.toml").replacen(
-        "retries = 3 ",
-        "retries = 3\nhalf_open_limit = -1 ",
-        1,
-    );
+    let mut cfg =
+        integration_tests::with_half_open_limit(include_str!("../../../../examples/seed.toml"), -1);
     let first = cfg.find("[[loadbalancer.pool.member]]").unwrap();
     cfg.truncate(first);
     for i in 0..n {
