@@ -77,6 +77,11 @@ pub const CT_COOKIE: u64 = 1 << 7;
 pub const CT_COUNTED: u64 = 1 << 8;
 /// Included in its member's and listener's `half_open` (handshakes in progress).
 pub const CT_HALF_OPEN: u64 = 1 << 9;
+/// Set with `CT_RST` when the RST that closed the flow came from the member.
+pub const CT_RST_MEMBER: u64 = 1 << 10;
+/// Its listener logs connections (`LISTENER_F_LOG` when the flow opened): the flow's end is
+/// an event in the `CONN_LOG` ring buffer, its expiry a line the daemon writes.
+pub const CT_LOG: u64 = 1 << 11;
 
 /// Both FINs or one RST in `CT_*` bits `state`.
 #[inline(always)]
@@ -263,6 +268,8 @@ impl ListenerConf {
 /// `ListenerConf::flags`: draining. No new flow is opened (a SYN without a flow goes to the
 /// namespace's stack, where a haproxy taking over listens); established flows carry on.
 pub const LISTENER_F_DRAIN: u32 = 1 << 0;
+/// `ListenerConf::flags`: log each connection when it ends (the connection log).
+pub const LISTENER_F_LOG: u32 = 1 << 1;
 
 /// `POOLS` value.
 #[repr(C)]
@@ -380,6 +387,42 @@ pub struct SweepReport {
 }
 assert_size!(SweepReport, 32);
 
+/// `CONN_LOG` record: one connection of a logging listener that ended in the data path
+/// (both FINs or a RST; flows that time out are logged by the daemon's expiry instead).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEvent {
+    /// The client's first SYN (CLOCK_MONOTONIC ns).
+    pub accepted_ns: u64,
+    /// The segment that closed it.
+    pub ended_ns: u64,
+    /// See `Flow::member_bytes`.
+    pub member_bytes: u64,
+    /// `CT_*` bits as the closing segment left them.
+    pub state: u64,
+    pub client_be: u32,
+    /// Index into `MEMBERS`.
+    pub member: u32,
+    pub listener: u32,
+    /// See `Flow::connect_ms`.
+    pub connect_ms: u32,
+    /// Connections open when it ended (this one no longer counted): the load balancer's,
+    /// its listener's, its member's (haproxy's actconn, feconn, srv_conn).
+    pub actconn: u32,
+    pub feconn: u32,
+    pub srv_conn: u32,
+    pub client_port_be: u16,
+    /// See `Flow::syn_retries`.
+    pub syn_retries: u8,
+    pub _pad: u8,
+}
+assert_size!(ConnEvent, 64);
+
+/// Bytes of the `CONN_LOG` ring buffer per load balancer (about 3,600 events: 64 bytes
+/// and an 8-byte header each): the daemon drains it every 100 ms, and at once when a quarter of
+/// it is used.
+pub const CONN_LOG_BYTES: u32 = 256 * 1024;
+
 /// Per-CPU traffic counters, per listener and per member.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -477,8 +520,17 @@ pub struct Flow {
     /// Window scale shifts in effect: the client's (applied to its windows) in the low
     /// nibble, the member's in the high one; 0 when either side did not offer scaling.
     pub wscale: u8,
+    /// TCP payload bytes the member sent the client (haproxy's `%B`), counted for flows
+    /// that log (`CT_LOG`) only.
+    pub member_bytes: u64,
+    /// Milliseconds from the client's first SYN to the member's SYN-ACK, plus one (0: the
+    /// member never answered): haproxy's `Tc`.
+    pub connect_ms: u32,
+    /// Milliseconds from the client's first SYN to `created_ns` (a redispatch restarts the
+    /// connect timeout by moving `created_ns`; the accept time stays).
+    pub accept_ms: u32,
 }
-assert_size!(Flow, 96);
+assert_size!(Flow, 112);
 
 impl Flow {
     /// Whether this forward entry is past its state's time at `now`: a closed flow lingers
@@ -509,6 +561,12 @@ impl Flow {
     /// Included in its member's and listener's `active`.
     pub fn counted(&self) -> bool {
         self.state & CT_COUNTED != 0
+    }
+
+    /// When the client's first SYN came (CLOCK_MONOTONIC ns): haproxy's accept date.
+    pub fn accepted_ns(&self) -> u64 {
+        self.created_ns
+            .saturating_sub(self.accept_ms as u64 * 1_000_000)
     }
 
     /// The forward key of this flow.
@@ -554,6 +612,7 @@ mod pod {
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for ConnEvent {}
     unsafe impl aya::Pod for SweepReport {}
     unsafe impl aya::Pod for PortConf {}
     unsafe impl aya::Pod for StickyKey {}

@@ -121,7 +121,7 @@ const FLOW_KEY: u32 = layout!(FlowKey; src_be, dst_be, sport_be, dport_be, proto
 const FLOW: u32 = layout!(Flow; created_ns, last_seen_ns, state, client_be, member_be,
     client_port_be, listener_port_be, member_port_be, snat_port_be, vip_be, member, listener,
     ts_delta, seq_delta, client_ack, client_win, member_ack, member_win, client_mac, member_mac,
-    port_mac, syn_retries, wscale);
+    port_mac, syn_retries, wscale, member_bytes, connect_ms, accept_ms);
 const PORT_CONF: u32 = layout!(PortConf; mac, _pad);
 const SWEEP_REPORT: u32 = layout!(SweepReport; flows, expired, orphans, cycle_us);
 /// Verdict arrays are indexed by reason: their names and order are part of the layout.
@@ -210,9 +210,14 @@ pub const MAPS: &[MapSchema] = &[
         name: "CONNTRACK",
         // 2: atomic u64 state (counted is a bit of it), seq_delta, windows, wscale;
         // 3: established and half-open states; 4: refused, syn_retries' redispatch nibble;
-        // 5: cookie flows (seq_delta in use).
-        version: 5,
+        // 5: cookie flows (seq_delta in use); 6: member_bytes, connect_ms, accept_ms, CT_LOG.
+        version: 6,
         layout: mix(FLOW_KEY, FLOW),
+    },
+    MapSchema {
+        name: "CONN_LOG_LOST",
+        version: 1,
+        layout: mix(U32, U64),
     },
     MapSchema {
         name: "PORT",
@@ -252,7 +257,8 @@ mod tests {
             ("LISTENER_STATS", 1, 0xeb63_52d0),
             ("LISTENER_DROPS", 5, 0x4cb5_6d3e),
             ("VERDICTS", 5, 0x4cb5_6d3e),
-            ("CONNTRACK", 5, 0x8bee_21c2),
+            ("CONNTRACK", 6, 0x109e_70aa),
+            ("CONN_LOG_LOST", 1, 0xdba3_35ad),
             ("PORT", 1, 0x1510_fa71),
             ("SWEEP", 1, 0xcff9_c699),
         ];

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    reason, select, Flow, FlowKey, ListenerConf, CT_COOKIE, CT_HALF_OPEN, CT_REFUSED, CT_SYN,
-    CT_SYNACK, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, LISTENER_F_DRAIN,
+    reason, select, Flow, FlowKey, ListenerConf, CT_COOKIE, CT_HALF_OPEN, CT_LOG, CT_REFUSED,
+    CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, LISTENER_F_DRAIN, LISTENER_F_LOG,
 };
 
 use crate::{
@@ -132,6 +132,9 @@ pub(crate) fn open_flow<C: Frame>(
     flow.client_mac = pkt.src_mac;
     flow.port_mac = pkt.dst_mac;
     flow.state = CT_SYN | CT_HALF_OPEN;
+    if listener.flags & LISTENER_F_LOG != 0 {
+        flow.state |= CT_LOG;
+    }
     // Until the member answers, a client's RST must carry exactly the number after its SYN.
     flow.member_ack = pkt.seq.wrapping_add(1);
     flow.member_win = 1;
@@ -281,6 +284,9 @@ pub(crate) fn maybe_redispatch<C: Frame>(
     }
     let old_rkey = flow.reverse_key();
     let old_member = flow.member;
+    // The connect timeout starts again; the accept time stays.
+    let moved_ms = (now.wrapping_sub(flow.created_ns) / 1_000_000) as u32;
+    flow.accept_ms = flow.accept_ms.wrapping_add(moved_ms);
     flow.created_ns = now;
     flow.syn_retries = (if moves < 0x0f { moves + 1 } else { moves }) << 4;
     decode(bind_member(ctx, flow, idx, pkt.ip_len, listener))?;

@@ -8,7 +8,7 @@ use core::intrinsics::{atomic_and, atomic_or, atomic_xadd, AtomicOrdering};
 
 use lb_common::{
     closed, Flow, Live, CT_COUNTED, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_HALF_OPEN,
-    CT_RST, CT_SYNACK,
+    CT_LOG, CT_RST, CT_RST_MEMBER, CT_SYNACK,
 };
 
 use crate::{
@@ -246,7 +246,11 @@ pub(crate) fn track(
     }
     let mut bits = 0u64;
     if flags & TCP_RST != 0 && rst_in_window(f, pkt, from_client) {
-        bits |= CT_RST;
+        bits |= if from_client {
+            CT_RST
+        } else {
+            CT_RST | CT_RST_MEMBER
+        };
     }
     if flags & TCP_FIN != 0 {
         bits |= if from_client {
@@ -264,9 +268,17 @@ pub(crate) fn track(
     }
     if bits != 0 && f.state & bits != bits {
         let before = unsafe { fetch_or(&raw mut f.state, bits) };
+        if bits & CT_SYNACK != 0 && before & CT_SYNACK == 0 {
+            // The member's first SYN-ACK: haproxy's Tc (plus one; 0 is "never").
+            let ms = now.wrapping_sub(f.created_ns) / 1_000_000;
+            f.connect_ms = (ms as u32).wrapping_add(f.accept_ms).wrapping_add(1);
+        }
         if closed(before | bits) {
             uncount(flow);
             unhalf(flow);
+            if before & CT_LOG != 0 && !closed(before) {
+                crate::connlog::ended(flow, before | bits, now);
+            }
         }
     }
     established

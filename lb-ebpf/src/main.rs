@@ -11,6 +11,7 @@
 
 mod balance;
 mod client;
+mod connlog;
 mod conntrack;
 mod cookie;
 mod icmp;

@@ -1,10 +1,10 @@
 //! The member's side: replies to VIP:snat, translated back to the client.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
-use lb_common::{reason, Flow, CT_COOKIE, CT_REFUSED, CT_SYNACK};
+use lb_common::{reason, Flow, CT_COOKIE, CT_LOG, CT_REFUSED, CT_SYNACK};
 
 use crate::{
-    conntrack::{fetch_or, note_answer, note_failure, track},
+    conntrack::{fetch_or, note_answer, note_failure, track, xadd_u64},
     maps::*,
     nat::shift,
     parse::{self, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN},
@@ -25,6 +25,13 @@ pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verd
         }
         if refused(f, pkt) {
             return verdict(xdp_action::XDP_DROP, reason::DROP_REFUSED);
+        }
+        if unsafe { (*f).state } & CT_LOG != 0 {
+            let ihl = unsafe { ((*pkt.ip).vihl & 0x0f) as u64 * 4 };
+            let payload = (pkt.ip_len as u64).saturating_sub(ihl + pkt.doff as u64);
+            if payload != 0 {
+                unsafe { xadd_u64(&raw mut (*f).member_bytes, payload) };
+            }
         }
         let wscale = if pkt.tcp_flags & TCP_SYN != 0 {
             note_answer(rflow.member);

@@ -80,6 +80,28 @@ pub struct Daemon {
     pub xdp_mode: XdpModeChoice,
     /// Flows the conntrack table holds per load balancer.
     pub conntrack_flows: u32,
+    /// Where each connection's log line goes when it ends (haproxy's `option tcplog`
+    /// format), as haproxy's `log` line names a target: `"/dev/log local0"`,
+    /// `"udp@10.0.0.9:514 local1 info"`, `"stderr daemon"`; one string or a list. Empty (the
+    /// default): no connection log. Listeners log unless they say `connection_log = false`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub connection_log: Vec<String>,
+    /// `ADDR:PORT` where the daemon serves Prometheus metrics (`GET /metrics`); none by
+    /// default. `lb run --metrics-address` overrides it.
+    pub metrics_address: Option<std::net::SocketAddr>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Default for Daemon {
@@ -89,6 +111,8 @@ impl Default for Daemon {
             state_dir: "/run/lb".into(),
             xdp_mode: XdpModeChoice::Auto,
             conntrack_flows: lb_common::DEFAULT_CONNTRACK_FLOWS,
+            connection_log: Vec::new(),
+            metrics_address: None,
         }
     }
 }
@@ -176,6 +200,10 @@ pub struct Listener {
     /// proves its address). 0 = always; -1 = never.
     #[serde(default = "default_half_open")]
     pub half_open_limit: i64,
+    /// Log this listener's connections where `[daemon] connection_log` says. Absent: on when
+    /// the daemon has a connection log (settled when the file is read).
+    #[serde(default)]
+    pub connection_log: Option<bool>,
 }
 
 fn default_half_open() -> i64 {
@@ -428,8 +456,20 @@ impl Config {
             path: origin.to_string(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
+        let mut cfg = cfg;
         cfg.validate()?;
+        cfg.settle_connection_log();
         Ok(cfg)
+    }
+
+    /// Listeners that do not say whether they log follow `[daemon] connection_log`.
+    pub fn settle_connection_log(&mut self) {
+        let on = !self.daemon.connection_log.is_empty();
+        for lb in &mut self.loadbalancer {
+            for l in &mut lb.listener {
+                l.connection_log.get_or_insert(on);
+            }
+        }
     }
 
     /// Every rule the daemon relies on; the first violation is reported with its field path.
@@ -447,6 +487,11 @@ impl Config {
                 d.conntrack_flows,
                 "must be 1..=8000000",
             ));
+        }
+        for (i, t) in d.connection_log.iter().enumerate() {
+            crate::syslog::Target::parse(t).map_err(|why| {
+                invalid(format!("daemon.connection_log[{i}]"), format!("{t:?}"), why)
+            })?;
         }
         if self.loadbalancer.is_empty() {
             return Err(invalid(
@@ -573,6 +618,13 @@ impl Config {
             let mut listen_ports = HashSet::new();
             for (j, l) in lb.listener.iter().enumerate() {
                 let at = format!("{at}.listener[{j}]");
+                if l.connection_log == Some(true) && d.connection_log.is_empty() {
+                    return Err(invalid(
+                        format!("{at}.connection_log"),
+                        true,
+                        "[daemon] connection_log names no target to send the lines to",
+                    ));
+                }
                 check_id(format!("{at}.id"), &l.id)?;
                 if l.protocol != Protocol::TCP {
                     return Err(invalid(
@@ -854,6 +906,44 @@ mod tests {
             .collect();
         assert_eq!(m, [("10.0.0.2".into(), 22, 1), ("10.0.0.4".into(), 22, 1)]);
         assert_eq!(p.healthmonitor.as_ref().unwrap().kind, MonitorType::TCP);
+    }
+
+    #[test]
+    fn connection_log_targets_and_listener_switches() {
+        let with = |daemon: &str, listener: &str| {
+            let text = format!("[daemon]\n{daemon}\n{SEED}").replacen(
+                "retries = 3",
+                &format!("retries = 3\n{listener}"),
+                1,
+            );
+            Config::parse(&text, "t.toml")
+        };
+        let on = with("connection_log = \"/dev/log local0\"", "").unwrap();
+        assert_eq!(on.loadbalancer[0].listener[0].connection_log, Some(true));
+        let plan = crate::plan::plan(&on.loadbalancer[0], None).unwrap();
+        assert_eq!(plan.listeners[0].conf.flags, lb_common::LISTENER_F_LOG);
+        let off = with(
+            "connection_log = [\"/dev/log local0\", \"stderr daemon\"]",
+            "connection_log = false",
+        )
+        .unwrap();
+        assert_eq!(off.daemon.connection_log.len(), 2);
+        let plan = crate::plan::plan(&off.loadbalancer[0], None).unwrap();
+        assert_eq!(plan.listeners[0].conf.flags, 0);
+        let none = with("", "").unwrap();
+        assert_eq!(none.loadbalancer[0].listener[0].connection_log, Some(false));
+        let e = with("", "connection_log = true").unwrap_err().to_string();
+        assert!(
+            e.contains("listener[0].connection_log") && e.contains("names no target"),
+            "{e}"
+        );
+        let e = with("connection_log = \"/dev/log local9\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("daemon.connection_log[0]") && e.contains("\"local9\""),
+            "{e}"
+        );
     }
 
     #[test]

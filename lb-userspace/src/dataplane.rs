@@ -132,6 +132,13 @@ impl Dataplane {
         Ok(Dataplane { ebpf, maps })
     }
 
+    /// The connection log's ring buffer of the loaded programs (not pinned: it belongs to
+    /// this load; see `crate::connlog`). Once: later calls return None.
+    pub fn take_conn_log(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        let map = self.ebpf.take_map("CONN_LOG")?;
+        aya::maps::RingBuf::try_from(map).ok()
+    }
+
     /// Program `name` of the loaded object.
     pub(crate) fn program_mut(&mut self, name: &str) -> &mut aya::programs::Program {
         self.ebpf
@@ -504,6 +511,9 @@ pub struct Maps {
     conntrack: HashMap<MapData, FlowKey, Flow>,
     source_table: Array<MapData, [u16; lb_common::select::SOURCE_TABLE_SIZE as usize]>,
     port: Array<MapData, lb_common::PortConf>,
+    /// Connection-log events lost to a full ring, per listener (None: maps pinned by a
+    /// version of lb without a connection log).
+    conn_log_lost: Option<PerCpuArray<MapData, u64>>,
     /// What this process last wrote to each pool's `SOURCE_TABLE` (unchanged tables are not
     /// written again).
     source_written: std::collections::HashMap<u32, Vec<u16>>,
@@ -666,6 +676,10 @@ impl Maps {
                 .set(i * reason::COUNT + r, per_cpu_zeros()?, 0)
                 .map_err(e)?;
         }
+        let e = self.err("CONN_LOG_LOST");
+        if let Some(lost) = &mut self.conn_log_lost {
+            lost.set(i, per_cpu_zeros()?, 0).map_err(e)?;
+        }
         self.listener_live.reset(i);
         Ok(())
     }
@@ -684,6 +698,7 @@ impl Maps {
             conntrack: open_map(dir, "CONNTRACK")?,
             source_table: open_map(dir, "SOURCE_TABLE")?,
             port: open_map(dir, "PORT")?,
+            conn_log_lost: open_map(dir, "CONN_LOG_LOST").ok(),
             source_written: Default::default(),
             member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
             listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
@@ -768,6 +783,15 @@ impl Maps {
             *o = self.listener_drops.get(&key, 0).map_err(e)?.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Connection-log events of listener `index` lost to a full ring, summed over CPUs.
+    pub fn conn_log_lost(&self, index: u32) -> Result<u64> {
+        let Some(lost) = &self.conn_log_lost else {
+            return Ok(0);
+        };
+        let e = self.err("CONN_LOG_LOST");
+        Ok(lost.get(&index, 0).map_err(e)?.iter().sum())
     }
 
     /// What the daemon's last sweep (at most a second ago while it runs) found and did.

@@ -86,6 +86,8 @@ pub struct Sweeper {
     /// none is an orphan candidate.
     named: Vec<u64>,
     named_since_ns: Option<u64>,
+    /// Where expired flows of logging listeners are logged.
+    log: Option<std::sync::Arc<crate::connlog::Logger>>,
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, which stamps flows.
@@ -163,7 +165,14 @@ impl Sweeper {
             values: vec![Flow::default(); CHUNK],
             named: Vec::new(),
             named_since_ns: None,
+            log: None,
         })
+    }
+
+    /// Flows this sweeper expires are logged there (their listener logs connections).
+    pub fn with_log(mut self, log: Option<std::sync::Arc<crate::connlog::Logger>>) -> Self {
+        self.log = log;
+        self
     }
 
     fn map_err(&self, name: &str, source: aya::maps::MapError) -> DataplaneError {
@@ -336,6 +345,11 @@ impl Sweeper {
             if flow.half_open() {
                 self.member_live.add_half_quiet(flow.member, -1);
                 self.listener_live.add_half_quiet(flow.listener, -1);
+            }
+            if let Some(log) = &self.log {
+                if flow.state & lb_common::CT_LOG != 0 && !flow.is_closed() {
+                    log.expired(&flow, monotonic_ns());
+                }
             }
         }
         Ok(())

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod connlog;
 pub mod daemon;
 pub mod dataplane;
 pub mod expiry;
@@ -14,3 +15,4 @@ pub mod pins;
 pub mod plan;
 pub mod state;
 pub mod stats;
+pub mod syslog;

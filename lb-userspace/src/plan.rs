@@ -4,7 +4,7 @@ use std::{collections::HashSet, net::Ipv4Addr};
 
 use lb_common::{
     ListenerConf, ListenerKey, MemberConf, PoolConf, ALG_LEAST_CONNECTIONS, ALG_ROUND_ROBIN,
-    ALG_SOURCE_IP, MAX_LISTENERS, MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP,
+    ALG_SOURCE_IP, LISTENER_F_LOG, MAX_LISTENERS, MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP,
     MEMBER_F_CONFIGURED, MEMBER_F_ENABLED, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
 };
 use serde::{Deserialize, Serialize};
@@ -222,7 +222,11 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 // A flow idle in both directions ends when the first of HAProxy's client and
                 // server timeouts would have fired.
                 timeout_data_ns: l.timeout_client_data.min(l.timeout_member_data) * MS,
-                flags: 0,
+                flags: if l.connection_log == Some(true) {
+                    LISTENER_F_LOG
+                } else {
+                    0
+                },
                 snat_min: 0,
                 snat_max: 0,
             },

@@ -37,6 +37,9 @@ pub struct ListenerReport {
     pub request_errors: u64,
     /// The same, by reason (only reasons that occurred).
     pub drops: std::collections::BTreeMap<String, u64>,
+    /// Connection-log events lost to a full ring buffer (the daemon fell behind).
+    #[serde(default)]
+    pub connection_log_lost: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,6 +78,9 @@ pub struct LoadBalancerReport {
     pub daemon_pid: Option<u32>,
     /// Flows in the conntrack table at the daemon's last sweep (once a second).
     pub conntrack_flows: u64,
+    /// Connection-log events lost to a full ring buffer, all listeners.
+    #[serde(default)]
+    pub connection_log_lost: u64,
     pub listeners: Vec<ListenerReport>,
     pub members: Vec<MemberReport>,
     /// packets per verdict reason (tx_*, pass_*, drop_*)
@@ -200,6 +206,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
             counters: Counters::new(maps.listener_live.get(l.index), s),
             request_errors: drops.iter().sum(),
             drops: named_nonzero(&drops),
+            connection_log_lost: maps.conn_log_lost(l.index)?,
         });
     }
     let verdicts = maps
@@ -222,6 +229,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         xdp_mode: state.xdp_mode.clone(),
         daemon_pid: state.live_owner(),
         conntrack_flows,
+        connection_log_lost: listeners.iter().map(|l| l.connection_log_lost).sum(),
         listeners,
         members,
         verdicts,

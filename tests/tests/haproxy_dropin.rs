@@ -782,3 +782,65 @@ fn switching_from_haproxy_to_lb_under_load_does_not_stall_new_connections() {
     );
     assert_eq!(after.1, 0, "no connection waited for a SYN retransmission");
 }
+
+/// The seed's `log` lines and `option tcplog`, pointed at a test socket: one tcplog line
+/// per connection with haproxy's tag, the frontend, backend and server names of the config,
+/// at `local0.info` only (the `local1 notice` line does not take traffic lines).
+#[test]
+fn option_tcplog_sends_one_line_per_connection_where_the_log_lines_say() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let topo = SeedTopology::new(&[M1, M2]);
+    let mut agent = Agent::new(&topo, &lb_bin(), false);
+    agent.plug(VIP);
+    let path = std::env::temp_dir().join(format!("{}.log", integration_tests::unique("dlog")));
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    // The daemon logs as `nobody`, as haproxy does.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let conf = v1_conf(&agent, (1, 1), "").replace("/dev/log", &path.display().to_string());
+    ok(&agent.spawn(&conf));
+    let pid = agent.pids()[0];
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect(&topo.client.name, VIP, 22).expect("connect");
+        c.echo(b"hello\n").unwrap();
+        made.push((c.stream.local_addr().unwrap().port(), c.member()));
+    }
+    let mut buf = vec![0u8; 2048];
+    let mut lines = Vec::new();
+    // Daemon lines (start-up, member checks) share the socket; traffic lines name the client.
+    let start = std::time::Instant::now();
+    while lines.len() < made.len() && start.elapsed() < Duration::from_secs(5) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let d = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if d.contains(": 10.0.0.1:") {
+                lines.push(d);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(lines.len(), made.len(), "{lines:#?}");
+    for (port, member) in made {
+        let server = if member == M1 { S1 } else { S2 };
+        let want = format!(" haproxy[{pid}]: 10.0.0.1:{port} [");
+        let l = lines
+            .iter()
+            .find(|l| l.contains(&want))
+            .unwrap_or_else(|| panic!("no line for port {port}: {lines:#?}"));
+        assert!(l.starts_with("<134>"), "local0.info: {l}");
+        assert!(
+            l.contains(&format!(
+                "] df25900f-53b1-4aab-8436-8411ec710445 {}/{server} 0/",
+                agent.id
+            )),
+            "{l}"
+        );
+        assert!(
+            l.contains(" -- ") && l.ends_with("/0 0/0"),
+            "closed, no retries: {l}"
+        );
+    }
+    agent.undeploy();
+}

@@ -13,6 +13,7 @@
 use std::{
     net::SocketAddrV4,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Instant,
 };
 
@@ -29,6 +30,7 @@ use super::{
 };
 use crate::{
     config::{LoadBalancer, XdpModeChoice},
+    connlog::{Logger, Reader},
     dataplane::Dataplane,
     expiry::{Census, Sweeper},
     health::{MonitorTarget, Transition},
@@ -109,6 +111,8 @@ pub struct Ctx {
     pub expiry: Expiry,
     /// SNAT ports of new flows from the start (the haproxy drop-in replacing a HAProxy).
     pub snat_ports: Option<(u16, u16)>,
+    /// Where connection log lines go (`[daemon] connection_log`); None: no connection log.
+    pub connection_log: Option<Arc<crate::syslog::Sender>>,
 }
 
 impl Ctx {
@@ -169,6 +173,8 @@ pub struct Instance {
     lock: LbLock,
     /// Brought up over what an earlier run left (its data path served flows before us).
     inherited: bool,
+    /// The connection log and the thread draining its ring (dropping it drains the ring).
+    connlog: Option<(Arc<Logger>, Reader)>,
 }
 
 impl Instance {
@@ -291,6 +297,7 @@ impl Instance {
             board: Default::default(),
             lock,
             inherited,
+            connlog: None,
         };
         match inst.bring_up(ctx, prior_plan.as_ref()).await {
             Ok(()) => {
@@ -385,6 +392,13 @@ impl Instance {
             })?;
         }
         let pin_dir = ctx.pin_dir(&self.lb.id);
+        // The ring's reader runs before the programs that fill it are attached.
+        if let (Some(sender), Some(ring)) = (&ctx.connection_log, self.dp.take_conn_log()) {
+            let logger = Logger::open(&self.lb.id, &pin_dir, sender.clone(), &self.plan)?;
+            let reader = Reader::start(ring, logger.clone())
+                .context("starting the connection log's reader")?;
+            self.connlog = Some((logger, reader));
+        }
         for t in ctx.mode.targets(&port, self.node.outer.as_deref()) {
             let prev = self
                 .state
@@ -434,8 +448,12 @@ impl Instance {
                 lb_common::MAX_MEMBERS,
             )?),
         )?);
-        ctx.expiry
-            .add(&self.lb.id, Sweeper::open(&pin_dir)?, self.census());
+        let log = self.connlog.as_ref().map(|(l, _)| l.clone());
+        ctx.expiry.add(
+            &self.lb.id,
+            Sweeper::open(&pin_dir)?.with_log(log),
+            self.census(),
+        );
         self.state.phase = Phase::Running;
         let _ = std::fs::remove_file(super::handover_path(&self.state_dir, &self.lb.id));
         self.write_state()
@@ -496,6 +514,9 @@ impl Instance {
         // that a crash halfway leaves a plan that names every index a flow may hold.
         self.write_state()?;
         self.dp.maps.write_plan(&plan, Some(&old_plan))?;
+        if let Some((l, _)) = &self.connlog {
+            l.set_plan(&plan);
+        }
         self.plan = plan;
         self.lb = lb.clone();
         if let Some(m) = &self.monitors {
@@ -625,6 +646,7 @@ impl Instance {
                 warn!(error = %e, "cannot detach {} from {}", a.program, a.device);
             }
         }
+        drop(self.connlog.take());
         drop(self.dp);
         remove_pins(&self.state.pin_dir);
         self.node.teardown().await;
@@ -643,6 +665,9 @@ impl Instance {
             m.stop();
         }
         ctx.expiry.remove(&self.lb.id);
+        // What the ring holds now is logged; connections that end before the next daemon's
+        // programs replace these stay in a ring nobody reads.
+        drop(self.connlog.take());
         self.state.phase = Phase::Left;
         self.state.checks = self
             .board

@@ -394,6 +394,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         Source::Fixed(c) => (None, c),
     };
+    // The drop-in's lines carry haproxy's tag, so that log routing made for haproxy holds.
+    let log_tag = if opts.embedding.is_some() {
+        crate::haproxy::syslog::TAG
+    } else {
+        "lb"
+    };
+    let connection_log = cfg
+        .daemon
+        .connection_log
+        .iter()
+        .map(|t| {
+            crate::syslog::Target::parse(t)
+                .map_err(|e| anyhow::anyhow!("daemon.connection_log {t:?}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let connection_log = (!connection_log.is_empty())
+        .then(|| std::sync::Arc::new(crate::syslog::Sender::new(log_tag, connection_log)));
     let (up_hook, mut requests, allowed, snat_ports) = match opts.embedding {
         Some(e) => (
             Some(e.up),
@@ -414,6 +431,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         transitions,
         expiry: Expiry::start(freed_tx)?,
         snat_ports,
+        connection_log,
     };
     ensure_bpffs(&ctx.bpffs)?;
     gc::collect(&ctx.state_dir);

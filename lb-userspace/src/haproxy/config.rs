@@ -845,7 +845,9 @@ fn param_line(
             return Err(refuse(l, "no option redispatch", "lb always redispatches a connection whose server does not answer after its retries"))
         }
         ["option", "allbackups"] => params.allbackups = true,
-        ["option", "tcplog"] => params.tcplog = true,
+        // In a TCP proxy haproxy logs `option httplog` as tcplog.
+        ["option", "tcplog" | "httplog", ..] => params.tcplog = true,
+        ["no", "option", "tcplog" | "httplog"] => params.tcplog = false,
         ["option", opt @ ("forwardfor" | "http-server-close" | "httpclose" | "forceclose" | "http-keep-alive" | "http-pretend-keepalive" | "http-buffer-request" | "http-use-proxy-header" | "http_proxy" | "originalto" | "http-no-delay" | "http-ignore-probes" | "checkcache" | "accept-invalid-http-request" | "accept-invalid-http-response" | "h1-case-adjust-bogus-client" | "h1-case-adjust-bogus-server" | "disable-h2-upgrade" | "http-restrict-req-hdr-names"), ..] => {
             note_l7(l7, l, &format!("option {opt}"))
         }

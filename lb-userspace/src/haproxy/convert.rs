@@ -161,6 +161,14 @@ pub fn convert(
                 // The kernel in front of haproxy sends cookies once its SYN queue is full;
                 // lb's budget of handshakes plays that part.
                 half_open_limit: lb_common::DEFAULT_HALF_OPEN_LIMIT as i64,
+                // haproxy logs a frontend's connections in tcplog format when it has a `log`
+                // line (`log global` included) and `option tcplog`; lb sends them to the
+                // targets of `global`'s `log` lines.
+                connection_log: Some(
+                    f.params.log
+                        && f.params.tcplog
+                        && !super::syslog::targets(&cfg.global.logs).is_empty(),
+                ),
             });
         }
     }
@@ -196,7 +204,23 @@ pub fn convert(
         pool: pools,
     };
     let config = Config {
-        daemon: Daemon::default(),
+        daemon: Daemon {
+            connection_log: cfg
+                .global
+                .logs
+                .iter()
+                .filter(|l| super::syslog::targets(std::slice::from_ref(l)).len() == 1)
+                .map(|l| {
+                    format!(
+                        "{} {} {}",
+                        l.target,
+                        l.facility,
+                        l.level.as_deref().unwrap_or("debug")
+                    )
+                })
+                .collect(),
+            ..Daemon::default()
+        },
         loadbalancer: vec![lb],
     };
     config

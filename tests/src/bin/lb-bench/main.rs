@@ -36,7 +36,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "lb,lb-xdp,haproxy,nftables"
+        default_value = "lb,lb-xdp,lb-log,haproxy,nftables"
     )]
     paths: Vec<Route>,
     /// Conntrack sizes for the ns/packet grid

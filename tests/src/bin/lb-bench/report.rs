@@ -219,6 +219,22 @@ impl Report {
                 }
             }
         }
+        if has(Route::Lb) && has(Route::LbLog) {
+            // The connection log's cost: its new connections against lb's without it.
+            for name in [
+                "new connections/s",
+                "new connections/s, 64 client addresses",
+            ] {
+                let f = get(name);
+                let (on, off) = (self.spread(Route::LbLog, f), self.spread(Route::Lb, f));
+                let r = on.median / off.median;
+                t.push(Target {
+                    what: format!("lb-log {name} >= 0.95x lb (connection log on vs off)"),
+                    measured: format!("{r:.2}x"),
+                    met: Some(r >= 0.95),
+                });
+            }
+        }
         if has(Route::Lb) && has(Route::Haproxy) {
             for name in [
                 "LB's own CPU s / 1M keep-alive req",

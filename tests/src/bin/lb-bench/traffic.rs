@@ -38,6 +38,9 @@ pub enum Route {
     Lb,
     /// lb with its data path in native XDP (`--xdp-mode native`; the default is TC)
     LbXdp,
+    /// lb (TC) with the connection log on: a tcplog line per connection, as syslog
+    /// datagrams to a unix socket this program reads (what `/dev/log` is)
+    LbLog,
     Haproxy,
     Nftables,
 }
@@ -48,6 +51,7 @@ impl fmt::Display for Route {
             Route::Direct => "direct",
             Route::Lb => "lb",
             Route::LbXdp => "lb-xdp",
+            Route::LbLog => "lb-log",
             Route::Haproxy => "haproxy",
             Route::Nftables => "nftables",
         })
@@ -61,11 +65,12 @@ impl std::str::FromStr for Route {
             "direct" => Route::Direct,
             "lb" => Route::Lb,
             "lb-xdp" => Route::LbXdp,
+            "lb-log" => Route::LbLog,
             "haproxy" => Route::Haproxy,
             "nftables" => Route::Nftables,
             _ => {
                 return Err(format!(
-                    "unknown path {s}: direct, lb, lb-xdp, haproxy or nftables"
+                    "unknown path {s}: direct, lb, lb-xdp, lb-log, haproxy or nftables"
                 ))
             }
         })
@@ -547,9 +552,12 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
     };
     match path {
         Route::Direct => run(M1, Own::None),
-        Route::Lb | Route::LbXdp => {
+        Route::Lb | Route::LbXdp | Route::LbLog => {
             let cfg = lb_config();
             let _left = cfg.leftovers();
+            let syslog = (path == Route::LbLog)
+                .then(|| Syslog::start(&cfg))
+                .transpose()?;
             let args: &[&str] = if path == Route::LbXdp {
                 &["--xdp-mode", "native"]
             } else {
@@ -567,6 +575,13 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
             let st = topology::stats(lb, &cfg.state_dir);
             eprintln!("  lb verdicts: {}", st[0]["verdicts"]);
             d.stop();
+            if let Some(s) = syslog {
+                let (lines, bad) = s.finish();
+                eprintln!(
+                    "  connection log: {lines} lines received ({bad} not tcplog), {} events lost to a full ring",
+                    st[0]["connection_log_lost"]
+                );
+            }
             m
         }
         Route::Haproxy => {
@@ -604,6 +619,57 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
             ns.exec(&format!("nft -f {}", rules.display()));
             run(VIP, Own::None)
         }
+    }
+}
+
+/// A syslog socket for `lb-log`: the daemon's `connection_log` points at it; a thread reads
+/// and counts the lines (as a syslog daemon would read them).
+struct Syslog {
+    path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl Syslog {
+    fn start(cfg: &TestConfig) -> anyhow::Result<Syslog> {
+        let path = std::env::temp_dir().join(format!("{}.log", unique("benchlog")));
+        let sock = std::os::unix::net::UnixDatagram::bind(&path)?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let text = std::fs::read_to_string(&cfg.path)?;
+        std::fs::write(
+            &cfg.path,
+            text.replacen(
+                "[daemon]\n",
+                &format!("[daemon]\nconnection_log = \"{} local0\"\n", path.display()),
+                1,
+            ),
+        )?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut lines, mut bad) = (0u64, 0u64);
+            let mut buf = vec![0u8; 2048];
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    // `<134>... lb[pid]: client:port [date] ...`
+                    if buf[..n].windows(3).any(|w| w == b"]: ") {
+                        lines += 1;
+                    } else {
+                        bad += 1;
+                    }
+                }
+            }
+            (lines, bad)
+        });
+        Ok(Syslog { path, stop, thread })
+    }
+
+    /// Lines received, and datagrams that were not connection lines.
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = self.thread.join().unwrap_or((0, 0));
+        let _ = std::fs::remove_file(&self.path);
+        r
     }
 }
 

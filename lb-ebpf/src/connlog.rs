@@ -1,0 +1,74 @@
+//! The connection log's data-path half: when a connection of a logging listener ends (both
+//! FINs or a RST: the segment whose atomic OR closed the flow, so exactly once), one
+//! `ConnEvent` goes into the `CONN_LOG` ring buffer; the daemon formats it as haproxy's
+//! `option tcplog` line (lb-userspace/src/connlog/). The data path never waits for the
+//! reader: a full ring loses the event, counted per listener in `CONN_LOG_LOST`. The reader
+//! is woken only once a quarter of the ring is used (it also drains every 100 ms), so a
+//! busy listener costs one wake-up per ~1,100 connections, not one per connection.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use lb_common::{ConnEvent, Flow, Live, CONN_LOG_BYTES, MAX_LISTENERS};
+
+use crate::{
+    balance::open_connections,
+    maps::{LISTENER_LIVE, MEMBER_LIVE},
+};
+
+/// Not pinned: a daemon taking over reads the ring of the programs it loaded; the old
+/// daemon drains the old one before it exits.
+#[map]
+pub static CONN_LOG: RingBuf = RingBuf::with_byte_size(CONN_LOG_BYTES, 0);
+
+/// listener index -> connection-log events lost to a full ring, per CPU.
+#[map]
+pub static CONN_LOG_LOST: PerCpuArray<u64> = PerCpuArray::pinned(MAX_LISTENERS, 0);
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+#[inline(always)]
+fn active(l: Option<&Live>) -> u32 {
+    match l {
+        Some(l) if l.active > 0 => l.active as u32,
+        _ => 0,
+    }
+}
+
+/// Records the end of `flow` (`state`: its bits after the closing segment) at `now`.
+#[inline(never)]
+pub(crate) fn ended(flow: *const Flow, state: u64, now: u64) {
+    let f = unsafe { &*flow };
+    let wake = if CONN_LOG.query(BPF_RB_AVAIL_DATA) >= (CONN_LOG_BYTES / 4) as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    let Some(mut entry) = CONN_LOG.reserve::<ConnEvent>(0) else {
+        if let Some(c) = CONN_LOG_LOST.get_ptr_mut(f.listener) {
+            unsafe { *c += 1 };
+        }
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    unsafe {
+        (*e).accepted_ns = f.created_ns.wrapping_sub(f.accept_ms as u64 * 1_000_000);
+        (*e).ended_ns = now;
+        (*e).member_bytes = f.member_bytes;
+        (*e).state = state;
+        (*e).client_be = f.client_be;
+        (*e).member = f.member;
+        (*e).listener = f.listener;
+        (*e).connect_ms = f.connect_ms;
+        (*e).actconn = open_connections() as u32;
+        (*e).feconn = active(LISTENER_LIVE.get(f.listener));
+        (*e).srv_conn = active(MEMBER_LIVE.get(f.member));
+        (*e).client_port_be = f.client_port_be;
+        (*e).syn_retries = f.syn_retries;
+        (*e)._pad = 0;
+    }
+    entry.submit(wake);
+}

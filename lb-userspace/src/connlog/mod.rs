@@ -1,0 +1,294 @@
+//! The connection log: one line per connection when it ends, in haproxy's `option tcplog`
+//! format (`tcplog`), sent to the targets of `[daemon] connection_log` (`crate::syslog`).
+//!
+//! Two sources, one `Logger` per load balancer:
+//! - the data path: a connection of a logging listener that closes (both FINs or a RST) is
+//!   a `ConnEvent` in the `CONN_LOG` ring buffer of the programs this daemon loaded; a
+//!   `Reader` thread drains it (woken when a quarter of the ring is used, and every 100 ms)
+//!   and formats each event;
+//! - the expiry: a flow removed idle past its timeout (`crate::expiry::Sweeper`), formatted
+//!   on the expiry thread.
+//!
+//! Names (listener, pool, member ids) come from the plan in force; the connection counts
+//! from the shared `Live` arrays at the moment the line is made.
+
+pub mod tcplog;
+
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use lb_common::{ConnEvent, Flow, CT_ESTABLISHED, MAX_LISTENERS, MAX_MEMBERS};
+use serde::Serialize;
+
+use self::tcplog::{End, Record};
+use crate::{dataplane::LiveArray, plan::Plan, syslog::Sender};
+
+/// How often the reader drains the ring when nothing wakes it.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+/// A connection log's own counters.
+#[derive(Debug, Default, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct LogCounters {
+    /// Lines made (each sent to every target that takes it).
+    pub lines: u64,
+    /// Lines a target did not take (no syslog daemon on the socket, its buffer full).
+    pub send_failures: u64,
+}
+
+#[derive(Default)]
+struct Names {
+    /// listener index -> (listener id, pool id, pool index)
+    listeners: HashMap<u32, (String, String, u32)>,
+    members: HashMap<u32, String>,
+    /// pool index -> its members' indexes
+    pools: HashMap<u32, Vec<u32>>,
+    /// pool index -> listeners it serves
+    pool_listeners: HashMap<u32, u32>,
+}
+
+impl Names {
+    fn of(plan: &Plan) -> Names {
+        let mut n = Names::default();
+        for l in &plan.listeners {
+            n.listeners
+                .insert(l.index, (l.id.clone(), l.pool_id.clone(), l.conf.pool));
+            *n.pool_listeners.entry(l.conf.pool).or_default() += 1;
+        }
+        for m in &plan.members {
+            n.members.insert(m.index, m.id.clone());
+            n.pools
+                .entry(m.index / lb_common::MAX_POOL_MEMBERS)
+                .or_default()
+                .push(m.index);
+        }
+        n
+    }
+}
+
+/// One load balancer's connection log.
+pub struct Logger {
+    loadbalancer: String,
+    sender: Arc<Sender>,
+    names: RwLock<Names>,
+    member_live: LiveArray,
+    listener_live: LiveArray,
+    lines: AtomicU64,
+    send_failures: AtomicU64,
+}
+
+/// Every logger of this process, for the metrics endpoint.
+static LOGGERS: Mutex<Vec<std::sync::Weak<Logger>>> = Mutex::new(Vec::new());
+
+/// The counters of every connection log this process runs, by load balancer.
+pub fn counters() -> Vec<(String, LogCounters)> {
+    let mut all = LOGGERS.lock().unwrap();
+    all.retain(|w| w.strong_count() > 0);
+    all.iter()
+        .filter_map(|w| w.upgrade())
+        .map(|l| {
+            (
+                l.loadbalancer.clone(),
+                LogCounters {
+                    lines: l.lines.load(Ordering::Relaxed),
+                    send_failures: l.send_failures.load(Ordering::Relaxed),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Both clocks now: CLOCK_MONOTONIC (the data path's) in ns, the wall clock in ms.
+fn clocks() -> (u64, i64) {
+    let mono = crate::expiry::monotonic_ns();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    (mono, wall)
+}
+
+impl Logger {
+    pub fn open(
+        loadbalancer: &str,
+        pin_dir: &Path,
+        sender: Arc<Sender>,
+        plan: &Plan,
+    ) -> Result<Arc<Logger>, crate::dataplane::DataplaneError> {
+        let l = Arc::new(Logger {
+            loadbalancer: loadbalancer.into(),
+            sender,
+            names: RwLock::new(Names::of(plan)),
+            member_live: LiveArray::open(&pin_dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
+            listener_live: LiveArray::open(&pin_dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
+            lines: AtomicU64::new(0),
+            send_failures: AtomicU64::new(0),
+        });
+        LOGGERS.lock().unwrap().push(Arc::downgrade(&l));
+        Ok(l)
+    }
+
+    /// The plan in force changed (a reload): new names.
+    pub fn set_plan(&self, plan: &Plan) {
+        *self.names.write().unwrap() = Names::of(plan);
+    }
+
+    /// A connection the data path saw end.
+    pub fn closed(&self, ev: &ConnEvent) {
+        self.log(ev, End::Closed(ev.state));
+    }
+
+    /// A flow the expiry removed at `now_ns` (monotonic), idle past its timeout (and no
+    /// longer counted).
+    pub fn expired(&self, f: &Flow, now_ns: u64) {
+        let active = |l: &LiveArray, i: u32| l.get(i).active.max(0) as u32;
+        let actconn = {
+            let names = self.names.read().unwrap();
+            names
+                .listeners
+                .keys()
+                .map(|&i| active(&self.listener_live, i))
+                .sum()
+        };
+        let ev = ConnEvent {
+            accepted_ns: f.accepted_ns(),
+            ended_ns: now_ns,
+            member_bytes: f.member_bytes,
+            state: f.state,
+            client_be: f.client_be,
+            member: f.member,
+            listener: f.listener,
+            connect_ms: f.connect_ms,
+            actconn,
+            feconn: active(&self.listener_live, f.listener),
+            srv_conn: active(&self.member_live, f.member),
+            client_port_be: f.client_port_be,
+            syn_retries: f.syn_retries,
+            _pad: 0,
+        };
+        self.log(&ev, End::Expired(f.state));
+    }
+
+    fn log(&self, ev: &ConnEvent, end: End) {
+        if !tcplog::loggable(end) {
+            return;
+        }
+        let line = {
+            let names = self.names.read().unwrap();
+            let unknown = || ("-".to_string(), "-".to_string(), u32::MAX);
+            let (frontend, backend, pool) = names
+                .listeners
+                .get(&ev.listener)
+                .cloned()
+                .unwrap_or_else(unknown);
+            let server = names.members.get(&ev.member).map_or("-", |s| s.as_str());
+            // The counts as the connection ended; as haproxy's, they include the connection
+            // being logged.
+            let me = (ev.state & CT_ESTABLISHED != 0) as i64;
+            let feconn = ev.feconn as i64 + me;
+            let actconn = ev.actconn as i64 + me;
+            let srv_conn = ev.srv_conn as i64 + me;
+            // A pool behind one listener has that listener's connections; one shared by
+            // several is summed over its members now.
+            let beconn = if names.pool_listeners.get(&pool) == Some(&1) {
+                feconn
+            } else {
+                let live = |m: &u32| self.member_live.get(*m).active.max(0);
+                names
+                    .pools
+                    .get(&pool)
+                    .map_or(0, |ms| ms.iter().map(live).sum())
+                    + me
+            };
+            let (now_mono, now_wall) = clocks();
+            let (accepted_unix_ms, connect_ms, total_ms) = Record::times_of(ev, now_mono, now_wall);
+            let (tries, moves) = ((ev.syn_retries & 0x0f) as u32, (ev.syn_retries >> 4) as u32);
+            tcplog::format(&Record {
+                client: std::net::Ipv4Addr::from(u32::from_be(ev.client_be)),
+                client_port: u16::from_be(ev.client_port_be),
+                accepted_unix_ms,
+                frontend: &frontend,
+                backend: &backend,
+                server,
+                connect_ms,
+                total_ms,
+                bytes: ev.member_bytes,
+                end,
+                actconn,
+                feconn,
+                beconn,
+                srv_conn,
+                retries: tries + moves,
+                redispatched: moves > 0,
+            })
+        };
+        self.lines.fetch_add(1, Ordering::Relaxed);
+        let failed = self.sender.send(crate::syslog::INFO, &line);
+        if failed > 0 {
+            self.send_failures
+                .fetch_add(failed as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The thread that drains a load balancer's `CONN_LOG` ring.
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    pub fn start(mut ring: RingBuf<MapData>, logger: Arc<Logger>) -> std::io::Result<Reader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let name = format!(
+            "connlog-{}",
+            &logger.loadbalancer[..logger.loadbalancer.len().min(7)]
+        );
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let fd = ring.as_raw_fd();
+            loop {
+                let stopping = s.load(Ordering::Relaxed);
+                while let Some(item) = ring.next() {
+                    if item.len() >= std::mem::size_of::<ConnEvent>() {
+                        let ev: ConnEvent =
+                            unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                        logger.closed(&ev);
+                    }
+                }
+                if stopping {
+                    return;
+                }
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                unsafe { libc::poll(&mut pfd, 1, DRAIN_EVERY.as_millis() as i32) };
+            }
+        })?;
+        Ok(Reader {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Reader {
+    /// Drains what the ring holds, then stops.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
