@@ -406,11 +406,11 @@ pub struct ConnEvent {
     pub listener: u32,
     /// See `Flow::connect_ms`.
     pub connect_ms: u32,
-    /// Connections open when it ended (this one no longer counted): the load balancer's,
-    /// its listener's, its member's (haproxy's actconn, feconn, srv_conn).
-    pub actconn: u32,
+    /// Connections open on its listener and on its member when it ended (this one no longer
+    /// counted): haproxy's feconn and srv_conn.
     pub feconn: u32,
     pub srv_conn: u32,
+    pub _pad0: u32,
     pub client_port_be: u16,
     /// See `Flow::syn_retries`.
     pub syn_retries: u8,
@@ -418,10 +418,14 @@ pub struct ConnEvent {
 }
 assert_size!(ConnEvent, 64);
 
-/// Bytes of the `CONN_LOG` ring buffer per load balancer (about 3,600 events: 64 bytes
-/// and an 8-byte header each): the daemon drains it every 100 ms, and at once when a quarter of
-/// it is used.
-pub const CONN_LOG_BYTES: u32 = 256 * 1024;
+/// Bytes of the `CONN_LOG` ring buffer of a load balancer whose daemon logs connections:
+/// about 14,500 events (64 bytes and an 8-byte header each), 0.5 s of 29,000 closes a second.
+/// The daemon drains it every 100 ms, and at once when a quarter of it is used.
+pub const CONN_LOG_BYTES: u32 = 1024 * 1024;
+
+/// The ring's size as the object declares it, which the loader keeps when the daemon has no
+/// connection log (one page: nothing is written to it).
+pub const CONN_LOG_BYTES_OFF: u32 = 4096;
 
 /// Per-CPU traffic counters, per listener and per member.
 #[repr(C)]

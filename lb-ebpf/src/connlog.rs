@@ -4,23 +4,21 @@
 //! `option tcplog` line (lb-userspace/src/connlog/). The data path never waits for the
 //! reader: a full ring loses the event, counted per listener in `CONN_LOG_LOST`. The reader
 //! is woken only once a quarter of the ring is used (it also drains every 100 ms), so a
-//! busy listener costs one wake-up per ~1,100 connections, not one per connection.
+//! busy listener costs one wake-up per ~3,600 connections, not one per connection.
 
 use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use lb_common::{ConnEvent, Flow, Live, CONN_LOG_BYTES, MAX_LISTENERS};
+use lb_common::{ConnEvent, Flow, Live, CONN_LOG_BYTES_OFF, MAX_LISTENERS};
 
-use crate::{
-    balance::open_connections,
-    maps::{LISTENER_LIVE, MEMBER_LIVE},
-};
+use crate::maps::{LISTENER_LIVE, MEMBER_LIVE};
 
 /// Not pinned: a daemon taking over reads the ring of the programs it loaded; the old
-/// daemon drains the old one before it exits.
+/// daemon drains the old one before it exits. Sized by the loader (`CONN_LOG_BYTES` when the
+/// daemon logs connections).
 #[map]
-pub static CONN_LOG: RingBuf = RingBuf::with_byte_size(CONN_LOG_BYTES, 0);
+pub static CONN_LOG: RingBuf = RingBuf::with_byte_size(CONN_LOG_BYTES_OFF, 0);
 
 /// listener index -> connection-log events lost to a full ring, per CPU.
 #[map]
@@ -29,6 +27,7 @@ pub static CONN_LOG_LOST: PerCpuArray<u64> = PerCpuArray::pinned(MAX_LISTENERS, 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
 
 #[inline(always)]
 fn active(l: Option<&Live>) -> u32 {
@@ -42,7 +41,7 @@ fn active(l: Option<&Live>) -> u32 {
 #[inline(never)]
 pub(crate) fn ended(flow: *const Flow, state: u64, now: u64) {
     let f = unsafe { &*flow };
-    let wake = if CONN_LOG.query(BPF_RB_AVAIL_DATA) >= (CONN_LOG_BYTES / 4) as u64 {
+    let wake = if CONN_LOG.query(BPF_RB_AVAIL_DATA) * 4 >= CONN_LOG.query(BPF_RB_RING_SIZE) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -63,11 +62,11 @@ pub(crate) fn ended(flow: *const Flow, state: u64, now: u64) {
         (*e).member = f.member;
         (*e).listener = f.listener;
         (*e).connect_ms = f.connect_ms;
-        (*e).actconn = open_connections() as u32;
         (*e).feconn = active(LISTENER_LIVE.get(f.listener));
         (*e).srv_conn = active(MEMBER_LIVE.get(f.member));
         (*e).client_port_be = f.client_port_be;
         (*e).syn_retries = f.syn_retries;
+        (*e)._pad0 = 0;
         (*e)._pad = 0;
     }
     entry.submit(wake);

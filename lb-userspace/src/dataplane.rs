@@ -88,6 +88,12 @@ impl Dataplane {
     /// declares (`pins::check`); otherwise nothing is loaded and the error names the map and
     /// the difference.
     pub fn load(pin_dir: &Path, conntrack_flows: u32) -> Result<Self> {
+        Self::load_with(pin_dir, conntrack_flows, false)
+    }
+
+    /// As `load`; `connection_log`: the `CONN_LOG` ring gets `CONN_LOG_BYTES` (one page
+    /// otherwise: nothing writes to it).
+    pub fn load_with(pin_dir: &Path, conntrack_flows: u32, connection_log: bool) -> Result<Self> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DataplaneError::Io {
             what: "cannot create pin directory",
             path: pin_dir.into(),
@@ -101,6 +107,14 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries("CONNTRACK", conntrack_entries)
+            .map_max_entries(
+                "CONN_LOG",
+                if connection_log {
+                    lb_common::CONN_LOG_BYTES
+                } else {
+                    lb_common::CONN_LOG_BYTES_OFF
+                },
+            )
             .load(&object)
             .map_err(|e| DataplaneError::Load {
                 dir: pin_dir.into(),
@@ -252,6 +266,12 @@ impl ProgramRunner {
     /// Runs the program once on `packet` on the calling thread's CPU: its verdict and the
     /// packet as it left it.
     pub fn run(&self, packet: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
+        self.run_on(packet, None)
+    }
+
+    /// As `run`, as if received on interface `ifindex` (an XDP program's ingress device, in
+    /// the calling thread's namespace: its FIB lookups are that device's).
+    pub fn run_on(&self, packet: &[u8], ifindex: Option<u32>) -> std::io::Result<(u32, Vec<u8>)> {
         /// `union bpf_attr`'s `test` member.
         #[repr(C)]
         #[derive(Default)]
@@ -274,6 +294,24 @@ impl ProgramRunner {
             _pad: u32,
         }
         const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        /// `struct xdp_md`, the context of an XDP test run.
+        #[repr(C)]
+        struct XdpMd {
+            data: u32,
+            data_end: u32,
+            data_meta: u32,
+            ingress_ifindex: u32,
+            rx_queue_index: u32,
+            egress_ifindex: u32,
+        }
+        let ctx = ifindex.map(|i| XdpMd {
+            data: 0,
+            data_end: packet.len() as u32,
+            data_meta: 0,
+            ingress_ifindex: i,
+            rx_queue_index: 0,
+            egress_ifindex: 0,
+        });
         let mut out = vec![0u8; packet.len() + 256];
         let mut attr = TestAttr {
             prog_fd: std::os::fd::AsRawFd::as_raw_fd(&self.fd) as u32,
@@ -284,6 +322,10 @@ impl ProgramRunner {
             repeat: 1,
             ..Default::default()
         };
+        if let Some(c) = &ctx {
+            attr.ctx_size_in = std::mem::size_of::<XdpMd>() as u32;
+            attr.ctx_in = c as *const XdpMd as u64;
+        }
         // SAFETY: attr points to valid buffers of the sizes it names for the call's duration.
         let rc = unsafe {
             libc::syscall(
@@ -365,6 +407,12 @@ impl LiveArray {
     fn slot(&self, i: u32) -> *mut Live {
         assert!(i < self.len, "live index {i} out of range");
         unsafe { self.ptr.as_ptr().add(i as usize) }
+    }
+
+    /// Overwrites slot `i` (a scratch copy's; never the running data path's, whose counts
+    /// change by atomic adds only).
+    pub fn set(&self, i: u32, v: Live) {
+        unsafe { std::ptr::write_volatile(self.slot(i), v) };
     }
 
     pub fn get(&self, i: u32) -> Live {

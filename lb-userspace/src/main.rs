@@ -28,7 +28,10 @@ fn main() {
     let cli = cli::Cli::parse();
     if matches!(
         cli.command,
-        cli::Command::Run(_) | cli::Command::Stats(_) | cli::Command::Flows(_)
+        cli::Command::Run(_)
+            | cli::Command::Stats(_)
+            | cli::Command::Flows(_)
+            | cli::Command::Explain(_)
     ) {
         // Under `ip netns exec` (a private mount namespace with a fresh /sys): pins and state
         // must be the host's, where every other lb command sees them.
@@ -41,6 +44,7 @@ fn main() {
         cli::Command::Run(a) => cli::run::run(a),
         cli::Command::Stats(a) => cli::stats::run(a),
         cli::Command::Flows(a) => cli::flows::run(a),
+        cli::Command::Explain(a) => cli::explain::run(a),
         cli::Command::Check(a) => cli::run::check(a),
         cli::Command::Completions { shell } => {
             let mut cmd = <cli::Cli as clap::CommandFactory>::command();

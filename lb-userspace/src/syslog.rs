@@ -126,15 +126,95 @@ impl Target {
     }
 }
 
-/// Sends lines to a set of targets, keeping one socket per target.
+/// Sends lines to a set of targets, keeping one connected socket per target.
 pub struct Sender {
     tag: String,
     targets: Vec<(Target, Mutex<Option<Socket>>)>,
 }
 
+/// A datagram socket connected to its target (a syslog daemon that restarts makes the next
+/// send fail; the socket is made again for the send after).
 enum Socket {
     Unix(UnixDatagram),
     Udp(UdpSocket),
+}
+
+impl Socket {
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Socket::Unix(s) => s.as_raw_fd(),
+            Socket::Udp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// How long a send may wait for a syslog daemon that does not read (its socket's queue
+/// full): then the lines left are counted as not sent, and the sender goes on.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn connect(dest: &Dest) -> Option<Socket> {
+    match dest {
+        Dest::Unix(p) => {
+            let s = UnixDatagram::unbound().ok()?;
+            s.set_write_timeout(Some(SEND_TIMEOUT)).ok()?;
+            s.connect(p).ok()?;
+            Some(Socket::Unix(s))
+        }
+        Dest::Udp(a) => {
+            let any = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let s = UdpSocket::bind(any).ok()?;
+            s.set_write_timeout(Some(SEND_TIMEOUT)).ok()?;
+            s.connect(a).ok()?;
+            Some(Socket::Udp(s))
+        }
+        _ => None,
+    }
+}
+
+/// Sends one datagram per line, `header` + line, with as few `sendmmsg` calls as the socket
+/// takes; returns how many were sent.
+fn send_lines(sock: &Socket, header: &[u8], lines: &[&str]) -> usize {
+    const BATCH: usize = 64;
+    let mut sent = 0;
+    while sent < lines.len() {
+        let chunk = &lines[sent..lines.len().min(sent + BATCH)];
+        let mut iov: Vec<[libc::iovec; 2]> = chunk
+            .iter()
+            .map(|l| {
+                [
+                    libc::iovec {
+                        iov_base: header.as_ptr() as *mut libc::c_void,
+                        iov_len: header.len(),
+                    },
+                    libc::iovec {
+                        iov_base: l.as_ptr() as *mut libc::c_void,
+                        iov_len: l.len(),
+                    },
+                ]
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: a zeroed msghdr is a valid empty one; the iovecs outlive the call.
+                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+                h.msg_iov = v.as_mut_ptr();
+                h.msg_iovlen = 2;
+                libc::mmsghdr {
+                    msg_hdr: h,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        // SAFETY: msgs and the buffers they point to are valid for the call.
+        let n = unsafe { libc::sendmmsg(sock.fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
+        if n <= 0 {
+            break;
+        }
+        sent += n as usize;
+    }
+    sent
 }
 
 impl Sender {
@@ -152,56 +232,64 @@ impl Sender {
     /// Sends `msg` at `severity` to every target that takes it; the number of targets it
     /// could not be sent to (no listener on the socket, a full socket buffer).
     pub fn send(&self, severity: u8, msg: &str) -> usize {
+        self.send_all(severity, &[msg])
+    }
+
+    /// Sends each of `lines` at `severity` to every target that takes it, one datagram per
+    /// line; the number of (line, target) pairs not sent.
+    pub fn send_all(&self, severity: u8, lines: &[&str]) -> usize {
         let mut failed = 0;
         let mut stamp = None;
         for (t, sock) in &self.targets {
-            if !t.takes(severity) {
+            if !t.takes(severity) || lines.is_empty() {
                 continue;
             }
-            let ok = match &t.dest {
-                Dest::Stdout => writeln!(std::io::stdout().lock(), "{msg}").is_ok(),
-                Dest::Stderr => writeln!(std::io::stderr().lock(), "{msg}").is_ok(),
+            let sent = match &t.dest {
+                Dest::Stdout | Dest::Stderr => {
+                    let mut text = String::new();
+                    for l in lines {
+                        text.push_str(l);
+                        text.push('\n');
+                    }
+                    let ok = if t.dest == Dest::Stdout {
+                        std::io::stdout().lock().write_all(text.as_bytes()).is_ok()
+                    } else {
+                        std::io::stderr().lock().write_all(text.as_bytes()).is_ok()
+                    };
+                    if ok {
+                        lines.len()
+                    } else {
+                        0
+                    }
+                }
                 dest => {
                     let stamp = stamp.get_or_insert_with(rfc3164_now);
-                    let datagram = format!(
-                        "<{}>{stamp} {}[{}]: {msg}",
+                    let header = format!(
+                        "<{}>{stamp} {}[{}]: ",
                         t.facility as u32 * 8 + severity as u32,
                         self.tag,
                         std::process::id(),
                     );
-                    send_datagram(dest, &mut sock.lock().unwrap(), datagram.as_bytes())
+                    let mut sock = sock.lock().unwrap();
+                    if sock.is_none() {
+                        *sock = connect(dest);
+                    }
+                    match sock.as_ref() {
+                        Some(s) => {
+                            let n = send_lines(s, header.as_bytes(), lines);
+                            if n < lines.len() {
+                                // Made again for the next send (a restarted syslog daemon).
+                                *sock = None;
+                            }
+                            n
+                        }
+                        None => 0,
+                    }
                 }
             };
-            if !ok {
-                failed += 1;
-            }
+            failed += lines.len() - sent;
         }
         failed
-    }
-}
-
-/// How long a send may wait for a syslog daemon that does not read (its socket's queue
-/// full): then the line is counted as not sent, and the sender goes on.
-const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
-
-fn send_datagram(dest: &Dest, sock: &mut Option<Socket>, data: &[u8]) -> bool {
-    if sock.is_none() {
-        *sock = match dest {
-            Dest::Unix(_) => UnixDatagram::unbound()
-                .and_then(|s| s.set_write_timeout(Some(SEND_TIMEOUT)).map(|()| s))
-                .ok()
-                .map(Socket::Unix),
-            Dest::Udp(a) => {
-                let any = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-                UdpSocket::bind(any).ok().map(Socket::Udp)
-            }
-            _ => None,
-        };
-    }
-    match (dest, sock.as_ref()) {
-        (Dest::Unix(p), Some(Socket::Unix(s))) => s.send_to(data, p).is_ok(),
-        (Dest::Udp(a), Some(Socket::Udp(s))) => s.send_to(data, a).is_ok(),
-        _ => false,
     }
 }
 

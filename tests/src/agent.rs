@@ -130,6 +130,11 @@ impl Agent {
     /// The driver's `_spawn`: writes the config and runs haproxy; `-sf <pids>` when the
     /// load balancer exists already (its `update`).
     pub fn spawn(&self, conf: &str) -> Output {
+        self.spawn_with(conf, &[])
+    }
+
+    /// `spawn` with more environment for the process (what an operator sets in the agent's).
+    pub fn spawn_with(&self, conf: &str, env: &[(&str, &str)]) -> Output {
         std::fs::write(self.conf(), conf).unwrap();
         let conf = self.conf().display().to_string();
         let pid = self.pidfile().display().to_string();
@@ -139,7 +144,7 @@ impl Agent {
             args.extend(self.pids().iter().map(|p| p.to_string()));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.haproxy(&args, &[])
+        self.haproxy(&args, env)
     }
 
     pub fn pids(&self) -> Vec<u32> {

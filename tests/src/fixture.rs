@@ -76,6 +76,11 @@ impl Env {
         })
     }
 
+    /// Where the maps are pinned.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self._pin.0
+    }
+
     pub fn seed() -> Option<Env> {
         Env::new(include_str!("../../examples/seed.toml"))
     }

@@ -785,9 +785,10 @@ fn switching_from_haproxy_to_lb_under_load_does_not_stall_new_connections() {
 
 /// The seed's `log` lines and `option tcplog`, pointed at a test socket: one tcplog line
 /// per connection with haproxy's tag, the frontend, backend and server names of the config,
-/// at `local0.info` only (the `local1 notice` line does not take traffic lines).
+/// at `local0.info` only (the `local1 notice` line does not take traffic lines). The agent's
+/// environment names a metrics address: the drop-in serves the same connections there.
 #[test]
-fn option_tcplog_sends_one_line_per_connection_where_the_log_lines_say() {
+fn option_tcplog_and_metrics_in_the_drop_in() {
     if !integration_tests::require_root() {
         return;
     }
@@ -800,7 +801,7 @@ fn option_tcplog_sends_one_line_per_connection_where_the_log_lines_say() {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let conf = v1_conf(&agent, (1, 1), "").replace("/dev/log", &path.display().to_string());
-    ok(&agent.spawn(&conf));
+    ok(&agent.spawn_with(&conf, &[("LB_METRICS_ADDRESS", "127.0.0.1:9465")]));
     let pid = agent.pids()[0];
     let mut made = Vec::new();
     for _ in 0..2 {

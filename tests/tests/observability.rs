@@ -192,3 +192,262 @@ fn connection_log_lines_match_the_connections_made() {
     assert_eq!(s[0]["connection_log_lost"], 0, "{s}");
     daemon.stop();
 }
+
+/// `GET path` on the daemon's metrics address, inside the node's namespace: (status line,
+/// body).
+fn http_get(ns: &str, port: u16, path: &str) -> (String, String) {
+    let raw = integration_tests::in_netns(ns, || -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: lb\r\n\r\n")?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out)
+    })
+    .unwrap()
+    .expect("metrics endpoint answers");
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// Samples of family `name` whose labels contain every one of `with`.
+fn samples(text: &str, name: &str, with: &[&str]) -> Vec<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| with.iter().all(|w| l.contains(w)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// The Prometheus endpoint, scraped inside the node's namespace: `promtool check metrics`
+/// has nothing to say, and the counters are the connections made (per member, per
+/// listener), none left open, both members checked and up, the table's capacity as set.
+#[test]
+fn metrics_pass_promtool_and_count_the_connections_made() {
+    let Some(setup) = Setup::new(
+        |t| {
+            t.replace("delay = 5 ", "delay = 1 ")
+                .replace("timeout = 3 ", "timeout = 0.5 ")
+        },
+        &[M1, M2],
+    ) else {
+        return;
+    };
+    let port = 9464;
+    let mut daemon = setup.start(&["--metrics-address", &format!("127.0.0.1:{port}")]);
+    let node = setup.topo.node.name.clone();
+    let mut per_member: HashMap<Ipv4Addr, u64> = HashMap::new();
+    let made = 7;
+    for _ in 0..made {
+        let mut c = connect(&setup.topo.client.name, VIP, 22).expect("connect");
+        c.echo(&[b'm'; 50]).unwrap();
+        *per_member.entry(c.member()).or_default() += 1;
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut c.stream, &mut rest).unwrap();
+    }
+    let lb = format!("loadbalancer=\"{}\"", setup.cfg.lb_id);
+    let listener = format!("listener=\"{LISTENER}\"");
+    let text = integration_tests::wait_for(
+        "both members checked, every connection closed",
+        Duration::from_secs(15),
+        || {
+            let (status, body) = http_get(&node, port, "/metrics");
+            assert!(status.ends_with("200 OK"), "{status}");
+            let checked = samples(&body, "lb_member_check_success", &[&lb]);
+            let open = samples(&body, "lb_listener_active_connections", &[&lb, &listener]);
+            (checked == [1.0, 1.0] && open == [0.0]).then_some(body)
+        },
+    );
+    assert_eq!(
+        samples(&text, "lb_listener_connections_total", &[&lb, &listener]),
+        [made as f64]
+    );
+    for (addr, id) in MEMBER_IDS {
+        let m = format!("member=\"{id}\"");
+        let want = per_member.get(&addr).copied().unwrap_or(0) as f64;
+        assert_eq!(
+            samples(&text, "lb_member_connections_total", &[&lb, &m]),
+            [want],
+            "{addr}"
+        );
+        assert_eq!(samples(&text, "lb_member_up", &[&lb, &m]), [1.0]);
+        assert_eq!(
+            samples(
+                &text,
+                "lb_member_operating_status",
+                &[&lb, &m, "status=\"ONLINE\""]
+            ),
+            [1.0]
+        );
+        assert_eq!(
+            samples(&text, "lb_member_check_info", &[&lb, &m, "status=\"L4OK\""]),
+            [1.0]
+        );
+    }
+    // Every packet of the traffic was translated: at least SYN, data, FIN each way.
+    let to_member = samples(
+        &text,
+        "lb_verdict_packets_total",
+        &[&lb, "verdict=\"tx_to_member\""],
+    );
+    assert!(to_member[0] >= 3.0 * made as f64, "{to_member:?}");
+    assert_eq!(
+        samples(&text, "lb_conntrack_capacity_flows", &[&lb]),
+        [4096.0]
+    );
+    assert_eq!(
+        samples(
+            &text,
+            "lb_connection_log_events_dropped_total",
+            &[&lb, &listener]
+        ),
+        [0.0]
+    );
+
+    let lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut p| {
+            use std::io::Write;
+            p.stdin.take().unwrap().write_all(text.as_bytes())?;
+            p.wait_with_output()
+        })
+        .expect("promtool (Debian package prometheus; cargo xtask setup installs it)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    assert!(
+        lint.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+
+    let (status, _) = http_get(&node, port, "/nope");
+    assert!(status.contains("404"), "{status}");
+    daemon.stop();
+}
+
+fn explain(setup: &Setup, client: &str) -> serde_json::Value {
+    let out = std::process::Command::new(&setup.bin)
+        .args([
+            "explain",
+            "--json",
+            "--loadbalancer",
+            &setup.cfg.lb_id,
+            client,
+        ])
+        .arg(format!("{VIP}:22"))
+        .arg("--state-dir")
+        .arg(&setup.cfg.state_dir)
+        .output()
+        .expect("lb explain");
+    assert!(
+        out.status.success(),
+        "lb explain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("lb explain --json")
+}
+
+/// `lb explain` names the member the next real connection gets, through least connections
+/// and its ties, leaves nothing behind (no flow, no handshake counted, the rotation where
+/// it was), and shows an existing connection's entry.
+#[test]
+fn explain_agrees_with_where_the_next_connection_goes() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let mut daemon = setup.start(&[]);
+    let ids: HashMap<Ipv4Addr, &str> = MEMBER_IDS.into_iter().collect();
+    let mut held = Vec::new();
+    for round in 0..5 {
+        let e = explain(&setup, "10.0.0.1:45000");
+        let n = &e["new_connection"];
+        assert_eq!(n["algorithm"], "LEAST_CONNECTIONS");
+        assert_eq!(n["verdict"], "tx_to_member", "{e}");
+        assert_eq!(n["candidates"].as_array().unwrap().len(), 2);
+        let predicted = n["member"].as_str().unwrap().to_string();
+        // The candidates' counts are the connections held.
+        for c in n["candidates"].as_array().unwrap() {
+            let addr: std::net::SocketAddrV4 = c["address"].as_str().unwrap().parse().unwrap();
+            let open = held
+                .iter()
+                .filter(|h: &&Conn| h.member() == *addr.ip())
+                .count();
+            assert_eq!(c["active"], open as i64, "round {round}: {c}");
+            assert_eq!(c["half_open"], 0, "explain left no handshake: {c}");
+            assert!(c["excluded"].is_null());
+        }
+        let c = connect(&setup.topo.client.name, VIP, 22).expect("connect");
+        assert_eq!(
+            ids[&c.member()],
+            predicted,
+            "round {round}: the next connection went where explain said"
+        );
+        held.push(c);
+    }
+    // Nothing but the held connections in the table.
+    let out = std::process::Command::new(&setup.bin)
+        .args(["flows", "--count", "--state-dir"])
+        .arg(&setup.cfg.state_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.ends_with(&format!("flows: {}\n", held.len())),
+        "{text}"
+    );
+
+    let port = held[0].stream.local_addr().unwrap().port();
+    let e = explain(&setup, &format!("10.0.0.1:{port}"));
+    let f = &e["existing"];
+    assert_eq!(f["state"], "ESTABLISHED", "{e}");
+    assert_eq!(f["member"], ids[&held[0].member()]);
+    assert_eq!(f["timeout"], "timeout_client_data");
+    assert!(f["timeout_left_s"].as_f64().unwrap() > 40.0, "{f}");
+    let text = std::process::Command::new(&setup.bin)
+        .args([
+            "explain",
+            "--loadbalancer",
+            &setup.cfg.lb_id,
+            "10.0.0.1:45000",
+        ])
+        .arg(format!("{VIP}:22"))
+        .arg("--state-dir")
+        .arg(&setup.cfg.state_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("least connections") && text.contains("-> "),
+        "{text}"
+    );
+    let bad = std::process::Command::new(&setup.bin)
+        .args([
+            "explain",
+            "--loadbalancer",
+            &setup.cfg.lb_id,
+            "10.0.0.1:45000",
+        ])
+        .arg(format!("{VIP}:23"))
+        .arg("--state-dir")
+        .arg(&setup.cfg.state_dir)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no listener on port 23"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    drop(held);
+    daemon.stop();
+}

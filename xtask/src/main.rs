@@ -25,6 +25,8 @@ const TEST_PACKAGES: &[&str] = &[
     "haproxy",
     "openssl",
     "hping3",
+    // promtool, which checks the metrics endpoint's output
+    "prometheus",
 ];
 /// What the benchmark drives and compares against, besides the test packages.
 const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "iperf3", "nftables"];

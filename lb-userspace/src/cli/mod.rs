@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use lb::config::XdpModeChoice;
 
+pub mod explain;
 pub mod flows;
 pub mod run;
 pub mod stats;
@@ -33,6 +34,10 @@ pub enum Command {
     /// List the flows of running load balancers from their conntrack tables (as `conntrack
     /// -L` or `ipvsadm -Lnc` do), streamed as the table is read
     Flows(FlowsArgs),
+    /// Which member a client would get now and why (the data path's own choice: its program
+    /// run on a synthetic SYN against a copy of the maps, nothing changed); for a connection
+    /// that exists, its conntrack entry
+    Explain(ExplainArgs),
     /// Check a configuration file and print what it would run, without touching anything.
     Check(CheckArgs),
     /// Print a shell completion script (e.g. `lb completions bash > /etc/bash_completion.d/lb`)
@@ -69,6 +74,10 @@ pub struct RunArgs {
     /// A mismatch is refused and the running daemon is left alone
     #[arg(long)]
     pub takeover: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (the load balancers this daemon
+    /// runs); overrides daemon.metrics_address
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +100,23 @@ pub struct FlowsArgs {
     /// Only the number of flows per load balancer and state
     #[arg(long)]
     pub count: bool,
+    /// Where the daemon publishes its state files (daemon.state_dir)
+    #[arg(long, default_value = "/run/lb")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The load balancer (its id)
+    #[arg(long)]
+    pub loadbalancer: String,
+    /// The client's address and port, e.g. 10.0.0.1:40000
+    pub client: std::net::SocketAddrV4,
+    /// The VIP and listener port, e.g. 10.0.0.250:22
+    pub vip: std::net::SocketAddrV4,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
     /// Where the daemon publishes its state files (daemon.state_dir)
     #[arg(long, default_value = "/run/lb")]
     pub state_dir: PathBuf,

@@ -21,6 +21,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         mode: args.xdp_mode,
         takeover: args.takeover,
         embedding: None,
+        metrics_address: args.metrics_address,
     }))
 }
 

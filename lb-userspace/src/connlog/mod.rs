@@ -45,11 +45,16 @@ pub struct LogCounters {
     pub send_failures: u64,
 }
 
+struct ListenerName {
+    id: Arc<str>,
+    pool_id: Arc<str>,
+    pool: u32,
+}
+
 #[derive(Default)]
 struct Names {
-    /// listener index -> (listener id, pool id, pool index)
-    listeners: HashMap<u32, (String, String, u32)>,
-    members: HashMap<u32, String>,
+    listeners: HashMap<u32, ListenerName>,
+    members: HashMap<u32, Arc<str>>,
     /// pool index -> its members' indexes
     pools: HashMap<u32, Vec<u32>>,
     /// pool index -> listeners it serves
@@ -60,12 +65,18 @@ impl Names {
     fn of(plan: &Plan) -> Names {
         let mut n = Names::default();
         for l in &plan.listeners {
-            n.listeners
-                .insert(l.index, (l.id.clone(), l.pool_id.clone(), l.conf.pool));
+            n.listeners.insert(
+                l.index,
+                ListenerName {
+                    id: l.id.as_str().into(),
+                    pool_id: l.pool_id.as_str().into(),
+                    pool: l.conf.pool,
+                },
+            );
             *n.pool_listeners.entry(l.conf.pool).or_default() += 1;
         }
         for m in &plan.members {
-            n.members.insert(m.index, m.id.clone());
+            n.members.insert(m.index, m.id.as_str().into());
             n.pools
                 .entry(m.index / lb_common::MAX_POOL_MEMBERS)
                 .or_default()
@@ -117,6 +128,33 @@ fn clocks() -> (u64, i64) {
     (mono, wall)
 }
 
+/// Lines being made: a buffer and where each line ends in it.
+#[derive(Default)]
+struct Batch {
+    text: String,
+    ends: Vec<usize>,
+    dates: tcplog::Dates,
+}
+
+impl Batch {
+    fn lines(&self) -> Vec<&str> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&e| {
+                let l = &self.text[start..e];
+                start = e;
+                l
+            })
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+}
+
 impl Logger {
     pub fn open(
         loadbalancer: &str,
@@ -142,23 +180,10 @@ impl Logger {
         *self.names.write().unwrap() = Names::of(plan);
     }
 
-    /// A connection the data path saw end.
-    pub fn closed(&self, ev: &ConnEvent) {
-        self.log(ev, End::Closed(ev.state));
-    }
-
     /// A flow the expiry removed at `now_ns` (monotonic), idle past its timeout (and no
     /// longer counted).
     pub fn expired(&self, f: &Flow, now_ns: u64) {
         let active = |l: &LiveArray, i: u32| l.get(i).active.max(0) as u32;
-        let actconn = {
-            let names = self.names.read().unwrap();
-            names
-                .listeners
-                .keys()
-                .map(|&i| active(&self.listener_live, i))
-                .sum()
-        };
         let ev = ConnEvent {
             accepted_ns: f.accepted_ns(),
             ended_ns: now_ns,
@@ -168,56 +193,68 @@ impl Logger {
             member: f.member,
             listener: f.listener,
             connect_ms: f.connect_ms,
-            actconn,
             feconn: active(&self.listener_live, f.listener),
             srv_conn: active(&self.member_live, f.member),
+            _pad0: 0,
             client_port_be: f.client_port_be,
             syn_retries: f.syn_retries,
             _pad: 0,
         };
-        self.log(&ev, End::Expired(f.state));
+        let mut b = Batch::default();
+        self.add(&mut b, &ev, End::Expired(f.state));
+        self.flush(&mut b);
     }
 
-    fn log(&self, ev: &ConnEvent, end: End) {
+    /// Formats `ev` into `b` (nothing if haproxy would not have logged it).
+    fn add(&self, b: &mut Batch, ev: &ConnEvent, end: End) {
         if !tcplog::loggable(end) {
             return;
         }
-        let line = {
-            let names = self.names.read().unwrap();
-            let unknown = || ("-".to_string(), "-".to_string(), u32::MAX);
-            let (frontend, backend, pool) = names
+        let names = self.names.read().unwrap();
+        let listener = names.listeners.get(&ev.listener);
+        let (frontend, backend, pool) = match listener {
+            Some(l) => (&*l.id, &*l.pool_id, l.pool),
+            None => ("-", "-", u32::MAX),
+        };
+        let server = names.members.get(&ev.member).map_or("-", |s| &**s);
+        // The counts as the connection ended; as haproxy's, they include the connection
+        // being logged. The load balancer's is its listener's when it has one (else summed
+        // now); a pool behind one listener has that listener's (else summed now).
+        let me = (ev.state & CT_ESTABLISHED != 0) as i64;
+        let feconn = ev.feconn as i64 + me;
+        let srv_conn = ev.srv_conn as i64 + me;
+        let live = |l: &LiveArray, i: u32| l.get(i).active.max(0);
+        let actconn = if names.listeners.len() <= 1 {
+            feconn
+        } else {
+            names
                 .listeners
-                .get(&ev.listener)
-                .cloned()
-                .unwrap_or_else(unknown);
-            let server = names.members.get(&ev.member).map_or("-", |s| s.as_str());
-            // The counts as the connection ended; as haproxy's, they include the connection
-            // being logged.
-            let me = (ev.state & CT_ESTABLISHED != 0) as i64;
-            let feconn = ev.feconn as i64 + me;
-            let actconn = ev.actconn as i64 + me;
-            let srv_conn = ev.srv_conn as i64 + me;
-            // A pool behind one listener has that listener's connections; one shared by
-            // several is summed over its members now.
-            let beconn = if names.pool_listeners.get(&pool) == Some(&1) {
-                feconn
-            } else {
-                let live = |m: &u32| self.member_live.get(*m).active.max(0);
-                names
-                    .pools
-                    .get(&pool)
-                    .map_or(0, |ms| ms.iter().map(live).sum())
-                    + me
-            };
-            let (now_mono, now_wall) = clocks();
-            let (accepted_unix_ms, connect_ms, total_ms) = Record::times_of(ev, now_mono, now_wall);
-            let (tries, moves) = ((ev.syn_retries & 0x0f) as u32, (ev.syn_retries >> 4) as u32);
-            tcplog::format(&Record {
+                .keys()
+                .map(|&i| live(&self.listener_live, i))
+                .sum::<i64>()
+                + me
+        };
+        let beconn = if names.pool_listeners.get(&pool) == Some(&1) {
+            feconn
+        } else {
+            names
+                .pools
+                .get(&pool)
+                .map_or(0, |ms| ms.iter().map(|&m| live(&self.member_live, m)).sum())
+                + me
+        };
+        let (now_mono, now_wall) = clocks();
+        let (accepted_unix_ms, connect_ms, total_ms) = Record::times_of(ev, now_mono, now_wall);
+        let (tries, moves) = ((ev.syn_retries & 0x0f) as u32, (ev.syn_retries >> 4) as u32);
+        tcplog::write(
+            &mut b.text,
+            &mut b.dates,
+            &Record {
                 client: std::net::Ipv4Addr::from(u32::from_be(ev.client_be)),
                 client_port: u16::from_be(ev.client_port_be),
                 accepted_unix_ms,
-                frontend: &frontend,
-                backend: &backend,
+                frontend,
+                backend,
                 server,
                 connect_ms,
                 total_ms,
@@ -229,14 +266,24 @@ impl Logger {
                 srv_conn,
                 retries: tries + moves,
                 redispatched: moves > 0,
-            })
-        };
-        self.lines.fetch_add(1, Ordering::Relaxed);
-        let failed = self.sender.send(crate::syslog::INFO, &line);
+            },
+        );
+        b.ends.push(b.text.len());
+    }
+
+    /// Sends the lines of `b` and empties it.
+    fn flush(&self, b: &mut Batch) {
+        if b.ends.is_empty() {
+            return;
+        }
+        let lines = b.lines();
+        self.lines.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        let failed = self.sender.send_all(crate::syslog::INFO, &lines);
         if failed > 0 {
             self.send_failures
                 .fetch_add(failed as u64, Ordering::Relaxed);
         }
+        b.clear();
     }
 }
 
@@ -256,15 +303,22 @@ impl Reader {
         );
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             let fd = ring.as_raw_fd();
+            let mut batch = Batch::default();
             loop {
                 let stopping = s.load(Ordering::Relaxed);
                 while let Some(item) = ring.next() {
                     if item.len() >= std::mem::size_of::<ConnEvent>() {
+                        // SAFETY: the record is a ConnEvent the data path wrote.
                         let ev: ConnEvent =
                             unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        logger.closed(&ev);
+                        drop(item);
+                        logger.add(&mut batch, &ev, End::Closed(ev.state));
+                        if batch.ends.len() >= 256 {
+                            logger.flush(&mut batch);
+                        }
                     }
                 }
+                logger.flush(&mut batch);
                 if stopping {
                     return;
                 }

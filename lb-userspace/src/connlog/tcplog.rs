@@ -12,7 +12,7 @@
 //! server; each including the connection logged, as haproxy's) and retries ("+" when the
 //! connection was redispatched to another member), then the queues (0/0).
 
-use std::net::Ipv4Addr;
+use std::{fmt::Write as _, net::Ipv4Addr};
 
 use lb_common::{
     ConnEvent, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_RST_MEMBER, CT_SYNACK,
@@ -111,28 +111,52 @@ impl Record<'_> {
     }
 }
 
-/// `dd/Mmm/yyyy:HH:MM:SS.mmm` in local time, haproxy's `%t`.
-pub fn accept_date(unix_ms: i64) -> String {
-    let tm = crate::syslog::local_time(unix_ms.div_euclid(1000));
-    format!(
-        "{:02}/{}/{:04}:{:02}:{:02}:{:02}.{:03}",
-        tm.tm_mday,
-        crate::syslog::MONTHS[tm.tm_mon.clamp(0, 11) as usize],
-        tm.tm_year + 1900,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        unix_ms.rem_euclid(1000)
-    )
+/// `dd/Mmm/yyyy:HH:MM:SS` of the last second asked for: lines come in bursts within the
+/// same second, and the local time conversion is the costly part of the date.
+#[derive(Default)]
+pub struct Dates {
+    second: Option<i64>,
+    text: String,
 }
 
-/// The line.
-pub fn format(r: &Record) -> String {
-    format!(
-        "{}:{} [{}] {} {}/{} 0/{}/{} {} {} {}/{}/{}/{}/{}{} 0/0",
-        r.client,
-        r.client_port,
-        accept_date(r.accepted_unix_ms),
+impl Dates {
+    /// `dd/Mmm/yyyy:HH:MM:SS.mmm` in local time, haproxy's `%t`, appended to `out`.
+    pub fn write(&mut self, out: &mut String, unix_ms: i64) {
+        let sec = unix_ms.div_euclid(1000);
+        if self.second != Some(sec) {
+            let tm = crate::syslog::local_time(sec);
+            self.text.clear();
+            let _ = write!(
+                self.text,
+                "{:02}/{}/{:04}:{:02}:{:02}:{:02}",
+                tm.tm_mday,
+                crate::syslog::MONTHS[tm.tm_mon.clamp(0, 11) as usize],
+                tm.tm_year + 1900,
+                tm.tm_hour,
+                tm.tm_min,
+                tm.tm_sec,
+            );
+            self.second = Some(sec);
+        }
+        out.push_str(&self.text);
+        let _ = write!(out, ".{:03}", unix_ms.rem_euclid(1000));
+    }
+}
+
+/// `dd/Mmm/yyyy:HH:MM:SS.mmm` in local time, haproxy's `%t`.
+pub fn accept_date(unix_ms: i64) -> String {
+    let mut s = String::new();
+    Dates::default().write(&mut s, unix_ms);
+    s
+}
+
+/// Appends the line to `out`.
+pub fn write(out: &mut String, dates: &mut Dates, r: &Record) {
+    let _ = write!(out, "{}:{} [", r.client, r.client_port);
+    dates.write(out, r.accepted_unix_ms);
+    let _ = write!(
+        out,
+        "] {} {}/{} 0/{}/{} {} {} {}/{}/{}/{}/{}{} 0/0",
         r.frontend,
         r.backend,
         r.server,
@@ -146,7 +170,14 @@ pub fn format(r: &Record) -> String {
         r.srv_conn,
         if r.redispatched { "+" } else { "" },
         r.retries,
-    )
+    );
+}
+
+/// The line.
+pub fn format(r: &Record) -> String {
+    let mut s = String::with_capacity(200);
+    write(&mut s, &mut Dates::default(), r);
+    s
 }
 
 #[cfg(test)]
@@ -213,6 +244,14 @@ mod tests {
             ..r
         };
         assert!(format(&never).contains(" 0/-1/5007 2182 sC 3/2/2/1/0 0/0"));
+        // The cached date of a second is the date of that second.
+        let mut dates = Dates::default();
+        let (mut a, mut b) = (String::new(), String::new());
+        dates.write(&mut a, 1_796_023_862_114);
+        dates.write(&mut b, 1_796_023_862_999);
+        assert_eq!(a[..20], b[..20]);
+        assert_eq!(a, accept_date(1_796_023_862_114));
+        assert_eq!(b, accept_date(1_796_023_862_999));
     }
 
     #[test]

@@ -277,8 +277,10 @@ impl Instance {
 
         let dp = match preloaded {
             Some(dp) => Ok(dp),
-            None => Dataplane::load(&pin_dir, ctx.conntrack_flows)
-                .with_context(|| format!("load balancer {}", lb.id)),
+            None => {
+                Dataplane::load_with(&pin_dir, ctx.conntrack_flows, ctx.connection_log.is_some())
+                    .with_context(|| format!("load balancer {}", lb.id))
+            }
         };
         let dp = match dp {
             Ok(dp) => dp,
@@ -448,6 +450,7 @@ impl Instance {
                 lb_common::MAX_MEMBERS,
             )?),
         )?);
+        crate::metrics::register_board(&self.lb.id, self.board.clone());
         let log = self.connlog.as_ref().map(|(l, _)| l.clone());
         ctx.expiry.add(
             &self.lb.id,
@@ -647,6 +650,7 @@ impl Instance {
             }
         }
         drop(self.connlog.take());
+        crate::metrics::unregister_board(&self.lb.id);
         drop(self.dp);
         remove_pins(&self.state.pin_dir);
         self.node.teardown().await;
@@ -668,6 +672,7 @@ impl Instance {
         // What the ring holds now is logged; connections that end before the next daemon's
         // programs replace these stay in a ring nobody reads.
         drop(self.connlog.take());
+        crate::metrics::unregister_board(&self.lb.id);
         self.state.phase = Phase::Left;
         self.state.checks = self
             .board

@@ -136,6 +136,8 @@ pub struct Options {
     pub takeover: bool,
     /// What a caller embedding the daemon adds (the haproxy drop-in).
     pub embedding: Option<Embedding>,
+    /// Where to serve Prometheus metrics; overrides `[daemon] metrics_address`.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Where the configuration comes from.
@@ -296,7 +298,12 @@ async fn claim_all(
             )
         })?;
         instance::check_takeover(ctx, lb, &state)?;
-        let dp = Dataplane::load(&ctx.pin_dir(&lb.id), ctx.conntrack_flows).with_context(|| {
+        let dp = Dataplane::load_with(
+            &ctx.pin_dir(&lb.id),
+            ctx.conntrack_flows,
+            ctx.connection_log.is_some(),
+        )
+        .with_context(|| {
             format!(
                 "load balancer {}: taking over from lb (pid {pid}) refused; it keeps running \
                  unchanged",
@@ -435,6 +442,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     ensure_bpffs(&ctx.bpffs)?;
     gc::collect(&ctx.state_dir);
+    // Bound before anything is brought up: a metrics address that cannot be used fails the
+    // start, naming it, with nothing touched.
+    if let Some(addr) = opts.metrics_address.or(cfg.daemon.metrics_address) {
+        crate::metrics::serve(addr, ctx.state_dir.clone()).await?;
+    }
 
     let (claims, left) = claim_all(&ctx, &cfg, opts.takeover, allowed.as_deref()).await?;
     let mut running: Vec<Instance> = Vec::new();

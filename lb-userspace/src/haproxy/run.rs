@@ -373,6 +373,16 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
         }
         Ok(())
     };
+    // haproxy's configuration has no line for a metrics endpoint: the environment names it.
+    let metrics_address = match std::env::var(crate::metrics::ENV_ADDRESS) {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{}={v:?}: not an ADDR:PORT to serve Prometheus metrics on",
+                crate::metrics::ENV_ADDRESS
+            )
+        })?),
+        _ => None,
+    };
     let embedding = Embedding {
         up: Box::new(up),
         requests,
@@ -384,6 +394,7 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
         mode: None,
         takeover: true,
         embedding: Some(embedding),
+        metrics_address,
     }))
 }
 

@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             "bench: BPF_PROG_TEST_RUN ns/packet, pools {:?} x conntrack {:?}, {} runs",
             args.members, args.flows, args.runs
         );
-        let (cells, skipped) = micro::run(args.runs, &args.members, &args.flows)?;
+        let (cells, skipped) = micro::run(args.runs, &args.members, &args.flows, &args.lb)?;
         r.cells = cells;
         r.skipped = skipped;
     }

@@ -39,6 +39,80 @@ pub struct Cell {
     /// its CPU time and its longest chunk, in ms.
     pub expiry_ms: f64,
     pub expiry_chunk_ms: f64,
+    /// `lb flows` over the table (the CLI, as an operator runs it).
+    pub flows_cli: Option<FlowsCli>,
+}
+
+/// `lb flows --count` and `lb flows --json` over a filled table: seconds each, and the most
+/// memory either process held.
+pub struct FlowsCli {
+    pub count_s: f64,
+    pub json_s: f64,
+    pub json_lines: u64,
+    pub max_rss_mib: f64,
+}
+
+/// Runs `lb <args>` with stdout counted and thrown away: (seconds, lines, max RSS in KiB).
+fn timed_lb(lb: &std::path::Path, args: &[&str]) -> anyhow::Result<(f64, u64, u64)> {
+    use std::io::Read as _;
+    let start = std::time::Instant::now();
+    let mut child = std::process::Command::new(lb)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lines = 0u64;
+    loop {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for this child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(
+        rc == pid && status == 0,
+        "lb {args:?} failed (status {status})"
+    );
+    Ok((start.elapsed().as_secs_f64(), lines, usage.ru_maxrss as u64))
+}
+
+/// `lb flows` over `env`'s table, through a state file that names its pins.
+fn flows_cli(env: &Env, lb: &std::path::Path) -> anyhow::Result<FlowsCli> {
+    let dir = std::env::temp_dir().join(integration_tests::unique("flows-state"));
+    let state = lb::state::State {
+        loadbalancer: "bench".into(),
+        namespace: env.ns.name.clone(),
+        port: "port0".into(),
+        vip_address: VIP,
+        pin_dir: env.pin_dir().to_path_buf(),
+        xdp_mode: "tc".into(),
+        pid: std::process::id(),
+        plan: env.plan.clone(),
+        owned: Default::default(),
+        attachments: Vec::new(),
+        phase: lb::state::Phase::Running,
+        checks: Default::default(),
+    };
+    state.write(&dir)?;
+    let d = dir.display().to_string();
+    let r = (|| {
+        let (count_s, _, rss_a) = timed_lb(lb, &["flows", "--count", "--state-dir", &d])?;
+        let (json_s, json_lines, rss_b) = timed_lb(lb, &["flows", "--json", "--state-dir", &d])?;
+        Ok(FlowsCli {
+            count_s,
+            json_s,
+            json_lines,
+            max_rss_mib: rss_a.max(rss_b) as f64 / 1024.0,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
 }
 
 /// A cell that cannot be filled: why.
@@ -91,6 +165,7 @@ pub fn run(
     runs: usize,
     member_counts: &[u32],
     flow_levels: &[u32],
+    lb: &std::path::Path,
 ) -> anyhow::Result<(Vec<Cell>, Vec<Skipped>)> {
     let mut cells = Vec::new();
     let mut skipped = Vec::new();
@@ -221,8 +296,18 @@ pub fn run(
                     maps_bytes: memory.iter().map(|(_, b)| b).sum(),
                     expiry_ms: expiry.duration.as_secs_f64() * 1e3,
                     expiry_chunk_ms: expiry.longest_chunk.as_secs_f64() * 1e3,
+                    flows_cli: None,
                 })
             })??;
+            let mut cell = cell;
+            if asked >= 100_000 {
+                let f = flows_cli(&env, lb)?;
+                eprintln!(
+                    "  lb flows over {} flows: --count {:.2} s, --json {:.2} s ({} lines), max RSS {:.1} MiB",
+                    cell.flows_after_syn, f.count_s, f.json_s, f.json_lines, f.max_rss_mib
+                );
+                cell.flows_cli = Some(f);
+            }
             // The SYN runs' flows stay open; established/reply at the next size use them too.
             eprintln!(
                 "  {members:>3} members, {:>7} flows: trivial {:.0}  established {:.0}  reply {:.0}  SYN {:.0} ns; expiry cycle {:.0} ms (longest chunk {:.1} ms)",

@@ -447,6 +447,32 @@ impl Report {
                     k.members, k.asked, k.why
                 );
             }
+            let listed: Vec<&Cell> = self
+                .cells
+                .iter()
+                .filter(|c| c.flows_cli.is_some())
+                .collect();
+            if !listed.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\n`lb flows` over the filled tables (the CLI through a state file naming the \
+                     pins; output read and thrown away), one run each:\n\n\
+                     | members | flows | `--count` s | `--json` s | lines | max RSS MiB |\n|---|---|---|---|---|---|"
+                );
+                for c in listed {
+                    let f = c.flows_cli.as_ref().unwrap();
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {:.2} | {:.2} | {} | {:.1} |",
+                        c.members,
+                        c.flows_after_syn,
+                        f.count_s,
+                        f.json_s,
+                        f.json_lines,
+                        f.max_rss_mib
+                    );
+                }
+            }
             s.push('\n');
         }
         let targets = self.targets();
