@@ -379,8 +379,11 @@ mod tests {
         );
         rx.set_nonblocking(true).unwrap();
         assert!(rx.recv(&mut buf).is_err(), "one datagram only");
+        // The syslog daemon goes away: its socket closed and removed.
+        drop(rx);
         std::fs::remove_file(&path).unwrap();
         assert_eq!(s.send(INFO, "nobody listens"), 1);
+        assert_eq!(s.send(INFO, "still nobody"), 1);
         let _ = std::fs::remove_dir(&dir);
     }
 }
