@@ -5,6 +5,10 @@
 //! the field name: `_be` fields hold network byte order exactly as on the wire.
 #![no_std]
 
+// The daemon's table builders (`select::fill_table`) allocate.
+#[cfg(any(feature = "user", test))]
+extern crate std;
+
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
@@ -54,6 +58,9 @@ pub const MEMBER_F_BACKUP: u32 = 1 << 3;
 pub const ALG_LEAST_CONNECTIONS: u32 = 0;
 pub const ALG_ROUND_ROBIN: u32 = 1;
 pub const ALG_SOURCE_IP: u32 = 2;
+/// A hash of the client's address and port (OVN's SOURCE_IP_PORT), on the same consistent
+/// table as `ALG_SOURCE_IP`.
+pub const ALG_SOURCE_IP_PORT: u32 = 3;
 
 /// `Flow::state` bits. The data path sets them with atomic ORs and clears `CT_COUNTED` with
 /// an atomic fetch-and, so that two CPUs handling the same flow (a client's FIN and the
@@ -165,7 +172,9 @@ pub mod reason {
     /// port; a limit; the reason is counted in the listener's drops): the client gets a RST
     /// rather than a connection nobody serves.
     pub const TX_COOKIE_RESET: u32 = 22;
-    pub const COUNT: u32 = 23;
+    /// A client outside its listener's `allowed_cidrs`, without a flow: dropped, no reply.
+    pub const DROP_NOT_ALLOWED: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "tx_to_member",
@@ -191,6 +200,7 @@ pub mod reason {
         "tx_cookie_to_member",
         "drop_cookie_wait",
         "tx_cookie_reset",
+        "drop_not_allowed",
     ];
 }
 
@@ -270,6 +280,23 @@ impl ListenerConf {
 pub const LISTENER_F_DRAIN: u32 = 1 << 0;
 /// `ListenerConf::flags`: log each connection when it ends (the connection log).
 pub const LISTENER_F_LOG: u32 = 1 << 1;
+/// `ListenerConf::flags`: only clients in one of the listener's `ALLOWED` prefixes are
+/// balanced (Octavia's `allowed_cidrs`).
+pub const LISTENER_F_ALLOWED_CIDRS: u32 = 1 << 2;
+
+/// `ALLOWED` key data (an LPM trie: the kernel's key is this with a prefix length in front):
+/// a listener's index then a client address, both in network byte order, so that a prefix
+/// of `32 + n` bits is "listener `listener`, addresses in `addr`/n".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllowedData {
+    pub listener_be: u32,
+    pub addr_be: u32,
+}
+assert_size!(AllowedData, 8);
+
+/// Prefixes of `allowed_cidrs` per load balancer, all listeners together.
+pub const MAX_ALLOWED_CIDRS: u32 = 4096;
 
 /// `POOLS` value.
 #[repr(C)]
@@ -287,7 +314,9 @@ pub struct PoolConf {
     /// or went unanswered is out of selection until its monitor passes a check (haproxy's
     /// `observe layer4` with `error-limit`); 0 = off.
     pub error_limit: u32,
-    pub _pad: u32,
+    /// Entries of the pool's `SOURCE_TABLE` in use (round robin walks `0..table_len`; the
+    /// daemon sets it with the table): 0 = no table yet.
+    pub table_len: u32,
 }
 assert_size!(PoolConf, 24);
 
@@ -617,6 +646,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for ConnEvent {}
+    unsafe impl aya::Pod for AllowedData {}
     unsafe impl aya::Pod for SweepReport {}
     unsafe impl aya::Pod for PortConf {}
     unsafe impl aya::Pod for StickyKey {}

@@ -14,8 +14,8 @@
 use core::mem::{offset_of, size_of};
 
 use crate::{
-    reason, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, PortConf, Stats,
-    Sticky, StickyKey, SweepReport, MAX_POOL_MEMBERS,
+    reason, AllowedData, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf,
+    PortConf, Stats, Sticky, StickyKey, SweepReport, MAX_POOL_MEMBERS,
 };
 
 /// `SCHEMA` value: one pinned map's identity as the daemon that created it saw it.
@@ -110,7 +110,7 @@ const LISTENER_CONF: u32 = layout!(ListenerConf; index, pool, connection_limit, 
     timeout_member_connect_ns, timeout_data_ns, flags, snat_min, snat_max, total_limit,
     half_open_limit);
 const POOL_CONF: u32 =
-    layout!(PoolConf; count, algorithm, flags, persist_timeout_s, error_limit, _pad);
+    layout!(PoolConf; count, algorithm, flags, persist_timeout_s, error_limit, table_len);
 const STICKY_KEY: u32 = layout!(StickyKey; client_be, pool);
 const STICKY: u32 = layout!(Sticky; member, _pad, last_ns);
 const MEMBER_CONF: u32 = layout!(MemberConf; addr_be, port_be, weight, flags, _pad);
@@ -123,6 +123,7 @@ const FLOW: u32 = layout!(Flow; created_ns, last_seen_ns, state, client_be, memb
     ts_delta, seq_delta, client_ack, client_win, member_ack, member_win, client_mac, member_mac,
     port_mac, syn_retries, wscale, member_bytes, connect_ms, accept_ms);
 const PORT_CONF: u32 = layout!(PortConf; mac, _pad);
+const ALLOWED_DATA: u32 = layout!(AllowedData; listener_be, addr_be);
 const SWEEP_REPORT: u32 = layout!(SweepReport; flows, expired, orphans, cycle_us);
 /// Verdict arrays are indexed by reason: their names and order are part of the layout.
 const REASONS: u32 = {
@@ -149,8 +150,9 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "POOLS",
-        // 2: flags and persist_timeout_s (source-address persistence); 3: error_limit.
-        version: 3,
+        // 2: flags and persist_timeout_s (source-address persistence); 3: error_limit;
+        // 4: table_len (weighted round robin), SOURCE_IP_PORT.
+        version: 4,
         layout: mix(U32, POOL_CONF),
     },
     MapSchema {
@@ -160,8 +162,9 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "SOURCE_TABLE",
-        // 2: one value per pool (the whole table) instead of one per entry.
-        version: 2,
+        // 2: one value per pool (the whole table) instead of one per entry; 3: Maglev for
+        // source hashing, smooth weighted round robin.
+        version: 3,
         layout: mix(
             U32,
             fnv(&[crate::select::SOURCE_TABLE_SIZE as usize * 2, 2]),
@@ -196,14 +199,16 @@ pub const MAPS: &[MapSchema] = &[
     },
     MapSchema {
         name: "LISTENER_DROPS",
-        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset.
-        version: 5,
+        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset;
+        // 6: drop_not_allowed.
+        version: 6,
         layout: mix(REASONS, U64),
     },
     MapSchema {
         name: "VERDICTS",
-        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset.
-        version: 5,
+        // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset;
+        // 6: drop_not_allowed.
+        version: 6,
         layout: mix(REASONS, U64),
     },
     MapSchema {
@@ -218,6 +223,11 @@ pub const MAPS: &[MapSchema] = &[
         name: "CONN_LOG_LOST",
         version: 1,
         layout: mix(U32, U64),
+    },
+    MapSchema {
+        name: "ALLOWED",
+        version: 1,
+        layout: mix(ALLOWED_DATA, U32),
     },
     MapSchema {
         name: "PORT",
@@ -247,18 +257,19 @@ mod tests {
     fn schema_versions_follow_layouts() {
         let recorded: &[(&str, u32, u32)] = &[
             ("LISTENERS", 5, 0xab74_7c97),
-            ("POOLS", 3, 0x1623_a0ef),
+            ("POOLS", 4, 0x1623_a0ef),
             ("STICKY", 1, 0xf092_f559),
-            ("SOURCE_TABLE", 2, 0x5b73_21e3),
+            ("SOURCE_TABLE", 3, 0x5b73_21e3),
             ("MEMBERS", 1, 0xfb78_4c8f),
             ("MEMBER_LIVE", 2, 0x41d0_9009),
             ("LISTENER_LIVE", 2, 0x8d87_8724),
             ("MEMBER_STATS", 1, 0x05ae_e319),
             ("LISTENER_STATS", 1, 0xeb63_52d0),
-            ("LISTENER_DROPS", 5, 0x4cb5_6d3e),
-            ("VERDICTS", 5, 0x4cb5_6d3e),
+            ("LISTENER_DROPS", 6, 0xda8b_044f),
+            ("VERDICTS", 6, 0xda8b_044f),
             ("CONNTRACK", 6, 0x109e_70aa),
             ("CONN_LOG_LOST", 1, 0xdba3_35ad),
+            ("ALLOWED", 1, 0x51f1_f8f9),
             ("PORT", 1, 0x1510_fa71),
             ("SWEEP", 1, 0xcff9_c699),
         ];

@@ -5,15 +5,23 @@
 //! first candidate in rotation order, and the caller rotates `start` on every pick. Backup
 //! members are only considered when no primary member is available.
 //!
-//! `balance source` as HAProxy's default (`hash-type map-based`) does it: a table per pool in
-//! which every available member holds a share of entries proportional to its weight
-//! ([`fill_source_table`], built by the daemon whenever a member's weight or state changes);
-//! the client address's hash picks the entry.
+//! A table per pool (`SOURCE_TABLE`, built by the daemon whenever a member's weight or state
+//! changes, [`fill_table`]) serves the other algorithms:
+//! - SOURCE_IP and SOURCE_IP_PORT: a weighted Maglev table ([`fill_maglev_table`]): every
+//!   available member holds a share of entries proportional to its weight, and a member that
+//!   goes or comes moves little more than its own share of clients (Maglev's minimal
+//!   disruption); the hash of the client's address (and port) picks the entry;
+//! - ROUND_ROBIN: the sequence of smooth weighted round robin ([`fill_rr_table`], nginx's):
+//!   picks in proportion to the weights, spread out (equal weights alternate), over available
+//!   members only, so a down member's turns go to everyone in proportion rather than doubling
+//!   the share of the member after it; a rotation counter walks the table.
 
 use crate::{
     ALG_LEAST_CONNECTIONS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED,
     MEMBER_F_ENABLED, MEMBER_F_UP,
 };
+#[cfg(any(feature = "user", test))]
+use crate::{ALG_ROUND_ROBIN, ALG_SOURCE_IP, ALG_SOURCE_IP_PORT};
 
 /// Entries of a pool's source-hashing table (the `SOURCE_TABLE` map holds one per pool).
 pub const SOURCE_TABLE_SIZE: u32 = 1024;
@@ -33,35 +41,169 @@ pub fn client_hash(addr_be: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// Fills a pool's source-hashing table: every available member (primaries, or the backups
-/// when no primary is available) gets a run of entries proportional to its weight; an
-/// empty pool fills it with `SOURCE_NONE`. `members` are (slot, candidate) in slot order.
-pub fn fill_source_table(members: &[(u32, Candidate)], table: &mut [u16]) {
+/// The hash SOURCE_IP_PORT lands with: the client's address and port mixed (the VIP and the
+/// listener port are the same for every client of a pool).
+#[inline(always)]
+pub fn client_port_hash(addr_be: u32, port_be: u16) -> u32 {
+    client_hash(addr_be ^ (port_be as u32).wrapping_mul(0x9e37_79b1))
+}
+
+/// The members a pool's table is made of: the available primaries, or the available backups
+/// when no primary is; (slot, weight) in slot order.
+#[cfg(any(feature = "user", test))]
+fn table_members(members: &[(u32, Candidate)]) -> std::vec::Vec<(u32, u32)> {
     let primary = |c: &Candidate| c.flags & MEMBER_F_BACKUP == 0;
     let any_primary = members.iter().any(|(_, c)| available(c) && primary(c));
-    let chosen = |c: &Candidate| available(c) && primary(c) == any_primary;
-    let total: u64 = members
+    members
         .iter()
-        .filter(|(_, c)| chosen(c))
-        .map(|(_, c)| c.weight as u64)
-        .sum();
-    if total == 0 {
-        table.iter_mut().for_each(|e| *e = SOURCE_NONE);
-        return;
-    }
-    let n = table.len() as u64;
-    let (mut acc, mut at, mut last) = (0u64, 0usize, SOURCE_NONE);
-    for (slot, c) in members.iter().filter(|(_, c)| chosen(c)) {
-        acc += c.weight as u64;
-        last = *slot as u16;
-        // Entries up to this member's cumulative share of the table.
-        let end = ((acc * n + total / 2) / total) as usize;
-        while at < end.min(table.len()) {
-            table[at] = last;
-            at += 1;
+        .filter(|(_, c)| available(c) && primary(c) == any_primary)
+        .map(|(s, c)| (*s, c.weight))
+        .collect()
+}
+
+/// Fills pool table `table` for `algorithm` (see the module's notes); a table is filled with
+/// `SOURCE_NONE` when no member is available, and left so for least connections. Returns the
+/// entries in use (`PoolConf::table_len`).
+#[cfg(any(feature = "user", test))]
+pub fn fill_table(algorithm: u32, members: &[(u32, Candidate)], table: &mut [u16]) -> u32 {
+    match algorithm {
+        ALG_SOURCE_IP | ALG_SOURCE_IP_PORT => {
+            fill_maglev_table(members, table);
+            table.len() as u32
+        }
+        ALG_ROUND_ROBIN => fill_rr_table(members, table) as u32,
+        _ => {
+            table.iter_mut().for_each(|e| *e = SOURCE_NONE);
+            0
         }
     }
-    table[at..].iter_mut().for_each(|e| *e = last);
+}
+
+#[cfg(any(feature = "user", test))]
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// SplitMix64's finalizer: a member slot's two Maglev hashes.
+#[cfg(any(feature = "user", test))]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Weighted Maglev (Eisenbud et al., NSDI 2016): each member walks its own permutation of
+/// the table (an offset and an odd skip, coprime with the power-of-two size, from its slot
+/// number: slots are stable across reloads) and takes the next free entry on each of its
+/// turns; a member gets turns in proportion to its weight. A member that goes or comes
+/// changes few entries besides its own.
+#[cfg(any(feature = "user", test))]
+pub fn fill_maglev_table(members: &[(u32, Candidate)], table: &mut [u16]) {
+    let chosen = table_members(members);
+    table.iter_mut().for_each(|e| *e = SOURCE_NONE);
+    let m = table.len();
+    if chosen.is_empty() || m == 0 {
+        return;
+    }
+    debug_assert!(m.is_power_of_two());
+    let max_w = chosen.iter().map(|(_, w)| *w).max().unwrap_or(1).max(1) as u64;
+    let perm: std::vec::Vec<(usize, usize)> = chosen
+        .iter()
+        .map(|(slot, _)| {
+            let h = mix64(*slot as u64 + 0x5eed);
+            let offset = (h as usize) % m;
+            let skip = ((mix64(h) as usize) % (m / 2).max(1)) * 2 + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = std::vec![0usize; chosen.len()];
+    let mut credit = std::vec![0u64; chosen.len()];
+    let mut filled = 0;
+    while filled < m {
+        for (i, (slot, w)) in chosen.iter().enumerate() {
+            credit[i] += *w as u64;
+            while credit[i] >= max_w && filled < m {
+                credit[i] -= max_w;
+                let (offset, skip) = perm[i];
+                loop {
+                    let e = (offset + next[i] * skip) % m;
+                    next[i] += 1;
+                    if table[e] == SOURCE_NONE {
+                        table[e] = *slot as u16;
+                        filled += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Smooth weighted round robin (nginx's): each step adds every member's weight to its
+/// credit and takes the member with the most (the first on a tie), which then pays the
+/// total. With weights reduced by their common divisor the sequence repeats every `period`
+/// (their sum) picks; the table holds as many whole periods as fit, so the walk wraps without
+/// a seam, and returns its length. A period longer than the table (weights summing past
+/// 1024) is scaled to the table (each available member keeps at least one turn).
+#[cfg(any(feature = "user", test))]
+pub fn fill_rr_table(members: &[(u32, Candidate)], table: &mut [u16]) -> usize {
+    let chosen = table_members(members);
+    table.iter_mut().for_each(|e| *e = SOURCE_NONE);
+    let n = table.len() as u64;
+    let g = chosen.iter().fold(0u64, |g, (_, w)| gcd(g, *w as u64));
+    if chosen.is_empty() || n == 0 || g == 0 {
+        return 0;
+    }
+    let mut weights: std::vec::Vec<u64> = chosen.iter().map(|(_, w)| *w as u64 / g).collect();
+    let period: u64 = weights.iter().sum();
+    let len = if period <= n {
+        period * (n / period)
+    } else {
+        // Largest remainders: shares that sum to the table exactly.
+        let total = period;
+        let mut shares: std::vec::Vec<u64> = weights.iter().map(|w| w * n / total).collect();
+        let mut rest: std::vec::Vec<(u64, usize)> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w * n % total, i))
+            .collect();
+        rest.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut left = n - shares.iter().sum::<u64>();
+        for (_, i) in rest {
+            if left == 0 {
+                break;
+            }
+            shares[i] += 1;
+            left -= 1;
+        }
+        for i in 0..shares.len() {
+            if shares[i] == 0 {
+                let big = (0..shares.len()).max_by_key(|&j| shares[j]).unwrap_or(0);
+                shares[big] -= 1;
+                shares[i] = 1;
+            }
+        }
+        weights = shares;
+        n
+    };
+    let total: i64 = weights.iter().sum::<u64>() as i64;
+    let mut credit = std::vec![0i64; chosen.len()];
+    for e in table.iter_mut().take(len as usize) {
+        let mut best = 0;
+        for i in 0..chosen.len() {
+            credit[i] += weights[i] as i64;
+            if credit[i] > credit[best] {
+                best = i;
+            }
+        }
+        credit[best] -= total;
+        *e = chosen[best].0 as u16;
+    }
+    len as usize
 }
 
 /// What selection needs to know of one member slot.
@@ -300,35 +442,132 @@ mod tests {
         assert_eq!(r, Some(0));
     }
 
-    /// Source hashing: each member's share of the table follows its weight (1:3, 1:1:8);
-    /// backups only fill it when no primary is available; nothing available empties it.
+    fn count(t: &[u16], s: u16) -> usize {
+        t.iter().filter(|&&e| e == s).count()
+    }
+
+    /// Source hashing: each member's share of the Maglev table follows its weight (1:3,
+    /// 1:1:8); backups only fill it when no primary is available; nothing available
+    /// empties it; real client addresses (and ports) spread by the shares.
     #[test]
-    fn source_tables_follow_the_weights() {
+    fn maglev_tables_follow_the_weights() {
         let mut t = [0u16; SOURCE_TABLE_SIZE as usize];
-        let count = |t: &[u16], s: u16| t.iter().filter(|&&e| e == s).count();
-        fill_source_table(&[(0, c(1, 0)), (1, c(3, 0))], &mut t);
-        assert_eq!((count(&t, 0), count(&t, 1)), (256, 768));
-        fill_source_table(&[(0, c(1, 0)), (1, c(1, 0)), (2, c(8, 0))], &mut t);
-        assert_eq!((count(&t, 0), count(&t, 1), count(&t, 2)), (102, 103, 819));
+        fill_maglev_table(&[(0, c(1, 0)), (1, c(3, 0))], &mut t);
+        assert_eq!(count(&t, 0) + count(&t, 1), 1024);
+        assert!((246..=266).contains(&count(&t, 0)), "{}", count(&t, 0));
+        fill_maglev_table(&[(0, c(1, 0)), (1, c(1, 0)), (2, c(8, 0))], &mut t);
+        for (s, want) in [(0, 102), (1, 102), (2, 819)] {
+            let n = count(&t, s) as i64;
+            assert!((n - want).abs() <= 10, "slot {s}: {n}, want ~{want}");
+        }
         let mut b = c(1, 0);
         b.flags |= MEMBER_F_BACKUP;
         let mut down = c(5, 0);
         down.flags &= !MEMBER_F_UP;
-        fill_source_table(&[(0, down), (4, b)], &mut t);
+        fill_maglev_table(&[(0, down), (4, b)], &mut t);
         assert_eq!(count(&t, 4), 1024, "the backup when no primary is up");
-        fill_source_table(&[(0, c(1, 0)), (4, b)], &mut t);
+        fill_maglev_table(&[(0, c(1, 0)), (4, b)], &mut t);
         assert_eq!(count(&t, 0), 1024, "not while a primary is");
-        fill_source_table(&[(0, down)], &mut t);
+        fill_maglev_table(&[(0, down)], &mut t);
         assert_eq!(count(&t, SOURCE_NONE), 1024);
-        // Spread of real client addresses over a 1:3 table.
-        fill_source_table(&[(0, c(1, 0)), (1, c(3, 0))], &mut t);
-        let on_heavy = (0..10_000u32)
-            .filter(|i| {
-                let h = client_hash((0xc0a8_0000u32 + i).to_be());
-                t[(h % SOURCE_TABLE_SIZE) as usize] == 1
-            })
+        fill_maglev_table(&[(0, c(1, 0)), (1, c(3, 0))], &mut t);
+        let on_heavy = |hash: &dyn Fn(u32) -> u32| {
+            (0..10_000u32)
+                .filter(|&i| t[(hash(i) % SOURCE_TABLE_SIZE) as usize] == 1)
+                .count()
+        };
+        let by_address = on_heavy(&|i| client_hash((0xc0a8_0000u32 + i).to_be()));
+        assert!((7200..=7800).contains(&by_address), "{by_address}");
+        let by_port =
+            on_heavy(&|i| client_port_hash(0x0a00_0001u32.to_be(), (20000 + i as u16).to_be()));
+        assert!((7200..=7800).contains(&by_port), "{by_port}");
+    }
+
+    /// Maglev's point: when one of ten members leaves, the clients of the other nine keep
+    /// their member (a map-based table, as haproxy's default, moves about half of them);
+    /// when it comes back, they are where they were.
+    #[test]
+    fn maglev_moves_little_more_than_the_share_of_a_member_that_leaves() {
+        let ten: std::vec::Vec<(u32, Candidate)> = (0..10).map(|s| (s, c(1, 0))).collect();
+        let mut before = [0u16; SOURCE_TABLE_SIZE as usize];
+        fill_maglev_table(&ten, &mut before);
+        let mut after = [0u16; SOURCE_TABLE_SIZE as usize];
+        let mut nine = ten.clone();
+        nine[3].1.flags &= !MEMBER_F_UP;
+        fill_maglev_table(&nine, &mut after);
+        let moved_others = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != 3 && b != a)
             .count();
-        assert!((7300..=7700).contains(&on_heavy), "{on_heavy}");
+        assert_eq!(count(&after, 3), 0);
+        // Its own ~10% must move; of the other 90%, Maglev moves a few percent.
+        assert!(
+            moved_others < 1024 * 6 / 100,
+            "{moved_others} entries of other members moved"
+        );
+        let mut back = [0u16; SOURCE_TABLE_SIZE as usize];
+        fill_maglev_table(&ten, &mut back);
+        assert_eq!(back, before, "the same members make the same table");
+    }
+
+    /// Weighted round robin: shares by weight (1:3, 1:1:8), spread out (equal weights
+    /// alternate, also across the table's wrap; the light member of 1:3 never twice in a row),
+    /// and a down member's turns shared by all (not doubling the next one's).
+    #[test]
+    fn round_robin_tables_are_smooth_and_weighted() {
+        let fill = |m: &[(u32, Candidate)]| {
+            let mut t = [0u16; SOURCE_TABLE_SIZE as usize];
+            let len = fill_rr_table(m, &mut t);
+            assert!(t[len..].iter().all(|&e| e == SOURCE_NONE));
+            t[..len].to_vec()
+        };
+        // Runs counted around the wrap too (the walk goes on from the start).
+        let longest_run = |t: &[u16], s: u16| {
+            let (mut best, mut run) = (0, 0);
+            for e in t.iter().chain(t.iter()) {
+                run = if *e == s { run + 1 } else { 0 };
+                best = best.max(run);
+            }
+            best
+        };
+        let share = |t: &[u16], s: u16| count(t, s) as f64 / t.len() as f64;
+        let t = fill(&[(0, c(1, 0)), (1, c(1, 0))]);
+        assert_eq!(t.len(), 1024);
+        assert_eq!((longest_run(&t, 0), longest_run(&t, 1)), (1, 1));
+        let t = fill(&[(0, c(1, 0)), (1, c(1, 0)), (2, c(1, 0))]);
+        assert_eq!(t.len(), 1023, "whole periods of 3");
+        for s in 0..3 {
+            assert_eq!(longest_run(&t, s), 1, "slot {s}");
+            assert_eq!(count(&t, s), 341);
+        }
+        let t = fill(&[(0, c(1, 0)), (1, c(3, 0))]);
+        assert_eq!((count(&t, 0), count(&t, 1)), (256, 768));
+        assert_eq!(longest_run(&t, 0), 1);
+        assert!(longest_run(&t, 1) <= 3);
+        let t = fill(&[(0, c(1, 0)), (1, c(1, 0)), (2, c(8, 0))]);
+        assert_eq!(t.len(), 1020);
+        assert_eq!((share(&t, 0), share(&t, 1), share(&t, 2)), (0.1, 0.1, 0.8));
+        assert_eq!(longest_run(&t, 0), 1);
+        assert_eq!(longest_run(&t, 1), 1);
+        // Weights 2 and 4 are 1 and 2.
+        let t = fill(&[(0, c(2, 0)), (1, c(4, 0))]);
+        assert_eq!(t.len(), 1023);
+        assert_eq!(longest_run(&t, 0), 1);
+        // Down member 1 of three equal ones: 0 and 2 alternate, half each (not 1/3 and 2/3).
+        let mut down = c(1, 0);
+        down.flags &= !MEMBER_F_UP;
+        let t = fill(&[(0, c(1, 0)), (1, down), (2, c(1, 0))]);
+        assert_eq!((count(&t, 0), count(&t, 1), count(&t, 2)), (512, 0, 512));
+        assert_eq!(longest_run(&t, 0), 1);
+        // Past the table: weights scaled, a weight of 1 among 255 heavy members keeps a turn.
+        let many: std::vec::Vec<(u32, Candidate)> = (0..256)
+            .map(|s| (s, c(if s == 7 { 1 } else { 255 }, 0)))
+            .collect();
+        let t = fill(&many);
+        assert_eq!(t.len(), 1024);
+        assert_eq!(count(&t, 7), 1);
+        assert!(fill(&[(0, down)]).is_empty());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
 use lb_common::{
-    member_failed, reason, select, ListenerConf, Sticky, StickyKey, ALG_SOURCE_IP, MAX_LISTENERS,
-    MAX_POOL_MEMBERS, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
+    member_failed, reason, select, ListenerConf, Sticky, StickyKey, ALG_ROUND_ROBIN, ALG_SOURCE_IP,
+    ALG_SOURCE_IP_PORT, MAX_LISTENERS, MAX_POOL_MEMBERS, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
 };
 
 use crate::{conntrack::xadd_u64, maps::*};
@@ -17,18 +17,28 @@ use crate::{conntrack::xadd_u64, maps::*};
 /// subprogram (not inlined): the verifier then sees one result here instead of carrying
 /// every path through persistence and selection into the SNAT loop after it.
 #[inline(never)]
-pub(crate) fn pick_member(listener: &ListenerConf, client_be: u32, now: u64) -> u64 {
+pub(crate) fn pick_member(
+    listener: &ListenerConf,
+    client_be: u32,
+    client_port_be: u16,
+    now: u64,
+) -> u64 {
     let r = match sticky_member(listener, client_be, now) {
         Some(i) => Ok(i),
-        None => choose(listener, client_be, u32::MAX),
+        None => choose(listener, client_be, client_port_be, u32::MAX),
     };
     encode(r)
 }
 
 /// `choose` for a redispatch, as a subprogram (see `pick_member`).
 #[inline(never)]
-pub(crate) fn pick_other(listener: &ListenerConf, client_be: u32, exclude: u32) -> u64 {
-    encode(choose(listener, client_be, exclude))
+pub(crate) fn pick_other(
+    listener: &ListenerConf,
+    client_be: u32,
+    client_port_be: u16,
+    exclude: u32,
+) -> u64 {
+    encode(choose(listener, client_be, client_port_be, exclude))
 }
 
 /// A subprogram's Result in one register: the member index, or the reason with bit 32 set.
@@ -51,22 +61,23 @@ pub(crate) fn decode(v: u64) -> Result<u32, u32> {
 
 /// A member for a new (or redispatched) flow: slot index in `MEMBERS`, or a drop reason.
 #[inline(always)]
-pub(crate) fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> Result<u32, u32> {
+pub(crate) fn choose(
+    listener: &ListenerConf,
+    client_be: u32,
+    client_port_be: u16,
+    exclude: u32,
+) -> Result<u32, u32> {
     let Some(pool) = POOLS.get(listener.pool) else {
         return Err(reason::DROP_NO_MEMBER);
     };
     let base = listener.pool * MAX_POOL_MEMBERS;
-    // Source hashing: the client's entry in the pool's table (shares by weight, rebuilt by
-    // the daemon on every change); a redispatch, or an entry whose member has just become
-    // unavailable, falls back to the scan from the client's hash.
-    let hash = select::client_hash(client_be);
-    if pool.algorithm == ALG_SOURCE_IP && exclude == u32::MAX {
-        if let Some(i) = source_entry(listener.pool, pool.count, hash, pool.error_limit) {
-            return Ok(base + i);
+    let hashed = pool.algorithm == ALG_SOURCE_IP || pool.algorithm == ALG_SOURCE_IP_PORT;
+    let start = if hashed {
+        if pool.algorithm == ALG_SOURCE_IP_PORT {
+            select::client_port_hash(client_be, client_port_be)
+        } else {
+            select::client_hash(client_be)
         }
-    }
-    let start = if pool.algorithm == ALG_SOURCE_IP {
-        hash
     } else {
         match LISTENER_LIVE.get_ptr_mut(listener.index) {
             Some(l) => unsafe {
@@ -77,6 +88,20 @@ pub(crate) fn choose(listener: &ListenerConf, client_be: u32, exclude: u32) -> R
             None => 0,
         }
     };
+    // Source hashing: the client's entry in the pool's Maglev table; round robin: the next
+    // entry of its weighted sequence (both rebuilt by the daemon on every change). A
+    // redispatch, or an entry whose member has just become unavailable, falls back to the
+    // scan from the same start.
+    if exclude == u32::MAX && pool.table_len != 0 && (hashed || pool.algorithm == ALG_ROUND_ROBIN) {
+        let at = if hashed {
+            start
+        } else {
+            start % pool.table_len
+        };
+        if let Some(i) = source_entry(listener.pool, pool.count, at, pool.error_limit) {
+            return Ok(base + i);
+        }
+    }
     let exclude_slot = if exclude >= base {
         exclude - base
     } else {

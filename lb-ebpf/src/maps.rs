@@ -5,14 +5,14 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     reason,
     schema::{SchemaEntry, SCHEMA_ENTRIES},
-    select, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf, PortConf, Stats,
-    Sticky, StickyKey, SweepReport, DEFAULT_CONNTRACK_FLOWS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
-    STICKY_ENTRIES,
+    select, AllowedData, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf,
+    PortConf, Stats, Sticky, StickyKey, SweepReport, DEFAULT_CONNTRACK_FLOWS, MAX_ALLOWED_CIDRS,
+    MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS, STICKY_ENTRIES,
 };
 
 /// Hash maps allocate on insert and free through RCU: an entry the daemon expires can never be
@@ -105,6 +105,12 @@ pub static STICKY: LruHashMap<StickyKey, Sticky> = LruHashMap::pinned(STICKY_ENT
 #[map]
 pub static SOURCE_TABLE: Array<[u16; select::SOURCE_TABLE_SIZE as usize]> =
     Array::pinned(MAX_POOLS, 0);
+
+/// (listener, client prefix) of listeners with `allowed_cidrs` (`LISTENER_F_ALLOWED_CIDRS`):
+/// a client without a flow is balanced only if its address matches one (longest prefix
+/// match). Written by the daemon, before the listener's flag.
+#[map]
+pub static ALLOWED: LpmTrie<AllowedData, u32> = LpmTrie::pinned(MAX_ALLOWED_CIDRS, 0);
 
 /// The port's MAC (written by the daemon before it attaches): only frames addressed to it
 /// are balanced.

@@ -204,6 +204,38 @@ pub struct Listener {
     /// the daemon has a connection log (settled when the file is read).
     #[serde(default)]
     pub connection_log: Option<bool>,
+    /// Octavia's `allowed_cidrs`: only clients in one of these prefixes (`10.0.0.0/24`, or an
+    /// address alone for /32) are balanced; others are dropped without a reply. Empty: all.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+}
+
+/// An `allowed_cidrs` entry: an IPv4 prefix `a.b.c.d/n` with no host bits set, or an address
+/// (/32).
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, l),
+        None => (s, "32"),
+    };
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err("an IPv6 prefix on an IPv4 load balancer (lb balances IPv4)".into());
+    }
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| "not an IPv4 prefix (a.b.c.d/n)".to_string())?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| "the prefix length must be 0..=32".to_string())?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!(
+            "not a prefix: host bits are set (the prefix is {}/{len})",
+            Ipv4Addr::from(u32::from(addr) & mask)
+        ));
+    }
+    Ok((addr, len))
 }
 
 fn default_half_open() -> i64 {
@@ -227,8 +259,12 @@ fn three() -> u32 {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 pub enum Algorithm {
     LEAST_CONNECTIONS,
+    /// Weighted, smooth: picks in proportion to the weights, spread out.
     ROUND_ROBIN,
+    /// A consistent (Maglev) hash of the client's address over the members by weight.
     SOURCE_IP,
+    /// The same over the client's address and port (OVN's algorithm).
+    SOURCE_IP_PORT,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -615,6 +651,17 @@ impl Config {
                     "too many pools",
                 ));
             }
+            let prefixes: usize = lb.listener.iter().map(|l| l.allowed_cidrs.len()).sum();
+            if prefixes > lb_common::MAX_ALLOWED_CIDRS as usize {
+                return Err(invalid(
+                    format!("{at}.listener[*].allowed_cidrs"),
+                    prefixes,
+                    format!(
+                        "at most {} prefixes per load balancer, all listeners together",
+                        lb_common::MAX_ALLOWED_CIDRS
+                    ),
+                ));
+            }
             let mut listen_ports = HashSet::new();
             for (j, l) in lb.listener.iter().enumerate() {
                 let at = format!("{at}.listener[{j}]");
@@ -624,6 +671,11 @@ impl Config {
                         true,
                         "[daemon] connection_log names no target to send the lines to",
                     ));
+                }
+                for (k, c) in l.allowed_cidrs.iter().enumerate() {
+                    parse_cidr(c).map_err(|why| {
+                        invalid(format!("{at}.allowed_cidrs[{k}]"), format!("{c:?}"), why)
+                    })?;
                 }
                 check_id(format!("{at}.id"), &l.id)?;
                 if l.protocol != Protocol::TCP {
@@ -943,6 +995,55 @@ mod tests {
         assert!(
             e.contains("daemon.connection_log[0]") && e.contains("\"local9\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn allowed_cidrs_must_be_ipv4_prefixes() {
+        let with = |v: &str| {
+            err(|s| {
+                s.replacen(
+                    "retries = 3",
+                    &format!("retries = 3\nallowed_cidrs = [{v}]"),
+                    1,
+                )
+            })
+        };
+        for (v, why) in [
+            (
+                "\"10.0.0.1/24\"",
+                "host bits are set (the prefix is 10.0.0.0/24)",
+            ),
+            ("\"10.0.0.0/33\"", "0..=32"),
+            ("\"2001:db8::/32\"", "IPv6"),
+            ("\"ten/8\"", "not an IPv4 prefix"),
+        ] {
+            let e = with(v);
+            assert!(
+                e.contains("listener[0].allowed_cidrs[0]") && e.contains(why),
+                "{v}: {e}"
+            );
+        }
+        let ok = Config::parse(
+            &SEED.replacen(
+                "retries = 3",
+                "retries = 3\nallowed_cidrs = [\"10.0.0.0/8\", \"192.0.2.1\"]",
+                1,
+            ),
+            "t",
+        )
+        .unwrap();
+        let p = crate::plan::plan(&ok.loadbalancer[0], None).unwrap();
+        assert_eq!(
+            p.listeners[0].allowed_cidrs,
+            [
+                (Ipv4Addr::new(10, 0, 0, 0), 8),
+                (Ipv4Addr::new(192, 0, 2, 1), 32)
+            ]
+        );
+        assert_ne!(
+            p.listeners[0].conf.flags & lb_common::LISTENER_F_ALLOWED_CIDRS,
+            0
         );
     }
 

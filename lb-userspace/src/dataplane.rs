@@ -562,6 +562,8 @@ pub struct Maps {
     /// Connection-log events lost to a full ring, per listener (None: maps pinned by a
     /// version of lb without a connection log).
     conn_log_lost: Option<PerCpuArray<MapData, u64>>,
+    /// Listeners' allowed prefixes (None: maps pinned by a version of lb without them).
+    allowed: Option<aya::maps::LpmTrie<MapData, lb_common::AllowedData, u32>>,
     /// What this process last wrote to each pool's `SOURCE_TABLE` (unchanged tables are not
     /// written again).
     source_written: std::collections::HashMap<u32, Vec<u16>>,
@@ -664,10 +666,60 @@ impl Maps {
         for p in &new.pools {
             self.refresh_source_table(p.index)?;
         }
+        // A listener's prefixes before its flag says to look them up; the ones it no longer
+        // has after.
+        let prefixes =
+            |p: &crate::plan::Plan| -> std::collections::HashSet<(u32, std::net::Ipv4Addr, u8)> {
+                p.listeners
+                    .iter()
+                    .flat_map(|l| l.allowed_cidrs.iter().map(move |(a, n)| (l.index, *a, *n)))
+                    .collect()
+            };
+        let want = prefixes(new);
+        for &(l, a, n) in &want {
+            self.set_allowed(l, a, n, true)?;
+        }
         for l in &new.listeners {
             self.set_listener(l.key, l.conf)?;
         }
+        if let Some(old) = old {
+            for &(l, a, n) in prefixes(old).difference(&want) {
+                self.set_allowed(l, a, n, false)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Adds (or removes) prefix `addr`/`len` of listener `listener` in `ALLOWED`.
+    fn set_allowed(
+        &mut self,
+        listener: u32,
+        addr: std::net::Ipv4Addr,
+        len: u8,
+        add: bool,
+    ) -> Result<()> {
+        let e = self.err("ALLOWED");
+        let Some(map) = &mut self.allowed else {
+            return Err(e(MapError::InvalidName {
+                name: "ALLOWED (pinned by a version of lb without allowed_cidrs)".into(),
+            }));
+        };
+        let key = aya::maps::lpm_trie::Key::new(
+            32 + len as u32,
+            lb_common::AllowedData {
+                listener_be: listener.to_be(),
+                addr_be: u32::from(addr).to_be(),
+            },
+        );
+        let r = if add {
+            map.insert(&key, 1, 0)
+        } else {
+            match map.remove(&key) {
+                Err(MapError::KeyNotFound) => Ok(()),
+                r => r,
+            }
+        };
+        r.map_err(e)
     }
 
     /// Rebuilds pool `pool`'s `balance source` table from its members as the data path sees
@@ -677,8 +729,8 @@ impl Maps {
     /// the data path's scan.
     pub fn refresh_source_table(&mut self, pool: u32) -> Result<()> {
         let e = self.err("POOLS");
-        let conf = self.pools.get(&pool, 0).map_err(e)?;
-        if conf.algorithm != lb_common::ALG_SOURCE_IP {
+        let mut conf = self.pools.get(&pool, 0).map_err(e)?;
+        if conf.algorithm == lb_common::ALG_LEAST_CONNECTIONS {
             self.source_written.remove(&pool);
             return Ok(());
         }
@@ -694,14 +746,17 @@ impl Maps {
             members.push((slot, c));
         }
         let mut table = [0u16; lb_common::select::SOURCE_TABLE_SIZE as usize];
-        lb_common::select::fill_source_table(&members, &mut table);
-        if self.source_written.get(&pool).map(Vec::as_slice) == Some(&table[..]) {
-            return Ok(());
+        let len = lb_common::select::fill_table(conf.algorithm, &members, &mut table);
+        if self.source_written.get(&pool).map(Vec::as_slice) != Some(&table[..]) {
+            let e = self.err("SOURCE_TABLE");
+            self.source_table.set(pool, table, 0).map_err(e)?;
+            self.source_written.insert(pool, table.to_vec());
         }
-        let e = self.err("SOURCE_TABLE");
-        self.source_table.set(pool, table, 0).map_err(e)?;
-        let table = table.to_vec();
-        self.source_written.insert(pool, table);
+        // After the table: round robin walks only entries written.
+        if conf.table_len != len {
+            conf.table_len = len;
+            self.set_pool(pool, conf)?;
+        }
         Ok(())
     }
 
@@ -747,6 +802,7 @@ impl Maps {
             source_table: open_map(dir, "SOURCE_TABLE")?,
             port: open_map(dir, "PORT")?,
             conn_log_lost: open_map(dir, "CONN_LOG_LOST").ok(),
+            allowed: open_map(dir, "ALLOWED").ok(),
             source_written: Default::default(),
             member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
             listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,

@@ -19,8 +19,9 @@ use anyhow::{bail, Context as _};
 use aya::maps::{HashMap as BpfHash, MapData};
 use lb_common::{
     reason, select, FlowKey, ListenerKey, Sticky, StickyKey, ALG_LEAST_CONNECTIONS,
-    ALG_ROUND_ROBIN, ALG_SOURCE_IP, CT_ESTABLISHED, FLOW_DIR_FORWARD, IPPROTO_TCP,
-    MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_ENABLED, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
+    ALG_ROUND_ROBIN, ALG_SOURCE_IP, ALG_SOURCE_IP_PORT, CT_ESTABLISHED, FLOW_DIR_FORWARD,
+    IPPROTO_TCP, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_ENABLED, MEMBER_F_UP,
+    POOL_F_PERSIST_SOURCE,
 };
 use serde::Serialize;
 
@@ -91,6 +92,7 @@ fn algorithm_name(a: u32) -> &'static str {
         ALG_LEAST_CONNECTIONS => "LEAST_CONNECTIONS",
         ALG_ROUND_ROBIN => "ROUND_ROBIN",
         ALG_SOURCE_IP => "SOURCE_IP",
+        ALG_SOURCE_IP_PORT => "SOURCE_IP_PORT",
         _ => "?",
     }
 }
@@ -274,8 +276,9 @@ pub fn explain(
             } else {
                 match pool.algorithm {
                     ALG_LEAST_CONNECTIONS => "least connections: the fewest open connections per unit of weight among the available members (ties rotate)".into(),
-                    ALG_ROUND_ROBIN => "round robin: the next available member in rotation".into(),
-                    ALG_SOURCE_IP => "source IP: the client address's slot in the pool's table of members by weight".into(),
+                    ALG_ROUND_ROBIN => "weighted round robin: the next turn in the pool's smooth sequence of available members".into(),
+                    ALG_SOURCE_IP => "source IP: the client address's entry in the pool's consistent-hash (Maglev) table of members by weight".into(),
+                    ALG_SOURCE_IP_PORT => "source IP and port: the client address and port's entry in the pool's consistent-hash (Maglev) table of members by weight".into(),
                     _ => String::new(),
                 }
             }

@@ -4,8 +4,9 @@ use std::{collections::HashSet, net::Ipv4Addr};
 
 use lb_common::{
     ListenerConf, ListenerKey, MemberConf, PoolConf, ALG_LEAST_CONNECTIONS, ALG_ROUND_ROBIN,
-    ALG_SOURCE_IP, LISTENER_F_LOG, MAX_LISTENERS, MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP,
-    MEMBER_F_CONFIGURED, MEMBER_F_ENABLED, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
+    ALG_SOURCE_IP, ALG_SOURCE_IP_PORT, LISTENER_F_ALLOWED_CIDRS, LISTENER_F_LOG, MAX_LISTENERS,
+    MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED, MEMBER_F_ENABLED,
+    MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,9 @@ pub struct PlannedListener {
     pub index: u32,
     pub protocol_port: u16,
     pub pool_id: String,
+    /// `allowed_cidrs` as (network address, prefix length); empty: every client.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<(Ipv4Addr, u8)>,
     #[serde(skip)]
     pub key: ListenerKey,
     #[serde(skip)]
@@ -154,6 +158,7 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                     Algorithm::LEAST_CONNECTIONS => ALG_LEAST_CONNECTIONS,
                     Algorithm::ROUND_ROBIN => ALG_ROUND_ROBIN,
                     Algorithm::SOURCE_IP => ALG_SOURCE_IP,
+                    Algorithm::SOURCE_IP_PORT => ALG_SOURCE_IP_PORT,
                 },
                 flags: if pool.session_persistence.is_some() {
                     POOL_F_PERSIST_SOURCE
@@ -166,7 +171,7 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                     .and_then(|p| p.persistence_timeout)
                     .unwrap_or(0),
                 error_limit: pool.error_limit,
-                _pad: 0,
+                table_len: 0,
             },
         });
     }
@@ -205,11 +210,24 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
             .find(|x| x.id == l.default_pool_id)
             .expect("validated")
             .index;
+        let allowed_cidrs: Vec<(Ipv4Addr, u8)> = l
+            .allowed_cidrs
+            .iter()
+            .map(|c| crate::config::parse_cidr(c).expect("validated"))
+            .collect();
+        let mut flags = 0;
+        if l.connection_log == Some(true) {
+            flags |= LISTENER_F_LOG;
+        }
+        if !allowed_cidrs.is_empty() {
+            flags |= LISTENER_F_ALLOWED_CIDRS;
+        }
         p.listeners.push(PlannedListener {
             id: l.id.clone(),
             index,
             protocol_port: l.protocol_port,
             pool_id: l.default_pool_id.clone(),
+            allowed_cidrs,
             key: ListenerKey::tcp(u32::from(lb.vip_address).to_be(), l.protocol_port.to_be()),
             conf: ListenerConf {
                 index,
@@ -222,11 +240,7 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 // A flow idle in both directions ends when the first of HAProxy's client and
                 // server timeouts would have fired.
                 timeout_data_ns: l.timeout_client_data.min(l.timeout_member_data) * MS,
-                flags: if l.connection_log == Some(true) {
-                    LISTENER_F_LOG
-                } else {
-                    0
-                },
+                flags,
                 snat_min: 0,
                 snat_max: 0,
             },

@@ -1184,6 +1184,102 @@ fn source_hashing_follows_the_weights_and_keeps_each_client_on_its_member() {
     }
 }
 
+/// ROUND_ROBIN is weighted and smooth: on weights 1 and 3 every four new flows are one to
+/// the light member and three to the heavy one, the light one never twice in a row; with the
+/// heavy one down, every flow goes to the other.
+#[test]
+fn round_robin_follows_the_weights_smoothly() {
+    let cfg = include_str!("../../examples/seed.toml")
+        .replace("LEAST_CONNECTIONS", "ROUND_ROBIN")
+        .replacen("weight = 1", "weight = 3", 1);
+    let Some(mut env) = Env::new(&cfg) else {
+        return;
+    };
+    let client = Ipv4Addr::new(192, 168, 1, 1);
+    let got: Vec<Ipv4Addr> = (0..40u16)
+        .map(|i| open_from(&mut env, client, 42_000 + i))
+        .collect();
+    let on_m1 = got.iter().filter(|&&m| m == M1).count();
+    assert_eq!(on_m1, 30, "weight 3 of 4: {got:?}");
+    assert!(
+        got.windows(2).all(|w| !(w[0] == M2 && w[1] == M2)),
+        "the light member twice in a row: {got:?}"
+    );
+    env.set_member_flags(M1, |f| f & !MEMBER_F_UP);
+    for i in 0..8u16 {
+        assert_eq!(open_from(&mut env, client, 43_000 + i), M2, "M1 is down");
+    }
+}
+
+/// SOURCE_IP_PORT hashes the client's port too: one client's connections spread over both
+/// members (SOURCE_IP would keep them on one), by weight.
+#[test]
+fn source_ip_port_spreads_one_clients_connections() {
+    let cfg =
+        include_str!("../../examples/seed.toml").replace("LEAST_CONNECTIONS", "SOURCE_IP_PORT");
+    let Some(mut env) = Env::with_capacity(&cfg, 4096) else {
+        return;
+    };
+    let client = Ipv4Addr::new(192, 168, 2, 2);
+    let on_m1 = (0..400u16)
+        .filter(|i| open_from(&mut env, client, 44_000 + i) == M1)
+        .count();
+    assert!((150..=250).contains(&on_m1), "{on_m1} of 400 on M1");
+}
+
+/// `allowed_cidrs`: a client in one of the prefixes is balanced; one outside gets nothing
+/// (its SYN dropped and counted, and a stray ACK too, which would otherwise reach the
+/// namespace's stack and be answered with a RST); a reload that widens the list lets it in,
+/// one that empties it lets everyone in.
+#[test]
+fn allowed_cidrs_balance_only_the_clients_inside() {
+    let seed = include_str!("../../examples/seed.toml");
+    let with = |cidrs: &str| {
+        seed.replacen(
+            "retries = 3",
+            &format!("retries = 3\nallowed_cidrs = [{cidrs}]"),
+            1,
+        )
+    };
+    let Some(mut env) = Env::new(&with("\"192.168.10.0/24\", \"172.16.0.9\"")) else {
+        return;
+    };
+    let inside = Ipv4Addr::new(192, 168, 10, 77);
+    let single = Ipv4Addr::new(172, 16, 0, 9);
+    let outside = Ipv4Addr::new(192, 168, 11, 77);
+    let syn = |c: Ipv4Addr, port: u16| {
+        Tcp::new(c, port, VIP, 22, TCP_SYN)
+            .macs(CLIENT_MAC, PORT_MAC)
+            .build()
+    };
+    env.expect(&syn(inside, 45_000), XDP_TX, reason::TX_TO_MEMBER);
+    env.expect(&syn(single, 45_000), XDP_TX, reason::TX_TO_MEMBER);
+    let out = env.expect(&syn(outside, 45_000), XDP_DROP, reason::DROP_NOT_ALLOWED);
+    assert_eq!(out, syn(outside, 45_000), "dropped as it came");
+    let stray = Tcp::new(outside, 45_001, VIP, 22, TCP_ACK)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .build();
+    env.expect(&stray, XDP_DROP, reason::DROP_NOT_ALLOWED);
+    assert_eq!(
+        env.dp.maps.listener_drops(0).unwrap()[reason::DROP_NOT_ALLOWED as usize],
+        2,
+        "counted on the listener"
+    );
+    // A reload widening the list, then one emptying it.
+    for cidrs in ["\"192.168.0.0/16\"", ""] {
+        let cfg = lb::config::Config::parse(&with(cidrs), "reload").unwrap();
+        let new = lb::plan::plan(&cfg.loadbalancer[0], Some(&env.plan)).unwrap();
+        env.dp.maps.write_plan(&new, Some(&env.plan)).unwrap();
+        env.plan = new;
+    }
+    env.expect(&syn(outside, 45_002), XDP_TX, reason::TX_TO_MEMBER);
+    env.expect(
+        &syn(Ipv4Addr::new(10, 9, 9, 9), 45_003),
+        XDP_TX,
+        reason::TX_TO_MEMBER,
+    );
+}
+
 /// `stick on src` / SOURCE_IP persistence: a client keeps the member least connections gave
 /// it, however the load shifts, while that member is up (drained too); then it sticks to the
 /// next one.

@@ -164,6 +164,7 @@ pub fn convert(
                 // haproxy logs a frontend's connections in tcplog format when it has a `log`
                 // line (`log global` included) and `option tcplog`; lb sends them to the
                 // targets of `global`'s `log` lines.
+                allowed_cidrs: Vec::new(),
                 connection_log: Some(
                     f.params.log
                         && f.params.tcplog
