@@ -136,8 +136,16 @@ struct Open {
 /// SYN cookies off: the grid times the stateful path at each table size, and fills the table
 /// with handshakes far past any half-open budget.
 fn pool_config(n: u32) -> String {
-    let mut cfg =
-        integration_tests::with_half_open_limit(include_str!("../../../../examples/seed.toml"), -1);
+    // The grid's flows are handshakes (SYNs only): a connect timeout longer than the grid
+    // keeps them all in the table, so the expiry pass is a pure census and `lb flows` lists
+    // every flow filled (with the seed's 5 s, a million-flow fill lost its oldest ones).
+    let mut cfg = integration_tests::with_half_open_limit(
+        &include_str!("../../../../examples/seed.toml").replace(
+            "timeout_member_connect = 5000",
+            "timeout_member_connect = 3600000",
+        ),
+        -1,
+    );
     let first = cfg.find("[[loadbalancer.pool.member]]").unwrap();
     cfg.truncate(first);
     for i in 0..n {
@@ -273,7 +281,7 @@ pub fn run(
                     syns.push(time("lb", SYN_CALLS, &mut |i| syn(first + i), XDP_TX)?);
                     next += SYN_CALLS;
                 }
-                // Expiry over the filled table (nothing is idle yet: a pure census pass).
+                // Expiry over the filled table (nothing is idle: a pure census pass).
                 let members_ix: Vec<u32> = (0..members).collect();
                 let expiry = dp.sweep(&members_ix, &[0], &[])?;
                 let memory = lb::dataplane::map_memory(&dp.maps.dir)?;
