@@ -17,28 +17,26 @@ use crate::{conntrack::xadd_u64, maps::*};
 /// subprogram (not inlined): the verifier then sees one result here instead of carrying
 /// every path through persistence and selection into the SNAT loop after it.
 #[inline(never)]
-pub(crate) fn pick_member(
-    listener: &ListenerConf,
-    client_be: u32,
-    client_port_be: u16,
-    now: u64,
-) -> u64 {
-    let r = match sticky_member(listener, client_be, now) {
+pub(crate) fn pick_member(listener: &ListenerConf, client: u64, now: u64) -> u64 {
+    let r = match sticky_member(listener, client as u32, now) {
         Some(i) => Ok(i),
-        None => choose(listener, client_be, client_port_be, u32::MAX),
+        None => choose::<true>(listener, client, u32::MAX),
     };
     encode(r)
 }
 
 /// `choose` for a redispatch, as a subprogram (see `pick_member`).
 #[inline(never)]
-pub(crate) fn pick_other(
-    listener: &ListenerConf,
-    client_be: u32,
-    client_port_be: u16,
-    exclude: u32,
-) -> u64 {
-    encode(choose(listener, client_be, client_port_be, exclude))
+pub(crate) fn pick_other(listener: &ListenerConf, client: u64, exclude: u32) -> u64 {
+    encode(choose::<false>(listener, client, exclude))
+}
+
+/// The client's address and port in one register (`choose`'s `client`): the subprograms'
+/// frames stay within what 6.1's verifier allows on top of the entry points' (it counts
+/// frames rounded to 32 bytes along the call chain, 512 at most).
+#[inline(always)]
+pub(crate) fn client_of(pkt: &crate::parse::Packet) -> u64 {
+    ((pkt.sport_be as u64) << 32) | pkt.src_be as u64
 }
 
 /// A subprogram's Result in one register: the member index, or the reason with bit 32 set.
@@ -61,12 +59,14 @@ pub(crate) fn decode(v: u64) -> Result<u32, u32> {
 
 /// A member for a new (or redispatched) flow: slot index in `MEMBERS`, or a drop reason.
 #[inline(always)]
-pub(crate) fn choose(
+/// `TABLE`: look the pool's table up first (a new flow); a redispatch (`exclude` a member)
+/// scans only, which keeps `pick_other`'s frame small.
+pub(crate) fn choose<const TABLE: bool>(
     listener: &ListenerConf,
-    client_be: u32,
-    client_port_be: u16,
+    client: u64,
     exclude: u32,
 ) -> Result<u32, u32> {
+    let (client_be, client_port_be) = (client as u32, (client >> 32) as u16);
     let Some(pool) = POOLS.get(listener.pool) else {
         return Err(reason::DROP_NO_MEMBER);
     };
@@ -92,7 +92,7 @@ pub(crate) fn choose(
     // entry of its weighted sequence (both rebuilt by the daemon on every change). A
     // redispatch, or an entry whose member has just become unavailable, falls back to the
     // scan from the same start.
-    if exclude == u32::MAX && pool.table_len != 0 && (hashed || pool.algorithm == ALG_ROUND_ROBIN) {
+    if TABLE && pool.table_len != 0 && (hashed || pool.algorithm == ALG_ROUND_ROBIN) {
         let at = if hashed {
             start
         } else {

@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use crate::{
-    balance::{decode, open_connections, pick_member, pick_other, stick},
+    balance::{client_of, decode, open_connections, pick_member, pick_other, stick},
     conntrack::{count_half_open, note_failure, track, uncount, unhalf},
     cookie,
     maps::*,
@@ -142,7 +142,7 @@ pub(crate) fn open_flow<C: Frame>(
     if listener.total_limit != 0 && open_connections() >= listener.total_limit as i64 {
         return Err(reason::DROP_CONN_LIMIT);
     }
-    let idx = decode(pick_member(listener, pkt.src_be, pkt.sport_be, now))?;
+    let idx = decode(pick_member(listener, client_of(pkt), now))?;
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;
     let flow: &mut Flow = unsafe { &mut (*scratch).flow };
     *flow = Flow::default();
@@ -182,7 +182,7 @@ pub(crate) fn open_flow<C: Frame>(
     let mut idx = idx;
     if let Err(why) = decode(bind_member(ctx, flow, idx, pkt.ip_len, listener)) {
         note_failure(idx);
-        idx = match decode(pick_other(listener, pkt.src_be, pkt.sport_be, idx)) {
+        idx = match decode(pick_other(listener, client_of(pkt), idx)) {
             Ok(other) if other != idx => other,
             _ => return Err(why),
         };
@@ -301,7 +301,7 @@ pub(crate) fn maybe_redispatch<C: Frame>(
         // Passive health: the member left this SYN unanswered.
         note_failure(flow.member);
     }
-    let idx = decode(pick_other(listener, pkt.src_be, pkt.sport_be, flow.member))?;
+    let idx = decode(pick_other(listener, client_of(pkt), flow.member))?;
     if idx == flow.member {
         unsafe { (*f).syn_retries = flow.syn_retries };
         return Ok(());

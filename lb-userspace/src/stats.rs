@@ -395,6 +395,13 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
         if r.daemon_pid.is_none() {
             let _ = writeln!(o, "  (no lb daemon serves it: the data path keeps translating its flows, but nothing expires or is checked until `lb run` takes over)");
         }
+        if r.connection_log_lost > 0 {
+            let _ = writeln!(
+                o,
+                "  connection log: {} events lost to a full ring (the daemon fell behind, or none ran)",
+                r.connection_log_lost
+            );
+        }
         let _ = writeln!(
             o,
             "  {:<38} {:>6} {:<11} {:>7} {:>6} {:>8} {:>12} {:>12} {:>10} {:>10}",
