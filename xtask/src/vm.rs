@@ -347,7 +347,8 @@ fn init_script(test_args: &[String]) -> String {
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 ln -sf /usr/sbin/sh /bin/sh
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp RUST_BACKTRACE=1 LB_BIN=/lbtest/lb LB_VM_TEST=1
+# The host run fuzzes a million frames; under emulation a quarter keeps the VM suite short.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp RUST_BACKTRACE=1 LB_BIN=/lbtest/lb LB_VM_TEST=1 LB_FUZZ_FRAMES=250000
 export LB_TEST_VARIANT_OBJECT=/lbtest/lb-variant.o
 mount -t proc proc /proc
 mount -t sysfs sys /sys
