@@ -330,6 +330,16 @@ fn simulate(
     vip: SocketAddrV4,
 ) -> anyhow::Result<Run> {
     let bpffs = state.pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+    // Copies an `lb explain` killed halfway left behind (its process is gone).
+    if let Ok(entries) = std::fs::read_dir(bpffs) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix("explain-"));
+            if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                crate::daemon::instance::remove_pins(&e.path());
+            }
+        }
+    }
     let scratch = Scratch(bpffs.join(format!("explain-{}", std::process::id())));
     let mut dp =
         Dataplane::load(&scratch.0, 1024).context("loading a scratch copy of the data path")?;

@@ -378,6 +378,9 @@ fn explain_agrees_with_where_the_next_connection_goes() {
         return;
     };
     let mut daemon = setup.start(&[]);
+    // What an `lb explain` killed halfway would have left (a pid no process has).
+    let stale = setup.cfg.bpffs.join("explain-4999999");
+    std::fs::create_dir_all(&stale).unwrap();
     let ids: HashMap<Ipv4Addr, &str> = MEMBER_IDS.into_iter().collect();
     let mut held = Vec::new();
     for round in 0..5 {
@@ -406,6 +409,13 @@ fn explain_agrees_with_where_the_next_connection_goes() {
         );
         held.push(c);
     }
+    assert!(!stale.exists(), "a dead explain's scratch copy is removed");
+    let left: Vec<_> = std::fs::read_dir(&setup.cfg.bpffs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("explain-"))
+        .collect();
+    assert!(left.is_empty(), "explain left its scratch copy: {left:?}");
     // Nothing but the held connections in the table.
     let out = std::process::Command::new(&setup.bin)
         .args(["flows", "--count", "--state-dir"])
