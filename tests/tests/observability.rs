@@ -347,20 +347,20 @@ fn metrics_pass_promtool_and_count_the_connections_made() {
     daemon.stop();
 }
 
-fn explain(setup: &Setup, client: &str) -> serde_json::Value {
-    let out = std::process::Command::new(&setup.bin)
-        .args([
-            "explain",
-            "--json",
-            "--loadbalancer",
-            &setup.cfg.lb_id,
-            client,
-        ])
-        .arg(format!("{VIP}:22"))
+/// `lb explain --loadbalancer <the test's> <args...> VIP:<port>`.
+fn lb_explain(setup: &Setup, args: &[&str], port: u16) -> std::process::Output {
+    std::process::Command::new(&setup.bin)
+        .args(["explain", "--loadbalancer", &setup.cfg.lb_id])
+        .args(args)
+        .arg(format!("{VIP}:{port}"))
         .arg("--state-dir")
         .arg(&setup.cfg.state_dir)
         .output()
-        .expect("lb explain");
+        .expect("lb explain")
+}
+
+fn explain(setup: &Setup, client: &str) -> serde_json::Value {
+    let out = lb_explain(setup, &["--json", client], 22);
     assert!(
         out.status.success(),
         "lb explain: {}",
@@ -440,35 +440,13 @@ fn explain_agrees_with_where_the_next_connection_goes() {
         f["timeout_left_s"].as_f64().unwrap(),
     );
     assert!(left > 0.0 && (idle + left - 50.0).abs() < 1.0, "{f}");
-    let text = std::process::Command::new(&setup.bin)
-        .args([
-            "explain",
-            "--loadbalancer",
-            &setup.cfg.lb_id,
-            "10.0.0.1:45000",
-        ])
-        .arg(format!("{VIP}:22"))
-        .arg("--state-dir")
-        .arg(&setup.cfg.state_dir)
-        .output()
-        .unwrap();
+    let text = lb_explain(&setup, &["10.0.0.1:45000"], 22);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("least connections") && text.contains("-> "),
         "{text}"
     );
-    let bad = std::process::Command::new(&setup.bin)
-        .args([
-            "explain",
-            "--loadbalancer",
-            &setup.cfg.lb_id,
-            "10.0.0.1:45000",
-        ])
-        .arg(format!("{VIP}:23"))
-        .arg("--state-dir")
-        .arg(&setup.cfg.state_dir)
-        .output()
-        .unwrap();
+    let bad = lb_explain(&setup, &["10.0.0.1:45000"], 23);
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("no listener on port 23"),
