@@ -832,13 +832,6 @@ pub struct Rules {
 }
 
 fn validate_monitor(hm: &HealthMonitor, at: &str, rules: Rules) -> Result<(), ConfigError> {
-    if hm.kind == MonitorType::PING {
-        return Err(invalid(
-            format!("{at}.type"),
-            "PING",
-            "PING monitors are not supported (TCP, HTTP or TLS-HELLO)",
-        ));
-    }
     if !(hm.delay.is_finite() && hm.delay > 0.0 && hm.delay <= 3600.0) {
         return Err(invalid(
             format!("{at}.delay"),

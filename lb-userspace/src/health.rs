@@ -224,6 +224,15 @@ pub async fn check_tcp(
 pub async fn check(vip: Ipv4Addr, target: SocketAddrV4, monitor: &HealthMonitor) -> CheckResult {
     let start = Instant::now();
     let timeout = monitor.timeout();
+    if monitor.kind == MonitorType::PING {
+        let (status, desc) = ping(vip, *target.ip(), timeout).await;
+        return CheckResult {
+            status,
+            code: None,
+            duration: start.elapsed(),
+            desc,
+        };
+    }
     let (status, code, desc) = match connect(vip, target, timeout).await {
         Err((status, desc)) => (status, None, desc),
         Ok(stream) => {
@@ -242,6 +251,101 @@ pub async fn check(vip: Ipv4Addr, target: SocketAddrV4, monitor: &HealthMonitor)
         code,
         duration: start.elapsed(),
         desc,
+    }
+}
+
+/// Octavia's PING monitor: an ICMP echo request from the VIP to the member's address, the
+/// matching echo reply within `timeout` (L4OK); none (L4TOUT), or an ICMP error about it
+/// (L4CON: unreachable). A raw socket (the daemon runs as root in the namespace); each check
+/// has its own, and takes only the reply with its identifier and sequence number.
+async fn ping(vip: Ipv4Addr, target: Ipv4Addr, timeout: Duration) -> (CheckStatus, String) {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static SEQ: AtomicU16 = AtomicU16::new(1);
+    let fail = |e: std::io::Error, what: &str| (CheckStatus::SOCKERR, format!("{what}: {e}"));
+    let sock = match socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::ICMPV4),
+    ) {
+        Ok(s) => s,
+        Err(e) => return fail(e, "raw ICMP socket"),
+    };
+    if let Err(e) = sock.set_nonblocking(true) {
+        return fail(e, "nonblocking");
+    }
+    if let Err(e) = sock.bind(&SocketAddr::V4(SocketAddrV4::new(vip, 0)).into()) {
+        return fail(e, &format!("bind {vip}"));
+    }
+    let id = (std::process::id() as u16) ^ 0x1b;
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut echo = [0u8; 24];
+    echo[0] = 8; // echo request
+    echo[4..6].copy_from_slice(&id.to_be_bytes());
+    echo[6..8].copy_from_slice(&seq.to_be_bytes());
+    echo[8..].copy_from_slice(b"lb health check!");
+    let sum = lb_common::checksum::ipv4_header(&echo);
+    echo[2..4].copy_from_slice(&sum.to_be_bytes());
+    // SAFETY: the socket is owned by the AsyncFd, which deregisters it before closing it.
+    let fd = match unsafe { tokio::io::unix::AsyncFd::register(sock) } {
+        Ok(f) => f,
+        Err(e) => return fail(e.into(), "registering the socket"),
+    };
+    let dest: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(target, 0)).into();
+    if let Err(e) = fd.get_ref().send_to(&echo, &dest) {
+        return (CheckStatus::L4CON, format!("echo request to {target}: {e}"));
+    }
+    let wait = async {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+        loop {
+            let mut guard = match fd.readable().await {
+                Ok(g) => g,
+                Err(e) => return fail(e, "waiting for the reply"),
+            };
+            let got = guard.try_io(|s| s.get_ref().recv_from(&mut buf));
+            let Ok(Ok((n, _))) = got else {
+                continue;
+            };
+            // SAFETY: recv_from initialised the first n bytes.
+            let p: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
+            let ihl = (p.first().copied().unwrap_or(0) & 0x0f) as usize * 4;
+            if n < ihl + 8 || ihl < 20 {
+                continue;
+            }
+            let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+            let icmp = &p[ihl..];
+            match icmp[0] {
+                0 if src == target
+                    && icmp[4..6] == id.to_be_bytes()
+                    && icmp[6..8] == seq.to_be_bytes() =>
+                {
+                    return (CheckStatus::L4OK, "ICMP echo reply".to_string())
+                }
+                // An error about our request: the embedded header and the echo's id and seq.
+                3 | 11 if icmp.len() >= 8 + 20 + 8 => {
+                    let inner = &icmp[8..];
+                    let ihl2 = (inner[0] & 0x0f) as usize * 4;
+                    let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
+                    if dst == target
+                        && inner.len() >= ihl2 + 8
+                        && inner[ihl2 + 4..ihl2 + 6] == id.to_be_bytes()
+                        && inner[ihl2 + 6..ihl2 + 8] == seq.to_be_bytes()
+                    {
+                        return (
+                            CheckStatus::L4CON,
+                            format!("ICMP type {} code {} from {src}", icmp[0], icmp[1]),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(r) => r,
+        Err(_) => (
+            CheckStatus::L4TOUT,
+            format!("no ICMP echo reply from {target} within {timeout:?}"),
+        ),
     }
 }
 

@@ -897,3 +897,50 @@ fn lb_stats_watch_shows_rates_in_80_columns() {
     );
     daemon.stop();
 }
+
+/// Octavia's PING monitor: ICMP echo from the VIP. A member whose port 2222 has nothing on
+/// it stays ONLINE while it answers pings (a TCP monitor would take it down); once it stops
+/// answering echo requests it goes ERROR, and comes back when it answers again.
+#[test]
+fn a_ping_monitor_follows_icmp_echo_not_the_port() {
+    let Some(mut setup) = Setup::new(
+        |t| {
+            let last = t.rfind("protocol_port = 22").unwrap();
+            let mut t = t.clone();
+            t.replace_range(last..last + 18, "protocol_port = 2222");
+            t.replace("type = \"TCP\"", "type = \"PING\"")
+                .replace("delay = 5 ", "delay = 1 ")
+                .replace("timeout = 3 ", "timeout = 0.5 ")
+                .replace("max_retries = 3 ", "max_retries = 2 ")
+                .replace("max_retries_down = 3", "max_retries_down = 2")
+        },
+        &[M1, M2],
+    ) else {
+        return;
+    };
+    let mut daemon = setup.start(&[]);
+    let Setup { cfg, topo, bin, .. } = &mut setup;
+    let status = |bin: &std::path::Path| {
+        member(&stats(bin, &cfg.state_dir), M2)["operating_status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(bin), "ONLINE", "answers pings, whatever its port");
+    topo.member(M2)
+        .ns
+        .exec("sysctl -qw net.ipv4.icmp_echo_ignore_all=1");
+    wait_for(
+        "M2 down without echo replies",
+        Duration::from_secs(10),
+        || (status(bin) == "ERROR").then_some(()),
+    );
+    topo.member(M2)
+        .ns
+        .exec("sysctl -qw net.ipv4.icmp_echo_ignore_all=0");
+    wait_for("M2 up again", Duration::from_secs(10), || {
+        (status(bin) == "ONLINE").then_some(())
+    });
+    daemon.stop();
+}
