@@ -7,7 +7,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
 use lb_common::{
-    member_failed, reason, select, ListenerConf, Sticky, StickyKey, ALG_ROUND_ROBIN, ALG_SOURCE_IP,
+    member_failed, reason, select, ListenerConf, Sticky, StickyKey, ALG_SOURCE_IP,
     ALG_SOURCE_IP_PORT, MAX_LISTENERS, MAX_POOL_MEMBERS, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
 };
 
@@ -89,15 +89,11 @@ pub(crate) fn choose<const TABLE: bool>(
         }
     };
     // Source hashing: the client's entry in the pool's Maglev table; round robin: the next
-    // entry of its weighted sequence (both rebuilt by the daemon on every change). A
-    // redispatch, or an entry whose member has just become unavailable, falls back to the
-    // scan from the same start.
-    if TABLE && pool.table_len != 0 && (hashed || pool.algorithm == ALG_ROUND_ROBIN) {
-        let at = if hashed {
-            start
-        } else {
-            start % pool.table_len
-        };
+    // entry of its weighted sequence (both rebuilt by the daemon on every change; only those
+    // algorithms have a table, `table_len` 0 otherwise). A redispatch, or an entry whose
+    // member has just become unavailable, falls back to the scan from the same start.
+    if TABLE && pool.table_len != 0 {
+        let at = start % pool.table_len;
         if let Some(i) = source_entry(listener.pool, pool.count, at, pool.error_limit) {
             return Ok(base + i);
         }

@@ -54,7 +54,7 @@ pub(crate) fn ended(flow: *const Flow, state: u64, now: u64) {
     };
     let e = entry.as_mut_ptr();
     unsafe {
-        (*e).accepted_ns = f.created_ns.wrapping_sub(f.accept_ms as u64 * 1_000_000);
+        (*e).accepted_ns = f.accepted_ns();
         (*e).ended_ns = now;
         (*e).member_bytes = f.member_bytes;
         (*e).state = state;

@@ -18,9 +18,9 @@ use std::{
 use anyhow::{bail, Context as _};
 use aya::maps::{HashMap as BpfHash, MapData};
 use lb_common::{
-    reason, select, FlowKey, ListenerKey, Sticky, StickyKey, ALG_LEAST_CONNECTIONS,
-    ALG_ROUND_ROBIN, ALG_SOURCE_IP, ALG_SOURCE_IP_PORT, CT_ESTABLISHED, FLOW_DIR_FORWARD,
-    IPPROTO_TCP, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_ENABLED, MEMBER_F_UP,
+    reason, FlowKey, ListenerKey, Sticky, StickyKey, ALG_LEAST_CONNECTIONS, ALG_ROUND_ROBIN,
+    ALG_SOURCE_IP, ALG_SOURCE_IP_PORT, CT_ESTABLISHED, FLOW_DIR_FORWARD, IPPROTO_TCP,
+    MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED, MEMBER_F_ENABLED, MEMBER_F_UP,
     POOL_F_PERSIST_SOURCE,
 };
 use serde::Serialize;
@@ -202,12 +202,9 @@ pub fn explain(
     {
         let mc = maps.member(m.index)?;
         let live = maps.member_live.get(m.index);
-        let mut status =
-            crate::stats::operating_status(mc.flags, mc.weight, m.monitor.is_some()).to_string();
+        let status =
+            crate::stats::member_status(&mc, live.failures, pool.error_limit, m.monitor.is_some());
         let failed = lb_common::member_failed(live.failures, pool.error_limit);
-        if failed && status != "OFFLINE" {
-            status = "ERROR".into();
-        }
         let excluded = if mc.flags & MEMBER_F_ENABLED == 0 {
             Some("disabled by the operator (admin_state_up = false, or maint)".to_string())
         } else if mc.flags & MEMBER_F_UP == 0 {
@@ -219,12 +216,8 @@ pub fn explain(
             ))
         } else if mc.weight == 0 {
             Some("weight 0 (draining: only its existing and sticky clients)".into())
-        } else if !select::available(&select::Candidate {
-            weight: mc.weight as u32,
-            flags: mc.flags,
-            active: live.active,
-        }) {
-            Some("not available".into())
+        } else if mc.flags & MEMBER_F_CONFIGURED == 0 {
+            Some("not configured in the data path".into())
         } else {
             None
         };
@@ -232,7 +225,7 @@ pub fn explain(
             member: m.id.clone(),
             address: format!("{}:{}", m.address, m.protocol_port),
             weight: mc.weight,
-            status,
+            status: status.into(),
             backup: mc.flags & MEMBER_F_BACKUP != 0,
             active: live.active,
             half_open: live.half_open,

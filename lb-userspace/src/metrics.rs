@@ -67,6 +67,13 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// `base` and one more label.
+fn and<'a>(base: &[(&'a str, &'a str)], key: &'a str, value: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut l = base.to_vec();
+    l.push((key, value));
+    l
+}
+
 fn labels(pairs: &[(&str, &str)]) -> String {
     let inner: Vec<String> = pairs
         .iter()
@@ -209,9 +216,18 @@ fn extra(pin_dir: &Path) -> Extra {
     let capacity_flows = aya::maps::MapInfo::from_pin(pin_dir.join("CONNTRACK"))
         .ok()
         .map(|i| i.max_entries() as u64 / 2);
-    let sweep = crate::dataplane::Maps::open(pin_dir)
-        .and_then(|m| m.last_sweep())
-        .unwrap_or_default();
+    // The one map `stats::collect` did not read whole (its `flows` only).
+    let sweep: lb_common::SweepReport = crate::dataplane::open_map::<
+        aya::maps::Array<aya::maps::MapData, lb_common::SweepReport>,
+    >(pin_dir, "SWEEP")
+    .and_then(|m| {
+        m.get(&0, 0)
+            .map_err(|source| crate::dataplane::DataplaneError::Map {
+                path: pin_dir.join("SWEEP"),
+                source,
+            })
+    })
+    .unwrap_or_default();
     Extra {
         capacity_flows,
         sweep_seconds: sweep.cycle_us as f64 / 1e6,
@@ -333,12 +349,10 @@ fn render(reports: &[(LoadBalancerReport, &State)]) -> String {
                 member_up(&m.operating_status) as u8 as f64,
             );
             for status in ["ONLINE", "DRAINING", "OFFLINE", "ERROR", "NO_MONITOR"] {
-                let mut l = ml.to_vec();
-                l.push(("status", status));
                 fs.gauge(
                     "lb_member_operating_status",
                     "The member's operating status (Octavia's names): 1 for the current one.",
-                    &l,
+                    &and(&ml, "status", status),
                     (m.operating_status == status) as u8 as f64,
                 );
             }
@@ -355,12 +369,10 @@ fn render(reports: &[(LoadBalancerReport, &State)]) -> String {
                 m.failed_connections as f64,
             );
             for (reason, n) in &m.drops {
-                let mut l = ml.to_vec();
-                l.push(("reason", reason));
                 fs.counter(
                     "lb_member_dropped_connections_total",
                     "New flows for the member that could not be sent, by reason.",
-                    &l,
+                    &and(&ml, "reason", reason),
                     *n,
                 );
             }
@@ -373,12 +385,10 @@ fn render(reports: &[(LoadBalancerReport, &State)]) -> String {
                     &ml,
                     c.status.is_some_and(|s| s.ok()) as u8 as f64,
                 );
-                let mut l = ml.to_vec();
-                l.push(("status", status));
                 fs.gauge(
                     "lb_member_check_info",
                     "The last health check's result as haproxy names it (L4OK, L4CON, L7STS, ...); always 1.",
-                    &l,
+                    &and(&ml, "status", status),
                     1.0,
                 );
                 fs.gauge(

@@ -141,6 +141,22 @@ pub fn loadbalancer_status<'a>(listeners: impl IntoIterator<Item = &'a str>) -> 
     }
 }
 
+/// A member's status with passive health: ERROR also past its pool's `error_limit` of
+/// failed connections in a row (unless an operator took it OFFLINE).
+pub fn member_status(
+    conf: &lb_common::MemberConf,
+    failures: u64,
+    error_limit: u32,
+    monitored: bool,
+) -> &'static str {
+    let status = operating_status(conf.flags, conf.weight, monitored);
+    if status != "OFFLINE" && lb_common::member_failed(failures, error_limit) {
+        "ERROR"
+    } else {
+        status
+    }
+}
+
 pub fn operating_status(flags: u32, weight: u16, monitored: bool) -> &'static str {
     if flags & MEMBER_F_ENABLED == 0 {
         "OFFLINE"
@@ -165,10 +181,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         let limit = maps
             .pool(m.index / lb_common::MAX_POOL_MEMBERS)?
             .error_limit;
-        let mut status = operating_status(conf.flags, conf.weight, m.monitor.is_some());
-        if status != "OFFLINE" && lb_common::member_failed(live.failures, limit) {
-            status = "ERROR";
-        }
+        let status = member_status(&conf, live.failures, limit, m.monitor.is_some());
         members.push(MemberReport {
             id: m.id.clone(),
             pool_id: m.pool_id.clone(),

@@ -225,10 +225,6 @@ impl Sender {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
-    }
-
     /// Sends `msg` at `severity` to every target that takes it; the number of targets it
     /// could not be sent to (no listener on the socket, a full socket buffer).
     pub fn send(&self, severity: u8, msg: &str) -> usize {
@@ -293,7 +289,7 @@ impl Sender {
     }
 }
 
-/// Local civil time of `secs` since the epoch, and the month's index (0-11).
+/// Local civil time of `secs` since the epoch (`tm_mon` counts months from 0).
 pub fn local_time(secs: i64) -> libc::tm {
     let t: libc::time_t = secs as libc::time_t;
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };

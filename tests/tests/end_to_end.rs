@@ -36,17 +36,18 @@ fn wait_all_zero(what: &str, bin: &std::path::Path, cfg: &TestConfig) {
     });
 }
 
-/// The seed's scenario, with weights 3:1 and a 1 s health monitor so the test is quick:
-/// (delay 1 s, timeout 0.5 s, rise 2, fall 2).
+/// The seed's health monitor made quick: delay 1 s, timeout 0.5 s, rise 2, fall 2.
+fn quick_monitor(t: String) -> String {
+    t.replace("delay = 5 ", "delay = 1 ")
+        .replace("timeout = 3 ", "timeout = 0.5 ")
+        .replace("max_retries = 3 ", "max_retries = 2 ")
+        .replace("max_retries_down = 3", "max_retries_down = 2")
+}
+
+/// The seed's scenario, with weights 3:1 and a quick health monitor.
 fn seed_run(xdp_mode: &str) {
     let Some(mut setup) = Setup::new(
-        |t| {
-            t.replacen("weight = 1", "weight = 3", 1)
-                .replace("delay = 5 ", "delay = 1 ")
-                .replace("timeout = 3 ", "timeout = 0.5 ")
-                .replace("max_retries = 3 ", "max_retries = 2 ")
-                .replace("max_retries_down = 3", "max_retries_down = 2")
-        },
+        |t| quick_monitor(t.replacen("weight = 1", "weight = 3", 1)),
         &[M1, M2],
     ) else {
         return;
@@ -904,15 +905,10 @@ fn lb_stats_watch_shows_rates_in_80_columns() {
 #[test]
 fn a_ping_monitor_follows_icmp_echo_not_the_port() {
     let Some(mut setup) = Setup::new(
-        |t| {
+        |mut t| {
             let last = t.rfind("protocol_port = 22").unwrap();
-            let mut t = t.clone();
             t.replace_range(last..last + 18, "protocol_port = 2222");
-            t.replace("type = \"TCP\"", "type = \"PING\"")
-                .replace("delay = 5 ", "delay = 1 ")
-                .replace("timeout = 3 ", "timeout = 0.5 ")
-                .replace("max_retries = 3 ", "max_retries = 2 ")
-                .replace("max_retries_down = 3", "max_retries_down = 2")
+            quick_monitor(t.replace("type = \"TCP\"", "type = \"PING\""))
         },
         &[M1, M2],
     ) else {

@@ -244,7 +244,7 @@ impl Logger {
                 + me
         };
         let (now_mono, now_wall) = clocks();
-        let (accepted_unix_ms, connect_ms, total_ms) = Record::times_of(ev, now_mono, now_wall);
+        let (accepted_unix_ms, connect_ms, total_ms) = tcplog::times(ev, now_mono, now_wall);
         let (tries, moves) = ((ev.syn_retries & 0x0f) as u32, (ev.syn_retries >> 4) as u32);
         tcplog::write(
             &mut b.text,

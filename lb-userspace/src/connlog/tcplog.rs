@@ -99,16 +99,15 @@ pub struct Record<'a> {
     pub redispatched: bool,
 }
 
-impl Record<'_> {
-    /// Fills the times, bytes, end and retries from a data path event (`now_mono_ns` and
-    /// `now_unix_ms`: the same instant on both clocks).
-    pub fn times_of(ev: &ConnEvent, now_mono_ns: u64, now_unix_ms: i64) -> (i64, i64, u64) {
-        let accepted_unix_ms =
-            now_unix_ms - (now_mono_ns.saturating_sub(ev.accepted_ns) / 1_000_000) as i64;
-        let connect_ms = ev.connect_ms as i64 - 1;
-        let total_ms = ev.ended_ns.saturating_sub(ev.accepted_ns) / 1_000_000;
-        (accepted_unix_ms, connect_ms, total_ms)
-    }
+/// The times of a data path event, in ms: (accept date since the epoch, connect (-1: the
+/// member never answered), total). `now_mono_ns` and `now_unix_ms`: the same instant on both
+/// clocks.
+pub fn times(ev: &ConnEvent, now_mono_ns: u64, now_unix_ms: i64) -> (i64, i64, u64) {
+    let accepted_unix_ms =
+        now_unix_ms - (now_mono_ns.saturating_sub(ev.accepted_ns) / 1_000_000) as i64;
+    let connect_ms = ev.connect_ms as i64 - 1;
+    let total_ms = ev.ended_ns.saturating_sub(ev.accepted_ns) / 1_000_000;
+    (accepted_unix_ms, connect_ms, total_ms)
 }
 
 /// `dd/Mmm/yyyy:HH:MM:SS` of the last second asked for: lines come in bursts within the
@@ -143,13 +142,6 @@ impl Dates {
     }
 }
 
-/// `dd/Mmm/yyyy:HH:MM:SS.mmm` in local time, haproxy's `%t`.
-pub fn accept_date(unix_ms: i64) -> String {
-    let mut s = String::new();
-    Dates::default().write(&mut s, unix_ms);
-    s
-}
-
 /// Appends the line to `out`.
 pub fn write(out: &mut String, dates: &mut Dates, r: &Record) {
     let _ = write!(out, "{}:{} [", r.client, r.client_port);
@@ -173,16 +165,21 @@ pub fn write(out: &mut String, dates: &mut Dates, r: &Record) {
     );
 }
 
-/// The line.
-pub fn format(r: &Record) -> String {
-    let mut s = String::with_capacity(200);
-    write(&mut s, &mut Dates::default(), r);
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn accept_date(unix_ms: i64) -> String {
+        let mut s = String::new();
+        Dates::default().write(&mut s, unix_ms);
+        s
+    }
+
+    fn format(r: &Record) -> String {
+        let mut s = String::new();
+        write(&mut s, &mut Dates::default(), r);
+        s
+    }
     use lb_common::{CT_COUNTED, CT_SYN};
 
     const EST: u64 = CT_SYN | CT_SYNACK | CT_ESTABLISHED;
@@ -263,7 +260,7 @@ mod tests {
             ..Default::default()
         };
         // Now is 20 s monotonic, i.e. 1_000_000 ms on the wall clock.
-        let (accepted, connect, total) = Record::times_of(&ev, 20_000_000_000, 1_000_000);
+        let (accepted, connect, total) = times(&ev, 20_000_000_000, 1_000_000);
         assert_eq!((accepted, connect, total), (990_000, 1, 5007));
     }
 }

@@ -75,6 +75,19 @@ pub fn convert(
         .filter(|p| p.kind.has_frontend() && !p.disabled)
         .collect();
     let mut vip: Option<(Ipv4Addr, String)> = None;
+    // haproxy logs a frontend's connections in tcplog format when it has a `log` line (`log
+    // global` included) and `option tcplog`; lb sends them where `global`'s `log` lines say,
+    // each written as lb's `[daemon] connection_log` takes a target.
+    let connection_log: Vec<String> = cfg
+        .global
+        .logs
+        .iter()
+        .filter(|l| super::syslog::target(l).is_some())
+        .map(|l| match &l.level {
+            Some(level) => format!("{} {} {level}", l.target, l.facility),
+            None => format!("{} {}", l.target, l.facility),
+        })
+        .collect();
     let mut listeners = Vec::new();
     for f in &frontends {
         if f.binds.is_empty() {
@@ -161,15 +174,8 @@ pub fn convert(
                 // The kernel in front of haproxy sends cookies once its SYN queue is full;
                 // lb's budget of handshakes plays that part.
                 half_open_limit: lb_common::DEFAULT_HALF_OPEN_LIMIT as i64,
-                // haproxy logs a frontend's connections in tcplog format when it has a `log`
-                // line (`log global` included) and `option tcplog`; lb sends them to the
-                // targets of `global`'s `log` lines.
                 allowed_cidrs: Vec::new(),
-                connection_log: Some(
-                    f.params.log
-                        && f.params.tcplog
-                        && !super::syslog::targets(&cfg.global.logs).is_empty(),
-                ),
+                connection_log: Some(f.params.log && f.params.tcplog && !connection_log.is_empty()),
             });
         }
     }
@@ -206,20 +212,7 @@ pub fn convert(
     };
     let config = Config {
         daemon: Daemon {
-            connection_log: cfg
-                .global
-                .logs
-                .iter()
-                .filter(|l| super::syslog::targets(std::slice::from_ref(l)).len() == 1)
-                .map(|l| {
-                    format!(
-                        "{} {} {}",
-                        l.target,
-                        l.facility,
-                        l.level.as_deref().unwrap_or("debug")
-                    )
-                })
-                .collect(),
+            connection_log,
             ..Daemon::default()
         },
         loadbalancer: vec![lb],

@@ -20,9 +20,12 @@ pub const TAG: &str = "haproxy";
 /// The targets of `log` lines; lines lb cannot send to (`log global` in `global`, a ring)
 /// are left out.
 pub fn targets(logs: &[Log]) -> Vec<Target> {
-    logs.iter()
-        .filter_map(|l| Target::new(&l.target, &l.facility, l.level.as_deref()).ok())
-        .collect()
+    logs.iter().filter_map(target).collect()
+}
+
+/// The target of one `log` line, if lb can send to it.
+pub fn target(l: &Log) -> Option<Target> {
+    Target::new(&l.target, &l.facility, l.level.as_deref()).ok()
 }
 
 /// Sets where the daemon's log lines go (the usable `log` lines of `global`).
