@@ -44,6 +44,7 @@ pub const SNAT_PORT_MAX: u16 = 59_999;
 pub const SNAT_TRIES: u32 = 32;
 
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 
 /// `MemberConf::flags` bits.
 pub const MEMBER_F_CONFIGURED: u32 = 1 << 0;
@@ -89,6 +90,10 @@ pub const CT_RST_MEMBER: u64 = 1 << 10;
 /// Its listener logs connections (`LISTENER_F_LOG` when the flow opened): the flow's end is
 /// an event in the `CONN_LOG` ring buffer, its expiry a line the daemon writes.
 pub const CT_LOG: u64 = 1 << 11;
+/// A UDP flow (set when it opens, never changed): keyed with `IPPROTO_UDP`, counted in
+/// `active` from its first datagram (there is no handshake), and ended by its listener's
+/// idle timeout alone.
+pub const CT_UDP: u64 = 1 << 12;
 
 /// Both FINs or one RST in `CT_*` bits `state`.
 #[inline(always)]
@@ -130,9 +135,11 @@ pub mod reason {
     pub const DROP_TRUNCATED_ETH: u32 = 5;
     /// IPv4 header truncated, IHL < 5, or total length inconsistent with the frame.
     pub const DROP_BAD_IPV4: u32 = 6;
-    /// TCP header truncated or data offset < 5, on a packet for a listener or a flow.
+    /// TCP header truncated or data offset < 5, or a UDP header truncated or its length
+    /// inconsistent with the IPv4 packet's.
     pub const DROP_BAD_L4: u32 = 7;
-    /// IPv4 fragment addressed to a listener (no L4 header to balance on).
+    /// IPv4 fragment addressed to a listener or of a flow (later fragments carry no ports to
+    /// balance or translate on; lb does not reassemble).
     pub const DROP_FRAGMENT: u32 = 8;
     /// New flow, but no member is up, enabled and with weight > 0.
     pub const DROP_NO_MEMBER: u32 = 9;
@@ -219,10 +226,17 @@ impl ListenerKey {
     /// The TCP listener at `vip_be`:`port_be` (network byte order).
     #[inline(always)]
     pub const fn tcp(vip_be: u32, port_be: u16) -> ListenerKey {
+        ListenerKey::new(vip_be, port_be, IPPROTO_TCP)
+    }
+
+    /// The listener of protocol `proto` (`IPPROTO_TCP` or `IPPROTO_UDP`) at
+    /// `vip_be`:`port_be`.
+    #[inline(always)]
+    pub const fn new(vip_be: u32, port_be: u16, proto: u8) -> ListenerKey {
         ListenerKey {
             vip_be,
             port_be,
-            proto: IPPROTO_TCP,
+            proto,
             _pad: 0,
         }
     }
@@ -602,6 +616,16 @@ impl Flow {
             .saturating_sub(self.accept_ms as u64 * 1_000_000)
     }
 
+    /// `IPPROTO_UDP` for a UDP flow (`CT_UDP`), else `IPPROTO_TCP`.
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        if self.state & CT_UDP != 0 {
+            IPPROTO_UDP
+        } else {
+            IPPROTO_TCP
+        }
+    }
+
     /// The forward key of this flow.
     pub fn forward_key(&self) -> FlowKey {
         FlowKey {
@@ -609,7 +633,7 @@ impl Flow {
             dst_be: self.vip_be,
             sport_be: self.client_port_be,
             dport_be: self.listener_port_be,
-            proto: IPPROTO_TCP,
+            proto: self.proto(),
             dir: FLOW_DIR_FORWARD,
             _pad: [0; 2],
         }
@@ -617,7 +641,7 @@ impl Flow {
 
     /// The listener a forward entry's flow came in on.
     pub fn listener_key(&self) -> ListenerKey {
-        ListenerKey::tcp(self.vip_be, self.listener_port_be)
+        ListenerKey::new(self.vip_be, self.listener_port_be, self.proto())
     }
 
     /// The reverse key of this flow (what the member's replies carry).
@@ -627,7 +651,7 @@ impl Flow {
             dst_be: self.vip_be,
             sport_be: self.member_port_be,
             dport_be: self.snat_port_be,
-            proto: IPPROTO_TCP,
+            proto: self.proto(),
             dir: FLOW_DIR_REVERSE,
             _pad: [0; 2],
         }

@@ -1,6 +1,7 @@
 //! The client's side: segments to a listener. A SYN opens a flow (limits, member, SNAT);
 //! a retransmitted SYN may be redispatched; everything else of a known flow is translated
-//! towards its member. Also the established-flow shortcut of `lb_tc_fast`.
+//! towards its member. A UDP datagram without a flow opens one as a SYN does (no handshake,
+//! no cookies, no redispatch). Also the established-flow shortcut of `lb_tc_fast`.
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
@@ -8,14 +9,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    reason, select, AllowedData, Flow, FlowKey, ListenerConf, CT_COOKIE, CT_HALF_OPEN, CT_LOG,
-    CT_REFUSED, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, LISTENER_F_ALLOWED_CIDRS,
-    LISTENER_F_DRAIN, LISTENER_F_LOG,
+    reason, select, AllowedData, Flow, FlowKey, ListenerConf, CT_COOKIE, CT_COUNTED,
+    CT_ESTABLISHED, CT_HALF_OPEN, CT_LOG, CT_REFUSED, CT_SYN, CT_SYNACK, CT_UDP, FLOW_DIR_FORWARD,
+    FLOW_DIR_REVERSE, LISTENER_F_ALLOWED_CIDRS, LISTENER_F_DRAIN, LISTENER_F_LOG,
 };
 
 use crate::{
     balance::{client_of, decode, open_connections, pick_member, pick_other, stick},
-    conntrack::{count_half_open, note_failure, track, uncount, unhalf},
+    conntrack::{count_half_open, count_open, note_failure, track, uncount, unhalf},
     cookie,
     maps::*,
     member::from_member,
@@ -29,7 +30,9 @@ use crate::{
 pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     let fkey = pkt.flow_key(FLOW_DIR_FORWARD);
-    let is_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let udp = pkt.udp;
+    let is_syn = !udp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let mut opened = false;
 
     let flow_ptr = match CONNTRACK.get_ptr_mut(fkey) {
         Some(f) if is_syn && unsafe { (*f).is_closed() } => {
@@ -78,7 +81,13 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
             if listener.flags & LISTENER_F_DRAIN != 0 {
                 return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
             }
-            if !is_syn {
+            if udp {
+                opened = true;
+                match open_flow(ctx, pkt, listener, &fkey, now, false) {
+                    Ok(f) => f,
+                    Err(r) => return verdict(xdp_action::XDP_DROP, r),
+                }
+            } else if !is_syn {
                 // An ACK with a SYN cookie lb sent opens its flow now.
                 if !cookie::valid_ack(pkt, listener, now) {
                     return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
@@ -87,20 +96,21 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
                     Ok(f) => cookie::member_syn(ctx, pkt, f),
                     Err(r) => cookie::reset(ctx, pkt, listener, r),
                 };
-            }
-            if cookie::flooded(listener, now) {
-                if let Some(v) = cookie::answer_syn(ctx, pkt) {
-                    return v;
+            } else {
+                if cookie::flooded(listener, now) {
+                    if let Some(v) = cookie::answer_syn(ctx, pkt) {
+                        return v;
+                    }
                 }
-            }
-            match open_flow(ctx, pkt, listener, &fkey, now, false) {
-                Ok(f) => f,
-                Err(r) => return verdict(xdp_action::XDP_DROP, r),
+                match open_flow(ctx, pkt, listener, &fkey, now, false) {
+                    Ok(f) => f,
+                    Err(r) => return verdict(xdp_action::XDP_DROP, r),
+                }
             }
         }
     };
 
-    forward(ctx, pkt, flow_ptr, now)
+    forward(ctx, pkt, flow_ptr, now, opened)
 }
 
 /// 1 if `client_be` falls in one of listener `listener`'s allowed prefixes, else 0. A
@@ -155,7 +165,13 @@ pub(crate) fn open_flow<C: Frame>(
     flow.listener = listener.index;
     flow.client_mac = pkt.src_mac;
     flow.port_mac = pkt.dst_mac;
-    flow.state = CT_SYN | CT_HALF_OPEN;
+    flow.state = if pkt.udp {
+        // No handshake: a connection (for least connections and limits) from the first
+        // datagram until the idle timeout.
+        CT_UDP | CT_ESTABLISHED | CT_COUNTED
+    } else {
+        CT_SYN | CT_HALF_OPEN
+    };
     if listener.flags & LISTENER_F_LOG != 0 {
         flow.state |= CT_LOG;
     }
@@ -201,16 +217,27 @@ pub(crate) fn open_flow<C: Frame>(
     let Some(f) = CONNTRACK.get_ptr_mut(fkey) else {
         return Err(reason::DROP_CT_FULL);
     };
-    count_half_open(idx, listener.index);
+    if pkt.udp {
+        count_open(idx, listener.index);
+    } else {
+        count_half_open(idx, listener.index);
+    }
     stick(listener, pkt.src_be, idx, now);
     Ok(f)
 }
 
 /// A client's segment of flow `flow_ptr`, translated towards its member. The one that
-/// completes the handshake counts the connection in the traffic counters' totals.
+/// completes the handshake (or the datagram that `opened` a UDP flow) counts the connection
+/// in the traffic counters' totals.
 #[inline(always)]
-pub(crate) fn forward<C: Frame>(ctx: &C, pkt: &Packet, flow_ptr: *mut Flow, now: u64) -> Verdict {
-    let new_conn = track(flow_ptr, pkt, true, now, None);
+pub(crate) fn forward<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    flow_ptr: *mut Flow,
+    now: u64,
+    opened: bool,
+) -> Verdict {
+    let new_conn = track(flow_ptr, pkt, true, now, None) || opened;
     let flow = unsafe { &*flow_ptr };
     add_stats(
         flow.member,
@@ -248,7 +275,7 @@ pub(crate) fn forward<C: Frame>(ctx: &C, pkt: &Packet, flow_ptr: *mut Flow, now:
 /// ARP, health-check traffic) returns None and goes on into the namespace, to `lb_tc`.
 #[inline(always)]
 pub(crate) fn fast_path(ctx: &TcContext) -> Option<Verdict> {
-    let Ok(parse::Parsed::Tcp(pkt)) = parse::parse(ctx) else {
+    let Ok(parse::Parsed::L4(pkt)) = parse::parse(ctx) else {
         return None;
     };
     if pkt.fragment || pkt.tcp_flags & TCP_SYN != 0 || !crate::for_port(&pkt.dst_mac) {
@@ -257,7 +284,7 @@ pub(crate) fn fast_path(ctx: &TcContext) -> Option<Verdict> {
     if LISTENERS.get_ptr(pkt.listener_key()).is_some() {
         let f = CONNTRACK.get_ptr_mut(pkt.flow_key(FLOW_DIR_FORWARD))?;
         let now = unsafe { bpf_ktime_get_ns() };
-        return Some(forward(ctx, &pkt, f, now));
+        return Some(forward(ctx, &pkt, f, now, false));
     }
     let rflow = unsafe { *CONNTRACK.get_ptr(pkt.flow_key(FLOW_DIR_REVERSE))? };
     Some(from_member(ctx, &pkt, &rflow))

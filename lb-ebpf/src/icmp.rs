@@ -6,10 +6,13 @@
 //! error comes from the member's side, towards a client (VIP:listener -> client:port) when it
 //! comes from the client's side. It is translated back into the packet the other end sent, and
 //! the error is re-addressed from the VIP to that end. Every checksum involved is updated
-//! incrementally: outer IPv4, embedded IPv4, embedded TCP (when the error carries it), ICMP.
+//! incrementally: outer IPv4, embedded IPv4, embedded TCP or UDP (when the error carries it),
+//! ICMP.
 
 use aya_ebpf::bindings::xdp_action;
-use lb_common::{checksum, reason, FlowKey, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, IPPROTO_TCP};
+use lb_common::{
+    checksum, reason, FlowKey, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, IPPROTO_TCP, IPPROTO_UDP,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
@@ -27,8 +30,12 @@ const ICMP_HDR_LEN: usize = 8;
 const EMBEDDED_L4_MIN: usize = 8;
 /// Enough of the embedded TCP header to hold its checksum (offset 16).
 const EMBEDDED_TCP_CSUM_END: usize = 18;
+/// Where the embedded header's checksum is: TCP's at 16, UDP's at 6 (within the 8 bytes
+/// every error carries).
+const TCP_CSUM_OFF: usize = 16;
+const UDP_CSUM_OFF: usize = 6;
 
-/// Addresses and ports of an IPv4/TCP packet, as on the wire.
+/// Addresses and ports of an IPv4 TCP or UDP packet, as on the wire.
 #[derive(Clone, Copy)]
 pub struct Tuple {
     pub src_be: u32,
@@ -57,15 +64,19 @@ pub struct IcmpError {
     pub icmp: *mut [u8; ICMP_HDR_LEN],
     pub inner_ip: *mut Ipv4Hdr,
     pub inner_l4: *mut [u8; EMBEDDED_L4_MIN],
-    /// The error carries the embedded TCP header up to its checksum (within the datagram).
-    pub has_tcp_csum: bool,
+    /// The error carries the embedded header's checksum (TCP's only when it lies within the
+    /// datagram; UDP's always, unless it is 0: none).
+    pub has_csum: bool,
+    /// The embedded packet is UDP (else TCP).
+    pub udp: bool,
     pub src_be: u32,
     pub dst_be: u32,
     /// The embedded (offending) packet's addresses and ports.
     pub inner: Tuple,
 }
 
-/// Parses an ICMP error whose embedded packet is TCP; anything else passes to the kernel.
+/// Parses an ICMP error whose embedded packet is TCP or UDP; anything else passes to the
+/// kernel.
 #[inline(always)]
 pub fn parse<C: Frame>(
     ctx: &C,
@@ -85,14 +96,19 @@ pub fn parse<C: Frame>(
     let inner_ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok_or_else(pass)?;
     let (vihl, proto) = unsafe { ((*inner_ip).vihl, (*inner_ip).proto) };
     let inner_ihl = ((vihl & 0x0f) as usize) * 4;
-    if vihl >> 4 != 4 || inner_ihl < Ipv4Hdr::LEN || proto != IPPROTO_TCP {
+    let udp = proto == IPPROTO_UDP;
+    if vihl >> 4 != 4 || inner_ihl < Ipv4Hdr::LEN || (proto != IPPROTO_TCP && !udp) {
         return Err(pass());
     }
     let l4_off = off + inner_ihl;
     let inner_l4: *mut [u8; EMBEDDED_L4_MIN] = ptr_at(ctx, l4_off).ok_or_else(pass)?;
-    // The embedded TCP checksum is translated only when it lies inside the IPv4 datagram.
-    let has_tcp_csum = l4_off + EMBEDDED_TCP_CSUM_END <= EthHdr::LEN + tot_len;
     let l4 = unsafe { *inner_l4 };
+    // The embedded TCP checksum is translated only when it lies inside the IPv4 datagram.
+    let has_csum = if udp {
+        l4[6] | l4[7] != 0
+    } else {
+        l4_off + EMBEDDED_TCP_CSUM_END <= EthHdr::LEN + tot_len
+    };
     unsafe {
         Ok(IcmpError {
             eth,
@@ -100,7 +116,8 @@ pub fn parse<C: Frame>(
             icmp,
             inner_ip,
             inner_l4,
-            has_tcp_csum,
+            has_csum,
+            udp,
             src_be: u32::from_ne_bytes((*ip).src_addr),
             dst_be: u32::from_ne_bytes((*ip).dst_addr),
             inner: Tuple {
@@ -167,12 +184,16 @@ pub unsafe fn rewrite<C: Frame>(ctx: &C, e: &IcmpError, t: &Translation) {
         *e.inner_l4 = l4;
         // Bounds-checked right here, on the pointer used: the verifier loses a range that
         // travels through the stack from parse() when the offset is variable.
-        let p = (e.inner_l4 as usize + 16) as *mut [u8; 2];
-        if e.has_tcp_csum && p as usize + 2 <= ctx.data_end() {
-            let old_tcp = u16::from_ne_bytes(*p);
-            let new_tcp = old.update(old_tcp, new, true);
-            ic = checksum::replace2(ic, old_tcp, new_tcp);
-            *p = new_tcp.to_ne_bytes();
+        let off = if e.udp { UDP_CSUM_OFF } else { TCP_CSUM_OFF };
+        let p = (e.inner_l4 as usize + off) as *mut [u8; 2];
+        if e.has_csum && p as usize + 2 <= ctx.data_end() {
+            let old_l4 = u16::from_ne_bytes(*p);
+            let mut new_l4 = old.update(old_l4, new, true);
+            if e.udp && new_l4 == 0 {
+                new_l4 = 0xffff;
+            }
+            ic = checksum::replace2(ic, old_l4, new_l4);
+            *p = new_l4.to_ne_bytes();
         }
         let icb = ic.to_ne_bytes();
         icmp[2] = icb[0];
@@ -190,7 +211,7 @@ pub(crate) fn to_end<C: Frame>(ctx: &C, e: &IcmpError) -> Verdict {
         dst_be: e.inner.src_be,
         sport_be: e.inner.dport_be,
         dport_be: e.inner.sport_be,
-        proto: IPPROTO_TCP,
+        proto: if e.udp { IPPROTO_UDP } else { IPPROTO_TCP },
         dir: FLOW_DIR_REVERSE,
         _pad: [0; 2],
     };

@@ -124,7 +124,7 @@ pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn process<C: Frame>(ctx: &C) -> Verdict {
     let pkt = match parse::parse(ctx) {
-        Ok(parse::Parsed::Tcp(p)) if for_port(&p.dst_mac) => p,
+        Ok(parse::Parsed::L4(p)) if for_port(&p.dst_mac) => p,
         Ok(parse::Parsed::IcmpError(e)) if for_port(unsafe { &(*e.eth).dst_addr }) => {
             return icmp::to_end(ctx, &e)
         }

@@ -7,9 +7,7 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, BPF_NOEXIST},
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_loop},
 };
-use lb_common::{
-    reason, Flow, ListenerConf, ListenerKey, CT_COUNTED, CT_HALF_OPEN, IPPROTO_TCP, SNAT_TRIES,
-};
+use lb_common::{reason, Flow, ListenerConf, ListenerKey, CT_COUNTED, CT_HALF_OPEN, SNAT_TRIES};
 
 use crate::{
     maps::*,
@@ -74,7 +72,7 @@ pub(crate) fn try_bind_member<C: Frame>(
     let fib: &mut FibParams = unsafe { &mut (*scratch).fib };
     *fib = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
-    fib.l4_protocol = IPPROTO_TCP;
+    fib.l4_protocol = flow.proto();
     fib.sport = flow.snat_port_be;
     fib.dport = m.port_be;
     fib.__bindgen_anon_1.tot_len = pkt_len;
@@ -160,7 +158,7 @@ extern "C" fn snat_step(i: u32, ctx: *mut c_void) -> i64 {
     let port_be = port.to_be();
     // A port that is also a listener on this VIP would make replies look like clients.
     if LISTENERS
-        .get_ptr(ListenerKey::tcp(flow.vip_be, port_be))
+        .get_ptr(ListenerKey::new(flow.vip_be, port_be, flow.proto()))
         .is_some()
     {
         return 0;

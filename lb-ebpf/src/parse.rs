@@ -1,4 +1,4 @@
-//! Bounds-checked parsing of Ethernet / IPv4 / TCP and the NAT rewrite.
+//! Bounds-checked parsing of Ethernet / IPv4 / TCP or UDP and the NAT rewrite.
 //!
 //! Policy: IHL honoured (options allowed); a first fragment is parsed and flagged (the caller
 //! drops it if it is balanced traffic); later fragments carry no ports and pass to the kernel.
@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use lb_common::{checksum, reason, FlowKey, ListenerKey, IPPROTO_TCP};
+use lb_common::{checksum, reason, FlowKey, ListenerKey, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// What the data path needs of the context it runs in: XDP (a frame) or TC (an skb, which may
@@ -22,9 +22,10 @@ pub trait Frame: EbpfContext {
     /// The whole packet's length (for an skb, beyond its linear part).
     fn len(&self) -> usize;
     fn ifindex(&self) -> u32;
-    /// Updates the TCP checksum at packet offset `off` for a `size`-byte field changed from
-    /// `from` to `to` (`pseudo`: the field is in the pseudo-header, i.e. an address).
-    fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool);
+    /// Updates the TCP or UDP checksum at packet offset `off` for a `size`-byte field changed
+    /// from `from` to `to` (`pseudo`: the field is in the pseudo-header, i.e. an address;
+    /// `udp`: a 0 checksum means none and stays 0, a computed 0 is sent as 0xffff).
+    fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool, udp: bool);
     /// Copies `len` bytes (1..=64) of the packet from `off` to `dst`.
     fn load(&self, off: usize, dst: *mut u8, len: u32) -> bool;
     /// Cuts or extends the packet to `len` bytes (packet pointers are invalid afterwards).
@@ -50,7 +51,7 @@ impl Frame for XdpContext {
         self.ingress_ifindex() as u32
     }
     #[inline(always)]
-    fn l4_csum_replace(&self, _: usize, _: u32, _: u32, _: u64, _: bool) {}
+    fn l4_csum_replace(&self, _: usize, _: u32, _: u32, _: u64, _: bool, _: bool) {}
     #[inline(always)]
     fn load(&self, off: usize, dst: *mut u8, len: u32) -> bool {
         unsafe {
@@ -65,6 +66,7 @@ impl Frame for XdpContext {
 }
 
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
+const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 
 impl Frame for TcContext {
     const SKB: bool = true;
@@ -85,8 +87,10 @@ impl Frame for TcContext {
         unsafe { (*self.skb.skb).ifindex }
     }
     #[inline(always)]
-    fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool) {
-        let flags = size | if pseudo { BPF_F_PSEUDO_HDR } else { 0 };
+    fn l4_csum_replace(&self, off: usize, from: u32, to: u32, size: u64, pseudo: bool, udp: bool) {
+        let flags = size
+            | if pseudo { BPF_F_PSEUDO_HDR } else { 0 }
+            | if udp { BPF_F_MARK_MANGLED_0 } else { 0 };
         let _ = self.skb.l4_csum_replace(off, from as u64, to as u64, flags);
     }
     #[inline(always)]
@@ -113,12 +117,15 @@ pub const TCP_ACK: u8 = 0x10;
 
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const TCP_HDR_LEN: usize = 20;
+pub const UDP_HDR_LEN: usize = 8;
 
 pub struct Packet {
     pub eth: *mut EthHdr,
     pub ip: *mut Ipv4Hdr,
-    /// Start of the TCP header (at least 20 bytes are in bounds).
+    /// Start of the TCP header (at least 20 bytes are in bounds), or of the UDP header (8).
     pub tcp: *mut u8,
+    /// A UDP datagram: no flags, sequence numbers or options (all 0), `doff` is 8.
+    pub udp: bool,
     pub src_be: u32,
     pub dst_be: u32,
     pub sport_be: u16,
@@ -130,7 +137,7 @@ pub struct Packet {
     pub win: u16,
     /// IPv4 total length (host order).
     pub ip_len: u16,
-    /// TCP header length, options included (20..=60).
+    /// TCP header length, options included (20..=60); 8 for UDP.
     pub doff: usize,
     pub fragment: bool,
     pub src_mac: [u8; 6],
@@ -147,16 +154,25 @@ impl Packet {
             dst_be: self.dst_be,
             sport_be: self.sport_be,
             dport_be: self.dport_be,
-            proto: IPPROTO_TCP,
+            proto: self.proto(),
             dir,
             _pad: [0; 2],
         }
     }
 
-    /// The listener this packet would be addressed to (VIP, port).
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        if self.udp {
+            IPPROTO_UDP
+        } else {
+            IPPROTO_TCP
+        }
+    }
+
+    /// The listener this packet would be addressed to (VIP, port, protocol).
     #[inline(always)]
     pub fn listener_key(&self) -> ListenerKey {
-        ListenerKey::tcp(self.dst_be, self.dport_be)
+        ListenerKey::new(self.dst_be, self.dport_be, self.proto())
     }
 }
 
@@ -170,14 +186,15 @@ pub(crate) fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// (action, reason) for packets that are not TCP over IPv4 or are malformed.
+/// (action, reason) for packets that are not TCP or UDP over IPv4 or are malformed.
 pub struct Early(pub u32, pub u32);
 
 const IPPROTO_ICMP: u8 = 1;
 
-/// What the data path acts on: a TCP segment, or an ICMP error that may concern a flow.
+/// What the data path acts on: a TCP segment or UDP datagram, or an ICMP error that may
+/// concern a flow.
 pub enum Parsed {
-    Tcp(Packet),
+    L4(Packet),
     IcmpError(crate::icmp::IcmpError),
 }
 
@@ -208,7 +225,7 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
         return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV4));
     }
     let offset = frags & 0x1fff;
-    if offset != 0 || (proto != IPPROTO_TCP && proto != IPPROTO_ICMP) {
+    if offset != 0 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP) {
         return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
     }
     if proto == IPPROTO_ICMP {
@@ -220,6 +237,9 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
     let more_fragments = frags & 0x2000 != 0;
     let l4 = EthHdr::LEN + ihl;
     let bad_l4 = Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4);
+    if proto == IPPROTO_UDP {
+        return parse_udp(ctx, eth, ip, l4, ihl, tot_len, more_fragments);
+    }
     let tcp: *mut [u8; TCP_HDR_LEN] = ptr_at(ctx, l4).ok_or(bad_l4)?;
     let t = unsafe { *tcp };
     let doff = ((t[12] >> 4) as usize) * 4;
@@ -227,10 +247,11 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
         return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
     }
     unsafe {
-        Ok(Parsed::Tcp(Packet {
+        Ok(Parsed::L4(Packet {
             eth,
             ip,
             tcp: tcp as *mut u8,
+            udp: false,
             src_be: u32::from_ne_bytes((*ip).src_addr),
             dst_be: u32::from_ne_bytes((*ip).dst_addr),
             sport_be: u16::from_ne_bytes([t[0], t[1]]),
@@ -241,6 +262,48 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
             win: u16::from_be_bytes([t[14], t[15]]),
             ip_len: tot_len,
             doff,
+            fragment: more_fragments,
+            src_mac: (*eth).src_addr,
+            dst_mac: (*eth).dst_addr,
+        }))
+    }
+}
+
+/// A UDP datagram: its length must cover the header and fit the IPv4 packet (a first
+/// fragment's covers the whole datagram, so only the header is checked then).
+#[inline(always)]
+fn parse_udp<C: Frame>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    l4: usize,
+    ihl: usize,
+    tot_len: u16,
+    more_fragments: bool,
+) -> Result<Parsed, Early> {
+    let bad_l4 = Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4);
+    let udp: *mut [u8; UDP_HDR_LEN] = ptr_at(ctx, l4).ok_or(bad_l4)?;
+    let u = unsafe { *udp };
+    let len = u16::from_be_bytes([u[4], u[5]]) as usize;
+    if len < UDP_HDR_LEN || (!more_fragments && ihl + len > tot_len as usize) {
+        return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
+    }
+    unsafe {
+        Ok(Parsed::L4(Packet {
+            eth,
+            ip,
+            tcp: udp as *mut u8,
+            udp: true,
+            src_be: u32::from_ne_bytes((*ip).src_addr),
+            dst_be: u32::from_ne_bytes((*ip).dst_addr),
+            sport_be: u16::from_ne_bytes([u[0], u[1]]),
+            dport_be: u16::from_ne_bytes([u[2], u[3]]),
+            tcp_flags: 0,
+            seq: 0,
+            ack: 0,
+            win: 0,
+            ip_len: tot_len,
+            doff: UDP_HDR_LEN,
             fragment: more_fragments,
             src_mac: (*eth).src_addr,
             dst_mac: (*eth).dst_addr,
@@ -305,6 +368,69 @@ fn find_option<C: Frame>(ctx: &C, pkt: &Packet, want: u8, want_len: u8) -> Optio
         i += (not_nop * len as u64 + (1 - not_nop)) as usize;
     }
     None
+}
+
+/// Source and destination ports as the one 32-bit word they make in the header.
+#[inline(always)]
+fn ports(sport_be: u16, dport_be: u16) -> u32 {
+    let (a, b) = (sport_be.to_ne_bytes(), dport_be.to_ne_bytes());
+    u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
+}
+
+/// `rewrite`'s UDP half: ports and the checksum (a 0 checksum, "none" in IPv4, stays 0; one
+/// that comes out 0 is sent as 0xffff, RFC 768).
+///
+/// # Safety
+/// As `rewrite`.
+#[inline(always)]
+unsafe fn rewrite_udp<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    saddr_be: u32,
+    daddr_be: u32,
+    sport_be: u16,
+    dport_be: u16,
+) {
+    if pkt.tcp as usize + UDP_HDR_LEN > ctx.data_end() {
+        return;
+    }
+    let udp = pkt.tcp as *mut [u8; UDP_HDR_LEN];
+    let mut u = unsafe { *udp };
+    let (s, d) = (sport_be.to_ne_bytes(), dport_be.to_ne_bytes());
+    u[0] = s[0];
+    u[1] = s[1];
+    u[2] = d[0];
+    u[3] = d[1];
+    let old = u16::from_ne_bytes([u[6], u[7]]);
+    if !C::SKB && old != 0 {
+        let mut c = checksum::replace4(old, pkt.src_be, saddr_be);
+        c = checksum::replace4(c, pkt.dst_be, daddr_be);
+        c = checksum::replace4(
+            c,
+            ports(pkt.sport_be, pkt.dport_be),
+            ports(sport_be, dport_be),
+        );
+        if c == 0 {
+            c = 0xffff;
+        }
+        let cs = c.to_ne_bytes();
+        u[6] = cs[0];
+        u[7] = cs[1];
+    }
+    unsafe { *udp = u };
+    if C::SKB {
+        let off = pkt.tcp as usize - ctx.data() + 6;
+        ctx.l4_csum_replace(off, pkt.src_be, saddr_be, 4, true, true);
+        ctx.l4_csum_replace(off, pkt.dst_be, daddr_be, 4, true, true);
+        ctx.l4_csum_replace(
+            off,
+            ports(pkt.sport_be, pkt.dport_be),
+            ports(sport_be, dport_be),
+            4,
+            false,
+            true,
+        );
+    }
 }
 
 /// The 4 bytes at `off` from the TCP header, bounds-checked.
@@ -379,6 +505,15 @@ pub unsafe fn rewrite<C: Frame>(
         (*ip).src_addr = saddr_be.to_ne_bytes();
         (*ip).dst_addr = daddr_be.to_ne_bytes();
 
+        if pkt.udp {
+            rewrite_udp(ctx, pkt, saddr_be, daddr_be, sport_be, dport_be);
+            return;
+        }
+        // (parse checked these bounds; checked again on the pointer used, so that the
+        // verifier needs no link between `udp` and the range it proved.)
+        if pkt.tcp as usize + TCP_HDR_LEN > ctx.data_end() {
+            return;
+        }
         let tcp = pkt.tcp as *mut [u8; TCP_HDR_LEN];
         let mut t = *tcp;
         let s = sport_be.to_ne_bytes();
@@ -404,21 +539,18 @@ pub unsafe fn rewrite<C: Frame>(
         if C::SKB {
             // Packet pointers are invalid after these calls: nothing below uses them.
             let off = pkt.tcp as usize - ctx.data() + 16;
-            let ports = |sp: u16, dp: u16| {
-                let (a, b) = (sp.to_ne_bytes(), dp.to_ne_bytes());
-                u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
-            };
-            ctx.l4_csum_replace(off, pkt.src_be, saddr_be, 4, true);
-            ctx.l4_csum_replace(off, pkt.dst_be, daddr_be, 4, true);
+            ctx.l4_csum_replace(off, pkt.src_be, saddr_be, 4, true, false);
+            ctx.l4_csum_replace(off, pkt.dst_be, daddr_be, 4, true, false);
             ctx.l4_csum_replace(
                 off,
                 ports(pkt.sport_be, pkt.dport_be),
                 ports(sport_be, dport_be),
                 4,
                 false,
+                false,
             );
             if let Some((old, new)) = ts_change {
-                ctx.l4_csum_replace(off, old, new, 4, false);
+                ctx.l4_csum_replace(off, old, new, 4, false, false);
             }
         }
     }

@@ -167,10 +167,21 @@ fn default_bridge() -> String {
 }
 
 #[allow(clippy::upper_case_acronyms, non_camel_case_types)]
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
 pub enum Protocol {
+    #[default]
     TCP,
     UDP,
+}
+
+impl Protocol {
+    /// The IP protocol number the data path keys listeners and flows with.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::TCP => lb_common::IPPROTO_TCP,
+            Protocol::UDP => lb_common::IPPROTO_UDP,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -357,6 +368,10 @@ pub enum MonitorType {
     #[serde(rename = "TLS-HELLO")]
     TLS_HELLO,
     PING,
+    /// A datagram to the member's port; an ICMP port unreachable in return means down
+    /// (Octavia's UDP-CONNECT, for UDP pools).
+    #[serde(rename = "UDP-CONNECT")]
+    UDP_CONNECT,
 }
 
 /// What an HTTP monitor's answer must be.
@@ -665,6 +680,13 @@ impl Config {
             let mut listen_ports = HashSet::new();
             for (j, l) in lb.listener.iter().enumerate() {
                 let at = format!("{at}.listener[{j}]");
+                if l.connection_log == Some(true) && l.protocol == Protocol::UDP {
+                    return Err(invalid(
+                        format!("{at}.connection_log"),
+                        true,
+                        "the connection log is haproxy's tcplog: UDP flows are not logged",
+                    ));
+                }
                 if l.connection_log == Some(true) && d.connection_log.is_empty() {
                     return Err(invalid(
                         format!("{at}.connection_log"),
@@ -678,13 +700,6 @@ impl Config {
                     })?;
                 }
                 check_id(format!("{at}.id"), &l.id)?;
-                if l.protocol != Protocol::TCP {
-                    return Err(invalid(
-                        format!("{at}.protocol"),
-                        format!("{:?}", l.protocol),
-                        "only TCP is supported",
-                    ));
-                }
                 if l.protocol_port == 0 {
                     return Err(invalid(
                         format!("{at}.protocol_port"),
@@ -692,11 +707,14 @@ impl Config {
                         "must be 1..=65535",
                     ));
                 }
-                if !listen_ports.insert(l.protocol_port) {
+                if !listen_ports.insert((l.protocol, l.protocol_port)) {
                     return Err(invalid(
                         format!("{at}.protocol_port"),
                         l.protocol_port,
-                        "VIP port clash: another listener of this load balancer uses it",
+                        format!(
+                            "VIP port clash: another {:?} listener of this load balancer uses it",
+                            l.protocol
+                        ),
                     ));
                 }
                 if l.protocol_port >= 60_000 {
@@ -734,24 +752,30 @@ impl Config {
                         "must be 0..=100",
                     ));
                 }
-                if lb.pool(&l.default_pool_id).is_none() {
-                    return Err(invalid(
-                        format!("{at}.default_pool_id"),
-                        &l.default_pool_id,
-                        "no pool with this id in the load balancer",
-                    ));
+                match lb.pool(&l.default_pool_id) {
+                    None => {
+                        return Err(invalid(
+                            format!("{at}.default_pool_id"),
+                            &l.default_pool_id,
+                            "no pool with this id in the load balancer",
+                        ))
+                    }
+                    Some((_, pool)) if pool.protocol != l.protocol => {
+                        return Err(invalid(
+                            format!("{at}.default_pool_id"),
+                            &l.default_pool_id,
+                            format!(
+                                "a {:?} pool behind a {:?} listener: a pool's protocol is its listener's",
+                                pool.protocol, l.protocol
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
                 }
             }
             for (j, pool) in lb.pool.iter().enumerate() {
                 let at = format!("{at}.pool[{j}]");
                 check_id(format!("{at}.id"), &pool.id)?;
-                if pool.protocol != Protocol::TCP {
-                    return Err(invalid(
-                        format!("{at}.protocol"),
-                        format!("{:?}", pool.protocol),
-                        "only TCP is supported",
-                    ));
-                }
                 if pool.member.len() > lb_common::MAX_POOL_MEMBERS as usize {
                     return Err(invalid(
                         format!("{at}.member"),
@@ -802,6 +826,18 @@ impl Config {
                 }
                 if let Some(hm) = &pool.healthmonitor {
                     validate_monitor(hm, &format!("{at}.healthmonitor"), rules)?;
+                    let fits = match hm.kind {
+                        MonitorType::UDP_CONNECT => pool.protocol == Protocol::UDP,
+                        MonitorType::TLS_HELLO => pool.protocol == Protocol::TCP,
+                        MonitorType::TCP | MonitorType::HTTP | MonitorType::PING => true,
+                    };
+                    if !fits {
+                        return Err(invalid(
+                            format!("{at}.healthmonitor.type"),
+                            format!("{:?}", hm.kind).replace('_', "-"),
+                            format!("not a monitor for a {:?} pool", pool.protocol),
+                        ));
+                    }
                 }
                 if let Some(sp) = &pool.session_persistence {
                     if sp.kind != PersistenceType::SOURCE_IP {
@@ -1128,9 +1164,60 @@ mod tests {
         assert!(e.contains("port.gateway = 10.9.0.1"), "{e}");
     }
 
+    /// The seed as a DNS load balancer: its listener and pool on UDP port 53.
+    fn udp(s: &str) -> String {
+        s.replace("protocol = \"TCP\"", "protocol = \"UDP\"")
+            .replace("protocol_port = 22", "protocol_port = 53")
+    }
+
     #[test]
-    fn udp_is_refused_for_now() {
+    fn udp_listeners_and_pools_go_together() {
+        let c = with(|s| udp(s).replace("type = \"TCP\"", "type = \"UDP-CONNECT\"")).unwrap();
+        let lb = &c.loadbalancer[0];
+        assert_eq!(lb.listener[0].protocol, Protocol::UDP);
+        assert_eq!(
+            lb.pool[0].healthmonitor.as_ref().unwrap().kind,
+            MonitorType::UDP_CONNECT
+        );
+        // A UDP pool behind the TCP listener, and the other way round.
+        let e = err(|s| {
+            s.replacen("protocol = \"TCP\"", "protocol = \"UDP\"", 2)
+                .replacen("protocol = \"UDP\"", "protocol = \"TCP\"", 1)
+        });
+        assert!(
+            e.contains("listener[0].default_pool_id")
+                && e.contains("a UDP pool behind a TCP listener"),
+            "{e}"
+        );
         let e = err(|s| s.replacen("protocol = \"TCP\"", "protocol = \"UDP\"", 1));
-        assert!(e.contains("only TCP"), "{e}");
+        assert!(e.contains("a TCP pool behind a UDP listener"), "{e}");
+        // UDP-CONNECT checks UDP pools only.
+        let e = err(|s| s.replace("type = \"TCP\"", "type = \"UDP-CONNECT\""));
+        assert!(
+            e.contains("pool[0].healthmonitor.type = UDP-CONNECT")
+                && e.contains("not a monitor for a TCP pool"),
+            "{e}"
+        );
+        // A TCP and a UDP listener may share a port; two UDP listeners may not.
+        let extra = "\n[[loadbalancer.listener]]\nid = \"l2\"\nprotocol = \"UDP\"\nprotocol_port = 22\ndefault_pool_id = \"p2\"\n[[loadbalancer.pool]]\nid = \"p2\"\nprotocol = \"UDP\"\nlb_algorithm = \"ROUND_ROBIN\"\n";
+        let both = with(|s| format!("{s}{extra}")).unwrap();
+        assert_eq!(both.loadbalancer[0].listener.len(), 2);
+        let e = err(|s| format!("{}{}", udp(s), extra.replace("22", "53")));
+        assert!(
+            e.contains("listener[1].protocol_port = 53") && e.contains("another UDP listener"),
+            "{e}"
+        );
+        // UDP flows are not in the tcplog connection log.
+        let e = err(|s| {
+            format!(
+                "[daemon]\nconnection_log = \"stdout local0\"\n{}",
+                udp(s).replacen("retries = 3", "retries = 3\nconnection_log = true", 1)
+            )
+        });
+        assert!(
+            e.contains("listener[0].connection_log = true")
+                && e.contains("UDP flows are not logged"),
+            "{e}"
+        );
     }
 }

@@ -16,7 +16,7 @@
 //! flows (`cargo xtask bench`'s grid prints both numbers).
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{HashMap as StdHashMap, HashSet},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -24,8 +24,9 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    Flow, FlowKey, ListenerConf, ListenerKey, SweepReport, CLOSED_LINGER_NS, FLOW_DIR_REVERSE,
-    MAX_LISTENERS, MAX_MEMBERS,
+    Flow, FlowKey, ListenerConf, ListenerKey, MemberConf, SweepReport, CLOSED_LINGER_NS, CT_UDP,
+    FLOW_DIR_REVERSE, MAX_LISTENERS, MAX_MEMBERS, MEMBER_F_CONFIGURED, MEMBER_F_ENABLED,
+    MEMBER_F_UP,
 };
 
 use crate::{
@@ -76,6 +77,7 @@ pub struct Sweeper {
     /// CONNTRACK again, for the batch syscall's file descriptor.
     conntrack_fd: MapData,
     listeners: HashMap<MapData, ListenerKey, ListenerConf>,
+    members: Array<MapData, MemberConf>,
     report: Array<MapData, SweepReport>,
     member_live: LiveArray,
     listener_live: LiveArray,
@@ -158,6 +160,7 @@ impl Sweeper {
                 }
             })?,
             listeners: open_map(dir, "LISTENERS")?,
+            members: open_map(dir, "MEMBERS")?,
             report: open_map(dir, "SWEEP")?,
             member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
             listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
@@ -209,6 +212,25 @@ impl Sweeper {
             .iter()
             .map(|&l| self.listener_live.get(l).events)
             .collect();
+        // Members whose UDP flows end now: down, disabled, removed. A UDP flow is only a
+        // mapping (no connection to keep, as LVS's `expire_nodest_conn`): the client's next
+        // datagram opens a flow to a member that serves.
+        let all_flags = MEMBER_F_CONFIGURED | MEMBER_F_ENABLED | MEMBER_F_UP;
+        let gone: HashSet<u32> = census
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| {
+                self.members
+                    .get(&m, 0)
+                    .is_ok_and(|c| c.flags & all_flags != all_flags)
+            })
+            .chain(census.retired.iter().copied())
+            .collect();
+        let ends = Ends {
+            listeners: &listeners,
+            gone: &gone,
+        };
 
         let mut out = SweepOutcome::default();
         let mut tally = Tally::new();
@@ -247,7 +269,7 @@ impl Sweeper {
                     continue;
                 }
                 out.flows += 1;
-                if idle_past_timeout(flow, &listeners, now) {
+                if ends.now(flow, now) {
                     due.push(*key);
                 } else {
                     tally.live(flow);
@@ -255,7 +277,7 @@ impl Sweeper {
                 }
             }
             for key in &due {
-                self.expire(key, &listeners, &mut tally, &mut named, &mut out)?;
+                self.expire(key, &ends, &mut tally, &mut named, &mut out)?;
             }
             out.longest_chunk = out.longest_chunk.max(chunk_start.elapsed());
             if cursor != Cursor::Done && !pause(chunk_start.elapsed()) {
@@ -321,7 +343,7 @@ impl Sweeper {
     fn expire(
         &mut self,
         key: &FlowKey,
-        listeners: &StdHashMap<ListenerKey, ListenerConf>,
+        ends: &Ends,
         tally: &mut Tally,
         named: &mut Vec<u64>,
         out: &mut SweepOutcome,
@@ -329,7 +351,7 @@ impl Sweeper {
         let Ok(flow) = self.conntrack.get(key, 0) else {
             return Ok(()); // closed and removed by the data path meanwhile
         };
-        if !idle_past_timeout(&flow, listeners, monotonic_ns()) {
+        if !ends.now(&flow, monotonic_ns()) {
             tally.live(&flow);
             named.push(fingerprint(&flow.reverse_key()));
             return Ok(());
@@ -353,6 +375,20 @@ impl Sweeper {
             }
         }
         Ok(())
+    }
+}
+
+/// What ends a flow in a cycle: its timeouts (the listeners as the cycle read them), or, for
+/// a UDP flow, its member being `gone` (down, disabled or removed).
+struct Ends<'a> {
+    listeners: &'a StdHashMap<ListenerKey, ListenerConf>,
+    gone: &'a HashSet<u32>,
+}
+
+impl Ends<'_> {
+    fn now(&self, flow: &Flow, now_ns: u64) -> bool {
+        idle_past_timeout(flow, self.listeners, now_ns)
+            || (flow.state & CT_UDP != 0 && self.gone.contains(&flow.member))
     }
 }
 

@@ -122,16 +122,18 @@ pub fn explain(
         .plan
         .listeners
         .iter()
-        .find(|l| l.protocol_port == vip.port())
+        .find(|l| l.protocol_port == vip.port() && l.protocol == crate::config::Protocol::TCP)
     else {
         let ports: Vec<String> = state
             .plan
             .listeners
             .iter()
+            .filter(|l| l.protocol == crate::config::Protocol::TCP)
             .map(|l| l.protocol_port.to_string())
             .collect();
         bail!(
-            "load balancer {lb} has no listener on port {} (it listens on {})",
+            "load balancer {lb} has no TCP listener on port {} (lb explain follows TCP \
+             connections; its TCP listeners: {})",
             vip.port(),
             ports.join(", ")
         );

@@ -24,7 +24,9 @@ pub struct FlowRow {
     pub loadbalancer: String,
     pub listener: String,
     pub member: String,
-    /// conntrack's names: SYN_SENT (the member has not answered), SYN_RECV (it has, the
+    /// "tcp" or "udp".
+    pub protocol: &'static str,
+    /// conntrack's names (a UDP flow is ESTABLISHED from its first datagram): SYN_SENT (the member has not answered), SYN_RECV (it has, the
     /// client's ACK not seen yet), ESTABLISHED, FIN_WAIT (one side closed), TIME_WAIT (both
     /// did; lingering for the last ACK), CLOSE (reset).
     pub state: &'static str,
@@ -133,6 +135,11 @@ pub fn walk(
                     loadbalancer: st.loadbalancer.clone(),
                     listener: listener_id(f.listener),
                     member: m.map_or_else(|| format!("#{}", f.member), |m| m.id.clone()),
+                    protocol: if f.proto() == lb_common::IPPROTO_UDP {
+                        "udp"
+                    } else {
+                        "tcp"
+                    },
                     state: state_name(f),
                     client: addr(f.client_be, f.client_port_be),
                     vip: addr(f.vip_be, f.listener_port_be),

@@ -224,8 +224,12 @@ pub async fn check_tcp(
 pub async fn check(vip: Ipv4Addr, target: SocketAddrV4, monitor: &HealthMonitor) -> CheckResult {
     let start = Instant::now();
     let timeout = monitor.timeout();
-    if monitor.kind == MonitorType::PING {
-        let (status, desc) = ping(vip, *target.ip(), timeout).await;
+    if matches!(monitor.kind, MonitorType::PING | MonitorType::UDP_CONNECT) {
+        let (status, desc) = if monitor.kind == MonitorType::PING {
+            ping(vip, *target.ip(), timeout).await
+        } else {
+            udp_connect(vip, target, timeout).await
+        };
         return CheckResult {
             status,
             code: None,
@@ -240,7 +244,7 @@ pub async fn check(vip: Ipv4Addr, target: SocketAddrV4, monitor: &HealthMonitor)
             match monitor.kind {
                 MonitorType::HTTP => http(stream, target, monitor, left).await,
                 MonitorType::TLS_HELLO => tls_hello(stream, left).await,
-                MonitorType::TCP | MonitorType::PING => {
+                MonitorType::TCP | MonitorType::PING | MonitorType::UDP_CONNECT => {
                     (CheckStatus::L4OK, None, "Layer4 check passed".into())
                 }
             }
@@ -251,6 +255,43 @@ pub async fn check(vip: Ipv4Addr, target: SocketAddrV4, monitor: &HealthMonitor)
         code,
         duration: start.elapsed(),
         desc,
+    }
+}
+
+/// Octavia's UDP-CONNECT monitor (its amphora runs `nc -uz`): a datagram from the VIP to the
+/// member's port. An ICMP port unreachable (or another error the kernel reports on the
+/// connected socket) within `timeout` means down (L4CON); an answer, or silence for the
+/// whole timeout, means up (L4OK): a UDP service owes no reply.
+async fn udp_connect(
+    vip: Ipv4Addr,
+    target: SocketAddrV4,
+    timeout: Duration,
+) -> (CheckStatus, String) {
+    let sock = match tokio::net::UdpSocket::bind(SocketAddrV4::new(vip, 0)).await {
+        Ok(s) => s,
+        Err(e) => return (CheckStatus::SOCKERR, format!("bind {vip}: {e}")),
+    };
+    if let Err(e) = sock.connect(target).await {
+        return (CheckStatus::SOCKERR, format!("connect {target}: {e}"));
+    }
+    if let Err(e) = sock.send(b"lb health check\n").await {
+        return (CheckStatus::L4CON, format!("send to {target}: {e}"));
+    }
+    let mut buf = [0u8; 512];
+    match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
+        Ok(Ok(n)) => (
+            CheckStatus::L4OK,
+            format!("UDP answer of {n} bytes from {target}"),
+        ),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => (
+            CheckStatus::L4CON,
+            format!("{target}: ICMP port unreachable"),
+        ),
+        Ok(Err(e)) => (CheckStatus::L4CON, format!("{target}: {e}")),
+        Err(_) => (
+            CheckStatus::L4OK,
+            format!("no ICMP error from {target} within {timeout:?}"),
+        ),
     }
 }
 

@@ -10,12 +10,15 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Algorithm, LoadBalancer};
+use crate::config::{Algorithm, LoadBalancer, Protocol};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedListener {
     pub id: String,
     pub index: u32,
+    /// (State files written before UDP listeners existed have none: TCP.)
+    #[serde(default)]
+    pub protocol: Protocol,
     pub protocol_port: u16,
     pub pool_id: String,
     /// `allowed_cidrs` as (network address, prefix length); empty: every client.
@@ -216,7 +219,8 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
             .map(|c| crate::config::parse_cidr(c).expect("validated"))
             .collect();
         let mut flags = 0;
-        if l.connection_log == Some(true) {
+        // (UDP flows are not in the tcplog connection log.)
+        if l.connection_log == Some(true) && l.protocol == Protocol::TCP {
             flags |= LISTENER_F_LOG;
         }
         if !allowed_cidrs.is_empty() {
@@ -225,10 +229,15 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
         p.listeners.push(PlannedListener {
             id: l.id.clone(),
             index,
+            protocol: l.protocol,
             protocol_port: l.protocol_port,
             pool_id: l.default_pool_id.clone(),
             allowed_cidrs,
-            key: ListenerKey::tcp(u32::from(lb.vip_address).to_be(), l.protocol_port.to_be()),
+            key: ListenerKey::new(
+                u32::from(lb.vip_address).to_be(),
+                l.protocol_port.to_be(),
+                l.protocol.number(),
+            ),
             conf: ListenerConf {
                 index,
                 pool: pool_index,

@@ -29,6 +29,8 @@ pub struct ListenerReport {
     pub id: String,
     /// ONLINE | DEGRADED (some members in ERROR) | ERROR (no member can serve)
     pub operating_status: String,
+    #[serde(default)]
+    pub protocol: crate::config::Protocol,
     pub protocol_port: u16,
     pub pool_id: String,
     #[serde(flatten)]
@@ -40,6 +42,16 @@ pub struct ListenerReport {
     /// Connection-log events lost to a full ring buffer (the daemon fell behind).
     #[serde(default)]
     pub connection_log_lost: u64,
+}
+
+impl ListenerReport {
+    /// "/udp" after a UDP listener's name in the text reports (TCP goes without).
+    fn udp_suffix(&self) -> &'static str {
+        match self.protocol {
+            crate::config::Protocol::UDP => "/udp",
+            crate::config::Protocol::TCP => "",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -214,6 +226,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         listeners.push(ListenerReport {
             id: l.id.clone(),
             operating_status: status.into(),
+            protocol: l.protocol,
             protocol_port: l.protocol_port,
             pool_id: l.pool_id.clone(),
             counters: Counters::new(maps.listener_live.get(l.index), s),
@@ -368,7 +381,12 @@ pub fn render_watch(
         for l in &r.listeners {
             let bl = before.and_then(|b| b.listeners.iter().find(|x| x.id == l.id));
             line(
-                format!("{} :{}", &l.id[..l.id.len().min(12)], l.protocol_port),
+                format!(
+                    "{} :{}{}",
+                    &l.id[..l.id.len().min(12)],
+                    l.protocol_port,
+                    l.udp_suffix()
+                ),
                 &l.operating_status,
                 &l.counters,
                 bl.map(|x| &x.counters),
@@ -433,7 +451,7 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
             row(
                 &mut o,
                 "  ",
-                l.id.clone(),
+                format!("{}{}", l.id, l.udp_suffix()),
                 l.protocol_port,
                 &l.operating_status,
                 &l.counters,

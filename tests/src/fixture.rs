@@ -6,7 +6,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use lb::{config::Config, dataplane::Dataplane, plan::Plan};
-use lb_common::{reason, Flow, FlowKey, FLOW_DIR_FORWARD, IPPROTO_TCP};
+use lb_common::{reason, Flow, FlowKey, FLOW_DIR_FORWARD, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::*;
 
@@ -157,14 +157,23 @@ impl Env {
         self.flow_on(client_port, 22)
     }
 
-    /// The flow from CLIENT:`client_port` to VIP:`listener_port`.
+    /// The TCP flow from CLIENT:`client_port` to VIP:`listener_port`.
     pub fn flow_on(&self, client_port: u16, listener_port: u16) -> Option<Flow> {
+        self.flow_proto(client_port, listener_port, IPPROTO_TCP)
+    }
+
+    /// The UDP flow from CLIENT:`client_port` to VIP:`listener_port`.
+    pub fn flow_udp(&self, client_port: u16, listener_port: u16) -> Option<Flow> {
+        self.flow_proto(client_port, listener_port, IPPROTO_UDP)
+    }
+
+    fn flow_proto(&self, client_port: u16, listener_port: u16, proto: u8) -> Option<Flow> {
         self.dp.maps.flow(&FlowKey {
             src_be: u32::from(CLIENT).to_be(),
             dst_be: u32::from(VIP).to_be(),
             sport_be: client_port.to_be(),
             dport_be: listener_port.to_be(),
-            proto: IPPROTO_TCP,
+            proto,
             dir: FLOW_DIR_FORWARD,
             _pad: [0; 2],
         })

@@ -298,6 +298,111 @@ impl Tcp {
     }
 }
 
+/// One Ethernet/IPv4/UDP frame, built with correct checksums (or none: `no_checksum`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Udp {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub payload: Vec<u8>,
+    pub ip_id: u16,
+    pub ttl: u8,
+    /// A 0 checksum field: "none", as IPv4 allows.
+    pub no_checksum: bool,
+}
+
+impl Udp {
+    pub fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Udp {
+        Udp {
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            src,
+            dst,
+            sport,
+            dport,
+            payload: vec![],
+            ip_id: 0x2b57,
+            ttl: 64,
+            no_checksum: false,
+        }
+    }
+
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Udp {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+
+    pub fn payload(mut self, p: &[u8]) -> Udp {
+        self.payload = p.to_vec();
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut udp = vec![0u8; 8];
+        udp[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        udp[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        udp[4..6].copy_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&self.payload);
+        if !self.no_checksum {
+            let mut c = checksum::l4_ipv4(self.src.octets(), self.dst.octets(), 17, &udp);
+            if c == 0 {
+                c = 0xffff;
+            }
+            udp[6..8].copy_from_slice(&c.to_be_bytes());
+        }
+        let ip = Ipv4 {
+            src: self.src,
+            dst: self.dst,
+            proto: 17,
+            id: self.ip_id,
+            df: false,
+            ttl: self.ttl,
+        };
+        ip.frame(self.src_mac, self.dst_mac, &[], &udp)
+    }
+
+    /// Parses a frame this builder could have produced.
+    pub fn parse(f: &[u8]) -> Option<Udp> {
+        if f.len() < 42 || f[12..14] != [8, 0] || f[14] != 0x45 || f[23] != 17 {
+            return None;
+        }
+        let ip = &f[14..34];
+        let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        let udp = f.get(34..14 + tot)?;
+        let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+        if len != udp.len() {
+            return None;
+        }
+        Some(Udp {
+            dst_mac: f[0..6].try_into().unwrap(),
+            src_mac: f[6..12].try_into().unwrap(),
+            src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            sport: u16::from_be_bytes([udp[0], udp[1]]),
+            dport: u16::from_be_bytes([udp[2], udp[3]]),
+            payload: udp[8..].to_vec(),
+            ip_id: u16::from_be_bytes([ip[4], ip[5]]),
+            ttl: ip[8],
+            no_checksum: udp[6..8] == [0, 0],
+        })
+    }
+}
+
+/// The IPv4 header checksum and the UDP checksum (when it has one) of a frame verify.
+pub fn udp_checksums_ok(f: &[u8]) -> bool {
+    let ip = &f[14..34];
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let src: [u8; 4] = ip[12..16].try_into().unwrap();
+    let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+    let udp = &f[34..14 + tot];
+    checksum::ipv4_header(ip) == 0
+        && (udp[6..8] == [0, 0] || checksum::l4_ipv4(src, dst, 17, udp) == 0)
+}
+
 /// Both checksums of an Ethernet/IPv4/TCP frame verify.
 pub fn checksums_ok(f: &[u8]) -> bool {
     let ihl = ((f[14] & 0x0f) as usize) * 4;

@@ -449,7 +449,7 @@ fn explain_agrees_with_where_the_next_connection_goes() {
     let bad = lb_explain(&setup, &["10.0.0.1:45000"], 23);
     assert!(!bad.status.success());
     assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("no listener on port 23"),
+        String::from_utf8_lossy(&bad.stderr).contains("no TCP listener on port 23"),
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );

@@ -1534,3 +1534,310 @@ fn a_closed_flow_gives_its_snat_port_to_a_timestamped_syn_after_a_second() {
     );
     assert!(env.flow(40600).is_none(), "A's closed flow made way");
 }
+
+/// The seed with a DNS listener beside its ssh one: UDP port 53 on the same VIP, a UDP pool
+/// of the same two member addresses (least connections, no monitor).
+fn udp_config() -> String {
+    let seed = include_str!("../../examples/seed.toml");
+    format!(
+        "{seed}
+[[loadbalancer.listener]]
+id = \"dns\"
+protocol = \"UDP\"
+protocol_port = 53
+default_pool_id = \"dns-pool\"
+timeout_client_data = 30000
+timeout_member_data = 30000
+
+[[loadbalancer.pool]]
+id = \"dns-pool\"
+protocol = \"UDP\"
+lb_algorithm = \"LEAST_CONNECTIONS\"
+
+[[loadbalancer.pool.member]]
+id = \"dns1\"
+address = \"10.0.0.2\"
+protocol_port = 53
+
+[[loadbalancer.pool.member]]
+id = \"dns2\"
+address = \"10.0.0.4\"
+protocol_port = 53
+"
+    )
+}
+
+/// The UDP pool's member slot for `addr`.
+fn udp_member(env: &Env, addr: Ipv4Addr) -> u32 {
+    env.plan
+        .members
+        .iter()
+        .find(|m| m.address == addr && m.pool_id == "dns-pool")
+        .unwrap()
+        .index
+}
+
+/// The datagram lb should emit for client datagram `d` towards `member` from SNAT port `snat`.
+fn udp_to_member(d: &Udp, member: Ipv4Addr, snat: u16) -> Udp {
+    Udp {
+        src_mac: PORT_MAC,
+        dst_mac: mac_of(member),
+        src: VIP,
+        dst: member,
+        sport: snat,
+        ..d.clone()
+    }
+}
+
+#[test]
+fn udp_datagrams_both_ways_exact_bytes() {
+    let Some(mut env) = Env::new(&udp_config()) else {
+        return;
+    };
+    // A query: client -> VIP:53 becomes VIP:snat -> member:53 (odd payload length).
+    let q = Udp::new(CLIENT, 41000, VIP, 53)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(b"\x12\x34 a query, odd");
+    let out = env.expect(&q.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let o = Udp::parse(&out).expect("udp out");
+    let member = o.dst;
+    assert!(member == M1 || member == M2);
+    // The client's own port first, as for TCP.
+    assert_eq!(o.sport, 41000, "SNAT port");
+    assert_eq!(out, udp_to_member(&q, member, 41000).build(), "query bytes");
+    assert!(udp_checksums_ok(&out));
+    // No handshake: a connection (least connections counts it) from the first datagram.
+    let m = udp_member(&env, member);
+    assert_eq!((env.active(m), env.half_open(m)), (1, 0));
+    let st = env.dp.maps.member_stats(m).unwrap();
+    assert_eq!(
+        (st.total_connections, st.packets_in, st.bytes_in),
+        (1, 1, q.build().len() as u64 - 14)
+    );
+    let f = env.flow_udp(41000, 53).expect("a UDP forward entry");
+    assert_eq!(f.state & lb_common::CT_UDP, lb_common::CT_UDP);
+    assert!(env.flow_on(41000, 53).is_none(), "not a TCP flow");
+
+    // The same tuple again: the same flow and member, no new connection.
+    let out = env.expect(&q.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert_eq!(out, udp_to_member(&q, member, 41000).build());
+    assert_eq!(env.active(m), 1);
+    assert_eq!(env.dp.maps.member_stats(m).unwrap().total_connections, 1);
+
+    // The answer: member:53 -> VIP:snat becomes VIP:53 -> client.
+    let a = Udp::new(member, 53, VIP, 41000)
+        .macs(mac_of(member), PORT_MAC)
+        .payload(b"\x12\x34 the answer");
+    let out = env.expect(&a.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let want = Udp {
+        src_mac: PORT_MAC,
+        dst_mac: CLIENT_MAC,
+        src: VIP,
+        sport: 53,
+        dst: CLIENT,
+        dport: 41000,
+        ..a.clone()
+    };
+    assert_eq!(out, want.build(), "answer bytes");
+    assert!(udp_checksums_ok(&out));
+
+    // A datagram without a checksum (IPv4 allows it) is sent on without one.
+    let mut bare = q.clone();
+    bare.no_checksum = true;
+    let out = env.expect(&bare.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert_eq!(out, udp_to_member(&bare, member, 41000).build());
+    assert!(Udp::parse(&out).unwrap().no_checksum);
+
+    // Another client port: another flow, on the other member (least connections).
+    let q2 = Udp::new(CLIENT, 41001, VIP, 53)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(b"q2");
+    let out = env.expect(&q2.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let other = Udp::parse(&out).unwrap().dst;
+    assert_ne!(other, member, "least connections counts UDP flows");
+    assert_eq!(env.active(udp_member(&env, other)), 1);
+
+    // The TC program rewrites the same bytes, checksum or none.
+    for (port, no_checksum) in [(41002, false), (41003, true)] {
+        let mut d = Udp::new(CLIENT, port, VIP, 53)
+            .macs(CLIENT_MAC, PORT_MAC)
+            .payload(b"via tc");
+        d.no_checksum = no_checksum;
+        let (action, out) = env.run_program("lb_tc", &d.build());
+        assert_eq!(action, 7, "TC_ACT_REDIRECT");
+        let o = Udp::parse(&out).unwrap();
+        assert_eq!(out, udp_to_member(&d, o.dst, port).build(), "TC bytes");
+        assert_eq!(o.no_checksum, no_checksum);
+    }
+    // The node-side shortcut translates a known UDP flow's datagrams the same way.
+    let (action, out) = env.run_program("lb_tc_fast", &q.build());
+    assert_eq!(action, 7, "TC_ACT_REDIRECT");
+    assert_eq!(
+        out,
+        udp_to_member(&q, member, 41000).build(),
+        "fast path bytes"
+    );
+    let ls = env.dp.maps.listener_stats(1).unwrap();
+    assert_eq!(
+        (ls.total_connections, ls.packets_in, ls.packets_out),
+        (4, 7, 1)
+    );
+}
+
+#[test]
+fn udp_that_is_not_balanced_or_malformed_gets_its_verdict() {
+    let Some(mut env) = Env::new(&udp_config()) else {
+        return;
+    };
+    // UDP to the TCP listener's port: not a listener of lb's (the namespace answers).
+    let d = Udp::new(CLIENT, 41000, VIP, 22).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&d.build(), XDP_PASS, reason::PASS_NOT_BALANCED);
+    // A TCP SYN to the UDP listener's port likewise.
+    let syn = Tcp::new(CLIENT, 41000, VIP, 53, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&syn.build(), XDP_PASS, reason::PASS_NOT_BALANCED);
+    // A UDP length shorter than its header, or longer than the IPv4 packet.
+    let good = Udp::new(CLIENT, 41000, VIP, 53)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(b"abcd")
+        .build();
+    for len in [7u16, 13] {
+        let mut f = good.clone();
+        f[38..40].copy_from_slice(&len.to_be_bytes());
+        env.expect(&f, XDP_DROP, reason::DROP_BAD_L4);
+    }
+    // Truncated: the IPv4 header says 8 bytes of UDP, the frame ends after 4.
+    let mut f = good[..38].to_vec();
+    f[16..18].copy_from_slice(&24u16.to_be_bytes());
+    let c = lb_common::checksum::ipv4_header(&{
+        let mut h = f[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    env.expect(&f, XDP_DROP, reason::DROP_BAD_L4);
+    assert_eq!(env.dp.maps.flows().len(), 0, "no flow opened");
+}
+
+#[test]
+fn icmp_errors_about_udp_flows_are_translated_both_ways() {
+    let Some(mut env) = Env::new(&udp_config()) else {
+        return;
+    };
+    let q = Udp::new(CLIENT, 42000, VIP, 53)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(&[0x5a; 40]);
+    let from_client = q.build();
+    let to_member = env.expect(&from_client, XDP_TX, reason::TX_TO_MEMBER);
+    let member = Udp::parse(&to_member).unwrap().dst;
+    // The member's port is closed: its port unreachable reaches the client about the
+    // datagram the client sent (8 bytes of UDP, or all of it).
+    for embedded_len in [28, from_client.len() - 14] {
+        let unreachable = icmp_error(
+            mac_of(member),
+            PORT_MAC,
+            member,
+            VIP,
+            3,
+            3,
+            [0; 4],
+            &to_member[14..14 + embedded_len],
+        );
+        let out = env.expect(&unreachable, XDP_TX, reason::TX_ICMP_TO_CLIENT);
+        let want = icmp_error(
+            PORT_MAC,
+            CLIENT_MAC,
+            VIP,
+            CLIENT,
+            3,
+            3,
+            [0; 4],
+            &from_client[14..14 + embedded_len],
+        );
+        assert_eq!(
+            out, want,
+            "port unreachable to the client, {embedded_len} bytes embedded"
+        );
+    }
+    // The client's port is closed when the answer comes: its error reaches the member about
+    // the answer the member sent.
+    let a = Udp::new(member, 53, VIP, 42000)
+        .macs(mac_of(member), PORT_MAC)
+        .payload(b"late answer");
+    let from_member = a.build();
+    let to_client = env.expect(&from_member, XDP_TX, reason::TX_TO_CLIENT);
+    let unreachable = icmp_error(
+        CLIENT_MAC,
+        PORT_MAC,
+        CLIENT,
+        VIP,
+        3,
+        3,
+        [0; 4],
+        &to_client[14..],
+    );
+    let out = env.expect(&unreachable, XDP_TX, reason::TX_ICMP_TO_MEMBER);
+    let want = icmp_error(
+        PORT_MAC,
+        mac_of(member),
+        VIP,
+        member,
+        3,
+        3,
+        [0; 4],
+        &from_member[14..],
+    );
+    assert_eq!(out, want, "port unreachable to the member");
+}
+
+#[test]
+fn udp_flows_end_at_the_idle_timeout_or_when_their_member_goes() {
+    let Some(mut env) = Env::new(&udp_config()) else {
+        return;
+    };
+    for port in 43000..43004 {
+        let d = Udp::new(CLIENT, port, VIP, 53).macs(CLIENT_MAC, PORT_MAC);
+        env.expect(&d.build(), XDP_TX, reason::TX_TO_MEMBER);
+    }
+    let members: Vec<u32> = [M1, M2].iter().map(|&a| udp_member(&env, a)).collect();
+    let total = |env: &Env| members.iter().map(|&m| env.active(m)).sum::<i64>();
+    assert_eq!(total(&env), 4);
+    // A TCP connection to M1 (the ssh pool's M2 down while it opens).
+    env.set_member_flags(M2, |f| f & !MEMBER_F_UP);
+    assert_eq!(env.connect(43100).0, M1);
+    env.set_member_flags(M2, |f| f | MEMBER_F_UP);
+    let tcp_m1 = env.member_index(M1);
+    let census: Vec<u32> = members.iter().copied().chain([tcp_m1]).collect();
+    // Within the timeout: kept and counted.
+    let r = env.dp.sweep(&census, &[0, 1], &[]).unwrap();
+    assert_eq!((r.flows, r.expired, r.corrected), (5, 0, 0));
+    // M1 goes down (in both pools): its UDP flows end at the next cycle (the client's next
+    // datagram opens a flow to M2); its TCP connection carries on.
+    env.set_member_flags(M1, |f| f & !MEMBER_F_UP);
+    let m1 = udp_member(&env, M1);
+    let mut c = env.dp.maps.member(m1).unwrap();
+    c.flags &= !MEMBER_F_UP;
+    env.dp.maps.set_member(m1, c).unwrap();
+    let r = env.dp.sweep(&census, &[0, 1], &[]).unwrap();
+    assert_eq!((r.flows, r.expired), (5, 2));
+    assert_eq!((env.active(m1), env.active(udp_member(&env, M2))), (0, 2));
+    assert!(env.flow(43100).is_some(), "the TCP flow to M1 stays");
+    assert_eq!(env.active(tcp_m1), 1);
+    let d = Udp::new(CLIENT, 43000, VIP, 53).macs(CLIENT_MAC, PORT_MAC);
+    let out = env.expect(&d.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert_eq!(Udp::parse(&out).unwrap().dst, M2);
+    // Idle past the timeout: gone, both entries, and no longer counted.
+    let mut l = env.plan.listeners[1].clone();
+    l.conf.timeout_data_ns = 1_000_000;
+    env.dp.maps.set_listener(l.key, l.conf).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let r = env.dp.sweep(&census, &[0, 1], &[]).unwrap();
+    assert_eq!((r.flows, r.expired), (4, 3));
+    assert_eq!(total(&env), 0);
+    assert_eq!(env.dp.maps.listener_live.get(1).active, 0);
+    assert_eq!(
+        env.dp.maps.flows().len(),
+        2,
+        "only the TCP flow's two entries"
+    );
+}

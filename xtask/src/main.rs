@@ -27,6 +27,9 @@ const TEST_PACKAGES: &[&str] = &[
     "hping3",
     // promtool, which checks the metrics endpoint's output
     "prometheus",
+    // DNS through a UDP listener: dnsmasq members (the binary alone, no service), dig
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 /// What the benchmark drives and compares against, besides the test packages.
 const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "iperf3", "nftables"];

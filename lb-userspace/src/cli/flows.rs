@@ -23,7 +23,8 @@ pub fn run(args: FlowsArgs) -> anyhow::Result<()> {
         } else {
             writeln!(
                 out,
-                "tcp {:<11} src={} dst={} member={} snat={} age={:.0}s idle={:.0}s{} lb={} listener={} member_id={}",
+                "{} {:<11} src={} dst={} member={} snat={} age={:.0}s idle={:.0}s{} lb={} listener={} member_id={}",
+                r.protocol,
                 r.state,
                 r.client,
                 r.vip,
