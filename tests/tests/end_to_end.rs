@@ -600,6 +600,93 @@ fn member_behind_the_gateway() {
     assert!(daemon.stop().unwrap().success());
 }
 
+/// Path MTU discovery through the VIP: a member two routers away behind a 1000-byte link,
+/// both ends with 1500-byte links (so neither's MSS knows of it). The client's 1500-byte
+/// segments reach the first router, whose "fragmentation needed" goes to the VIP about the
+/// packet lb sent; lb translates it back into one about the client's own packet, from the
+/// VIP, and the client sends smaller segments. Without it the connection stalls.
+#[test]
+fn fragmentation_needed_reaches_the_client_through_the_vip() {
+    use std::io::{Read, Write};
+    const FAR: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 5);
+    let Some(setup) = Setup::new(
+        |t| {
+            t.replace(
+                "bridge = \"br-int\"",
+                "bridge = \"br-int\"\ngateway = \"10.0.0.1\"",
+            )
+            // 10.0.0.2 drains (weight 0): every connection goes to the far member.
+            .replacen("weight = 1", "weight = 0", 1)
+            .replace("\"10.0.0.4\"", "\"10.2.0.5\"")
+        },
+        &[M1],
+    ) else {
+        return;
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
+    // client (router 1, 10.1.0.1) =1000= mid (router 2, 10.1.0.2 / 10.2.0.1) =1500= far.
+    let mid = integration_tests::Netns::new("r");
+    let far = integration_tests::Netns::new("f");
+    topo.client.ip(&format!(
+        "link add far0 mtu 1000 type veth peer name eth0 netns {}",
+        mid.name
+    ));
+    topo.client.ip("addr add 10.1.0.1/24 dev far0");
+    topo.client.ip("link set far0 up");
+    topo.client.ip("route add 10.2.0.0/24 via 10.1.0.2");
+    topo.client.exec("sysctl -qw net.ipv4.ip_forward=1");
+    mid.ip("link set eth0 mtu 1000");
+    mid.ip("addr add 10.1.0.2/24 dev eth0");
+    mid.ip("link set eth0 up");
+    mid.ip("route add default via 10.1.0.1");
+    mid.ip(&format!(
+        "link add eth1 type veth peer name eth0 netns {}",
+        far.name
+    ));
+    mid.ip("addr add 10.2.0.1/24 dev eth1");
+    mid.ip("link set eth1 up");
+    mid.exec("sysctl -qw net.ipv4.ip_forward=1");
+    far.ip("addr add 10.2.0.5/24 dev eth0");
+    far.ip("link set eth0 up");
+    far.ip("route add default via 10.2.0.1");
+    let _server = Server::start(&far.name, FAR, 22);
+    let mut daemon = setup.start(&[]);
+    wait_for("the far member ONLINE", Duration::from_secs(15), || {
+        (member(&stats(bin, &cfg.state_dir), FAR)["operating_status"] == "ONLINE").then_some(())
+    });
+
+    let mut c = connect(&topo.client.name, VIP, 22)
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", daemon.log_text()));
+    assert_eq!(c.member(), FAR);
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut back = vec![0u8; data.len()];
+    std::thread::scope(|s| {
+        let mut w = c.stream.try_clone().unwrap();
+        let d = &data;
+        s.spawn(move || w.write_all(d).expect("send 64 KiB"));
+        c.stream
+            .read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("64 KiB echoed through a 1000-byte link: {e}"));
+    });
+    assert!(back == data, "echo differs");
+    let s = stats(bin, &cfg.state_dir);
+    let icmp = s[0]["verdicts"]["tx_icmp_to_client"].as_u64().unwrap_or(0);
+    assert!(
+        icmp >= 1,
+        "fragmentation needed translated: {}",
+        s[0]["verdicts"]
+    );
+    let route = topo.client.ip("route get 10.0.0.250");
+    assert!(
+        route.contains("mtu 1000"),
+        "the client learnt the path MTU: {route}"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
+
 /// Hosts with their default offloads (every topology here) send CHECKSUM_PARTIAL and TSO/GSO
 /// segments. For XDP, lb turns TX checksum offload off on the outer end of its port, so what
 /// crosses into the namespace carries complete checksums (native XDP times out without it);
