@@ -46,6 +46,17 @@ pub const SNAT_TRIES: u32 = 32;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+/// An address as map keys and values hold it: IPv4 as a `u32` whose bytes are the wire's
+/// (network byte order), IPv6 as its 16 bytes. The types that carry addresses are generic
+/// over it (`FlowG`, `FlowKeyG`, `ListenerKeyG`, `AllowedDataG`); the IPv4 ones keep their
+/// names (`Flow`, `FlowKey`, ...), the IPv6 ones end in 6, in maps of their own.
+pub trait Address:
+    Copy + Default + PartialEq + Eq + core::hash::Hash + core::fmt::Debug + 'static
+{
+}
+impl Address for u32 {}
+impl Address for [u8; 16] {}
+
 /// `MemberConf::flags` bits.
 pub const MEMBER_F_CONFIGURED: u32 = 1 << 0;
 /// admin_state_up
@@ -211,29 +222,32 @@ pub mod reason {
     ];
 }
 
-/// `LISTENERS` key: a VIP, port and protocol.
+/// `LISTENERS` (`LISTENERS6`) key: a VIP, port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ListenerKey {
-    pub vip_be: u32,
+pub struct ListenerKeyG<A> {
+    pub vip_be: A,
     pub port_be: u16,
     pub proto: u8,
     pub _pad: u8,
 }
+pub type ListenerKey = ListenerKeyG<u32>;
+pub type ListenerKey6 = ListenerKeyG<[u8; 16]>;
 assert_size!(ListenerKey, 8);
+assert_size!(ListenerKey6, 20);
 
-impl ListenerKey {
+impl<A: Address> ListenerKeyG<A> {
     /// The TCP listener at `vip_be`:`port_be` (network byte order).
     #[inline(always)]
-    pub const fn tcp(vip_be: u32, port_be: u16) -> ListenerKey {
-        ListenerKey::new(vip_be, port_be, IPPROTO_TCP)
+    pub const fn tcp(vip_be: A, port_be: u16) -> Self {
+        Self::new(vip_be, port_be, IPPROTO_TCP)
     }
 
     /// The listener of protocol `proto` (`IPPROTO_TCP` or `IPPROTO_UDP`) at
     /// `vip_be`:`port_be`.
     #[inline(always)]
-    pub const fn new(vip_be: u32, port_be: u16, proto: u8) -> ListenerKey {
-        ListenerKey {
+    pub const fn new(vip_be: A, port_be: u16, proto: u8) -> Self {
+        ListenerKeyG {
             vip_be,
             port_be,
             proto,
@@ -303,11 +317,15 @@ pub const LISTENER_F_ALLOWED_CIDRS: u32 = 1 << 2;
 /// of `32 + n` bits is "listener `listener`, addresses in `addr`/n".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AllowedData {
+pub struct AllowedDataG<A> {
     pub listener_be: u32,
-    pub addr_be: u32,
+    pub addr_be: A,
 }
+pub type AllowedData = AllowedDataG<u32>;
+/// `ALLOWED6` key data: the same with an IPv6 address (prefix `32 + n` of 160 bits).
+pub type AllowedData6 = AllowedDataG<[u8; 16]>;
 assert_size!(AllowedData, 8);
+assert_size!(AllowedData6, 20);
 
 /// Prefixes of `allowed_cidrs` per load balancer, all listeners together.
 pub const MAX_ALLOWED_CIDRS: u32 = 4096;
@@ -502,9 +520,9 @@ pub const MEMBER_DROP_REASONS: [u32; 4] = [
 /// Forward entries: client -> VIP:listener port. Reverse entries: member -> VIP:snat port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub src_be: u32,
-    pub dst_be: u32,
+pub struct FlowKeyG<A> {
+    pub src_be: A,
+    pub dst_be: A,
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
@@ -512,7 +530,10 @@ pub struct FlowKey {
     pub dir: u8,
     pub _pad: [u8; 2],
 }
+pub type FlowKey = FlowKeyG<u32>;
+pub type FlowKey6 = FlowKeyG<[u8; 16]>;
 assert_size!(FlowKey, 16);
+assert_size!(FlowKey6, 40);
 
 pub const FLOW_DIR_FORWARD: u8 = 0;
 pub const FLOW_DIR_REVERSE: u8 = 1;
@@ -521,19 +542,19 @@ pub const FLOW_DIR_REVERSE: u8 = 1;
 /// authority for state, timestamps, windows and counting.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Flow {
+pub struct FlowG<A> {
     /// The flow's first SYN (CLOCK_MONOTONIC ns, as `bpf_ktime_get_ns`).
     pub created_ns: u64,
     pub last_seen_ns: u64,
     /// `CT_*` bits (see there: changed atomically).
     pub state: u64,
-    pub client_be: u32,
-    pub member_be: u32,
+    pub client_be: A,
+    pub member_be: A,
     pub client_port_be: u16,
     pub listener_port_be: u16,
     pub member_port_be: u16,
     pub snat_port_be: u16,
-    pub vip_be: u32,
+    pub vip_be: A,
     /// Index into `MEMBERS` (`pool * MAX_POOL_MEMBERS + slot`).
     pub member: u32,
     pub listener: u32,
@@ -577,9 +598,12 @@ pub struct Flow {
     /// connect timeout by moving `created_ns`; the accept time stays).
     pub accept_ms: u32,
 }
+pub type Flow = FlowG<u32>;
+pub type Flow6 = FlowG<[u8; 16]>;
 assert_size!(Flow, 112);
+assert_size!(Flow6, 152);
 
-impl Flow {
+impl<A: Address> FlowG<A> {
     /// Whether this forward entry is past its state's time at `now`: a closed flow lingers
     /// `CLOSED_LINGER_NS` after its last packet; a handshake gets `connect_ns` from its SYN
     /// (a member retransmitting its SYN-ACK to a spoofed source keeps it no longer); a
@@ -627,8 +651,8 @@ impl Flow {
     }
 
     /// The forward key of this flow.
-    pub fn forward_key(&self) -> FlowKey {
-        FlowKey {
+    pub fn forward_key(&self) -> FlowKeyG<A> {
+        FlowKeyG {
             src_be: self.client_be,
             dst_be: self.vip_be,
             sport_be: self.client_port_be,
@@ -640,13 +664,13 @@ impl Flow {
     }
 
     /// The listener a forward entry's flow came in on.
-    pub fn listener_key(&self) -> ListenerKey {
-        ListenerKey::new(self.vip_be, self.listener_port_be, self.proto())
+    pub fn listener_key(&self) -> ListenerKeyG<A> {
+        ListenerKeyG::new(self.vip_be, self.listener_port_be, self.proto())
     }
 
     /// The reverse key of this flow (what the member's replies carry).
-    pub fn reverse_key(&self) -> FlowKey {
-        FlowKey {
+    pub fn reverse_key(&self) -> FlowKeyG<A> {
+        FlowKeyG {
             src_be: self.member_be,
             dst_be: self.vip_be,
             sport_be: self.member_port_be,
@@ -662,6 +686,7 @@ impl Flow {
 mod pod {
     use super::*;
     unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for ListenerKey6 {}
     unsafe impl aya::Pod for ListenerConf {}
     unsafe impl aya::Pod for PoolConf {}
     unsafe impl aya::Pod for MemberConf {}
@@ -669,8 +694,11 @@ mod pod {
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for Flow6 {}
     unsafe impl aya::Pod for ConnEvent {}
     unsafe impl aya::Pod for AllowedData {}
+    unsafe impl aya::Pod for AllowedData6 {}
     unsafe impl aya::Pod for SweepReport {}
     unsafe impl aya::Pod for PortConf {}
     unsafe impl aya::Pod for StickyKey {}

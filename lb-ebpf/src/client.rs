@@ -9,15 +9,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    reason, select, AllowedData, Flow, FlowKey, ListenerConf, CT_COOKIE, CT_COUNTED,
-    CT_ESTABLISHED, CT_HALF_OPEN, CT_LOG, CT_REFUSED, CT_SYN, CT_SYNACK, CT_UDP, FLOW_DIR_FORWARD,
+    reason, select, FlowG, FlowKeyG, ListenerConf, CT_COOKIE, CT_COUNTED, CT_ESTABLISHED,
+    CT_HALF_OPEN, CT_LOG, CT_REFUSED, CT_SYN, CT_SYNACK, CT_UDP, FLOW_DIR_FORWARD,
     FLOW_DIR_REVERSE, LISTENER_F_ALLOWED_CIDRS, LISTENER_F_DRAIN, LISTENER_F_LOG,
 };
 
 use crate::{
     balance::{client_of, decode, open_connections, pick_member, pick_other, stick},
     conntrack::{count_half_open, count_open, note_failure, track, uncount, unhalf},
-    cookie,
+    family::{Family, V4},
     maps::*,
     member::from_member,
     nat::{bind_member, shift, EEXIST},
@@ -27,22 +27,26 @@ use crate::{
 };
 
 #[inline(always)]
-pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerConf) -> Verdict {
+pub(crate) fn from_client<C: Frame, F: Family>(
+    ctx: &C,
+    pkt: &Packet<F::A>,
+    listener: &ListenerConf,
+) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     let fkey = pkt.flow_key(FLOW_DIR_FORWARD);
     let udp = pkt.udp;
     let is_syn = !udp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut opened = false;
 
-    let flow_ptr = match CONNTRACK.get_ptr_mut(fkey) {
+    let flow_ptr = match F::conntrack().get_ptr_mut(fkey) {
         Some(f) if is_syn && unsafe { (*f).is_closed() } => {
             // The client reuses the tuple of a closed connection: start over.
             unsafe {
                 uncount(f);
                 unhalf(f);
-                let _ = CONNTRACK.remove((*f).reverse_key());
+                let _ = F::conntrack().remove((*f).reverse_key());
             }
-            let _ = CONNTRACK.remove(fkey);
+            let _ = F::conntrack().remove(fkey);
             None
         }
         other => other,
@@ -57,12 +61,12 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
                 let pure = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
                     && pkt.ip_len as usize == 20 + pkt.doff;
                 if pure {
-                    return cookie::member_syn(ctx, pkt, f);
+                    return F::member_syn(ctx, pkt, f);
                 }
                 return verdict(xdp_action::XDP_DROP, reason::DROP_COOKIE_WAIT);
             }
             if is_syn && state & CT_SYNACK == 0 {
-                if let Err(r) = maybe_redispatch(ctx, pkt, listener, f) {
+                if let Err(r) = maybe_redispatch::<C, F>(ctx, pkt, listener, f) {
                     return verdict(xdp_action::XDP_DROP, r);
                 }
             }
@@ -72,7 +76,7 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
             // A client outside the listener's allowed prefixes gets nothing: no flow, no
             // cookie, and not the namespace's RST either.
             if listener.flags & LISTENER_F_ALLOWED_CIDRS != 0
-                && allowed(listener.index, pkt.src_be) == 0
+                && F::allowed(listener.index, pkt.src_be) == 0
             {
                 return verdict(xdp_action::XDP_DROP, reason::DROP_NOT_ALLOWED);
             }
@@ -83,26 +87,26 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
             }
             if udp {
                 opened = true;
-                match open_flow(ctx, pkt, listener, &fkey, now, false) {
+                match open_flow::<C, F>(ctx, pkt, listener, &fkey, now, false) {
                     Ok(f) => f,
                     Err(r) => return verdict(xdp_action::XDP_DROP, r),
                 }
             } else if !is_syn {
                 // An ACK with a SYN cookie lb sent opens its flow now.
-                if !cookie::valid_ack(pkt, listener, now) {
+                if !F::valid_ack(pkt, listener, now) {
                     return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
                 }
-                return match open_flow(ctx, pkt, listener, &fkey, now, true) {
-                    Ok(f) => cookie::member_syn(ctx, pkt, f),
-                    Err(r) => cookie::reset(ctx, pkt, listener, r),
+                return match open_flow::<C, F>(ctx, pkt, listener, &fkey, now, true) {
+                    Ok(f) => F::member_syn(ctx, pkt, f),
+                    Err(r) => F::reset(ctx, pkt, listener, r),
                 };
             } else {
-                if cookie::flooded(listener, now) {
-                    if let Some(v) = cookie::answer_syn(ctx, pkt) {
+                if crate::cookie::flooded(listener, now) {
+                    if let Some(v) = F::answer_syn(ctx, pkt) {
                         return v;
                     }
                 }
-                match open_flow(ctx, pkt, listener, &fkey, now, false) {
+                match open_flow::<C, F>(ctx, pkt, listener, &fkey, now, false) {
                     Ok(f) => f,
                     Err(r) => return verdict(xdp_action::XDP_DROP, r),
                 }
@@ -110,23 +114,7 @@ pub(crate) fn from_client<C: Frame>(ctx: &C, pkt: &Packet, listener: &ListenerCo
         }
     };
 
-    forward(ctx, pkt, flow_ptr, now, opened)
-}
-
-/// 1 if `client_be` falls in one of listener `listener`'s allowed prefixes, else 0. A
-/// subprogram: its key and the lookup's pointer stay in its own frame, so the verifier's
-/// states after the check are the same with and without it (inlined, the rest of the new
-/// flow's path was verified twice: 250k -> 468k instructions).
-#[inline(never)]
-fn allowed(listener: u32, client_be: u32) -> u64 {
-    let key = aya_ebpf::maps::lpm_trie::Key::new(
-        64,
-        AllowedData {
-            listener_be: listener.to_be(),
-            addr_be: client_be,
-        },
-    );
-    ALLOWED.get(&key).is_some() as u64
+    forward::<C, F>(ctx, pkt, flow_ptr, now, opened)
 }
 
 /// A new flow for a client's SYN: connection limit, member choice, MAC and SNAT port, the
@@ -134,14 +122,14 @@ fn allowed(listener: u32, client_be: u32) -> u64 {
 /// the member's SYN-ACK). The same SYN handled by another CPU at the same moment may have
 /// inserted the flow first: then that flow.
 #[inline(always)]
-pub(crate) fn open_flow<C: Frame>(
+pub(crate) fn open_flow<C: Frame, F: Family>(
     ctx: &C,
-    pkt: &Packet,
+    pkt: &Packet<F::A>,
     listener: &ListenerConf,
-    fkey: &FlowKey,
+    fkey: &FlowKeyG<F::A>,
     now: u64,
     by_cookie: bool,
-) -> Result<*mut Flow, u32> {
+) -> Result<*mut FlowG<F::A>, u32> {
     if listener.connection_limit != 0 {
         if let Some(l) = LISTENER_LIVE.get(listener.index) {
             if l.active >= listener.connection_limit as i64 {
@@ -152,10 +140,10 @@ pub(crate) fn open_flow<C: Frame>(
     if listener.total_limit != 0 && open_connections() >= listener.total_limit as i64 {
         return Err(reason::DROP_CONN_LIMIT);
     }
-    let idx = decode(pick_member(listener, client_of(pkt), now))?;
+    let idx = decode(pick_member(listener, client_of::<F>(pkt), now))?;
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;
-    let flow: &mut Flow = unsafe { &mut (*scratch).flow };
-    *flow = Flow::default();
+    let flow = unsafe { &mut *F::scratch_flow(scratch) };
+    *flow = FlowG::default();
     flow.created_ns = now;
     flow.last_seen_ns = now;
     flow.client_be = pkt.src_be;
@@ -196,25 +184,25 @@ pub(crate) fn open_flow<C: Frame>(
     // A member that cannot be sent to (no neighbour, no route, no SNAT port) costs this
     // SYN nothing: another member takes it at once.
     let mut idx = idx;
-    if let Err(why) = decode(bind_member(ctx, flow, idx, pkt.ip_len, listener)) {
+    if let Err(why) = decode(bind_member::<C, F>(ctx, flow, idx, pkt.ip_len, listener)) {
         note_failure(idx);
-        idx = match decode(pick_other(listener, client_of(pkt), idx)) {
+        idx = match decode(pick_other(listener, client_of::<F>(pkt), idx)) {
             Ok(other) if other != idx => other,
             _ => return Err(why),
         };
-        decode(bind_member(ctx, flow, idx, pkt.ip_len, listener))?;
+        decode(bind_member::<C, F>(ctx, flow, idx, pkt.ip_len, listener))?;
     }
-    if let Err(e) = CONNTRACK.insert(fkey, &*flow, BPF_NOEXIST as u64) {
-        let _ = CONNTRACK.remove(flow.reverse_key());
+    if let Err(e) = F::conntrack().insert(fkey, &*flow, BPF_NOEXIST as u64) {
+        let _ = F::conntrack().remove(flow.reverse_key());
         if e == -EEXIST {
             // Another CPU opened this flow from the same SYN a moment ago.
-            if let Some(f) = CONNTRACK.get_ptr_mut(fkey) {
+            if let Some(f) = F::conntrack().get_ptr_mut(fkey) {
                 return Ok(f);
             }
         }
         return Err(reason::DROP_CT_FULL);
     }
-    let Some(f) = CONNTRACK.get_ptr_mut(fkey) else {
+    let Some(f) = F::conntrack().get_ptr_mut(fkey) else {
         return Err(reason::DROP_CT_FULL);
     };
     if pkt.udp {
@@ -222,7 +210,7 @@ pub(crate) fn open_flow<C: Frame>(
     } else {
         count_half_open(idx, listener.index);
     }
-    stick(listener, pkt.src_be, idx, now);
+    stick(listener, F::hash(pkt.src_be), idx, now);
     Ok(f)
 }
 
@@ -230,14 +218,14 @@ pub(crate) fn open_flow<C: Frame>(
 /// completes the handshake (or the datagram that `opened` a UDP flow) counts the connection
 /// in the traffic counters' totals.
 #[inline(always)]
-pub(crate) fn forward<C: Frame>(
+pub(crate) fn forward<C: Frame, F: Family>(
     ctx: &C,
-    pkt: &Packet,
-    flow_ptr: *mut Flow,
+    pkt: &Packet<F::A>,
+    flow_ptr: *mut FlowG<F::A>,
     now: u64,
     opened: bool,
 ) -> Verdict {
-    let new_conn = track(flow_ptr, pkt, true, now, None) || opened;
+    let new_conn = track::<F>(flow_ptr, pkt, true, now, None) || opened;
     let flow = unsafe { &*flow_ptr };
     add_stats(
         flow.member,
@@ -284,25 +272,25 @@ pub(crate) fn fast_path(ctx: &TcContext) -> Option<Verdict> {
     if LISTENERS.get_ptr(pkt.listener_key()).is_some() {
         let f = CONNTRACK.get_ptr_mut(pkt.flow_key(FLOW_DIR_FORWARD))?;
         let now = unsafe { bpf_ktime_get_ns() };
-        return Some(forward(ctx, &pkt, f, now, false));
+        return Some(forward::<TcContext, V4>(ctx, &pkt, f, now, false));
     }
     let rflow = unsafe { *CONNTRACK.get_ptr(pkt.flow_key(FLOW_DIR_REVERSE))? };
-    Some(from_member(ctx, &pkt, &rflow))
+    Some(from_member::<TcContext, V4>(ctx, &pkt, &rflow))
 }
 
 /// A retransmitted SYN of a flow whose member has not answered: HAProxy's `retries` +
 /// `option redispatch`. Moves the flow to another member when its member is no longer
 /// available, or after `retries` retransmissions, or once the connect timeout has passed.
 #[inline(always)]
-pub(crate) fn maybe_redispatch<C: Frame>(
+pub(crate) fn maybe_redispatch<C: Frame, F: Family>(
     ctx: &C,
-    pkt: &Packet,
+    pkt: &Packet<F::A>,
     listener: &ListenerConf,
-    f: *mut Flow,
+    f: *mut FlowG<F::A>,
 ) -> Result<(), u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(reason::DROP_CT_FULL)?;
-    let flow: &mut Flow = unsafe { &mut (*scratch).flow };
+    let flow = unsafe { &mut *F::scratch_flow(scratch) };
     *flow = unsafe { *f };
     // Retransmissions in the low nibble, redispatches in the high one.
     let (tries, moves) = (flow.syn_retries & 0x0f, flow.syn_retries >> 4);
@@ -328,7 +316,7 @@ pub(crate) fn maybe_redispatch<C: Frame>(
         // Passive health: the member left this SYN unanswered.
         note_failure(flow.member);
     }
-    let idx = decode(pick_other(listener, client_of(pkt), flow.member))?;
+    let idx = decode(pick_other(listener, client_of::<F>(pkt), flow.member))?;
     if idx == flow.member {
         unsafe { (*f).syn_retries = flow.syn_retries };
         return Ok(());
@@ -340,15 +328,15 @@ pub(crate) fn maybe_redispatch<C: Frame>(
     flow.accept_ms = flow.accept_ms.wrapping_add(moved_ms);
     flow.created_ns = now;
     flow.syn_retries = (if moves < 0x0f { moves + 1 } else { moves }) << 4;
-    decode(bind_member(ctx, flow, idx, pkt.ip_len, listener))?;
-    let _ = CONNTRACK.remove(old_rkey);
+    decode(bind_member::<C, F>(ctx, flow, idx, pkt.ip_len, listener))?;
+    let _ = F::conntrack().remove(old_rkey);
     // Still a handshake: it moves to the new member.
     unhalf(f);
     flow.state = (flow.state & !CT_REFUSED) | CT_HALF_OPEN;
     unsafe { *f = *flow };
     count_half_open(idx, listener.index);
     // The client sticks to the member that answers now (haproxy's redispatch does so too).
-    stick(listener, pkt.src_be, idx, now);
+    stick(listener, F::hash(pkt.src_be), idx, now);
     if let Some(s) = MEMBER_STATS.get_ptr_mut(old_member) {
         unsafe { (*s).redispatches += 1 };
     }

@@ -7,11 +7,12 @@
 use core::intrinsics::{atomic_and, atomic_or, atomic_xadd, AtomicOrdering};
 
 use lb_common::{
-    closed, Flow, Live, CT_COUNTED, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_HALF_OPEN,
-    CT_LOG, CT_RST, CT_RST_MEMBER, CT_SYNACK,
+    closed, Address, FlowG, Live, CT_COUNTED, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER,
+    CT_HALF_OPEN, CT_LOG, CT_RST, CT_RST_MEMBER, CT_SYNACK,
 };
 
 use crate::{
+    family::Family,
     maps::*,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -84,7 +85,7 @@ impl Gauge {
     /// Takes `flow` out of this count: exactly once, whichever CPU gets here first (only the
     /// caller whose atomic fetch-and cleared the bit decrements).
     #[inline(always)]
-    fn release(self, flow: *mut Flow) {
+    fn release<A: Address>(self, flow: *mut FlowG<A>) {
         let bit = self.bit();
         unsafe {
             if (*flow).state & bit == 0 {
@@ -107,7 +108,7 @@ pub(crate) fn count_half_open(member: u32, listener: u32) {
 /// Stops counting a flow as a handshake (established, closed, or moved by a redispatch):
 /// exactly once.
 #[inline(always)]
-pub(crate) fn unhalf(flow: *mut Flow) {
+pub(crate) fn unhalf<A: Address>(flow: *mut FlowG<A>) {
     Gauge::HalfOpen.release(flow);
 }
 
@@ -141,7 +142,7 @@ pub(crate) fn count_open(member: u32, listener: u32) {
 /// Stops counting a flow (closed, or moved away by a redispatch): exactly once, whichever
 /// CPU gets here first.
 #[inline(always)]
-pub(crate) fn uncount(flow: *mut Flow) {
+pub(crate) fn uncount<A: Address>(flow: *mut FlowG<A>) {
     Gauge::Active.release(flow);
 }
 
@@ -149,7 +150,7 @@ pub(crate) fn uncount(flow: *mut Flow) {
 /// =< SEG.SEQ < RCV.NXT + RCV.WND; one exact number while the window is 0 or not known). A
 /// member refusing the SYN answers RST+ACK acknowledging it: acceptable when its ACK does.
 #[inline(always)]
-fn rst_in_window(f: &Flow, pkt: &Packet, from_client: bool) -> bool {
+fn rst_in_window<A: Address>(f: &FlowG<A>, pkt: &Packet<A>, from_client: bool) -> bool {
     let (seq, next, win) = if from_client {
         (pkt.seq, f.member_ack, f.member_win)
     } else {
@@ -170,7 +171,12 @@ fn rst_in_window(f: &Flow, pkt: &Packet, from_client: bool) -> bool {
 /// side that sent it), and for the member's SYN-ACK, the number the client will acknowledge
 /// next and the window scaling both sides agreed on.
 #[inline(always)]
-fn note_window(f: &mut Flow, pkt: &Packet, from_client: bool, wscale: Option<u8>) {
+fn note_window<A: Address>(
+    f: &mut FlowG<A>,
+    pkt: &Packet<A>,
+    from_client: bool,
+    wscale: Option<u8>,
+) {
     let syn = pkt.tcp_flags & TCP_SYN != 0;
     if from_client {
         if pkt.tcp_flags & TCP_ACK != 0 && !syn {
@@ -207,7 +213,7 @@ fn note_window(f: &mut Flow, pkt: &Packet, from_client: bool, wscale: Option<u8>
 /// that is no connection: its `CT_COUNTED` is taken back (the closing side found nothing to
 /// uncount). Returns whether this call counted it.
 #[inline(always)]
-pub(crate) fn establish(flow: *mut Flow) -> bool {
+pub(crate) fn establish<A: Address>(flow: *mut FlowG<A>) -> bool {
     let before = unsafe { fetch_or(&raw mut (*flow).state, CT_ESTABLISHED | CT_COUNTED) };
     if before & CT_ESTABLISHED != 0 {
         return false;
@@ -228,9 +234,9 @@ pub(crate) fn establish(flow: *mut Flow) -> bool {
 /// scale option of a member's SYN-ACK. Returns whether this segment established the
 /// connection (exactly one segment per flow does).
 #[inline(always)]
-pub(crate) fn track(
-    flow: *mut Flow,
-    pkt: &Packet,
+pub(crate) fn track<F: Family>(
+    flow: *mut FlowG<F::A>,
+    pkt: &Packet<F::A>,
     from_client: bool,
     now: u64,
     wscale: Option<u8>,
@@ -277,7 +283,7 @@ pub(crate) fn track(
             uncount(flow);
             unhalf(flow);
             if before & CT_LOG != 0 && !closed(before) {
-                crate::connlog::ended(flow, before | bits, now);
+                F::ended(flow, before | bits, now);
             }
         }
     }

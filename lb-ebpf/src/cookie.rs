@@ -207,7 +207,7 @@ pub(crate) fn member_synack<C: Frame>(ctx: &C, pkt: &Packet, f: *mut Flow, now: 
         let w = fl.client_win;
         (first, if first && w <= 65535 { w as u16 } else { 65535 })
     };
-    track(f, pkt, false, now, None);
+    track::<crate::family::V4>(f, pkt, false, now, None);
     note_answer(unsafe { (*f).member });
     let flow = unsafe { &*f };
     let new_conn = first && establish(f);

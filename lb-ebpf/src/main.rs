@@ -14,6 +14,7 @@ mod client;
 mod connlog;
 mod conntrack;
 mod cookie;
+mod family;
 mod icmp;
 mod maps;
 mod member;
@@ -27,9 +28,10 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use family::{Family, V4};
 use lb_common::{reason, FLOW_DIR_REVERSE};
 use maps::*;
-use parse::Frame;
+use parse::{Frame, Packet};
 
 use client::{fast_path, from_client};
 use member::from_member;
@@ -123,19 +125,25 @@ pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn process<C: Frame>(ctx: &C) -> Verdict {
-    let pkt = match parse::parse(ctx) {
-        Ok(parse::Parsed::L4(p)) if for_port(&p.dst_mac) => p,
+    match parse::parse(ctx) {
+        Ok(parse::Parsed::L4(p)) if for_port(&p.dst_mac) => balance::<C, V4>(ctx, &p),
         Ok(parse::Parsed::IcmpError(e)) if for_port(unsafe { &(*e.eth).dst_addr }) => {
-            return icmp::to_end(ctx, &e)
+            icmp::to_end(ctx, &e)
         }
-        Ok(_) => return verdict(xdp_action::XDP_PASS, reason::PASS_NOT_FOR_PORT),
-        Err(v) => return verdict(v.0, v.1),
-    };
-    if let Some(listener) = unsafe { LISTENERS.get(pkt.listener_key()) } {
+        Ok(_) => verdict(xdp_action::XDP_PASS, reason::PASS_NOT_FOR_PORT),
+        Err(v) => verdict(v.0, v.1),
+    }
+}
+
+/// A segment or datagram of family `F` addressed to the port: a client's to a listener, or a
+/// member's reply of a flow.
+#[inline(always)]
+fn balance<C: Frame, F: Family>(ctx: &C, pkt: &Packet<F::A>) -> Verdict {
+    if let Some(listener) = unsafe { F::listeners().get(pkt.listener_key()) } {
         let v = if pkt.fragment {
             verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT)
         } else {
-            from_client(ctx, &pkt, listener)
+            from_client::<C, F>(ctx, pkt, listener)
         };
         if v.action == xdp_action::XDP_DROP {
             if let Some(c) = LISTENER_DROPS.get_ptr_mut(listener.index * reason::COUNT + v.reason) {
@@ -144,12 +152,12 @@ fn process<C: Frame>(ctx: &C) -> Verdict {
         }
         return v;
     }
-    if let Some(rflow) = CONNTRACK.get_ptr(pkt.flow_key(FLOW_DIR_REVERSE)) {
+    if let Some(rflow) = F::conntrack().get_ptr(pkt.flow_key(FLOW_DIR_REVERSE)) {
         if pkt.fragment {
             return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
         }
         let rflow = unsafe { *rflow };
-        return from_member(ctx, &pkt, &rflow);
+        return from_member::<C, F>(ctx, pkt, &rflow);
     }
     verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
 }

@@ -1,11 +1,11 @@
 //! The member's side: replies to VIP:snat, translated back to the client.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
-use lb_common::{reason, Flow, CT_COOKIE, CT_LOG, CT_REFUSED, CT_SYNACK};
+use lb_common::{reason, FlowG, CT_COOKIE, CT_LOG, CT_REFUSED, CT_SYNACK};
 
 use crate::{
     conntrack::{fetch_or, note_answer, note_failure, track, xadd_u64},
-    maps::*,
+    family::Family,
     nat::shift,
     parse::{self, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     stats::add_stats,
@@ -13,22 +13,25 @@ use crate::{
 };
 
 #[inline(always)]
-pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verdict {
+pub(crate) fn from_member<C: Frame, F: Family>(
+    ctx: &C,
+    pkt: &Packet<F::A>,
+    rflow: &FlowG<F::A>,
+) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     // A cookie connection's sequence delta, from the forward entry (the reverse one is the
     // copy made before the member answered).
     let mut cookie_delta = None;
-    if let Some(f) = CONNTRACK.get_ptr_mut(rflow.forward_key()) {
+    if let Some(f) = F::conntrack().get_ptr_mut(rflow.forward_key()) {
         let cookie = unsafe { (*f).state } & CT_COOKIE != 0;
         if cookie && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-            return crate::cookie::member_synack(ctx, pkt, f, now);
+            return F::member_synack(ctx, pkt, f, now);
         }
-        if refused(f, pkt) {
+        if refused::<F>(f, pkt) {
             return verdict(xdp_action::XDP_DROP, reason::DROP_REFUSED);
         }
         if unsafe { (*f).state } & CT_LOG != 0 {
-            let ihl = unsafe { ((*pkt.ip).vihl & 0x0f) as u64 * 4 };
-            let payload = (pkt.ip_len as u64).saturating_sub(ihl + pkt.doff as u64);
+            let payload = (pkt.l4_len as u64).saturating_sub(pkt.doff as u64);
             if payload != 0 {
                 unsafe { xadd_u64(&raw mut (*f).member_bytes, payload) };
             }
@@ -39,7 +42,7 @@ pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verd
         } else {
             None
         };
-        let _ = track(f, pkt, false, now, wscale);
+        let _ = track::<F>(f, pkt, false, now, wscale);
         if cookie {
             cookie_delta = Some(unsafe { (*f).seq_delta });
         }
@@ -73,7 +76,7 @@ pub(crate) fn from_member<C: Frame>(ctx: &C, pkt: &Packet, rflow: &Flow) -> Verd
 /// elsewhere (haproxy's `retries` + `option redispatch`). Past them, the RST goes on to the
 /// client as a refusal.
 #[inline(always)]
-fn refused(f: *mut Flow, pkt: &Packet) -> bool {
+fn refused<F: Family>(f: *mut FlowG<F::A>, pkt: &Packet<F::A>) -> bool {
     let flow = unsafe { &*f };
     if pkt.tcp_flags & (TCP_RST | TCP_ACK) != TCP_RST | TCP_ACK
         || flow.state & CT_SYNACK != 0
@@ -87,7 +90,7 @@ fn refused(f: *mut Flow, pkt: &Packet) -> bool {
         // to redispatch. It hears the refusal.
         return false;
     }
-    let Some(listener) = (unsafe { LISTENERS.get(flow.listener_key()) }) else {
+    let Some(listener) = (unsafe { F::listeners().get(flow.listener_key()) }) else {
         return false;
     };
     if (flow.syn_retries >> 4) as u32 >= listener.retries {

@@ -7,14 +7,15 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, BPF_NOEXIST},
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_loop},
 };
-use lb_common::{reason, Flow, ListenerConf, ListenerKey, CT_COUNTED, CT_HALF_OPEN, SNAT_TRIES};
+use lb_common::{
+    reason, FlowG, FlowKeyG, ListenerConf, ListenerKeyG, CT_COUNTED, CT_HALF_OPEN, SNAT_TRIES,
+};
 
 use crate::{
+    family::Family,
     maps::*,
     parse::{self, Frame, Packet},
 };
-
-pub(crate) const AF_INET: u8 = 2;
 
 pub(crate) const FIB_SUCCESS: i64 = 0;
 
@@ -28,14 +29,14 @@ pub(crate) const EEXIST: i32 = 17;
 /// however many places bind. BPF functions take at most 5 arguments: `listener` brings the
 /// SNAT range.
 #[inline(never)]
-pub(crate) fn bind_member<C: Frame>(
+pub(crate) fn bind_member<C: Frame, F: Family>(
     ctx: &C,
-    flow: &mut Flow,
+    flow: &mut FlowG<F::A>,
     idx: u32,
     pkt_len: u16,
     listener: &ListenerConf,
 ) -> u64 {
-    let r = try_bind_member(ctx, flow, idx, pkt_len, listener.snat_ports());
+    let r = try_bind_member::<C, F>(ctx, flow, idx, pkt_len, listener.snat_ports());
     if let Err(why) = r {
         if let Some(s) = MEMBER_STATS.get_ptr_mut(idx) {
             // Slots as in lb_common::MEMBER_DROP_REASONS.
@@ -52,18 +53,18 @@ pub(crate) fn bind_member<C: Frame>(
 }
 
 #[inline(always)]
-pub(crate) fn try_bind_member<C: Frame>(
+pub(crate) fn try_bind_member<C: Frame, F: Family>(
     ctx: &C,
-    flow: &mut Flow,
+    flow: &mut FlowG<F::A>,
     idx: u32,
     pkt_len: u16,
     (snat_min, snat_max): (u16, u16),
 ) -> Result<(), u32> {
-    let Some(m) = MEMBERS.get(idx) else {
+    let (Some(m), Some(addr)) = (MEMBERS.get(idx), F::member_addr(idx)) else {
         return Err(reason::DROP_NO_MEMBER);
     };
     flow.member = idx;
-    flow.member_be = m.addr_be;
+    flow.member_be = addr;
     flow.member_port_be = m.port_be;
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -71,14 +72,12 @@ pub(crate) fn try_bind_member<C: Frame>(
     };
     let fib: &mut FibParams = unsafe { &mut (*scratch).fib };
     *fib = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
+    F::fib(fib, flow.vip_be, addr);
     fib.l4_protocol = flow.proto();
     fib.sport = flow.snat_port_be;
     fib.dport = m.port_be;
     fib.__bindgen_anon_1.tot_len = pkt_len;
     fib.ifindex = ctx.ifindex();
-    fib.__bindgen_anon_3.ipv4_src = flow.vip_be;
-    fib.__bindgen_anon_4.ipv4_dst = m.addr_be;
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
@@ -104,7 +103,7 @@ pub(crate) fn try_bind_member<C: Frame>(
     unsafe {
         bpf_loop(
             SNAT_TRIES,
-            snat_step as *mut c_void,
+            snat_step::<F> as *mut c_void,
             &raw mut st as *mut c_void,
             0,
         );
@@ -133,13 +132,13 @@ struct SnatSearch {
 /// `SCRATCH` (every caller binds that one), by inserting its reverse entry with
 /// `BPF_NOEXIST`. The verifier checks one try, not `SNAT_TRIES` of them.
 #[inline(never)]
-extern "C" fn snat_step(i: u32, ctx: *mut c_void) -> i64 {
+extern "C" fn snat_step<F: Family>(i: u32, ctx: *mut c_void) -> i64 {
     let st = unsafe { &mut *(ctx as *mut SnatSearch) };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         st.outcome = SNAT_FULL;
         return 1;
     };
-    let flow: &mut Flow = unsafe { &mut (*scratch).flow };
+    let flow = unsafe { &mut *F::scratch_flow(scratch) };
     let client_port = u16::from_be(flow.client_port_be);
     // First choice: the client's own source port (as netfilter's NAT does). The member then
     // sees the port the client chose, and when a client reuses a port, the member's
@@ -157,14 +156,15 @@ extern "C" fn snat_step(i: u32, ctx: *mut c_void) -> i64 {
     st.seed = st.seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
     let port_be = port.to_be();
     // A port that is also a listener on this VIP would make replies look like clients.
-    if LISTENERS
-        .get_ptr(ListenerKey::new(flow.vip_be, port_be, flow.proto()))
+    if F::listeners()
+        .get_ptr(ListenerKeyG::new(flow.vip_be, port_be, flow.proto()))
         .is_some()
     {
         return 0;
     }
     flow.snat_port_be = port_be;
-    match CONNTRACK.insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64) {
+    let table = F::conntrack();
+    match table.insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64) {
         Ok(()) => {
             st.outcome = SNAT_FOUND;
             1
@@ -173,8 +173,8 @@ extern "C" fn snat_step(i: u32, ctx: *mut c_void) -> i64 {
             // Taken: by a flow that may be over. With timestamps on the new flow, the member
             // accepts the port again at once (see `reclaim`).
             if flow.ts_delta != 0
-                && reclaim(&flow.reverse_key())
-                && CONNTRACK
+                && reclaim::<F>(&flow.reverse_key())
+                && table
                     .insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64)
                     .is_ok()
             {
@@ -204,19 +204,20 @@ const REUSE_AFTER_NS: u64 = 1_000_000_000;
 /// 5,000. A reverse entry whose forward entry is gone (an orphan the expiry has not reached
 /// yet) is freed likewise once it is as old.
 #[inline(always)]
-fn reclaim(rkey: &lb_common::FlowKey) -> bool {
+fn reclaim<F: Family>(rkey: &FlowKeyG<F::A>) -> bool {
+    let table = F::conntrack();
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    let Some(r) = (unsafe { CONNTRACK.get(rkey) }) else {
+    let Some(r) = (unsafe { table.get(rkey) }) else {
         return false;
     };
     let fkey = r.forward_key();
-    match unsafe { CONNTRACK.get(&fkey) } {
+    match unsafe { table.get(&fkey) } {
         Some(f) => {
             if f.reverse_key() != *rkey
                 || !lb_common::closed(f.state)
                 || f.state & (CT_COUNTED | CT_HALF_OPEN) != 0
                 || now.wrapping_sub(f.last_seen_ns) < REUSE_AFTER_NS
-                || CONNTRACK.remove(&fkey).is_err()
+                || table.remove(&fkey).is_err()
             {
                 return false;
             }
@@ -227,7 +228,7 @@ fn reclaim(rkey: &lb_common::FlowKey) -> bool {
             }
         }
     }
-    CONNTRACK.remove(rkey).is_ok()
+    table.remove(rkey).is_ok()
 }
 
 /// The one 4-byte field `parse::rewrite` adjusts in a segment, as (offset from the TCP
@@ -236,9 +237,9 @@ fn reclaim(rkey: &lb_common::FlowKey) -> bool {
 /// plus it. Otherwise lb's clock in the timestamps (`Flow::ts_delta`): TSval towards the
 /// member plus the delta, TSecr towards the client less it; no option walk without a delta.
 #[inline(always)]
-pub(crate) fn shift<C: Frame>(
+pub(crate) fn shift<C: Frame, A>(
     ctx: &C,
-    pkt: &Packet,
+    pkt: &Packet<A>,
     cookie: Option<u32>,
     ts_delta: u32,
     to_member: bool,

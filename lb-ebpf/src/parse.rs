@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use lb_common::{checksum, reason, FlowKey, ListenerKey, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{checksum, reason, Address, FlowKeyG, ListenerKeyG, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// What the data path needs of the context it runs in: XDP (a frame) or TC (an skb, which may
@@ -119,15 +119,18 @@ const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const TCP_HDR_LEN: usize = 20;
 pub const UDP_HDR_LEN: usize = 8;
 
-pub struct Packet {
+/// A TCP segment or UDP datagram over IPv4 (`A = u32`) or IPv6 (`A = [u8; 16]`), as
+/// `parse` found it; addresses as on the wire.
+pub struct Packet<A = u32> {
     pub eth: *mut EthHdr,
-    pub ip: *mut Ipv4Hdr,
+    /// The IPv4 or IPv6 header.
+    pub ip: *mut u8,
     /// Start of the TCP header (at least 20 bytes are in bounds), or of the UDP header (8).
     pub tcp: *mut u8,
     /// A UDP datagram: no flags, sequence numbers or options (all 0), `doff` is 8.
     pub udp: bool,
-    pub src_be: u32,
-    pub dst_be: u32,
+    pub src_be: A,
+    pub dst_be: A,
     pub sport_be: u16,
     pub dport_be: u16,
     pub tcp_flags: u8,
@@ -135,8 +138,10 @@ pub struct Packet {
     pub seq: u32,
     pub ack: u32,
     pub win: u16,
-    /// IPv4 total length (host order).
+    /// IPv4 total length, or the IPv6 header's 40 plus its payload length (host order).
     pub ip_len: u16,
+    /// The transport header and its payload (host order).
+    pub l4_len: u16,
     /// TCP header length, options included (20..=60); 8 for UDP.
     pub doff: usize,
     pub fragment: bool,
@@ -144,12 +149,12 @@ pub struct Packet {
     pub dst_mac: [u8; 6],
 }
 
-impl Packet {
+impl<A: Address> Packet<A> {
     /// The conntrack key of this packet's tuple as it is, in direction `dir` (forward for a
     /// client's segment, reverse for a member's).
     #[inline(always)]
-    pub fn flow_key(&self, dir: u8) -> FlowKey {
-        FlowKey {
+    pub fn flow_key(&self, dir: u8) -> FlowKeyG<A> {
+        FlowKeyG {
             src_be: self.src_be,
             dst_be: self.dst_be,
             sport_be: self.sport_be,
@@ -171,8 +176,8 @@ impl Packet {
 
     /// The listener this packet would be addressed to (VIP, port, protocol).
     #[inline(always)]
-    pub fn listener_key(&self) -> ListenerKey {
-        ListenerKey::new(self.dst_be, self.dport_be, self.proto())
+    pub fn listener_key(&self) -> ListenerKeyG<A> {
+        ListenerKeyG::new(self.dst_be, self.dport_be, self.proto())
     }
 }
 
@@ -249,7 +254,7 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
     unsafe {
         Ok(Parsed::L4(Packet {
             eth,
-            ip,
+            ip: ip as *mut u8,
             tcp: tcp as *mut u8,
             udp: false,
             src_be: u32::from_ne_bytes((*ip).src_addr),
@@ -261,6 +266,7 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
             ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
             win: u16::from_be_bytes([t[14], t[15]]),
             ip_len: tot_len,
+            l4_len: tot_len - ihl as u16,
             doff,
             fragment: more_fragments,
             src_mac: (*eth).src_addr,
@@ -291,7 +297,7 @@ fn parse_udp<C: Frame>(
     unsafe {
         Ok(Parsed::L4(Packet {
             eth,
-            ip,
+            ip: ip as *mut u8,
             tcp: udp as *mut u8,
             udp: true,
             src_be: u32::from_ne_bytes((*ip).src_addr),
@@ -303,6 +309,7 @@ fn parse_udp<C: Frame>(
             ack: 0,
             win: 0,
             ip_len: tot_len,
+            l4_len: tot_len - ihl as u16,
             doff: UDP_HDR_LEN,
             fragment: more_fragments,
             src_mac: (*eth).src_addr,
@@ -320,13 +327,13 @@ const TCPOLEN_TIMESTAMP: u8 = 10;
 /// Offset from the TCP header of the timestamp option's TSval (TSecr follows at +4), if the
 /// segment carries one.
 #[inline(always)]
-pub fn find_timestamp<C: Frame>(ctx: &C, pkt: &Packet) -> Option<usize> {
+pub fn find_timestamp<C: Frame, A>(ctx: &C, pkt: &Packet<A>) -> Option<usize> {
     find_option(ctx, pkt, TCPOPT_TIMESTAMP, TCPOLEN_TIMESTAMP)
 }
 
 /// The window scale shift a SYN or SYN-ACK offers (capped at 14, as RFC 7323 says).
 #[inline(always)]
-pub fn find_wscale<C: Frame>(ctx: &C, pkt: &Packet) -> Option<u8> {
+pub fn find_wscale<C: Frame, A>(ctx: &C, pkt: &Packet<A>) -> Option<u8> {
     let off = find_option(ctx, pkt, TCPOPT_WSCALE, TCPOLEN_WSCALE)?;
     if off > 59 {
         return None;
@@ -345,7 +352,7 @@ pub fn find_wscale<C: Frame>(ctx: &C, pkt: &Packet) -> Option<u8> {
 /// without a branch, so the verifier follows one path through the walk, not one per
 /// combination of option kinds.
 #[inline(always)]
-fn find_option<C: Frame>(ctx: &C, pkt: &Packet, want: u8, want_len: u8) -> Option<usize> {
+fn find_option<C: Frame, A>(ctx: &C, pkt: &Packet<A>, want: u8, want_len: u8) -> Option<usize> {
     let base = pkt.tcp as usize;
     let doff = pkt.doff;
     let mut i = TCP_HDR_LEN;
@@ -377,17 +384,105 @@ fn ports(sport_be: u16, dport_be: u16) -> u32 {
     u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
 }
 
+/// What the rewrite does with addresses, per family: the IP header's (IPv4: and its
+/// checksum), and the transport checksum's pseudo-header words.
+pub trait L3: Address {
+    /// Writes the new addresses into the IP header at `ip` (parse proved its bounds).
+    ///
+    /// # Safety
+    /// `ip` must be the header `parse` found in the packet currently in the context.
+    unsafe fn set_addrs(ip: *mut u8, old: (Self, Self), new: (Self, Self));
+    /// A frame's transport checksum `c` after the addresses changed from `old` to `new`.
+    fn csum(c: u16, old: (Self, Self), new: (Self, Self)) -> u16;
+    /// The same for an skb, through `bpf_l4_csum_replace` at packet offset `off`.
+    fn skb_csum<C: Frame>(ctx: &C, off: usize, old: (Self, Self), new: (Self, Self), udp: bool);
+}
+
+impl L3 for u32 {
+    #[inline(always)]
+    unsafe fn set_addrs(ip: *mut u8, old: (u32, u32), new: (u32, u32)) {
+        let ip = ip as *mut Ipv4Hdr;
+        unsafe {
+            let mut ipc = u16::from_ne_bytes((*ip).check);
+            ipc = checksum::replace4(ipc, old.0, new.0);
+            ipc = checksum::replace4(ipc, old.1, new.1);
+            (*ip).check = ipc.to_ne_bytes();
+            (*ip).src_addr = new.0.to_ne_bytes();
+            (*ip).dst_addr = new.1.to_ne_bytes();
+        }
+    }
+    #[inline(always)]
+    fn csum(c: u16, old: (u32, u32), new: (u32, u32)) -> u16 {
+        checksum::replace4(checksum::replace4(c, old.0, new.0), old.1, new.1)
+    }
+    #[inline(always)]
+    fn skb_csum<C: Frame>(ctx: &C, off: usize, old: (u32, u32), new: (u32, u32), udp: bool) {
+        ctx.l4_csum_replace(off, old.0, new.0, 4, true, udp);
+        ctx.l4_csum_replace(off, old.1, new.1, 4, true, udp);
+    }
+}
+
+/// An IPv6 address as the four 32-bit words the checksum adds.
+#[inline(always)]
+fn words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+impl L3 for [u8; 16] {
+    #[inline(always)]
+    unsafe fn set_addrs(ip: *mut u8, _old: ([u8; 16], [u8; 16]), new: ([u8; 16], [u8; 16])) {
+        // No header checksum in IPv6: source at 8, destination at 24.
+        unsafe {
+            *(ip.add(8) as *mut [u8; 16]) = new.0;
+            *(ip.add(24) as *mut [u8; 16]) = new.1;
+        }
+    }
+    #[inline(always)]
+    fn csum(c: u16, old: ([u8; 16], [u8; 16]), new: ([u8; 16], [u8; 16])) -> u16 {
+        let (os, od, ns, nd) = (words(old.0), words(old.1), words(new.0), words(new.1));
+        let mut c = c;
+        for i in 0..4 {
+            c = checksum::replace4(c, os[i], ns[i]);
+            c = checksum::replace4(c, od[i], nd[i]);
+        }
+        c
+    }
+    #[inline(always)]
+    fn skb_csum<C: Frame>(
+        ctx: &C,
+        off: usize,
+        old: ([u8; 16], [u8; 16]),
+        new: ([u8; 16], [u8; 16]),
+        udp: bool,
+    ) {
+        let (os, od, ns, nd) = (words(old.0), words(old.1), words(new.0), words(new.1));
+        for i in 0..4 {
+            if os[i] != ns[i] {
+                ctx.l4_csum_replace(off, os[i], ns[i], 4, true, udp);
+            }
+            if od[i] != nd[i] {
+                ctx.l4_csum_replace(off, od[i], nd[i], 4, true, udp);
+            }
+        }
+    }
+}
+
 /// `rewrite`'s UDP half: ports and the checksum (a 0 checksum, "none" in IPv4, stays 0; one
 /// that comes out 0 is sent as 0xffff, RFC 768).
 ///
 /// # Safety
 /// As `rewrite`.
 #[inline(always)]
-unsafe fn rewrite_udp<C: Frame>(
+unsafe fn rewrite_udp<C: Frame, A: L3>(
     ctx: &C,
-    pkt: &Packet,
-    saddr_be: u32,
-    daddr_be: u32,
+    pkt: &Packet<A>,
+    saddr_be: A,
+    daddr_be: A,
     sport_be: u16,
     dport_be: u16,
 ) {
@@ -402,9 +497,9 @@ unsafe fn rewrite_udp<C: Frame>(
     u[2] = d[0];
     u[3] = d[1];
     let old = u16::from_ne_bytes([u[6], u[7]]);
+    let (old_a, new_a) = ((pkt.src_be, pkt.dst_be), (saddr_be, daddr_be));
     if !C::SKB && old != 0 {
-        let mut c = checksum::replace4(old, pkt.src_be, saddr_be);
-        c = checksum::replace4(c, pkt.dst_be, daddr_be);
+        let mut c = A::csum(old, old_a, new_a);
         c = checksum::replace4(
             c,
             ports(pkt.sport_be, pkt.dport_be),
@@ -420,8 +515,7 @@ unsafe fn rewrite_udp<C: Frame>(
     unsafe { *udp = u };
     if C::SKB {
         let off = pkt.tcp as usize - ctx.data() + 6;
-        ctx.l4_csum_replace(off, pkt.src_be, saddr_be, 4, true, true);
-        ctx.l4_csum_replace(off, pkt.dst_be, daddr_be, 4, true, true);
+        A::skb_csum(ctx, off, old_a, new_a, true);
         ctx.l4_csum_replace(
             off,
             ports(pkt.sport_be, pkt.dport_be),
@@ -435,7 +529,7 @@ unsafe fn rewrite_udp<C: Frame>(
 
 /// The 4 bytes at `off` from the TCP header, bounds-checked.
 #[inline(always)]
-fn field4<C: Frame>(ctx: &C, pkt: &Packet, off: usize) -> Option<*mut [u8; 4]> {
+fn field4<C: Frame, A>(ctx: &C, pkt: &Packet<A>, off: usize) -> Option<*mut [u8; 4]> {
     if off > 56 {
         return None;
     }
@@ -448,7 +542,7 @@ fn field4<C: Frame>(ctx: &C, pkt: &Packet, off: usize) -> Option<*mut [u8; 4]> {
 
 /// The 4 bytes at `off` from the TCP header, as they sit in the packet.
 #[inline(always)]
-pub fn read4<C: Frame>(ctx: &C, pkt: &Packet, off: usize) -> Option<[u8; 4]> {
+pub fn read4<C: Frame, A>(ctx: &C, pkt: &Packet<A>, off: usize) -> Option<[u8; 4]> {
     field4(ctx, pkt, off).map(|p| unsafe { *p })
 }
 
@@ -472,13 +566,13 @@ fn csum_word(b: [u8; 4], off: usize) -> u32 {
 /// `pkt` must come from `parse` on the packet currently in the context.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn rewrite<C: Frame>(
+pub unsafe fn rewrite<C: Frame, A: L3>(
     ctx: &C,
-    pkt: &Packet,
+    pkt: &Packet<A>,
     smac: [u8; 6],
     dmac: [u8; 6],
-    saddr_be: u32,
-    daddr_be: u32,
+    saddr_be: A,
+    daddr_be: A,
     sport_be: u16,
     dport_be: u16,
     ts: Option<(usize, u32)>,
@@ -497,13 +591,8 @@ pub unsafe fn rewrite<C: Frame>(
         (*pkt.eth).src_addr = smac;
         (*pkt.eth).dst_addr = dmac;
 
-        let ip = pkt.ip;
-        let mut ipc = u16::from_ne_bytes((*ip).check);
-        ipc = checksum::replace4(ipc, pkt.src_be, saddr_be);
-        ipc = checksum::replace4(ipc, pkt.dst_be, daddr_be);
-        (*ip).check = ipc.to_ne_bytes();
-        (*ip).src_addr = saddr_be.to_ne_bytes();
-        (*ip).dst_addr = daddr_be.to_ne_bytes();
+        let (old_a, new_a) = ((pkt.src_be, pkt.dst_be), (saddr_be, daddr_be));
+        A::set_addrs(pkt.ip, old_a, new_a);
 
         if pkt.udp {
             rewrite_udp(ctx, pkt, saddr_be, daddr_be, sport_be, dport_be);
@@ -523,9 +612,7 @@ pub unsafe fn rewrite<C: Frame>(
         t[2] = d[0];
         t[3] = d[1];
         if !C::SKB {
-            let mut c = u16::from_ne_bytes([t[16], t[17]]);
-            c = checksum::replace4(c, pkt.src_be, saddr_be);
-            c = checksum::replace4(c, pkt.dst_be, daddr_be);
+            let mut c = A::csum(u16::from_ne_bytes([t[16], t[17]]), old_a, new_a);
             c = checksum::replace2(c, pkt.sport_be, sport_be);
             c = checksum::replace2(c, pkt.dport_be, dport_be);
             if let Some((old, new)) = ts_change {
@@ -539,8 +626,7 @@ pub unsafe fn rewrite<C: Frame>(
         if C::SKB {
             // Packet pointers are invalid after these calls: nothing below uses them.
             let off = pkt.tcp as usize - ctx.data() + 16;
-            ctx.l4_csum_replace(off, pkt.src_be, saddr_be, 4, true, false);
-            ctx.l4_csum_replace(off, pkt.dst_be, daddr_be, 4, true, false);
+            A::skb_csum(ctx, off, old_a, new_a, false);
             ctx.l4_csum_replace(
                 off,
                 ports(pkt.sport_be, pkt.dport_be),
