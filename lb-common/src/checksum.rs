@@ -62,6 +62,15 @@ pub fn l4_ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
     !fold(sum_be(segment, sum))
 }
 
+/// The TCP/UDP checksum of `segment` (its checksum field zero) over IPv6's pseudo-header.
+pub fn l4_ipv6(src: [u8; 16], dst: [u8; 16], proto: u8, segment: &[u8]) -> u16 {
+    let mut sum = sum_be(&src, 0);
+    sum = sum_be(&dst, sum);
+    sum += proto as u64;
+    sum += segment.len() as u64;
+    !fold(sum_be(segment, sum))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

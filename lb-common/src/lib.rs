@@ -47,15 +47,51 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
 /// An address as map keys and values hold it: IPv4 as a `u32` whose bytes are the wire's
-/// (network byte order), IPv6 as its 16 bytes. The types that carry addresses are generic
+/// (network byte order), IPv6 as `Ip6`. The types that carry addresses are generic
 /// over it (`FlowG`, `FlowKeyG`, `ListenerKeyG`, `AllowedDataG`); the IPv4 ones keep their
 /// names (`Flow`, `FlowKey`, ...), the IPv6 ones end in 6, in maps of their own.
 pub trait Address:
     Copy + Default + PartialEq + Eq + core::hash::Hash + core::fmt::Debug + 'static
 {
+    /// The address in 32 bits (itself for IPv4; IPv6's words mixed): fingerprints, hashes.
+    fn fold(&self) -> u32;
 }
-impl Address for u32 {}
-impl Address for [u8; 16] {}
+impl Address for u32 {
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        *self
+    }
+}
+impl Address for Ip6 {
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        self[0] ^ self[1].rotate_left(7) ^ self[2].rotate_left(14) ^ self[3].rotate_left(21)
+    }
+}
+
+/// An IPv6 address as four 32-bit words whose bytes are the wire's (in memory, exactly the
+/// address's 16 bytes). Words, not bytes: the data path keeps an address in four registers
+/// or stack slots, not sixteen (LLVM splits arrays into their elements).
+pub type Ip6 = [u32; 4];
+
+/// `Ip6` from an address's 16 bytes.
+pub const fn ip6(b: [u8; 16]) -> Ip6 {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// The 16 bytes of an `Ip6`.
+pub fn ip6_octets(a: &Ip6) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (i, w) in a.iter().enumerate() {
+        b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    b
+}
 
 /// `MemberConf::flags` bits.
 pub const MEMBER_F_CONFIGURED: u32 = 1 << 0;
@@ -133,9 +169,9 @@ pub mod reason {
     pub const TX_TO_MEMBER: u32 = 0;
     /// Balanced: a member's reply translated and sent to the client (XDP_TX).
     pub const TX_TO_CLIENT: u32 = 1;
-    /// Not IPv4 (ARP, IPv6, ...): passed to the kernel untouched.
-    pub const PASS_NOT_IPV4: u32 = 2;
-    /// IPv4 but not for a listener nor a reply of a balanced flow (ICMP to the VIP, the
+    /// Neither IPv4 nor IPv6 (ARP, ...): passed to the kernel untouched.
+    pub const PASS_NOT_IP: u32 = 2;
+    /// IP but not for a listener nor a reply of a balanced flow (ICMP to the VIP, the
     /// namespace's own connections, health checks): passed untouched.
     pub const PASS_NOT_BALANCED: u32 = 3;
     /// To a listener, but no flow of lb's: not a SYN (the kernel answers RST as a host
@@ -192,12 +228,15 @@ pub mod reason {
     pub const TX_COOKIE_RESET: u32 = 22;
     /// A client outside its listener's `allowed_cidrs`, without a flow: dropped, no reply.
     pub const DROP_NOT_ALLOWED: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// IPv6 header truncated, or its payload length inconsistent with the frame, or an
+    /// extension header truncated.
+    pub const DROP_BAD_IPV6: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "tx_to_member",
         "tx_to_client",
-        "pass_not_ipv4",
+        "pass_not_ip",
         "pass_not_balanced",
         "pass_no_flow",
         "drop_truncated_eth",
@@ -219,6 +258,7 @@ pub mod reason {
         "drop_cookie_wait",
         "tx_cookie_reset",
         "drop_not_allowed",
+        "drop_bad_ipv6",
     ];
 }
 
@@ -232,7 +272,7 @@ pub struct ListenerKeyG<A> {
     pub _pad: u8,
 }
 pub type ListenerKey = ListenerKeyG<u32>;
-pub type ListenerKey6 = ListenerKeyG<[u8; 16]>;
+pub type ListenerKey6 = ListenerKeyG<Ip6>;
 assert_size!(ListenerKey, 8);
 assert_size!(ListenerKey6, 20);
 
@@ -323,7 +363,7 @@ pub struct AllowedDataG<A> {
 }
 pub type AllowedData = AllowedDataG<u32>;
 /// `ALLOWED6` key data: the same with an IPv6 address (prefix `32 + n` of 160 bits).
-pub type AllowedData6 = AllowedDataG<[u8; 16]>;
+pub type AllowedData6 = AllowedDataG<Ip6>;
 assert_size!(AllowedData, 8);
 assert_size!(AllowedData6, 20);
 
@@ -531,7 +571,7 @@ pub struct FlowKeyG<A> {
     pub _pad: [u8; 2],
 }
 pub type FlowKey = FlowKeyG<u32>;
-pub type FlowKey6 = FlowKeyG<[u8; 16]>;
+pub type FlowKey6 = FlowKeyG<Ip6>;
 assert_size!(FlowKey, 16);
 assert_size!(FlowKey6, 40);
 
@@ -599,7 +639,7 @@ pub struct FlowG<A> {
     pub accept_ms: u32,
 }
 pub type Flow = FlowG<u32>;
-pub type Flow6 = FlowG<[u8; 16]>;
+pub type Flow6 = FlowG<Ip6>;
 assert_size!(Flow, 112);
 assert_size!(Flow6, 152);
 
@@ -661,6 +701,41 @@ impl<A: Address> FlowG<A> {
             dir: FLOW_DIR_FORWARD,
             _pad: [0; 2],
         }
+    }
+
+    /// Writes the forward key into `out` (the data path keeps IPv6 keys off its stack).
+    #[inline(always)]
+    pub fn forward_key_into(&self, out: &mut FlowKeyG<A>) {
+        out.src_be = self.client_be;
+        out.dst_be = self.vip_be;
+        out.sport_be = self.client_port_be;
+        out.dport_be = self.listener_port_be;
+        out.proto = self.proto();
+        out.dir = FLOW_DIR_FORWARD;
+        out._pad = [0; 2];
+    }
+
+    /// Writes the reverse key into `out`.
+    #[inline(always)]
+    pub fn reverse_key_into(&self, out: &mut FlowKeyG<A>) {
+        out.src_be = self.member_be;
+        out.dst_be = self.vip_be;
+        out.sport_be = self.member_port_be;
+        out.dport_be = self.snat_port_be;
+        out.proto = self.proto();
+        out.dir = FLOW_DIR_REVERSE;
+        out._pad = [0; 2];
+    }
+
+    /// Whether `k` is this flow's reverse key.
+    #[inline(always)]
+    pub fn has_reverse_key(&self, k: &FlowKeyG<A>) -> bool {
+        k.src_be == self.member_be
+            && k.dst_be == self.vip_be
+            && k.sport_be == self.member_port_be
+            && k.dport_be == self.snat_port_be
+            && k.proto == self.proto()
+            && k.dir == FLOW_DIR_REVERSE
     }
 
     /// The listener a forward entry's flow came in on.

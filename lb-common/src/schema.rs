@@ -14,8 +14,9 @@
 use core::mem::{offset_of, size_of};
 
 use crate::{
-    reason, AllowedData, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf,
-    PortConf, Stats, Sticky, StickyKey, SweepReport, MAX_POOL_MEMBERS,
+    reason, AllowedData, AllowedData6, Flow, Flow6, FlowKey, FlowKey6, ListenerConf, ListenerKey,
+    ListenerKey6, Live, MemberConf, PoolConf, PortConf, Stats, Sticky, StickyKey, SweepReport,
+    MAX_POOL_MEMBERS,
 };
 
 /// `SCHEMA` value: one pinned map's identity as the daemon that created it saw it.
@@ -122,6 +123,14 @@ const FLOW: u32 = layout!(Flow; created_ns, last_seen_ns, state, client_be, memb
     client_port_be, listener_port_be, member_port_be, snat_port_be, vip_be, member, listener,
     ts_delta, seq_delta, client_ack, client_win, member_ack, member_win, client_mac, member_mac,
     port_mac, syn_retries, wscale, member_bytes, connect_ms, accept_ms);
+const LISTENER_KEY6: u32 = layout!(ListenerKey6; vip_be, port_be, proto, _pad);
+const FLOW_KEY6: u32 = layout!(FlowKey6; src_be, dst_be, sport_be, dport_be, proto, dir, _pad);
+const FLOW6: u32 = layout!(Flow6; created_ns, last_seen_ns, state, client_be, member_be,
+    client_port_be, listener_port_be, member_port_be, snat_port_be, vip_be, member, listener,
+    ts_delta, seq_delta, client_ack, client_win, member_ack, member_win, client_mac, member_mac,
+    port_mac, syn_retries, wscale, member_bytes, connect_ms, accept_ms);
+const ALLOWED_DATA6: u32 = layout!(AllowedData6; listener_be, addr_be);
+const IP6: u32 = fnv(&[16, 4]);
 const PORT_CONF: u32 = layout!(PortConf; mac, _pad);
 const ALLOWED_DATA: u32 = layout!(AllowedData; listener_be, addr_be);
 const SWEEP_REPORT: u32 = layout!(SweepReport; flows, expired, orphans, cycle_us);
@@ -200,15 +209,15 @@ pub const MAPS: &[MapSchema] = &[
     MapSchema {
         name: "LISTENER_DROPS",
         // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset;
-        // 6: drop_not_allowed.
-        version: 6,
+        // 6: drop_not_allowed; 7: pass_not_ip, drop_bad_ipv6.
+        version: 7,
         layout: mix(REASONS, U64),
     },
     MapSchema {
         name: "VERDICTS",
         // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset;
-        // 6: drop_not_allowed.
-        version: 6,
+        // 6: drop_not_allowed; 7: pass_not_ip, drop_bad_ipv6.
+        version: 7,
         layout: mix(REASONS, U64),
     },
     MapSchema {
@@ -239,6 +248,26 @@ pub const MAPS: &[MapSchema] = &[
         version: 1,
         layout: mix(U32, SWEEP_REPORT),
     },
+    MapSchema {
+        name: "LISTENERS6",
+        version: 1,
+        layout: mix(LISTENER_KEY6, LISTENER_CONF),
+    },
+    MapSchema {
+        name: "MEMBER_ADDR6",
+        version: 1,
+        layout: mix(MAX_POOL_MEMBERS, IP6),
+    },
+    MapSchema {
+        name: "CONNTRACK6",
+        version: 1,
+        layout: mix(FLOW_KEY6, FLOW6),
+    },
+    MapSchema {
+        name: "ALLOWED6",
+        version: 1,
+        layout: mix(ALLOWED_DATA6, U32),
+    },
 ];
 
 /// The schema of pinned map `name`, if this build pins a map of that name.
@@ -265,15 +294,19 @@ mod tests {
             ("LISTENER_LIVE", 2, 0x8d87_8724),
             ("MEMBER_STATS", 1, 0x05ae_e319),
             ("LISTENER_STATS", 1, 0xeb63_52d0),
-            ("LISTENER_DROPS", 6, 0xda8b_044f),
-            ("VERDICTS", 6, 0xda8b_044f),
+            ("LISTENER_DROPS", 7, 0x2331_b13f),
+            ("VERDICTS", 7, 0x2331_b13f),
             ("CONNTRACK", 6, 0x109e_70aa),
             ("CONN_LOG_LOST", 1, 0xdba3_35ad),
             ("ALLOWED", 1, 0x51f1_f8f9),
             ("PORT", 1, 0x1510_fa71),
             ("SWEEP", 1, 0xcff9_c699),
+            ("LISTENERS6", 1, 0xbb49_4e9d),
+            ("MEMBER_ADDR6", 1, 0xdc52_7f83),
+            ("CONNTRACK6", 1, 0x71df_8717),
+            ("ALLOWED6", 1, 0x38ab_caaf),
         ];
-        let mut wrong = [("", 0, 0, 0); 16];
+        let mut wrong = [("", 0, 0, 0); 32];
         let mut n = 0;
         for (m, &(name, version, layout)) in MAPS.iter().zip(recorded) {
             assert_eq!(m.name, name);

@@ -36,7 +36,7 @@ pub(crate) fn pick_other(listener: &ListenerConf, client: u64, exclude: u32) -> 
 /// frames rounded to 32 bytes along the call chain, 512 at most).
 #[inline(always)]
 pub(crate) fn client_of<F: crate::family::Family>(pkt: &crate::parse::Packet<F::A>) -> u64 {
-    ((pkt.sport_be as u64) << 32) | F::hash(pkt.src_be) as u64
+    ((pkt.sport_be as u64) << 32) | F::hash(&pkt.src_be) as u64
 }
 
 /// A subprogram's Result in one register: the member index, or the reason with bit 32 set.

@@ -17,7 +17,7 @@ use lb_common::{
 use crate::{
     balance::{client_of, decode, open_connections, pick_member, pick_other, stick},
     conntrack::{count_half_open, count_open, note_failure, track, uncount, unhalf},
-    family::{Family, V4},
+    family::{self, slot, Family, V4},
     maps::*,
     member::from_member,
     nat::{bind_member, shift, EEXIST},
@@ -33,7 +33,11 @@ pub(crate) fn from_client<C: Frame, F: Family>(
     listener: &ListenerConf,
 ) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
-    let fkey = pkt.flow_key(FLOW_DIR_FORWARD);
+    let Some(fkey) = family::key::<F>(slot::FORWARD) else {
+        return verdict(xdp_action::XDP_DROP, reason::DROP_CT_FULL);
+    };
+    pkt.flow_key_into(FLOW_DIR_FORWARD, fkey);
+    let fkey = &*fkey;
     let udp = pkt.udp;
     let is_syn = !udp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut opened = false;
@@ -44,7 +48,10 @@ pub(crate) fn from_client<C: Frame, F: Family>(
             unsafe {
                 uncount(f);
                 unhalf(f);
-                let _ = F::conntrack().remove((*f).reverse_key());
+                if let Some(rkey) = family::key::<F>(slot::TEMP) {
+                    (*f).reverse_key_into(rkey);
+                    let _ = F::conntrack().remove(&*rkey);
+                }
             }
             let _ = F::conntrack().remove(fkey);
             None
@@ -76,7 +83,7 @@ pub(crate) fn from_client<C: Frame, F: Family>(
             // A client outside the listener's allowed prefixes gets nothing: no flow, no
             // cookie, and not the namespace's RST either.
             if listener.flags & LISTENER_F_ALLOWED_CIDRS != 0
-                && F::allowed(listener.index, pkt.src_be) == 0
+                && F::allowed(listener.index, &pkt.src_be) == 0
             {
                 return verdict(xdp_action::XDP_DROP, reason::DROP_NOT_ALLOWED);
             }
@@ -87,26 +94,29 @@ pub(crate) fn from_client<C: Frame, F: Family>(
             }
             if udp {
                 opened = true;
-                match open_flow::<C, F>(ctx, pkt, listener, &fkey, now, false) {
+                match open_flow::<C, F>(ctx, pkt, listener, fkey, now, false) {
                     Ok(f) => f,
                     Err(r) => return verdict(xdp_action::XDP_DROP, r),
                 }
             } else if !is_syn {
+                if !F::COOKIES {
+                    return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
+                }
                 // An ACK with a SYN cookie lb sent opens its flow now.
                 if !F::valid_ack(pkt, listener, now) {
                     return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
                 }
-                return match open_flow::<C, F>(ctx, pkt, listener, &fkey, now, true) {
+                return match open_flow::<C, F>(ctx, pkt, listener, fkey, now, true) {
                     Ok(f) => F::member_syn(ctx, pkt, f),
                     Err(r) => F::reset(ctx, pkt, listener, r),
                 };
             } else {
-                if crate::cookie::flooded(listener, now) {
+                if F::COOKIES && crate::cookie::flooded(listener, now) {
                     if let Some(v) = F::answer_syn(ctx, pkt) {
                         return v;
                     }
                 }
-                match open_flow::<C, F>(ctx, pkt, listener, &fkey, now, false) {
+                match open_flow::<C, F>(ctx, pkt, listener, fkey, now, false) {
                     Ok(f) => f,
                     Err(r) => return verdict(xdp_action::XDP_DROP, r),
                 }
@@ -114,7 +124,22 @@ pub(crate) fn from_client<C: Frame, F: Family>(
         }
     };
 
+    if F::OUTLINE {
+        return Verdict::decode(forward_sub::<C, F>(ctx, pkt, flow_ptr, now, opened));
+    }
     forward::<C, F>(ctx, pkt, flow_ptr, now, opened)
+}
+
+/// `forward` as a BPF subprogram (`Family::OUTLINE`), its verdict encoded.
+#[inline(never)]
+fn forward_sub<C: Frame, F: Family>(
+    ctx: &C,
+    pkt: &Packet<F::A>,
+    flow_ptr: *mut FlowG<F::A>,
+    now: u64,
+    opened: bool,
+) -> u64 {
+    forward::<C, F>(ctx, pkt, flow_ptr, now, opened).encode()
 }
 
 /// A new flow for a client's SYN: connection limit, member choice, MAC and SNAT port, the
@@ -193,7 +218,10 @@ pub(crate) fn open_flow<C: Frame, F: Family>(
         decode(bind_member::<C, F>(ctx, flow, idx, pkt.ip_len, listener))?;
     }
     if let Err(e) = F::conntrack().insert(fkey, &*flow, BPF_NOEXIST as u64) {
-        let _ = F::conntrack().remove(flow.reverse_key());
+        if let Some(rkey) = family::key::<F>(slot::TEMP) {
+            flow.reverse_key_into(rkey);
+            let _ = F::conntrack().remove(&*rkey);
+        }
         if e == -EEXIST {
             // Another CPU opened this flow from the same SYN a moment ago.
             if let Some(f) = F::conntrack().get_ptr_mut(fkey) {
@@ -210,7 +238,7 @@ pub(crate) fn open_flow<C: Frame, F: Family>(
     } else {
         count_half_open(idx, listener.index);
     }
-    stick(listener, F::hash(pkt.src_be), idx, now);
+    stick(listener, F::hash(&pkt.src_be), idx, now);
     Ok(f)
 }
 
@@ -240,8 +268,8 @@ pub(crate) fn forward<C: Frame, F: Family>(
             pkt,
             flow.port_mac,
             flow.member_mac,
-            flow.vip_be,
-            flow.member_be,
+            &flow.vip_be,
+            &flow.member_be,
             flow.snat_port_be,
             flow.member_port_be,
             shift(
@@ -321,7 +349,8 @@ pub(crate) fn maybe_redispatch<C: Frame, F: Family>(
         unsafe { (*f).syn_retries = flow.syn_retries };
         return Ok(());
     }
-    let old_rkey = flow.reverse_key();
+    let old_rkey = family::key::<F>(slot::TEMP).ok_or(reason::DROP_CT_FULL)?;
+    flow.reverse_key_into(old_rkey);
     let old_member = flow.member;
     // The connect timeout starts again; the accept time stays.
     let moved_ms = (now.wrapping_sub(flow.created_ns) / 1_000_000) as u32;
@@ -329,14 +358,14 @@ pub(crate) fn maybe_redispatch<C: Frame, F: Family>(
     flow.created_ns = now;
     flow.syn_retries = (if moves < 0x0f { moves + 1 } else { moves }) << 4;
     decode(bind_member::<C, F>(ctx, flow, idx, pkt.ip_len, listener))?;
-    let _ = F::conntrack().remove(old_rkey);
+    let _ = F::conntrack().remove(&*old_rkey);
     // Still a handshake: it moves to the new member.
     unhalf(f);
     flow.state = (flow.state & !CT_REFUSED) | CT_HALF_OPEN;
     unsafe { *f = *flow };
     count_half_open(idx, listener.index);
     // The client sticks to the member that answers now (haproxy's redispatch does so too).
-    stick(listener, F::hash(pkt.src_be), idx, now);
+    stick(listener, F::hash(&pkt.src_be), idx, now);
     if let Some(s) = MEMBER_STATS.get_ptr_mut(old_member) {
         unsafe { (*s).redispatches += 1 };
     }

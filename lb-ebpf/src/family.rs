@@ -4,7 +4,7 @@
 //! data path's flow logic is generic over `Family` and compiled once per family.
 
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, maps::HashMap};
-use lb_common::{AllowedData, FlowG, FlowKeyG, ListenerConf, ListenerKeyG};
+use lb_common::{AllowedData, AllowedData6, FlowG, FlowKeyG, Ip6, ListenerConf, ListenerKeyG};
 
 use crate::{
     maps::*,
@@ -13,22 +13,38 @@ use crate::{
 };
 
 pub(crate) const AF_INET: u8 = 2;
+pub(crate) const AF_INET6: u8 = 10;
 
 pub(crate) trait Family: 'static {
     type A: L3;
+    /// The translation of an established flow's segment runs as a BPF subprogram of its
+    /// own (IPv6: its frame then does not add to the entry point's, which the flow-opening
+    /// chain shares with `pick_member` and `bind_member`).
+    const OUTLINE: bool;
+    /// SYN cookies (`cookie.rs`) answer SYNs past a listener's half-open budget.
+    const COOKIES: bool;
+    /// The SNAT search takes back a closed flow's port after a quiet second
+    /// (`nat::reclaim`). Not for IPv6: its callback frame would not fit 6.1's 512 bytes
+    /// along the chain; an IPv6 flow's port comes back after its 10 s linger.
+    const RECLAIM: bool;
     /// The conntrack table of this family's flows.
     fn conntrack() -> &'static HashMap<FlowKeyG<Self::A>, FlowG<Self::A>>;
     fn listeners() -> &'static HashMap<ListenerKeyG<Self::A>, ListenerConf>;
     /// The address of member `idx` (its pool shares the VIP's family).
-    fn member_addr(idx: u32) -> Option<Self::A>;
+    fn member_addr(idx: u32) -> Option<&'static Self::A>;
     /// The flow being built in the per-CPU scratch space.
     fn scratch_flow(s: *mut Scratch) -> *mut FlowG<Self::A>;
-    /// A client address in 32 bits: the key of source hashing and persistence.
-    fn hash(a: Self::A) -> u32;
+    /// The flow key slots of the scratch space.
+    fn scratch_keys(s: *mut Scratch) -> *mut [FlowKeyG<Self::A>; 4];
+    /// The listener key slot of the scratch space.
+    fn scratch_lkey(s: *mut Scratch) -> *mut ListenerKeyG<Self::A>;
+    /// A client address in 32 bits: the key of source hashing and persistence (an IPv6
+    /// address folded: two clients may share a persistence entry, never a flow).
+    fn hash(a: &Self::A) -> u32;
     /// 1 if `client` is in one of listener `listener`'s allowed prefixes.
-    fn allowed(listener: u32, client: Self::A) -> u64;
+    fn allowed(listener: u32, client: &Self::A) -> u64;
     /// Fills the FIB lookup's family and addresses.
-    fn fib(fib: &mut FibParams, src: Self::A, dst: Self::A);
+    fn fib(fib: &mut FibParams, src: &Self::A, dst: &Self::A);
     /// The connection log's record of a flow that ended (IPv4 flows only carry `CT_LOG`).
     fn ended(flow: *const FlowG<Self::A>, state: u64, now: u64);
 
@@ -50,10 +66,42 @@ pub(crate) trait Family: 'static {
     ) -> Verdict;
 }
 
+/// The scratch space's flow key slots: who uses which, so that no two uses overlap.
+pub(crate) mod slot {
+    /// A client's forward key (`from_client`, all along); the forward key a member's
+    /// segment looks up (`from_member`).
+    pub(crate) const FORWARD: usize = 0;
+    /// Short-lived keys of the client and member paths (a reverse key to look up or remove;
+    /// a redispatch's old reverse key, across `bind_member`).
+    pub(crate) const TEMP: usize = 1;
+    /// The SNAT search's reverse key (`snat_step`).
+    pub(crate) const SNAT: usize = 2;
+    /// `reclaim`'s forward key.
+    pub(crate) const RECLAIM: usize = 3;
+}
+
+/// Flow key slot `i` of this CPU's scratch space.
+#[inline(always)]
+pub(crate) fn key<F: Family>(i: usize) -> Option<&'static mut FlowKeyG<F::A>> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    let keys = unsafe { &mut *F::scratch_keys(s) };
+    keys.get_mut(i)
+}
+
+/// The listener key slot of this CPU's scratch space.
+#[inline(always)]
+pub(crate) fn lkey<F: Family>() -> Option<&'static mut ListenerKeyG<F::A>> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    Some(unsafe { &mut *F::scratch_lkey(s) })
+}
+
 pub(crate) struct V4;
 
 impl Family for V4 {
     type A = u32;
+    const OUTLINE: bool = false;
+    const COOKIES: bool = true;
+    const RECLAIM: bool = true;
     #[inline(always)]
     fn conntrack() -> &'static HashMap<FlowKeyG<u32>, FlowG<u32>> {
         &CONNTRACK
@@ -63,26 +111,34 @@ impl Family for V4 {
         &LISTENERS
     }
     #[inline(always)]
-    fn member_addr(idx: u32) -> Option<u32> {
-        MEMBERS.get(idx).map(|m| m.addr_be)
+    fn member_addr(idx: u32) -> Option<&'static u32> {
+        MEMBERS.get(idx).map(|m| &m.addr_be)
     }
     #[inline(always)]
     fn scratch_flow(s: *mut Scratch) -> *mut FlowG<u32> {
         unsafe { &raw mut (*s).flow }
     }
     #[inline(always)]
-    fn hash(a: u32) -> u32 {
-        a
+    fn scratch_keys(s: *mut Scratch) -> *mut [FlowKeyG<u32>; 4] {
+        unsafe { &raw mut (*s).keys }
     }
     #[inline(always)]
-    fn allowed(listener: u32, client: u32) -> u64 {
-        allowed4(listener, client)
+    fn scratch_lkey(s: *mut Scratch) -> *mut ListenerKeyG<u32> {
+        unsafe { &raw mut (*s).lkey }
     }
     #[inline(always)]
-    fn fib(fib: &mut FibParams, src: u32, dst: u32) {
+    fn hash(a: &u32) -> u32 {
+        *a
+    }
+    #[inline(always)]
+    fn allowed(listener: u32, client: &u32) -> u64 {
+        allowed4(listener, *client)
+    }
+    #[inline(always)]
+    fn fib(fib: &mut FibParams, src: &u32, dst: &u32) {
         fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = src;
-        fib.__bindgen_anon_4.ipv4_dst = dst;
+        fib.__bindgen_anon_3.ipv4_src = *src;
+        fib.__bindgen_anon_4.ipv4_dst = *dst;
     }
     #[inline(always)]
     fn ended(flow: *const FlowG<u32>, state: u64, now: u64) {
@@ -129,4 +185,96 @@ fn allowed4(listener: u32, client_be: u32) -> u64 {
         },
     );
     ALLOWED.get(&key).is_some() as u64
+}
+
+pub(crate) struct V6;
+
+/// The verdict for cookie steps an IPv6 flow never reaches (no cookies for IPv6 yet: its
+/// flows never carry `CT_COOKIE`).
+#[inline(always)]
+fn no_cookie() -> Verdict {
+    crate::verdict(
+        aya_ebpf::bindings::xdp_action::XDP_DROP,
+        lb_common::reason::DROP_BAD_L4,
+    )
+}
+
+impl Family for V6 {
+    type A = Ip6;
+    const OUTLINE: bool = true;
+    const COOKIES: bool = false;
+    const RECLAIM: bool = false;
+    #[inline(always)]
+    fn conntrack() -> &'static HashMap<FlowKeyG<Ip6>, FlowG<Ip6>> {
+        &CONNTRACK6
+    }
+    #[inline(always)]
+    fn listeners() -> &'static HashMap<ListenerKeyG<Ip6>, ListenerConf> {
+        &LISTENERS6
+    }
+    #[inline(always)]
+    fn member_addr(idx: u32) -> Option<&'static Ip6> {
+        MEMBER_ADDR6.get(idx)
+    }
+    #[inline(always)]
+    fn scratch_flow(s: *mut Scratch) -> *mut FlowG<Ip6> {
+        unsafe { &raw mut (*s).flow6 }
+    }
+    #[inline(always)]
+    fn scratch_keys(s: *mut Scratch) -> *mut [FlowKeyG<Ip6>; 4] {
+        unsafe { &raw mut (*s).keys6 }
+    }
+    #[inline(always)]
+    fn scratch_lkey(s: *mut Scratch) -> *mut ListenerKeyG<Ip6> {
+        unsafe { &raw mut (*s).lkey6 }
+    }
+    #[inline(always)]
+    fn hash(a: &Ip6) -> u32 {
+        lb_common::Address::fold(a)
+    }
+    #[inline(always)]
+    fn allowed(listener: u32, client: &Ip6) -> u64 {
+        allowed6(listener, client)
+    }
+    #[inline(always)]
+    fn fib(fib: &mut FibParams, src: &Ip6, dst: &Ip6) {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src = *src;
+        fib.__bindgen_anon_4.ipv6_dst = *dst;
+    }
+    #[inline(always)]
+    fn ended(_: *const FlowG<Ip6>, _: u64, _: u64) {}
+    #[inline(always)]
+    fn answer_syn<C: Frame>(_: &C, _: &Packet<Ip6>) -> Option<Verdict> {
+        None
+    }
+    #[inline(always)]
+    fn valid_ack(_: &Packet<Ip6>, _: &ListenerConf, _: u64) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn member_syn<C: Frame>(_: &C, _: &Packet<Ip6>, _: *mut FlowG<Ip6>) -> Verdict {
+        no_cookie()
+    }
+    #[inline(always)]
+    fn reset<C: Frame>(_: &C, _: &Packet<Ip6>, _: &ListenerConf, why: u32) -> Verdict {
+        crate::verdict(aya_ebpf::bindings::xdp_action::XDP_DROP, why)
+    }
+    #[inline(always)]
+    fn member_synack<C: Frame>(_: &C, _: &Packet<Ip6>, _: *mut FlowG<Ip6>, _: u64) -> Verdict {
+        no_cookie()
+    }
+}
+
+/// `allowed4` for an IPv6 client (the address by reference: BPF passes 5 registers).
+#[inline(never)]
+fn allowed6(listener: u32, client: &Ip6) -> u64 {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(
+        160,
+        AllowedData6 {
+            listener_be: listener.to_be(),
+            addr_be: *client,
+        },
+    );
+    ALLOWED6.get(&key).is_some() as u64
 }

@@ -25,10 +25,11 @@ mod stats;
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_redirect,
-    macros::{classifier, xdp},
+    macros::{classifier, map, xdp},
+    maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
-use family::{Family, V4};
+use family::{Family, V4, V6};
 use lb_common::{reason, FLOW_DIR_REVERSE};
 use maps::*;
 use parse::{Frame, Packet};
@@ -44,6 +45,19 @@ pub(crate) struct Verdict {
 #[inline(always)]
 pub(crate) const fn verdict(action: u32, reason: u32) -> Verdict {
     Verdict { action, reason }
+}
+
+impl Verdict {
+    /// In one register, as a BPF subprogram returns it.
+    #[inline(always)]
+    pub(crate) fn encode(&self) -> u64 {
+        ((self.action as u64) << 32) | self.reason as u64
+    }
+
+    #[inline(always)]
+    pub(crate) fn decode(v: u64) -> Verdict {
+        verdict((v >> 32) as u32, v as u32)
+    }
 }
 
 /// See `client::fast_path`. Only the segments it translates are counted here; the rest are counted by
@@ -74,17 +88,41 @@ fn count(v: &Verdict) {
     }
 }
 
+/// The IPv6 programs, entered by a tail call from the IPv4 ones (`lb` -> `lb6`, `lb_tc` ->
+/// `lb_tc6`): each program has the whole 512-byte stack to itself, which one program for
+/// both families would not fit in. The loader fills slot 0 before it attaches.
+#[map]
+static V6_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static V6_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 #[xdp]
 #[inline(always)]
 pub fn lb(ctx: XdpContext) -> u32 {
+    if parse::is_ipv6(&ctx) {
+        unsafe { V6_XDP.tail_call(&ctx, 0) };
+        // No IPv6 program in the slot (not loaded yet): the kernel's.
+        let v = verdict(xdp_action::XDP_PASS, reason::PASS_NOT_IP);
+        count(&v);
+        return v.action;
+    }
     let v = process(&ctx);
     count(&v);
     v.action
 }
 
+#[xdp]
+#[inline(always)]
+pub fn lb6(ctx: XdpContext) -> u32 {
+    let v = process6(&ctx);
+    count(&v);
+    v.action
+}
+
 /// Headers the data path reads: Ethernet, IPv4 with options, and TCP, or an ICMP error with
-/// its embedded IPv4 header (options included) and 8 bytes of its transport header.
-const HEADERS_MAX: usize = 14 + 60 + 8 + 60 + 18;
+/// its embedded IPv4 header (options included) and 8 bytes of its transport header; IPv6
+/// with some extension headers and TCP.
+const HEADERS_MAX: usize = 256;
 
 /// An skb's linear part may end before the headers do; the kernel pulls them in on asking.
 #[inline(always)]
@@ -106,8 +144,28 @@ fn pull_headers(ctx: &TcContext) {
 #[inline(always)]
 pub fn lb_tc(ctx: TcContext) -> i32 {
     pull_headers(&ctx);
+    if parse::is_ipv6(&ctx) {
+        unsafe { V6_TC.tail_call(&ctx, 0) };
+        count(&verdict(xdp_action::XDP_PASS, reason::PASS_NOT_IP));
+        return TC_ACT_OK;
+    }
     let v = process(&ctx);
     count(&v);
+    tc_action(&ctx, &v)
+}
+
+/// `lb_tc` for IPv6 (see `lb6`).
+#[classifier]
+#[inline(always)]
+pub fn lb_tc6(ctx: TcContext) -> i32 {
+    let v = process6(&ctx);
+    count(&v);
+    tc_action(&ctx, &v)
+}
+
+/// A verdict as a TC program returns it: XDP_TX becomes the redirect to the port's own egress.
+#[inline(always)]
+fn tc_action(ctx: &TcContext, v: &Verdict) -> i32 {
     match v.action {
         xdp_action::XDP_TX => unsafe { bpf_redirect(ctx.ifindex(), 0) as i32 },
         xdp_action::XDP_DROP => TC_ACT_SHOT,
@@ -135,11 +193,25 @@ fn process<C: Frame>(ctx: &C) -> Verdict {
     }
 }
 
+/// The IPv6 programs' half of `process`.
+#[inline(always)]
+fn process6<C: Frame>(ctx: &C) -> Verdict {
+    match parse::parse6(ctx) {
+        Ok(p) if for_port(&p.dst_mac) => balance::<C, V6>(ctx, &p),
+        Ok(_) => verdict(xdp_action::XDP_PASS, reason::PASS_NOT_FOR_PORT),
+        Err(v) => verdict(v.0, v.1),
+    }
+}
+
 /// A segment or datagram of family `F` addressed to the port: a client's to a listener, or a
 /// member's reply of a flow.
 #[inline(always)]
 fn balance<C: Frame, F: Family>(ctx: &C, pkt: &Packet<F::A>) -> Verdict {
-    if let Some(listener) = unsafe { F::listeners().get(pkt.listener_key()) } {
+    let Some(lkey) = family::lkey::<F>() else {
+        return verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED);
+    };
+    pkt.listener_key_into(lkey);
+    if let Some(listener) = unsafe { F::listeners().get(&*lkey) } {
         let v = if pkt.fragment {
             verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT)
         } else {
@@ -152,12 +224,19 @@ fn balance<C: Frame, F: Family>(ctx: &C, pkt: &Packet<F::A>) -> Verdict {
         }
         return v;
     }
-    if let Some(rflow) = F::conntrack().get_ptr(pkt.flow_key(FLOW_DIR_REVERSE)) {
+    let Some(rkey) = family::key::<F>(family::slot::TEMP) else {
+        return verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED);
+    };
+    pkt.flow_key_into(FLOW_DIR_REVERSE, rkey);
+    if let Some(rflow) = F::conntrack().get_ptr(&*rkey) {
         if pkt.fragment {
             return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
         }
-        let rflow = unsafe { *rflow };
-        return from_member::<C, F>(ctx, pkt, &rflow);
+        let rflow = unsafe { &*rflow };
+        if F::OUTLINE {
+            return Verdict::decode(member::from_member_sub::<C, F>(ctx, pkt, rflow));
+        }
+        return from_member::<C, F>(ctx, pkt, rflow);
     }
     verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
 }

@@ -10,9 +10,10 @@ use aya_ebpf::{
 use lb_common::{
     reason,
     schema::{SchemaEntry, SCHEMA_ENTRIES},
-    select, AllowedData, Flow, FlowKey, ListenerConf, ListenerKey, Live, MemberConf, PoolConf,
-    PortConf, Stats, Sticky, StickyKey, SweepReport, DEFAULT_CONNTRACK_FLOWS, MAX_ALLOWED_CIDRS,
-    MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS, STICKY_ENTRIES,
+    select, AllowedData, AllowedData6, Flow, Flow6, FlowKey, FlowKey6, Ip6, ListenerConf,
+    ListenerKey, ListenerKey6, Live, MemberConf, PoolConf, PortConf, Stats, Sticky, StickyKey,
+    SweepReport, DEFAULT_CONNTRACK_FLOWS, MAX_ALLOWED_CIDRS, MAX_LISTENERS, MAX_MEMBERS, MAX_POOLS,
+    STICKY_ENTRIES,
 };
 
 /// Hash maps allocate on insert and free through RCU: an entry the daemon expires can never be
@@ -23,6 +24,11 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map]
 pub static LISTENERS: HashMap<ListenerKey, ListenerConf> = HashMap::pinned(MAX_LISTENERS, 0);
 
+/// (IPv6 VIP, port, proto) -> listener, for a load balancer whose VIP is IPv6. Written by the
+/// daemon only.
+#[map]
+pub static LISTENERS6: HashMap<ListenerKey6, ListenerConf> = HashMap::pinned(MAX_LISTENERS, 0);
+
 /// pool index -> member slot count and algorithm. Written by the daemon only.
 #[map]
 pub static POOLS: Array<PoolConf> = Array::pinned(MAX_POOLS, 0);
@@ -30,6 +36,11 @@ pub static POOLS: Array<PoolConf> = Array::pinned(MAX_POOLS, 0);
 /// pool * 256 + slot -> member address, port, weight, flags (health and admin state).
 #[map]
 pub static MEMBERS: Array<MemberConf> = Array::pinned(MAX_MEMBERS, 0);
+
+/// pool * 256 + slot -> an IPv6 member's address (`MEMBERS` holds the rest of it; a pool's
+/// members share its VIP's family).
+#[map]
+pub static MEMBER_ADDR6: Array<Ip6> = Array::pinned(MAX_MEMBERS, 0);
 
 /// member index -> active connections (shared, atomic; the daemon mmaps it to correct drift).
 #[map]
@@ -63,12 +74,26 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 pub static CONNTRACK: HashMap<FlowKey, Flow> =
     HashMap::pinned(2 * DEFAULT_CONNTRACK_FLOWS, BPF_F_NO_PREALLOC);
 
+/// The conntrack table of IPv6 flows, as `CONNTRACK` (sized alike by the loader).
+#[map]
+pub static CONNTRACK6: HashMap<FlowKey6, Flow6> =
+    HashMap::pinned(2 * DEFAULT_CONNTRACK_FLOWS, BPF_F_NO_PREALLOC);
+
 /// Per-CPU scratch space for the SYN path's large temporaries (a flow being built, the FIB
 /// lookup's parameters): kept off the 512-byte BPF stack, which older kernels' verifiers
 /// also charge with the member-selection callback's frame.
 #[repr(C)]
 pub struct Scratch {
     pub flow: Flow,
+    pub flow6: Flow6,
+    /// Map keys (`family::Slot`): an IPv6 flow key is 40 bytes, and the IPv6 program's
+    /// frames only fit in 512 bytes with its keys here.
+    pub keys: [FlowKey; 4],
+    pub keys6: [FlowKey6; 4],
+    pub lkey: ListenerKey,
+    pub lkey6: ListenerKey6,
+    /// The IPv6 parser's transport offset, passed through memory (`parse::launder`).
+    pub off: u64,
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
     /// A SYN's TCP header, copied for the SYN-cookie helper.
     pub tcp: [u8; 64],
@@ -111,6 +136,10 @@ pub static SOURCE_TABLE: Array<[u16; select::SOURCE_TABLE_SIZE as usize]> =
 /// match). Written by the daemon, before the listener's flag.
 #[map]
 pub static ALLOWED: LpmTrie<AllowedData, u32> = LpmTrie::pinned(MAX_ALLOWED_CIDRS, 0);
+
+/// `ALLOWED` for IPv6 clients: (listener, client prefix), a prefix of `32 + n` bits.
+#[map]
+pub static ALLOWED6: LpmTrie<AllowedData6, u32> = LpmTrie::pinned(MAX_ALLOWED_CIDRS, 0);
 
 /// The port's MAC (written by the daemon before it attaches): only frames addressed to it
 /// are balanced.

@@ -5,12 +5,22 @@ use lb_common::{reason, FlowG, CT_COOKIE, CT_LOG, CT_REFUSED, CT_SYNACK};
 
 use crate::{
     conntrack::{fetch_or, note_answer, note_failure, track, xadd_u64},
-    family::Family,
+    family::{self, slot, Family},
     nat::shift,
     parse::{self, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     stats::add_stats,
     verdict, Verdict,
 };
+
+/// `from_member` as a BPF subprogram (`Family::OUTLINE`), its verdict encoded.
+#[inline(never)]
+pub(crate) fn from_member_sub<C: Frame, F: Family>(
+    ctx: &C,
+    pkt: &Packet<F::A>,
+    rflow: &FlowG<F::A>,
+) -> u64 {
+    from_member::<C, F>(ctx, pkt, rflow).encode()
+}
 
 #[inline(always)]
 pub(crate) fn from_member<C: Frame, F: Family>(
@@ -22,7 +32,11 @@ pub(crate) fn from_member<C: Frame, F: Family>(
     // A cookie connection's sequence delta, from the forward entry (the reverse one is the
     // copy made before the member answered).
     let mut cookie_delta = None;
-    if let Some(f) = F::conntrack().get_ptr_mut(rflow.forward_key()) {
+    let Some(fkey) = family::key::<F>(slot::FORWARD) else {
+        return verdict(xdp_action::XDP_DROP, reason::DROP_CT_FULL);
+    };
+    rflow.forward_key_into(fkey);
+    if let Some(f) = F::conntrack().get_ptr_mut(&*fkey) {
         let cookie = unsafe { (*f).state } & CT_COOKIE != 0;
         if cookie && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
             return F::member_synack(ctx, pkt, f, now);
@@ -60,8 +74,8 @@ pub(crate) fn from_member<C: Frame, F: Family>(
             pkt,
             rflow.port_mac,
             rflow.client_mac,
-            rflow.vip_be,
-            rflow.client_be,
+            &rflow.vip_be,
+            &rflow.client_be,
             rflow.listener_port_be,
             rflow.client_port_be,
             shift(ctx, pkt, cookie_delta, rflow.ts_delta, false),
@@ -90,7 +104,11 @@ fn refused<F: Family>(f: *mut FlowG<F::A>, pkt: &Packet<F::A>) -> bool {
         // to redispatch. It hears the refusal.
         return false;
     }
-    let Some(listener) = (unsafe { F::listeners().get(flow.listener_key()) }) else {
+    let Some(lkey) = family::lkey::<F>() else {
+        return false;
+    };
+    *lkey = flow.listener_key();
+    let Some(listener) = (unsafe { F::listeners().get(&*lkey) }) else {
         return false;
     };
     if (flow.syn_retries >> 4) as u32 >= listener.retries {

@@ -7,12 +7,10 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, BPF_NOEXIST},
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_loop},
 };
-use lb_common::{
-    reason, FlowG, FlowKeyG, ListenerConf, ListenerKeyG, CT_COUNTED, CT_HALF_OPEN, SNAT_TRIES,
-};
+use lb_common::{reason, FlowG, FlowKeyG, ListenerConf, CT_COUNTED, CT_HALF_OPEN, SNAT_TRIES};
 
 use crate::{
-    family::Family,
+    family::{slot, Family},
     maps::*,
     parse::{self, Frame, Packet},
 };
@@ -64,7 +62,7 @@ pub(crate) fn try_bind_member<C: Frame, F: Family>(
         return Err(reason::DROP_NO_MEMBER);
     };
     flow.member = idx;
-    flow.member_be = addr;
+    flow.member_be = *addr;
     flow.member_port_be = m.port_be;
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -72,7 +70,7 @@ pub(crate) fn try_bind_member<C: Frame, F: Family>(
     };
     let fib: &mut FibParams = unsafe { &mut (*scratch).fib };
     *fib = unsafe { core::mem::zeroed() };
-    F::fib(fib, flow.vip_be, addr);
+    F::fib(fib, &flow.vip_be, addr);
     fib.l4_protocol = flow.proto();
     fib.sport = flow.snat_port_be;
     fib.dport = m.port_be;
@@ -138,7 +136,11 @@ extern "C" fn snat_step<F: Family>(i: u32, ctx: *mut c_void) -> i64 {
         st.outcome = SNAT_FULL;
         return 1;
     };
+    // Everything from one lookup of the scratch space (each lookup costs this frame a slot).
     let flow = unsafe { &mut *F::scratch_flow(scratch) };
+    let lkey = unsafe { &mut *F::scratch_lkey(scratch) };
+    let keys = F::scratch_keys(scratch) as *mut FlowKeyG<F::A>;
+    let (rkey, fkey) = unsafe { (&mut *keys.add(slot::SNAT), &mut *keys.add(slot::RECLAIM)) };
     let client_port = u16::from_be(flow.client_port_be);
     // First choice: the client's own source port (as netfilter's NAT does). The member then
     // sees the port the client chose, and when a client reuses a port, the member's
@@ -156,15 +158,17 @@ extern "C" fn snat_step<F: Family>(i: u32, ctx: *mut c_void) -> i64 {
     st.seed = st.seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
     let port_be = port.to_be();
     // A port that is also a listener on this VIP would make replies look like clients.
-    if F::listeners()
-        .get_ptr(ListenerKeyG::new(flow.vip_be, port_be, flow.proto()))
-        .is_some()
-    {
+    lkey.vip_be = flow.vip_be;
+    lkey.port_be = port_be;
+    lkey.proto = flow.proto();
+    lkey._pad = 0;
+    if F::listeners().get_ptr(&*lkey).is_some() {
         return 0;
     }
     flow.snat_port_be = port_be;
     let table = F::conntrack();
-    match table.insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64) {
+    flow.reverse_key_into(rkey);
+    match table.insert(&*rkey, &*flow, BPF_NOEXIST as u64) {
         Ok(()) => {
             st.outcome = SNAT_FOUND;
             1
@@ -172,11 +176,10 @@ extern "C" fn snat_step<F: Family>(i: u32, ctx: *mut c_void) -> i64 {
         Err(e) if e == -EEXIST => {
             // Taken: by a flow that may be over. With timestamps on the new flow, the member
             // accepts the port again at once (see `reclaim`).
-            if flow.ts_delta != 0
-                && reclaim::<F>(&flow.reverse_key())
-                && table
-                    .insert(flow.reverse_key(), &*flow, BPF_NOEXIST as u64)
-                    .is_ok()
+            if F::RECLAIM
+                && flow.ts_delta != 0
+                && reclaim::<F>(rkey, fkey)
+                && table.insert(&*rkey, &*flow, BPF_NOEXIST as u64).is_ok()
             {
                 st.outcome = SNAT_FOUND;
                 return 1;
@@ -204,20 +207,20 @@ const REUSE_AFTER_NS: u64 = 1_000_000_000;
 /// 5,000. A reverse entry whose forward entry is gone (an orphan the expiry has not reached
 /// yet) is freed likewise once it is as old.
 #[inline(always)]
-fn reclaim<F: Family>(rkey: &FlowKeyG<F::A>) -> bool {
+fn reclaim<F: Family>(rkey: &FlowKeyG<F::A>, fkey: &mut FlowKeyG<F::A>) -> bool {
     let table = F::conntrack();
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let Some(r) = (unsafe { table.get(rkey) }) else {
         return false;
     };
-    let fkey = r.forward_key();
-    match unsafe { table.get(&fkey) } {
+    r.forward_key_into(fkey);
+    match unsafe { table.get(&*fkey) } {
         Some(f) => {
-            if f.reverse_key() != *rkey
+            if !f.has_reverse_key(rkey)
                 || !lb_common::closed(f.state)
                 || f.state & (CT_COUNTED | CT_HALF_OPEN) != 0
                 || now.wrapping_sub(f.last_seen_ns) < REUSE_AFTER_NS
-                || table.remove(&fkey).is_err()
+                || table.remove(&*fkey).is_err()
             {
                 return false;
             }

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use lb_common::{checksum, reason, Address, FlowKeyG, ListenerKeyG, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{checksum, reason, Address, FlowKeyG, Ip6, ListenerKeyG, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// What the data path needs of the context it runs in: XDP (a frame) or TC (an skb, which may
@@ -116,10 +116,11 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 const TCP_HDR_LEN: usize = 20;
 pub const UDP_HDR_LEN: usize = 8;
 
-/// A TCP segment or UDP datagram over IPv4 (`A = u32`) or IPv6 (`A = [u8; 16]`), as
+/// A TCP segment or UDP datagram over IPv4 (`A = u32`) or IPv6 (`A = Ip6`), as
 /// `parse` found it; addresses as on the wire.
 pub struct Packet<A = u32> {
     pub eth: *mut EthHdr,
@@ -165,6 +166,27 @@ impl<A: Address> Packet<A> {
         }
     }
 
+    /// `flow_key`, written into `out`.
+    #[inline(always)]
+    pub fn flow_key_into(&self, dir: u8, out: &mut FlowKeyG<A>) {
+        out.src_be = self.src_be;
+        out.dst_be = self.dst_be;
+        out.sport_be = self.sport_be;
+        out.dport_be = self.dport_be;
+        out.proto = self.proto();
+        out.dir = dir;
+        out._pad = [0; 2];
+    }
+
+    /// `listener_key`, written into `out`.
+    #[inline(always)]
+    pub fn listener_key_into(&self, out: &mut ListenerKeyG<A>) {
+        out.vip_be = self.dst_be;
+        out.port_be = self.dport_be;
+        out.proto = self.proto();
+        out._pad = 0;
+    }
+
     #[inline(always)]
     pub fn proto(&self) -> u8 {
         if self.udp {
@@ -203,12 +225,21 @@ pub enum Parsed {
     IcmpError(crate::icmp::IcmpError),
 }
 
+/// Whether the frame is IPv6 (the IPv4 programs hand it to the IPv6 ones).
+#[inline(always)]
+pub fn is_ipv6<C: Frame>(ctx: &C) -> bool {
+    match ptr_at::<EthHdr, C>(ctx, 0) {
+        Some(eth) => (unsafe { (*eth).ether_type }) == ETH_P_IPV6_BE,
+        None => false,
+    }
+}
+
 #[inline(always)]
 pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
     let eth: *mut EthHdr =
         ptr_at(ctx, 0).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_TRUNCATED_ETH))?;
     if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
-        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_IPV4));
+        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_IP));
     }
     let bad_ip = Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV4);
     let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(bad_ip)?;
@@ -240,82 +271,190 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
         return crate::icmp::parse(ctx, eth, ip, ihl, tot_len as usize).map(Parsed::IcmpError);
     }
     let more_fragments = frags & 0x2000 != 0;
-    let l4 = EthHdr::LEN + ihl;
+    let (src, dst) = unsafe {
+        (
+            u32::from_ne_bytes((*ip).src_addr),
+            u32::from_ne_bytes((*ip).dst_addr),
+        )
+    };
+    let l4 = Transport {
+        off: EthHdr::LEN + ihl,
+        len: tot_len - ihl as u16,
+        proto,
+        ip_len: tot_len,
+        fragment: more_fragments,
+    };
+    transport(ctx, eth, ip as *mut u8, src, dst, &l4).map(Parsed::L4)
+}
+
+/// Where a packet's transport header is and what the IP header says of it.
+struct Transport {
+    /// Offset from the frame's start.
+    off: usize,
+    /// Its length with its payload (IPv4: total length less the header; IPv6: payload
+    /// length less the extension headers).
+    len: u16,
+    proto: u8,
+    /// The IP packet's length.
+    ip_len: u16,
+    /// A first fragment (more follow): the transport header is there, its payload is not all.
+    fragment: bool,
+}
+
+/// The TCP or UDP header at `l4`: a TCP data offset of at least 5 within the packet, a UDP
+/// length that covers its header and fits (a first fragment's covers the whole datagram, so
+/// only the header is checked then).
+#[inline(always)]
+fn transport<C: Frame, A>(
+    ctx: &C,
+    eth: *mut EthHdr,
+    ip: *mut u8,
+    src_be: A,
+    dst_be: A,
+    l4: &Transport,
+) -> Result<Packet<A>, Early> {
     let bad_l4 = Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4);
-    if proto == IPPROTO_UDP {
-        return parse_udp(ctx, eth, ip, l4, ihl, tot_len, more_fragments);
-    }
-    let tcp: *mut [u8; TCP_HDR_LEN] = ptr_at(ctx, l4).ok_or(bad_l4)?;
-    let t = unsafe { *tcp };
-    let doff = ((t[12] >> 4) as usize) * 4;
-    if doff < TCP_HDR_LEN || (!more_fragments && ihl + doff > tot_len as usize) {
-        return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
-    }
+    let udp = l4.proto == IPPROTO_UDP;
+    let (tcp, doff, t) = if udp {
+        let p: *mut [u8; UDP_HDR_LEN] = ptr_at(ctx, l4.off).ok_or(bad_l4)?;
+        let u = unsafe { *p };
+        let len = u16::from_be_bytes([u[4], u[5]]) as usize;
+        if len < UDP_HDR_LEN || (!l4.fragment && len > l4.len as usize) {
+            return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
+        }
+        let mut t = [0u8; TCP_HDR_LEN];
+        t[..4].copy_from_slice(&u[..4]);
+        (p as *mut u8, UDP_HDR_LEN, t)
+    } else {
+        let p: *mut [u8; TCP_HDR_LEN] = ptr_at(ctx, l4.off).ok_or(bad_l4)?;
+        let t = unsafe { *p };
+        let doff = ((t[12] >> 4) as usize) * 4;
+        if doff < TCP_HDR_LEN || (!l4.fragment && doff > l4.len as usize) {
+            return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
+        }
+        (p as *mut u8, doff, t)
+    };
     unsafe {
-        Ok(Parsed::L4(Packet {
+        Ok(Packet {
             eth,
-            ip: ip as *mut u8,
-            tcp: tcp as *mut u8,
-            udp: false,
-            src_be: u32::from_ne_bytes((*ip).src_addr),
-            dst_be: u32::from_ne_bytes((*ip).dst_addr),
+            ip,
+            tcp,
+            udp,
+            src_be,
+            dst_be,
             sport_be: u16::from_ne_bytes([t[0], t[1]]),
             dport_be: u16::from_ne_bytes([t[2], t[3]]),
             tcp_flags: t[13],
             seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
             ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
             win: u16::from_be_bytes([t[14], t[15]]),
-            ip_len: tot_len,
-            l4_len: tot_len - ihl as u16,
+            ip_len: l4.ip_len,
+            l4_len: l4.len,
             doff,
-            fragment: more_fragments,
+            fragment: l4.fragment,
             src_mac: (*eth).src_addr,
             dst_mac: (*eth).dst_addr,
-        }))
+        })
     }
 }
 
-/// A UDP datagram: its length must cover the header and fit the IPv4 packet (a first
-/// fragment's covers the whole datagram, so only the header is checked then).
+const IPV6_HDR_LEN: usize = 40;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// Extension headers walked before the transport header (RFC 8200's order has at most hop-by-
+/// hop, destination options, routing, fragment, destination options).
+const EXT_HEADERS_MAX: usize = 5;
+
+/// How far into the frame the IPv6 parser looks for the transport header.
+const MAX_L4_OFFSET: usize = 512;
+
+/// `v` as the verifier sees a value read from a map: unknown (see `parse6`).
 #[inline(always)]
-fn parse_udp<C: Frame>(
-    ctx: &C,
-    eth: *mut EthHdr,
-    ip: *mut Ipv4Hdr,
-    l4: usize,
-    ihl: usize,
-    tot_len: u16,
-    more_fragments: bool,
-) -> Result<Parsed, Early> {
-    let bad_l4 = Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4);
-    let udp: *mut [u8; UDP_HDR_LEN] = ptr_at(ctx, l4).ok_or(bad_l4)?;
-    let u = unsafe { *udp };
-    let len = u16::from_be_bytes([u[4], u[5]]) as usize;
-    if len < UDP_HDR_LEN || (!more_fragments && ihl + len > tot_len as usize) {
-        return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
-    }
+fn launder(v: usize) -> Option<usize> {
+    let s = crate::maps::SCRATCH.get_ptr_mut(0)?;
     unsafe {
-        Ok(Parsed::L4(Packet {
-            eth,
-            ip: ip as *mut u8,
-            tcp: udp as *mut u8,
-            udp: true,
-            src_be: u32::from_ne_bytes((*ip).src_addr),
-            dst_be: u32::from_ne_bytes((*ip).dst_addr),
-            sport_be: u16::from_ne_bytes([u[0], u[1]]),
-            dport_be: u16::from_ne_bytes([u[2], u[3]]),
-            tcp_flags: 0,
-            seq: 0,
-            ack: 0,
-            win: 0,
-            ip_len: tot_len,
-            l4_len: tot_len - ihl as u16,
-            doff: UDP_HDR_LEN,
-            fragment: more_fragments,
-            src_mac: (*eth).src_addr,
-            dst_mac: (*eth).dst_addr,
-        }))
+        core::ptr::write_volatile(&raw mut (*s).off, v as u64);
+        Some(core::ptr::read_volatile(&raw const (*s).off) as usize)
     }
+}
+
+/// An IPv6 packet: its extension headers walked (hop-by-hop, routing, destination options,
+/// fragment), then TCP or UDP as for IPv4. A later fragment, ICMPv6 (neighbour discovery,
+/// echo, errors) and anything else pass to the kernel.
+#[inline(always)]
+pub fn parse6<C: Frame>(ctx: &C) -> Result<Packet<Ip6>, Early> {
+    let eth: *mut EthHdr =
+        ptr_at(ctx, 0).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_TRUNCATED_ETH))?;
+    if unsafe { (*eth).ether_type } != ETH_P_IPV6_BE {
+        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_IP));
+    }
+    let bad = Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV6);
+    let ip: *mut [u8; IPV6_HDR_LEN] = ptr_at(ctx, EthHdr::LEN).ok_or(bad)?;
+    let h = unsafe { &*ip };
+    let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
+    if h[0] >> 4 != 6 || EthHdr::LEN + IPV6_HDR_LEN + payload > ctx.len() {
+        return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV6));
+    }
+    let mut next = h[6];
+    let mut off = EthHdr::LEN + IPV6_HDR_LEN;
+    let mut fragment = false;
+    for _ in 0..EXT_HEADERS_MAX {
+        if next != NEXTHDR_HOP
+            && next != NEXTHDR_ROUTING
+            && next != NEXTHDR_DEST
+            && next != NEXTHDR_FRAGMENT
+        {
+            break;
+        }
+        let e: *mut [u8; 8] =
+            ptr_at(ctx, off).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV6))?;
+        let e = unsafe { *e };
+        if next == NEXTHDR_FRAGMENT {
+            let frag = u16::from_be_bytes([e[2], e[3]]);
+            if frag & 0xfff8 != 0 {
+                // A later fragment: no transport header to balance on.
+                return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
+            }
+            fragment = frag & 1 != 0;
+            off += 8;
+        } else {
+            off += (e[1] as usize + 1) * 8;
+        }
+        next = e[0];
+    }
+    let end = EthHdr::LEN + IPV6_HDR_LEN + payload;
+    if off > end {
+        return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV6));
+    }
+    // Each way through the walk leaves a different constant offset, and the verifier would
+    // check the rest of the program once per way (past its million instructions): the
+    // offset goes through memory, and comes back as one bounded unknown.
+    let off = launder(off).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV6))?;
+    if off > MAX_L4_OFFSET {
+        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
+    }
+    if next != IPPROTO_TCP && next != IPPROTO_UDP {
+        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
+    }
+    // Word loads (the header is 2-byte aligned in the frame; BPF on x86 and arm64 loads
+    // unaligned words, and the verifier only refuses them under strict alignment).
+    let (src, dst) = unsafe {
+        (
+            core::ptr::read((ip as *const u8).add(8) as *const Ip6),
+            core::ptr::read((ip as *const u8).add(24) as *const Ip6),
+        )
+    };
+    let l4 = Transport {
+        off,
+        len: (end - off) as u16,
+        proto: next,
+        ip_len: (IPV6_HDR_LEN + payload) as u16,
+        fragment,
+    };
+    transport(ctx, eth, ip as *mut u8, src, dst, &l4)
 }
 
 const TCPOPT_NOP: u8 = 1;
@@ -391,82 +530,75 @@ pub trait L3: Address {
     ///
     /// # Safety
     /// `ip` must be the header `parse` found in the packet currently in the context.
-    unsafe fn set_addrs(ip: *mut u8, old: (Self, Self), new: (Self, Self));
+    unsafe fn set_addrs(ip: *mut u8, old: Pair<Self>, new: Pair<Self>);
     /// A frame's transport checksum `c` after the addresses changed from `old` to `new`.
-    fn csum(c: u16, old: (Self, Self), new: (Self, Self)) -> u16;
+    fn csum(c: u16, old: Pair<Self>, new: Pair<Self>) -> u16;
     /// The same for an skb, through `bpf_l4_csum_replace` at packet offset `off`.
-    fn skb_csum<C: Frame>(ctx: &C, off: usize, old: (Self, Self), new: (Self, Self), udp: bool);
+    fn skb_csum<C: Frame>(ctx: &C, off: usize, old: Pair<Self>, new: Pair<Self>, udp: bool);
 }
+
+/// Source and destination addresses, by reference (an IPv6 pair is 32 bytes: copies of it
+/// are what the 512-byte stack cannot afford).
+pub type Pair<'a, A> = (&'a A, &'a A);
 
 impl L3 for u32 {
     #[inline(always)]
-    unsafe fn set_addrs(ip: *mut u8, old: (u32, u32), new: (u32, u32)) {
+    unsafe fn set_addrs(ip: *mut u8, old: Pair<u32>, new: Pair<u32>) {
         let ip = ip as *mut Ipv4Hdr;
         unsafe {
             let mut ipc = u16::from_ne_bytes((*ip).check);
-            ipc = checksum::replace4(ipc, old.0, new.0);
-            ipc = checksum::replace4(ipc, old.1, new.1);
+            ipc = checksum::replace4(ipc, *old.0, *new.0);
+            ipc = checksum::replace4(ipc, *old.1, *new.1);
             (*ip).check = ipc.to_ne_bytes();
             (*ip).src_addr = new.0.to_ne_bytes();
             (*ip).dst_addr = new.1.to_ne_bytes();
         }
     }
     #[inline(always)]
-    fn csum(c: u16, old: (u32, u32), new: (u32, u32)) -> u16 {
-        checksum::replace4(checksum::replace4(c, old.0, new.0), old.1, new.1)
+    fn csum(c: u16, old: Pair<u32>, new: Pair<u32>) -> u16 {
+        checksum::replace4(checksum::replace4(c, *old.0, *new.0), *old.1, *new.1)
     }
     #[inline(always)]
-    fn skb_csum<C: Frame>(ctx: &C, off: usize, old: (u32, u32), new: (u32, u32), udp: bool) {
-        ctx.l4_csum_replace(off, old.0, new.0, 4, true, udp);
-        ctx.l4_csum_replace(off, old.1, new.1, 4, true, udp);
+    fn skb_csum<C: Frame>(ctx: &C, off: usize, old: Pair<u32>, new: Pair<u32>, udp: bool) {
+        ctx.l4_csum_replace(off, *old.0, *new.0, 4, true, udp);
+        ctx.l4_csum_replace(off, *old.1, *new.1, 4, true, udp);
     }
 }
 
-/// An IPv6 address as the four 32-bit words the checksum adds.
+/// Word `i` (0..4) of an IPv6 address, as the checksum adds it.
 #[inline(always)]
-fn words(a: [u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
+fn word(a: &Ip6, i: usize) -> u32 {
+    a[i]
 }
 
-impl L3 for [u8; 16] {
+impl L3 for Ip6 {
     #[inline(always)]
-    unsafe fn set_addrs(ip: *mut u8, _old: ([u8; 16], [u8; 16]), new: ([u8; 16], [u8; 16])) {
+    unsafe fn set_addrs(ip: *mut u8, _old: Pair<Ip6>, new: Pair<Ip6>) {
         // No header checksum in IPv6: source at 8, destination at 24.
         unsafe {
-            *(ip.add(8) as *mut [u8; 16]) = new.0;
-            *(ip.add(24) as *mut [u8; 16]) = new.1;
+            *(ip.add(8) as *mut Ip6) = *new.0;
+            *(ip.add(24) as *mut Ip6) = *new.1;
         }
     }
     #[inline(always)]
-    fn csum(c: u16, old: ([u8; 16], [u8; 16]), new: ([u8; 16], [u8; 16])) -> u16 {
-        let (os, od, ns, nd) = (words(old.0), words(old.1), words(new.0), words(new.1));
+    fn csum(c: u16, old: Pair<Ip6>, new: Pair<Ip6>) -> u16 {
         let mut c = c;
         for i in 0..4 {
-            c = checksum::replace4(c, os[i], ns[i]);
-            c = checksum::replace4(c, od[i], nd[i]);
+            c = checksum::replace4(c, word(old.0, i), word(new.0, i));
+            c = checksum::replace4(c, word(old.1, i), word(new.1, i));
         }
         c
     }
     #[inline(always)]
-    fn skb_csum<C: Frame>(
-        ctx: &C,
-        off: usize,
-        old: ([u8; 16], [u8; 16]),
-        new: ([u8; 16], [u8; 16]),
-        udp: bool,
-    ) {
-        let (os, od, ns, nd) = (words(old.0), words(old.1), words(new.0), words(new.1));
+    fn skb_csum<C: Frame>(ctx: &C, off: usize, old: Pair<Ip6>, new: Pair<Ip6>, udp: bool) {
         for i in 0..4 {
-            if os[i] != ns[i] {
-                ctx.l4_csum_replace(off, os[i], ns[i], 4, true, udp);
+            let (o, n) = (word(old.0, i), word(new.0, i));
+            if o != n {
+                ctx.l4_csum_replace(off, o, n, 4, true, udp);
             }
-            if od[i] != nd[i] {
-                ctx.l4_csum_replace(off, od[i], nd[i], 4, true, udp);
+            let (o, n) = (word(old.1, i), word(new.1, i));
+            if o != n {
+                ctx.l4_csum_replace(off, o, n, 4, true, udp);
             }
         }
     }
@@ -481,8 +613,8 @@ impl L3 for [u8; 16] {
 unsafe fn rewrite_udp<C: Frame, A: L3>(
     ctx: &C,
     pkt: &Packet<A>,
-    saddr_be: A,
-    daddr_be: A,
+    saddr_be: &A,
+    daddr_be: &A,
     sport_be: u16,
     dport_be: u16,
 ) {
@@ -497,7 +629,7 @@ unsafe fn rewrite_udp<C: Frame, A: L3>(
     u[2] = d[0];
     u[3] = d[1];
     let old = u16::from_ne_bytes([u[6], u[7]]);
-    let (old_a, new_a) = ((pkt.src_be, pkt.dst_be), (saddr_be, daddr_be));
+    let (old_a, new_a) = ((&pkt.src_be, &pkt.dst_be), (saddr_be, daddr_be));
     if !C::SKB && old != 0 {
         let mut c = A::csum(old, old_a, new_a);
         c = checksum::replace4(
@@ -571,8 +703,8 @@ pub unsafe fn rewrite<C: Frame, A: L3>(
     pkt: &Packet<A>,
     smac: [u8; 6],
     dmac: [u8; 6],
-    saddr_be: A,
-    daddr_be: A,
+    saddr_be: &A,
+    daddr_be: &A,
     sport_be: u16,
     dport_be: u16,
     ts: Option<(usize, u32)>,
@@ -591,7 +723,7 @@ pub unsafe fn rewrite<C: Frame, A: L3>(
         (*pkt.eth).src_addr = smac;
         (*pkt.eth).dst_addr = dmac;
 
-        let (old_a, new_a) = ((pkt.src_be, pkt.dst_be), (saddr_be, daddr_be));
+        let (old_a, new_a) = ((&pkt.src_be, &pkt.dst_be), (saddr_be, daddr_be));
         A::set_addrs(pkt.ip, old_a, new_a);
 
         if pkt.udp {

@@ -1,7 +1,12 @@
 //! The configuration file: Octavia's object names (loadbalancer -> listener -> pool -> member,
 //! healthmonitor), parsed from TOML and validated as a whole before anything is touched.
 
-use std::{collections::HashSet, net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -124,9 +129,11 @@ pub struct LoadBalancer {
     /// The network namespace it lives in; `qlbaas-<id>` when absent.
     #[serde(default)]
     pub namespace: Option<String>,
-    pub vip_address: Ipv4Addr,
-    #[serde(default = "default_prefix")]
-    pub vip_prefixlen: u8,
+    /// IPv4 or IPv6; the members of its pools are of the same family.
+    pub vip_address: IpAddr,
+    /// Absent: 24 for an IPv4 VIP, 64 for an IPv6 one (`LoadBalancer::prefixlen`).
+    #[serde(default)]
+    pub vip_prefixlen: Option<u8>,
     pub port: Port,
     /// Connections open on all its listeners together (haproxy's global `maxconn`);
     /// -1 = unlimited.
@@ -136,10 +143,6 @@ pub struct LoadBalancer {
     pub listener: Vec<Listener>,
     #[serde(default)]
     pub pool: Vec<Pool>,
-}
-
-fn default_prefix() -> u8 {
-    24
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -159,7 +162,7 @@ pub struct Port {
     pub mac: Option<String>,
     /// Default route of the namespace (the subnet's router), for members on other subnets.
     #[serde(default)]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
 fn default_bridge() -> String {
@@ -221,32 +224,62 @@ pub struct Listener {
     pub allowed_cidrs: Vec<String>,
 }
 
-/// An `allowed_cidrs` entry: an IPv4 prefix `a.b.c.d/n` with no host bits set, or an address
-/// (/32).
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+/// An `allowed_cidrs` entry of a load balancer whose VIP is `vip`'s family: a prefix
+/// (`a.b.c.d/n`, `2001:db8::/n`) with no host bits set, or an address (/32, /128).
+pub fn parse_cidr(s: &str, vip: IpAddr) -> Result<(IpAddr, u8), String> {
     let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, l),
-        None => (s, "32"),
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
     };
-    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
-        return Err("an IPv6 prefix on an IPv4 load balancer (lb balances IPv4)".into());
-    }
-    let addr: Ipv4Addr = addr
+    let addr: IpAddr = addr
         .parse()
-        .map_err(|_| "not an IPv4 prefix (a.b.c.d/n)".to_string())?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| "the prefix length must be 0..=32".to_string())?;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    if u32::from(addr) & !mask != 0 {
+        .map_err(|_| "not a prefix (a.b.c.d/n or an IPv6 prefix)".to_string())?;
+    if addr.is_ipv4() != vip.is_ipv4() {
         return Err(format!(
-            "not a prefix: host bits are set (the prefix is {}/{len})",
-            Ipv4Addr::from(u32::from(addr) & mask)
+            "an {} prefix on an {} load balancer (its clients are the VIP's family)",
+            family(addr),
+            family(vip)
+        ));
+    }
+    let bits: u8 = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = match len {
+        None => bits,
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|l| *l <= bits)
+            .ok_or_else(|| format!("the prefix length must be 0..={bits}"))?,
+    };
+    let masked = mask(addr, len);
+    if masked != addr {
+        return Err(format!(
+            "not a prefix: host bits are set (the prefix is {masked}/{len})"
         ));
     }
     Ok((addr, len))
+}
+
+/// `addr` with all but its first `len` bits cleared.
+pub fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - len as u32).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
+        }
+    }
+}
+
+/// "IPv4" or "IPv6".
+pub fn family(a: IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
 }
 
 fn default_half_open() -> i64 {
@@ -326,7 +359,7 @@ pub struct SessionPersistence {
 #[serde(deny_unknown_fields)]
 pub struct Member {
     pub id: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub protocol_port: u16,
     #[serde(default = "one")]
     pub weight: u16,
@@ -335,7 +368,7 @@ pub struct Member {
     #[serde(default)]
     pub backup: bool,
     #[serde(default)]
-    pub monitor_address: Option<Ipv4Addr>,
+    pub monitor_address: Option<IpAddr>,
     #[serde(default)]
     pub monitor_port: Option<u16>,
     /// Checked as its pool's monitor says, not at all, or with settings of its own (haproxy
@@ -461,7 +494,7 @@ impl HealthMonitor {
 }
 
 impl Member {
-    pub fn monitor_target(&self) -> (Ipv4Addr, u16) {
+    pub fn monitor_target(&self) -> (IpAddr, u16) {
         (
             self.monitor_address.unwrap_or(self.address),
             self.monitor_port.unwrap_or(self.protocol_port),
@@ -470,6 +503,12 @@ impl Member {
 }
 
 impl LoadBalancer {
+    /// The VIP's prefix length: as configured, else 24 (IPv4) or 64 (IPv6).
+    pub fn prefixlen(&self) -> u8 {
+        self.vip_prefixlen
+            .unwrap_or(if self.vip_address.is_ipv4() { 24 } else { 64 })
+    }
+
     pub fn namespace(&self) -> String {
         self.namespace
             .clone()
@@ -591,20 +630,22 @@ impl Config {
                 ));
             }
             let vip = lb.vip_address;
-            if vip.is_unspecified() || vip.is_multicast() || vip.is_broadcast() || vip.is_loopback()
-            {
+            if !unicast(vip) {
                 return Err(invalid(
                     format!("{at}.vip_address"),
                     vip,
                     "not a unicast address",
                 ));
             }
-            if lb.vip_prefixlen == 0 || lb.vip_prefixlen > 32 {
-                return Err(invalid(
-                    format!("{at}.vip_prefixlen"),
-                    lb.vip_prefixlen,
-                    "must be 1..=32",
-                ));
+            let bits = if vip.is_ipv4() { 32 } else { 128 };
+            if let Some(len) = lb.vip_prefixlen {
+                if len == 0 || len > bits {
+                    return Err(invalid(
+                        format!("{at}.vip_prefixlen"),
+                        len,
+                        format!("must be 1..={bits} for an {} VIP", family(vip)),
+                    ));
+                }
             }
             let p = &lb.port;
             if p.name.is_empty() || p.name.len() > 15 || p.name.contains(['/', ' ']) {
@@ -638,17 +679,12 @@ impl Config {
                 }
             }
             if let Some(gw) = p.gateway {
-                let mask = u32::MAX
-                    .checked_shl(32 - lb.vip_prefixlen as u32)
-                    .unwrap_or(0);
-                if u32::from(gw) & mask != u32::from(vip) & mask || gw == vip {
+                let len = lb.prefixlen();
+                if gw.is_ipv4() != vip.is_ipv4() || mask(gw, len) != mask(vip, len) || gw == vip {
                     return Err(invalid(
                         format!("{at}.port.gateway"),
                         gw,
-                        format!(
-                            "must be another address of the VIP's subnet {vip}/{}",
-                            lb.vip_prefixlen
-                        ),
+                        format!("must be another address of the VIP's subnet {vip}/{len}"),
                     ));
                 }
             }
@@ -695,7 +731,7 @@ impl Config {
                     ));
                 }
                 for (k, c) in l.allowed_cidrs.iter().enumerate() {
-                    parse_cidr(c).map_err(|why| {
+                    parse_cidr(c, vip).map_err(|why| {
                         invalid(format!("{at}.allowed_cidrs[{k}]"), format!("{c:?}"), why)
                     })?;
                 }
@@ -788,9 +824,28 @@ impl Config {
                     let at = format!("{at}.member[{k}]");
                     check_id(format!("{at}.id"), &m.id)?;
                     let a = m.address;
-                    if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback()
-                    {
+                    if !unicast(a) {
                         return Err(invalid(format!("{at}.address"), a, "not a unicast address"));
+                    }
+                    if a.is_ipv4() != vip.is_ipv4() {
+                        return Err(invalid(
+                            format!("{at}.address"),
+                            a,
+                            format!(
+                                "an {} member of a load balancer whose VIP is {} ({vip}): a pool's members share the VIP's family",
+                                family(a),
+                                family(vip)
+                            ),
+                        ));
+                    }
+                    if let Some(ma) = m.monitor_address {
+                        if ma.is_ipv4() != vip.is_ipv4() || !unicast(ma) {
+                            return Err(invalid(
+                                format!("{at}.monitor_address"),
+                                ma,
+                                format!("not a unicast {} address (the VIP's family)", family(vip)),
+                            ));
+                        }
                     }
                     if a == vip {
                         return Err(invalid(
@@ -925,6 +980,12 @@ fn validate_monitor(hm: &HealthMonitor, at: &str, rules: Rules) -> Result<(), Co
     Ok(())
 }
 
+/// A unicast address: not unspecified, multicast, broadcast or loopback.
+fn unicast(a: IpAddr) -> bool {
+    let broadcast = matches!(a, IpAddr::V4(v) if v.is_broadcast());
+    !(a.is_unspecified() || a.is_multicast() || broadcast || a.is_loopback())
+}
+
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<_> = s.split(':').collect();
     if parts.len() != 6 {
@@ -1028,7 +1089,7 @@ mod tests {
     }
 
     #[test]
-    fn allowed_cidrs_must_be_ipv4_prefixes() {
+    fn allowed_cidrs_must_be_prefixes_of_the_vip_s_family() {
         let with = |v: &str| {
             err(|s| {
                 s.replacen(
@@ -1044,8 +1105,11 @@ mod tests {
                 "host bits are set (the prefix is 10.0.0.0/24)",
             ),
             ("\"10.0.0.0/33\"", "0..=32"),
-            ("\"2001:db8::/32\"", "IPv6"),
-            ("\"ten/8\"", "not an IPv4 prefix"),
+            (
+                "\"2001:db8::/32\"",
+                "an IPv6 prefix on an IPv4 load balancer",
+            ),
+            ("\"ten/8\"", "not a prefix"),
         ] {
             let e = with(v);
             assert!(
@@ -1066,8 +1130,8 @@ mod tests {
         assert_eq!(
             p.listeners[0].allowed_cidrs,
             [
-                (Ipv4Addr::new(10, 0, 0, 0), 8),
-                (Ipv4Addr::new(192, 0, 2, 1), 32)
+                (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 8),
+                (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 32)
             ]
         );
         assert_ne!(
@@ -1153,7 +1217,7 @@ mod tests {
         });
         assert_eq!(
             ok.unwrap().loadbalancer[0].port.gateway,
-            Some(Ipv4Addr::new(10, 0, 0, 1))
+            Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
         );
         let e = err(|s| {
             s.replace(
@@ -1217,6 +1281,68 @@ mod tests {
         assert!(
             e.contains("listener[0].connection_log = true")
                 && e.contains("UDP flows are not logged"),
+            "{e}"
+        );
+    }
+
+    /// The seed on an IPv6 VIP.
+    fn v6(s: &str) -> String {
+        s.replace(
+            "vip_address = \"10.0.0.250\"",
+            "vip_address = \"2001:db8::fa\"",
+        )
+        .replace("vip_prefixlen = 24\n", "")
+        .replace("\"10.0.0.2\"", "\"2001:db8::2\"")
+        .replace("\"10.0.0.4\"", "\"2001:db8::4\"")
+    }
+
+    #[test]
+    fn ipv6_load_balancers_and_the_family_rule() {
+        let c = with(v6).unwrap();
+        let lb = &c.loadbalancer[0];
+        assert_eq!(lb.prefixlen(), 64, "an IPv6 VIP's default prefix");
+        let p = crate::plan::plan(lb, None).unwrap();
+        assert!(p.listeners[0].key6.is_some());
+        assert_eq!(p.members[0].conf.addr_be, 0);
+        assert!(p.members[0].addr6().is_some());
+        // A member of the other family, named with its field and value.
+        let e = err(|s| v6(s).replacen("\"2001:db8::2\"", "\"10.0.0.2\"", 1));
+        assert!(
+            e.contains("pool[0].member[0].address = 10.0.0.2")
+                && e.contains("an IPv4 member of a load balancer whose VIP is IPv6"),
+            "{e}"
+        );
+        let e = err(|s| s.replacen("\"10.0.0.2\"", "\"2001:db8::2\"", 1));
+        assert!(
+            e.contains("an IPv6 member of a load balancer whose VIP is IPv4"),
+            "{e}"
+        );
+        // Prefix lengths and allowed prefixes by family.
+        let e = err(|s| {
+            v6(s).replace(
+                "id = \"574a31da-a28a-449f-8c9d-3d3687c3c02a\"\nvip_address",
+                "id = \"574a31da-a28a-449f-8c9d-3d3687c3c02a\"\nvip_prefixlen = 129\nvip_address",
+            )
+        });
+        assert!(
+            e.contains("vip_prefixlen = 129") && e.contains("1..=128"),
+            "{e}"
+        );
+        let with_cidrs = |v: &str| {
+            with(|s| {
+                v6(s).replacen(
+                    "retries = 3",
+                    &format!("retries = 3\nallowed_cidrs = [{v}]"),
+                    1,
+                )
+            })
+        };
+        assert!(with_cidrs("\"2001:db8::/64\", \"2001:db8:1::1\"").is_ok());
+        let e = with_cidrs("\"10.0.0.0/8\"").unwrap_err().to_string();
+        assert!(e.contains("an IPv4 prefix on an IPv6 load balancer"), "{e}");
+        let e = with_cidrs("\"2001:db8::1/64\"").unwrap_err().to_string();
+        assert!(
+            e.contains("host bits are set (the prefix is 2001:db8::/64)"),
             "{e}"
         );
     }

@@ -107,6 +107,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries("CONNTRACK", conntrack_entries)
+            .map_max_entries("CONNTRACK6", conntrack_entries)
             .map_max_entries(
                 "CONN_LOG",
                 if connection_log {
@@ -120,7 +121,7 @@ impl Dataplane {
                 dir: pin_dir.into(),
                 source: Box::new(e),
             })?;
-        for name in ["lb", "lb_peer_pass"] {
+        for name in ["lb", "lb6", "lb_peer_pass"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .expect("program is in the object")
@@ -131,7 +132,7 @@ impl Dataplane {
                 source,
             })?;
         }
-        for name in ["lb_tc", "lb_tc_fast"] {
+        for name in ["lb_tc", "lb_tc6", "lb_tc_fast"] {
             let tc: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .expect("program is in the object")
@@ -139,6 +140,34 @@ impl Dataplane {
                 .expect("program is a classifier");
             tc.load().map_err(|source| DataplaneError::Program {
                 name: "load",
+                source,
+            })?;
+        }
+        // The IPv4 programs hand IPv6 frames to the IPv6 ones by a tail call (one program
+        // for both would not fit the BPF stack): their slots are filled before anything
+        // attaches.
+        for (array, prog) in [("V6_XDP", "lb6"), ("V6_TC", "lb_tc6")] {
+            let fd = ebpf
+                .program(prog)
+                .expect("program is in the object")
+                .fd()
+                .map_err(|source| DataplaneError::Program {
+                    name: "fd of the IPv6 program",
+                    source,
+                })?
+                .try_clone()
+                .map_err(|source| DataplaneError::Io {
+                    what: "duplicating the IPv6 program's fd",
+                    path: pin_dir.into(),
+                    source,
+                })?;
+            let mut slots: aya::maps::ProgramArray<_> = ebpf
+                .map_mut(array)
+                .expect("map is in the object")
+                .try_into()
+                .expect("a program array");
+            slots.set(0, &fd, 0).map_err(|source| DataplaneError::Map {
+                path: pin_dir.join(array),
                 source,
             })?;
         }
@@ -564,6 +593,11 @@ pub struct Maps {
     conn_log_lost: Option<PerCpuArray<MapData, u64>>,
     /// Listeners' allowed prefixes (None: maps pinned by a version of lb without them).
     allowed: Option<aya::maps::LpmTrie<MapData, lb_common::AllowedData, u32>>,
+    /// The IPv6 maps (None: pinned by a version of lb without IPv6).
+    listeners6: Option<HashMap<MapData, lb_common::ListenerKey6, ListenerConf>>,
+    member_addr6: Option<Array<MapData, lb_common::Ip6>>,
+    conntrack6: Option<HashMap<MapData, lb_common::FlowKey6, lb_common::Flow6>>,
+    allowed6: Option<aya::maps::LpmTrie<MapData, lb_common::AllowedData6, u32>>,
     /// What this process last wrote to each pool's `SOURCE_TABLE` (unchanged tables are not
     /// written again).
     source_written: std::collections::HashMap<u32, Vec<u16>>,
@@ -635,13 +669,19 @@ impl Maps {
         }
         for m in &new.members {
             let mut conf = m.conf;
+            let addr6 = m.addr6();
             if let Ok(cur) = self.member(m.index) {
                 if cur.addr_be == conf.addr_be
                     && cur.port_be == conf.port_be
+                    && (addr6.is_none() || self.member_addr6(m.index)? == addr6)
                     && cur.flags & lb_common::MEMBER_F_UP == 0
                 {
                     conf.flags &= !lb_common::MEMBER_F_UP;
                 }
+            }
+            // An IPv6 member's address before the entry that makes it selectable.
+            if let Some(a) = addr6 {
+                self.set_member_addr6(m.index, a)?;
             }
             self.set_member(m.index, conf)?;
         }
@@ -663,13 +703,25 @@ impl Maps {
                 self.remove_listener(&key)?;
             }
         }
+        let wanted6: Vec<_> = new.listeners.iter().filter_map(|l| l.key6).collect();
+        for (key, _) in self.listeners6() {
+            if !wanted6.contains(&key) {
+                let e = self.err("LISTENERS6");
+                if let Some(map) = &mut self.listeners6 {
+                    match map.remove(&key) {
+                        Ok(()) | Err(MapError::KeyNotFound) => {}
+                        Err(x) => return Err(e(x)),
+                    }
+                }
+            }
+        }
         for p in &new.pools {
             self.refresh_source_table(p.index)?;
         }
         // A listener's prefixes before its flag says to look them up; the ones it no longer
         // has after.
         let prefixes =
-            |p: &crate::plan::Plan| -> std::collections::HashSet<(u32, std::net::Ipv4Addr, u8)> {
+            |p: &crate::plan::Plan| -> std::collections::HashSet<(u32, std::net::IpAddr, u8)> {
                 p.listeners
                     .iter()
                     .flat_map(|l| l.allowed_cidrs.iter().map(move |(a, n)| (l.index, *a, *n)))
@@ -680,7 +732,7 @@ impl Maps {
             self.set_allowed(l, a, n, true)?;
         }
         for l in &new.listeners {
-            self.set_listener(l.key, l.conf)?;
+            self.set_planned_listener(l)?;
         }
         if let Some(old) = old {
             for &(l, a, n) in prefixes(old).difference(&want) {
@@ -694,39 +746,57 @@ impl Maps {
     fn set_allowed(
         &mut self,
         listener: u32,
-        addr: std::net::Ipv4Addr,
+        addr: std::net::IpAddr,
         len: u8,
         add: bool,
     ) -> Result<()> {
-        let e = self.err("ALLOWED");
-        let Some(map) = &mut self.allowed else {
-            return Err(e(MapError::InvalidName {
-                name: "ALLOWED (pinned by a version of lb without allowed_cidrs)".into(),
-            }));
-        };
-        let key = aya::maps::lpm_trie::Key::new(
-            32 + len as u32,
-            lb_common::AllowedData {
-                listener_be: listener.to_be(),
-                addr_be: u32::from(addr).to_be(),
-            },
-        );
-        let r = if add {
-            map.insert(&key, 1, 0)
-        } else {
-            match map.remove(&key) {
-                Err(MapError::KeyNotFound) => Ok(()),
-                r => r,
+        fn apply<K: aya::Pod>(
+            map: &mut aya::maps::LpmTrie<MapData, K, u32>,
+            key: &aya::maps::lpm_trie::Key<K>,
+            add: bool,
+        ) -> std::result::Result<(), MapError> {
+            if add {
+                map.insert(key, 1, 0)
+            } else {
+                match map.remove(key) {
+                    Err(MapError::KeyNotFound) => Ok(()),
+                    r => r,
+                }
             }
-        };
-        r.map_err(e)
+        }
+        let listener_be = listener.to_be();
+        match addr {
+            std::net::IpAddr::V4(a) => {
+                let e = self.err("ALLOWED");
+                let Some(map) = &mut self.allowed else {
+                    return Err(e(MapError::InvalidName {
+                        name: "ALLOWED (pinned by a version of lb without allowed_cidrs)".into(),
+                    }));
+                };
+                let data = lb_common::AllowedData {
+                    listener_be,
+                    addr_be: u32::from(a).to_be(),
+                };
+                let key = aya::maps::lpm_trie::Key::new(32 + len as u32, data);
+                apply(map, &key, add).map_err(e)
+            }
+            std::net::IpAddr::V6(a) => {
+                let e = self.err("ALLOWED6");
+                let Some(map) = &mut self.allowed6 else {
+                    return Err(e(MapError::InvalidName {
+                        name: "ALLOWED6 (pinned by a version of lb without IPv6)".into(),
+                    }));
+                };
+                let data = lb_common::AllowedData6 {
+                    listener_be,
+                    addr_be: lb_common::ip6(a.octets()),
+                };
+                let key = aya::maps::lpm_trie::Key::new(32 + len as u32, data);
+                apply(map, &key, add).map_err(e)
+            }
+        }
     }
 
-    /// Rebuilds pool `pool`'s `balance source` table from its members as the data path sees
-    /// them now (weights, health, admin state); nothing for pools of other algorithms. Call
-    /// after any change of a member. The table is one map value, written in one syscall; a
-    /// flow opened meanwhile whose entry names a member that just went away falls back to
-    /// the data path's scan.
     pub fn refresh_source_table(&mut self, pool: u32) -> Result<()> {
         let e = self.err("POOLS");
         let mut conf = self.pools.get(&pool, 0).map_err(e)?;
@@ -803,6 +873,10 @@ impl Maps {
             port: open_map(dir, "PORT")?,
             conn_log_lost: open_map(dir, "CONN_LOG_LOST").ok(),
             allowed: open_map(dir, "ALLOWED").ok(),
+            listeners6: open_map(dir, "LISTENERS6").ok(),
+            member_addr6: open_map(dir, "MEMBER_ADDR6").ok(),
+            conntrack6: open_map(dir, "CONNTRACK6").ok(),
+            allowed6: open_map(dir, "ALLOWED6").ok(),
             source_written: Default::default(),
             member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
             listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
@@ -829,6 +903,58 @@ impl Maps {
 
     pub fn listeners(&self) -> Vec<(ListenerKey, ListenerConf)> {
         self.listeners.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// The IPv6 listeners.
+    pub fn listeners6(&self) -> Vec<(lb_common::ListenerKey6, ListenerConf)> {
+        match &self.listeners6 {
+            Some(m) => m.iter().filter_map(|r| r.ok()).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Writes a planned listener into `LISTENERS` or, for an IPv6 VIP, `LISTENERS6`.
+    pub fn set_planned_listener(&mut self, l: &crate::plan::PlannedListener) -> Result<()> {
+        self.set_listener_conf(l, l.conf)
+    }
+
+    /// Writes `conf` as planned listener `l`'s entry (in its family's map).
+    pub fn set_listener_conf(
+        &mut self,
+        l: &crate::plan::PlannedListener,
+        conf: ListenerConf,
+    ) -> Result<()> {
+        match l.key6 {
+            None => self.set_listener(l.key, conf),
+            Some(k) => {
+                let e = self.err("LISTENERS6");
+                let Some(map) = &mut self.listeners6 else {
+                    return Err(e(MapError::InvalidName {
+                        name: "LISTENERS6 (pinned by a version of lb without IPv6)".into(),
+                    }));
+                };
+                map.insert(k, conf, 0).map_err(e)
+            }
+        }
+    }
+
+    /// An IPv6 member's address (None: not set, or no IPv6 maps).
+    pub fn member_addr6(&self, index: u32) -> Result<Option<lb_common::Ip6>> {
+        let e = self.err("MEMBER_ADDR6");
+        match &self.member_addr6 {
+            Some(m) => m.get(&index, 0).map(Some).map_err(e),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_member_addr6(&mut self, index: u32, addr: lb_common::Ip6) -> Result<()> {
+        let e = self.err("MEMBER_ADDR6");
+        let Some(map) = &mut self.member_addr6 else {
+            return Err(e(MapError::InvalidName {
+                name: "MEMBER_ADDR6 (pinned by a version of lb without IPv6)".into(),
+            }));
+        };
+        map.set(index, addr, 0).map_err(e)
     }
 
     /// The port's MAC: only frames addressed to it are balanced (all zeros: every frame).
@@ -906,6 +1032,18 @@ impl Maps {
 
     /// Every conntrack entry (forward and reverse). Two syscalls per entry: for tests and
     /// small tables; the daemon's census is `last_sweep`.
+    /// Every entry of the IPv6 conntrack table.
+    pub fn flows6(&self) -> Vec<(lb_common::FlowKey6, lb_common::Flow6)> {
+        match &self.conntrack6 {
+            Some(m) => m.iter().filter_map(|r| r.ok()).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn flow6(&self, key: &lb_common::FlowKey6) -> Option<lb_common::Flow6> {
+        self.conntrack6.as_ref()?.get(key, 0).ok()
+    }
+
     pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
         self.conntrack.iter().filter_map(|r| r.ok()).collect()
     }

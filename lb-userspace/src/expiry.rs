@@ -22,11 +22,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::{
+    maps::{Array, HashMap, MapData},
+    Pod,
+};
 use lb_common::{
-    Flow, FlowKey, ListenerConf, ListenerKey, MemberConf, SweepReport, CLOSED_LINGER_NS, CT_UDP,
-    FLOW_DIR_REVERSE, MAX_LISTENERS, MAX_MEMBERS, MEMBER_F_CONFIGURED, MEMBER_F_ENABLED,
-    MEMBER_F_UP,
+    Address, FlowG, FlowKeyG, Ip6, ListenerConf, ListenerKeyG, MemberConf, SweepReport,
+    CLOSED_LINGER_NS, CT_UDP, FLOW_DIR_REVERSE, MAX_LISTENERS, MAX_MEMBERS, MEMBER_F_CONFIGURED,
+    MEMBER_F_ENABLED, MEMBER_F_UP,
 };
 
 use crate::{
@@ -69,20 +72,190 @@ pub struct SweepOutcome {
     pub complete: bool,
 }
 
-/// The conntrack table of one load balancer and the counters its census corrects, opened from
-/// the pins (independent of the daemon's loaded programs).
+/// One family's conntrack table as the sweeper reads it: `CONNTRACK` with `LISTENERS`, or
+/// `CONNTRACK6` with `LISTENERS6`.
+struct Table<A: Address> {
+    name: &'static str,
+    conntrack: HashMap<MapData, FlowKeyG<A>, FlowG<A>>,
+    /// The table again, for the batch syscall's file descriptor.
+    fd: MapData,
+    listeners: HashMap<MapData, ListenerKeyG<A>, ListenerConf>,
+    keys: Vec<FlowKeyG<A>>,
+    values: Vec<FlowG<A>>,
+}
+
+/// What a family's flows need beyond their table: the connection log writes IPv4 flows'
+/// lines (IPv6 flows carry no `CT_LOG`).
+trait Logged: Address + Pod
+where
+    FlowKeyG<Self>: Pod,
+    FlowG<Self>: Pod,
+    ListenerKeyG<Self>: Pod,
+{
+    fn log(log: &crate::connlog::Logger, flow: &FlowG<Self>, now: u64);
+}
+
+impl Logged for u32 {
+    fn log(log: &crate::connlog::Logger, flow: &FlowG<u32>, now: u64) {
+        log.expired(flow, now);
+    }
+}
+
+impl Logged for Ip6 {
+    fn log(_: &crate::connlog::Logger, _: &FlowG<Ip6>, _: u64) {}
+}
+
+impl<A: Logged> Table<A>
+where
+    FlowKeyG<A>: Pod,
+    FlowG<A>: Pod,
+    ListenerKeyG<A>: Pod,
+{
+    fn open(dir: &Path, name: &'static str, listeners: &str) -> Result<Self> {
+        Ok(Table {
+            name,
+            conntrack: open_map(dir, name)?,
+            fd: MapData::from_pin(dir.join(name)).map_err(|source| DataplaneError::Map {
+                path: dir.join(name),
+                source,
+            })?,
+            listeners: open_map(dir, listeners)?,
+            keys: vec![FlowKeyG::default(); CHUNK],
+            values: vec![FlowG::default(); CHUNK],
+        })
+    }
+
+    /// Walks the table chunk by chunk (see `Sweeper::cycle`); false if `pause` stopped it.
+    fn walk(&mut self, c: &mut Cycle<'_>, pause: &mut dyn FnMut(Duration) -> bool) -> Result<bool> {
+        let listeners: StdHashMap<ListenerKeyG<A>, ListenerConf> =
+            self.listeners.iter().filter_map(|r| r.ok()).collect();
+        // Reverse entries no forward entry named in the last cycle: (reverse key, forward key).
+        let mut candidates: Vec<(FlowKeyG<A>, FlowKeyG<A>)> = Vec::new();
+        let mut cursor = Cursor::Start;
+        while cursor != Cursor::Done {
+            let chunk_start = Instant::now();
+            let (n, next) = batch::lookup(
+                self.fd.fd().as_fd(),
+                cursor,
+                &mut self.keys,
+                &mut self.values,
+            )
+            .map_err(|e| DataplaneError::Io {
+                what: "BPF_MAP_LOOKUP_BATCH on",
+                path: c.dir.join(self.name),
+                source: e,
+            })?;
+            cursor = next;
+            let now = monotonic_ns();
+            let mut due: Vec<FlowKeyG<A>> = Vec::new();
+            for (key, flow) in self.keys[..n].iter().zip(&self.values[..n]) {
+                c.out.entries += 1;
+                if key.dir == FLOW_DIR_REVERSE {
+                    let old = c
+                        .named_since_ns
+                        .is_some_and(|since| flow.created_ns < since);
+                    if old
+                        && now.saturating_sub(flow.last_seen_ns) > CLOSED_LINGER_NS
+                        && c.last_named.binary_search(&fingerprint(key)).is_err()
+                    {
+                        candidates.push((*key, flow.forward_key()));
+                    }
+                    continue;
+                }
+                c.out.flows += 1;
+                if ends(flow, &listeners, c.gone, now) {
+                    due.push(*key);
+                } else {
+                    c.tally.live(flow);
+                    c.named.push(fingerprint(&flow.reverse_key()));
+                }
+            }
+            for key in &due {
+                self.expire(key, &listeners, c)?;
+            }
+            c.out.longest_chunk = c.out.longest_chunk.max(chunk_start.elapsed());
+            if cursor != Cursor::Done && !pause(chunk_start.elapsed()) {
+                return Ok(false);
+            }
+        }
+        c.named.sort_unstable();
+        for (rkey, fkey) in candidates {
+            if c.named.binary_search(&fingerprint(&rkey)).is_ok() {
+                continue;
+            }
+            // Rare: confirm with the table itself before removing anything.
+            let live = matches!(self.conntrack.get(&fkey, 0), Ok(f) if f.reverse_key() == rkey);
+            if !live && self.conntrack.remove(&rkey).is_ok() {
+                c.out.orphans += 1;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes a flow the chunk found due, unless a packet refreshed it since the chunk was
+    /// read (the entry is read again first; a flow that came back to life is counted live).
+    fn expire(
+        &mut self,
+        key: &FlowKeyG<A>,
+        listeners: &StdHashMap<ListenerKeyG<A>, ListenerConf>,
+        c: &mut Cycle<'_>,
+    ) -> Result<()> {
+        let Ok(flow) = self.conntrack.get(key, 0) else {
+            return Ok(()); // closed and removed by the data path meanwhile
+        };
+        if !ends(&flow, listeners, c.gone, monotonic_ns()) {
+            c.tally.live(&flow);
+            c.named.push(fingerprint(&flow.reverse_key()));
+            return Ok(());
+        }
+        let _ = self.conntrack.remove(&flow.reverse_key());
+        // Only the caller whose delete succeeds stops counting the flow.
+        if self.conntrack.remove(key).is_ok() {
+            c.out.expired += 1;
+            if flow.counted() {
+                c.member_live.add_quiet(flow.member, -1);
+                c.listener_live.add_quiet(flow.listener, -1);
+            }
+            if flow.half_open() {
+                c.member_live.add_half_quiet(flow.member, -1);
+                c.listener_live.add_half_quiet(flow.listener, -1);
+            }
+            if let Some(log) = c.log {
+                if flow.state & lb_common::CT_LOG != 0 && !flow.is_closed() {
+                    A::log(log, &flow, monotonic_ns());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One cycle's shared state, across both tables.
+struct Cycle<'a> {
+    dir: &'a Path,
+    out: SweepOutcome,
+    tally: Tally,
+    /// Reverse keys (fingerprints) forward entries name, this cycle and the last whole one.
+    named: Vec<u64>,
+    last_named: &'a [u64],
+    named_since_ns: Option<u64>,
+    gone: &'a HashSet<u32>,
+    member_live: &'a LiveArray,
+    listener_live: &'a LiveArray,
+    log: Option<&'a crate::connlog::Logger>,
+}
+
+/// The conntrack tables of one load balancer (IPv4 and IPv6) and the counters its census
+/// corrects, opened from the pins (independent of the daemon's loaded programs).
 pub struct Sweeper {
     dir: PathBuf,
-    conntrack: HashMap<MapData, FlowKey, Flow>,
-    /// CONNTRACK again, for the batch syscall's file descriptor.
-    conntrack_fd: MapData,
-    listeners: HashMap<MapData, ListenerKey, ListenerConf>,
+    v4: Table<u32>,
+    /// None: maps pinned by a version of lb without IPv6.
+    v6: Option<Table<Ip6>>,
     members: Array<MapData, MemberConf>,
     report: Array<MapData, SweepReport>,
     member_live: LiveArray,
     listener_live: LiveArray,
-    keys: Vec<FlowKey>,
-    values: Vec<Flow>,
     /// Fingerprints of the reverse keys that forward entries named in the last whole cycle,
     /// sorted, and when that cycle started: a reverse entry older than that cycle and named by
     /// none is an orphan candidate.
@@ -99,8 +272,8 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// A 64-bit fingerprint of a key (collisions only delay an orphan's removal).
-fn fingerprint(k: &FlowKey) -> u64 {
-    let a = ((k.src_be as u64) << 32) | k.dst_be as u64;
+fn fingerprint<A: Address>(k: &FlowKeyG<A>) -> u64 {
+    let a = ((k.src_be.fold() as u64) << 32) | k.dst_be.fold() as u64;
     let b = ((k.sport_be as u64) << 48)
         | ((k.dport_be as u64) << 32)
         | ((k.proto as u64) << 8)
@@ -131,7 +304,7 @@ impl Tally {
         }
     }
 
-    fn live(&mut self, f: &Flow) {
+    fn live<A: Address>(&mut self, f: &FlowG<A>) {
         *self.member_refs.entry(f.member).or_default() += 1;
         if f.counted() {
             *self.member_open.entry(f.member).or_default() += 1;
@@ -152,20 +325,12 @@ impl Sweeper {
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Sweeper {
             dir: dir.into(),
-            conntrack: open_map(dir, "CONNTRACK")?,
-            conntrack_fd: MapData::from_pin(dir.join("CONNTRACK")).map_err(|source| {
-                DataplaneError::Map {
-                    path: dir.join("CONNTRACK"),
-                    source,
-                }
-            })?,
-            listeners: open_map(dir, "LISTENERS")?,
+            v4: Table::open(dir, "CONNTRACK", "LISTENERS")?,
+            v6: Table::open(dir, "CONNTRACK6", "LISTENERS6").ok(),
             members: open_map(dir, "MEMBERS")?,
             report: open_map(dir, "SWEEP")?,
             member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
             listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
-            keys: vec![FlowKey::default(); CHUNK],
-            values: vec![Flow::default(); CHUNK],
             named: Vec::new(),
             named_since_ns: None,
             log: None,
@@ -185,9 +350,9 @@ impl Sweeper {
         }
     }
 
-    /// One cycle over the whole table. `pause` runs after every chunk but the last with the
-    /// time that chunk took, and may sleep (the daemon's thread) or not (tests, benchmarks);
-    /// returning false ends the cycle there (the load balancer is going away).
+    /// One cycle over the whole of both tables. `pause` runs after every chunk but the last
+    /// with the time that chunk took, and may sleep (the daemon's thread) or not (tests,
+    /// benchmarks); returning false ends the cycle there (the load balancer is going away).
     pub fn cycle(
         &mut self,
         census: &Census,
@@ -195,8 +360,6 @@ impl Sweeper {
     ) -> Result<SweepOutcome> {
         let start = Instant::now();
         let started_ns = monotonic_ns();
-        let listeners: StdHashMap<ListenerKey, ListenerConf> =
-            self.listeners.iter().filter_map(|r| r.ok()).collect();
         let members: Vec<u32> = census
             .members
             .iter()
@@ -227,76 +390,36 @@ impl Sweeper {
             })
             .chain(census.retired.iter().copied())
             .collect();
-        let ends = Ends {
-            listeners: &listeners,
+        let mut c = Cycle {
+            dir: &self.dir,
+            out: SweepOutcome::default(),
+            tally: Tally::new(),
+            named: Vec::with_capacity(self.named.len()),
+            last_named: &self.named,
+            named_since_ns: self.named_since_ns,
             gone: &gone,
+            member_live: &self.member_live,
+            listener_live: &self.listener_live,
+            log: self.log.as_deref(),
         };
-
-        let mut out = SweepOutcome::default();
-        let mut tally = Tally::new();
-        let mut named: Vec<u64> = Vec::with_capacity(self.named.len());
-        // Reverse entries no forward entry named in the last cycle: (reverse key, forward key).
-        let mut candidates: Vec<(FlowKey, FlowKey)> = Vec::new();
-        let mut cursor = Cursor::Start;
-        while cursor != Cursor::Done {
-            let chunk_start = Instant::now();
-            let (n, next) = batch::lookup(
-                self.conntrack_fd.fd().as_fd(),
-                cursor,
-                &mut self.keys,
-                &mut self.values,
-            )
-            .map_err(|e| DataplaneError::Io {
-                what: "BPF_MAP_LOOKUP_BATCH on",
-                path: self.dir.join("CONNTRACK"),
-                source: e,
-            })?;
-            cursor = next;
-            let now = monotonic_ns();
-            let mut due: Vec<FlowKey> = Vec::new();
-            for (key, flow) in self.keys[..n].iter().zip(&self.values[..n]) {
-                out.entries += 1;
-                if key.dir == FLOW_DIR_REVERSE {
-                    let old = self
-                        .named_since_ns
-                        .is_some_and(|since| flow.created_ns < since);
-                    if old
-                        && now.saturating_sub(flow.last_seen_ns) > CLOSED_LINGER_NS
-                        && self.named.binary_search(&fingerprint(key)).is_err()
-                    {
-                        candidates.push((*key, flow.forward_key()));
-                    }
-                    continue;
-                }
-                out.flows += 1;
-                if ends.now(flow, now) {
-                    due.push(*key);
-                } else {
-                    tally.live(flow);
-                    named.push(fingerprint(&flow.reverse_key()));
-                }
+        let mut whole = self.v4.walk(&mut c, pause)?;
+        if whole {
+            if let Some(v6) = &mut self.v6 {
+                whole = v6.walk(&mut c, pause)?;
             }
-            for key in &due {
-                self.expire(key, &ends, &mut tally, &mut named, &mut out)?;
-            }
-            out.longest_chunk = out.longest_chunk.max(chunk_start.elapsed());
-            if cursor != Cursor::Done && !pause(chunk_start.elapsed()) {
-                out.duration = start.elapsed();
-                return Ok(out);
-            }
+        }
+        let Cycle {
+            mut out,
+            tally,
+            mut named,
+            ..
+        } = c;
+        if !whole {
+            out.duration = start.elapsed();
+            return Ok(out);
         }
         out.complete = true;
         named.sort_unstable();
-        for (rkey, fkey) in candidates {
-            if named.binary_search(&fingerprint(&rkey)).is_ok() {
-                continue;
-            }
-            // Rare: confirm with the table itself before removing anything.
-            let live = matches!(self.conntrack.get(&fkey, 0), Ok(f) if f.reverse_key() == rkey);
-            if !live && self.conntrack.remove(&rkey).is_ok() {
-                out.orphans += 1;
-            }
-        }
         self.named = named;
         self.named_since_ns = Some(started_ns);
 
@@ -337,66 +460,25 @@ impl Sweeper {
             .map_err(|e| self.map_err("SWEEP", e))?;
         Ok(out)
     }
-
-    /// Removes a flow the chunk found idle, unless a packet refreshed it since the chunk was
-    /// read (the entry is read again first; a flow that came back to life is counted live).
-    fn expire(
-        &mut self,
-        key: &FlowKey,
-        ends: &Ends,
-        tally: &mut Tally,
-        named: &mut Vec<u64>,
-        out: &mut SweepOutcome,
-    ) -> Result<()> {
-        let Ok(flow) = self.conntrack.get(key, 0) else {
-            return Ok(()); // closed and removed by the data path meanwhile
-        };
-        if !ends.now(&flow, monotonic_ns()) {
-            tally.live(&flow);
-            named.push(fingerprint(&flow.reverse_key()));
-            return Ok(());
-        }
-        let _ = self.conntrack.remove(&flow.reverse_key());
-        // Only the caller whose delete succeeds stops counting the flow.
-        if self.conntrack.remove(key).is_ok() {
-            out.expired += 1;
-            if flow.counted() {
-                self.member_live.add_quiet(flow.member, -1);
-                self.listener_live.add_quiet(flow.listener, -1);
-            }
-            if flow.half_open() {
-                self.member_live.add_half_quiet(flow.member, -1);
-                self.listener_live.add_half_quiet(flow.listener, -1);
-            }
-            if let Some(log) = &self.log {
-                if flow.state & lb_common::CT_LOG != 0 && !flow.is_closed() {
-                    log.expired(&flow, monotonic_ns());
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
-/// What ends a flow in a cycle: its timeouts (the listeners as the cycle read them), or, for
-/// a UDP flow, its member being `gone` (down, disabled or removed).
-struct Ends<'a> {
-    listeners: &'a StdHashMap<ListenerKey, ListenerConf>,
-    gone: &'a HashSet<u32>,
-}
-
-impl Ends<'_> {
-    fn now(&self, flow: &Flow, now_ns: u64) -> bool {
-        idle_past_timeout(flow, self.listeners, now_ns)
-            || (flow.state & CT_UDP != 0 && self.gone.contains(&flow.member))
-    }
+/// Whether a cycle ends forward entry `flow`: its timeouts (`listeners` as the cycle read
+/// them), or, for a UDP flow, its member being `gone` (down, disabled or removed).
+fn ends<A: Address>(
+    flow: &FlowG<A>,
+    listeners: &StdHashMap<ListenerKeyG<A>, ListenerConf>,
+    gone: &HashSet<u32>,
+    now_ns: u64,
+) -> bool {
+    idle_past_timeout(flow, listeners, now_ns)
+        || (flow.state & CT_UDP != 0 && gone.contains(&flow.member))
 }
 
 /// Whether forward entry `flow` has been idle longer than its state allows. A flow whose
 /// listener is gone is no longer translated: it expires at once.
-pub fn idle_past_timeout(
-    flow: &Flow,
-    listeners: &StdHashMap<ListenerKey, ListenerConf>,
+pub fn idle_past_timeout<A: Address>(
+    flow: &FlowG<A>,
+    listeners: &StdHashMap<ListenerKeyG<A>, ListenerConf>,
     now_ns: u64,
 ) -> bool {
     match listeners.get(&flow.listener_key()) {
@@ -418,8 +500,8 @@ pub fn interval(entries: u64) -> Duration {
 mod tests {
     use super::*;
     use lb_common::{
-        CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYN, CT_SYNACK, FLOW_DIR_FORWARD,
-        IPPROTO_TCP,
+        Flow, FlowKey, ListenerKey, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYN,
+        CT_SYNACK, FLOW_DIR_FORWARD, IPPROTO_TCP,
     };
 
     fn listener() -> (ListenerKey, ListenerConf) {

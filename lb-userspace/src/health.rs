@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
@@ -176,12 +176,16 @@ impl Checker {
 /// towards one member is free towards another), and the connection ends with a RST
 /// (`SO_LINGER` 0, as haproxy's checks do), leaving no TIME_WAIT behind.
 async fn connect(
-    vip: Ipv4Addr,
-    target: SocketAddrV4,
+    vip: IpAddr,
+    target: SocketAddr,
     timeout: Duration,
 ) -> Result<tokio::net::TcpStream, (CheckStatus, String)> {
-    let sock = tokio::net::TcpSocket::new_v4()
-        .map_err(|e| (CheckStatus::SOCKERR, format!("socket: {e}")))?;
+    let sock = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| (CheckStatus::SOCKERR, format!("socket: {e}")))?;
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
         .map_err(|e| {
             (
@@ -196,9 +200,9 @@ async fn connect(
     };
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Linger, &rst_on_close)
         .map_err(|e| (CheckStatus::SOCKERR, format!("SO_LINGER: {e}")))?;
-    sock.bind(SocketAddr::V4(SocketAddrV4::new(vip, 0)))
+    sock.bind(SocketAddr::new(vip, 0))
         .map_err(|e| (CheckStatus::SOCKERR, format!("bind {vip}: {e}")))?;
-    match tokio::time::timeout(timeout, sock.connect(SocketAddr::V4(target))).await {
+    match tokio::time::timeout(timeout, sock.connect(target)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err((CheckStatus::L4CON, format!("connect {target}: {e}"))),
         Err(_) => Err((
@@ -209,11 +213,7 @@ async fn connect(
 }
 
 /// One TCP check: connect from `vip:ephemeral` to `target` within `timeout`.
-pub async fn check_tcp(
-    vip: Ipv4Addr,
-    target: SocketAddrV4,
-    timeout: Duration,
-) -> Result<(), String> {
+pub async fn check_tcp(vip: IpAddr, target: SocketAddr, timeout: Duration) -> Result<(), String> {
     connect(vip, target, timeout)
         .await
         .map(drop)
@@ -221,12 +221,12 @@ pub async fn check_tcp(
 }
 
 /// One check of `target` as `monitor` says, within its timeout.
-pub async fn check(vip: Ipv4Addr, target: SocketAddrV4, monitor: &HealthMonitor) -> CheckResult {
+pub async fn check(vip: IpAddr, target: SocketAddr, monitor: &HealthMonitor) -> CheckResult {
     let start = Instant::now();
     let timeout = monitor.timeout();
     if matches!(monitor.kind, MonitorType::PING | MonitorType::UDP_CONNECT) {
         let (status, desc) = if monitor.kind == MonitorType::PING {
-            ping(vip, *target.ip(), timeout).await
+            ping(vip, target.ip(), timeout).await
         } else {
             udp_connect(vip, target, timeout).await
         };
@@ -262,12 +262,8 @@ pub async fn check(vip: Ipv4Addr, target: SocketAddrV4, monitor: &HealthMonitor)
 /// member's port. An ICMP port unreachable (or another error the kernel reports on the
 /// connected socket) within `timeout` means down (L4CON); an answer, or silence for the
 /// whole timeout, means up (L4OK): a UDP service owes no reply.
-async fn udp_connect(
-    vip: Ipv4Addr,
-    target: SocketAddrV4,
-    timeout: Duration,
-) -> (CheckStatus, String) {
-    let sock = match tokio::net::UdpSocket::bind(SocketAddrV4::new(vip, 0)).await {
+async fn udp_connect(vip: IpAddr, target: SocketAddr, timeout: Duration) -> (CheckStatus, String) {
+    let sock = match tokio::net::UdpSocket::bind(SocketAddr::new(vip, 0)).await {
         Ok(s) => s,
         Err(e) => return (CheckStatus::SOCKERR, format!("bind {vip}: {e}")),
     };
@@ -295,46 +291,62 @@ async fn udp_connect(
     }
 }
 
-/// Octavia's PING monitor: an ICMP echo request from the VIP to the member's address, the
-/// matching echo reply within `timeout` (L4OK); none (L4TOUT), or an ICMP error about it
-/// (L4CON: unreachable). A raw socket (the daemon runs as root in the namespace); each check
-/// has its own, and takes only the reply with its identifier and sequence number.
-async fn ping(vip: Ipv4Addr, target: Ipv4Addr, timeout: Duration) -> (CheckStatus, String) {
+/// The destination and header length of the IP packet an ICMP error embeds.
+type EmbeddedDst = fn(&[u8]) -> Option<(IpAddr, usize)>;
+
+/// Octavia's PING monitor: an ICMP (ICMPv6) echo request from the VIP to the member's
+/// address, the matching echo reply within `timeout` (L4OK); none (L4TOUT), or an ICMP error
+/// about it (L4CON: unreachable). A raw socket (the daemon runs as root in the namespace);
+/// each check has its own, and takes only the reply with its identifier and sequence number.
+async fn ping(vip: IpAddr, target: IpAddr, timeout: Duration) -> (CheckStatus, String) {
     use std::sync::atomic::{AtomicU16, Ordering};
     static SEQ: AtomicU16 = AtomicU16::new(1);
     let fail = |e: std::io::Error, what: &str| (CheckStatus::SOCKERR, format!("{what}: {e}"));
-    let sock = match socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::RAW,
-        Some(socket2::Protocol::ICMPV4),
-    ) {
+    let v6 = target.is_ipv6();
+    let sock = match if v6 {
+        socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV6),
+        )
+    } else {
+        socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+    } {
         Ok(s) => s,
         Err(e) => return fail(e, "raw ICMP socket"),
     };
     if let Err(e) = sock.set_nonblocking(true) {
         return fail(e, "nonblocking");
     }
-    if let Err(e) = sock.bind(&SocketAddr::V4(SocketAddrV4::new(vip, 0)).into()) {
+    if let Err(e) = sock.bind(&SocketAddr::new(vip, 0).into()) {
         return fail(e, &format!("bind {vip}"));
     }
     let id = (std::process::id() as u16) ^ 0x1b;
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let mut echo = [0u8; 24];
-    echo[0] = 8; // echo request
+    // Echo request: ICMP type 8, ICMPv6 type 128 (whose checksum the kernel computes).
+    echo[0] = if v6 { 128 } else { 8 };
     echo[4..6].copy_from_slice(&id.to_be_bytes());
     echo[6..8].copy_from_slice(&seq.to_be_bytes());
     echo[8..].copy_from_slice(b"lb health check!");
-    let sum = lb_common::checksum::ipv4_header(&echo);
-    echo[2..4].copy_from_slice(&sum.to_be_bytes());
+    if !v6 {
+        let sum = lb_common::checksum::ipv4_header(&echo);
+        echo[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
     // SAFETY: the socket is owned by the AsyncFd, which deregisters it before closing it.
     let fd = match unsafe { tokio::io::unix::AsyncFd::register(sock) } {
         Ok(f) => f,
         Err(e) => return fail(e.into(), "registering the socket"),
     };
-    let dest: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(target, 0)).into();
+    let dest: socket2::SockAddr = SocketAddr::new(target, 0).into();
     if let Err(e) = fd.get_ref().send_to(&echo, &dest) {
         return (CheckStatus::L4CON, format!("echo request to {target}: {e}"));
     }
+    let ours = |icmp: &[u8]| icmp[4..6] == id.to_be_bytes() && icmp[6..8] == seq.to_be_bytes();
     let wait = async {
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
         loop {
@@ -343,41 +355,49 @@ async fn ping(vip: Ipv4Addr, target: Ipv4Addr, timeout: Duration) -> (CheckStatu
                 Err(e) => return fail(e, "waiting for the reply"),
             };
             let got = guard.try_io(|s| s.get_ref().recv_from(&mut buf));
-            let Ok(Ok((n, _))) = got else {
+            let Ok(Ok((n, from))) = got else {
                 continue;
             };
             // SAFETY: recv_from initialised the first n bytes.
             let p: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
-            let ihl = (p.first().copied().unwrap_or(0) & 0x0f) as usize * 4;
-            if n < ihl + 8 || ihl < 20 {
+            let src = from.as_socket().map(|a| a.ip());
+            // An IPv4 raw socket hands over the IP header too; an ICMPv6 one does not.
+            let (icmp, inner_dst): (&[u8], EmbeddedDst) = if v6 {
+                (p, |inner| {
+                    let dst: [u8; 16] = inner.get(24..40)?.try_into().ok()?;
+                    Some((IpAddr::V6(Ipv6Addr::from(dst)), 40))
+                })
+            } else {
+                let ihl = (p.first().copied().unwrap_or(0) & 0x0f) as usize * 4;
+                if ihl < 20 || n < ihl {
+                    continue;
+                }
+                (&p[ihl..], |inner| {
+                    let ihl2 = (inner.first()? & 0x0f) as usize * 4;
+                    let d = inner.get(16..20)?;
+                    Some((IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3])), ihl2))
+                })
+            };
+            if icmp.len() < 8 {
                 continue;
             }
-            let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
-            let icmp = &p[ihl..];
-            match icmp[0] {
-                0 if src == target
-                    && icmp[4..6] == id.to_be_bytes()
-                    && icmp[6..8] == seq.to_be_bytes() =>
-                {
-                    return (CheckStatus::L4OK, "ICMP echo reply".to_string())
-                }
-                // An error about our request: the embedded header and the echo's id and seq.
-                3 | 11 if icmp.len() >= 8 + 20 + 8 => {
-                    let inner = &icmp[8..];
-                    let ihl2 = (inner[0] & 0x0f) as usize * 4;
-                    let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
-                    if dst == target
-                        && inner.len() >= ihl2 + 8
-                        && inner[ihl2 + 4..ihl2 + 6] == id.to_be_bytes()
-                        && inner[ihl2 + 6..ihl2 + 8] == seq.to_be_bytes()
-                    {
+            let (reply, unreachable, exceeded) = if v6 { (129, 1, 3) } else { (0, 3, 11) };
+            let kind = icmp[0];
+            if kind == reply && src == Some(target) && ours(icmp) {
+                return (CheckStatus::L4OK, "ICMP echo reply".to_string());
+            }
+            // An error about our request: the embedded header and the echo's id and seq.
+            if kind == unreachable || kind == exceeded {
+                let inner = &icmp[8..];
+                if let Some((dst, hlen)) = inner_dst(inner) {
+                    if dst == target && inner.len() >= hlen + 8 && ours(&inner[hlen..]) {
+                        let from = src.map_or_else(|| "?".into(), |a| a.to_string());
                         return (
                             CheckStatus::L4CON,
-                            format!("ICMP type {} code {} from {src}", icmp[0], icmp[1]),
+                            format!("ICMP type {} code {} from {from}", icmp[0], icmp[1]),
                         );
                     }
                 }
-                _ => {}
             }
         }
     };
@@ -412,12 +432,15 @@ async fn read_until(
 
 async fn http(
     mut stream: tokio::net::TcpStream,
-    target: SocketAddrV4,
+    target: SocketAddr,
     m: &HealthMonitor,
     left: Duration,
 ) -> (CheckStatus, Option<u16>, String) {
     let host = if m.http_version == "HTTP/1.1" {
-        format!("Host: {}\r\n", target.ip())
+        match target.ip() {
+            IpAddr::V4(a) => format!("Host: {a}\r\n"),
+            IpAddr::V6(a) => format!("Host: [{a}]\r\n"),
+        }
     } else {
         String::new()
     };
@@ -545,7 +568,7 @@ async fn tls_hello(
 pub struct MonitorTarget {
     pub member_index: u32,
     pub member_id: String,
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub monitor: HealthMonitor,
     /// The member's verdict in the data path when the monitor starts.
     pub up: bool,
@@ -566,7 +589,7 @@ impl MonitorTarget {
 /// takeover keeps the counters and the rise/fall progress).
 pub async fn monitor(
     lb: String,
-    vip: Ipv4Addr,
+    vip: IpAddr,
     t: MonitorTarget,
     tx: UnboundedSender<Transition>,
     board: Board,

@@ -342,22 +342,32 @@ impl Netlink {
             .await
     }
 
-    async fn replace_address(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+    /// `ip addr replace <addr>/<prefix> dev <name>`; an IPv6 address `nodad`: the VIP is
+    /// usable at once, as the LBaaS agent's wait for DAD would leave it.
+    async fn replace_address(&self, name: &str, addr: IpAddr, prefix: u8) -> Result<()> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
         let i = self.require(name).await?;
-        self.handle
-            .address()
-            .add(i, IpAddr::V4(addr), prefix)
-            .replace()
-            .execute()
+        let mut req = self.handle.address().add(i, addr, prefix).replace();
+        if addr.is_ipv6() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
             .await
             .map_err(nl(format!("assigning {addr}/{prefix} to {name}")))
     }
 
     /// `ip route replace default via <gw>`.
-    async fn default_route(&self, gw: Ipv4Addr) -> Result<()> {
-        let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gw)
-            .build();
+    async fn default_route(&self, gw: IpAddr) -> Result<()> {
+        let msg = match gw {
+            IpAddr::V4(gw) => rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .build(),
+            IpAddr::V6(gw) => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .gateway(gw)
+                .build(),
+        };
         self.handle
             .route()
             .add(msg)
@@ -601,12 +611,13 @@ impl Node {
         inside.up(&port).await?;
         self.port_mac = inside.mac(&port).await?;
         inside
-            .replace_address(&port, lb.vip_address, lb.vip_prefixlen)
+            .replace_address(&port, lb.vip_address, lb.prefixlen())
             .await?;
         if let Some(gw) = lb.port.gateway {
             inside.default_route(gw).await?;
         }
-        let wanted = [
+        let mut wanted = vec![
+            // (IPv4's range is IPv6's too.)
             ("net.ipv4.ip_local_port_range".to_string(), LOCAL_PORT_RANGE),
             // bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the ingress
             // device.
@@ -615,6 +626,10 @@ impl Node {
             (format!("net.ipv4.conf.{port}.send_redirects"), "0"),
             ("net.ipv4.conf.all.send_redirects".to_string(), "0"),
         ];
+        if lb.vip_address.is_ipv6() {
+            // The same for IPv6's FIB lookup (which reads the device's own setting).
+            wanted.push((format!("net.ipv6.conf.{port}.forwarding"), "1"));
+        }
         for (key, value) in wanted {
             let found = read_sysctl(&ns, &key)?;
             if found.split_whitespace().eq(value.split_whitespace()) {

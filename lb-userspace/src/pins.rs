@@ -111,7 +111,7 @@ pub fn declared(object: &[u8], conntrack_entries: u32) -> Result<Vec<MapDesc>> {
             map_type: m.map_type(),
             key_size: m.key_size(),
             value_size: m.value_size(),
-            max_entries: if name == "CONNTRACK" {
+            max_entries: if name == "CONNTRACK" || name == "CONNTRACK6" {
                 conntrack_entries
             } else {
                 m.max_entries()
@@ -178,7 +178,7 @@ pub fn compare(
     for (field, got, want) in fields {
         if got != want {
             let hint = match (declared.name.as_str(), field) {
-                ("CONNTRACK", "max_entries") => Hint::ConntrackFlows {
+                ("CONNTRACK" | "CONNTRACK6", "max_entries") => Hint::ConntrackFlows {
                     pinned_flows: got / 2,
                 },
                 _ => Hint::Layout,

@@ -1,12 +1,12 @@
 //! From a validated load balancer to the exact map entries the data path reads (pure).
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{collections::HashSet, net::IpAddr};
 
 use lb_common::{
-    ListenerConf, ListenerKey, MemberConf, PoolConf, ALG_LEAST_CONNECTIONS, ALG_ROUND_ROBIN,
-    ALG_SOURCE_IP, ALG_SOURCE_IP_PORT, LISTENER_F_ALLOWED_CIDRS, LISTENER_F_LOG, MAX_LISTENERS,
-    MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED, MEMBER_F_ENABLED,
-    MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
+    ip6, Ip6, ListenerConf, ListenerKey, ListenerKey6, MemberConf, PoolConf, ALG_LEAST_CONNECTIONS,
+    ALG_ROUND_ROBIN, ALG_SOURCE_IP, ALG_SOURCE_IP_PORT, LISTENER_F_ALLOWED_CIDRS, LISTENER_F_LOG,
+    MAX_LISTENERS, MAX_POOLS, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED,
+    MEMBER_F_ENABLED, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +23,13 @@ pub struct PlannedListener {
     pub pool_id: String,
     /// `allowed_cidrs` as (network address, prefix length); empty: every client.
     #[serde(default)]
-    pub allowed_cidrs: Vec<(Ipv4Addr, u8)>,
+    pub allowed_cidrs: Vec<(IpAddr, u8)>,
+    /// The `LISTENERS` key of an IPv4 VIP's listener.
     #[serde(skip)]
     pub key: ListenerKey,
+    /// The `LISTENERS6` key of an IPv6 VIP's listener (then `key` is not used).
+    #[serde(skip)]
+    pub key6: Option<ListenerKey6>,
     #[serde(skip)]
     pub conf: ListenerConf,
 }
@@ -35,12 +39,23 @@ pub struct PlannedMember {
     pub id: String,
     pub pool_id: String,
     pub index: u32,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub protocol_port: u16,
     /// Health check target, when the pool has a monitor.
-    pub monitor: Option<(Ipv4Addr, u16)>,
+    pub monitor: Option<(IpAddr, u16)>,
+    /// `conf` with `addr_be` 0 for an IPv6 member, whose address is `MEMBER_ADDR6`'s.
     #[serde(skip)]
     pub conf: MemberConf,
+}
+
+impl PlannedMember {
+    /// The `MEMBER_ADDR6` entry of an IPv6 member.
+    pub fn addr6(&self) -> Option<Ip6> {
+        match self.address {
+            IpAddr::V6(a) => Some(ip6(a.octets())),
+            IpAddr::V4(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,7 +159,10 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 protocol_port: m.protocol_port,
                 monitor: lb.member_monitor(pool, m).map(|_| m.monitor_target()),
                 conf: MemberConf {
-                    addr_be: u32::from(m.address).to_be(),
+                    addr_be: match m.address {
+                        IpAddr::V4(a) => u32::from(a).to_be(),
+                        IpAddr::V6(_) => 0,
+                    },
                     port_be: m.protocol_port.to_be(),
                     weight: m.weight,
                     flags,
@@ -213,10 +231,10 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
             .find(|x| x.id == l.default_pool_id)
             .expect("validated")
             .index;
-        let allowed_cidrs: Vec<(Ipv4Addr, u8)> = l
+        let allowed_cidrs: Vec<(IpAddr, u8)> = l
             .allowed_cidrs
             .iter()
-            .map(|c| crate::config::parse_cidr(c).expect("validated"))
+            .map(|c| crate::config::parse_cidr(c, lb.vip_address).expect("validated"))
             .collect();
         let mut flags = 0;
         // (UDP flows are not in the tcplog connection log.)
@@ -233,11 +251,22 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
             protocol_port: l.protocol_port,
             pool_id: l.default_pool_id.clone(),
             allowed_cidrs,
-            key: ListenerKey::new(
-                u32::from(lb.vip_address).to_be(),
-                l.protocol_port.to_be(),
-                l.protocol.number(),
-            ),
+            key: match lb.vip_address {
+                IpAddr::V4(v) => ListenerKey::new(
+                    u32::from(v).to_be(),
+                    l.protocol_port.to_be(),
+                    l.protocol.number(),
+                ),
+                IpAddr::V6(_) => ListenerKey::default(),
+            },
+            key6: match lb.vip_address {
+                IpAddr::V6(v) => Some(ListenerKey6::new(
+                    ip6(v.octets()),
+                    l.protocol_port.to_be(),
+                    l.protocol.number(),
+                )),
+                IpAddr::V4(_) => None,
+            },
             conf: ListenerConf {
                 index,
                 pool: pool_index,
@@ -297,7 +326,10 @@ mod tests {
             .members
             .iter()
             .all(|m| m.conf.flags == MEMBER_F_CONFIGURED | MEMBER_F_UP | MEMBER_F_ENABLED));
-        assert_eq!(p.members[0].monitor, Some((Ipv4Addr::new(10, 0, 0, 2), 22)));
+        assert_eq!(
+            p.members[0].monitor,
+            Some((std::net::Ipv4Addr::new(10, 0, 0, 2).into(), 22))
+        );
     }
 
     fn seed() -> LoadBalancer {
@@ -315,7 +347,7 @@ mod tests {
         let first = lb.pool[0].member.remove(0);
         let mut added = first.clone();
         added.id = "new-member".into();
-        added.address = Ipv4Addr::new(10, 0, 0, 6);
+        added.address = std::net::Ipv4Addr::new(10, 0, 0, 6).into();
         lb.pool[0].member.insert(0, added);
         let new = plan(&lb, Some(&old)).unwrap();
         let idx = |p: &Plan, id: &str| p.members.iter().find(|m| m.id == id).map(|m| m.index);

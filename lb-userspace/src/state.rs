@@ -28,7 +28,7 @@ pub struct State {
     pub loadbalancer: String,
     pub namespace: String,
     pub port: String,
-    pub vip_address: std::net::Ipv4Addr,
+    pub vip_address: std::net::IpAddr,
     pub pin_dir: PathBuf,
     pub xdp_mode: String,
     pub pid: u32,

@@ -3,7 +3,10 @@
 //! on a veth and the members have permanent neighbour entries, so `bpf_fib_lookup` answers
 //! deterministically.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use lb::{config::Config, dataplane::Dataplane, plan::Plan};
 use lb_common::{reason, Flow, FlowKey, FLOW_DIR_FORWARD, IPPROTO_TCP, IPPROTO_UDP};
@@ -20,6 +23,10 @@ pub const M1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const M2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfa);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const M16: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+pub const M26: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 4);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 pub const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
@@ -66,6 +73,41 @@ impl Env {
         let pin = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
         let mut dp = Dataplane::load(&pin.0, flows).expect("load BPF object");
+        dp.maps.write_plan(&plan, None).unwrap();
+        dp.maps.set_port(PORT_MAC).unwrap();
+        Some(Env {
+            dp,
+            ns,
+            plan,
+            _pin: pin,
+        })
+    }
+
+    /// The fixture's world for an IPv6 load balancer (`config`'s VIP is `VIP6`): the
+    /// VIP's /64 on the veth, permanent neighbour entries for `M16` and `M26`.
+    pub fn new6(config: &str) -> Option<Env> {
+        if !require_root() {
+            return None;
+        }
+        let ns = Netns::new("fx6");
+        ns.ip("link add port0 type veth peer name port0p");
+        ns.ip("link set port0 address fa:16:3e:68:77:37");
+        ns.ip("link set port0 up");
+        ns.ip("link set port0p up");
+        ns.ip(&format!("addr add {VIP6}/64 dev port0 nodad"));
+        for a in [M16, M26] {
+            let mac = mac_of6(a).map(|b| format!("{b:02x}")).join(":");
+            ns.ip(&format!(
+                "-6 neigh replace {a} lladdr {mac} nud permanent dev port0"
+            ));
+        }
+        ns.exec("sysctl -qw net.ipv6.conf.all.forwarding=1");
+        ns.exec("sysctl -qw net.ipv6.conf.port0.forwarding=1");
+        let cfg = Config::parse(config, "fixture").expect("fixture config");
+        let plan = lb::plan::plan(&cfg.loadbalancer[0], None).unwrap();
+        let pin = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("pin")));
+        lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
+        let mut dp = Dataplane::load(&pin.0, 1024).expect("load BPF object");
         dp.maps.write_plan(&plan, None).unwrap();
         dp.maps.set_port(PORT_MAC).unwrap();
         Some(Env {
@@ -234,6 +276,11 @@ pub fn neighbour(ns: &Netns, addr: Ipv4Addr) {
 /// The MAC of the fixture's neighbour at `addr`: 02:00:00:00:00:<last octet> (M1_MAC, M2_MAC).
 pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, addr.octets()[3]]
+}
+
+/// The MAC of the IPv6 neighbour at `addr`: 02:00:00:00:06:<last byte>.
+pub fn mac_of6(addr: Ipv6Addr) -> [u8; 6] {
+    [0x02, 0, 0, 0, 6, addr.octets()[15]]
 }
 
 /// The frame lb should emit for client segment `t` towards `member` with SNAT port `snat`.

@@ -403,6 +403,175 @@ pub fn udp_checksums_ok(f: &[u8]) -> bool {
         && (udp[6..8] == [0, 0] || checksum::l4_ipv4(src, dst, 17, udp) == 0)
 }
 
+/// An Ethernet/IPv6 frame: `src` -> `dst`, extension headers `ext` (each a whole header,
+/// its first byte rewritten to chain to the next), then `proto` with `payload`.
+pub fn ipv6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    ext: &[(u8, Vec<u8>)],
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    let ext_len: usize = ext.iter().map(|(_, h)| h.len()).sum();
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&((ext_len + payload.len()) as u16).to_be_bytes());
+    ip.push(ext.first().map_or(proto, |(kind, _)| *kind));
+    ip.push(64);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&ip);
+    for (i, (_, h)) in ext.iter().enumerate() {
+        let mut h = h.clone();
+        h[0] = ext.get(i + 1).map_or(proto, |(kind, _)| *kind);
+        f.extend_from_slice(&h);
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A TCP segment or UDP datagram over IPv6, built with a correct checksum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L4v6 {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: std::net::Ipv6Addr,
+    pub dst: std::net::Ipv6Addr,
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags (ignored for UDP).
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub udp: bool,
+    pub payload: Vec<u8>,
+    /// Extension headers, as `ipv6_frame` takes them.
+    pub ext: Vec<(u8, Vec<u8>)>,
+}
+
+impl L4v6 {
+    pub fn tcp(
+        src: std::net::Ipv6Addr,
+        sport: u16,
+        dst: std::net::Ipv6Addr,
+        dport: u16,
+        flags: u8,
+    ) -> L4v6 {
+        L4v6 {
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            src,
+            dst,
+            sport,
+            dport,
+            flags,
+            seq: 1000,
+            ack: 0,
+            udp: false,
+            payload: vec![],
+            ext: vec![],
+        }
+    }
+
+    pub fn udp(src: std::net::Ipv6Addr, sport: u16, dst: std::net::Ipv6Addr, dport: u16) -> L4v6 {
+        L4v6 {
+            udp: true,
+            ..L4v6::tcp(src, sport, dst, dport, 0)
+        }
+    }
+
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> L4v6 {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+
+    pub fn payload(mut self, p: &[u8]) -> L4v6 {
+        self.payload = p.to_vec();
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut l4 = if self.udp {
+            let mut u = vec![0u8; 8];
+            u[4..6].copy_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+            u
+        } else {
+            let mut t = vec![0u8; 20];
+            t[4..8].copy_from_slice(&self.seq.to_be_bytes());
+            t[8..12].copy_from_slice(&self.ack.to_be_bytes());
+            t[12] = 5 << 4;
+            t[13] = self.flags;
+            t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            t
+        };
+        l4[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        l4.extend_from_slice(&self.payload);
+        let proto = if self.udp { 17 } else { 6 };
+        let mut c = checksum::l4_ipv6(self.src.octets(), self.dst.octets(), proto, &l4);
+        if self.udp && c == 0 {
+            c = 0xffff;
+        }
+        let at = if self.udp { 6 } else { 16 };
+        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        ipv6_frame(
+            self.src_mac,
+            self.dst_mac,
+            self.src,
+            self.dst,
+            &self.ext,
+            proto,
+            &l4,
+        )
+    }
+
+    /// Parses a frame `build` could have produced (without extension headers).
+    pub fn parse(f: &[u8]) -> Option<L4v6> {
+        if f.len() < 54 || f[12..14] != [0x86, 0xdd] || f[20] != 6 && f[20] != 17 {
+            return None;
+        }
+        let udp = f[20] == 17;
+        let a = |i: usize| std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&f[i..i + 16]).unwrap());
+        let l4 = &f[54..];
+        let hl = if udp { 8 } else { 20 };
+        Some(L4v6 {
+            dst_mac: f[0..6].try_into().unwrap(),
+            src_mac: f[6..12].try_into().unwrap(),
+            src: a(22),
+            dst: a(38),
+            sport: u16::from_be_bytes([l4[0], l4[1]]),
+            dport: u16::from_be_bytes([l4[2], l4[3]]),
+            flags: if udp { 0 } else { l4[13] },
+            seq: if udp {
+                0
+            } else {
+                u32::from_be_bytes(l4[4..8].try_into().unwrap())
+            },
+            ack: if udp {
+                0
+            } else {
+                u32::from_be_bytes(l4[8..12].try_into().unwrap())
+            },
+            udp,
+            payload: l4.get(hl..)?.to_vec(),
+            ext: vec![],
+        })
+    }
+}
+
+/// The transport checksum of an Ethernet/IPv6 frame (no extension headers) verifies.
+pub fn checksum6_ok(f: &[u8]) -> bool {
+    let src: [u8; 16] = f[22..38].try_into().unwrap();
+    let dst: [u8; 16] = f[38..54].try_into().unwrap();
+    checksum::l4_ipv6(src, dst, f[20], &f[54..]) == 0
+}
+
 /// Both checksums of an Ethernet/IPv4/TCP frame verify.
 pub fn checksums_ok(f: &[u8]) -> bool {
     let ihl = ((f[14] & 0x0f) as usize) * 4;

@@ -360,7 +360,7 @@ fn traffic_that_is_not_balanced_passes_untouched() {
     arp.extend_from_slice(&CLIENT.octets());
     arp.extend_from_slice(&[0; 6]);
     arp.extend_from_slice(&VIP.octets());
-    env.expect(&arp, XDP_PASS, reason::PASS_NOT_IPV4);
+    env.expect(&arp, XDP_PASS, reason::PASS_NOT_IP);
     // ICMP echo to the VIP.
     let mut icmp = Tcp::new(CLIENT, 0, VIP, 0, 0)
         .macs(CLIENT_MAC, PORT_MAC)
@@ -376,11 +376,9 @@ fn traffic_that_is_not_balanced_passes_untouched() {
     // Mid-connection packet to the listener without a flow: the kernel answers (RST).
     let stray = Tcp::new(CLIENT, 40000, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
     env.expect(&stray.build(), XDP_PASS, reason::PASS_NO_FLOW);
-    // IPv6 frame.
-    let mut v6 = vec![0u8; 60];
-    v6[12] = 0x86;
-    v6[13] = 0xdd;
-    env.expect(&v6, XDP_PASS, reason::PASS_NOT_IPV4);
+    // IPv6 to an IPv4 load balancer: no IPv6 listener.
+    let v6 = L4v6::tcp(CLIENT6, 40000, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&v6.build(), XDP_PASS, reason::PASS_NOT_BALANCED);
 }
 
 #[test]
@@ -1000,7 +998,7 @@ fn a_reused_index_starts_with_zeroed_counters() {
     lb2.pool[0].member.retain(|m| m.address != x);
     let mut newcomer = seed.loadbalancer[0].pool[0].member[0].clone();
     newcomer.id = "newcomer".into();
-    newcomer.address = Ipv4Addr::new(10, 0, 0, 9);
+    newcomer.address = Ipv4Addr::new(10, 0, 0, 9).into();
     lb2.pool[0].member.push(newcomer);
     lb2.listener[0].id = "new-listener".into();
     let again = plan(&lb2, Some(&freed)).unwrap();

@@ -35,7 +35,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
             lb.namespace(),
             lb.port.name,
             lb.vip_address,
-            lb.vip_prefixlen,
+            lb.prefixlen(),
             p.listeners.len(),
             p.members.len()
         );

@@ -11,7 +11,7 @@
 //! path that serves flows) is never torn down by a failed start.
 
 use std::{
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -495,7 +495,7 @@ impl Instance {
                     t.monitored.push(MonitorTarget {
                         member_index: m.index,
                         member_id: m.id.clone(),
-                        target: SocketAddrV4::new(addr, port),
+                        target: SocketAddr::new(addr, port),
                         monitor: hm.clone(),
                         up,
                     })

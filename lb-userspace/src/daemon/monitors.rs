@@ -7,7 +7,7 @@
 //! datagram to their discard port (9) every 10 s makes the namespace's kernel resolve and keep
 //! it, as a check would.
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -28,7 +28,7 @@ pub struct Targets {
     pub monitored: Vec<MonitorTarget>,
     /// Members without a monitor (their neighbour entries are kept warm), and their slots
     /// (passive health: their runs of failures are forgiven every 10 s).
-    pub unmonitored: Vec<Ipv4Addr>,
+    pub unmonitored: Vec<IpAddr>,
     pub unmonitored_slots: Vec<u32>,
 }
 
@@ -43,7 +43,7 @@ impl Monitors {
     pub fn start(
         ns: &str,
         lb: &str,
-        vip: Ipv4Addr,
+        vip: IpAddr,
         targets: Targets,
         transitions: UnboundedSender<Transition>,
         board: health::Board,
@@ -74,7 +74,7 @@ impl Monitors {
                 rt.block_on(async move {
                     let mut tasks = JoinSet::new();
                     let mut running: HashMap<u32, (MonitorTarget, AbortHandle)> = HashMap::new();
-                    let mut prime: Option<(Vec<Ipv4Addr>, AbortHandle)> = None;
+                    let mut prime: Option<(Vec<IpAddr>, AbortHandle)> = None;
                     // Ends when the daemon drops the sender; dropping `tasks` aborts them all.
                     while let Some(t) = sets.recv().await {
                         running.retain(|i, (cur, handle)| {
@@ -158,8 +158,8 @@ impl Drop for Monitors {
 /// member taken out for its failures is given another chance every 10 s, since no check
 /// will ever pass for it.
 async fn prime_neighbours(
-    vip: Ipv4Addr,
-    members: Vec<Ipv4Addr>,
+    vip: IpAddr,
+    members: Vec<IpAddr>,
     slots: Vec<u32>,
     live: std::sync::Arc<LiveArray>,
 ) {

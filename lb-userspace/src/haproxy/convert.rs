@@ -197,8 +197,8 @@ pub fn convert(
     let lb = LoadBalancer {
         id: id.into(),
         namespace: Some(netns.into()),
-        vip_address: vip,
-        vip_prefixlen: prefix,
+        vip_address: vip.into(),
+        vip_prefixlen: Some(prefix),
         port: Port {
             name: device,
             bridge: "br-int".into(),
@@ -281,12 +281,12 @@ fn pool(b: &Proxy) -> Result<Pool, Refusal> {
             let own = s.params.check.then(|| monitor(b, s));
             Member {
                 id: s.name.clone(),
-                address: s.address,
+                address: s.address.into(),
                 protocol_port: s.port,
                 weight: s.params.weight,
                 admin_state_up: !s.params.disabled,
                 backup: s.params.backup,
-                monitor_address: s.params.addr,
+                monitor_address: s.params.addr.map(Into::into),
                 monitor_port: s.params.port,
                 check: match own {
                     None => MemberCheck::Off,
@@ -435,7 +435,7 @@ backend 574a31da-a28a-449f-8c9d-3d3687c3c02a
         let lb = &d.config.loadbalancer[0];
         assert_eq!(
             (lb.vip_address, lb.vip_prefixlen),
-            (Ipv4Addr::new(10, 0, 0, 250), 24)
+            (Ipv4Addr::new(10, 0, 0, 250).into(), Some(24))
         );
         assert_eq!(
             (lb.port.name.as_str(), lb.port.adopt),

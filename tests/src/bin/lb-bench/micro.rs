@@ -89,7 +89,7 @@ fn flows_cli(env: &Env, lb: &std::path::Path) -> anyhow::Result<FlowsCli> {
         loadbalancer: "bench".into(),
         namespace: env.ns.name.clone(),
         port: "port0".into(),
-        vip_address: VIP,
+        vip_address: VIP.into(),
         pin_dir: env.pin_dir().to_path_buf(),
         xdp_mode: "tc".into(),
         pid: std::process::id(),

@@ -1,0 +1,295 @@
+//! Tier 2 for IPv6: the IPv6 programs (`lb6`, `lb_tc6`, entered from `lb` and `lb_tc` by a
+//! tail call) under BPF_PROG_TEST_RUN, with exact output bytes, as `xdp_fixtures.rs` does
+//! for IPv4.
+
+use std::net::Ipv6Addr;
+
+use integration_tests::{fixture::*, *};
+use lb_common::reason;
+
+/// An IPv6 load balancer: ssh (TCP 22) and DNS (UDP 53) on `VIP6`, members `M16` and `M26`.
+fn config(listener_extra: &str) -> String {
+    format!(
+        r#"
+[[loadbalancer]]
+id = "v6"
+vip_address = "{VIP6}"
+[loadbalancer.port]
+name = "port0"
+adopt = true
+
+[[loadbalancer.listener]]
+id = "ssh"
+protocol = "TCP"
+protocol_port = 22
+default_pool_id = "ssh-pool"
+{listener_extra}
+
+[[loadbalancer.listener]]
+id = "dns"
+protocol = "UDP"
+protocol_port = 53
+default_pool_id = "dns-pool"
+
+[[loadbalancer.pool]]
+id = "ssh-pool"
+protocol = "TCP"
+lb_algorithm = "LEAST_CONNECTIONS"
+[[loadbalancer.pool.member]]
+id = "s1"
+address = "{M16}"
+protocol_port = 22
+[[loadbalancer.pool.member]]
+id = "s2"
+address = "{M26}"
+protocol_port = 22
+
+[[loadbalancer.pool]]
+id = "dns-pool"
+protocol = "UDP"
+lb_algorithm = "LEAST_CONNECTIONS"
+[[loadbalancer.pool.member]]
+id = "d1"
+address = "{M16}"
+protocol_port = 53
+[[loadbalancer.pool.member]]
+id = "d2"
+address = "{M26}"
+protocol_port = 53
+"#
+    )
+}
+
+fn env() -> Option<Env> {
+    Env::new6(&config(""))
+}
+
+/// What lb sends a member for client frame `t`: VIP6:snat -> member, port MAC -> member's.
+fn to_member6(t: &L4v6, member: Ipv6Addr, snat: u16) -> L4v6 {
+    L4v6 {
+        src_mac: PORT_MAC,
+        dst_mac: mac_of6(member),
+        src: VIP6,
+        dst: member,
+        sport: snat,
+        ..t.clone()
+    }
+}
+
+/// What lb sends the client for member frame `t`.
+fn to_client6(t: &L4v6, listener: u16, client_port: u16) -> L4v6 {
+    L4v6 {
+        src_mac: PORT_MAC,
+        dst_mac: CLIENT_MAC,
+        src: VIP6,
+        sport: listener,
+        dst: CLIENT6,
+        dport: client_port,
+        ..t.clone()
+    }
+}
+
+fn member_slot(env: &Env, id: &str) -> u32 {
+    env.plan.members.iter().find(|m| m.id == id).unwrap().index
+}
+
+#[test]
+fn a_tcp_flow_over_ipv6_exact_bytes() {
+    let Some(mut env) = env() else { return };
+    let syn = L4v6::tcp(CLIENT6, 40000, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let o = L4v6::parse(&out).expect("IPv6 out");
+    let member = o.dst;
+    assert!(member == M16 || member == M26, "{member}");
+    assert_eq!(o.sport, 40000, "the client's port first");
+    assert_eq!(out, to_member6(&syn, member, 40000).build(), "SYN bytes");
+    assert!(checksum6_ok(&out));
+    let m = member_slot(&env, if member == M16 { "s1" } else { "s2" });
+    assert_eq!((env.active(m), env.half_open(m)), (0, 1));
+
+    let mut synack =
+        L4v6::tcp(member, 22, VIP6, 40000, TCP_SYN | TCP_ACK).macs(mac_of6(member), PORT_MAC);
+    synack.seq = 5000;
+    synack.ack = 1001;
+    let out = env.expect(&synack.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(out, to_client6(&synack, 22, 40000).build(), "SYN-ACK bytes");
+
+    let mut ack = L4v6::tcp(CLIENT6, 40000, VIP6, 22, TCP_ACK)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(b"SSH-2.0-x\r\n!");
+    ack.seq = 1001;
+    ack.ack = 5001;
+    let out = env.expect(&ack.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert_eq!(out, to_member6(&ack, member, 40000).build(), "data bytes");
+    assert!(checksum6_ok(&out));
+    assert_eq!(
+        (env.active(m), env.half_open(m)),
+        (1, 0),
+        "a connection now"
+    );
+
+    // The TC program (entered through lb_tc's tail call) writes the same bytes.
+    let (action, out) = env.run_program("lb_tc", &ack.build());
+    assert_eq!(action, 7, "TC_ACT_REDIRECT");
+    assert_eq!(out, to_member6(&ack, member, 40000).build(), "TC bytes");
+
+    let mut fin = L4v6::tcp(CLIENT6, 40000, VIP6, 22, TCP_FIN | TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    fin.seq = 1013;
+    env.expect(&fin.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let mut finack =
+        L4v6::tcp(member, 22, VIP6, 40000, TCP_FIN | TCP_ACK).macs(mac_of6(member), PORT_MAC);
+    finack.seq = 5001;
+    finack.ack = 1014;
+    env.expect(&finack.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(env.active(m), 0, "both FINs: closed");
+    let flows = env.dp.maps.flows6();
+    assert_eq!(flows.len(), 2, "forward and reverse entries in CONNTRACK6");
+    assert!(env.dp.maps.flows().is_empty(), "nothing in the IPv4 table");
+    let st = env.dp.maps.member_stats(m).unwrap();
+    assert_eq!(
+        (st.total_connections, st.packets_in, st.packets_out),
+        (1, 4, 2)
+    );
+}
+
+#[test]
+fn a_udp_flow_over_ipv6_exact_bytes() {
+    let Some(mut env) = env() else { return };
+    let q = L4v6::udp(CLIENT6, 41000, VIP6, 53)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(b"\x12\x34 a query, odd");
+    let out = env.expect(&q.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let member = L4v6::parse(&out).unwrap().dst;
+    assert_eq!(out, to_member6(&q, member, 41000).build(), "query bytes");
+    assert!(checksum6_ok(&out));
+    let m = member_slot(&env, if member == M16 { "d1" } else { "d2" });
+    assert_eq!(
+        env.active(m),
+        1,
+        "a UDP flow is a connection from its first datagram"
+    );
+    let a = L4v6::udp(member, 53, VIP6, 41000)
+        .macs(mac_of6(member), PORT_MAC)
+        .payload(b"an answer");
+    let out = env.expect(&a.build(), XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(out, to_client6(&a, 53, 41000).build(), "answer bytes");
+    assert!(checksum6_ok(&out));
+    // A second client port: the other member.
+    let q2 = L4v6::udp(CLIENT6, 41001, VIP6, 53).macs(CLIENT_MAC, PORT_MAC);
+    let out = env.expect(&q2.build(), XDP_TX, reason::TX_TO_MEMBER);
+    assert_ne!(L4v6::parse(&out).unwrap().dst, member);
+    let (action, out) = env.run_program("lb_tc", &q.build());
+    assert_eq!(action, 7);
+    assert_eq!(out, to_member6(&q, member, 41000).build(), "TC bytes");
+}
+
+/// A hop-by-hop header and a destination options header (PadN), 8 bytes each.
+fn options_headers() -> Vec<(u8, Vec<u8>)> {
+    vec![
+        (0, vec![0, 0, 1, 4, 0, 0, 0, 0]),
+        (60, vec![0, 0, 1, 4, 0, 0, 0, 0]),
+    ]
+}
+
+#[test]
+fn extension_headers_are_walked_and_kept() {
+    let Some(mut env) = env() else { return };
+    let mut syn = L4v6::tcp(CLIENT6, 40100, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    syn.ext = options_headers();
+    let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    // The member's address is where the header puts it; the options stay as they were.
+    let member = Ipv6Addr::from(<[u8; 16]>::try_from(&out[38..54]).unwrap());
+    assert_eq!(
+        out,
+        to_member6(&syn, member, 40100).build(),
+        "bytes with options"
+    );
+
+    // A first fragment of a datagram to the listener: no reassembly, dropped and counted.
+    let mut frag = L4v6::udp(CLIENT6, 41100, VIP6, 53)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(&[1; 16]);
+    frag.ext = vec![(44, vec![0, 0, 0, 1, 0, 0, 0, 7])];
+    env.expect(&frag.build(), XDP_DROP, reason::DROP_FRAGMENT);
+    // A later fragment carries no ports: the kernel's.
+    frag.ext = vec![(44, vec![0, 0, 0, 0x10, 0, 0, 0, 7])];
+    env.expect(&frag.build(), XDP_PASS, reason::PASS_NOT_BALANCED);
+}
+
+#[test]
+fn ipv6_that_is_not_balanced_or_malformed_gets_its_verdict() {
+    let Some(mut env) = env() else { return };
+    // Neighbour solicitation for the VIP: ICMPv6, the kernel's.
+    let ns = ipv6_frame(
+        CLIENT_MAC,
+        PORT_MAC,
+        CLIENT6,
+        VIP6,
+        &[],
+        58,
+        &[135, 0, 0, 0, 0, 0, 0, 0],
+    );
+    env.expect(&ns, XDP_PASS, reason::PASS_NOT_BALANCED);
+    // TCP to a port without a listener; UDP to the TCP listener's port.
+    let other = L4v6::tcp(CLIENT6, 40000, VIP6, 2222, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&other.build(), XDP_PASS, reason::PASS_NOT_BALANCED);
+    let udp22 = L4v6::udp(CLIENT6, 40000, VIP6, 22).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&udp22.build(), XDP_PASS, reason::PASS_NOT_BALANCED);
+    // A stray ACK for the listener: the namespace answers it.
+    let stray = L4v6::tcp(CLIENT6, 40000, VIP6, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&stray.build(), XDP_PASS, reason::PASS_NO_FLOW);
+    // Truncated header, version 4 in an IPv6 frame, payload length past the frame.
+    let good = L4v6::tcp(CLIENT6, 40000, VIP6, 22, TCP_SYN)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .build();
+    env.expect(&good[..40], XDP_DROP, reason::DROP_BAD_IPV6);
+    let mut v4 = good.clone();
+    v4[14] = 0x40;
+    env.expect(&v4, XDP_DROP, reason::DROP_BAD_IPV6);
+    let mut long = good.clone();
+    long[18..20].copy_from_slice(&100u16.to_be_bytes());
+    env.expect(&long, XDP_DROP, reason::DROP_BAD_IPV6);
+    // A TCP data offset under 5.
+    let mut doff = good.clone();
+    doff[54 + 12] = 4 << 4;
+    env.expect(&doff, XDP_DROP, reason::DROP_BAD_L4);
+    assert!(env.dp.maps.flows6().is_empty());
+}
+
+#[test]
+fn allowed_cidrs_over_ipv6() {
+    let Some(mut env) = Env::new6(&config(r#"allowed_cidrs = ["2001:db8::/126"]"#)) else {
+        return;
+    };
+    // 2001:db8::1 is inside ::/126; 2001:db8::1:1 is not.
+    let inside = L4v6::tcp(CLIENT6, 40000, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&inside.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let far = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, 1);
+    let outside = L4v6::tcp(far, 40000, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&outside.build(), XDP_DROP, reason::DROP_NOT_ALLOWED);
+}
+
+#[test]
+fn ipv6_flows_expire_and_counters_return_to_zero() {
+    let Some(mut env) = env() else { return };
+    for p in 43000..43004 {
+        let d = L4v6::udp(CLIENT6, p, VIP6, 53).macs(CLIENT_MAC, PORT_MAC);
+        env.expect(&d.build(), XDP_TX, reason::TX_TO_MEMBER);
+    }
+    let members: Vec<u32> = ["d1", "d2"]
+        .iter()
+        .map(|id| member_slot(&env, id))
+        .collect();
+    let total = |env: &Env| members.iter().map(|&m| env.active(m)).sum::<i64>();
+    assert_eq!(total(&env), 4);
+    let r = env.dp.sweep(&members, &[1], &[]).unwrap();
+    assert_eq!((r.flows, r.expired), (4, 0));
+    let mut l = env.plan.listeners[1].clone();
+    l.conf.timeout_data_ns = 1_000_000;
+    env.dp.maps.set_planned_listener(&l).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let r = env.dp.sweep(&members, &[1], &[]).unwrap();
+    assert_eq!((r.flows, r.expired), (4, 4));
+    assert_eq!(total(&env), 0);
+    assert!(env.dp.maps.flows6().is_empty());
+}
