@@ -55,17 +55,33 @@ pub trait Address:
 {
     /// The address in 32 bits (itself for IPv4; IPv6's words mixed): fingerprints, hashes.
     fn fold(&self) -> u32;
+    /// `*dst = *self`, word by word: LLVM turns a copy of an IPv6 address between two
+    /// pointers into a call to `memmove`, which the BPF program then makes as a function
+    /// call, and 6.1's verifier counts its frame on the stack.
+    fn copy_to(&self, dst: &mut Self);
 }
 impl Address for u32 {
     #[inline(always)]
     fn fold(&self) -> u32 {
         *self
     }
+    #[inline(always)]
+    fn copy_to(&self, dst: &mut u32) {
+        *dst = *self;
+    }
 }
 impl Address for Ip6 {
     #[inline(always)]
     fn fold(&self) -> u32 {
         self[0] ^ self[1].rotate_left(7) ^ self[2].rotate_left(14) ^ self[3].rotate_left(21)
+    }
+    #[inline(always)]
+    fn copy_to(&self, dst: &mut Ip6) {
+        let (a, b, c, d) = (self[0], self[1], self[2], self[3]);
+        dst[0] = a;
+        dst[1] = b;
+        dst[2] = c;
+        dst[3] = d;
     }
 }
 
@@ -706,8 +722,8 @@ impl<A: Address> FlowG<A> {
     /// Writes the forward key into `out` (the data path keeps IPv6 keys off its stack).
     #[inline(always)]
     pub fn forward_key_into(&self, out: &mut FlowKeyG<A>) {
-        out.src_be = self.client_be;
-        out.dst_be = self.vip_be;
+        self.client_be.copy_to(&mut out.src_be);
+        self.vip_be.copy_to(&mut out.dst_be);
         out.sport_be = self.client_port_be;
         out.dport_be = self.listener_port_be;
         out.proto = self.proto();
@@ -718,8 +734,8 @@ impl<A: Address> FlowG<A> {
     /// Writes the reverse key into `out`.
     #[inline(always)]
     pub fn reverse_key_into(&self, out: &mut FlowKeyG<A>) {
-        out.src_be = self.member_be;
-        out.dst_be = self.vip_be;
+        self.member_be.copy_to(&mut out.src_be);
+        self.vip_be.copy_to(&mut out.dst_be);
         out.sport_be = self.member_port_be;
         out.dport_be = self.snat_port_be;
         out.proto = self.proto();
@@ -736,6 +752,15 @@ impl<A: Address> FlowG<A> {
             && k.dport_be == self.snat_port_be
             && k.proto == self.proto()
             && k.dir == FLOW_DIR_REVERSE
+    }
+
+    /// `listener_key`, written into `out`.
+    #[inline(always)]
+    pub fn listener_key_into(&self, out: &mut ListenerKeyG<A>) {
+        self.vip_be.copy_to(&mut out.vip_be);
+        out.port_be = self.listener_port_be;
+        out.proto = self.proto();
+        out._pad = 0;
     }
 
     /// The listener a forward entry's flow came in on.

@@ -228,15 +228,19 @@ fn balance<C: Frame, F: Family>(ctx: &C, pkt: &Packet<F::A>) -> Verdict {
         return verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED);
     };
     pkt.flow_key_into(FLOW_DIR_REVERSE, rkey);
-    if let Some(rflow) = F::conntrack().get_ptr(&*rkey) {
+    let rflow = F::conntrack().get_ptr(&*rkey);
+    if F::OUTLINE {
+        // The lookup's result goes to the subprogram as it is, null or not: LLVM merges the
+        // null checks around an inlined call so that 6.1's verifier follows a null pointer
+        // into it.
+        let p = rflow.unwrap_or(core::ptr::null());
+        return Verdict::decode(member::from_member_sub::<C, F>(ctx, pkt, p));
+    }
+    if let Some(rflow) = rflow {
         if pkt.fragment {
             return verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT);
         }
-        let rflow = unsafe { &*rflow };
-        if F::OUTLINE {
-            return Verdict::decode(member::from_member_sub::<C, F>(ctx, pkt, rflow));
-        }
-        return from_member::<C, F>(ctx, pkt, rflow);
+        return from_member::<C, F>(ctx, pkt, unsafe { &*rflow });
     }
     verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
 }

@@ -12,14 +12,20 @@ use crate::{
     verdict, Verdict,
 };
 
-/// `from_member` as a BPF subprogram (`Family::OUTLINE`), its verdict encoded.
+/// The member path as a BPF subprogram (`Family::OUTLINE`), from the reverse lookup's
+/// result (null: no flow), its verdict encoded.
 #[inline(never)]
 pub(crate) fn from_member_sub<C: Frame, F: Family>(
     ctx: &C,
     pkt: &Packet<F::A>,
-    rflow: &FlowG<F::A>,
+    rflow: *const FlowG<F::A>,
 ) -> u64 {
-    from_member::<C, F>(ctx, pkt, rflow).encode()
+    let v = match unsafe { rflow.as_ref() } {
+        None => verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED),
+        Some(_) if pkt.fragment => verdict(xdp_action::XDP_DROP, reason::DROP_FRAGMENT),
+        Some(r) => from_member::<C, F>(ctx, pkt, r),
+    };
+    v.encode()
 }
 
 #[inline(always)]
@@ -107,7 +113,7 @@ fn refused<F: Family>(f: *mut FlowG<F::A>, pkt: &Packet<F::A>) -> bool {
     let Some(lkey) = family::lkey::<F>() else {
         return false;
     };
-    *lkey = flow.listener_key();
+    flow.listener_key_into(lkey);
     let Some(listener) = (unsafe { F::listeners().get(&*lkey) }) else {
         return false;
     };

@@ -7,7 +7,9 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, BPF_NOEXIST},
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_loop},
 };
-use lb_common::{reason, FlowG, FlowKeyG, ListenerConf, CT_COUNTED, CT_HALF_OPEN, SNAT_TRIES};
+use lb_common::{
+    reason, Address, FlowG, FlowKeyG, ListenerConf, CT_COUNTED, CT_HALF_OPEN, SNAT_TRIES,
+};
 
 use crate::{
     family::{slot, Family},
@@ -62,7 +64,7 @@ pub(crate) fn try_bind_member<C: Frame, F: Family>(
         return Err(reason::DROP_NO_MEMBER);
     };
     flow.member = idx;
-    flow.member_be = *addr;
+    addr.copy_to(&mut flow.member_be);
     flow.member_port_be = m.port_be;
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -158,7 +160,7 @@ extern "C" fn snat_step<F: Family>(i: u32, ctx: *mut c_void) -> i64 {
     st.seed = st.seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
     let port_be = port.to_be();
     // A port that is also a listener on this VIP would make replies look like clients.
-    lkey.vip_be = flow.vip_be;
+    flow.vip_be.copy_to(&mut lkey.vip_be);
     lkey.port_be = port_be;
     lkey.proto = flow.proto();
     lkey._pad = 0;

@@ -169,8 +169,8 @@ impl<A: Address> Packet<A> {
     /// `flow_key`, written into `out`.
     #[inline(always)]
     pub fn flow_key_into(&self, dir: u8, out: &mut FlowKeyG<A>) {
-        out.src_be = self.src_be;
-        out.dst_be = self.dst_be;
+        self.src_be.copy_to(&mut out.src_be);
+        self.dst_be.copy_to(&mut out.dst_be);
         out.sport_be = self.sport_be;
         out.dport_be = self.dport_be;
         out.proto = self.proto();
@@ -181,7 +181,7 @@ impl<A: Address> Packet<A> {
     /// `listener_key`, written into `out`.
     #[inline(always)]
     pub fn listener_key_into(&self, out: &mut ListenerKeyG<A>) {
-        out.vip_be = self.dst_be;
+        self.dst_be.copy_to(&mut out.vip_be);
         out.port_be = self.dport_be;
         out.proto = self.proto();
         out._pad = 0;
