@@ -3,12 +3,16 @@
 //! (`BPF_MAP_LOOKUP_BATCH`, as the expiry reads it) and each flow printed as it is read, so a
 //! table of a million flows streams instead of building up in memory.
 
-use std::{net::Ipv4Addr, os::fd::AsFd as _, path::Path};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+    path::Path,
+};
 
 use anyhow::Context as _;
-use aya::maps::MapData;
+use aya::{maps::MapData, Pod};
 use lb_common::{
-    Flow, FlowKey, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYNACK,
+    Address, FlowG, FlowKeyG, Ip6, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_SYNACK,
     FLOW_DIR_FORWARD,
 };
 use serde::Serialize;
@@ -54,7 +58,7 @@ pub struct Filter {
     pub state: Option<String>,
 }
 
-pub fn state_name(f: &Flow) -> &'static str {
+pub fn state_name<A: Address>(f: &FlowG<A>) -> &'static str {
     let s = f.state;
     if s & CT_RST != 0 {
         "CLOSE"
@@ -71,12 +75,30 @@ pub fn state_name(f: &Flow) -> &'static str {
     }
 }
 
-fn addr(be: u32, port_be: u16) -> String {
-    format!(
-        "{}:{}",
-        Ipv4Addr::from(u32::from_be(be)),
-        u16::from_be(port_be)
-    )
+/// An address as `lb flows` prints it with a port: `a.b.c.d:port`, `[v6]:port`.
+trait Shown: Address + Pod
+where
+    FlowKeyG<Self>: Pod,
+    FlowG<Self>: Pod,
+{
+    fn with_port(&self, port_be: u16) -> String;
+}
+
+impl Shown for u32 {
+    fn with_port(&self, port_be: u16) -> String {
+        format!(
+            "{}:{}",
+            Ipv4Addr::from(u32::from_be(*self)),
+            u16::from_be(port_be)
+        )
+    }
+}
+
+impl Shown for Ip6 {
+    fn with_port(&self, port_be: u16) -> String {
+        let a = Ipv6Addr::from(lb_common::ip6_octets(self));
+        format!("[{a}]:{}", u16::from_be(port_be))
+    }
 }
 
 /// Calls `out` with every flow of the load balancers under `state_dir` that `filter` keeps,
@@ -105,53 +127,69 @@ pub fn walk(
         {
             continue;
         }
-        let path = st.pin_dir.join("CONNTRACK");
-        if !path.exists() {
-            continue; // still coming up
-        }
-        let map =
-            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let listener_id = |i: u32| {
-            st.plan
-                .listeners
-                .iter()
-                .find(|l| l.index == i)
-                .map_or_else(|| format!("#{i}"), |l| l.id.clone())
-        };
-        let member_of = |i: u32| st.plan.members.iter().find(|m| m.index == i);
-        let mut keys = vec![FlowKey::default(); 4096];
-        let mut values = vec![Flow::default(); 4096];
-        let mut cursor = Cursor::Start;
-        while cursor != Cursor::Done {
-            let (n, next) = batch::lookup(map.fd().as_fd(), cursor, &mut keys, &mut values)
-                .with_context(|| format!("reading {}", path.display()))?;
-            cursor = next;
-            for (k, f) in keys[..n].iter().zip(&values[..n]) {
-                if k.dir != FLOW_DIR_FORWARD {
-                    continue;
-                }
-                let m = member_of(f.member);
-                let row = FlowRow {
-                    loadbalancer: st.loadbalancer.clone(),
-                    listener: listener_id(f.listener),
-                    member: m.map_or_else(|| format!("#{}", f.member), |m| m.id.clone()),
-                    protocol: if f.proto() == lb_common::IPPROTO_UDP {
-                        "udp"
-                    } else {
-                        "tcp"
-                    },
-                    state: state_name(f),
-                    client: addr(f.client_be, f.client_port_be),
-                    vip: addr(f.vip_be, f.listener_port_be),
-                    member_address: addr(f.member_be, f.member_port_be),
-                    snat_port: u16::from_be(f.snat_port_be),
-                    age_s: now.saturating_sub(f.created_ns) as f64 / 1e9,
-                    idle_s: now.saturating_sub(f.last_seen_ns) as f64 / 1e9,
-                    cookie: f.state & lb_common::CT_COOKIE != 0,
-                };
-                if keep(filter, &row) {
-                    out(row)?;
-                }
+        walk_table::<u32>(st, "CONNTRACK", now, filter, &mut out)?;
+        walk_table::<Ip6>(st, "CONNTRACK6", now, filter, &mut out)?;
+    }
+    Ok(())
+}
+
+/// The forward entries of one of `st`'s conntrack tables (`name`), as rows.
+fn walk_table<A: Shown>(
+    st: &State,
+    name: &str,
+    now: u64,
+    filter: &Filter,
+    out: &mut impl FnMut(FlowRow) -> anyhow::Result<()>,
+) -> anyhow::Result<()>
+where
+    FlowKeyG<A>: Pod,
+    FlowG<A>: Pod,
+{
+    let path = st.pin_dir.join(name);
+    if !path.exists() {
+        return Ok(()); // still coming up, or pinned by a version of lb without it
+    }
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let listener_id = |i: u32| {
+        st.plan
+            .listeners
+            .iter()
+            .find(|l| l.index == i)
+            .map_or_else(|| format!("#{i}"), |l| l.id.clone())
+    };
+    let member_of = |i: u32| st.plan.members.iter().find(|m| m.index == i);
+    let mut keys = vec![FlowKeyG::<A>::default(); 4096];
+    let mut values = vec![FlowG::<A>::default(); 4096];
+    let mut cursor = Cursor::Start;
+    while cursor != Cursor::Done {
+        let (n, next) = batch::lookup(map.fd().as_fd(), cursor, &mut keys, &mut values)
+            .with_context(|| format!("reading {}", path.display()))?;
+        cursor = next;
+        for (k, f) in keys[..n].iter().zip(&values[..n]) {
+            if k.dir != FLOW_DIR_FORWARD {
+                continue;
+            }
+            let m = member_of(f.member);
+            let row = FlowRow {
+                loadbalancer: st.loadbalancer.clone(),
+                listener: listener_id(f.listener),
+                member: m.map_or_else(|| format!("#{}", f.member), |m| m.id.clone()),
+                protocol: if f.proto() == lb_common::IPPROTO_UDP {
+                    "udp"
+                } else {
+                    "tcp"
+                },
+                state: state_name(f),
+                client: f.client_be.with_port(f.client_port_be),
+                vip: f.vip_be.with_port(f.listener_port_be),
+                member_address: f.member_be.with_port(f.member_port_be),
+                snat_port: u16::from_be(f.snat_port_be),
+                age_s: now.saturating_sub(f.created_ns) as f64 / 1e9,
+                idle_s: now.saturating_sub(f.last_seen_ns) as f64 / 1e9,
+                cookie: f.state & lb_common::CT_COOKIE != 0,
+            };
+            if keep(filter, &row) {
+                out(row)?;
             }
         }
     }
@@ -161,7 +199,8 @@ pub fn walk(
 fn keep(f: &Filter, r: &FlowRow) -> bool {
     f.listener.as_ref().is_none_or(|l| l == &r.listener)
         && f.member.as_ref().is_none_or(|m| {
-            m == &r.member || r.member_address.split(':').next() == Some(m.as_str())
+            let addr = r.member_address.rsplit_once(':').map_or("", |(a, _)| a);
+            m == &r.member || addr.trim_matches(['[', ']']) == m.as_str()
         })
         && f.state
             .as_ref()

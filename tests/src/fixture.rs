@@ -23,8 +23,6 @@ pub const M1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const M2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
-pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfa);
-pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 pub const M16: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 pub const M26: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 4);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);

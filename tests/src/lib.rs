@@ -10,8 +10,14 @@ use std::{
 
 pub mod agent;
 pub mod fixture;
+pub mod sshd;
 pub mod stream;
 pub mod topology;
+
+/// The IPv6 VIP of the tests' IPv6 load balancers, and the client's IPv6 address (members:
+/// `topology::v6_of`).
+pub const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfa);
+pub const CLIENT6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
 pub use lb::node::in_netns;
 use lb_common::checksum;

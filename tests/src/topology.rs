@@ -27,6 +27,11 @@ use crate::{in_netns, unique, Netns};
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
+/// A host's IPv6 address in the tests: 2001:db8::<the last byte of its IPv4 address>.
+pub fn v6_of(a: Ipv4Addr) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, a.octets()[3] as u16)
+}
+
 /// Checksum and segmentation offloads off on a host's interface.
 fn offloads_off(ns: &Netns, dev: &str) {
     ns.exec(&format!("ethtool -K {dev} tx off tso off gso off gro off"));
@@ -195,6 +200,16 @@ impl SeedTopology {
         host.ip(&format!("addr add {addr}/24 dev eth0"));
         if !offloads {
             offloads_off(host, "eth0");
+        }
+    }
+
+    /// IPv6 beside IPv4: the client and every member get `v6_of` their address on eth0
+    /// (`nodad`: usable at once).
+    pub fn add_ipv6(&self) {
+        for (ns, a) in std::iter::once((&self.client, CLIENT))
+            .chain(self.members.iter().map(|m| (&m.ns, m.addr)))
+        {
+            ns.ip(&format!("-6 addr add {}/64 dev eth0 nodad", v6_of(a)));
         }
     }
 

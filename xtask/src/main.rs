@@ -30,6 +30,10 @@ const TEST_PACKAGES: &[&str] = &[
     // DNS through a UDP listener: dnsmasq members (the binary alone, no service), dig
     "dnsmasq-base",
     "bind9-dnsutils",
+    // ssh over an IPv6 VIP: sshd in the members' namespaces (its service is not started:
+    // see `setup`), the ssh client
+    "openssh-server",
+    "openssh-client",
 ];
 /// What the benchmark drives and compares against, besides the test packages.
 const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "iperf3", "nftables"];
@@ -216,10 +220,23 @@ fn setup(packages: &[&str]) -> Result<()> {
         }
         eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
         run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get")
+        // The tests run servers (sshd) inside namespaces of their own; the packages' services
+        // are not started on the machine itself: Debian's policy-rc.d says no while apt runs
+        // (only when the machine has none of its own).
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let ours = !policy.exists();
+        if ours {
+            std::fs::write(policy, "#!/bin/sh\n# cargo xtask: no service starts while it installs packages\nexit 101\n")?;
+            run(Command::new("chmod").args(["755", "/usr/sbin/policy-rc.d"]))?;
+        }
+        let r = run(Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing))?;
+            .args(&missing));
+        if ours {
+            let _ = std::fs::remove_file(policy);
+        }
+        r?;
     }
     Ok(())
 }

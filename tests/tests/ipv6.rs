@@ -1,0 +1,273 @@
+//! Tier 3, IPv6: the `lb` daemon with an IPv6 load balancer beside the seed's IPv4 one on
+//! the same node and bridge (dual stack), real OpenSSH servers as the IPv6 members and the
+//! real ssh client: sessions through the IPv6 VIP, the members seeing the VIP as source, the
+//! TCP monitor over IPv6 taking a member out, the IPv4 load balancer serving all along.
+
+use std::{net::IpAddr, time::Duration};
+
+use integration_tests::{
+    sshd::{self, Keys, Sshd},
+    topology::*,
+    wait_for, CLIENT6, VIP6,
+};
+use serde_json::Value;
+
+const M1: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 2);
+const M2: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 4);
+
+/// A second load balancer: ssh on `VIP6` to the members' IPv6 addresses, a quick TCP monitor.
+fn ipv6_loadbalancer(seed_id: &str, seed_port: &str) -> String {
+    let id = format!("{}-6", &seed_id[..seed_id.len() - 2]);
+    let port = seed_port.replacen("tap", "tv6", 1);
+    format!(
+        r#"
+[[loadbalancer]]
+id = "{id}"
+vip_address = "{VIP6}"
+vip_prefixlen = 64
+[loadbalancer.port]
+name = "{port}"
+bridge = "br-int"
+
+[[loadbalancer.listener]]
+id = "ssh6"
+protocol = "TCP"
+protocol_port = 22
+default_pool_id = "ssh6-pool"
+
+[[loadbalancer.pool]]
+id = "ssh6-pool"
+protocol = "TCP"
+lb_algorithm = "LEAST_CONNECTIONS"
+[loadbalancer.pool.healthmonitor]
+type = "TCP"
+delay = 1
+timeout = 0.5
+max_retries = 2
+max_retries_down = 2
+[[loadbalancer.pool.member]]
+id = "sshd-1"
+address = "{}"
+protocol_port = 22
+[[loadbalancer.pool.member]]
+id = "sshd-2"
+address = "{}"
+protocol_port = 22
+"#,
+        v6_of(M1),
+        v6_of(M2)
+    )
+}
+
+fn lb_stats<'a>(all: &'a Value, vip: &str) -> &'a Value {
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["vip_address"] == vip)
+        .unwrap_or_else(|| panic!("no load balancer with VIP {vip}: {all}"))
+}
+
+/// A member's status in load balancer `vip`'s stats ("" while that one is not up).
+fn status(all: &Value, vip: &str, member: &str) -> String {
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["vip_address"] == vip)
+        .and_then(|l| {
+            l["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["address"] == member)
+        })
+        .map(|m| m["operating_status"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// One ssh session through the IPv6 VIP: (the address sshd saw the client at, the member's
+/// address), from `$SSH_CONNECTION`.
+fn session(client_ns: &str, keys: &Keys) -> (IpAddr, IpAddr) {
+    let out = sshd::ssh(client_ns, keys, VIP6.into(), "echo $SSH_CONNECTION")
+        .unwrap_or_else(|e| panic!("ssh through the IPv6 VIP: {e}"));
+    let f: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(f.len(), 4, "SSH_CONNECTION: {out:?}");
+    (f[0].parse().unwrap(), f[2].parse().unwrap())
+}
+
+#[test]
+fn ssh_over_an_ipv6_vip_beside_an_ipv4_load_balancer() {
+    if !sshd::available() {
+        return;
+    }
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    // The second load balancer's config and clean-up (its namespace) beside the seed's.
+    let text = std::fs::read_to_string(&setup.cfg.path).unwrap();
+    let extra = ipv6_loadbalancer(&setup.cfg.lb_id, &setup.cfg.port);
+    std::fs::write(&setup.cfg.path, format!("{text}\n{extra}")).unwrap();
+    let v6_ns = format!("qlbaas-{}-6", &setup.cfg.lb_id[..setup.cfg.lb_id.len() - 2]);
+    let _left = Leftovers {
+        namespaces: vec![v6_ns],
+        dirs: vec![],
+    };
+    setup.topo.add_ipv6();
+    let keys = Keys::new();
+    let mut servers: Vec<Option<Sshd>> = setup
+        .topo
+        .members
+        .iter()
+        .map(|m| Some(Sshd::start(&m.ns.name, v6_of(m.addr).into(), &keys)))
+        .collect();
+    let mut daemon = setup.start(&[]);
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let client = topo.client.name.clone();
+    let (m1, m2) = (v6_of(M1).to_string(), v6_of(M2).to_string());
+    let vip6 = VIP6.to_string();
+    let start = std::time::Instant::now();
+    loop {
+        let s = stats(bin, &cfg.state_dir);
+        if status(&s, &vip6, &m1) == "ONLINE" && status(&s, &vip6, &m2) == "ONLINE" {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            panic!("IPv6 members not ONLINE: {s}\n{}", daemon.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Sessions through the IPv6 VIP: sshd sees the VIP as the client, and both members serve.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (from, member) = session(&client, &keys);
+        assert_eq!(
+            from,
+            IpAddr::from(VIP6),
+            "the member sees the VIP as source"
+        );
+        seen.push(member);
+    }
+    for m in [v6_of(M1), v6_of(M2)] {
+        assert!(seen.contains(&m.into()), "{m} served none of {seen:?}");
+    }
+    // The IPv4 load balancer beside it serves the seed's scenario meanwhile.
+    let c = connect(&client, VIP, 22)
+        .unwrap_or_else(|e| panic!("IPv4 VIP: {e}\n{}", daemon.log_text()));
+    assert!(c.member() == M1 || c.member() == M2);
+    drop(c);
+    let s = stats(bin, &cfg.state_dir);
+    let v6 = lb_stats(&s, &vip6);
+    assert_eq!(v6["listeners"][0]["total_connections"], 4, "{v6}");
+    assert_eq!(
+        lb_stats(&s, "10.0.0.250")["listeners"][0]["total_connections"],
+        1
+    );
+    // `lb flows` lists the IPv6 flows (closed, lingering) with bracketed addresses.
+    let flows = std::process::Command::new(&**bin)
+        .args(["flows", "--json", "--state-dir"])
+        .arg(&cfg.state_dir)
+        .output()
+        .expect("lb flows");
+    let text = String::from_utf8_lossy(&flows.stdout);
+    let v6_rows = text
+        .lines()
+        .filter(|l| l.contains(&format!("\"vip\":\"[{VIP6}]:22\"")))
+        .count();
+    assert_eq!(v6_rows, 4, "{text}");
+    assert!(
+        text.contains(&format!("\"client\":\"[{CLIENT6}]:")),
+        "{text}"
+    );
+
+    // M1's sshd stops: the TCP monitor over IPv6 takes it out; every session is M2's.
+    servers[0] = None;
+    wait_for("M1 down over IPv6", Duration::from_secs(10), || {
+        (status(&stats(bin, &cfg.state_dir), &vip6, &m1) == "ERROR").then_some(())
+    });
+    for _ in 0..3 {
+        assert_eq!(session(&client, &keys).1, IpAddr::from(v6_of(M2)));
+    }
+    drop(servers);
+    assert!(daemon.stop().unwrap().success());
+}
+
+/// A server in namespace `ns` on `addr`:`port` answering every connection with one HTTP
+/// response, until the process ends (the namespace goes first).
+fn http_server(ns: &str, addr: IpAddr, port: u16) {
+    use std::io::{Read, Write};
+    let ns = ns.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        lb::node::enter(&ns).expect("enter the member's namespace");
+        let l = std::net::TcpListener::bind((addr, port)).expect("bind");
+        tx.send(()).unwrap();
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("HTTP server up");
+}
+
+/// The monitors over IPv6, as the daemon runs them (`lb::health::check`, from the client's
+/// namespace as if it were a VIP): TCP and HTTP to a server on the member's IPv6 address,
+/// PING (ICMPv6 echo), and their failures.
+#[test]
+fn health_checks_over_ipv6() {
+    let Some(setup) = Setup::new(|t| t, &[M1]) else {
+        return;
+    };
+    let topo = &setup.topo;
+    topo.add_ipv6();
+    let member = IpAddr::from(v6_of(M1));
+    http_server(&topo.members[0].ns.name, member, 8080);
+    let monitor = |kind: &str| -> lb::config::HealthMonitor {
+        let text = format!(
+            "type = \"{kind}\"\ndelay = 1\ntimeout = 0.5\nmax_retries = 1\nurl_path = \"/\"\n"
+        );
+        monitor_from(&text)
+    };
+    let check = |kind: &str, port: u16| {
+        let m = monitor(kind);
+        lb::node::in_netns(&topo.client.name, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(lb::health::check(
+                CLIENT6.into(),
+                std::net::SocketAddr::new(member, port),
+                &m,
+            ))
+        })
+        .unwrap()
+    };
+    let r = check("TCP", 8080);
+    assert_eq!(r.status.name(), "L4OK", "{r:?}");
+    let r = check("HTTP", 8080);
+    assert_eq!(r.status.name(), "L7OK", "{r:?}");
+    assert_eq!(r.code, Some(200));
+    let r = check("PING", 0);
+    assert_eq!(r.status.name(), "L4OK", "{r:?}");
+    let r = check("TCP", 8081);
+    assert_eq!(r.status.name(), "L4CON", "nothing on the port: {r:?}");
+    topo.members[0]
+        .ns
+        .exec("sysctl -qw net.ipv6.icmp.echo_ignore_all=1");
+    let r = check("PING", 0);
+    assert_eq!(r.status.name(), "L4TOUT", "echo requests ignored: {r:?}");
+}
+
+/// A monitor from its TOML text (the config's own parser, through a one-pool document).
+fn monitor_from(monitor: &str) -> lb::config::HealthMonitor {
+    let doc = format!(
+        "[[loadbalancer]]\nid = \"x\"\nvip_address = \"{VIP6}\"\n[loadbalancer.port]\nname = \"p\"\n\
+         [[loadbalancer.pool]]\nid = \"p\"\nprotocol = \"TCP\"\nlb_algorithm = \"ROUND_ROBIN\"\n\
+         [loadbalancer.pool.healthmonitor]\n{monitor}"
+    );
+    let c = lb::config::Config::parse(&doc, "monitor").expect("monitor");
+    c.loadbalancer[0].pool[0].healthmonitor.clone().unwrap()
+}
