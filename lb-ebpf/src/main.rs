@@ -16,6 +16,7 @@ mod conntrack;
 mod cookie;
 mod family;
 mod icmp;
+mod icmp6;
 mod maps;
 mod member;
 mod nat;
@@ -89,12 +90,13 @@ fn count(v: &Verdict) {
 }
 
 /// The IPv6 programs, entered by a tail call from the IPv4 ones (`lb` -> `lb6`, `lb_tc` ->
-/// `lb_tc6`): each program has the whole 512-byte stack to itself, which one program for
-/// both families would not fit in. The loader fills slot 0 before it attaches.
+/// `lb_tc6`; slot 0), and from those for ICMPv6 (`lb6_icmp`, `lb_tc6_icmp`; slot 1): each
+/// program has the whole 512-byte stack to itself, which one program for everything would
+/// not fit in. The loader fills the slots before it attaches.
 #[map]
-static V6_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static V6_XDP: ProgramArray = ProgramArray::with_max_entries(2, 0);
 #[map]
-static V6_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static V6_TC: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 #[xdp]
 #[inline(always)]
@@ -154,6 +156,33 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
     tc_action(&ctx, &v)
 }
 
+#[xdp]
+#[inline(always)]
+pub fn lb6_icmp(ctx: XdpContext) -> u32 {
+    let v = process6_icmp(&ctx);
+    count(&v);
+    v.action
+}
+
+/// `lb_tc6` for ICMPv6 (see `lb6_icmp`).
+#[classifier]
+#[inline(always)]
+pub fn lb_tc6_icmp(ctx: TcContext) -> i32 {
+    let v = process6_icmp(&ctx);
+    count(&v);
+    tc_action(&ctx, &v)
+}
+
+/// An ICMPv6 message: an error about a flow goes to its other end, translated.
+#[inline(always)]
+fn process6_icmp<C: Frame>(ctx: &C) -> Verdict {
+    match parse::parse6(ctx) {
+        Ok(parse::Parsed6::Icmp(off)) if for_port6(ctx) => icmp6::to_end(ctx, off),
+        Ok(_) => verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED),
+        Err(v) => verdict(v.0, v.1),
+    }
+}
+
 /// `lb_tc` for IPv6 (see `lb6`).
 #[classifier]
 #[inline(always)]
@@ -197,7 +226,19 @@ fn process<C: Frame>(ctx: &C) -> Verdict {
 #[inline(always)]
 fn process6<C: Frame>(ctx: &C) -> Verdict {
     match parse::parse6(ctx) {
-        Ok(p) if for_port(&p.dst_mac) => balance::<C, V6>(ctx, &p),
+        Ok(parse::Parsed6::L4(p)) if for_port(&p.dst_mac) => balance::<C, V6>(ctx, &p),
+        Ok(parse::Parsed6::Icmp(_)) if for_port6(ctx) => {
+            // ICMPv6 errors are translated by a program of their own (its frame would not
+            // fit beside this one's): slot 1.
+            unsafe {
+                if C::SKB {
+                    V6_TC.tail_call(ctx, 1);
+                } else {
+                    V6_XDP.tail_call(ctx, 1);
+                }
+            }
+            verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
+        }
         Ok(_) => verdict(xdp_action::XDP_PASS, reason::PASS_NOT_FOR_PORT),
         Err(v) => verdict(v.0, v.1),
     }
@@ -243,6 +284,15 @@ fn balance<C: Frame, F: Family>(ctx: &C, pkt: &Packet<F::A>) -> Verdict {
         return from_member::<C, F>(ctx, pkt, unsafe { &*rflow });
     }
     verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
+}
+
+/// `for_port` of the frame's Ethernet destination.
+#[inline(always)]
+fn for_port6<C: Frame>(ctx: &C) -> bool {
+    match parse::ptr_at::<[u8; 6], C>(ctx, 0) {
+        Some(d) => for_port(unsafe { &*d }),
+        None => false,
+    }
 }
 
 /// Whether a frame's destination is the port (a bridge floods unknown unicast to every port;

@@ -225,6 +225,13 @@ pub enum Parsed {
     IcmpError(crate::icmp::IcmpError),
 }
 
+/// What the IPv6 programs act on: a TCP segment or UDP datagram, or an ICMPv6 message at
+/// this frame offset (`icmp6::to_end` looks at it).
+pub enum Parsed6 {
+    L4(Packet<Ip6>),
+    Icmp(usize),
+}
+
 /// Whether the frame is IPv6 (the IPv4 programs hand it to the IPv6 ones).
 #[inline(always)]
 pub fn is_ipv6<C: Frame>(ctx: &C) -> bool {
@@ -368,7 +375,8 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// hop, destination options, routing, fragment, destination options).
 const EXT_HEADERS_MAX: usize = 5;
 
-/// How far into the frame the IPv6 parser looks for the transport header.
+/// How far into the frame the IPv6 parser looks for the transport header (below 1024: see
+/// `launder`).
 const MAX_L4_OFFSET: usize = 512;
 
 /// `v` as the verifier sees a value read from a map: unknown (see `parse6`).
@@ -377,7 +385,10 @@ fn launder(v: usize) -> Option<usize> {
     let s = crate::maps::SCRATCH.get_ptr_mut(0)?;
     unsafe {
         core::ptr::write_volatile(&raw mut (*s).off, v as u64);
-        Some(core::ptr::read_volatile(&raw const (*s).off) as usize)
+        // The value is at most MAX_L4_OFFSET: the mask changes nothing but gives every
+        // kernel's verifier the bound (6.1's lost the caller's comparison, and a pointer
+        // whose offset may reach 0xffff gets no range from a comparison with the end).
+        Some((core::ptr::read_volatile(&raw const (*s).off) & 0x3ff) as usize)
     }
 }
 
@@ -385,7 +396,7 @@ fn launder(v: usize) -> Option<usize> {
 /// fragment), then TCP or UDP as for IPv4. A later fragment, ICMPv6 (neighbour discovery,
 /// echo, errors) and anything else pass to the kernel.
 #[inline(always)]
-pub fn parse6<C: Frame>(ctx: &C) -> Result<Packet<Ip6>, Early> {
+pub fn parse6<C: Frame>(ctx: &C) -> Result<Parsed6, Early> {
     let eth: *mut EthHdr =
         ptr_at(ctx, 0).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_TRUNCATED_ETH))?;
     if unsafe { (*eth).ether_type } != ETH_P_IPV6_BE {
@@ -429,12 +440,15 @@ pub fn parse6<C: Frame>(ctx: &C) -> Result<Packet<Ip6>, Early> {
     if off > end {
         return Err(Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV6));
     }
+    if off > MAX_L4_OFFSET {
+        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
+    }
     // Each way through the walk leaves a different constant offset, and the verifier would
     // check the rest of the program once per way (past its million instructions): the
     // offset goes through memory, and comes back as one bounded unknown.
     let off = launder(off).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV6))?;
-    if off > MAX_L4_OFFSET {
-        return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
+    if next == IPPROTO_ICMPV6 && !fragment {
+        return Ok(Parsed6::Icmp(off));
     }
     if next != IPPROTO_TCP && next != IPPROTO_UDP {
         return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED));
@@ -454,7 +468,7 @@ pub fn parse6<C: Frame>(ctx: &C) -> Result<Packet<Ip6>, Early> {
         ip_len: (IPV6_HDR_LEN + payload) as u16,
         fragment,
     };
-    transport(ctx, eth, ip as *mut u8, src, dst, &l4)
+    transport(ctx, eth, ip as *mut u8, src, dst, &l4).map(Parsed6::L4)
 }
 
 const TCPOPT_NOP: u8 = 1;

@@ -121,7 +121,7 @@ impl Dataplane {
                 dir: pin_dir.into(),
                 source: Box::new(e),
             })?;
-        for name in ["lb", "lb6", "lb_peer_pass"] {
+        for name in ["lb", "lb6", "lb6_icmp", "lb_peer_pass"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .expect("program is in the object")
@@ -132,7 +132,7 @@ impl Dataplane {
                 source,
             })?;
         }
-        for name in ["lb_tc", "lb_tc6", "lb_tc_fast"] {
+        for name in ["lb_tc", "lb_tc6", "lb_tc6_icmp", "lb_tc_fast"] {
             let tc: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .expect("program is in the object")
@@ -146,7 +146,12 @@ impl Dataplane {
         // The IPv4 programs hand IPv6 frames to the IPv6 ones by a tail call (one program
         // for both would not fit the BPF stack): their slots are filled before anything
         // attaches.
-        for (array, prog) in [("V6_XDP", "lb6"), ("V6_TC", "lb_tc6")] {
+        for (array, slot, prog) in [
+            ("V6_XDP", 0, "lb6"),
+            ("V6_XDP", 1, "lb6_icmp"),
+            ("V6_TC", 0, "lb_tc6"),
+            ("V6_TC", 1, "lb_tc6_icmp"),
+        ] {
             let fd = ebpf
                 .program(prog)
                 .expect("program is in the object")
@@ -166,10 +171,12 @@ impl Dataplane {
                 .expect("map is in the object")
                 .try_into()
                 .expect("a program array");
-            slots.set(0, &fd, 0).map_err(|source| DataplaneError::Map {
-                path: pin_dir.join(array),
-                source,
-            })?;
+            slots
+                .set(slot, &fd, 0)
+                .map_err(|source| DataplaneError::Map {
+                    path: pin_dir.join(array),
+                    source,
+                })?;
         }
         let maps = Maps::open(pin_dir)?;
         Ok(Dataplane { ebpf, maps })

@@ -571,6 +571,28 @@ impl L4v6 {
     }
 }
 
+/// An Ethernet/IPv6 ICMPv6 error (`kind`, `code`, 4 bytes of rest-of-header: Packet Too
+/// Big's MTU) carrying `embedded` (the start of the offending IPv6 packet), its checksum
+/// over the pseudo-header.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp6_error(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    embedded: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(embedded);
+    let c = checksum::l4_ipv6(src.octets(), dst.octets(), 58, &icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv6_frame(src_mac, dst_mac, src, dst, &[], 58, &icmp)
+}
+
 /// The transport checksum of an Ethernet/IPv6 frame (no extension headers) verifies.
 pub fn checksum6_ok(f: &[u8]) -> bool {
     let src: [u8; 16] = f[22..38].try_into().unwrap();

@@ -192,7 +192,7 @@ fn options_headers() -> Vec<(u8, Vec<u8>)> {
 }
 
 #[test]
-fn extension_headers_are_walked_and_kept() {
+fn ipv6_extension_headers_are_walked_and_kept() {
     let Some(mut env) = env() else { return };
     let mut syn = L4v6::tcp(CLIENT6, 40100, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
     syn.ext = options_headers();
@@ -292,4 +292,102 @@ fn ipv6_flows_expire_and_counters_return_to_zero() {
     assert_eq!((r.flows, r.expired), (4, 4));
     assert_eq!(total(&env), 0);
     assert!(env.dp.maps.flows6().is_empty());
+}
+
+#[test]
+fn ipv6_packet_too_big_reaches_the_client_translated() {
+    let Some(mut env) = env() else { return };
+    let syn = L4v6::tcp(CLIENT6, 49000, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let member = L4v6::parse(&out).unwrap().dst;
+    let mut data = L4v6::tcp(CLIENT6, 49000, VIP6, 22, TCP_ACK | TCP_PSH)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(&[7u8; 100]);
+    data.seq = 1001;
+    let from_client = data.build();
+    let to_member = env.expect(&from_client, XDP_TX, reason::TX_TO_MEMBER);
+    // A router on the member's side (or the member itself) cannot forward it: Packet Too
+    // Big, MTU 1280, to the VIP, embedding what lb sent (48 bytes of it, or all).
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99);
+    for (from, embedded_len) in [(router, 48), (member, to_member.len() - 14)] {
+        let ptb = icmp6_error(
+            mac_of6(member),
+            PORT_MAC,
+            from,
+            VIP6,
+            2,
+            0,
+            1280u32.to_be_bytes(),
+            &to_member[14..14 + embedded_len],
+        );
+        let out = env.expect(&ptb, XDP_TX, reason::TX_ICMP_TO_CLIENT);
+        // To the client, from the VIP, about the segment the client sent.
+        let want = icmp6_error(
+            PORT_MAC,
+            CLIENT_MAC,
+            VIP6,
+            CLIENT6,
+            2,
+            0,
+            1280u32.to_be_bytes(),
+            &from_client[14..14 + embedded_len],
+        );
+        assert_eq!(
+            out, want,
+            "Packet Too Big to the client, {embedded_len} bytes embedded"
+        );
+        // The TC program likewise.
+        let (action, out) = env.run_program("lb_tc", &ptb);
+        assert_eq!((action, &out), (7, &want), "TC");
+    }
+}
+
+#[test]
+fn ipv6_icmp_errors_from_the_client_side_reach_the_member() {
+    let Some(mut env) = env() else { return };
+    let q = L4v6::udp(CLIENT6, 42000, VIP6, 53)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .payload(b"query");
+    let out = env.expect(&q.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let member = L4v6::parse(&out).unwrap().dst;
+    let a = L4v6::udp(member, 53, VIP6, 42000)
+        .macs(mac_of6(member), PORT_MAC)
+        .payload(b"late answer");
+    let from_member = a.build();
+    let to_client = env.expect(&from_member, XDP_TX, reason::TX_TO_CLIENT);
+    // The client's port is closed: port unreachable (type 1, code 4) about the answer.
+    let unreachable = icmp6_error(
+        CLIENT_MAC,
+        PORT_MAC,
+        CLIENT6,
+        VIP6,
+        1,
+        4,
+        [0; 4],
+        &to_client[14..],
+    );
+    let out = env.expect(&unreachable, XDP_TX, reason::TX_ICMP_TO_MEMBER);
+    let want = icmp6_error(
+        PORT_MAC,
+        mac_of6(member),
+        VIP6,
+        member,
+        1,
+        4,
+        [0; 4],
+        &from_member[14..],
+    );
+    assert_eq!(out, want, "port unreachable to the member");
+    // Errors about traffic lb did not send, and ICMPv6 that is not an error, pass.
+    let stray = icmp6_error(
+        CLIENT_MAC,
+        PORT_MAC,
+        CLIENT6,
+        VIP6,
+        1,
+        4,
+        [0; 4],
+        &L4v6::udp(VIP6, 53, CLIENT6, 1).build()[14..],
+    );
+    env.expect(&stray, XDP_PASS, reason::PASS_NOT_BALANCED);
 }

@@ -49,7 +49,16 @@ fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
         let Some(name) = p.name_as_str() else {
             continue;
         };
-        if ["lb", "lb6", "lb_tc", "lb_tc6", "lb_tc_fast"].contains(&name)
+        if [
+            "lb",
+            "lb6",
+            "lb6_icmp",
+            "lb_tc",
+            "lb_tc6",
+            "lb_tc6_icmp",
+            "lb_tc_fast",
+        ]
+        .contains(&name)
             && newest.get(name).is_none_or(|(id, _)| p.id() > *id)
         {
             newest.insert(name.into(), (p.id(), p.verified_instruction_count()));
