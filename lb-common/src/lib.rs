@@ -185,7 +185,8 @@ pub mod reason {
     pub const TX_TO_MEMBER: u32 = 0;
     /// Balanced: a member's reply translated and sent to the client (XDP_TX).
     pub const TX_TO_CLIENT: u32 = 1;
-    /// Neither IPv4 nor IPv6 (ARP, ...): passed to the kernel untouched.
+    /// Not IP this load balancer balances (ARP, ...; IPv6 at an IPv4 load balancer, which
+    /// loads no IPv6 programs): passed to the kernel untouched.
     pub const PASS_NOT_IP: u32 = 2;
     /// IP but not for a listener nor a reply of a balanced flow (ICMP to the VIP, the
     /// namespace's own connections, health checks): passed untouched.

@@ -88,12 +88,24 @@ impl Dataplane {
     /// declares (`pins::check`); otherwise nothing is loaded and the error names the map and
     /// the difference.
     pub fn load(pin_dir: &Path, conntrack_flows: u32) -> Result<Self> {
-        Self::load_with(pin_dir, conntrack_flows, false)
+        Self::load_with(pin_dir, conntrack_flows, false, false)
+    }
+
+    /// As `load`, for an IPv6 load balancer.
+    pub fn load6(pin_dir: &Path, conntrack_flows: u32) -> Result<Self> {
+        Self::load_with(pin_dir, conntrack_flows, false, true)
     }
 
     /// As `load`; `connection_log`: the `CONN_LOG` ring gets `CONN_LOG_BYTES` (one page
-    /// otherwise: nothing writes to it).
-    pub fn load_with(pin_dir: &Path, conntrack_flows: u32, connection_log: bool) -> Result<Self> {
+    /// otherwise: nothing writes to it); `ipv6`: the IPv6 programs are loaded and put in the
+    /// IPv4 ones' tail-call slots (an IPv4 load balancer has no use for them: its IPv6 frames
+    /// pass as `pass_not_ip`, and its load takes half the time).
+    pub fn load_with(
+        pin_dir: &Path,
+        conntrack_flows: u32,
+        connection_log: bool,
+        ipv6: bool,
+    ) -> Result<Self> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DataplaneError::Io {
             what: "cannot create pin directory",
             path: pin_dir.into(),
@@ -121,7 +133,12 @@ impl Dataplane {
                 dir: pin_dir.into(),
                 source: Box::new(e),
             })?;
-        for name in ["lb", "lb6", "lb6_icmp", "lb_peer_pass"] {
+        let xdp: &[&str] = if ipv6 {
+            &["lb", "lb6", "lb6_icmp", "lb_peer_pass"]
+        } else {
+            &["lb", "lb_peer_pass"]
+        };
+        for &name in xdp {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .expect("program is in the object")
@@ -132,7 +149,12 @@ impl Dataplane {
                 source,
             })?;
         }
-        for name in ["lb_tc", "lb_tc6", "lb_tc6_icmp", "lb_tc_fast"] {
+        let tc: &[&str] = if ipv6 {
+            &["lb_tc", "lb_tc6", "lb_tc6_icmp", "lb_tc_fast"]
+        } else {
+            &["lb_tc", "lb_tc_fast"]
+        };
+        for &name in tc {
             let tc: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .expect("program is in the object")
@@ -146,12 +168,17 @@ impl Dataplane {
         // The IPv4 programs hand IPv6 frames to the IPv6 ones by a tail call (one program
         // for both would not fit the BPF stack): their slots are filled before anything
         // attaches.
-        for (array, slot, prog) in [
-            ("V6_XDP", 0, "lb6"),
-            ("V6_XDP", 1, "lb6_icmp"),
-            ("V6_TC", 0, "lb_tc6"),
-            ("V6_TC", 1, "lb_tc6_icmp"),
-        ] {
+        let slots: &[(&str, u32, &str)] = if ipv6 {
+            &[
+                ("V6_XDP", 0, "lb6"),
+                ("V6_XDP", 1, "lb6_icmp"),
+                ("V6_TC", 0, "lb_tc6"),
+                ("V6_TC", 1, "lb_tc6_icmp"),
+            ]
+        } else {
+            &[]
+        };
+        for &(array, slot, prog) in slots {
             let fd = ebpf
                 .program(prog)
                 .expect("program is in the object")

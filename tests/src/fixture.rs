@@ -105,7 +105,7 @@ impl Env {
         let plan = lb::plan::plan(&cfg.loadbalancer[0], None).unwrap();
         let pin = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
-        let mut dp = Dataplane::load(&pin.0, 1024).expect("load BPF object");
+        let mut dp = Dataplane::load6(&pin.0, 1024).expect("load BPF object");
         dp.maps.write_plan(&plan, None).unwrap();
         dp.maps.set_port(PORT_MAC).unwrap();
         Some(Env {
@@ -274,6 +274,59 @@ pub fn neighbour(ns: &Netns, addr: Ipv4Addr) {
 /// The MAC of the fixture's neighbour at `addr`: 02:00:00:00:00:<last octet> (M1_MAC, M2_MAC).
 pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, addr.octets()[3]]
+}
+
+/// An IPv6 load balancer: ssh (TCP 22) and DNS (UDP 53) on `VIP6`, members `M16` and `M26`.
+pub fn ipv6_config(listener_extra: &str) -> String {
+    format!(
+        r#"
+[[loadbalancer]]
+id = "v6"
+vip_address = "{VIP6}"
+[loadbalancer.port]
+name = "port0"
+adopt = true
+
+[[loadbalancer.listener]]
+id = "ssh"
+protocol = "TCP"
+protocol_port = 22
+default_pool_id = "ssh-pool"
+{listener_extra}
+
+[[loadbalancer.listener]]
+id = "dns"
+protocol = "UDP"
+protocol_port = 53
+default_pool_id = "dns-pool"
+
+[[loadbalancer.pool]]
+id = "ssh-pool"
+protocol = "TCP"
+lb_algorithm = "LEAST_CONNECTIONS"
+[[loadbalancer.pool.member]]
+id = "s1"
+address = "{M16}"
+protocol_port = 22
+[[loadbalancer.pool.member]]
+id = "s2"
+address = "{M26}"
+protocol_port = 22
+
+[[loadbalancer.pool]]
+id = "dns-pool"
+protocol = "UDP"
+lb_algorithm = "LEAST_CONNECTIONS"
+[[loadbalancer.pool.member]]
+id = "d1"
+address = "{M16}"
+protocol_port = 53
+[[loadbalancer.pool.member]]
+id = "d2"
+address = "{M26}"
+protocol_port = 53
+"#
+    )
 }
 
 /// The MAC of the IPv6 neighbour at `addr`: 02:00:00:00:06:<last byte>.

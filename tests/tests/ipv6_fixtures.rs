@@ -7,61 +7,8 @@ use std::net::Ipv6Addr;
 use integration_tests::{fixture::*, *};
 use lb_common::reason;
 
-/// An IPv6 load balancer: ssh (TCP 22) and DNS (UDP 53) on `VIP6`, members `M16` and `M26`.
-fn config(listener_extra: &str) -> String {
-    format!(
-        r#"
-[[loadbalancer]]
-id = "v6"
-vip_address = "{VIP6}"
-[loadbalancer.port]
-name = "port0"
-adopt = true
-
-[[loadbalancer.listener]]
-id = "ssh"
-protocol = "TCP"
-protocol_port = 22
-default_pool_id = "ssh-pool"
-{listener_extra}
-
-[[loadbalancer.listener]]
-id = "dns"
-protocol = "UDP"
-protocol_port = 53
-default_pool_id = "dns-pool"
-
-[[loadbalancer.pool]]
-id = "ssh-pool"
-protocol = "TCP"
-lb_algorithm = "LEAST_CONNECTIONS"
-[[loadbalancer.pool.member]]
-id = "s1"
-address = "{M16}"
-protocol_port = 22
-[[loadbalancer.pool.member]]
-id = "s2"
-address = "{M26}"
-protocol_port = 22
-
-[[loadbalancer.pool]]
-id = "dns-pool"
-protocol = "UDP"
-lb_algorithm = "LEAST_CONNECTIONS"
-[[loadbalancer.pool.member]]
-id = "d1"
-address = "{M16}"
-protocol_port = 53
-[[loadbalancer.pool.member]]
-id = "d2"
-address = "{M26}"
-protocol_port = 53
-"#
-    )
-}
-
 fn env() -> Option<Env> {
-    Env::new6(&config(""))
+    Env::new6(&ipv6_config(""))
 }
 
 /// What lb sends a member for client frame `t`: VIP6:snat -> member, port MAC -> member's.
@@ -258,7 +205,7 @@ fn ipv6_that_is_not_balanced_or_malformed_gets_its_verdict() {
 
 #[test]
 fn allowed_cidrs_over_ipv6() {
-    let Some(mut env) = Env::new6(&config(r#"allowed_cidrs = ["2001:db8::/126"]"#)) else {
+    let Some(mut env) = Env::new6(&ipv6_config(r#"allowed_cidrs = ["2001:db8::/126"]"#)) else {
         return;
     };
     // 2001:db8::1 is inside ::/126; 2001:db8::1:1 is not.

@@ -376,9 +376,9 @@ fn traffic_that_is_not_balanced_passes_untouched() {
     // Mid-connection packet to the listener without a flow: the kernel answers (RST).
     let stray = Tcp::new(CLIENT, 40000, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
     env.expect(&stray.build(), XDP_PASS, reason::PASS_NO_FLOW);
-    // IPv6 to an IPv4 load balancer: no IPv6 listener.
+    // IPv6 to an IPv4 load balancer (which loads no IPv6 programs): not IP it balances.
     let v6 = L4v6::tcp(CLIENT6, 40000, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
-    env.expect(&v6.build(), XDP_PASS, reason::PASS_NOT_BALANCED);
+    env.expect(&v6.build(), XDP_PASS, reason::PASS_NOT_IP);
 }
 
 #[test]

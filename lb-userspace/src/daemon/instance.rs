@@ -277,10 +277,13 @@ impl Instance {
 
         let dp = match preloaded {
             Some(dp) => Ok(dp),
-            None => {
-                Dataplane::load_with(&pin_dir, ctx.conntrack_flows, ctx.connection_log.is_some())
-                    .with_context(|| format!("load balancer {}", lb.id))
-            }
+            None => Dataplane::load_with(
+                &pin_dir,
+                ctx.conntrack_flows,
+                ctx.connection_log.is_some(),
+                lb.vip_address.is_ipv6(),
+            )
+            .with_context(|| format!("load balancer {}", lb.id)),
         };
         let dp = match dp {
             Ok(dp) => dp,

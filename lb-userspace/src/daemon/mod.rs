@@ -302,6 +302,7 @@ async fn claim_all(
             &ctx.pin_dir(&lb.id),
             ctx.conntrack_flows,
             ctx.connection_log.is_some(),
+            lb.vip_address.is_ipv6(),
         )
         .with_context(|| {
             format!(

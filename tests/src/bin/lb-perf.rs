@@ -44,6 +44,10 @@ fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
     // What the verifier did for the object just loaded (maps, then every program): the
     // newest loaded program of each name is this one's.
     let load = started.elapsed();
+    // The IPv6 programs, which only an IPv6 load balancer loads.
+    let started6 = Instant::now();
+    let _v6 = Env::new6(&integration_tests::fixture::ipv6_config(""));
+    let load6 = started6.elapsed();
     let mut newest: std::collections::BTreeMap<String, (u32, Option<u32>)> = Default::default();
     for p in aya::programs::loaded_programs().flatten() {
         let Some(name) = p.name_as_str() else {
@@ -69,8 +73,9 @@ fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
         .map(|(n, (_, c))| format!("{n} {}", c.map_or("?".into(), |c| c.to_string())))
         .collect();
     println!(
-        "object load (maps and programs, verification included): {:.0} ms; verified instructions: {}",
+        "object load (maps and programs, verification included): {:.0} ms (IPv6 load balancer: {:.0} ms); verified instructions: {}",
         load.as_secs_f64() * 1e3,
+        load6.as_secs_f64() * 1e3,
         counts.join(", ")
     );
     let mut cookies = Env::with_capacity(&with_limit(0), 131_072);
