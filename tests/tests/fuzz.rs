@@ -10,7 +10,7 @@
 //! the XDP program, a quarter of it for TC and for the cookie path). A failure names the seed, the frame's number and
 //! its bytes.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use integration_tests::{fixture::*, *};
 use lb_common::{reason, CT_COUNTED, CT_HALF_OPEN, FLOW_DIR_FORWARD};
@@ -537,4 +537,150 @@ fn mutated_frames_through_tc() {
 #[test]
 fn mutated_frames_through_syn_cookies() {
     fuzz("lb", 4, Some(0));
+}
+
+/// IPv6 frames for the IPv6 programs: a SYN, the same behind extension headers, a UDP query,
+/// data of a held flow, a first and a later fragment, Packet Too Big about a held flow, and a
+/// neighbour solicitation.
+fn corpus6(held: &(Ipv6Addr, u16)) -> Vec<Vec<u8>> {
+    let (member, snat) = *held;
+    let c = |flags| L4v6::tcp(CLIENT6, 47000, VIP6, 22, flags).macs(CLIENT_MAC, PORT_MAC);
+    let mut ext = c(TCP_SYN);
+    ext.ext = vec![
+        (0, vec![0, 0, 1, 4, 0, 0, 0, 0]),
+        (43, vec![0, 0, 0, 0, 0, 0, 0, 0]),
+        (60, vec![0, 0, 1, 4, 0, 0, 0, 0]),
+    ];
+    let mut first = L4v6::udp(CLIENT6, 47001, VIP6, 53).payload(&[1; 24]);
+    first.ext = vec![(44, vec![0, 0, 0, 1, 0, 0, 0, 9])];
+    let mut later = first.clone();
+    later.ext = vec![(44, vec![0, 0, 0, 0x18, 0, 0, 0, 9])];
+    let to_member = L4v6::tcp(VIP6, snat, member, 22, TCP_ACK)
+        .macs(PORT_MAC, mac_of6(member))
+        .payload(&[9; 40])
+        .build();
+    vec![
+        c(TCP_SYN).build(),
+        ext.build(),
+        L4v6::udp(CLIENT6, 47002, VIP6, 53)
+            .macs(CLIENT_MAC, PORT_MAC)
+            .payload(b"q")
+            .build(),
+        c(TCP_ACK).payload(b"data").build(),
+        first.macs(CLIENT_MAC, PORT_MAC).build(),
+        later.macs(CLIENT_MAC, PORT_MAC).build(),
+        icmp6_error(
+            mac_of6(member),
+            PORT_MAC,
+            member,
+            VIP6,
+            2,
+            0,
+            1280u32.to_be_bytes(),
+            &to_member[14..],
+        ),
+        ipv6_frame(
+            CLIENT_MAC,
+            PORT_MAC,
+            CLIENT6,
+            VIP6,
+            &[],
+            58,
+            &[135, 0, 0, 0, 0, 0, 0, 0],
+        ),
+    ]
+}
+
+/// Mutated IPv6 frames through the IPv6 programs (entered from `lb` and `lb_tc` by tail
+/// calls): bytes flipped anywhere in the headers (next headers, lengths, extension header
+/// lengths, fragment fields, ICMPv6 types, embedded headers), frames cut short or grown. Every
+/// frame gets one of the programs' verdicts, passed or dropped frames come back unchanged,
+/// and the verdict counters sum to the frames run.
+#[test]
+fn mutated_ipv6_frames_through_xdp_and_tc() {
+    let Some(mut env) = Env::new6(&integration_tests::fixture::ipv6_config("")) else {
+        return;
+    };
+    let frames: u64 = std::env::var("LB_FUZZ_FRAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000)
+        / 5;
+    // A held flow for data and errors to land on.
+    let syn = L4v6::tcp(CLIENT6, 47000, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    let (_, out) = env.run(&syn.build());
+    let o = L4v6::parse(&out).expect("the SYN balanced");
+    let seeds = corpus6(&(o.dst, o.sport));
+    let mut rng = Rng(DEFAULT_SEED | 1);
+    for (program, allowed, unchanged) in [
+        (
+            "lb",
+            &[XDP_DROP, XDP_PASS, XDP_TX][..],
+            &[XDP_DROP, XDP_PASS][..],
+        ),
+        ("lb_tc", &[0, 2, 7][..], &[0, 2][..]),
+    ] {
+        let runner = env.dp.runner(program).unwrap();
+        let before: u64 = env.verdicts().iter().sum();
+        let ns = env.ns.name.clone();
+        let mut refused = 0u64;
+        in_netns(&ns, || {
+            for i in 0..frames / 2 {
+                let mut f = seeds[rng.below(seeds.len())].clone();
+                for _ in 0..1 + rng.below(3) {
+                    match rng.below(6) {
+                        0 => f.truncate(14 + rng.below(f.len().saturating_sub(13))),
+                        1 => f.extend((0..rng.below(16)).map(|_| rng.byte())),
+                        _ => {
+                            // Headers: the first 130 bytes (outer, extension, transport,
+                            // ICMPv6 and the start of its embedded packet).
+                            let at = 14 + rng.below(f.len().min(130).saturating_sub(14).max(1));
+                            if at < f.len() {
+                                f[at] = rng.byte();
+                            }
+                        }
+                    }
+                }
+                let (action, out) = match runner.run(&f) {
+                    Ok(r) => r,
+                    Err(e) if program != "lb" && e.raw_os_error() == Some(22) && too_short(&f) => {
+                        refused += 1;
+                        continue;
+                    }
+                    Err(e) => panic!("IPv6 frame {i}: test_run failed: {e}\n{}", hex(&f)),
+                };
+                assert!(
+                    allowed.contains(&action),
+                    "IPv6 frame {i} through {program}: verdict {action}\n{}",
+                    hex(&f)
+                );
+                if unchanged.contains(&action) {
+                    assert_eq!(
+                        hex(&out[..f.len().min(out.len())]),
+                        hex(&f),
+                        "IPv6 frame {i} through {program}: passed or dropped, yet changed"
+                    );
+                }
+            }
+        })
+        .unwrap();
+        let after: u64 = env.verdicts().iter().sum();
+        let v = env.verdicts();
+        let named: Vec<String> = v
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| format!("{}={n}", reason::NAMES[r]))
+            .collect();
+        println!(
+            "FUZZ6 program={program} frames={} refused={refused} verdicts: {}",
+            frames / 2,
+            named.join(" ")
+        );
+        assert_eq!(
+            after - before,
+            frames / 2 - refused,
+            "verdict counters sum to the frames run"
+        );
+    }
 }
