@@ -271,3 +271,113 @@ fn monitor_from(monitor: &str) -> lb::config::HealthMonitor {
     let c = lb::config::Config::parse(&doc, "monitor").expect("monitor");
     c.loadbalancer[0].pool[0].healthmonitor.clone().unwrap()
 }
+
+/// IPv6 path MTU discovery through the VIP: the ssh client's upload to a member two routers
+/// away behind a 1280-byte link (1500 at both ends). IPv6 routers never fragment: the first
+/// router's Packet Too Big goes to the VIP about the packet lb sent, and lb translates it back
+/// into one about the client's own packet, from the VIP. Without it the upload stalls.
+#[test]
+fn packet_too_big_reaches_the_client_through_the_ipv6_vip() {
+    if !sshd::available() {
+        return;
+    }
+    const FAR: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 5);
+    let Some(setup) = Setup::new(
+        |t| {
+            t.replace(
+                "vip_address = \"10.0.0.250\"",
+                &format!("vip_address = \"{VIP6}\""),
+            )
+            .replace("vip_prefixlen = 24", "vip_prefixlen = 64")
+            .replace(
+                "bridge = \"br-int\"",
+                &format!("bridge = \"br-int\"\ngateway = \"{CLIENT6}\""),
+            )
+            // The first member drains (weight 0): every session goes to the far one.
+            .replacen("weight = 1", "weight = 0", 1)
+            .replace("\"10.0.0.2\"", &format!("\"{}\"", v6_of(M1)))
+            .replace("\"10.0.0.4\"", &format!("\"{FAR}\""))
+        },
+        &[M1],
+    ) else {
+        return;
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
+    topo.add_ipv6();
+    // client (router 1) =1280= mid (router 2) =1500= far.
+    let mid = integration_tests::Netns::new("r6");
+    let far = integration_tests::Netns::new("f6");
+    topo.client.ip(&format!(
+        "link add far0 mtu 1280 type veth peer name eth0 netns {}",
+        mid.name
+    ));
+    topo.client
+        .ip("-6 addr add 2001:db8:1::1/64 dev far0 nodad");
+    topo.client.ip("link set far0 up");
+    topo.client
+        .ip("-6 route add 2001:db8:2::/64 via 2001:db8:1::2");
+    topo.client
+        .exec("sysctl -qw net.ipv6.conf.all.forwarding=1");
+    mid.ip("link set eth0 mtu 1280");
+    mid.ip("-6 addr add 2001:db8:1::2/64 dev eth0 nodad");
+    mid.ip("link set eth0 up");
+    mid.ip("-6 route add default via 2001:db8:1::1");
+    mid.ip(&format!(
+        "link add eth1 type veth peer name eth0 netns {}",
+        far.name
+    ));
+    mid.ip("-6 addr add 2001:db8:2::1/64 dev eth1 nodad");
+    mid.ip("link set eth1 up");
+    mid.exec("sysctl -qw net.ipv6.conf.all.forwarding=1");
+    far.ip(&format!("-6 addr add {FAR}/64 dev eth0 nodad"));
+    far.ip("link set eth0 up");
+    far.ip("-6 route add default via 2001:db8:2::1");
+    let keys = Keys::new();
+    let _server = Sshd::start(&far.name, FAR.into(), &keys);
+    let mut daemon = setup.start(&[]);
+    let far_s = FAR.to_string();
+    let start = std::time::Instant::now();
+    loop {
+        let s = stats(bin, &cfg.state_dir);
+        if status(&s, &VIP6.to_string(), &far_s) == "ONLINE" {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            panic!("the far member not ONLINE: {s}\n{}", daemon.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 200 kB up through the VIP: full-size segments, too big for the 1280-byte link.
+    let data = keys.dir.join("upload");
+    std::fs::write(&data, vec![b'x'; 200_000]).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ip netns exec {} timeout 30 ssh -i {} -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
+             root@{VIP6} 'wc -c' < {}",
+            topo.client.name,
+            keys.dir.join("client").display(),
+            data.display()
+        ))
+        .output()
+        .expect("ssh");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200000",
+        "the upload through a 1280-byte link: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = stats(bin, &cfg.state_dir);
+    let v = &lb_stats(&s, &VIP6.to_string())["verdicts"];
+    assert!(
+        v["tx_icmp_to_client"].as_u64().unwrap_or(0) >= 1,
+        "Packet Too Big translated: {v}"
+    );
+    let route = topo.client.ip(&format!("-6 route get {VIP6}"));
+    assert!(
+        route.contains("mtu 1280"),
+        "the client learnt the path MTU: {route}"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
