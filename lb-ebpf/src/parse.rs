@@ -618,6 +618,31 @@ impl L3 for Ip6 {
     }
 }
 
+/// An skb's transport checksum (at `field` in the TCP or UDP header) after the addresses
+/// and ports changed, through the kernel (see `Frame::SKB`); the checksum's packet offset.
+/// Packet pointers are invalid afterwards.
+#[inline(always)]
+fn skb_csum<C: Frame, A: L3>(
+    ctx: &C,
+    pkt: &Packet<A>,
+    field: usize,
+    (old_a, new_a): (Pair<A>, Pair<A>),
+    (sport_be, dport_be): (u16, u16),
+    udp: bool,
+) -> usize {
+    let off = pkt.tcp as usize - ctx.data() + field;
+    A::skb_csum(ctx, off, old_a, new_a, udp);
+    ctx.l4_csum_replace(
+        off,
+        ports(pkt.sport_be, pkt.dport_be),
+        ports(sport_be, dport_be),
+        4,
+        false,
+        udp,
+    );
+    off
+}
+
 /// `rewrite`'s UDP half: ports and the checksum (a 0 checksum, "none" in IPv4, stays 0; one
 /// that comes out 0 is sent as 0xffff, RFC 768).
 ///
@@ -660,16 +685,7 @@ unsafe fn rewrite_udp<C: Frame, A: L3>(
     }
     unsafe { *udp = u };
     if C::SKB {
-        let off = pkt.tcp as usize - ctx.data() + 6;
-        A::skb_csum(ctx, off, old_a, new_a, true);
-        ctx.l4_csum_replace(
-            off,
-            ports(pkt.sport_be, pkt.dport_be),
-            ports(sport_be, dport_be),
-            4,
-            false,
-            true,
-        );
+        skb_csum(ctx, pkt, 6, (old_a, new_a), (sport_be, dport_be), true);
     }
 }
 
@@ -771,16 +787,7 @@ pub unsafe fn rewrite<C: Frame, A: L3>(
         *tcp = t;
         if C::SKB {
             // Packet pointers are invalid after these calls: nothing below uses them.
-            let off = pkt.tcp as usize - ctx.data() + 16;
-            A::skb_csum(ctx, off, old_a, new_a, false);
-            ctx.l4_csum_replace(
-                off,
-                ports(pkt.sport_be, pkt.dport_be),
-                ports(sport_be, dport_be),
-                4,
-                false,
-                false,
-            );
+            let off = skb_csum(ctx, pkt, 16, (old_a, new_a), (sport_be, dport_be), false);
             if let Some((old, new)) = ts_change {
                 ctx.l4_csum_replace(off, old, new, 4, false, false);
             }
