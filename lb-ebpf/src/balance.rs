@@ -31,12 +31,13 @@ pub(crate) fn pick_other(listener: &ListenerConf, client: u64, exclude: u32) -> 
     encode(choose::<false>(listener, client, exclude))
 }
 
-/// The client's address and port in one register (`choose`'s `client`): the subprograms'
+/// The client's address (an IPv6 one folded to 32 bits: two clients may share a persistence
+/// entry or a hash, never a flow) and port in one register (`choose`'s `client`): the subprograms'
 /// frames stay within what 6.1's verifier allows on top of the entry points' (it counts
 /// frames rounded to 32 bytes along the call chain, 512 at most).
 #[inline(always)]
 pub(crate) fn client_of<F: crate::family::Family>(pkt: &crate::parse::Packet<F::A>) -> u64 {
-    ((pkt.sport_be as u64) << 32) | F::hash(&pkt.src_be) as u64
+    ((pkt.sport_be as u64) << 32) | lb_common::Address::fold(&pkt.src_be) as u64
 }
 
 /// A subprogram's Result in one register: the member index, or the reason with bit 32 set.

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    reason, select, FlowG, FlowKeyG, ListenerConf, CT_COOKIE, CT_COUNTED, CT_ESTABLISHED,
+    reason, select, Address, FlowG, FlowKeyG, ListenerConf, CT_COOKIE, CT_COUNTED, CT_ESTABLISHED,
     CT_HALF_OPEN, CT_LOG, CT_REFUSED, CT_SYN, CT_SYNACK, CT_UDP, FLOW_DIR_FORWARD,
     FLOW_DIR_REVERSE, LISTENER_F_ALLOWED_CIDRS, LISTENER_F_DRAIN, LISTENER_F_LOG,
 };
@@ -99,9 +99,6 @@ pub(crate) fn from_client<C: Frame, F: Family>(
                     Err(r) => return verdict(xdp_action::XDP_DROP, r),
                 }
             } else if !is_syn {
-                if !F::COOKIES {
-                    return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
-                }
                 // An ACK with a SYN cookie lb sent opens its flow now.
                 if !F::valid_ack(pkt, listener, now) {
                     return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
@@ -238,7 +235,7 @@ pub(crate) fn open_flow<C: Frame, F: Family>(
     } else {
         count_half_open(idx, listener.index);
     }
-    stick(listener, F::hash(&pkt.src_be), idx, now);
+    stick(listener, pkt.src_be.fold(), idx, now);
     Ok(f)
 }
 
@@ -365,7 +362,7 @@ pub(crate) fn maybe_redispatch<C: Frame, F: Family>(
     unsafe { *f = *flow };
     count_half_open(idx, listener.index);
     // The client sticks to the member that answers now (haproxy's redispatch does so too).
-    stick(listener, F::hash(&pkt.src_be), idx, now);
+    stick(listener, pkt.src_be.fold(), idx, now);
     if let Some(s) = MEMBER_STATS.get_ptr_mut(old_member) {
         unsafe { (*s).redispatches += 1 };
     }

@@ -38,9 +38,6 @@ pub(crate) trait Family: 'static {
     fn scratch_keys(s: *mut Scratch) -> *mut [FlowKeyG<Self::A>; 4];
     /// The listener key slot of the scratch space.
     fn scratch_lkey(s: *mut Scratch) -> *mut ListenerKeyG<Self::A>;
-    /// A client address in 32 bits: the key of source hashing and persistence (an IPv6
-    /// address folded: two clients may share a persistence entry, never a flow).
-    fn hash(a: &Self::A) -> u32;
     /// 1 if `client` is in one of listener `listener`'s allowed prefixes.
     fn allowed(listener: u32, client: &Self::A) -> u64;
     /// Fills the FIB lookup's family and addresses.
@@ -125,10 +122,6 @@ impl Family for V4 {
     #[inline(always)]
     fn scratch_lkey(s: *mut Scratch) -> *mut ListenerKeyG<u32> {
         unsafe { &raw mut (*s).lkey }
-    }
-    #[inline(always)]
-    fn hash(a: &u32) -> u32 {
-        *a
     }
     #[inline(always)]
     fn allowed(listener: u32, client: &u32) -> u64 {
@@ -227,10 +220,6 @@ impl Family for V6 {
     #[inline(always)]
     fn scratch_lkey(s: *mut Scratch) -> *mut ListenerKeyG<Ip6> {
         unsafe { &raw mut (*s).lkey6 }
-    }
-    #[inline(always)]
-    fn hash(a: &Ip6) -> u32 {
-        lb_common::Address::fold(a)
     }
     #[inline(always)]
     fn allowed(listener: u32, client: &Ip6) -> u64 {

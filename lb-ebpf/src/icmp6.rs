@@ -21,15 +21,6 @@ const ICMP6_PARAMPROB: u8 = 4;
 const ICMP6_HDR_LEN: usize = 8;
 const IPV6_HDR_LEN: usize = 40;
 
-/// The ICMPv6 message at frame offset `off` (after the outer header and its extension
-/// headers): an error about a flow goes to its other end, translated; anything else (neighbour
-/// discovery, echo, errors about other traffic) passes. Runs in programs of its own
-/// (`lb6_icmp`, `lb_tc6_icmp`), entered by a tail call from the IPv6 ones.
-#[inline(always)]
-pub(crate) fn to_end<C: Frame>(ctx: &C, off: usize) -> Verdict {
-    translate(ctx, off)
-}
-
 /// Word `i` of the address at `p` in the packet.
 #[inline(always)]
 unsafe fn get(p: *const u8, i: usize) -> u32 {
@@ -81,8 +72,12 @@ unsafe fn swap(p: *mut u8, new: &Ip6, c: &mut u16, c2: &mut Option<u16>) {
     }
 }
 
+/// The ICMPv6 message at frame offset `off` (after the outer header and its extension
+/// headers): an error about a flow goes to its other end, translated; anything else (neighbour
+/// discovery, echo, errors about other traffic) passes. Runs in programs of its own
+/// (`lb6_icmp`, `lb_tc6_icmp`), entered by a tail call from the IPv6 ones.
 #[inline(always)]
-fn translate<C: Frame>(ctx: &C, off: usize) -> Verdict {
+pub(crate) fn to_end<C: Frame>(ctx: &C, off: usize) -> Verdict {
     let pass = verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED);
     let Some(icmp) = ptr_at::<[u8; ICMP6_HDR_LEN], C>(ctx, off) else {
         return pass;

@@ -101,13 +101,6 @@ static V6_TC: ProgramArray = ProgramArray::with_max_entries(2, 0);
 #[xdp]
 #[inline(always)]
 pub fn lb(ctx: XdpContext) -> u32 {
-    if parse::is_ipv6(&ctx) {
-        unsafe { V6_XDP.tail_call(&ctx, 0) };
-        // No IPv6 program in the slot (not loaded yet): the kernel's.
-        let v = verdict(xdp_action::XDP_PASS, reason::PASS_NOT_IP);
-        count(&v);
-        return v.action;
-    }
     let v = process(&ctx);
     count(&v);
     v.action
@@ -146,11 +139,6 @@ fn pull_headers(ctx: &TcContext) {
 #[inline(always)]
 pub fn lb_tc(ctx: TcContext) -> i32 {
     pull_headers(&ctx);
-    if parse::is_ipv6(&ctx) {
-        unsafe { V6_TC.tail_call(&ctx, 0) };
-        count(&verdict(xdp_action::XDP_PASS, reason::PASS_NOT_IP));
-        return TC_ACT_OK;
-    }
     let v = process(&ctx);
     count(&v);
     tc_action(&ctx, &v)
@@ -213,12 +201,30 @@ pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn process<C: Frame>(ctx: &C) -> Verdict {
     match parse::parse(ctx) {
+        Ok(parse::Parsed::Ipv6) => {
+            tail_call_v6(ctx, 0);
+            // No IPv6 program in the slot (an IPv4 load balancer loads none): the kernel's.
+            verdict(xdp_action::XDP_PASS, reason::PASS_NOT_IP)
+        }
         Ok(parse::Parsed::L4(p)) if for_port(&p.dst_mac) => balance::<C, V4>(ctx, &p),
         Ok(parse::Parsed::IcmpError(e)) if for_port(unsafe { &(*e.eth).dst_addr }) => {
             icmp::to_end(ctx, &e)
         }
         Ok(_) => verdict(xdp_action::XDP_PASS, reason::PASS_NOT_FOR_PORT),
         Err(v) => verdict(v.0, v.1),
+    }
+}
+
+/// Into the IPv6 program in `slot` of the context's kind (`V6_TC` or `V6_XDP`); back here
+/// only if the slot is empty.
+#[inline(always)]
+fn tail_call_v6<C: Frame>(ctx: &C, slot: u32) {
+    unsafe {
+        if C::SKB {
+            V6_TC.tail_call(ctx, slot);
+        } else {
+            V6_XDP.tail_call(ctx, slot);
+        }
     }
 }
 
@@ -229,14 +235,8 @@ fn process6<C: Frame>(ctx: &C) -> Verdict {
         Ok(parse::Parsed6::L4(p)) if for_port(&p.dst_mac) => balance::<C, V6>(ctx, &p),
         Ok(parse::Parsed6::Icmp(_)) if for_port6(ctx) => {
             // ICMPv6 errors are translated by a program of their own (its frame would not
-            // fit beside this one's): slot 1.
-            unsafe {
-                if C::SKB {
-                    V6_TC.tail_call(ctx, 1);
-                } else {
-                    V6_XDP.tail_call(ctx, 1);
-                }
-            }
+            // fit beside this one's).
+            tail_call_v6(ctx, 1);
             verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
         }
         Ok(_) => verdict(xdp_action::XDP_PASS, reason::PASS_NOT_FOR_PORT),

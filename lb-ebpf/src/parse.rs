@@ -223,6 +223,8 @@ const IPPROTO_ICMP: u8 = 1;
 pub enum Parsed {
     L4(Packet),
     IcmpError(crate::icmp::IcmpError),
+    /// An IPv6 frame: the IPv4 programs hand it to the IPv6 ones.
+    Ipv6,
 }
 
 /// What the IPv6 programs act on: a TCP segment or UDP datagram, or an ICMPv6 message at
@@ -232,20 +234,15 @@ pub enum Parsed6 {
     Icmp(usize),
 }
 
-/// Whether the frame is IPv6 (the IPv4 programs hand it to the IPv6 ones).
-#[inline(always)]
-pub fn is_ipv6<C: Frame>(ctx: &C) -> bool {
-    match ptr_at::<EthHdr, C>(ctx, 0) {
-        Some(eth) => (unsafe { (*eth).ether_type }) == ETH_P_IPV6_BE,
-        None => false,
-    }
-}
-
 #[inline(always)]
 pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Early> {
     let eth: *mut EthHdr =
         ptr_at(ctx, 0).ok_or(Early(xdp_action::XDP_DROP, reason::DROP_TRUNCATED_ETH))?;
-    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_IPV6_BE {
+        return Ok(Parsed::Ipv6);
+    }
+    if ether_type != ETH_P_IP_BE {
         return Err(Early(xdp_action::XDP_PASS, reason::PASS_NOT_IP));
     }
     let bad_ip = Early(xdp_action::XDP_DROP, reason::DROP_BAD_IPV4);

@@ -952,6 +952,14 @@ impl Maps {
         self.set_listener_conf(l, l.conf)
     }
 
+    /// Planned listener `l`'s entry as the data path has it now (in its family's map).
+    pub fn listener_conf(&self, l: &crate::plan::PlannedListener) -> Option<ListenerConf> {
+        match l.key6 {
+            None => self.listeners.get(&l.key, 0).ok(),
+            Some(k) => self.listeners6.as_ref()?.get(&k, 0).ok(),
+        }
+    }
+
     /// Writes `conf` as planned listener `l`'s entry (in its family's map).
     pub fn set_listener_conf(
         &mut self,

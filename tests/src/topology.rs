@@ -388,6 +388,17 @@ impl Drop for Leftovers {
     }
 }
 
+/// Member `addr` of the first load balancer in an `lb stats --json` report.
+pub fn member(stats: &serde_json::Value, addr: impl std::fmt::Display) -> &serde_json::Value {
+    let addr = addr.to_string();
+    stats[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["address"] == addr)
+        .expect("member in stats")
+}
+
 /// `lb stats --json`.
 pub fn stats(bin: &Path, state_dir: &Path) -> serde_json::Value {
     let out = Command::new(bin)

@@ -12,15 +12,6 @@ use serde_json::Value;
 const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
 
-fn member(stats: &Value, addr: Ipv4Addr) -> &Value {
-    stats[0]["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["address"] == addr.to_string())
-        .expect("member in stats")
-}
-
 fn active(stats: &Value, addr: Ipv4Addr) -> i64 {
     member(stats, addr)["active_connections"].as_i64().unwrap()
 }

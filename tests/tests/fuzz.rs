@@ -18,6 +18,15 @@ use lb_common::{reason, CT_COUNTED, CT_HALF_OPEN, FLOW_DIR_FORWARD};
 const DEFAULT_SEED: u64 = 0x1b_5eed_f00d;
 const SEEDS: &str = include_str!("../fuzz/seeds.txt");
 
+/// The verdict counters that are not 0, as `name=count`.
+fn nonzero(v: &[u64]) -> Vec<String> {
+    v.iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{}={n}", reason::NAMES[r]))
+        .collect()
+}
+
 /// xorshift64*: small, and the same sequence everywhere for a seed.
 struct Rng(u64);
 
@@ -429,12 +438,7 @@ fn fuzz(program: &str, share: u64, half_open_limit: Option<i64>) {
     let took = started.elapsed();
     let after: u64 = env.verdicts().iter().sum();
     let v = env.verdicts();
-    let named: Vec<String> = v
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(r, n)| format!("{}={n}", reason::NAMES[r]))
-        .collect();
+    let named = nonzero(&v);
     println!(
         "FUZZ program={program} seed={seed:#x} frames={frames} (test_run refused {refused} too short for an skb) took={took:.1?} actions={by_action:?} verdicts: {}",
         named.join(" ")
@@ -666,12 +670,7 @@ fn mutated_ipv6_frames_through_xdp_and_tc() {
         .unwrap();
         let after: u64 = env.verdicts().iter().sum();
         let v = env.verdicts();
-        let named: Vec<String> = v
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(r, n)| format!("{}={n}", reason::NAMES[r]))
-            .collect();
+        let named = nonzero(&v);
         println!(
             "FUZZ6 program={program} frames={} refused={refused} verdicts: {}",
             frames / 2,

@@ -12,8 +12,6 @@ use std::{
 
 use integration_tests::{topology::*, wait_for};
 
-use serde_json::Value;
-
 const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
 
@@ -107,15 +105,6 @@ fn dig_from(ns: &str, server: Ipv4Addr, port: Option<u16>) -> Result<Ipv4Addr, S
         .expect("dig");
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     text.parse().map_err(|_| text)
-}
-
-fn member(stats: &Value, addr: Ipv4Addr) -> &Value {
-    stats[0]["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["address"] == addr.to_string())
-        .expect("member in stats")
 }
 
 fn status(bin: &Path, cfg: &TestConfig, addr: Ipv4Addr) -> String {

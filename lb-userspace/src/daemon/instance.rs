@@ -537,16 +537,9 @@ impl Instance {
         let (lo, hi) = range.unwrap_or((0, 0));
         for l in &mut self.plan.listeners {
             (l.conf.snat_min, l.conf.snat_max) = (lo, hi);
-            let mut conf = self
-                .dp
-                .maps
-                .listeners()
-                .into_iter()
-                .find(|(k, _)| *k == l.key)
-                .map(|(_, c)| c)
-                .unwrap_or(l.conf);
+            let mut conf = self.dp.maps.listener_conf(l).unwrap_or(l.conf);
             (conf.snat_min, conf.snat_max) = (lo, hi);
-            self.dp.maps.set_listener(l.key, conf)?;
+            self.dp.maps.set_listener_conf(l, conf)?;
         }
         info!(loadbalancer = %self.lb.id, ports = ?range, "SNAT ports of new flows");
         Ok(())
@@ -555,9 +548,11 @@ impl Instance {
     /// haproxy's soft stop: every listener drains (no new flow: SYNs go to the namespace's
     /// stack, where a haproxy taking over listens); established flows carry on.
     pub fn drain(&mut self) -> anyhow::Result<()> {
-        for (key, mut conf) in self.dp.maps.listeners() {
-            conf.flags |= lb_common::LISTENER_F_DRAIN;
-            self.dp.maps.set_listener(key, conf)?;
+        for l in &self.plan.listeners {
+            if let Some(mut conf) = self.dp.maps.listener_conf(l) {
+                conf.flags |= lb_common::LISTENER_F_DRAIN;
+                self.dp.maps.set_listener_conf(l, conf)?;
+            }
         }
         Ok(())
     }
