@@ -66,7 +66,7 @@ pub(crate) fn from_client<C: Frame, F: Family>(
                 // lb's SYN to the member is not answered yet: a repeated pure ACK repeats
                 // it; the client's data waits (it sends it again).
                 let pure = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
-                    && pkt.ip_len as usize == 20 + pkt.doff;
+                    && pkt.l4_len as usize == pkt.doff;
                 if pure {
                     return F::member_syn(ctx, pkt, f);
                 }
@@ -100,7 +100,7 @@ pub(crate) fn from_client<C: Frame, F: Family>(
                 }
             } else if !is_syn {
                 // An ACK with a SYN cookie lb sent opens its flow now.
-                if !F::valid_ack(pkt, listener, now) {
+                if !F::valid_ack(ctx, pkt, listener, now) {
                     return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
                 }
                 return match open_flow::<C, F>(ctx, pkt, listener, fkey, now, true) {
@@ -108,7 +108,7 @@ pub(crate) fn from_client<C: Frame, F: Family>(
                     Err(r) => F::reset(ctx, pkt, listener, r),
                 };
             } else {
-                if F::COOKIES && crate::cookie::flooded(listener, now) {
+                if crate::cookie::flooded(listener, now) {
                     if let Some(v) = F::answer_syn(ctx, pkt) {
                         return v;
                     }

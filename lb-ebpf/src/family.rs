@@ -1,28 +1,28 @@
 //! What differs between IPv4 and IPv6 flows beyond the headers (`parse::L3`): their maps, a
 //! member's address, the FIB lookup, the 32-bit form of a client address that hashing and
-//! persistence use, and the parts only IPv4 has yet (SYN cookies, the connection log). The
-//! data path's flow logic is generic over `Family` and compiled once per family.
+//! persistence use, the SYN cookies' steps (IPv6's run in a program of their own), and the
+//! part only IPv4 has yet (the connection log). The data path's flow logic is generic over
+//! `Family` and compiled once per family.
 
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, maps::HashMap};
 use lb_common::{AllowedData, AllowedData6, FlowG, FlowKeyG, Ip6, ListenerConf, ListenerKeyG};
 
 use crate::{
+    cookie::{self, Cookie},
     maps::*,
-    parse::{Frame, Packet, L3},
-    Verdict,
+    parse::{Frame, Packet},
+    tail_call_v6, v6slot, Verdict,
 };
 
 pub(crate) const AF_INET: u8 = 2;
 pub(crate) const AF_INET6: u8 = 10;
 
 pub(crate) trait Family: 'static {
-    type A: L3;
+    type A: Cookie;
     /// The translation of an established flow's segment runs as a BPF subprogram of its
     /// own (IPv6: its frame then does not add to the entry point's, which the flow-opening
     /// chain shares with `pick_member` and `bind_member`).
     const OUTLINE: bool;
-    /// SYN cookies (`cookie.rs`) answer SYNs past a listener's half-open budget.
-    const COOKIES: bool;
     /// The SNAT search takes back a closed flow's port after a quiet second
     /// (`nat::reclaim`). Not for IPv6: its callback frame would not fit 6.1's 512 bytes
     /// along the chain; an IPv6 flow's port comes back after its 10 s linger.
@@ -45,9 +45,16 @@ pub(crate) trait Family: 'static {
     /// The connection log's record of a flow that ended (IPv4 flows only carry `CT_LOG`).
     fn ended(flow: *const FlowG<Self::A>, state: u64, now: u64);
 
-    // SYN cookies (IPv4 only for now): see cookie.rs.
+    // SYN cookies' steps (cookie.rs): IPv4 takes them in place, IPv6 by a tail call into
+    // `lb6_cookie`/`lb_tc6_cookie` (`cookie::step6`), after which the caller's fallback
+    // only runs if that program is missing.
     fn answer_syn<C: Frame>(ctx: &C, pkt: &Packet<Self::A>) -> Option<Verdict>;
-    fn valid_ack(pkt: &Packet<Self::A>, listener: &ListenerConf, now: u64) -> bool;
+    fn valid_ack<C: Frame>(
+        ctx: &C,
+        pkt: &Packet<Self::A>,
+        listener: &ListenerConf,
+        now: u64,
+    ) -> bool;
     fn member_syn<C: Frame>(ctx: &C, pkt: &Packet<Self::A>, f: *mut FlowG<Self::A>) -> Verdict;
     fn reset<C: Frame>(
         ctx: &C,
@@ -97,7 +104,6 @@ pub(crate) struct V4;
 impl Family for V4 {
     type A = u32;
     const OUTLINE: bool = false;
-    const COOKIES: bool = true;
     const RECLAIM: bool = true;
     #[inline(always)]
     fn conntrack() -> &'static HashMap<FlowKeyG<u32>, FlowG<u32>> {
@@ -139,19 +145,19 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn answer_syn<C: Frame>(ctx: &C, pkt: &Packet<u32>) -> Option<Verdict> {
-        crate::cookie::answer_syn(ctx, pkt)
+        cookie::answer_syn(ctx, pkt)
     }
     #[inline(always)]
-    fn valid_ack(pkt: &Packet<u32>, listener: &ListenerConf, now: u64) -> bool {
-        crate::cookie::valid_ack(pkt, listener, now)
+    fn valid_ack<C: Frame>(_: &C, pkt: &Packet<u32>, listener: &ListenerConf, now: u64) -> bool {
+        cookie::valid_ack(pkt, listener, now)
     }
     #[inline(always)]
     fn member_syn<C: Frame>(ctx: &C, pkt: &Packet<u32>, f: *mut FlowG<u32>) -> Verdict {
-        crate::cookie::member_syn(ctx, pkt, f)
+        cookie::member_syn(ctx, pkt, f)
     }
     #[inline(always)]
     fn reset<C: Frame>(ctx: &C, pkt: &Packet<u32>, listener: &ListenerConf, why: u32) -> Verdict {
-        crate::cookie::reset(ctx, pkt, listener, why)
+        cookie::reset(ctx, pkt, listener, why)
     }
     #[inline(always)]
     fn member_synack<C: Frame>(
@@ -160,7 +166,7 @@ impl Family for V4 {
         f: *mut FlowG<u32>,
         now: u64,
     ) -> Verdict {
-        crate::cookie::member_synack(ctx, pkt, f, now)
+        cookie::member_synack::<C, V4>(ctx, pkt, f, now)
     }
 }
 
@@ -182,10 +188,10 @@ fn allowed4(listener: u32, client_be: u32) -> u64 {
 
 pub(crate) struct V6;
 
-/// The verdict for cookie steps an IPv6 flow never reaches (no cookies for IPv6 yet: its
-/// flows never carry `CT_COOKIE`).
+/// The verdict of an IPv6 cookie step whose program is missing (the loader fills its slot
+/// before anything attaches: not seen in practice).
 #[inline(always)]
-fn no_cookie() -> Verdict {
+fn no_cookie_program() -> Verdict {
     crate::verdict(
         aya_ebpf::bindings::xdp_action::XDP_DROP,
         lb_common::reason::DROP_BAD_L4,
@@ -195,7 +201,6 @@ fn no_cookie() -> Verdict {
 impl Family for V6 {
     type A = Ip6;
     const OUTLINE: bool = true;
-    const COOKIES: bool = false;
     const RECLAIM: bool = false;
     #[inline(always)]
     fn conntrack() -> &'static HashMap<FlowKeyG<Ip6>, FlowG<Ip6>> {
@@ -234,24 +239,35 @@ impl Family for V6 {
     #[inline(always)]
     fn ended(_: *const FlowG<Ip6>, _: u64, _: u64) {}
     #[inline(always)]
-    fn answer_syn<C: Frame>(_: &C, _: &Packet<Ip6>) -> Option<Verdict> {
+    fn answer_syn<C: Frame>(ctx: &C, pkt: &Packet<Ip6>) -> Option<Verdict> {
+        if cookie::plain(pkt) {
+            tail_call_v6(ctx, v6slot::COOKIE);
+        }
+        // Extension headers: the SYN opens its flow (IPv4's SYN with options does too).
         None
     }
     #[inline(always)]
-    fn valid_ack(_: &Packet<Ip6>, _: &ListenerConf, _: u64) -> bool {
+    fn valid_ack<C: Frame>(ctx: &C, pkt: &Packet<Ip6>, listener: &ListenerConf, now: u64) -> bool {
+        if cookie::plain(pkt) && cookie::accepting(listener, now) {
+            tail_call_v6(ctx, v6slot::COOKIE);
+        }
         false
     }
     #[inline(always)]
-    fn member_syn<C: Frame>(_: &C, _: &Packet<Ip6>, _: *mut FlowG<Ip6>) -> Verdict {
-        no_cookie()
+    fn member_syn<C: Frame>(ctx: &C, _: &Packet<Ip6>, _: *mut FlowG<Ip6>) -> Verdict {
+        tail_call_v6(ctx, v6slot::COOKIE);
+        no_cookie_program()
     }
+    /// Not reached in `lb6`: its `valid_ack` is false (`step6` resets).
     #[inline(always)]
     fn reset<C: Frame>(_: &C, _: &Packet<Ip6>, _: &ListenerConf, why: u32) -> Verdict {
         crate::verdict(aya_ebpf::bindings::xdp_action::XDP_DROP, why)
     }
+    /// Not reached in `lb6`: `balance` tail-calls before the member path (a subprogram, from
+    /// which 6.1 allows no tail call past 256 bytes of stack).
     #[inline(always)]
     fn member_synack<C: Frame>(_: &C, _: &Packet<Ip6>, _: *mut FlowG<Ip6>, _: u64) -> Verdict {
-        no_cookie()
+        no_cookie_program()
     }
 }
 

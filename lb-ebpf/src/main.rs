@@ -31,7 +31,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use family::{Family, V4, V6};
-use lb_common::{reason, FLOW_DIR_REVERSE};
+use lb_common::{reason, CT_COOKIE, FLOW_DIR_REVERSE};
 use maps::*;
 use parse::{Frame, Packet};
 
@@ -90,13 +90,24 @@ fn count(v: &Verdict) {
 }
 
 /// The IPv6 programs, entered by a tail call from the IPv4 ones (`lb` -> `lb6`, `lb_tc` ->
-/// `lb_tc6`; slot 0), and from those for ICMPv6 (`lb6_icmp`, `lb_tc6_icmp`; slot 1): each
-/// program has the whole 512-byte stack to itself, which one program for everything would
-/// not fit in. The loader fills the slots before it attaches.
+/// `lb_tc6`; slot 0), and from those for ICMPv6 (`lb6_icmp`, `lb_tc6_icmp`; slot 1) and for
+/// the SYN cookies' steps (`lb6_cookie`, `lb_tc6_cookie`; slot 2): each program has the whole
+/// 512-byte stack to itself, which one program for everything would not fit in. The loader
+/// fills the slots before it attaches.
 #[map]
-static V6_XDP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static V6_XDP: ProgramArray = ProgramArray::with_max_entries(3, 0);
 #[map]
-static V6_TC: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static V6_TC: ProgramArray = ProgramArray::with_max_entries(3, 0);
+
+/// The slots of `V6_XDP` and `V6_TC`.
+pub(crate) mod v6slot {
+    /// `lb6`, `lb_tc6`.
+    pub(crate) const IPV6: u32 = 0;
+    /// `lb6_icmp`, `lb_tc6_icmp`.
+    pub(crate) const ICMP: u32 = 1;
+    /// `lb6_cookie`, `lb_tc6_cookie` (`cookie::step6`).
+    pub(crate) const COOKIE: u32 = 2;
+}
 
 #[xdp]
 #[inline(always)]
@@ -161,6 +172,24 @@ pub fn lb_tc6_icmp(ctx: TcContext) -> i32 {
     tc_action(&ctx, &v)
 }
 
+/// See `cookie::step6`.
+#[xdp]
+#[inline(always)]
+pub fn lb6_cookie(ctx: XdpContext) -> u32 {
+    let v = cookie::step6(&ctx);
+    count(&v);
+    v.action
+}
+
+/// `lb6_cookie` at TC.
+#[classifier]
+#[inline(always)]
+pub fn lb_tc6_cookie(ctx: TcContext) -> i32 {
+    let v = cookie::step6(&ctx);
+    count(&v);
+    tc_action(&ctx, &v)
+}
+
 /// An ICMPv6 message: an error about a flow goes to its other end, translated.
 #[inline(always)]
 fn process6_icmp<C: Frame>(ctx: &C) -> Verdict {
@@ -202,7 +231,7 @@ pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
 fn process<C: Frame>(ctx: &C) -> Verdict {
     match parse::parse(ctx) {
         Ok(parse::Parsed::Ipv6) => {
-            tail_call_v6(ctx, 0);
+            tail_call_v6(ctx, v6slot::IPV6);
             // No IPv6 program in the slot (an IPv4 load balancer loads none): the kernel's.
             verdict(xdp_action::XDP_PASS, reason::PASS_NOT_IP)
         }
@@ -218,7 +247,7 @@ fn process<C: Frame>(ctx: &C) -> Verdict {
 /// Into the IPv6 program in `slot` of the context's kind (`V6_TC` or `V6_XDP`); back here
 /// only if the slot is empty.
 #[inline(always)]
-fn tail_call_v6<C: Frame>(ctx: &C, slot: u32) {
+pub(crate) fn tail_call_v6<C: Frame>(ctx: &C, slot: u32) {
     unsafe {
         if C::SKB {
             V6_TC.tail_call(ctx, slot);
@@ -236,7 +265,7 @@ fn process6<C: Frame>(ctx: &C) -> Verdict {
         Ok(parse::Parsed6::Icmp(_)) if for_port6(ctx) => {
             // ICMPv6 errors are translated by a program of their own (its frame would not
             // fit beside this one's).
-            tail_call_v6(ctx, 1);
+            tail_call_v6(ctx, v6slot::ICMP);
             verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED)
         }
         Ok(_) => verdict(xdp_action::XDP_PASS, reason::PASS_NOT_FOR_PORT),
@@ -271,6 +300,17 @@ fn balance<C: Frame, F: Family>(ctx: &C, pkt: &Packet<F::A>) -> Verdict {
     pkt.flow_key_into(FLOW_DIR_REVERSE, rkey);
     let rflow = F::conntrack().get_ptr(&*rkey);
     if F::OUTLINE {
+        if let Some(r) = rflow {
+            // The member's SYN-ACK of a cookie flow: the cookie program turns it into lb's
+            // ACK (no tail call from the member path's subprogram: 6.1 refuses one below
+            // 256 bytes of stack).
+            if unsafe { (*r).state } & CT_COOKIE != 0
+                && pkt.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK)
+                    == parse::TCP_SYN | parse::TCP_ACK
+            {
+                tail_call_v6(ctx, v6slot::COOKIE);
+            }
+        }
         // The lookup's result goes to the subprogram as it is, null or not: LLVM merges the
         // null checks around an inlined call so that 6.1's verifier follows a null pointer
         // into it.

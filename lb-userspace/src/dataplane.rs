@@ -134,7 +134,7 @@ impl Dataplane {
                 source: Box::new(e),
             })?;
         let xdp: &[&str] = if ipv6 {
-            &["lb", "lb6", "lb6_icmp", "lb_peer_pass"]
+            &["lb", "lb6", "lb6_icmp", "lb6_cookie", "lb_peer_pass"]
         } else {
             &["lb", "lb_peer_pass"]
         };
@@ -150,7 +150,7 @@ impl Dataplane {
             })?;
         }
         let tc: &[&str] = if ipv6 {
-            &["lb_tc", "lb_tc6", "lb_tc6_icmp", "lb_tc_fast"]
+            &["lb_tc", "lb_tc6", "lb_tc6_icmp", "lb_tc6_cookie", "lb_tc_fast"]
         } else {
             &["lb_tc", "lb_tc_fast"]
         };
@@ -172,8 +172,10 @@ impl Dataplane {
             &[
                 ("V6_XDP", 0, "lb6"),
                 ("V6_XDP", 1, "lb6_icmp"),
+                ("V6_XDP", 2, "lb6_cookie"),
                 ("V6_TC", 0, "lb_tc6"),
                 ("V6_TC", 1, "lb_tc6_icmp"),
+                ("V6_TC", 2, "lb_tc6_cookie"),
             ]
         } else {
             &[]

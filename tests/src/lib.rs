@@ -454,6 +454,10 @@ pub struct L4v6 {
     pub flags: u8,
     pub seq: u32,
     pub ack: u32,
+    /// TCP window (ignored for UDP).
+    pub win: u16,
+    /// TCP options, a multiple of 4 bytes (ignored for UDP).
+    pub options: Vec<u8>,
     pub udp: bool,
     pub payload: Vec<u8>,
     /// Extension headers, as `ipv6_frame` takes them.
@@ -478,10 +482,18 @@ impl L4v6 {
             flags,
             seq: 1000,
             ack: 0,
+            win: 64240,
+            options: vec![],
             udp: false,
             payload: vec![],
             ext: vec![],
         }
+    }
+
+    pub fn options(mut self, o: &[u8]) -> L4v6 {
+        assert_eq!(o.len() % 4, 0, "TCP options come in words");
+        self.options = o.to_vec();
+        self
     }
 
     pub fn udp(src: std::net::Ipv6Addr, sport: u16, dst: std::net::Ipv6Addr, dport: u16) -> L4v6 {
@@ -511,9 +523,10 @@ impl L4v6 {
             let mut t = vec![0u8; 20];
             t[4..8].copy_from_slice(&self.seq.to_be_bytes());
             t[8..12].copy_from_slice(&self.ack.to_be_bytes());
-            t[12] = 5 << 4;
+            t[12] = ((5 + self.options.len() / 4) as u8) << 4;
             t[13] = self.flags;
-            t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            t[14..16].copy_from_slice(&self.win.to_be_bytes());
+            t.extend_from_slice(&self.options);
             t
         };
         l4[0..2].copy_from_slice(&self.sport.to_be_bytes());
@@ -545,7 +558,7 @@ impl L4v6 {
         let udp = f[20] == 17;
         let a = |i: usize| std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&f[i..i + 16]).unwrap());
         let l4 = &f[54..];
-        let hl = if udp { 8 } else { 20 };
+        let hl = if udp { 8 } else { (l4[12] >> 4) as usize * 4 };
         Some(L4v6 {
             dst_mac: f[0..6].try_into().unwrap(),
             src_mac: f[6..12].try_into().unwrap(),
@@ -563,6 +576,16 @@ impl L4v6 {
                 0
             } else {
                 u32::from_be_bytes(l4[8..12].try_into().unwrap())
+            },
+            win: if udp {
+                64240
+            } else {
+                u16::from_be_bytes([l4[14], l4[15]])
+            },
+            options: if udp {
+                vec![]
+            } else {
+                l4.get(20..hl)?.to_vec()
             },
             udp,
             payload: l4.get(hl..)?.to_vec(),

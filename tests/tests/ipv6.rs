@@ -381,3 +381,84 @@ fn packet_too_big_reaches_the_client_through_the_ipv6_vip() {
     );
     assert!(daemon.stop().unwrap().success());
 }
+
+/// SYN cookies for an IPv6 listener end to end: with `half_open_limit = 0` lb answers every
+/// SYN to the IPv6 VIP itself (`lb6_cookie`); the real ssh client's sessions open through
+/// the cookies to real sshd members, which see the VIP as the client, and an upload of more
+/// than the cookie connection's 64 KiB window arrives whole.
+#[test]
+fn ssh_through_ipv6_syn_cookies() {
+    if !sshd::available() {
+        return;
+    }
+    let Some(setup) = Setup::new(
+        |t| {
+            let t = t
+                .replace(
+                    "vip_address = \"10.0.0.250\"",
+                    &format!("vip_address = \"{VIP6}\""),
+                )
+                .replace("vip_prefixlen = 24", "vip_prefixlen = 64")
+                .replace("\"10.0.0.2\"", &format!("\"{}\"", v6_of(M1)))
+                .replace("\"10.0.0.4\"", &format!("\"{}\"", v6_of(M2)));
+            integration_tests::with_half_open_limit(&t, 0)
+        },
+        &[M1, M2],
+    ) else {
+        return;
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
+    topo.add_ipv6();
+    let keys = Keys::new();
+    let _servers: Vec<Sshd> = topo
+        .members
+        .iter()
+        .map(|m| Sshd::start(&m.ns.name, v6_of(m.addr).into(), &keys))
+        .collect();
+    let mut daemon = setup.start(&[]);
+    let (m1, m2) = (v6_of(M1).to_string(), v6_of(M2).to_string());
+    let vip6 = VIP6.to_string();
+    // Both members ONLINE: their neighbours are resolved (a cookie ACK before that would
+    // get a RST, which is for the fixtures to check).
+    wait_for("IPv6 members ONLINE", Duration::from_secs(15), || {
+        let s = stats(bin, &cfg.state_dir);
+        (status(&s, &vip6, &m1) == "ONLINE" && status(&s, &vip6, &m2) == "ONLINE").then_some(())
+    });
+    let client = topo.client.name.clone();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (from, member) = session(&client, &keys);
+        assert_eq!(from, IpAddr::from(VIP6), "the member sees the VIP");
+        seen.push(member);
+    }
+    for m in [v6_of(M1), v6_of(M2)] {
+        assert!(seen.contains(&m.into()), "{m} served none of {seen:?}");
+    }
+    let data = keys.dir.join("upload");
+    std::fs::write(&data, vec![b'y'; 300_000]).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ip netns exec {client} timeout 30 ssh -i {} -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
+             root@{VIP6} 'wc -c' < {}",
+            keys.dir.join("client").display(),
+            data.display()
+        ))
+        .output()
+        .expect("ssh");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "300000",
+        "an upload through a cookie connection: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = stats(bin, &cfg.state_dir);
+    let v6 = lb_stats(&s, &vip6);
+    let v = &v6["verdicts"];
+    assert!(v["tx_syncookie"].as_u64().unwrap_or(0) >= 5, "{v}");
+    assert!(v["tx_cookie_to_member"].as_u64().unwrap_or(0) >= 10, "{v}");
+    assert_eq!(v6["listeners"][0]["total_connections"], 5, "{v6}");
+    assert_eq!(v6["listeners"][0]["half_open_connections"], 0, "{v6}");
+    assert!(daemon.stop().unwrap().success());
+}

@@ -338,3 +338,157 @@ fn ipv6_icmp_errors_from_the_client_side_reach_the_member() {
     );
     env.expect(&stray, XDP_PASS, reason::PASS_NOT_BALANCED);
 }
+
+/// MSS 1440, SACK permitted, timestamps, window scale 7: what Linux puts in an IPv6 SYN.
+const LINUX_SYN6_OPTIONS: [u8; 20] = [
+    2, 4, 0x05, 0xa0, 4, 2, 8, 10, 0, 0, 0x10, 0, 0, 0, 0, 0, 1, 3, 3, 7,
+];
+
+/// An IPv6 listener past its half-open budget (0: every SYN).
+fn cookie_env() -> Option<Env> {
+    Env::new6(&ipv6_config("half_open_limit = 0"))
+}
+
+fn syn6(port: u16) -> L4v6 {
+    let mut s = L4v6::tcp(CLIENT6, port, VIP6, 22, TCP_SYN)
+        .macs(CLIENT_MAC, PORT_MAC)
+        .options(&LINUX_SYN6_OPTIONS);
+    s.seq = 7000;
+    s
+}
+
+/// Runs the SYN through `program` and checks the SYN-ACK `lb6_cookie` made of it; returns
+/// the cookie.
+fn cookie6_of(env: &mut Env, program: &str, port: u16) -> u32 {
+    let (action, out) = env.run_program(program, &syn6(port).build());
+    let want = if program == "lb" { XDP_TX } else { 7 };
+    assert_eq!(action, want, "{program}: the SYN-ACK goes back out of the port");
+    assert!(checksum6_ok(&out), "{program}: SYN-ACK checksum");
+    let o = L4v6::parse(&out).expect("an IPv6 TCP frame");
+    assert_eq!(out.len(), 14 + 40 + 24);
+    assert_eq!(&out[14..22], &[0x60, 0, 0, 0, 0, 24, 6, 64], "IPv6 header");
+    assert_eq!(
+        (o.src_mac, o.dst_mac, o.src, o.dst, o.sport, o.dport),
+        (PORT_MAC, CLIENT_MAC, VIP6, CLIENT6, 22, port)
+    );
+    assert_eq!((o.flags, o.ack, o.win), (TCP_SYN | TCP_ACK, 7001, 65535));
+    assert_eq!(o.options, vec![2, 4, 0x05, 0xa0], "MSS only (the cookie's 1440)");
+    assert!(o.payload.is_empty());
+    o.seq
+}
+
+/// SYN cookies for an IPv6 listener (`lb6` -> `lb6_cookie` by tail call): past the budget a
+/// SYN is answered with the kernel's IPv6 cookie and nothing is kept; the ACK carrying it
+/// opens the flow and becomes lb's SYN to the member; the member's SYN-ACK becomes lb's ACK;
+/// then sequence numbers are translated both ways, exact bytes.
+#[test]
+fn ipv6_syn_cookies_past_the_budget() {
+    let Some(mut env) = cookie_env() else { return };
+    let cookie = cookie6_of(&mut env, "lb", 46000);
+    assert_eq!(env.verdicts()[reason::TX_SYNCOOKIE as usize], 1);
+    assert!(env.dp.maps.flows6().is_empty(), "a cookie keeps no flow");
+    let tc = cookie6_of(&mut env, "lb_tc", 46000);
+    assert_eq!(cookie, tc, "one tuple, one cookie, XDP or TC");
+
+    // A wrong cookie: not lb's, the namespace's stack answers it. (Not cookie + 2: the low
+    // bits are the MSS's index, and IPv6's table has a fourth entry above 1440.)
+    let mut bad = L4v6::tcp(CLIENT6, 46000, VIP6, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (bad.seq, bad.ack) = (7001, cookie.wrapping_add(1000));
+    env.expect(&bad.build(), XDP_PASS, reason::PASS_NO_FLOW);
+    assert!(env.dp.maps.flows6().is_empty());
+
+    // The client's ACK of the cookie: the flow opens, the frame becomes lb's SYN.
+    let mut ack = L4v6::tcp(CLIENT6, 46000, VIP6, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack, ack.win) = (7001, cookie.wrapping_add(1), 502);
+    let out = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    assert!(checksum6_ok(&out), "SYN to the member: checksum");
+    let o = L4v6::parse(&out).unwrap();
+    let (member, snat) = (o.dst, o.sport);
+    assert!(member == M16 || member == M26, "{member}");
+    assert_eq!((o.src_mac, o.dst_mac, o.src), (PORT_MAC, mac_of6(member), VIP6));
+    assert_eq!((o.flags, o.seq, o.ack, o.win), (TCP_SYN, 7000, 0, 502));
+    assert_eq!(o.options, vec![2, 4, 0x05, 0xb4], "lb's MSS offer");
+    let m = member_slot(&env, if member == M16 { "s1" } else { "s2" });
+    assert_eq!((env.half_open(m), env.active(m)), (1, 0));
+    let flows = env.dp.maps.flows6();
+    assert_eq!(flows.len(), 2, "forward and reverse entries");
+    assert!(flows.iter().all(|(_, f)| f.state & lb_common::CT_COOKIE != 0));
+
+    // Repeated before the member answered: the same SYN again. Data waits.
+    let again = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    assert_eq!(again, out);
+    let data = L4v6 {
+        flags: TCP_ACK | TCP_PSH,
+        payload: b"SSH-2.0-x\r\n".to_vec(),
+        ..ack.clone()
+    };
+    env.expect(&data.build(), XDP_DROP, reason::DROP_COOKIE_WAIT);
+
+    // The member's SYN-ACK becomes lb's ACK to the member: established.
+    let mut synack = L4v6::tcp(member, 22, VIP6, snat, TCP_SYN | TCP_ACK)
+        .macs(mac_of6(member), PORT_MAC)
+        .options(&[2, 4, 0x05, 0xa0]);
+    (synack.seq, synack.ack) = (90_000, 7001);
+    let out = env.expect(&synack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    assert!(checksum6_ok(&out), "ACK to the member: checksum");
+    let o = L4v6::parse(&out).unwrap();
+    assert_eq!(
+        (o.src_mac, o.dst_mac, o.src, o.dst, o.sport, o.dport),
+        (PORT_MAC, mac_of6(member), VIP6, member, snat, 22)
+    );
+    assert_eq!((o.flags, o.seq, o.ack, o.win), (TCP_ACK, 7001, 90_001, 502));
+    assert_eq!(o.options, vec![1, 1, 1, 1]);
+    assert_eq!((env.half_open(m), env.active(m)), (0, 1));
+
+    // Data both ways, the member's numbers translated to the cookie's.
+    let out = env.expect(&data.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let mut want = to_member6(&data, member, snat);
+    want.ack = 90_001;
+    assert_eq!(out, want.build(), "client data, acknowledging in the member's numbers");
+    let mut reply = L4v6::tcp(member, 22, VIP6, snat, TCP_ACK | TCP_PSH)
+        .macs(mac_of6(member), PORT_MAC)
+        .payload(b"SSH-2.0-y\r\n");
+    (reply.seq, reply.ack) = (90_001, 7012);
+    let out = env.expect(&reply.build(), XDP_TX, reason::TX_TO_CLIENT);
+    let mut want = to_client6(&reply, 22, 46000);
+    want.seq = cookie.wrapping_add(1);
+    assert_eq!(out, want.build(), "member data, in the cookie's numbers");
+    // Through TC too.
+    let (action, out) = env.run_program("lb_tc", &reply.build());
+    assert_eq!((action, out), (7, want.build()));
+}
+
+/// A cookie ACK whose flow cannot open (no member up) gets a RST in the client's window
+/// (counted among the listener's drops as `drop_no_member`); a SYN with an extension header
+/// gets no cookie but opens its flow, as an IPv4 SYN with options does.
+#[test]
+fn ipv6_cookie_ack_without_member_is_reset_and_extension_headers_open_flows() {
+    let Some(mut env) = cookie_env() else { return };
+    let mut with_ext = syn6(46100);
+    with_ext.ext = options_headers();
+    env.expect(&with_ext.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let cookie = cookie6_of(&mut env, "lb", 46101);
+    for id in ["s1", "s2"] {
+        let m = member_slot(&env, id);
+        let mut c = env.dp.maps.member(m).unwrap();
+        c.flags &= !lb_common::MEMBER_F_UP;
+        env.dp.maps.set_member(m, c).unwrap();
+    }
+    let mut ack = L4v6::tcp(CLIENT6, 46101, VIP6, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack) = (7001, cookie.wrapping_add(1));
+    let out = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_RESET);
+    assert!(checksum6_ok(&out));
+    let o = L4v6::parse(&out).unwrap();
+    assert_eq!(
+        (o.src_mac, o.dst_mac, o.src, o.dst, o.sport, o.dport),
+        (PORT_MAC, CLIENT_MAC, VIP6, CLIENT6, 22, 46101)
+    );
+    assert_eq!(
+        (o.flags, o.seq, o.ack),
+        (TCP_RST | TCP_ACK, cookie.wrapping_add(1), 7001)
+    );
+    let drops = env.dp.maps.listener_drops(0).unwrap();
+    assert_eq!(drops[reason::DROP_NO_MEMBER as usize], 1);
+    // Only the extension-header SYN's flow (forward and reverse).
+    assert_eq!(env.dp.maps.flows6().len(), 2);
+}

@@ -57,9 +57,11 @@ fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
             "lb",
             "lb6",
             "lb6_icmp",
+            "lb6_cookie",
             "lb_tc",
             "lb_tc6",
             "lb_tc6_icmp",
+            "lb_tc6_cookie",
             "lb_tc_fast",
         ]
         .contains(&name)
