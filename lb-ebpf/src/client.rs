@@ -122,7 +122,9 @@ pub(crate) fn from_client<C: Frame, F: Family>(
     };
 
     if F::OUTLINE {
-        return Verdict::decode(forward_sub::<C, F>(ctx, pkt, flow_ptr, now, opened));
+        let v = Verdict::decode(forward_sub::<C, F>(ctx, pkt, flow_ptr, now, opened));
+        F::flush_log();
+        return v;
     }
     forward::<C, F>(ctx, pkt, flow_ptr, now, opened)
 }

@@ -4,15 +4,23 @@
 //! `option tcplog` line (lb-userspace/src/connlog/). The data path never waits for the
 //! reader: a full ring loses the event, counted per listener in `CONN_LOG_LOST`. The reader
 //! is woken only once a quarter of the ring is used (it also drains every 100 ms), so a
-//! busy listener costs one wake-up per ~3,600 connections, not one per connection.
+//! busy listener costs one wake-up per ~3,300 connections, not one per connection.
+//!
+//! An IPv6 flow ends inside `forward_sub` or `from_member_sub`, subprograms at the bottom of
+//! `lb6`'s 512 bytes of stack, where a call to `ended` does not fit: `track` leaves the
+//! state in `SCRATCH` (`pending`) and `lb6` writes the record once the subprogram returned
+//! (`flush`), from the forward key the subprogram left in the scratch space.
 
 use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use lb_common::{ConnEvent, Flow, Live, CONN_LOG_BYTES_OFF, MAX_LISTENERS};
+use lb_common::{Address, ConnEvent, FlowG, Live, CONN_LOG_BYTES_OFF, MAX_LISTENERS};
 
-use crate::maps::{LISTENER_LIVE, MEMBER_LIVE};
+use crate::{
+    family::{self, slot, Family, V6},
+    maps::{LISTENER_LIVE, MEMBER_LIVE, SCRATCH},
+};
 
 /// Not pinned: a daemon taking over reads the ring of the programs it loaded; the old
 /// daemon drains the old one before it exits. Sized by the loader (`CONN_LOG_BYTES` when the
@@ -39,7 +47,7 @@ fn active(l: Option<&Live>) -> u32 {
 
 /// Records the end of `flow` (`state`: its bits after the closing segment) at `now`.
 #[inline(never)]
-pub(crate) fn ended(flow: *const Flow, state: u64, now: u64) {
+pub(crate) fn ended<A: Address>(flow: *const FlowG<A>, state: u64, now: u64) {
     let f = unsafe { &*flow };
     let wake = if CONN_LOG.query(BPF_RB_AVAIL_DATA) * 4 >= CONN_LOG.query(BPF_RB_RING_SIZE) {
         BPF_RB_FORCE_WAKEUP
@@ -58,7 +66,7 @@ pub(crate) fn ended(flow: *const Flow, state: u64, now: u64) {
         (*e).ended_ns = now;
         (*e).member_bytes = f.member_bytes;
         (*e).state = state;
-        (*e).client_be = f.client_be;
+        f.client_be.widen_to(&mut (*e).client_be);
         (*e).member = f.member;
         (*e).listener = f.listener;
         (*e).connect_ms = f.connect_ms;
@@ -66,8 +74,37 @@ pub(crate) fn ended(flow: *const Flow, state: u64, now: u64) {
         (*e).srv_conn = active(MEMBER_LIVE.get(f.member));
         (*e).client_port_be = f.client_port_be;
         (*e).syn_retries = f.syn_retries;
-        (*e)._pad0 = 0;
-        (*e)._pad = 0;
+        (*e).family = A::FAMILY;
     }
     entry.submit(wake);
+}
+
+/// The IPv6 flow in the forward key slot ended with `state`: its record is written by
+/// `flush`.
+#[inline(always)]
+pub(crate) fn pending(state: u64) {
+    if let Some(s) = SCRATCH.get_ptr_mut(0) {
+        unsafe { (*s).log_state = state };
+    }
+}
+
+/// Writes the record `pending` left, if any, of the flow in the forward key slot (the
+/// closing segment's time is the flow's `last_seen_ns`). A subprogram: `lb6` calls it with
+/// nothing else on its stack's chain.
+#[inline(never)]
+pub(crate) fn flush() {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let state = unsafe { (*s).log_state };
+    if state == 0 {
+        return;
+    }
+    unsafe { (*s).log_state = 0 };
+    let Some(key) = family::key::<V6>(slot::FORWARD) else {
+        return;
+    };
+    if let Some(f) = V6::conntrack().get_ptr(key) {
+        ended(f, state, unsafe { (*f).last_seen_ns });
+    }
 }

@@ -425,7 +425,9 @@ pub(crate) fn step6<C: Frame>(ctx: &C) -> Verdict {
             if unsafe { (*f).state } & CT_COOKIE != 0
                 && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK =>
         {
-            member_synack::<C, V6>(ctx, &pkt, f, now)
+            let v = member_synack::<C, V6>(ctx, &pkt, f, now);
+            V6::flush_log();
+            v
         }
         _ => verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED),
     }
@@ -443,8 +445,7 @@ fn client6<C: Frame>(ctx: &C, pkt: &Packet<Ip6>, listener: &ListenerConf, now: u
         return member_syn(ctx, pkt, f);
     }
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        return answer_syn(ctx, pkt)
-            .unwrap_or(verdict(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
+        return answer_syn(ctx, pkt).unwrap_or(verdict(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
     }
     if !valid_ack(pkt, listener, now) {
         return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
@@ -509,10 +510,7 @@ impl<'a, A> Segment<'a, A> {
 #[inline(always)]
 fn pseudo<A: Cookie>(saddr: &A, daddr: &A, tcp_len: u16) -> u64 {
     let l = tcp_len.to_be_bytes();
-    saddr.sum()
-        + daddr.sum()
-        + u16::from_ne_bytes([0, 6]) as u64
-        + u16::from_ne_bytes(l) as u64
+    saddr.sum() + daddr.sum() + u16::from_ne_bytes([0, 6]) as u64 + u16::from_ne_bytes(l) as u64
 }
 
 /// Rewrites the frame `pkt` came in as segment `seg` (Ethernet, the family's plain IP

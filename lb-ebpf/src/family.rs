@@ -1,8 +1,8 @@
 //! What differs between IPv4 and IPv6 flows beyond the headers (`parse::L3`): their maps, a
 //! member's address, the FIB lookup, the 32-bit form of a client address that hashing and
-//! persistence use, the SYN cookies' steps (IPv6's run in a program of their own), and the
-//! part only IPv4 has yet (the connection log). The data path's flow logic is generic over
-//! `Family` and compiled once per family.
+//! persistence use, the SYN cookies' steps (IPv6's run in a program of their own) and the
+//! connection log's record (IPv6's written after the subprogram that ended the flow). The
+//! data path's flow logic is generic over `Family` and compiled once per family.
 
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, maps::HashMap};
 use lb_common::{AllowedData, AllowedData6, FlowG, FlowKeyG, Ip6, ListenerConf, ListenerKeyG};
@@ -42,8 +42,10 @@ pub(crate) trait Family: 'static {
     fn allowed(listener: u32, client: &Self::A) -> u64;
     /// Fills the FIB lookup's family and addresses.
     fn fib(fib: &mut FibParams, src: &Self::A, dst: &Self::A);
-    /// The connection log's record of a flow that ended (IPv4 flows only carry `CT_LOG`).
+    /// The connection log's record of a flow that ended (IPv6: left pending, see connlog.rs).
     fn ended(flow: *const FlowG<Self::A>, state: u64, now: u64);
+    /// Writes the record a subprogram left pending (`connlog::flush`; IPv4: none).
+    fn flush_log();
 
     // SYN cookies' steps (cookie.rs): IPv4 takes them in place, IPv6 by a tail call into
     // `lb6_cookie`/`lb_tc6_cookie` (`cookie::step6`), after which the caller's fallback
@@ -144,6 +146,8 @@ impl Family for V4 {
         crate::connlog::ended(flow, state, now)
     }
     #[inline(always)]
+    fn flush_log() {}
+    #[inline(always)]
     fn answer_syn<C: Frame>(ctx: &C, pkt: &Packet<u32>) -> Option<Verdict> {
         cookie::answer_syn(ctx, pkt)
     }
@@ -189,7 +193,8 @@ fn allowed4(listener: u32, client_be: u32) -> u64 {
 pub(crate) struct V6;
 
 /// The verdict of an IPv6 cookie step whose program is missing (the loader fills its slot
-/// before anything attaches: not seen in practice).
+/// before anything attaches: not seen in practice). What follows a tail call that returned
+/// reads no packet: from 6.12 on, the verifier invalidates packet pointers across it.
 #[inline(always)]
 fn no_cookie_program() -> Verdict {
     crate::verdict(
@@ -237,14 +242,22 @@ impl Family for V6 {
         fib.__bindgen_anon_4.ipv6_dst = *dst;
     }
     #[inline(always)]
-    fn ended(_: *const FlowG<Ip6>, _: u64, _: u64) {}
+    fn ended(_: *const FlowG<Ip6>, state: u64, _: u64) {
+        crate::connlog::pending(state)
+    }
+    #[inline(always)]
+    fn flush_log() {
+        crate::connlog::flush()
+    }
     #[inline(always)]
     fn answer_syn<C: Frame>(ctx: &C, pkt: &Packet<Ip6>) -> Option<Verdict> {
-        if cookie::plain(pkt) {
-            tail_call_v6(ctx, v6slot::COOKIE);
+        if !cookie::plain(pkt) {
+            // Extension headers: the SYN opens its flow (IPv4's SYN with options does too).
+            return None;
         }
-        // Extension headers: the SYN opens its flow (IPv4's SYN with options does too).
-        None
+        tail_call_v6(ctx, v6slot::COOKIE);
+        // Not `None`: after a tail call 6.12's verifier holds every packet pointer invalid.
+        Some(no_cookie_program())
     }
     #[inline(always)]
     fn valid_ack<C: Frame>(ctx: &C, pkt: &Packet<Ip6>, listener: &ListenerConf, now: u64) -> bool {

@@ -309,13 +309,16 @@ fn balance<C: Frame, F: Family>(ctx: &C, pkt: &Packet<F::A>) -> Verdict {
                     == parse::TCP_SYN | parse::TCP_ACK
             {
                 tail_call_v6(ctx, v6slot::COOKIE);
+                return verdict(xdp_action::XDP_DROP, reason::DROP_BAD_L4);
             }
         }
         // The lookup's result goes to the subprogram as it is, null or not: LLVM merges the
         // null checks around an inlined call so that 6.1's verifier follows a null pointer
         // into it.
         let p = rflow.unwrap_or(core::ptr::null());
-        return Verdict::decode(member::from_member_sub::<C, F>(ctx, pkt, p));
+        let v = Verdict::decode(member::from_member_sub::<C, F>(ctx, pkt, p));
+        F::flush_log();
+        return v;
     }
     if let Some(rflow) = rflow {
         if pkt.fragment {

@@ -97,6 +97,9 @@ pub struct Scratch {
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
     /// A SYN's TCP header, copied for the SYN-cookie helper.
     pub tcp: [u8; 64],
+    /// An IPv6 flow's state as it ended, for its connection-log record (`connlog::flush`;
+    /// 0: none pending).
+    pub log_state: u64,
 }
 
 #[map]

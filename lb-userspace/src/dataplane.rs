@@ -150,7 +150,13 @@ impl Dataplane {
             })?;
         }
         let tc: &[&str] = if ipv6 {
-            &["lb_tc", "lb_tc6", "lb_tc6_icmp", "lb_tc6_cookie", "lb_tc_fast"]
+            &[
+                "lb_tc",
+                "lb_tc6",
+                "lb_tc6_icmp",
+                "lb_tc6_cookie",
+                "lb_tc_fast",
+            ]
         } else {
             &["lb_tc", "lb_tc_fast"]
         };

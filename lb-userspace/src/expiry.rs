@@ -84,28 +84,19 @@ struct Table<A: Address> {
     values: Vec<FlowG<A>>,
 }
 
-/// What a family's flows need beyond their table: the connection log writes IPv4 flows'
-/// lines (IPv6 flows carry no `CT_LOG`).
-trait Logged: Address + Pod
+/// A family whose table the expiry walks (its keys and values read and written whole).
+trait Walked: Address + Pod
 where
     FlowKeyG<Self>: Pod,
     FlowG<Self>: Pod,
     ListenerKeyG<Self>: Pod,
 {
-    fn log(log: &crate::connlog::Logger, flow: &FlowG<Self>, now: u64);
 }
 
-impl Logged for u32 {
-    fn log(log: &crate::connlog::Logger, flow: &FlowG<u32>, now: u64) {
-        log.expired(flow, now);
-    }
-}
+impl Walked for u32 {}
+impl Walked for Ip6 {}
 
-impl Logged for Ip6 {
-    fn log(_: &crate::connlog::Logger, _: &FlowG<Ip6>, _: u64) {}
-}
-
-impl<A: Logged> Table<A>
+impl<A: Walked> Table<A>
 where
     FlowKeyG<A>: Pod,
     FlowG<A>: Pod,
@@ -222,7 +213,7 @@ where
             }
             if let Some(log) = c.log {
                 if flow.state & lb_common::CT_LOG != 0 && !flow.is_closed() {
-                    A::log(log, &flow, monotonic_ns());
+                    log.expired(&flow, monotonic_ns());
                 }
             }
         }

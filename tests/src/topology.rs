@@ -11,7 +11,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -49,12 +49,13 @@ pub struct Server {
 
 impl Server {
     /// A server that greets and echoes.
-    pub fn start(ns: &str, addr: Ipv4Addr, port: u16) -> Server {
+    pub fn start(ns: &str, addr: impl Into<IpAddr>, port: u16) -> Server {
         Self::start_with(ns, addr, port, true)
     }
 
     /// `echo = false`: greets, then discards what it reads (a bulk-transfer sink).
-    pub fn start_with(ns: &str, addr: Ipv4Addr, port: u16, echo: bool) -> Server {
+    pub fn start_with(ns: &str, addr: impl Into<IpAddr>, port: u16, echo: bool) -> Server {
+        let addr: IpAddr = addr.into();
         let stop = Arc::new(AtomicBool::new(false));
         let peers = Arc::new(Mutex::new(Vec::new()));
         let open = Arc::new(AtomicUsize::new(0));
@@ -241,6 +242,14 @@ impl Conn {
 
     /// The member address the greeting names.
     pub fn member(&self) -> Ipv4Addr {
+        match self.member_ip() {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(a) => panic!("an IPv6 member: {a}"),
+        }
+    }
+
+    /// The member's address, either family, as its greeting names it.
+    pub fn member_ip(&self) -> IpAddr {
         self.greeting
             .trim()
             .rsplit(' ')
@@ -251,12 +260,11 @@ impl Conn {
 }
 
 /// Connects from the client namespace to `vip:port` and reads the member's greeting.
-pub fn connect(client_ns: &str, vip: Ipv4Addr, port: u16) -> std::io::Result<Conn> {
+pub fn connect(client_ns: &str, vip: impl Into<IpAddr>, port: u16) -> std::io::Result<Conn> {
+    let vip: IpAddr = vip.into();
     in_netns(client_ns, || -> std::io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(
-            &SocketAddr::V4(SocketAddrV4::new(vip, port)),
-            Duration::from_secs(4),
-        )?;
+        let stream =
+            TcpStream::connect_timeout(&SocketAddr::new(vip, port), Duration::from_secs(4))?;
         stream.set_read_timeout(Some(Duration::from_secs(4)))?;
         let mut line = String::new();
         BufReader::new(stream.try_clone()?).read_line(&mut line)?;

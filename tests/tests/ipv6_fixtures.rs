@@ -362,7 +362,10 @@ fn syn6(port: u16) -> L4v6 {
 fn cookie6_of(env: &mut Env, program: &str, port: u16) -> u32 {
     let (action, out) = env.run_program(program, &syn6(port).build());
     let want = if program == "lb" { XDP_TX } else { 7 };
-    assert_eq!(action, want, "{program}: the SYN-ACK goes back out of the port");
+    assert_eq!(
+        action, want,
+        "{program}: the SYN-ACK goes back out of the port"
+    );
     assert!(checksum6_ok(&out), "{program}: SYN-ACK checksum");
     let o = L4v6::parse(&out).expect("an IPv6 TCP frame");
     assert_eq!(out.len(), 14 + 40 + 24);
@@ -372,7 +375,11 @@ fn cookie6_of(env: &mut Env, program: &str, port: u16) -> u32 {
         (PORT_MAC, CLIENT_MAC, VIP6, CLIENT6, 22, port)
     );
     assert_eq!((o.flags, o.ack, o.win), (TCP_SYN | TCP_ACK, 7001, 65535));
-    assert_eq!(o.options, vec![2, 4, 0x05, 0xa0], "MSS only (the cookie's 1440)");
+    assert_eq!(
+        o.options,
+        vec![2, 4, 0x05, 0xa0],
+        "MSS only (the cookie's 1440)"
+    );
     assert!(o.payload.is_empty());
     o.seq
 }
@@ -405,14 +412,19 @@ fn ipv6_syn_cookies_past_the_budget() {
     let o = L4v6::parse(&out).unwrap();
     let (member, snat) = (o.dst, o.sport);
     assert!(member == M16 || member == M26, "{member}");
-    assert_eq!((o.src_mac, o.dst_mac, o.src), (PORT_MAC, mac_of6(member), VIP6));
+    assert_eq!(
+        (o.src_mac, o.dst_mac, o.src),
+        (PORT_MAC, mac_of6(member), VIP6)
+    );
     assert_eq!((o.flags, o.seq, o.ack, o.win), (TCP_SYN, 7000, 0, 502));
     assert_eq!(o.options, vec![2, 4, 0x05, 0xb4], "lb's MSS offer");
     let m = member_slot(&env, if member == M16 { "s1" } else { "s2" });
     assert_eq!((env.half_open(m), env.active(m)), (1, 0));
     let flows = env.dp.maps.flows6();
     assert_eq!(flows.len(), 2, "forward and reverse entries");
-    assert!(flows.iter().all(|(_, f)| f.state & lb_common::CT_COOKIE != 0));
+    assert!(flows
+        .iter()
+        .all(|(_, f)| f.state & lb_common::CT_COOKIE != 0));
 
     // Repeated before the member answered: the same SYN again. Data waits.
     let again = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
@@ -444,7 +456,11 @@ fn ipv6_syn_cookies_past_the_budget() {
     let out = env.expect(&data.build(), XDP_TX, reason::TX_TO_MEMBER);
     let mut want = to_member6(&data, member, snat);
     want.ack = 90_001;
-    assert_eq!(out, want.build(), "client data, acknowledging in the member's numbers");
+    assert_eq!(
+        out,
+        want.build(),
+        "client data, acknowledging in the member's numbers"
+    );
     let mut reply = L4v6::tcp(member, 22, VIP6, snat, TCP_ACK | TCP_PSH)
         .macs(mac_of6(member), PORT_MAC)
         .payload(b"SSH-2.0-y\r\n");

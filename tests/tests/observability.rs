@@ -70,6 +70,7 @@ impl Drop for Syslog {
 /// One parsed tcplog line.
 #[derive(Debug)]
 struct Line {
+    client: String,
     client_port: u16,
     frontend: String,
     backend: String,
@@ -84,7 +85,7 @@ struct Line {
 fn parse(datagram: &str) -> Line {
     let re = regex::Regex::new(concat!(
         r"^<134>[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} lb\[[0-9]+\]: ",
-        r"10\.0\.0\.1:([0-9]+) \[[0-9]{2}/[A-Z][a-z]{2}/[0-9]{4}:[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}\] ",
+        r"([0-9a-f.:]+):([0-9]+) \[[0-9]{2}/[A-Z][a-z]{2}/[0-9]{4}:[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}\] ",
         r"([^ ]+) ([^ /]+)/([^ ]+) 0/(-?[0-9]+)/([0-9]+) ([0-9]+) ([^ ]{2}) ",
         r"([0-9]+/[0-9]+/[0-9]+/[0-9]+/\+?[0-9]+) 0/0$"
     ))
@@ -93,15 +94,16 @@ fn parse(datagram: &str) -> Line {
         .captures(datagram)
         .unwrap_or_else(|| panic!("not a tcplog datagram: {datagram:?}"));
     Line {
-        client_port: c[1].parse().unwrap(),
-        frontend: c[2].into(),
-        backend: c[3].into(),
-        server: c[4].into(),
-        connect_ms: c[5].parse().unwrap(),
-        total_ms: c[6].parse().unwrap(),
-        bytes: c[7].parse().unwrap(),
-        state: c[8].into(),
-        counts: c[9].split('/').map(Into::into).collect(),
+        client: c[1].into(),
+        client_port: c[2].parse().unwrap(),
+        frontend: c[3].into(),
+        backend: c[4].into(),
+        server: c[5].into(),
+        connect_ms: c[6].parse().unwrap(),
+        total_ms: c[7].parse().unwrap(),
+        bytes: c[8].parse().unwrap(),
+        state: c[9].into(),
+        counts: c[10].split('/').map(Into::into).collect(),
     }
 }
 
@@ -179,6 +181,7 @@ fn connection_log_lines_match_the_connections_made() {
     );
     let ids: HashMap<Ipv4Addr, &str> = MEMBER_IDS.into_iter().collect();
     for l in &lines {
+        assert_eq!(l.client, "10.0.0.1", "{l:?}");
         let (member, bytes, state) = want
             .get(&l.client_port)
             .unwrap_or_else(|| panic!("a line for a connection not made: {l:?}"));
@@ -464,5 +467,107 @@ fn explain_agrees_with_where_the_next_connection_goes() {
         String::from_utf8_lossy(&bad.stderr)
     );
     drop(held);
+    daemon.stop();
+}
+
+/// The connection log of an IPv6 load balancer: the same lines, the client written as
+/// haproxy writes an IPv6 one (`2001:db8::1:41234`), from `lb6` when a connection closes (its
+/// record is written after the subprogram that closed the flow returns) and from the expiry
+/// when one goes idle.
+#[test]
+fn connection_log_of_an_ipv6_load_balancer() {
+    use integration_tests::{CLIENT6, VIP6};
+    let Some(setup) = Setup::new(
+        |t| {
+            t.replace(
+                "vip_address = \"10.0.0.250\"",
+                &format!("vip_address = \"{VIP6}\""),
+            )
+            .replace("vip_prefixlen = 24", "vip_prefixlen = 64")
+            .replace("\"10.0.0.2\"", &format!("\"{}\"", v6_of(M1)))
+            .replace("\"10.0.0.4\"", &format!("\"{}\"", v6_of(M2)))
+            .replace("timeout_client_data = 50000", "timeout_client_data = 2000")
+        },
+        &[M1, M2],
+    ) else {
+        return;
+    };
+    setup.topo.add_ipv6();
+    let _servers: Vec<Server> = setup
+        .topo
+        .members
+        .iter()
+        .map(|m| Server::start(&m.ns.name, v6_of(m.addr), 22))
+        .collect();
+    let syslog = Syslog::bind();
+    daemon_keys(
+        &setup.cfg,
+        &format!("connection_log = \"{} local0\"", syslog.path.display()),
+    );
+    let mut daemon = setup.start(&[]);
+    let (bin, dir) = (&setup.bin, &setup.cfg.state_dir);
+    // Both members up (their neighbours resolved) before the first connection.
+    integration_tests::wait_for("IPv6 members ONLINE", Duration::from_secs(15), || {
+        let s = stats(bin, dir);
+        s[0]["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["operating_status"] == "ONLINE")
+            .then_some(())
+    });
+    let client = setup.topo.client.name.clone();
+    let ids: HashMap<std::net::IpAddr, &str> = MEMBER_IDS
+        .into_iter()
+        .map(|(a, id)| (v6_of(a).into(), id))
+        .collect();
+    let mut want: HashMap<u16, (std::net::IpAddr, u64, &str)> = HashMap::new();
+    for i in 0..3 {
+        let mut c = connect(&client, VIP6, 22).expect("connect");
+        let msg = vec![b'a' + i as u8; 100 * (i + 1)];
+        c.echo(&msg).unwrap();
+        let port = c.stream.local_addr().unwrap().port();
+        let bytes = (c.greeting.len() + msg.len()) as u64;
+        want.insert(port, (c.member_ip(), bytes, "--"));
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut c.stream, &mut rest).unwrap();
+    }
+    {
+        let mut c = connect(&client, VIP6, 22).expect("connect");
+        c.echo(b"reset me\n").unwrap();
+        socket2::SockRef::from(&c.stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        let port = c.stream.local_addr().unwrap().port();
+        want.insert(port, (c.member_ip(), (c.greeting.len() + 9) as u64, "CD"));
+    }
+    integration_tests::wait_for("the reset one closed", Duration::from_secs(10), || {
+        (stats(bin, dir)[0]["listeners"][0]["active_connections"] == 0).then_some(())
+    });
+    let mut idle = connect(&client, VIP6, 22).expect("connect");
+    idle.echo(b"idle\n").unwrap();
+    let port = idle.stream.local_addr().unwrap().port();
+    want.insert(
+        port,
+        (idle.member_ip(), (idle.greeting.len() + 5) as u64, "cD"),
+    );
+    let got = syslog.read(want.len() + 1, Duration::from_secs(8));
+    drop(idle);
+    eprintln!("{}", got.join("\n"));
+    let lines: Vec<Line> = got.iter().map(|d| parse(d)).collect();
+    assert_eq!(lines.len(), want.len(), "one line per connection: {got:#?}");
+    for l in &lines {
+        assert_eq!(l.client, CLIENT6.to_string(), "{l:?}");
+        let (member, bytes, state) = want
+            .get(&l.client_port)
+            .unwrap_or_else(|| panic!("a line for a connection not made: {l:?}"));
+        assert_eq!(l.frontend, LISTENER);
+        assert_eq!(l.server, ids[member], "{l:?}");
+        assert_eq!(l.bytes, *bytes, "bytes from the member: {l:?}");
+        assert_eq!(l.state, *state, "{l:?}");
+        assert_eq!(l.counts, ["1", "1", "1", "1", "0"], "{l:?}");
+    }
+    let s = stats(bin, dir);
+    assert_eq!(s[0]["connection_log_lost"], 0, "{s}");
     daemon.stop();
 }

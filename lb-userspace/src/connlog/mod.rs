@@ -27,7 +27,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use lb_common::{ConnEvent, Flow, CT_ESTABLISHED, MAX_LISTENERS, MAX_MEMBERS};
+use lb_common::{Address, ConnEvent, FlowG, CT_ESTABLISHED, MAX_LISTENERS, MAX_MEMBERS};
 use serde::Serialize;
 
 use self::tcplog::{End, Record};
@@ -182,23 +182,24 @@ impl Logger {
 
     /// A flow the expiry removed at `now_ns` (monotonic), idle past its timeout (and no
     /// longer counted).
-    pub fn expired(&self, f: &Flow, now_ns: u64) {
+    pub fn expired<A: Address>(&self, f: &FlowG<A>, now_ns: u64) {
         let active = |l: &LiveArray, i: u32| l.get(i).active.max(0) as u32;
+        let mut client_be = [0; 4];
+        f.client_be.widen_to(&mut client_be);
         let ev = ConnEvent {
             accepted_ns: f.accepted_ns(),
             ended_ns: now_ns,
             member_bytes: f.member_bytes,
             state: f.state,
-            client_be: f.client_be,
+            client_be,
             member: f.member,
             listener: f.listener,
             connect_ms: f.connect_ms,
             feconn: active(&self.listener_live, f.listener),
             srv_conn: active(&self.member_live, f.member),
-            _pad0: 0,
             client_port_be: f.client_port_be,
             syn_retries: f.syn_retries,
-            _pad: 0,
+            family: A::FAMILY,
         };
         let mut b = Batch::default();
         self.add(&mut b, &ev, End::Expired(f.state));
@@ -250,7 +251,7 @@ impl Logger {
             &mut b.text,
             &mut b.dates,
             &Record {
-                client: std::net::Ipv4Addr::from(u32::from_be(ev.client_be)),
+                client: client_of(ev),
                 client_port: u16::from_be(ev.client_port_be),
                 accepted_unix_ms,
                 frontend,
@@ -344,5 +345,14 @@ impl Drop for Reader {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The client's address of a record, by its family.
+fn client_of(ev: &ConnEvent) -> std::net::IpAddr {
+    if ev.family == 6 {
+        std::net::Ipv6Addr::from(lb_common::ip6_octets(&ev.client_be)).into()
+    } else {
+        std::net::Ipv4Addr::from(u32::from_be(ev.client_be[0])).into()
     }
 }

@@ -12,7 +12,7 @@
 //! server; each including the connection logged, as haproxy's) and retries ("+" when the
 //! connection was redispatched to another member), then the queues (0/0).
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{fmt::Write as _, net::IpAddr};
 
 use lb_common::{
     ConnEvent, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER, CT_RST, CT_RST_MEMBER, CT_SYNACK,
@@ -79,7 +79,8 @@ pub fn loggable(end: End) -> bool {
 /// Everything one line says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record<'a> {
-    pub client: Ipv4Addr,
+    /// IPv6 without brackets, as haproxy's `%ci:%cp` (`2001:db8::1:41234`).
+    pub client: IpAddr,
     pub client_port: u16,
     /// Accept date: seconds and milliseconds since the epoch.
     pub accepted_unix_ms: i64,
@@ -210,7 +211,7 @@ mod tests {
     #[test]
     fn a_line_has_haproxys_fields_in_haproxys_order() {
         let r = Record {
-            client: Ipv4Addr::new(10, 0, 0, 5),
+            client: std::net::Ipv4Addr::new(10, 0, 0, 5).into(),
             client_port: 41234,
             accepted_unix_ms: 1_796_023_862_114,
             frontend: "df25900f",
@@ -241,6 +242,15 @@ mod tests {
             ..r
         };
         assert!(format(&never).contains(" 0/-1/5007 2182 sC 3/2/2/1/0 0/0"));
+        let v6 = Record {
+            client: "2001:db8::1".parse().unwrap(),
+            ..r
+        };
+        assert!(
+            format(&v6).starts_with("2001:db8::1:41234 ["),
+            "{}",
+            format(&v6)
+        );
         // The cached date of a second is the date of that second.
         let mut dates = Dates::default();
         let (mut a, mut b) = (String::new(), String::new());
