@@ -8,20 +8,21 @@
 //! persistence entry. Nothing of the running load balancer changes: no flow, no count, no
 //! rotation step, no stickiness is left behind. Not copied: the conntrack table (the SYN is
 //! a new connection; its SNAT port may differ from what a busy table gives) and the SYN
-//! cookie mode of the moment.
+//! cookie mode of the moment. IPv4 and IPv6 load balancers alike (an IPv6 one's SYN goes
+//! through `lb` into `lb6` as a real one does).
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context as _};
 use aya::maps::{HashMap as BpfHash, MapData};
 use lb_common::{
-    reason, FlowKey, ListenerKey, Sticky, StickyKey, ALG_LEAST_CONNECTIONS, ALG_ROUND_ROBIN,
-    ALG_SOURCE_IP, ALG_SOURCE_IP_PORT, CT_ESTABLISHED, FLOW_DIR_FORWARD, IPPROTO_TCP,
-    MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED, MEMBER_F_ENABLED, MEMBER_F_UP,
-    POOL_F_PERSIST_SOURCE,
+    reason, Address, FlowG, FlowKeyG, ListenerConf, Sticky, StickyKey, ALG_LEAST_CONNECTIONS,
+    ALG_ROUND_ROBIN, ALG_SOURCE_IP, ALG_SOURCE_IP_PORT, CT_ESTABLISHED, FLOW_DIR_FORWARD,
+    IPPROTO_TCP, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED, MEMBER_F_ENABLED,
+    MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
 };
 use serde::Serialize;
 
@@ -101,17 +102,21 @@ fn algorithm_name(a: u32) -> &'static str {
 pub fn explain(
     state_dir: &Path,
     lb: &str,
-    client: SocketAddrV4,
-    vip: SocketAddrV4,
+    client: SocketAddr,
+    vip: SocketAddr,
 ) -> anyhow::Result<Explanation> {
     crate::daemon::gc::collect(state_dir);
-    let Some(state) = State::read(state_dir, lb) else {
+    let Some(mut state) = State::read(state_dir, lb) else {
         bail!(
             "no load balancer {lb} runs here (no state in {})",
             state_dir.display()
         );
     };
-    if *vip.ip() != state.vip_address {
+    for l in &mut state.plan.listeners {
+        (l.key, l.key6) =
+            crate::plan::listener_keys(state.vip_address, l.protocol_port, l.protocol);
+    }
+    if vip.ip() != state.vip_address {
         bail!(
             "{} is not load balancer {lb}'s VIP ({})",
             vip.ip(),
@@ -138,13 +143,15 @@ pub fn explain(
             ports.join(", ")
         );
     };
+    if client.is_ipv4() != vip.is_ipv4() {
+        bail!(
+            "client {client} and VIP {vip} are of different families (a load balancer's \
+             clients share its VIP's)"
+        );
+    }
     let maps = Maps::open(&state.pin_dir)?;
-    let key = ListenerKey::tcp(u32::from(*vip.ip()).to_be(), vip.port().to_be());
     let conf = maps
-        .listeners()
-        .into_iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, c)| c)
+        .listener_conf(listener)
         .with_context(|| format!("listener {} is not in the data path's maps", listener.id))?;
     let member_name = |index: u32| {
         state
@@ -155,44 +162,24 @@ pub fn explain(
             .map_or_else(|| format!("(retired slot {index})"), |m| m.id.clone())
     };
 
-    let fkey = FlowKey {
-        src_be: u32::from(*client.ip()).to_be(),
-        dst_be: u32::from(*vip.ip()).to_be(),
-        sport_be: client.port().to_be(),
-        dport_be: vip.port().to_be(),
-        proto: IPPROTO_TCP,
-        dir: FLOW_DIR_FORWARD,
-        _pad: [0; 2],
-    };
     let now = crate::expiry::monotonic_ns();
-    let existing = maps.flow(&fkey).map(|f| {
-        let (timeout, since, limit) = if f.is_closed() {
-            ("closed linger", f.last_seen_ns, lb_common::CLOSED_LINGER_NS)
-        } else if f.state & CT_ESTABLISHED == 0 {
+    let (existing, client_fold) = match (client.ip(), vip.ip()) {
+        (IpAddr::V4(c), IpAddr::V4(v)) => {
+            let key = forward_key(u32::from(c).to_be(), u32::from(v).to_be(), client, vip);
+            let f = maps.flow(&key);
             (
-                "timeout_member_connect",
-                f.created_ns,
-                conf.timeout_member_connect_ns,
+                f.map(|f| existing(&f, &conf, now, &member_name)),
+                key.src_be,
             )
-        } else {
-            ("timeout_client_data", f.last_seen_ns, conf.timeout_data_ns)
-        };
-        let secs = |ns: u64| ns as f64 / 1e9;
-        ExistingFlow {
-            member: member_name(f.member),
-            member_address: format!(
-                "{}:{}",
-                Ipv4Addr::from(u32::from_be(f.member_be)),
-                u16::from_be(f.member_port_be)
-            ),
-            snat_port: u16::from_be(f.snat_port_be),
-            state: crate::flows::state_name(&f),
-            age_s: secs(now.saturating_sub(f.accepted_ns())),
-            idle_s: secs(now.saturating_sub(f.last_seen_ns)),
-            timeout,
-            timeout_left_s: secs((since + limit).saturating_sub(now)),
         }
-    });
+        (IpAddr::V6(c), IpAddr::V6(v)) => {
+            let (c, v) = (lb_common::ip6(c.octets()), lb_common::ip6(v.octets()));
+            let key = forward_key(c, v, client, vip);
+            let f = maps.flow6(&key);
+            (f.map(|f| existing(&f, &conf, now, &member_name)), c.fold())
+        }
+        _ => unreachable!("families checked"),
+    };
 
     let pool = maps.pool(conf.pool)?;
     let mut candidates = Vec::new();
@@ -225,7 +212,7 @@ pub fn explain(
         };
         candidates.push(Candidate {
             member: m.id.clone(),
-            address: format!("{}:{}", m.address, m.protocol_port),
+            address: SocketAddr::new(m.address, m.protocol_port).to_string(),
             weight: mc.weight,
             status: status.into(),
             backup: mc.flags & MEMBER_F_BACKUP != 0,
@@ -244,8 +231,9 @@ pub fn explain(
         }
     }
 
+    // The data path's persistence key: the client address in 32 bits (`Address::fold`).
     let sticky_key = StickyKey {
-        client_be: u32::from(*client.ip()).to_be(),
+        client_be: client_fold,
         pool: conf.pool,
     };
     let sticky: Option<Sticky> =
@@ -321,8 +309,8 @@ fn simulate(
     live: &Maps,
     sticky_key: &StickyKey,
     sticky: Option<Sticky>,
-    client: SocketAddrV4,
-    vip: SocketAddrV4,
+    client: SocketAddr,
+    vip: SocketAddr,
 ) -> anyhow::Result<Run> {
     let bpffs = state.pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
     // Copies an `lb explain` killed halfway left behind (its process is gone).
@@ -336,12 +324,14 @@ fn simulate(
         }
     }
     let scratch = Scratch(bpffs.join(format!("explain-{}", std::process::id())));
-    let mut dp =
-        Dataplane::load(&scratch.0, 1024).context("loading a scratch copy of the data path")?;
+    let mut dp = Dataplane::load_with(&scratch.0, 1024, false, vip.is_ipv6())
+        .context("loading a scratch copy of the data path")?;
     dp.maps.write_plan(&state.plan, None)?;
     // What the running data path has now, over what the plan says.
-    for (k, c) in live.listeners() {
-        dp.maps.set_listener(k, c)?;
+    for l in &state.plan.listeners {
+        if let Some(c) = live.listener_conf(l) {
+            dp.maps.set_listener_conf(l, c)?;
+        }
     }
     let mut pools = std::collections::BTreeSet::new();
     for m in &state.plan.members {
@@ -382,7 +372,9 @@ fn simulate(
         .position(|&n| n > 0)
         .map_or("?".to_string(), |i| reason::NAMES[i].to_string());
     const XDP_TX: u32 = 3;
-    if action != XDP_TX || out.len() < 38 {
+    // Where the member's address and the ports are in the frame lb sent.
+    let (at, len) = if vip.is_ipv4() { (30, 4) } else { (38, 16) };
+    if action != XDP_TX || out.len() < at + len + 4 {
         return Ok(Run {
             member: None,
             member_address: None,
@@ -390,9 +382,14 @@ fn simulate(
             verdict,
         });
     }
-    let dst = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
-    let sport = u16::from_be_bytes([out[34], out[35]]);
-    let dport = u16::from_be_bytes([out[36], out[37]]);
+    let dst: IpAddr = if vip.is_ipv4() {
+        <[u8; 4]>::try_from(&out[at..at + 4]).unwrap().into()
+    } else {
+        <[u8; 16]>::try_from(&out[at..at + 16]).unwrap().into()
+    };
+    let ports = &out[at + len..];
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
     let member = state
         .plan
         .members
@@ -401,38 +398,101 @@ fn simulate(
         .map(|m| m.index);
     Ok(Run {
         member,
-        member_address: Some(format!("{dst}:{dport}")),
+        member_address: Some(SocketAddr::new(dst, dport).to_string()),
         snat_port: Some(sport),
         verdict,
     })
 }
 
-/// An Ethernet frame with a client's SYN (MSS option), checksums complete.
-fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Vec<u8> {
-    let mut f = Vec::with_capacity(58);
+/// The forward conntrack key of `client` -> `vip` (addresses as the map holds them).
+fn forward_key<A: Address>(
+    client_be: A,
+    vip_be: A,
+    client: SocketAddr,
+    vip: SocketAddr,
+) -> FlowKeyG<A> {
+    FlowKeyG {
+        src_be: client_be,
+        dst_be: vip_be,
+        sport_be: client.port().to_be(),
+        dport_be: vip.port().to_be(),
+        proto: IPPROTO_TCP,
+        dir: FLOW_DIR_FORWARD,
+        _pad: [0; 2],
+    }
+}
+
+/// What `lb explain` says of flow `f`, which exists.
+fn existing<A: crate::flows::Shown>(
+    f: &FlowG<A>,
+    conf: &ListenerConf,
+    now: u64,
+    member_name: &dyn Fn(u32) -> String,
+) -> ExistingFlow
+where
+    FlowKeyG<A>: aya::Pod,
+    FlowG<A>: aya::Pod,
+{
+    let (timeout, since, limit) = if f.is_closed() {
+        ("closed linger", f.last_seen_ns, lb_common::CLOSED_LINGER_NS)
+    } else if f.state & CT_ESTABLISHED == 0 {
+        (
+            "timeout_member_connect",
+            f.created_ns,
+            conf.timeout_member_connect_ns,
+        )
+    } else {
+        ("timeout_client_data", f.last_seen_ns, conf.timeout_data_ns)
+    };
+    let secs = |ns: u64| ns as f64 / 1e9;
+    ExistingFlow {
+        member: member_name(f.member),
+        member_address: f.member_be.with_port(f.member_port_be),
+        snat_port: u16::from_be(f.snat_port_be),
+        state: crate::flows::state_name(f),
+        age_s: secs(now.saturating_sub(f.accepted_ns())),
+        idle_s: secs(now.saturating_sub(f.last_seen_ns)),
+        timeout,
+        timeout_left_s: secs((since + limit).saturating_sub(now)),
+    }
+}
+
+/// An Ethernet frame with a client's SYN (MSS option), checksums complete: IPv4 or IPv6 as
+/// the addresses are.
+fn syn(client: SocketAddr, vip: SocketAddr) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(24);
+    tcp.extend_from_slice(&client.port().to_be_bytes());
+    tcp.extend_from_slice(&vip.port().to_be_bytes());
+    tcp.extend_from_slice(&0x1000_0000u32.to_be_bytes()); // seq
+    tcp.extend_from_slice(&0u32.to_be_bytes()); // ack
+    tcp.extend_from_slice(&[0x60, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // doff 6, SYN, window
+    tcp.extend_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
+    let mut f = Vec::with_capacity(78);
     f.extend_from_slice(&[0xff; 6]); // the port's MAC is not checked when unknown; broadcast otherwise
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let ip_start = f.len();
-    f.extend_from_slice(&[0x45, 0, 0, 44, 0, 1, 0x40, 0, 64, 6, 0, 0]);
-    f.extend_from_slice(&client.ip().octets());
-    f.extend_from_slice(&vip.ip().octets());
-    let tcp_start = f.len();
-    f.extend_from_slice(&client.port().to_be_bytes());
-    f.extend_from_slice(&vip.port().to_be_bytes());
-    f.extend_from_slice(&0x1000_0000u32.to_be_bytes()); // seq
-    f.extend_from_slice(&0u32.to_be_bytes()); // ack
-    f.extend_from_slice(&[0x60, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // doff 6, SYN, window
-    f.extend_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
-    let ip_sum = lb_common::checksum::ipv4_header(&f[ip_start..tcp_start]);
-    f[ip_start + 10..ip_start + 12].copy_from_slice(&ip_sum.to_be_bytes());
-    let tcp_sum = lb_common::checksum::l4_ipv4(
-        client.ip().octets(),
-        vip.ip().octets(),
-        IPPROTO_TCP,
-        &f[tcp_start..],
-    );
-    f[tcp_start + 16..tcp_start + 18].copy_from_slice(&tcp_sum.to_be_bytes());
+    match (client.ip(), vip.ip()) {
+        (IpAddr::V4(c), IpAddr::V4(v)) => {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let ip_start = f.len();
+            f.extend_from_slice(&[0x45, 0, 0, 44, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+            f.extend_from_slice(&c.octets());
+            f.extend_from_slice(&v.octets());
+            let ip_sum = lb_common::checksum::ipv4_header(&f[ip_start..]);
+            f[ip_start + 10..ip_start + 12].copy_from_slice(&ip_sum.to_be_bytes());
+            let sum = lb_common::checksum::l4_ipv4(c.octets(), v.octets(), IPPROTO_TCP, &tcp);
+            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+        }
+        (IpAddr::V6(c), IpAddr::V6(v)) => {
+            f.extend_from_slice(&[0x86, 0xdd]);
+            f.extend_from_slice(&[0x60, 0, 0, 0, 0, tcp.len() as u8, IPPROTO_TCP, 64]);
+            f.extend_from_slice(&c.octets());
+            f.extend_from_slice(&v.octets());
+            let sum = lb_common::checksum::l4_ipv6(c.octets(), v.octets(), IPPROTO_TCP, &tcp);
+            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+        }
+        _ => unreachable!("families checked"),
+    }
+    f.extend_from_slice(&tcp);
     f
 }
 

@@ -76,7 +76,7 @@ pub fn state_name<A: Address>(f: &FlowG<A>) -> &'static str {
 }
 
 /// An address as `lb flows` prints it with a port: `a.b.c.d:port`, `[v6]:port`.
-trait Shown: Address + Pod
+pub(crate) trait Shown: Address + Pod
 where
     FlowKeyG<Self>: Pod,
     FlowG<Self>: Pod,

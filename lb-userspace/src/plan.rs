@@ -244,6 +244,7 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
         if !allowed_cidrs.is_empty() {
             flags |= LISTENER_F_ALLOWED_CIDRS;
         }
+        let (key, key6) = listener_keys(lb.vip_address, l.protocol_port, l.protocol);
         p.listeners.push(PlannedListener {
             id: l.id.clone(),
             index,
@@ -251,22 +252,8 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
             protocol_port: l.protocol_port,
             pool_id: l.default_pool_id.clone(),
             allowed_cidrs,
-            key: match lb.vip_address {
-                IpAddr::V4(v) => ListenerKey::new(
-                    u32::from(v).to_be(),
-                    l.protocol_port.to_be(),
-                    l.protocol.number(),
-                ),
-                IpAddr::V6(_) => ListenerKey::default(),
-            },
-            key6: match lb.vip_address {
-                IpAddr::V6(v) => Some(ListenerKey6::new(
-                    ip6(v.octets()),
-                    l.protocol_port.to_be(),
-                    l.protocol.number(),
-                )),
-                IpAddr::V4(_) => None,
-            },
+            key,
+            key6,
             conf: ListenerConf {
                 index,
                 pool: pool_index,
@@ -380,5 +367,29 @@ mod tests {
                 ..new
             }
         );
+    }
+}
+
+/// A listener's key in the data path's maps: `LISTENERS`'s for an IPv4 VIP, `LISTENERS6`'s
+/// for an IPv6 one (the other then unused). Not in the state files: whoever reads a plan
+/// from one computes them again.
+pub fn listener_keys(
+    vip: IpAddr,
+    port: u16,
+    protocol: crate::config::Protocol,
+) -> (ListenerKey, Option<ListenerKey6>) {
+    match vip {
+        IpAddr::V4(v) => (
+            ListenerKey::new(u32::from(v).to_be(), port.to_be(), protocol.number()),
+            None,
+        ),
+        IpAddr::V6(v) => (
+            ListenerKey::default(),
+            Some(ListenerKey6::new(
+                ip6(v.octets()),
+                port.to_be(),
+                protocol.number(),
+            )),
+        ),
     }
 }

@@ -473,7 +473,8 @@ fn explain_agrees_with_where_the_next_connection_goes() {
 /// The connection log of an IPv6 load balancer: the same lines, the client written as
 /// haproxy writes an IPv6 one (`2001:db8::1:41234`), from `lb6` when a connection closes (its
 /// record is written after the subprogram that closed the flow returns) and from the expiry
-/// when one goes idle.
+/// when one goes idle. And `lb explain` over IPv6: the member each connection then gets, and
+/// an existing connection's entry.
 #[test]
 fn connection_log_of_an_ipv6_load_balancer() {
     use integration_tests::{CLIENT6, VIP6};
@@ -520,9 +521,38 @@ fn connection_log_of_an_ipv6_load_balancer() {
         .into_iter()
         .map(|(a, id)| (v6_of(a).into(), id))
         .collect();
+    let explain6 = |client: &str| -> serde_json::Value {
+        let out = std::process::Command::new(bin)
+            .args([
+                "explain",
+                "--json",
+                "--loadbalancer",
+                &setup.cfg.lb_id,
+                client,
+            ])
+            .arg(format!("[{VIP6}]:22"))
+            .arg("--state-dir")
+            .arg(dir)
+            .output()
+            .expect("lb explain");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("lb explain --json")
+    };
     let mut want: HashMap<u16, (std::net::IpAddr, u64, &str)> = HashMap::new();
     for i in 0..3 {
+        // `lb explain` over IPv6 names the member the connection then gets.
+        let e = explain6(&format!("[{CLIENT6}]:45000"));
+        let n = &e["new_connection"];
+        assert_eq!(n["verdict"], "tx_to_member", "{e}");
+        let predicted = n["member"].as_str().unwrap().to_string();
+        let addr: std::net::SocketAddr = n["member_address"].as_str().unwrap().parse().unwrap();
         let mut c = connect(&client, VIP6, 22).expect("connect");
+        assert_eq!(ids[&c.member_ip()], predicted, "round {i}: {e}");
+        assert_eq!(addr.ip(), c.member_ip());
         let msg = vec![b'a' + i as u8; 100 * (i + 1)];
         c.echo(&msg).unwrap();
         let port = c.stream.local_addr().unwrap().port();
@@ -551,6 +581,9 @@ fn connection_log_of_an_ipv6_load_balancer() {
         port,
         (idle.member_ip(), (idle.greeting.len() + 5) as u64, "cD"),
     );
+    let e = explain6(&format!("[{CLIENT6}]:{port}"));
+    assert_eq!(e["existing"]["state"], "ESTABLISHED", "{e}");
+    assert_eq!(e["existing"]["member"], ids[&idle.member_ip()], "{e}");
     let got = syslog.read(want.len() + 1, Duration::from_secs(8));
     drop(idle);
     eprintln!("{}", got.join("\n"));

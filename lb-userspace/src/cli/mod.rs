@@ -110,10 +110,10 @@ pub struct ExplainArgs {
     /// The load balancer (its id)
     #[arg(long)]
     pub loadbalancer: String,
-    /// The client's address and port, e.g. 10.0.0.1:40000
-    pub client: std::net::SocketAddrV4,
-    /// The VIP and listener port, e.g. 10.0.0.250:22
-    pub vip: std::net::SocketAddrV4,
+    /// The client's address and port, e.g. 10.0.0.1:40000 or [2001:db8::1]:40000
+    pub client: std::net::SocketAddr,
+    /// The VIP and listener port, e.g. 10.0.0.250:22 or [2001:db8::fa]:22
+    pub vip: std::net::SocketAddr,
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
