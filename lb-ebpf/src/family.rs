@@ -23,10 +23,6 @@ pub(crate) trait Family: 'static {
     /// own (IPv6: its frame then does not add to the entry point's, which the flow-opening
     /// chain shares with `pick_member` and `bind_member`).
     const OUTLINE: bool;
-    /// The SNAT search takes back a closed flow's port after a quiet second
-    /// (`nat::reclaim`). Not for IPv6: its callback frame would not fit 6.1's 512 bytes
-    /// along the chain; an IPv6 flow's port comes back after its 10 s linger.
-    const RECLAIM: bool;
     /// The conntrack table of this family's flows.
     fn conntrack() -> &'static HashMap<FlowKeyG<Self::A>, FlowG<Self::A>>;
     fn listeners() -> &'static HashMap<ListenerKeyG<Self::A>, ListenerConf>;
@@ -106,7 +102,6 @@ pub(crate) struct V4;
 impl Family for V4 {
     type A = u32;
     const OUTLINE: bool = false;
-    const RECLAIM: bool = true;
     #[inline(always)]
     fn conntrack() -> &'static HashMap<FlowKeyG<u32>, FlowG<u32>> {
         &CONNTRACK
@@ -206,7 +201,6 @@ fn no_cookie_program() -> Verdict {
 impl Family for V6 {
     type A = Ip6;
     const OUTLINE: bool = true;
-    const RECLAIM: bool = false;
     #[inline(always)]
     fn conntrack() -> &'static HashMap<FlowKeyG<Ip6>, FlowG<Ip6>> {
         &CONNTRACK6

@@ -178,8 +178,7 @@ extern "C" fn snat_step<F: Family>(i: u32, ctx: *mut c_void) -> i64 {
         Err(e) if e == -EEXIST => {
             // Taken: by a flow that may be over. With timestamps on the new flow, the member
             // accepts the port again at once (see `reclaim`).
-            if F::RECLAIM
-                && flow.ts_delta != 0
+            if flow.ts_delta != 0
                 && reclaim::<F>(rkey, fkey)
                 && table.insert(&*rkey, &*flow, BPF_NOEXIST as u64).is_ok()
             {

@@ -508,3 +508,57 @@ fn ipv6_cookie_ack_without_member_is_reset_and_extension_headers_open_flows() {
     // Only the extension-header SYN's flow (forward and reverse).
     assert_eq!(env.dp.maps.flows6().len(), 2);
 }
+
+/// An IPv6 flow's SNAT port comes back a quiet second after the flow closed when the new
+/// SYN carries timestamps (the member's TIME_WAIT accepts it on lb's rising clock), not
+/// after the 10 s linger: with one SNAT port, the next connection to the same member waits
+/// for that second, then gets the port.
+#[test]
+fn ipv6_snat_port_is_reclaimed_after_a_quiet_second() {
+    let Some(mut env) = env() else { return };
+    let mut l = env.plan.listeners[0].clone();
+    (l.conf.snat_min, l.conf.snat_max) = (40000, 40000);
+    env.dp.maps.set_planned_listener(&l).unwrap();
+    // One member up: every flow goes to it, and its tuples collide.
+    let s2 = member_slot(&env, "s2");
+    let mut c = env.dp.maps.member(s2).unwrap();
+    c.flags &= !lb_common::MEMBER_F_UP;
+    env.dp.maps.set_member(s2, c).unwrap();
+    let ts = |val: u32| {
+        let mut o = vec![1, 1, 8, 10];
+        o.extend(val.to_be_bytes());
+        o.extend(0u32.to_be_bytes());
+        o
+    };
+    let syn = |port: u16| {
+        L4v6::tcp(CLIENT6, port, VIP6, 22, TCP_SYN)
+            .macs(CLIENT_MAC, PORT_MAC)
+            .options(&ts(1000))
+    };
+    let out = env.expect(&syn(47000).build(), XDP_TX, reason::TX_TO_MEMBER);
+    let o = L4v6::parse(&out).unwrap();
+    assert_eq!((o.dst, o.sport), (M16, 40000));
+    // Closed both ways.
+    let mut fin = L4v6::tcp(CLIENT6, 47000, VIP6, 22, TCP_FIN | TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    fin.seq = 1001;
+    env.expect(&fin.build(), XDP_TX, reason::TX_TO_MEMBER);
+    let mut finack =
+        L4v6::tcp(M16, 22, VIP6, 40000, TCP_FIN | TCP_ACK).macs(mac_of6(M16), PORT_MAC);
+    finack.ack = 1002;
+    env.expect(&finack.build(), XDP_TX, reason::TX_TO_CLIENT);
+    // At once: the port is still the closed flow's.
+    env.expect(&syn(47001).build(), XDP_DROP, reason::DROP_SNAT_EXHAUSTED);
+    // Without timestamps the member could not tell the new connection from the old one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let bare = L4v6::tcp(CLIENT6, 47002, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
+    env.expect(&bare.build(), XDP_DROP, reason::DROP_SNAT_EXHAUSTED);
+    // A quiet second later, with timestamps: the port is taken back.
+    let out = env.expect(&syn(47003).build(), XDP_TX, reason::TX_TO_MEMBER);
+    let o = L4v6::parse(&out).unwrap();
+    assert_eq!((o.dst, o.sport), (M16, 40000));
+    let flows = env.dp.maps.flows6();
+    assert_eq!(flows.len(), 2, "the old flow's entries are gone: {flows:?}");
+    assert!(flows
+        .iter()
+        .all(|(_, f)| u16::from_be(f.client_port_be) == 47003));
+}
