@@ -274,6 +274,30 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
     Ok(p)
 }
 
+/// A listener's key in the data path's maps: `LISTENERS`'s for an IPv4 VIP, `LISTENERS6`'s
+/// for an IPv6 one (the other then unused). Not in the state files: whoever reads a plan
+/// from one computes them again.
+pub fn listener_keys(
+    vip: IpAddr,
+    port: u16,
+    protocol: crate::config::Protocol,
+) -> (ListenerKey, Option<ListenerKey6>) {
+    match vip {
+        IpAddr::V4(v) => (
+            ListenerKey::new(u32::from(v).to_be(), port.to_be(), protocol.number()),
+            None,
+        ),
+        IpAddr::V6(v) => (
+            ListenerKey::default(),
+            Some(ListenerKey6::new(
+                ip6(v.octets()),
+                port.to_be(),
+                protocol.number(),
+            )),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,29 +391,5 @@ mod tests {
                 ..new
             }
         );
-    }
-}
-
-/// A listener's key in the data path's maps: `LISTENERS`'s for an IPv4 VIP, `LISTENERS6`'s
-/// for an IPv6 one (the other then unused). Not in the state files: whoever reads a plan
-/// from one computes them again.
-pub fn listener_keys(
-    vip: IpAddr,
-    port: u16,
-    protocol: crate::config::Protocol,
-) -> (ListenerKey, Option<ListenerKey6>) {
-    match vip {
-        IpAddr::V4(v) => (
-            ListenerKey::new(u32::from(v).to_be(), port.to_be(), protocol.number()),
-            None,
-        ),
-        IpAddr::V6(v) => (
-            ListenerKey::default(),
-            Some(ListenerKey6::new(
-                ip6(v.octets()),
-                port.to_be(),
-                protocol.number(),
-            )),
-        ),
     }
 }

@@ -592,6 +592,10 @@ fn corpus6(held: &(Ipv6Addr, u16)) -> Vec<Vec<u8>> {
             58,
             &[135, 0, 0, 0, 0, 0, 0, 0],
         ),
+        // The member's SYN-ACK (in cookie mode: the cookie program's step).
+        L4v6::tcp(member, 22, VIP6, snat, TCP_SYN | TCP_ACK)
+            .macs(mac_of6(member), PORT_MAC)
+            .build(),
     ]
 }
 
@@ -602,18 +606,37 @@ fn corpus6(held: &(Ipv6Addr, u16)) -> Vec<Vec<u8>> {
 /// and the verdict counters sum to the frames run.
 #[test]
 fn mutated_ipv6_frames_through_xdp_and_tc() {
-    let Some(mut env) = Env::new6(&integration_tests::fixture::ipv6_config("")) else {
+    fuzz6("", 5);
+}
+
+/// The same with the listener in cookie mode (`half_open_limit = 0`): every SYN, ACK and
+/// member SYN-ACK of the corpus goes through the cookie program too.
+#[test]
+fn mutated_ipv6_frames_in_cookie_mode() {
+    fuzz6("half_open_limit = 0", 10);
+}
+
+/// `frames / share` mutated frames (LB_FUZZ_FRAMES, 1M by default) through each of `lb` and
+/// `lb_tc`, the IPv6 listener configured with `listener_extra`.
+fn fuzz6(listener_extra: &str, share: u64) {
+    let Some(mut env) = Env::new6(&integration_tests::fixture::ipv6_config(listener_extra)) else {
         return;
     };
     let frames: u64 = std::env::var("LB_FUZZ_FRAMES")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000)
-        / 5;
-    // A held flow for data and errors to land on.
+        / share;
+    // A held flow for data and errors to land on (in cookie mode: opened by the cookie ACK).
     let syn = L4v6::tcp(CLIENT6, 47000, VIP6, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
     let (_, out) = env.run(&syn.build());
-    let o = L4v6::parse(&out).expect("the SYN balanced");
+    let mut o = L4v6::parse(&out).expect("the SYN answered");
+    if o.flags == TCP_SYN | TCP_ACK {
+        let mut ack = L4v6::tcp(CLIENT6, 47000, VIP6, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+        (ack.seq, ack.ack) = (1001, o.seq.wrapping_add(1));
+        let (_, out) = env.run(&ack.build());
+        o = L4v6::parse(&out).expect("the cookie ACK balanced");
+    }
     let seeds = corpus6(&(o.dst, o.sport));
     let mut rng = Rng(DEFAULT_SEED | 1);
     for (program, allowed, unchanged) in [
