@@ -381,6 +381,9 @@ fn cookie6_of(env: &mut Env, program: &str, port: u16) -> u32 {
         "MSS only (the cookie's 1440)"
     );
     assert!(o.payload.is_empty());
+    // Exact bytes: the fields above, and the rest as the builder writes them (traffic
+    // class and flow label 0, hop limit 64, lengths, checksum).
+    assert_eq!(out, o.build(), "SYN-ACK bytes");
     o.seq
 }
 
@@ -418,6 +421,7 @@ fn ipv6_syn_cookies_past_the_budget() {
     );
     assert_eq!((o.flags, o.seq, o.ack, o.win), (TCP_SYN, 7000, 0, 502));
     assert_eq!(o.options, vec![2, 4, 0x05, 0xb4], "lb's MSS offer");
+    assert_eq!(out, o.build(), "SYN bytes");
     let m = member_slot(&env, if member == M16 { "s1" } else { "s2" });
     assert_eq!((env.half_open(m), env.active(m)), (1, 0));
     let flows = env.dp.maps.flows6();
@@ -450,6 +454,7 @@ fn ipv6_syn_cookies_past_the_budget() {
     );
     assert_eq!((o.flags, o.seq, o.ack, o.win), (TCP_ACK, 7001, 90_001, 502));
     assert_eq!(o.options, vec![1, 1, 1, 1]);
+    assert_eq!(out, o.build(), "ACK bytes");
     assert_eq!((env.half_open(m), env.active(m)), (0, 1));
 
     // Data both ways, the member's numbers translated to the cookie's.
@@ -500,9 +505,11 @@ fn ipv6_cookie_ack_without_member_is_reset_and_extension_headers_open_flows() {
         (PORT_MAC, CLIENT_MAC, VIP6, CLIENT6, 22, 46101)
     );
     assert_eq!(
-        (o.flags, o.seq, o.ack),
-        (TCP_RST | TCP_ACK, cookie.wrapping_add(1), 7001)
+        (o.flags, o.seq, o.ack, o.win),
+        (TCP_RST | TCP_ACK, cookie.wrapping_add(1), 7001, 0)
     );
+    assert_eq!(o.options, vec![1, 1, 1, 1]);
+    assert_eq!(out, o.build(), "RST bytes");
     let drops = env.dp.maps.listener_drops(0).unwrap();
     assert_eq!(drops[reason::DROP_NO_MEMBER as usize], 1);
     // Only the extension-header SYN's flow (forward and reverse).
