@@ -269,18 +269,18 @@ pub fn collect_all(state_dir: &Path) -> anyhow::Result<Vec<LoadBalancerReport>> 
         State::read_all(state_dir).with_context(|| format!("reading {}", state_dir.display()))?;
     states
         .iter()
-        // A load balancer still coming up for the first time has no maps to read yet.
-        .filter(|s| {
-            s.phase != crate::state::Phase::Starting || s.pin_dir.join("CONNTRACK").exists()
-        })
-        .map(|s| {
-            collect(s).with_context(|| {
+        .filter_map(|s| match collect(s) {
+            Ok(r) => Some(Ok(r)),
+            // A load balancer coming up has its maps pinned one by one as the loader creates
+            // them: until all are there it is not shown.
+            Err(_) if s.phase == crate::state::Phase::Starting => None,
+            Err(e) => Some(Err(e).with_context(|| {
                 format!(
                     "load balancer {} (maps in {})",
                     s.loadbalancer,
                     s.pin_dir.display()
                 )
-            })
+            })),
         })
         .collect()
 }

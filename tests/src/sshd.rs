@@ -107,8 +107,21 @@ impl Drop for Sshd {
 /// `ssh root@addr command` from namespace `ns` with the tests' key: its output, or its
 /// complaint.
 pub fn ssh(ns: &str, keys: &Keys, addr: IpAddr, command: &str) -> Result<String, String> {
+    ssh_with_input(ns, keys, addr, command, &[])
+}
+
+/// `ssh` with `input` on the remote command's standard input (30 s at most): an upload.
+pub fn ssh_with_input(
+    ns: &str,
+    keys: &Keys,
+    addr: IpAddr,
+    command: &str,
+    input: &[u8],
+) -> Result<String, String> {
+    let file = keys.dir.join("stdin");
+    std::fs::write(&file, input).expect("ssh input");
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ssh", "-i"])
+        .args(["netns", "exec", ns, "timeout", "30", "ssh", "-i"])
         .arg(keys.dir.join("client"))
         .args([
             "-o",
@@ -124,6 +137,7 @@ pub fn ssh(ns: &str, keys: &Keys, addr: IpAddr, command: &str) -> Result<String,
         ])
         .arg(format!("root@{addr}"))
         .arg(command)
+        .stdin(std::fs::File::open(&file).expect("ssh input"))
         .output()
         .expect("ssh");
     if out.status.success() {

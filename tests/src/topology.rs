@@ -32,6 +32,28 @@ pub fn v6_of(a: Ipv4Addr) -> std::net::Ipv6Addr {
     std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, a.octets()[3] as u16)
 }
 
+/// The seed's config (as `TestConfig::seed` edits it) with the IPv6 VIP `VIP6`/64.
+pub fn with_ipv6_vip(t: String) -> String {
+    t.replace(
+        "vip_address = \"10.0.0.250\"",
+        &format!("vip_address = \"{}\"", crate::VIP6),
+    )
+    .replace("vip_prefixlen = 24", "vip_prefixlen = 64")
+}
+
+/// `with_ipv6_vip`, and the seed's two members at their IPv6 addresses (`v6_of`).
+pub fn as_ipv6(t: String) -> String {
+    with_ipv6_vip(t)
+        .replace(
+            "\"10.0.0.2\"",
+            &format!("\"{}\"", v6_of([10, 0, 0, 2].into())),
+        )
+        .replace(
+            "\"10.0.0.4\"",
+            &format!("\"{}\"", v6_of([10, 0, 0, 4].into())),
+        )
+}
+
 /// Checksum and segmentation offloads off on a host's interface.
 fn offloads_off(ns: &Netns, dev: &str) {
     ns.exec(&format!("ethtool -K {dev} tx off tso off gso off gro off"));

@@ -284,19 +284,15 @@ fn packet_too_big_reaches_the_client_through_the_ipv6_vip() {
     const FAR: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 5);
     let Some(setup) = Setup::new(
         |t| {
-            t.replace(
-                "vip_address = \"10.0.0.250\"",
-                &format!("vip_address = \"{VIP6}\""),
-            )
-            .replace("vip_prefixlen = 24", "vip_prefixlen = 64")
-            .replace(
-                "bridge = \"br-int\"",
-                &format!("bridge = \"br-int\"\ngateway = \"{CLIENT6}\""),
-            )
-            // The first member drains (weight 0): every session goes to the far one.
-            .replacen("weight = 1", "weight = 0", 1)
-            .replace("\"10.0.0.2\"", &format!("\"{}\"", v6_of(M1)))
-            .replace("\"10.0.0.4\"", &format!("\"{FAR}\""))
+            with_ipv6_vip(t)
+                .replace(
+                    "bridge = \"br-int\"",
+                    &format!("bridge = \"br-int\"\ngateway = \"{CLIENT6}\""),
+                )
+                // The first member drains (weight 0): every session goes to the far one.
+                .replacen("weight = 1", "weight = 0", 1)
+                .replace("\"10.0.0.2\"", &format!("\"{}\"", v6_of(M1)))
+                .replace("\"10.0.0.4\"", &format!("\"{FAR}\""))
         },
         &[M1],
     ) else {
@@ -348,25 +344,17 @@ fn packet_too_big_reaches_the_client_through_the_ipv6_vip() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // 200 kB up through the VIP: full-size segments, too big for the 1280-byte link.
-    let data = keys.dir.join("upload");
-    std::fs::write(&data, vec![b'x'; 200_000]).unwrap();
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ip netns exec {} timeout 30 ssh -i {} -o StrictHostKeyChecking=no \
-             -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
-             root@{VIP6} 'wc -c' < {}",
-            topo.client.name,
-            keys.dir.join("client").display(),
-            data.display()
-        ))
-        .output()
-        .expect("ssh");
+    let got = sshd::ssh_with_input(
+        &topo.client.name,
+        &keys,
+        VIP6.into(),
+        "wc -c",
+        &vec![b'x'; 200_000],
+    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "200000",
-        "the upload through a 1280-byte link: {}",
-        String::from_utf8_lossy(&out.stderr)
+        got.as_deref(),
+        Ok("200000"),
+        "the upload through a 1280-byte link"
     );
     let s = stats(bin, &cfg.state_dir);
     let v = &lb_stats(&s, &VIP6.to_string())["verdicts"];
@@ -392,17 +380,7 @@ fn ssh_through_ipv6_syn_cookies() {
         return;
     }
     let Some(setup) = Setup::new(
-        |t| {
-            let t = t
-                .replace(
-                    "vip_address = \"10.0.0.250\"",
-                    &format!("vip_address = \"{VIP6}\""),
-                )
-                .replace("vip_prefixlen = 24", "vip_prefixlen = 64")
-                .replace("\"10.0.0.2\"", &format!("\"{}\"", v6_of(M1)))
-                .replace("\"10.0.0.4\"", &format!("\"{}\"", v6_of(M2)));
-            integration_tests::with_half_open_limit(&t, 0)
-        },
+        |t| integration_tests::with_half_open_limit(&as_ipv6(t), 0),
         &[M1, M2],
     ) else {
         return;
@@ -434,24 +412,11 @@ fn ssh_through_ipv6_syn_cookies() {
     for m in [v6_of(M1), v6_of(M2)] {
         assert!(seen.contains(&m.into()), "{m} served none of {seen:?}");
     }
-    let data = keys.dir.join("upload");
-    std::fs::write(&data, vec![b'y'; 300_000]).unwrap();
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ip netns exec {client} timeout 30 ssh -i {} -o StrictHostKeyChecking=no \
-             -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
-             root@{VIP6} 'wc -c' < {}",
-            keys.dir.join("client").display(),
-            data.display()
-        ))
-        .output()
-        .expect("ssh");
+    let got = sshd::ssh_with_input(&client, &keys, VIP6.into(), "wc -c", &vec![b'y'; 300_000]);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "300000",
-        "an upload through a cookie connection: {}",
-        String::from_utf8_lossy(&out.stderr)
+        got.as_deref(),
+        Ok("300000"),
+        "an upload through a cookie connection"
     );
     let s = stats(bin, &cfg.state_dir);
     let v6 = lb_stats(&s, &vip6);

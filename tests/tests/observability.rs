@@ -479,16 +479,7 @@ fn explain_agrees_with_where_the_next_connection_goes() {
 fn connection_log_of_an_ipv6_load_balancer() {
     use integration_tests::{CLIENT6, VIP6};
     let Some(setup) = Setup::new(
-        |t| {
-            t.replace(
-                "vip_address = \"10.0.0.250\"",
-                &format!("vip_address = \"{VIP6}\""),
-            )
-            .replace("vip_prefixlen = 24", "vip_prefixlen = 64")
-            .replace("\"10.0.0.2\"", &format!("\"{}\"", v6_of(M1)))
-            .replace("\"10.0.0.4\"", &format!("\"{}\"", v6_of(M2)))
-            .replace("timeout_client_data = 50000", "timeout_client_data = 2000")
-        },
+        |t| as_ipv6(t).replace("timeout_client_data = 50000", "timeout_client_data = 2000"),
         &[M1, M2],
     ) else {
         return;
