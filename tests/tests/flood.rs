@@ -135,8 +135,13 @@ impl Drop for BpfStats {
     }
 }
 
+/// One flood at a time: the IPv4 test's SYN rate is the run count of every program named
+/// `lb_tc`, which the IPv6 load balancer's (entered by every IPv6 frame) would add to.
+static ONE_FLOOD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn spoofed_syn_flood_leaves_real_clients_and_counts_alone() {
+    let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     if Command::new("hping3").arg("--version").output().is_err() {
         eprintln!("SKIPPED: no hping3 (Debian package hping3)");
         return;
@@ -261,6 +266,203 @@ fn spoofed_syn_flood_leaves_real_clients_and_counts_alone() {
         spoofed_flows_late, 0,
         "spoofed sources held flows (SNAT ports)"
     );
+    session.echo(b"after\n").expect("session after the flood");
+    drop(session);
+    daemon.stop();
+}
+
+/// Spoofed IPv6 SYNs from the client namespace (hping3 has no IPv6: frames with random
+/// sources in 2001:db8:ffff::/64, written to an AF_PACKET socket on its eth0) until `stop`;
+/// returns how many were sent.
+fn ipv6_flood(
+    ns: String,
+    macs: ([u8; 6], [u8; 6]),
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use integration_tests::{L4v6, TCP_SYN, VIP6};
+    std::thread::spawn(move || {
+        lb::node::enter(&ns).expect("enter the client's namespace");
+        let ifindex = nix::net::if_::if_nametoindex("eth0").expect("eth0") as i32;
+        // SAFETY: a raw packet socket bound to eth0; frames are whole Ethernet frames.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (libc::ETH_P_IPV6 as u16).to_be() as i32,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_IPV6 as u16).to_be();
+        sll.sll_ifindex = ifindex;
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut sent = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // xorshift: a new source address and port for every SYN.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut a = [0u8; 16];
+            a[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff]);
+            a[8..].copy_from_slice(&x.to_be_bytes());
+            let port = 1024 + (x >> 48) as u16 % 60000;
+            let f = L4v6::tcp(a.into(), port, VIP6, 22, TCP_SYN)
+                .macs(macs.0, macs.1)
+                .build();
+            let n = unsafe { libc::send(fd, f.as_ptr() as *const _, f.len(), 0) };
+            if n == f.len() as isize {
+                sent += 1;
+            }
+        }
+        unsafe { libc::close(fd) };
+        sent
+    })
+}
+
+/// The MAC of `dev` in namespace `ns`, or of its neighbour `addr` (`ip -j`).
+fn mac_of_link(ns: &str, args: &[&str]) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j"])
+        .args(args)
+        .output()
+        .expect("ip");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    let s = v[0]["address"]
+        .as_str()
+        .or_else(|| v[0]["lladdr"].as_str())
+        .unwrap_or_else(|| panic!("no MAC in {v}"));
+    let b: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    b.try_into().unwrap()
+}
+
+/// The same promise for an IPv6 listener: under a spoofed IPv6 SYN flood (random sources, so
+/// every SYN is a new tuple) real clients keep connecting through the IPv6 VIP, an
+/// established session keeps talking, the flood's SYNs are answered with cookies by
+/// `lb6_cookie`, and once the handshakes it made before cookie mode began have expired no
+/// spoofed source holds a flow.
+#[test]
+fn spoofed_ipv6_syn_flood_leaves_real_clients_alone() {
+    let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
+    use integration_tests::{CLIENT6, VIP6};
+    let seconds: u64 = std::env::var("LB_FLOOD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    // LB_FLOOD_HALF_OPEN_LIMIT=-1: the same flood without cookies (for comparison).
+    let limit = std::env::var("LB_FLOOD_HALF_OPEN_LIMIT").ok();
+    let edit = |t: String| match &limit {
+        Some(l) => with_half_open_limit(&as_ipv6(t), l),
+        None => as_ipv6(t),
+    };
+    let Some(setup) = Setup::new(edit, &[M1, M2]) else {
+        return;
+    };
+    setup.topo.add_ipv6();
+    let _servers: Vec<Server> = setup
+        .topo
+        .members
+        .iter()
+        .map(|m| Server::start(&m.ns.name, v6_of(m.addr), 22))
+        .collect();
+    let mut daemon = setup.start(&[]);
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let client = topo.client.name.clone();
+    wait_for("IPv6 members ONLINE", Duration::from_secs(15), || {
+        let s = stats(bin, &cfg.state_dir);
+        s[0]["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["operating_status"] == "ONLINE")
+            .then_some(())
+    });
+    let mut session = connect(&client, VIP6, 22).expect("session before the flood");
+    let macs = (
+        mac_of_link(&client, &["link", "show", "eth0"]),
+        mac_of_link(&client, &["-6", "neigh", "show", &VIP6.to_string()]),
+    );
+    let before = stats(bin, &cfg.state_dir);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = ipv6_flood(client.clone(), macs, stop.clone());
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut failures = Vec::new();
+    let mut max_active = 0i64;
+    let mut spoofed_late = 0usize;
+    let mut last_sample = Instant::now();
+    let pin = cfg.bpffs.join(&cfg.lb_id);
+    let client6 = lb_common::ip6(CLIENT6.octets());
+    while start.elapsed() < Duration::from_secs(seconds) {
+        match connect(&client, VIP6, 22).and_then(|mut c| c.echo(b"real\n")) {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                failures.push(format!("{:?}: {e}", start.elapsed()));
+            }
+        }
+        if last_sample.elapsed() >= Duration::from_millis(500) {
+            last_sample = Instant::now();
+            session
+                .echo(b"still here\n")
+                .unwrap_or_else(|e| panic!("the established session broke: {e}"));
+            let s = stats(bin, &cfg.state_dir);
+            max_active = max_active.max(listener(&s, "active_connections"));
+            if start.elapsed() > Duration::from_secs(7) {
+                let maps = lb::dataplane::Maps::open(&pin).expect("pinned maps");
+                let spoofed = maps
+                    .flows6()
+                    .iter()
+                    .filter(|(k, f)| k.dir == lb_common::FLOW_DIR_FORWARD && f.client_be != client6)
+                    .count();
+                spoofed_late = spoofed_late.max(spoofed);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = start.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().expect("the flood's thread");
+    let after = stats(bin, &cfg.state_dir);
+    let cookies = verdict(&after, "tx_syncookie") - verdict(&before, "tx_syncookie");
+    let success = ok as f64 / (ok + failed).max(1) as f64;
+    println!(
+        "FLOOD6 seconds={took:.1} syn_per_s={:.0} cookies={cookies} real_ok={ok} \
+         real_failed={failed} success={success:.4} max_listener_active={max_active} \
+         spoofed_flows_after_7s={spoofed_late}",
+        sent as f64 / took
+    );
+    assert!(
+        sent as f64 / took >= 3000.0,
+        "the flood reached {:.0} SYN/s, below the 3000/s it must be tested at",
+        sent as f64 / took
+    );
+    assert!(
+        cookies as f64 >= sent as f64 / 2.0,
+        "{cookies} cookies for {sent} spoofed SYNs"
+    );
+    assert!(
+        success >= 0.99,
+        "{ok} of {} real connections succeeded: {failures:?}\n{}",
+        ok + failed,
+        daemon.log_text()
+    );
+    assert!(max_active <= 2, "active_connections reached {max_active}");
+    assert_eq!(spoofed_late, 0, "spoofed IPv6 sources held flows");
     session.echo(b"after\n").expect("session after the flood");
     drop(session);
     daemon.stop();

@@ -94,12 +94,14 @@ enum Cmd {
         args: Vec<String>,
     },
     /// A spoofed SYN flood (hping3, random sources) against the seed's load balancer while a
-    /// real client connects and an established session talks; prints a FLOOD line (`cargo
-    /// xtask test` runs the same for 10 s)
+    /// real client connects and an established session talks, then the same over IPv6 (an
+    /// AF_PACKET sender: hping3 has no IPv6); prints a FLOOD and a FLOOD6 line (`cargo xtask
+    /// test` runs the same for 10 s)
     Flood {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// hping3 interval (u100 = 10k SYN/s) or "flood" (as fast as it can send)
+        /// hping3 interval (u100 = 10k SYN/s) or "flood" (as fast as it can send); the IPv6
+        /// sender always sends as fast as it can
         #[arg(long, default_value = "flood")]
         rate: String,
         /// The listener's half_open_limit (-1: no cookies, to compare)
@@ -373,7 +375,7 @@ fn main() -> Result<()> {
             ensure_bpffs()?;
             let mut c = cargo();
             c.args(["test", "--package", "integration-tests", "--test", "flood"])
-                .args(["--", "spoofed_syn_flood", "--nocapture"])
+                .args(["--", "spoofed", "--nocapture"])
                 .env("LB_BIN", &bin)
                 .env("LB_FLOOD_SECONDS", seconds.to_string())
                 .env("LB_FLOOD_RATE", rate);
