@@ -191,7 +191,7 @@ pub(crate) struct V6;
 /// before anything attaches: not seen in practice). What follows a tail call that returned
 /// reads no packet: from 6.12 on, the verifier invalidates packet pointers across it.
 #[inline(always)]
-fn no_cookie_program() -> Verdict {
+pub(crate) fn no_cookie_program() -> Verdict {
     crate::verdict(
         aya_ebpf::bindings::xdp_action::XDP_DROP,
         lb_common::reason::DROP_BAD_L4,

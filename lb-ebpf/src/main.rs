@@ -309,7 +309,7 @@ fn balance<C: Frame, F: Family>(ctx: &C, pkt: &Packet<F::A>) -> Verdict {
                     == parse::TCP_SYN | parse::TCP_ACK
             {
                 tail_call_v6(ctx, v6slot::COOKIE);
-                return verdict(xdp_action::XDP_DROP, reason::DROP_BAD_L4);
+                return family::no_cookie_program();
             }
         }
         // The lookup's result goes to the subprogram as it is, null or not: LLVM merges the

@@ -84,19 +84,7 @@ struct Table<A: Address> {
     values: Vec<FlowG<A>>,
 }
 
-/// A family whose table the expiry walks (its keys and values read and written whole).
-trait Walked: Address + Pod
-where
-    FlowKeyG<Self>: Pod,
-    FlowG<Self>: Pod,
-    ListenerKeyG<Self>: Pod,
-{
-}
-
-impl Walked for u32 {}
-impl Walked for Ip6 {}
-
-impl<A: Walked> Table<A>
+impl<A: Address + Pod> Table<A>
 where
     FlowKeyG<A>: Pod,
     FlowG<A>: Pod,

@@ -106,16 +106,12 @@ pub fn explain(
     vip: SocketAddr,
 ) -> anyhow::Result<Explanation> {
     crate::daemon::gc::collect(state_dir);
-    let Some(mut state) = State::read(state_dir, lb) else {
+    let Some(state) = State::read(state_dir, lb) else {
         bail!(
             "no load balancer {lb} runs here (no state in {})",
             state_dir.display()
         );
     };
-    for l in &mut state.plan.listeners {
-        (l.key, l.key6) =
-            crate::plan::listener_keys(state.vip_address, l.protocol_port, l.protocol);
-    }
     if vip.ip() != state.vip_address {
         bail!(
             "{} is not load balancer {lb}'s VIP ({})",

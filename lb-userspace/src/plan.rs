@@ -275,8 +275,8 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
 }
 
 /// A listener's key in the data path's maps: `LISTENERS`'s for an IPv4 VIP, `LISTENERS6`'s
-/// for an IPv6 one (the other then unused). Not in the state files: whoever reads a plan
-/// from one computes them again.
+/// for an IPv6 one (the other then unused). Not in the state files: `State::read` computes
+/// them again.
 pub fn listener_keys(
     vip: IpAddr,
     port: u16,

@@ -64,7 +64,18 @@ impl State {
 
     pub fn read(state_dir: &Path, lb: &str) -> Option<State> {
         let text = std::fs::read(Self::path(state_dir, lb)).ok()?;
-        serde_json::from_slice(&text).ok()
+        Self::parse(&text).ok()
+    }
+
+    /// A state file's text. The plan's listener keys are not in the file (they follow from
+    /// the VIP): they are computed again here, so a reader can look its listeners up.
+    fn parse(text: &[u8]) -> serde_json::Result<State> {
+        let mut s: State = serde_json::from_slice(text)?;
+        for l in &mut s.plan.listeners {
+            (l.key, l.key6) =
+                crate::plan::listener_keys(s.vip_address, l.protocol_port, l.protocol);
+        }
+        Ok(s)
     }
 
     pub fn remove(state_dir: &Path, lb: &str) {
@@ -102,7 +113,7 @@ impl State {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "json") {
                 let text = std::fs::read(&path)?;
-                match serde_json::from_slice::<State>(&text) {
+                match Self::parse(&text) {
                     Ok(s) => out.push(s),
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file")

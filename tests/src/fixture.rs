@@ -329,6 +329,20 @@ protocol_port = 53
     )
 }
 
+/// A neighbour solicitation (ICMPv6 135, its body left zero) from the client to the VIP: not
+/// lb's to balance, the kernel's.
+pub fn neighbour_solicitation6() -> Vec<u8> {
+    crate::ipv6_frame(
+        CLIENT_MAC,
+        PORT_MAC,
+        crate::CLIENT6,
+        crate::VIP6,
+        &[],
+        58,
+        &[135, 0, 0, 0, 0, 0, 0, 0],
+    )
+}
+
 /// The MAC of the IPv6 neighbour at `addr`: 02:00:00:00:06:<last byte>.
 pub fn mac_of6(addr: Ipv6Addr) -> [u8; 6] {
     [0x02, 0, 0, 0, 6, addr.octets()[15]]

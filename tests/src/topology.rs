@@ -555,6 +555,30 @@ impl Setup {
         })
     }
 
+    /// IPv6 on the client and the members (`SeedTopology::add_ipv6`), and a greeting
+    /// server on each member's IPv6 address, port 22 (the config of `as_ipv6`).
+    pub fn serve_ipv6(&self) -> Vec<Server> {
+        self.topo.add_ipv6();
+        self.topo
+            .members
+            .iter()
+            .map(|m| Server::start(&m.ns.name, v6_of(m.addr), 22))
+            .collect()
+    }
+
+    /// Waits (15 s at most) until every member of the (one) load balancer is ONLINE: its
+    /// monitor reached it, so its neighbour entry is resolved.
+    pub fn wait_online(&self) {
+        crate::wait_for("members ONLINE", Duration::from_secs(15), || {
+            let s = stats(&self.bin, &self.cfg.state_dir);
+            s[0]["members"]
+                .as_array()?
+                .iter()
+                .all(|m| m["operating_status"] == "ONLINE")
+                .then_some(())
+        });
+    }
+
     /// `lb run` in the node namespace with `args`, up and attached.
     pub fn start(&self, args: &[&str]) -> Daemon {
         let mut d = Daemon::start(&self.bin, &self.topo.node.name, &self.cfg.path, args);

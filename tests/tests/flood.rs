@@ -146,20 +146,10 @@ fn spoofed_syn_flood_leaves_real_clients_and_counts_alone() {
         eprintln!("SKIPPED: no hping3 (Debian package hping3)");
         return;
     }
-    let seconds: u64 = std::env::var("LB_FLOOD_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    // LB_FLOOD_HALF_OPEN_LIMIT=-1 runs the same flood without cookies (for comparison).
-    let limit = std::env::var("LB_FLOOD_HALF_OPEN_LIMIT").ok();
-    let edit = |t: String| match &limit {
-        Some(l) => with_half_open_limit(&t, l),
-        None => t,
-    };
     // LB_FLOOD_RATE: hping3's interval option (e.g. u100 for 10k/s); default "flood"
     // (hping3 --flood: as fast as the client namespace can send).
     let interval = std::env::var("LB_FLOOD_RATE").unwrap_or_else(|_| "flood".into());
-    let Some(setup) = Setup::new(edit, &[M1, M2]) else {
+    let Some(setup) = Setup::new(knob_half_open_limit(|t| t), &[M1, M2]) else {
         return;
     };
     let mut daemon = setup.start(&[]);
@@ -186,20 +176,93 @@ fn spoofed_syn_flood_leaves_real_clients_and_counts_alone() {
             .spawn()
             .expect("hping3"),
     );
-    let start = Instant::now();
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let mut failures = Vec::new();
-    let mut session_echoes = 0u64;
-    let mut max_active = 0i64;
-    let mut spoofed_flows_late = 0usize;
-    let mut last_sample = Instant::now();
+    let client_be = u32::from(CLIENT).to_be();
+    let real = real_clients_under_flood(&setup, VIP.into(), &mut session, |maps| {
+        maps.flows()
+            .iter()
+            .filter(|(k, f)| k.dir == lb_common::FLOW_DIR_FORWARD && f.client_be != client_be)
+            .count()
+    });
+    let prog_after = prog_stats("lb_tc");
+    drop(flood);
+    let after = stats(bin, &cfg.state_dir);
+    let took = real.took;
+    let cookies = verdict(&after, "tx_syncookie") - verdict(&before, "tx_syncookie");
+    // Packets lb's program ran on, nearly all of them the flood's SYNs.
+    let syn_rate = (prog_after.1 - prog_before.1) as f64 / took;
+    let (ns, runs) = (prog_after.0 - prog_before.0, prog_after.1 - prog_before.1);
+    let ns_per_packet = ns as f64 / runs.max(1) as f64;
+    println!(
+        "FLOOD seconds={took:.1} syn_per_s={syn_rate:.0} cookies={cookies} {} \
+         lb_tc_runs={runs} lb_tc_ns_per_packet={ns_per_packet:.0} lb_tc_cpu_share={:.3}",
+        real.summary(),
+        ns as f64 / 1e9 / took,
+    );
+    assert!(
+        syn_rate >= 3000.0,
+        "the flood reached {syn_rate:.0} SYN/s, below the 3000/s it must be tested at"
+    );
+    real.assert_unharmed(&daemon);
+    session.echo(b"after\n").expect("session after the flood");
+    drop(session);
+    daemon.stop();
+}
+
+/// `LB_FLOOD_HALF_OPEN_LIMIT` (-1: the same flood without cookies, to compare) over the
+/// test's own config edit `edit`.
+fn knob_half_open_limit(edit: fn(String) -> String) -> impl Fn(String) -> String {
+    let limit = std::env::var("LB_FLOOD_HALF_OPEN_LIMIT").ok();
+    move |t: String| match &limit {
+        Some(l) => with_half_open_limit(&edit(t), l),
+        None => edit(t),
+    }
+}
+
+/// What the real clients saw while a flood ran.
+struct RealClients {
+    took: f64,
+    ok: u64,
+    failed: u64,
+    failures: Vec<String>,
+    session_echoes: u64,
+    max_active: i64,
+    spoofed_late: usize,
+}
+
+/// For `LB_FLOOD_SECONDS` (10 by default): real connections to `vip`:22 one after another,
+/// each echoing; every 500 ms the established `session` echoes, the listener's active count
+/// is sampled, and after 7 s the forward flows of spoofed sources are counted (`spoofed`):
+/// the handshakes the flood made before cookie mode began end with their connect timeout
+/// (5 s); past it, no spoofed source may hold a flow or a SNAT port.
+fn real_clients_under_flood(
+    setup: &Setup,
+    vip: std::net::IpAddr,
+    session: &mut Conn,
+    spoofed: impl Fn(&lb::dataplane::Maps) -> usize,
+) -> RealClients {
+    let seconds: u64 = std::env::var("LB_FLOOD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let Setup { cfg, topo, bin, .. } = setup;
     let pin = cfg.bpffs.join(&cfg.lb_id);
+    let start = Instant::now();
+    let mut r = RealClients {
+        took: 0.0,
+        ok: 0,
+        failed: 0,
+        failures: Vec::new(),
+        session_echoes: 0,
+        max_active: 0,
+        spoofed_late: 0,
+    };
+    let mut last_sample = Instant::now();
     while start.elapsed() < Duration::from_secs(seconds) {
-        match connect(&client, VIP, 22).and_then(|mut c| c.echo(b"real\n")) {
-            Ok(()) => ok += 1,
+        match connect(&topo.client.name, vip, 22).and_then(|mut c| c.echo(b"real\n")) {
+            Ok(()) => r.ok += 1,
             Err(e) => {
-                failed += 1;
-                failures.push(format!("{:?}: {e}", start.elapsed()));
+                r.failed += 1;
+                r.failures.push(format!("{:?}: {e}", start.elapsed()));
             }
         }
         if last_sample.elapsed() >= Duration::from_millis(500) {
@@ -207,68 +270,60 @@ fn spoofed_syn_flood_leaves_real_clients_and_counts_alone() {
             session
                 .echo(b"still here\n")
                 .unwrap_or_else(|e| panic!("the established session broke: {e}"));
-            session_echoes += 1;
+            r.session_echoes += 1;
             let s = stats(bin, &cfg.state_dir);
-            max_active = max_active.max(listener(&s, "active_connections"));
-            // Handshakes the flood made before cookie mode began end with their connect
-            // timeout (5 s); past it, no spoofed source may hold a flow or a SNAT port.
+            r.max_active = r.max_active.max(listener(&s, "active_connections"));
             if start.elapsed() > Duration::from_secs(7) {
                 let maps = lb::dataplane::Maps::open(&pin).expect("pinned maps");
-                let spoofed = maps
-                    .flows()
-                    .iter()
-                    .filter(|(k, f)| {
-                        k.dir == lb_common::FLOW_DIR_FORWARD
-                            && f.client_be != u32::from(CLIENT).to_be()
-                    })
-                    .count();
-                spoofed_flows_late = spoofed_flows_late.max(spoofed);
+                r.spoofed_late = r.spoofed_late.max(spoofed(&maps));
             }
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let took = start.elapsed().as_secs_f64();
-    let prog_after = prog_stats("lb_tc");
-    drop(flood);
-    let after = stats(bin, &cfg.state_dir);
-    let d = |name: &str| verdict(&after, name) - verdict(&before, name);
-    let cookies = d("tx_syncookie");
-    // Packets lb's program ran on, nearly all of them the flood's SYNs.
-    let syn_rate = (prog_after.1 - prog_before.1) as f64 / took;
-    let (ns, runs) = (prog_after.0 - prog_before.0, prog_after.1 - prog_before.1);
-    let ns_per_packet = ns as f64 / runs.max(1) as f64;
-    let success = ok as f64 / (ok + failed).max(1) as f64;
-    println!(
-        "FLOOD seconds={took:.1} syn_per_s={syn_rate:.0} cookies={cookies} \
-         real_ok={ok} real_failed={failed} success={:.4} session_echoes={session_echoes} \
-         max_listener_active={max_active} spoofed_flows_after_7s={spoofed_flows_late} \
-         lb_tc_runs={runs} lb_tc_ns_per_packet={ns_per_packet:.0} \
-         lb_tc_cpu_share={:.3}",
-        success,
-        ns as f64 / 1e9 / took,
-    );
-    assert!(
-        syn_rate >= 3000.0,
-        "the flood reached {syn_rate:.0} SYN/s, below the 3000/s it must be tested at"
-    );
-    assert!(
-        success >= 0.99,
-        "{ok} of {} real connections succeeded: {failures:?}\n{}",
-        ok + failed,
-        daemon.log_text()
-    );
-    // The session and at most one real connection in flight.
-    assert!(
-        max_active <= 2,
-        "active_connections reached {max_active} under the flood"
-    );
-    assert_eq!(
-        spoofed_flows_late, 0,
-        "spoofed sources held flows (SNAT ports)"
-    );
-    session.echo(b"after\n").expect("session after the flood");
-    drop(session);
-    daemon.stop();
+    r.took = start.elapsed().as_secs_f64();
+    r
+}
+
+impl RealClients {
+    fn success(&self) -> f64 {
+        self.ok as f64 / (self.ok + self.failed).max(1) as f64
+    }
+
+    /// The FLOOD line's fields about the real clients.
+    fn summary(&self) -> String {
+        format!(
+            "real_ok={} real_failed={} success={:.4} session_echoes={} \
+             max_listener_active={} spoofed_flows_after_7s={}",
+            self.ok,
+            self.failed,
+            self.success(),
+            self.session_echoes,
+            self.max_active,
+            self.spoofed_late
+        )
+    }
+
+    /// 99% of the real connections succeeded, at most the session and one real connection
+    /// were open at once, and no spoofed source held a flow late.
+    fn assert_unharmed(&self, daemon: &Daemon) {
+        assert!(
+            self.success() >= 0.99,
+            "{} of {} real connections succeeded: {:?}\n{}",
+            self.ok,
+            self.ok + self.failed,
+            self.failures,
+            daemon.log_text()
+        );
+        assert!(
+            self.max_active <= 2,
+            "active_connections reached {} under the flood",
+            self.max_active
+        );
+        assert_eq!(
+            self.spoofed_late, 0,
+            "spoofed sources held flows (SNAT ports)"
+        );
+    }
 }
 
 /// Spoofed IPv6 SYNs from the client namespace (hping3 has no IPv6: frames with random
@@ -360,37 +415,14 @@ fn mac_of_link(ns: &str, args: &[&str]) -> [u8; 6] {
 fn spoofed_ipv6_syn_flood_leaves_real_clients_alone() {
     let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     use integration_tests::{CLIENT6, VIP6};
-    let seconds: u64 = std::env::var("LB_FLOOD_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    // LB_FLOOD_HALF_OPEN_LIMIT=-1: the same flood without cookies (for comparison).
-    let limit = std::env::var("LB_FLOOD_HALF_OPEN_LIMIT").ok();
-    let edit = |t: String| match &limit {
-        Some(l) => with_half_open_limit(&as_ipv6(t), l),
-        None => as_ipv6(t),
-    };
-    let Some(setup) = Setup::new(edit, &[M1, M2]) else {
+    let Some(setup) = Setup::new(knob_half_open_limit(as_ipv6), &[M1, M2]) else {
         return;
     };
-    setup.topo.add_ipv6();
-    let _servers: Vec<Server> = setup
-        .topo
-        .members
-        .iter()
-        .map(|m| Server::start(&m.ns.name, v6_of(m.addr), 22))
-        .collect();
+    let _servers = setup.serve_ipv6();
     let mut daemon = setup.start(&[]);
+    setup.wait_online();
     let Setup { cfg, topo, bin, .. } = &setup;
     let client = topo.client.name.clone();
-    wait_for("IPv6 members ONLINE", Duration::from_secs(15), || {
-        let s = stats(bin, &cfg.state_dir);
-        s[0]["members"]
-            .as_array()?
-            .iter()
-            .all(|m| m["operating_status"] == "ONLINE")
-            .then_some(())
-    });
     let mut session = connect(&client, VIP6, 22).expect("session before the flood");
     let macs = (
         mac_of_link(&client, &["link", "show", "eth0"]),
@@ -399,70 +431,32 @@ fn spoofed_ipv6_syn_flood_leaves_real_clients_alone() {
     let before = stats(bin, &cfg.state_dir);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = ipv6_flood(client.clone(), macs, stop.clone());
-    let start = Instant::now();
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let mut failures = Vec::new();
-    let mut max_active = 0i64;
-    let mut spoofed_late = 0usize;
-    let mut last_sample = Instant::now();
-    let pin = cfg.bpffs.join(&cfg.lb_id);
     let client6 = lb_common::ip6(CLIENT6.octets());
-    while start.elapsed() < Duration::from_secs(seconds) {
-        match connect(&client, VIP6, 22).and_then(|mut c| c.echo(b"real\n")) {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                failed += 1;
-                failures.push(format!("{:?}: {e}", start.elapsed()));
-            }
-        }
-        if last_sample.elapsed() >= Duration::from_millis(500) {
-            last_sample = Instant::now();
-            session
-                .echo(b"still here\n")
-                .unwrap_or_else(|e| panic!("the established session broke: {e}"));
-            let s = stats(bin, &cfg.state_dir);
-            max_active = max_active.max(listener(&s, "active_connections"));
-            if start.elapsed() > Duration::from_secs(7) {
-                let maps = lb::dataplane::Maps::open(&pin).expect("pinned maps");
-                let spoofed = maps
-                    .flows6()
-                    .iter()
-                    .filter(|(k, f)| k.dir == lb_common::FLOW_DIR_FORWARD && f.client_be != client6)
-                    .count();
-                spoofed_late = spoofed_late.max(spoofed);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let took = start.elapsed().as_secs_f64();
+    let real = real_clients_under_flood(&setup, VIP6.into(), &mut session, |maps| {
+        maps.flows6()
+            .iter()
+            .filter(|(k, f)| k.dir == lb_common::FLOW_DIR_FORWARD && f.client_be != client6)
+            .count()
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flood.join().expect("the flood's thread");
     let after = stats(bin, &cfg.state_dir);
     let cookies = verdict(&after, "tx_syncookie") - verdict(&before, "tx_syncookie");
-    let success = ok as f64 / (ok + failed).max(1) as f64;
+    let rate = sent as f64 / real.took;
     println!(
-        "FLOOD6 seconds={took:.1} syn_per_s={:.0} cookies={cookies} real_ok={ok} \
-         real_failed={failed} success={success:.4} max_listener_active={max_active} \
-         spoofed_flows_after_7s={spoofed_late}",
-        sent as f64 / took
+        "FLOOD6 seconds={:.1} syn_per_s={rate:.0} cookies={cookies} {}",
+        real.took,
+        real.summary()
     );
     assert!(
-        sent as f64 / took >= 3000.0,
-        "the flood reached {:.0} SYN/s, below the 3000/s it must be tested at",
-        sent as f64 / took
+        rate >= 3000.0,
+        "the flood reached {rate:.0} SYN/s, below the 3000/s it must be tested at"
     );
     assert!(
         cookies as f64 >= sent as f64 / 2.0,
         "{cookies} cookies for {sent} spoofed SYNs"
     );
-    assert!(
-        success >= 0.99,
-        "{ok} of {} real connections succeeded: {failures:?}\n{}",
-        ok + failed,
-        daemon.log_text()
-    );
-    assert!(max_active <= 2, "active_connections reached {max_active}");
-    assert_eq!(spoofed_late, 0, "spoofed IPv6 sources held flows");
+    real.assert_unharmed(&daemon);
     session.echo(b"after\n").expect("session after the flood");
     drop(session);
     daemon.stop();

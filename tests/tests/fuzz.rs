@@ -583,15 +583,7 @@ fn corpus6(held: &(Ipv6Addr, u16)) -> Vec<Vec<u8>> {
             1280u32.to_be_bytes(),
             &to_member[14..],
         ),
-        ipv6_frame(
-            CLIENT_MAC,
-            PORT_MAC,
-            CLIENT6,
-            VIP6,
-            &[],
-            58,
-            &[135, 0, 0, 0, 0, 0, 0, 0],
-        ),
+        neighbour_solicitation6(),
         // The member's SYN-ACK (in cookie mode: the cookie program's step).
         L4v6::tcp(member, 22, VIP6, snat, TCP_SYN | TCP_ACK)
             .macs(mac_of6(member), PORT_MAC)

@@ -394,14 +394,10 @@ fn ssh_through_ipv6_syn_cookies() {
         .map(|m| Sshd::start(&m.ns.name, v6_of(m.addr).into(), &keys))
         .collect();
     let mut daemon = setup.start(&[]);
-    let (m1, m2) = (v6_of(M1).to_string(), v6_of(M2).to_string());
-    let vip6 = VIP6.to_string();
     // Both members ONLINE: their neighbours are resolved (a cookie ACK before that would
     // get a RST, which is for the fixtures to check).
-    wait_for("IPv6 members ONLINE", Duration::from_secs(15), || {
-        let s = stats(bin, &cfg.state_dir);
-        (status(&s, &vip6, &m1) == "ONLINE" && status(&s, &vip6, &m2) == "ONLINE").then_some(())
-    });
+    setup.wait_online();
+    let vip6 = VIP6.to_string();
     let client = topo.client.name.clone();
     let mut seen = Vec::new();
     for _ in 0..4 {

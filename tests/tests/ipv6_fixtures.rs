@@ -167,15 +167,7 @@ fn ipv6_extension_headers_are_walked_and_kept() {
 fn ipv6_that_is_not_balanced_or_malformed_gets_its_verdict() {
     let Some(mut env) = env() else { return };
     // Neighbour solicitation for the VIP: ICMPv6, the kernel's.
-    let ns = ipv6_frame(
-        CLIENT_MAC,
-        PORT_MAC,
-        CLIENT6,
-        VIP6,
-        &[],
-        58,
-        &[135, 0, 0, 0, 0, 0, 0, 0],
-    );
+    let ns = neighbour_solicitation6();
     env.expect(&ns, XDP_PASS, reason::PASS_NOT_BALANCED);
     // TCP to a port without a listener; UDP to the TCP listener's port.
     let other = L4v6::tcp(CLIENT6, 40000, VIP6, 2222, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);

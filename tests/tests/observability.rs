@@ -484,29 +484,15 @@ fn connection_log_of_an_ipv6_load_balancer() {
     ) else {
         return;
     };
-    setup.topo.add_ipv6();
-    let _servers: Vec<Server> = setup
-        .topo
-        .members
-        .iter()
-        .map(|m| Server::start(&m.ns.name, v6_of(m.addr), 22))
-        .collect();
+    let _servers = setup.serve_ipv6();
     let syslog = Syslog::bind();
     daemon_keys(
         &setup.cfg,
         &format!("connection_log = \"{} local0\"", syslog.path.display()),
     );
     let mut daemon = setup.start(&[]);
+    setup.wait_online();
     let (bin, dir) = (&setup.bin, &setup.cfg.state_dir);
-    // Both members up (their neighbours resolved) before the first connection.
-    integration_tests::wait_for("IPv6 members ONLINE", Duration::from_secs(15), || {
-        let s = stats(bin, dir);
-        s[0]["members"]
-            .as_array()?
-            .iter()
-            .all(|m| m["operating_status"] == "ONLINE")
-            .then_some(())
-    });
     let client = setup.topo.client.name.clone();
     let ids: HashMap<std::net::IpAddr, &str> = MEMBER_IDS
         .into_iter()
