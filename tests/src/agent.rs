@@ -38,11 +38,15 @@ pub struct Agent {
     outer: String,
     node_ns: String,
     plugged: bool,
+    /// `state_dir` and `bpffs` are the node's, shared with other load balancers: left in
+    /// place on drop (only this load balancer's remains go).
+    node_dirs: bool,
 }
 
 impl Agent {
-    /// A load balancer with a fresh id, lb linked as `haproxy`, and lb's state in private
-    /// directories unless `defaults`.
+    /// A load balancer with a fresh id, `lb_bin` linked as `haproxy` (lb; or the real
+    /// haproxy, `/usr/sbin/haproxy`, to drive it with the same commands), and lb's state in
+    /// private directories unless `defaults`.
     pub fn new(topo: &SeedTopology, lb_bin: &Path, defaults: bool) -> Agent {
         let tag = unique("");
         let n: u32 = tag
@@ -66,7 +70,19 @@ impl Agent {
             outer: format!("ag{:08x}", n),
             node_ns: topo.node.name.clone(),
             plugged: false,
+            node_dirs: false,
         }
+    }
+
+    /// One of several load balancers on a node, as the agent runs them: `bin` linked as
+    /// `haproxy`, lb's state and pins in the node's `state_dir` and `bpffs` root (shared by
+    /// every load balancer there, so node-wide pins are shared too; the caller removes them).
+    pub fn on_node(topo: &SeedTopology, bin: &Path, state_dir: &Path, bpffs: &Path) -> Agent {
+        let mut a = Agent::new(topo, bin, true);
+        a.state_dir = Some(state_dir.to_path_buf());
+        a.bpffs = Some(bpffs.to_path_buf());
+        a.node_dirs = true;
+        a
     }
 
     pub fn conf(&self) -> PathBuf {
@@ -105,6 +121,13 @@ impl Agent {
 
     /// `ip netns exec qlbaas-<id> haproxy <args>`, with `haproxy` found through PATH.
     pub fn haproxy(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.haproxy_command(args, env)
+            .output()
+            .expect("ip netns exec haproxy")
+    }
+
+    /// The command `haproxy` runs, not yet run (to time it, or take its rusage).
+    pub fn haproxy_command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let path = format!(
             "{}:{}",
             self.bin_dir.display(),
@@ -124,7 +147,7 @@ impl Agent {
         for (k, v) in env {
             c.env(k, v);
         }
-        c.output().expect("ip netns exec haproxy")
+        c
     }
 
     /// The driver's `_spawn`: writes the config and runs haproxy; `-sf <pids>` when the
@@ -135,6 +158,14 @@ impl Agent {
 
     /// `spawn` with more environment for the process (what an operator sets in the agent's).
     pub fn spawn_with(&self, conf: &str, env: &[(&str, &str)]) -> Output {
+        self.spawn_command(conf, env)
+            .output()
+            .expect("ip netns exec haproxy")
+    }
+
+    /// `spawn_with`'s command, not yet run: the config is written, and `-sf <pids>` added
+    /// when the load balancer exists.
+    pub fn spawn_command(&self, conf: &str, env: &[(&str, &str)]) -> Command {
         std::fs::write(self.conf(), conf).unwrap();
         let conf = self.conf().display().to_string();
         let pid = self.pidfile().display().to_string();
@@ -144,7 +175,7 @@ impl Agent {
             args.extend(self.pids().iter().map(|p| p.to_string()));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.haproxy(&args, env)
+        self.haproxy_command(&args, env)
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -303,7 +334,7 @@ impl Drop for Agent {
             let _ = std::fs::remove_dir_all(&p);
             let _ = std::fs::remove_file(&p);
         }
-        if let Some(d) = &self.bpffs {
+        if let Some(d) = self.bpffs.as_ref().filter(|_| !self.node_dirs) {
             let _ = std::fs::remove_dir_all(d);
         }
         if let Some(base) = self.bin_dir.parent() {

@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: lb side by side with a direct path, the seed's HAProxy and nftables full
 //! NAT, in one run on one topology, plus BPF_PROG_TEST_RUN ns/packet against a trivial program
-//! over conntrack sizes and pool sizes. Prints a table and writes BENCHMARKS.md and a plot.
+//! over conntrack sizes and pool sizes, and the control plane (deploy, update, reload, takeover,
+//! teardown, many load balancers on a node, memory) beside the real haproxy. Prints a table and
+//! writes BENCHMARKS.md and a plot.
 //!
 //! Every figure is a median over `--runs` repetitions with its spread, and every comparison is
 //! a ratio to a baseline measured in the same run. Nothing here asserts a target: machines are
@@ -11,6 +13,8 @@
 //! new-connection run: SYN retransmissions, PAWS and TIME_WAIT refusals), `LB_BENCH_NO_TS=1`
 //! (TCP timestamps off on the client).
 
+mod control;
+mod kmem;
 mod micro;
 mod report;
 mod traffic;
@@ -51,6 +55,19 @@ struct Args {
     /// Skip the ns/packet grid
     #[arg(long)]
     no_grid: bool,
+    /// Skip the control plane (deploy, -sf, reload, takeover, teardown, many load balancers)
+    #[arg(long, conflicts_with = "only_control")]
+    no_control: bool,
+    /// Measure the control plane only (no real traffic, no ns/packet grid)
+    #[arg(long)]
+    only_control: bool,
+    /// Load balancers the control plane deploys and updates one after another on one node,
+    /// lb and haproxy each (at most 240)
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    control_lbs: Vec<usize>,
+    /// The real haproxy the control plane compares with
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    haproxy: PathBuf,
     /// Where to write the report and the plot
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
@@ -97,7 +114,7 @@ fn main() -> anyhow::Result<()> {
         "the benchmark needs root (BPF, namespaces)"
     );
     let mut r = report::Report::new(&args);
-    if !args.no_grid {
+    if !args.no_grid && !args.only_control {
         eprintln!(
             "bench: BPF_PROG_TEST_RUN ns/packet, pools {:?} x conntrack {:?}, {} runs",
             args.members, args.flows, args.runs
@@ -106,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         r.cells = cells;
         r.skipped = skipped;
     }
-    if !args.no_traffic {
+    if !args.no_traffic && !args.only_control {
         // Kernel run-time statistics of BPF programs (lb's own CPU) while this fd is open;
         // off during the grid, where they would add their own cost to every test run.
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -132,9 +149,27 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    if !args.no_control {
+        let lb = args
+            .lb
+            .canonicalize()
+            .with_context(|| format!("the lb binary {}", args.lb.display()))?;
+        let plan = control::Plan {
+            lb: &lb,
+            haproxy: &args.haproxy,
+            runs: args.runs,
+            fleets: &args.control_lbs,
+        };
+        r.control = Some(control::run(&plan).context("measuring the control plane")?);
+    }
     let text = r.render();
     println!("{text}");
     std::fs::write(&args.out, &text).with_context(|| format!("writing {}", args.out.display()))?;
+    if args.only_control {
+        // Nothing to plot: the plot's panels are real traffic and the grid.
+        eprintln!("bench: wrote {}", args.out.display());
+        return Ok(());
+    }
     r.plot(&args.plot)
         .with_context(|| format!("writing {}", args.plot.display()))?;
     eprintln!(

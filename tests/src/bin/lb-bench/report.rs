@@ -7,6 +7,8 @@ use std::{fmt::Write as _, path::Path, process::Command};
 use plotters::prelude::*;
 
 use crate::{
+    control::{self, AgentRun, Cost, Fleet, Proxy},
+    kmem::{self, Object},
     micro::{Cell, Skipped},
     traffic::{Measure, Route, Wrk},
     Args, Spread,
@@ -18,6 +20,7 @@ pub struct Report {
     pub cells: Vec<Cell>,
     pub skipped: Vec<Skipped>,
     pub traffic: Vec<Measure>,
+    pub control: Option<control::Results>,
     command: String,
     runs: usize,
     seconds: u64,
@@ -66,6 +69,7 @@ impl Report {
             cells: vec![],
             skipped: vec![],
             traffic: vec![],
+            control: None,
             command: args.command.clone(),
             runs: args.runs,
             seconds: args.seconds,
@@ -475,6 +479,9 @@ impl Report {
             }
             s.push('\n');
         }
+        if let Some(c) = &self.control {
+            s.push_str(&control_section(c, self.runs));
+        }
         let targets = self.targets();
         if !targets.is_empty() {
             let _ = writeln!(
@@ -665,4 +672,517 @@ impl Report {
         root.present()?;
         Ok(())
     }
+}
+
+/// The CPU count the control plane's memory targets are stated for.
+const BIG_NODE_CPUS: usize = 64;
+
+/// What a control-plane figure of lb is held to.
+#[derive(Clone, Copy)]
+enum Goal {
+    None,
+    /// At most this many times haproxy's median.
+    TimesHaproxy(f64),
+    /// At most this much (in the row's unit).
+    AtMost(f64, &'static str),
+}
+
+impl Goal {
+    /// The target's text and lb's verdict.
+    fn judge(self, lb: &Spread, haproxy: &Spread) -> (String, String) {
+        match self {
+            Goal::None => (String::new(), String::new()),
+            _ if lb.n == 0 => (String::new(), "-".into()),
+            Goal::TimesHaproxy(goal) => {
+                let met = if haproxy.n == 0 || haproxy.median == 0.0 {
+                    "-".into()
+                } else {
+                    let r = lb.median / haproxy.median;
+                    if r <= goal {
+                        format!("met ({r:.2}x)")
+                    } else {
+                        format!("**missed**: {r:.1}x haproxy, {:.1}x the target", r / goal)
+                    }
+                };
+                (format!("≤ {goal}x haproxy"), met)
+            }
+            Goal::AtMost(goal, unit) => (
+                format!("≤ {goal} {unit} (lb)"),
+                verdict(lb.median, goal, unit),
+            ),
+        }
+    }
+}
+
+/// A goal a figure is held to: "met", or by how much it missed.
+fn verdict(measured: f64, goal: f64, unit: &str) -> String {
+    if measured <= goal {
+        format!("met ({} vs {} {unit})", fmt_n(measured), fmt_n(goal))
+    } else {
+        format!(
+            "**missed** by {} {unit} ({:.1}x the target)",
+            fmt_n(measured - goal),
+            measured / goal
+        )
+    }
+}
+
+/// "1.23x", lb's figure over haproxy's, where both exist.
+fn times(lb: Option<f64>, haproxy: Option<f64>) -> String {
+    match (lb, haproxy) {
+        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// One row of a control-plane table: the step, lb's and haproxy's figures, their ratio, the
+/// target and lb's verdict.
+fn control_row(s: &mut String, step: &str, lb: &Spread, haproxy: &Spread, goal: Goal) {
+    let (target, met) = goal.judge(lb, haproxy);
+    let some = |x: &Spread| (x.n > 0).then_some(x.median);
+    let _ = writeln!(
+        s,
+        "| {step} | {} | {} | {} | {target} | {met} |",
+        cell(lb),
+        cell(haproxy),
+        times(some(lb), some(haproxy))
+    );
+}
+
+/// The control plane's section: the agent's steps per load balancer (lb against haproxy),
+/// `lb run`'s own, the fleets, and the memory of an idle load balancer.
+fn control_section(c: &control::Results, runs: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## Control plane\n\n\
+         What an operator does per load balancer, on the seed's topology, lb against the real \
+         haproxy 2.6 in the same run. The agent's commands are the LBaaS agent's \
+         (`tests/src/agent.rs`): `ip netns exec qlbaas-<id> haproxy -f conf -p pid [-sf pids]` \
+         with `haproxy` on its PATH linked to lb or to /usr/sbin/haproxy, and the seed's \
+         haproxy.cfg as the v1 driver writes it (daemon, user nobody, syslog, `option tcplog`) \
+         with the v2 driver's `maxconn 2000`; every load balancer of the part shares one node's \
+         lb state and bpffs root. Cells: median (min-max) of {runs} runs, lb and haproxy \
+         alternating; ms unless said. CPU: the command's own rusage (wait4: `ip netns exec` and \
+         the haproxy or lb it became) plus the daemons' utime + stime from /proc/<pid>/stat (10 ms \
+         ticks) when the step is done (a daemon that exits: once it is a zombie, this process \
+         being their subreaper). Load average (1 min) {:.2} when the part began, {:.2} when it \
+         ended: the machine is shared, and a compile beside it inflates every figure here.\n",
+        c.load.0, c.load.1
+    );
+    if let Some(why) = &c.haproxy_skipped {
+        let _ = writeln!(s, "haproxy not measured: {why}.\n");
+    }
+    agent_table(&mut s, c);
+    lb_run_table(&mut s, c);
+    if !c.fleets.is_empty() {
+        fleet_table(&mut s, &c.fleets);
+    }
+    if let Some(m) = c.agent.iter().rev().find_map(|a| a.memory.as_ref()) {
+        memory_breakdown(&mut s, m);
+    }
+    s
+}
+
+/// The agent's steps on one load balancer: what, the figure (ms unless said), the goal.
+#[allow(clippy::type_complexity)]
+const AGENT_ROWS: &[(&str, fn(&AgentRun) -> f64, Goal)] = &[
+    (
+        "deploy: `haproxy -f conf -p pid` returned",
+        |a| a.deploy.wall_s * 1e3,
+        Goal::TimesHaproxy(2.0),
+    ),
+    (
+        "deploy: serving (a connection through the VIP reaches a member)",
+        |a| a.serving_s * 1e3,
+        Goal::TimesHaproxy(2.0),
+    ),
+    (
+        "deploy: CPU (the command, the daemon until it returned)",
+        |a| a.deploy.cpu_s * 1e3,
+        Goal::None,
+    ),
+    (
+        "`-sf` update (a member's weight changed): returned",
+        |a| a.update.wall_s * 1e3,
+        Goal::TimesHaproxy(2.0),
+    ),
+    (
+        "`-sf` update: CPU (the command, the new daemon until it returned, the old one until it exited)",
+        |a| a.update.cpu_s * 1e3,
+        Goal::AtMost(50.0, "ms"),
+    ),
+    (
+        "teardown: SIGTERM until the daemon exited (lb: and its pins are gone)",
+        |a| a.teardown.wall_s * 1e3,
+        Goal::None,
+    ),
+    (
+        "teardown: CPU of the daemon",
+        |a| a.teardown.cpu_s * 1e3,
+        Goal::None,
+    ),
+    (
+        "idle daemon's VmRSS, MiB",
+        |a| a.rss_kib as f64 / 1024.0,
+        Goal::None,
+    ),
+];
+
+/// The agent's steps on one load balancer, lb against haproxy.
+fn agent_table(s: &mut String, c: &control::Results) {
+    let _ = writeln!(
+        s,
+        "| step | lb | haproxy | lb / haproxy | target | |\n|---|---|---|---|---|---|"
+    );
+    let spread = |p: Proxy, f: fn(&AgentRun) -> f64| {
+        Spread::of(c.agent.iter().filter(|a| a.proxy == p).map(f).collect())
+    };
+    let row = |s: &mut String, &(step, f, goal): &(&str, fn(&AgentRun) -> f64, Goal)| {
+        let (lb, haproxy) = (spread(Proxy::Lb, f), spread(Proxy::Haproxy, f));
+        control_row(s, step, &lb, &haproxy, goal);
+    };
+    // The deploy and update rows, the connections during the update, then the rest.
+    let (deploy_update, rest) = AGENT_ROWS.split_at(5);
+    deploy_update.iter().for_each(|r| row(s, r));
+    let probes = |p: Proxy| {
+        let (t, f, w) = c
+            .agent
+            .iter()
+            .filter(|a| a.proxy == p)
+            .fold((0, 0, 0), |x, a| {
+                (
+                    x.0 + a.probe.tried,
+                    x.1 + a.probe.failed,
+                    x.2 + a.probe.slow,
+                )
+            });
+        format!("{f} of {t} ({w} took ≥ 0.9 s)")
+    };
+    let _ = writeln!(
+        s,
+        "| `-sf` update: connections through the VIP that failed during it (all runs; a client \
+         connecting every 2 ms from before the command until the old daemon exited) | {} | {} | | | |",
+        probes(Proxy::Lb),
+        probes(Proxy::Haproxy)
+    );
+    rest.iter().for_each(|r| row(s, r));
+    memory_rows(s, c);
+}
+
+/// Kernel memory of one idle load balancer (lb's pinned maps) against the targets: the part
+/// that is not per CPU, the per-CPU part for one CPU, and all of it on a 64-CPU node.
+fn memory_rows(s: &mut String, c: &control::Results) {
+    let mems: Vec<&kmem::Memory> = c.agent.iter().filter_map(|a| a.memory.as_ref()).collect();
+    let Some(here) = mems.first().map(|m| m.cpus as f64) else {
+        s.push('\n');
+        return;
+    };
+    // Per run: all of it, and the per-CPU part for one CPU, in KiB.
+    let kib: Vec<(f64, f64)> = mems
+        .iter()
+        .map(|m| {
+            let objs = m.per_lb.iter().flatten();
+            let per_cpu: u64 = objs.clone().map(|o| o.per_cpu).sum();
+            let total: u64 = objs.map(|o| o.bytes).sum();
+            (total as f64 / 1024.0, per_cpu as f64 / here / 1024.0)
+        })
+        .collect();
+    let of =
+        |f: &dyn Fn(f64, f64) -> f64| Spread::of(kib.iter().map(|&(t, one)| f(t, one)).collect());
+    let (none, big) = (Spread::default(), BIG_NODE_CPUS as f64);
+    let step = format!(
+        "kernel memory of an idle load balancer: its pinned maps (fdinfo memlock), KiB, here \
+         ({here} possible CPUs)"
+    );
+    control_row(s, &step, &of(&|t, _| t), &none, Goal::None);
+    let fixed = of(&|t, one| t - one * here);
+    control_row(
+        s,
+        "... of which not per CPU, KiB",
+        &fixed,
+        &none,
+        Goal::AtMost(2048.0, "KiB"),
+    );
+    let one = of(&|_, one| one);
+    control_row(
+        s,
+        "... per CPU, for one CPU, KiB",
+        &one,
+        &none,
+        Goal::AtMost(64.0, "KiB"),
+    );
+    let step = format!("... on a {BIG_NODE_CPUS}-CPU node, KiB");
+    let at = of(&|t, one| t - one * here + one * big);
+    control_row(
+        s,
+        &step,
+        &at,
+        &none,
+        Goal::AtMost(2048.0 + 64.0 * big, "KiB"),
+    );
+    s.push('\n');
+}
+
+/// `lb run`'s own lifecycle (lb only): what, wall and CPU figures (ms), the goal on the wall.
+#[allow(clippy::type_complexity)]
+const RUN_ROWS: &[(&str, fn(&control::RunCycle) -> (f64, f64), Goal)] = &[
+    (
+        "start until \"load balancer up\"",
+        |r| (r.start.wall_s, r.start.cpu_s),
+        Goal::None,
+    ),
+    (
+        "SIGHUP with a member added, until `lb stats --json` lists it with its weight",
+        |r| (r.reload.wall_s, r.reload.cpu_s),
+        Goal::AtMost(50.0, "ms"),
+    ),
+    (
+        "`lb run --takeover` until up (CPU: the new process's, and the old one's until it exited)",
+        |r| (r.takeover.wall_s, r.takeover.cpu_s),
+        Goal::None,
+    ),
+    (
+        "`lb run --takeover`: until the old process exited",
+        |r| (r.takeover_old_exit_s, f64::NAN),
+        Goal::None,
+    ),
+    (
+        "SIGTERM until the process exited and its pins are gone",
+        |r| (r.teardown.wall_s, r.teardown.cpu_s),
+        Goal::None,
+    ),
+];
+
+/// `lb run`'s own lifecycle (lb only).
+fn lb_run_table(s: &mut String, c: &control::Results) {
+    if c.runs.is_empty() {
+        return;
+    }
+    let stats = Spread::of(c.runs.iter().map(|r| r.stats_s * 1e3).collect());
+    let _ = writeln!(
+        s,
+        "`lb run --config` on the seed's TOML (its own namespace and port, lb's default table \
+         size), lb only. One `lb stats --json` took {} ms: the SIGHUP figure is up to that late.\n\n\
+         | step | wall, ms | CPU, ms | | target | |\n|---|---|---|---|---|---|",
+        cell(&stats)
+    );
+    for &(step, f, goal) in RUN_ROWS {
+        let of = |pick: fn((f64, f64)) -> f64| {
+            Spread::of(
+                c.runs
+                    .iter()
+                    .map(|r| pick(f(r)) * 1e3)
+                    .filter(|v| !v.is_nan())
+                    .collect(),
+            )
+        };
+        let (wall, cpu) = (of(|x| x.0), of(|x| x.1));
+        let (target, met) = goal.judge(&wall, &Spread::default());
+        let _ = writeln!(
+            s,
+            "| {step} | {} | {} | | {target} | {met} |",
+            cell(&wall),
+            cell(&cpu)
+        );
+    }
+    s.push('\n');
+}
+
+/// A fleet's step: its total (wall and CPU seconds) and the per-load-balancer spreads (ms).
+fn fleet_sums(v: &[Cost]) -> (Cost, Spread, Spread) {
+    (
+        control::total(v),
+        Spread::of(v.iter().map(|c| c.wall_s * 1e3).collect()),
+        Spread::of(v.iter().map(|c| c.cpu_s * 1e3).collect()),
+    )
+}
+
+/// A fleet step's cell: the total, and per load balancer.
+fn fleet_step(v: &[Cost], cpu: bool) -> (f64, String) {
+    let (t, wall, cpus) = fleet_sums(v);
+    let (x, per) = if cpu {
+        (t.cpu_s, cpus)
+    } else {
+        (t.wall_s, wall)
+    };
+    (x, format!("{} s (per LB {} ms)", fmt_n(x), cell(&per)))
+}
+
+/// Everything lb's load balancers of a fleet hold in the kernel, in MiB (and at 64 CPUs).
+fn fleet_memory(f: &Fleet) -> (f64, String) {
+    let Some(m) = &f.memory else {
+        return (f64::NAN, "-".into());
+    };
+    let all: Vec<&Object> = m.all().collect();
+    let (here, at) = kmem::bytes_at(&all, m.cpus, BIG_NODE_CPUS);
+    let mib = here as f64 / 1048576.0;
+    let at = fmt_n(at / 1048576.0);
+    (
+        mib,
+        format!("{} ({at} at {BIG_NODE_CPUS} CPUs)", fmt_n(mib)),
+    )
+}
+
+/// A fleet table row: what, its cell for one fleet (the figure the ratio uses, the text), and
+/// the target lb's fleet is held to (text and verdict), if any.
+#[allow(clippy::type_complexity)]
+const FLEET_ROWS: &[(
+    &str,
+    fn(&Fleet) -> (f64, String),
+    fn(&Fleet) -> Option<(String, String)>,
+)] = &[
+    (
+        "deploys: wall",
+        |f| fleet_step(&f.deploys, false),
+        |f| {
+            let total = control::total(&f.deploys).wall_s;
+            (f.n == 100).then(|| ("≤ 30 s (lb)".into(), verdict(total, 30.0, "s")))
+        },
+    ),
+    ("deploys: CPU", |f| fleet_step(&f.deploys, true), |_| None),
+    (
+        "updates (`-sf`): wall",
+        |f| fleet_step(&f.updates, false),
+        |_| None,
+    ),
+    (
+        "updates: CPU (the old daemons' share included)",
+        |f| fleet_step(&f.updates, true),
+        |f| {
+            let per_update = fleet_sums(&f.updates).2.median;
+            Some((
+                "≤ 50 ms per update (lb)".into(),
+                verdict(per_update, 50.0, "ms"),
+            ))
+        },
+    ),
+    (
+        "serving after the deploys",
+        |f| (f.serving as f64, format!("{} of {}", f.serving, f.n)),
+        |_| None,
+    ),
+    (
+        "the daemons' VmRSS after the updates, MiB",
+        |f| (f.rss_kib as f64 / 1024.0, fmt_n(f.rss_kib as f64 / 1024.0)),
+        |_| None,
+    ),
+    (
+        "kernel memory after the updates (every load balancer's pins, the node's, what the \
+         daemons hold pinned nowhere), MiB",
+        fleet_memory,
+        |_| None,
+    ),
+    (
+        "SIGTERM to all until every daemon exited (lb: and all pins are gone)",
+        |f| (f.teardown_s, format!("{} s", fmt_n(f.teardown_s))),
+        |_| None,
+    ),
+];
+
+/// Many load balancers on one node, deployed then updated one after another, lb against
+/// haproxy.
+fn fleet_table(s: &mut String, fleets: &[Fleet]) {
+    let _ = writeln!(
+        s,
+        "N load balancers on one node, deployed one after another as the agent does (each in its \
+         own qlbaas namespace with its own port on br-int and VIP in 10.0.0.10-249), then each \
+         updated once with `-sf`, then all sent SIGTERM at once. One pass per size; \"per LB\": \
+         median (min-max) over the N.\n\n\
+         | N | | lb | haproxy | lb / haproxy | target | |\n|---|---|---|---|---|---|---|"
+    );
+    let mut sizes: Vec<usize> = fleets.iter().map(|f| f.n).collect();
+    sizes.dedup();
+    for n in &sizes {
+        let get = |p: Proxy| fleets.iter().find(|f| f.n == *n && f.proxy == p);
+        let (lb, haproxy) = (get(Proxy::Lb), get(Proxy::Haproxy));
+        for &(what, show, goal) in FLEET_ROWS {
+            let (a, b) = (lb.map(show), haproxy.map(show));
+            let (target, met) = lb.and_then(goal).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "| {n} | {what} | {} | {} | {} | {target} | {met} |",
+                a.as_ref().map_or("-", |x| x.1.as_str()),
+                b.as_ref().map_or("-", |x| x.1.as_str()),
+                times(
+                    a.as_ref().map(|x| x.0),
+                    b.as_ref().map(|x| x.0).filter(|x| !x.is_nan())
+                )
+            );
+        }
+    }
+    if !sizes.contains(&100) {
+        let _ = writeln!(
+            s,
+            "\n100 load balancers not measured in this run (`--control-lbs`): the target \
+             \"100 deployed ≤ 30 s\" is open."
+        );
+    }
+    s.push('\n');
+}
+
+/// The maps of one idle load balancer, what the node holds once for all, and what its daemon
+/// holds that is pinned nowhere.
+fn memory_breakdown(s: &mut String, m: &kmem::Memory) {
+    let here = m.cpus;
+    let kib = |b: f64| fmt_n(b / 1024.0);
+    let _ = writeln!(
+        s,
+        "Kernel memory of one idle load balancer by map (fdinfo `memlock` of each map pinned in \
+         its directory; a per-CPU map's values scale with the possible CPUs, {here} here):\n\n\
+         | map | type | KiB here | of which per CPU | KiB at {BIG_NODE_CPUS} CPUs |\n|---|---|---|---|---|"
+    );
+    let mut maps: Vec<&Object> = m.per_lb.iter().flatten().collect();
+    maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
+    for o in &maps {
+        let (_, at) = kmem::bytes_at(&[o], here, BIG_NODE_CPUS);
+        let name = o.name.split_once('/').map_or(o.name.as_str(), |x| x.1);
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} |",
+            o.kind,
+            kib(o.bytes as f64),
+            kib(o.per_cpu as f64),
+            kib(at)
+        );
+    }
+    let (total, at) = kmem::bytes_at(&maps, here, BIG_NODE_CPUS);
+    let _ = writeln!(s, "| all | | {} | | {} |\n", kib(total as f64), kib(at));
+    let node: Vec<&Object> = m.node_wide.iter().collect();
+    if m.outside.is_empty() {
+        let _ = writeln!(
+            s,
+            "Pinned outside the load balancers' directories: nothing.\n"
+        );
+    } else {
+        let (total, at) = kmem::bytes_at(&node, here, BIG_NODE_CPUS);
+        let _ = writeln!(
+            s,
+            "Node-wide, shared by all load balancers (pinned under the bpffs root outside their \
+             directories: {}): {} KiB ({} at {BIG_NODE_CPUS} CPUs) in {} maps and programs.\n",
+            m.outside.join(", "),
+            kib(total as f64),
+            kib(at),
+            node.len()
+        );
+    }
+    let programs: Vec<&Object> = m.unpinned.iter().filter(|o| o.kind == "program").collect();
+    let maps: Vec<&Object> = m.unpinned.iter().filter(|o| o.kind != "program").collect();
+    let names = |v: &[&Object]| {
+        v.iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        s,
+        "Held by the daemon and pinned nowhere (not in the figures above): {} programs, {} KiB \
+         ({}); {} maps, {} KiB ({}).\n",
+        programs.len(),
+        kib(programs.iter().map(|o| o.bytes as f64).sum()),
+        names(&programs),
+        maps.len(),
+        kib(maps.iter().map(|o| o.bytes as f64).sum()),
+        names(&maps)
+    );
 }

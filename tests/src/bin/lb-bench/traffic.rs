@@ -291,18 +291,53 @@ fn lb_config() -> TestConfig {
 /// HAProxy with the seed's configuration (ports as above; no daemon mode, user switch or
 /// syslog, which a benchmark in namespaces has no use for).
 fn haproxy_config(dir: &Path) -> String {
+    let seed = seed_haproxy(
+        "574a31da-a28a-449f-8c9d-3d3687c3c02a",
+        &dir.join("sock"),
+        VIP,
+        HTTP,
+        [1, 1],
+        false,
+    );
     format!(
-        "global\n        stats socket {}/sock mode 0666 level user\n\
-         defaults\n        retries 3\n        option redispatch\n        timeout connect 5000\n\
+        "{seed}frontend bulk\n        bind {VIP}:{IPERF}\n        mode tcp\n        default_backend bulk\n\
+         backend bulk\n        mode tcp\n        server bulk-m1 {M1}:{IPERF}\n"
+    )
+}
+
+/// The seed's haproxy.cfg (shared/seed/), the benchmark's one copy of it: load balancer `id`
+/// (the backend, named as the v1 driver names it) at `vip`:`port` over members `M1` and `M2`
+/// with `weights`, stats socket `sock`. `agent`: as the agent writes it for `haproxy -f -p`
+/// (`daemon`, `user nobody`, the `log` lines, `option tcplog`) with the v2 driver's `maxconn
+/// 2000` (without it the real haproxy sizes itself to this machine's 20000 open files);
+/// otherwise the proxying alone, for a HAProxy in the foreground of a traffic run.
+pub fn seed_haproxy(
+    id: &str,
+    sock: &Path,
+    vip: Ipv4Addr,
+    port: u16,
+    weights: [u16; 2],
+    agent: bool,
+) -> String {
+    let only = |s: &'static str| if agent { s } else { "" };
+    format!(
+        "global\n{}        stats socket {} mode 0666 level user\n\
+         defaults\n{}        retries 3\n        option redispatch\n        timeout connect 5000\n\
          \x20       timeout client 50000\n        timeout server 50000\n\
-         frontend df25900f-53b1-4aab-8436-8411ec710445\n        bind {VIP}:{HTTP}\n        mode tcp\n\
-         \x20       default_backend 574a31da-a28a-449f-8c9d-3d3687c3c02a\n\
-         backend 574a31da-a28a-449f-8c9d-3d3687c3c02a\n        mode tcp\n        balance leastconn\n\
-         \x20       server 45481748-3104-462c-ae4b-fae0f4b08c20 {M1}:{HTTP} weight 1\n\
-         \x20       server 227b69fe-8685-4df6-b2a5-2f964c74886c {M2}:{HTTP} weight 1\n\
-         frontend bulk\n        bind {VIP}:{IPERF}\n        mode tcp\n        default_backend bulk\n\
-         backend bulk\n        mode tcp\n        server bulk-m1 {M1}:{IPERF}\n",
-        dir.display()
+         frontend df25900f-53b1-4aab-8436-8411ec710445\n{}        bind {vip}:{port}\n        mode tcp\n\
+         \x20       default_backend {id}\n\
+         backend {id}\n        mode tcp\n        balance leastconn\n\
+         \x20       server 45481748-3104-462c-ae4b-fae0f4b08c20 {M1}:{port} weight {}\n\
+         \x20       server 227b69fe-8685-4df6-b2a5-2f964c74886c {M2}:{port} weight {}\n",
+        only(
+            "        daemon\n        user nobody\n        group nogroup\n\
+             \x20       log /dev/log local0\n        log /dev/log local1 notice\n        maxconn 2000\n"
+        ),
+        sock.display(),
+        only("        log global\n"),
+        only("        option tcplog\n"),
+        weights[0],
+        weights[1],
     )
 }
 
@@ -352,7 +387,7 @@ fn machine_cpu() -> f64 {
     busy / clk_tck()
 }
 
-fn clk_tck() -> f64 {
+pub fn clk_tck() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -360,7 +395,7 @@ fn clk_tck() -> f64 {
 }
 
 /// utime + stime of process `pid`, all its threads, in seconds.
-fn process_cpu(pid: u32) -> f64 {
+pub fn process_cpu(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at ") ".
     let rest = s.rsplit_once(") ").map(|x| x.1).unwrap_or("");
