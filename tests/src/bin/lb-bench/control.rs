@@ -347,6 +347,7 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The machine's 1-minute load average.
 fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -375,7 +376,7 @@ fn until(
 
 /// Waits for `child` to end: its wait status and resource usage (`wait4`, which std does not
 /// give).
-pub fn wait4(child: &Child) -> std::io::Result<(i32, libc::rusage)> {
+fn wait4(child: &Child) -> std::io::Result<(i32, libc::rusage)> {
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it for this child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

@@ -60,15 +60,50 @@ fn map_object(name: String, info: &MapInfo, bytes: u64, cpus: usize) -> Object {
     }
 }
 
-/// Whether the object pinned at `path` is a map (its descriptor says `bpf-map`).
-fn is_map(path: &Path) -> bool {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    aya::maps::MapData::from_pin(path).is_ok_and(|m| {
-        let fd = m.fd().as_fd().as_raw_fd();
-        std::fs::read_link(format!("/proc/self/fd/{fd}"))
-            .is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-map")
-    })
+/// The anon-inode name of a BPF descriptor (`bpf-map`, `bpf-prog`, `bpf_link`) and its fdinfo.
+fn describe(fd_link: &Path, fdinfo: &Path) -> Option<(String, String)> {
+    let kind = std::fs::read_link(fd_link).ok()?;
+    let kind = kind
+        .to_string_lossy()
+        .strip_prefix("anon_inode:")?
+        .to_string();
+    Some((kind, std::fs::read_to_string(fdinfo).ok()?))
 }
+
+/// What is pinned at `path` (see `describe`). aya's `MapData::from_pin` serves as the plain
+/// BPF_OBJ_GET: the kernel answers its info query for programs and links too.
+fn open_pin(path: &Path) -> Option<(String, String)> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let pin = aya::maps::MapData::from_pin(path).ok()?;
+    let fd = pin.fd().as_fd().as_raw_fd();
+    describe(
+        Path::new(&format!("/proc/self/fd/{fd}")),
+        Path::new(&format!("/proc/self/fdinfo/{fd}")),
+    )
+}
+
+/// A number of an fdinfo text (`memlock:`, `map_id:`, `prog_id:`).
+fn field(fdinfo: &str, key: &str) -> u64 {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A program's object from its fdinfo, named `name`.
+fn program_object(name: String, fdinfo: &str) -> Object {
+    Object {
+        name,
+        kind: PROGRAM.into(),
+        id: field(fdinfo, "prog_id:") as u32,
+        bytes: field(fdinfo, "memlock:"),
+        per_cpu: 0,
+    }
+}
+
+/// The kind of a program's object.
+pub const PROGRAM: &str = "program";
 
 /// The maps pinned in `dir` itself, with the kernel's charge and type. `prefix` names them.
 fn pinned_maps(dir: &Path, prefix: &str, cpus: usize) -> anyhow::Result<Vec<Object>> {
@@ -78,7 +113,7 @@ fn pinned_maps(dir: &Path, prefix: &str, cpus: usize) -> anyhow::Result<Vec<Obje
     for (name, bytes) in charged {
         let path = dir.join(&name);
         // `map_memory` takes whatever BPF_OBJ_GET opens for a map; a pinned link opens too.
-        if !is_map(&path) {
+        if open_pin(&path).is_none_or(|(kind, _)| kind != "bpf-map") {
             continue;
         }
         let info =
@@ -105,14 +140,8 @@ fn pinned_tree(
             if !skip.contains(&file.as_str()) {
                 out.extend(pinned_tree(&path, &format!("{name}/"), cpus, &[])?);
             }
-        } else if let Ok(p) = aya::programs::ProgramInfo::from_pin(&path) {
-            out.push(Object {
-                name,
-                kind: "program".into(),
-                id: p.id(),
-                bytes: p.memory_locked().map_or(0, u64::from),
-                per_cpu: 0,
-            });
+        } else if let Some((_, fdinfo)) = open_pin(&path).filter(|(k, _)| k == "bpf-prog") {
+            out.push(program_object(name, &fdinfo));
         }
     }
     Ok(out)
@@ -127,40 +156,27 @@ fn held(pid: u32, cpus: usize) -> anyhow::Result<Vec<Object>> {
     let fds = format!("/proc/{pid}/fd");
     let mut out: BTreeMap<(bool, u32), Object> = BTreeMap::new();
     for entry in std::fs::read_dir(&fds).with_context(|| format!("listing {fds}"))? {
-        let entry = entry?;
-        let target = std::fs::read_link(entry.path()).unwrap_or_default();
-        let is_map = match target.to_string_lossy().as_ref() {
-            "anon_inode:bpf-map" => true,
-            "anon_inode:bpf-prog" => false,
+        let fd = entry?.file_name().to_string_lossy().into_owned();
+        let Some((kind, fdinfo)) = describe(
+            Path::new(&format!("{fds}/{fd}")),
+            Path::new(&format!("/proc/{pid}/fdinfo/{fd}")),
+        ) else {
+            continue; // not a BPF object, or closed meanwhile
+        };
+        let object = match kind.as_str() {
+            "bpf-map" => {
+                let id = field(&fdinfo, "map_id:") as u32;
+                let info = MapInfo::from_id(id).with_context(|| format!("map info of map {id}"))?;
+                let name = info.name_as_str().unwrap_or("").to_string();
+                map_object(name, &info, field(&fdinfo, "memlock:"), cpus)
+            }
+            "bpf-prog" => {
+                let id = field(&fdinfo, "prog_id:") as u32;
+                program_object(programs.get(&id).cloned().unwrap_or_default(), &fdinfo)
+            }
             _ => continue,
         };
-        let fd = entry.file_name().to_string_lossy().into_owned();
-        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
-            continue; // closed meanwhile
-        };
-        let field = |key: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let bytes = field("memlock:");
-        let object = if is_map {
-            let id = field("map_id:") as u32;
-            let info = MapInfo::from_id(id).with_context(|| format!("map info of map {id}"))?;
-            let name = info.name_as_str().unwrap_or("").to_string();
-            map_object(name, &info, bytes, cpus)
-        } else {
-            let id = field("prog_id:") as u32;
-            Object {
-                name: programs.get(&id).cloned().unwrap_or_default(),
-                kind: "program".into(),
-                id,
-                bytes,
-                per_cpu: 0,
-            }
-        };
-        out.insert((is_map, object.id), object);
+        out.insert((object.kind != PROGRAM, object.id), object);
     }
     Ok(out.into_values().collect())
 }
@@ -168,7 +184,7 @@ fn held(pid: u32, cpus: usize) -> anyhow::Result<Vec<Object>> {
 /// What the load balancers of one node hold in the kernel.
 #[derive(Clone, Debug, Default)]
 pub struct Memory {
-    /// Per load balancer, the maps pinned in `<bpffs>/<id>/`.
+    /// Per load balancer, the maps and programs pinned in `<bpffs>/<id>/`.
     pub per_lb: Vec<Vec<Object>>,
     /// Pinned under the bpffs root outside the load balancers' directories: the node's, shared
     /// by all of them.
@@ -187,7 +203,7 @@ impl Memory {
         let cpus = possible_cpus()?;
         let per_lb = ids
             .iter()
-            .map(|id| pinned_maps(&bpffs.join(id), &format!("{id}/"), cpus))
+            .map(|id| pinned_tree(&bpffs.join(id), &format!("{id}/"), cpus, &[]))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let outside = std::fs::read_dir(bpffs)
             .with_context(|| format!("listing {}", bpffs.display()))?
@@ -199,12 +215,12 @@ impl Memory {
             .iter()
             .flatten()
             .chain(&node_wide)
-            .map(|o| (o.kind != "program", o.id))
+            .map(|o| (o.kind != PROGRAM, o.id))
             .collect();
         let mut unpinned: BTreeMap<(bool, u32), Object> = BTreeMap::new();
         for &pid in pids {
             for o in held(pid, cpus)? {
-                let key = (o.kind != "program", o.id);
+                let key = (o.kind != PROGRAM, o.id);
                 if !pinned.contains(&key) {
                     unpinned.insert(key, o);
                 }
@@ -217,6 +233,14 @@ impl Memory {
             unpinned: unpinned.into_values().collect(),
             cpus,
         })
+    }
+
+    /// The maps pinned in the directory of load balancer `i` (what its targets count).
+    pub fn maps_of(&self, i: usize) -> Vec<&Object> {
+        self.per_lb[i]
+            .iter()
+            .filter(|o| o.kind != PROGRAM)
+            .collect()
     }
 
     /// Everything, once: every load balancer's pins, the node's, and what is pinned nowhere.

@@ -882,9 +882,9 @@ fn memory_rows(s: &mut String, c: &control::Results) {
     let kib: Vec<(f64, f64)> = mems
         .iter()
         .map(|m| {
-            let objs = m.per_lb.iter().flatten();
-            let per_cpu: u64 = objs.clone().map(|o| o.per_cpu).sum();
-            let total: u64 = objs.map(|o| o.bytes).sum();
+            let maps = m.maps_of(0);
+            let per_cpu: u64 = maps.iter().map(|o| o.per_cpu).sum();
+            let total: u64 = maps.iter().map(|o| o.bytes).sum();
             (total as f64 / 1024.0, per_cpu as f64 / here / 1024.0)
         })
         .collect();
@@ -1132,7 +1132,7 @@ fn memory_breakdown(s: &mut String, m: &kmem::Memory) {
          its directory; a per-CPU map's values scale with the possible CPUs, {here} here):\n\n\
          | map | type | KiB here | of which per CPU | KiB at {BIG_NODE_CPUS} CPUs |\n|---|---|---|---|---|"
     );
-    let mut maps: Vec<&Object> = m.per_lb.iter().flatten().collect();
+    let mut maps = m.maps_of(0);
     maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
     for o in &maps {
         let (_, at) = kmem::bytes_at(&[o], here, BIG_NODE_CPUS);
@@ -1166,23 +1166,32 @@ fn memory_breakdown(s: &mut String, m: &kmem::Memory) {
             node.len()
         );
     }
-    let programs: Vec<&Object> = m.unpinned.iter().filter(|o| o.kind == "program").collect();
-    let maps: Vec<&Object> = m.unpinned.iter().filter(|o| o.kind != "program").collect();
-    let names = |v: &[&Object]| {
-        v.iter()
-            .map(|o| o.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let is_program = |o: &&Object| o.kind == kmem::PROGRAM;
+    let own: Vec<&Object> = m.per_lb[0].iter().filter(is_program).collect();
+    if !own.is_empty() {
+        let _ = writeln!(
+            s,
+            "Programs pinned in the load balancer's directory: {}.\n",
+            summary(&own)
+        );
+    }
+    let (programs, maps): (Vec<&Object>, Vec<&Object>) = m.unpinned.iter().partition(is_program);
     let _ = writeln!(
         s,
-        "Held by the daemon and pinned nowhere (not in the figures above): {} programs, {} KiB \
-         ({}); {} maps, {} KiB ({}).\n",
-        programs.len(),
-        kib(programs.iter().map(|o| o.bytes as f64).sum()),
-        names(&programs),
-        maps.len(),
-        kib(maps.iter().map(|o| o.bytes as f64).sum()),
-        names(&maps)
+        "Held by the daemon and pinned nowhere (not in the figures above): programs {}; maps {}.\n",
+        summary(&programs),
+        summary(&maps)
     );
+}
+
+/// "3, 148 KiB (a, b, c)": how many objects, their memory, their names.
+fn summary(objects: &[&Object]) -> String {
+    let bytes: u64 = objects.iter().map(|o| o.bytes).sum();
+    let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    format!(
+        "{}, {} KiB ({})",
+        objects.len(),
+        fmt_n(bytes as f64 / 1024.0),
+        names.join(", ")
+    )
 }
