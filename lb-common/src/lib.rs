@@ -19,19 +19,26 @@ pub mod checksum;
 pub mod schema;
 pub mod select;
 
-/// Listeners per load balancer (one BPF instance serves one load balancer).
+/// Listeners per load balancer.
 pub const MAX_LISTENERS: u32 = 64;
 /// Pools per load balancer.
 pub const MAX_POOLS: u32 = 64;
-/// Members per pool. Member slot `s` of pool `p` lives at index `p * MAX_POOL_MEMBERS + s`.
+/// Members per pool: a pool's slots `0..count` (`POOL_MEMBERS`) name members by index.
 pub const MAX_POOL_MEMBERS: u32 = 256;
-/// Size of the member arrays.
-pub const MAX_MEMBERS: u32 = MAX_POOLS * MAX_POOL_MEMBERS;
-/// Default conntrack capacity (flows; each flow takes two entries: forward and reverse).
-pub const DEFAULT_CONNTRACK_FLOWS: u32 = 131_072;
+/// Member indexes a load balancer may use: every pool full, as many retired (a reload's
+/// removed members keep their index while flows name them). The member arrays are sized
+/// from the configuration, far below this (`schema::member_capacity`).
+pub const MAX_MEMBERS: u32 = 2 * MAX_POOLS * MAX_POOL_MEMBERS;
+/// Load balancers one program set serves: the outer maps' size (`schema`). A load balancer
+/// is a slot in it; the programs find its maps there.
+pub const MAX_SLOTS: u32 = 1024;
+/// Default conntrack capacity of a load balancer (flows; each flow takes two entries:
+/// forward and reverse). The hash table's buckets cost 32 bytes per flow whether used or
+/// not: 1 MiB at this size.
+pub const DEFAULT_CONNTRACK_FLOWS: u32 = 32_768;
 /// Default `half_open_limit` of a listener: handshakes in progress past which SYNs are
-/// answered with cookies (a 64th of the default table).
-pub const DEFAULT_HALF_OPEN_LIMIT: u32 = DEFAULT_CONNTRACK_FLOWS / 64;
+/// answered with cookies.
+pub const DEFAULT_HALF_OPEN_LIMIT: u32 = 2048;
 
 /// SNAT source ports the data path allocates from (inclusive). The daemon moves the
 /// namespace's `ip_local_port_range` above this range so the two never collide.
@@ -451,7 +458,8 @@ pub struct StickyKey {
 }
 assert_size!(StickyKey, 8);
 
-/// `STICKY` value: the member a client address sticks to, and when it last opened a flow.
+/// `STICKY` value: the member a client address sticks to, and when it last opened a flow
+/// (the entry holds while that member index is a member of the same pool).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sticky {
@@ -461,7 +469,37 @@ pub struct Sticky {
 }
 assert_size!(Sticky, 16);
 
-/// `MEMBERS` value, index `pool * MAX_POOL_MEMBERS + slot`.
+/// One slot of a pool: the member index in it (`NO_MEMBER`: none) and a copy of that
+/// member's weight and flags (`MemberConf`'s), which the daemon writes with them: selection
+/// walks a pool's slots reading one map value, and looks up only each member's live counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSlot {
+    pub member: u16,
+    pub weight: u16,
+    pub flags: u32,
+}
+assert_size!(PoolSlot, 8);
+
+impl Default for PoolSlot {
+    fn default() -> Self {
+        PoolSlot {
+            member: NO_MEMBER,
+            weight: 0,
+            flags: 0,
+        }
+    }
+}
+
+/// `PoolSlot::member` of a slot without a member.
+pub const NO_MEMBER: u16 = u16::MAX;
+
+/// `POOL_MEMBERS` value: a pool's slots (`0..PoolConf::count`). Flows, counters and
+/// persistence name members by index, which stays put for a member's life whatever happens
+/// to the pool's other slots.
+pub type PoolMembers = [PoolSlot; MAX_POOL_MEMBERS as usize];
+
+/// `MEMBERS` value, by member index.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemberConf {
@@ -470,7 +508,8 @@ pub struct MemberConf {
     /// 0..=256; 0 = drain (no new connections).
     pub weight: u16,
     pub flags: u32,
-    pub _pad: u32,
+    /// The pool's index (a persistence entry names a member of its own pool).
+    pub pool: u32,
 }
 assert_size!(MemberConf, 16);
 
@@ -555,13 +594,24 @@ pub struct ConnEvent {
 assert_size!(ConnEvent, 72);
 
 /// Bytes of the `CONN_LOG` ring buffer of a load balancer whose daemon logs connections:
-/// about 13,100 events (72 bytes and an 8-byte header each), 0.45 s of 29,000 closes a second.
-/// The daemon drains it every 100 ms, and at once when a quarter of it is used.
-pub const CONN_LOG_BYTES: u32 = 1024 * 1024;
+/// about 3,270 events (72 bytes and an 8-byte header each). The daemon drains it every
+/// 100 ms, and is woken as soon as a quarter of it is used: it keeps up with about 30,000
+/// closes a second per load balancer before events are lost (counted).
+pub const CONN_LOG_BYTES: u32 = 256 * 1024;
 
-/// The ring's size as the object declares it, which the loader keeps when the daemon has no
-/// connection log (one page: nothing is written to it).
-pub const CONN_LOG_BYTES_OFF: u32 = 4096;
+/// `ADMISSION` value: a listener's cookie mode (lb-ebpf's cookie.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Cookie mode lasts until then (0: off).
+    pub until_ns: u64,
+    /// ACKs are checked for cookies until then.
+    pub accept_until_ns: u64,
+    /// Cookies sent and ACKs with a valid cookie in the current hold.
+    pub sent: u64,
+    pub valid: u64,
+}
+assert_size!(Admission, 32);
 
 /// Per-CPU traffic counters, per listener and per member.
 #[repr(C)]
@@ -630,7 +680,7 @@ pub struct FlowG<A> {
     pub member_port_be: u16,
     pub snat_port_be: u16,
     pub vip_be: A,
-    /// Index into `MEMBERS` (`pool * MAX_POOL_MEMBERS + slot`).
+    /// Index into `MEMBERS`.
     pub member: u32,
     pub listener: u32,
     /// Added to the client's TCP timestamps (TSval) towards the member, taken off the member's
@@ -823,4 +873,6 @@ mod pod {
     unsafe impl aya::Pod for StickyKey {}
     unsafe impl aya::Pod for Sticky {}
     unsafe impl aya::Pod for crate::schema::SchemaEntry {}
+    unsafe impl aya::Pod for Admission {}
+    unsafe impl aya::Pod for PoolSlot {}
 }

@@ -234,43 +234,64 @@ fn less_loaded(a: &Candidate, b_active: i64, b_weight: u32) -> bool {
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct Picker {
-    algorithm: u32,
     count: u32,
     start: u32,
     exclude: u32,
     best_slot: u32,
-    best_weight: u32,
     best_active: i64,
     backup_slot: u32,
-    backup_weight: u32,
+    /// The pool's `error_limit`, for the caller that offers members (passive health: a
+    /// member past it is offered as down); kept here so the data path's selection state is
+    /// one value.
+    limit: u32,
     backup_active: i64,
-    excluded: u32,
-    _pad: u32,
+    /// Weights are 0..=256.
+    best_weight: u16,
+    backup_weight: u16,
+    /// Least connections (else the first available member in rotation order).
+    lc: u8,
+    excluded: u8,
+    _pad: u16,
 }
 
 const NONE: u32 = u32::MAX;
 
 impl Picker {
-    /// `start` rotates the scan (ties go to the first one seen); `exclude` (a slot, or
+    /// `start` rotates the scan (ties go to the first one seen); `exclude` (an id, or
     /// `u32::MAX`) is skipped unless it is the only choice left, which is how a redispatched
-    /// SYN avoids the member that did not answer.
+    /// SYN avoids the member that did not answer. `count` slots are visited (`slot`); what
+    /// each is offered as (`offer`'s id: the slot itself, or the member index the data path
+    /// finds there) is what `exclude` and `result` name.
     #[inline(always)]
     pub fn new(algorithm: u32, count: u32, start: u32, exclude: u32) -> Picker {
         let count = if count > MAX_POOL_MEMBERS { 0 } else { count };
         Picker {
-            algorithm,
             count,
             start: if count == 0 { 0 } else { start % count },
             exclude,
             best_slot: NONE,
-            best_weight: 0,
             best_active: 0,
             backup_slot: NONE,
-            backup_weight: 0,
+            limit: 0,
             backup_active: 0,
+            best_weight: 0,
+            backup_weight: 0,
+            lc: (algorithm == ALG_LEAST_CONNECTIONS) as u8,
             excluded: 0,
             _pad: 0,
         }
+    }
+
+    /// The same picker, carrying the pool's error limit (see `limit`).
+    #[inline(always)]
+    pub fn with_limit(mut self, limit: u32) -> Picker {
+        self.limit = limit;
+        self
+    }
+
+    #[inline(always)]
+    pub fn limit(&self) -> u32 {
+        self.limit
     }
 
     /// Slots to visit: `0..count()`.
@@ -290,6 +311,7 @@ impl Picker {
         }
     }
 
+    /// Offers the member with id `slot` (see `new`).
     #[inline(always)]
     pub fn offer(&mut self, slot: u32, c: &Candidate) {
         if !available(c) {
@@ -299,20 +321,20 @@ impl Picker {
             self.excluded = 1;
             return;
         }
-        let lc = self.algorithm == ALG_LEAST_CONNECTIONS;
+        let lc = self.lc != 0;
         if c.flags & MEMBER_F_BACKUP != 0 {
             if self.backup_slot == NONE
-                || (lc && less_loaded(c, self.backup_active, self.backup_weight))
+                || (lc && less_loaded(c, self.backup_active, self.backup_weight as u32))
             {
                 self.backup_slot = slot;
-                self.backup_weight = c.weight;
+                self.backup_weight = c.weight as u16;
                 self.backup_active = c.active;
             }
         } else if self.best_slot == NONE
-            || (lc && less_loaded(c, self.best_active, self.best_weight))
+            || (lc && less_loaded(c, self.best_active, self.best_weight as u32))
         {
             self.best_slot = slot;
-            self.best_weight = c.weight;
+            self.best_weight = c.weight as u16;
             self.best_active = c.active;
         }
     }

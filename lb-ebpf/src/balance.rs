@@ -7,8 +7,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
 use lb_common::{
-    member_failed, reason, select, ListenerConf, Sticky, StickyKey, ALG_SOURCE_IP,
-    ALG_SOURCE_IP_PORT, MAX_LISTENERS, MAX_POOL_MEMBERS, MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
+    member_failed, reason, select, ListenerConf, PoolMembers, Sticky, StickyKey, ALG_SOURCE_IP,
+    ALG_SOURCE_IP_PORT, MAX_LISTENERS, MEMBER_F_UP, NO_MEMBER, POOL_F_PERSIST_SOURCE,
 };
 
 use crate::{conntrack::xadd_u64, maps::*};
@@ -58,7 +58,7 @@ pub(crate) fn decode(v: u64) -> Result<u32, u32> {
     }
 }
 
-/// A member for a new (or redispatched) flow: slot index in `MEMBERS`, or a drop reason.
+/// A member for a new (or redispatched) flow: its index in `MEMBERS`, or a drop reason.
 #[inline(always)]
 /// `TABLE`: look the pool's table up first (a new flow); a redispatch (`exclude` a member)
 /// scans only, which keeps `pick_other`'s frame small.
@@ -71,7 +71,6 @@ pub(crate) fn choose<const TABLE: bool>(
     let Some(pool) = POOLS.get(listener.pool) else {
         return Err(reason::DROP_NO_MEMBER);
     };
-    let base = listener.pool * MAX_POOL_MEMBERS;
     let hashed = pool.algorithm == ALG_SOURCE_IP || pool.algorithm == ALG_SOURCE_IP_PORT;
     let start = if hashed {
         if pool.algorithm == ALG_SOURCE_IP_PORT {
@@ -95,19 +94,28 @@ pub(crate) fn choose<const TABLE: bool>(
     // member has just become unavailable, falls back to the scan from the same start.
     if TABLE && pool.table_len != 0 {
         let at = start % pool.table_len;
-        if let Some(i) = source_entry(listener.pool, pool.count, at, pool.error_limit) {
-            return Ok(base + i);
+        if let Ok(i) = decode(table_member(
+            listener.pool,
+            pool.count,
+            at,
+            pool.error_limit,
+        )) {
+            return Ok(i);
         }
     }
-    let exclude_slot = if exclude >= base {
-        exclude - base
-    } else {
-        u32::MAX
+    let Some(slots) = POOL_MEMBERS.get(listener.pool) else {
+        return Err(reason::DROP_NO_MEMBER);
+    };
+    // The picker keeps the members it is offered by index (the slots only order the walk):
+    // its result and its `exclude` are member indexes.
+    let Some(live) = MEMBER_LIVE.find() else {
+        return Err(reason::DROP_NO_MEMBER);
     };
     let mut sel = Selection {
-        picker: select::Picker::new(pool.algorithm, pool.count, start, exclude_slot),
-        base,
-        limit: pool.error_limit,
+        picker: select::Picker::new(pool.algorithm, pool.count, start, exclude)
+            .with_limit(pool.error_limit),
+        slots,
+        live,
     };
     let n = sel.picker.count();
     unsafe {
@@ -118,36 +126,47 @@ pub(crate) fn choose<const TABLE: bool>(
             0,
         );
     }
-    match sel.picker.result() {
-        Some(s) => Ok(base + s),
-        None => Err(reason::DROP_NO_MEMBER),
-    }
+    sel.picker.result().ok_or(reason::DROP_NO_MEMBER)
 }
 
 /// Whether member `idx` is past its pool's error limit (passive health).
 #[inline(always)]
-fn failed(idx: u32, limit: u32) -> bool {
-    match MEMBER_LIVE.get(idx) {
+fn failed(idx: &u32, limit: u32) -> bool {
+    match MEMBER_LIVE.get_at(idx) {
         Some(l) => member_failed(l.failures, limit),
         None => false,
     }
 }
 
-/// The slot the pool's source-hashing table gives `hash`, if its member is available.
+/// `source_entry` as a subprogram (its result encoded): `pick_member`'s frame then does
+/// not hold what the table's lookups keep across their calls.
+#[inline(never)]
+fn table_member(pool: u32, count: u32, hash: u32, limit: u32) -> u64 {
+    encode(source_entry(pool, count, hash, limit).ok_or(reason::DROP_NO_MEMBER))
+}
+
+/// The member the pool's source-hashing table gives `hash`, if it is available.
 #[inline(always)]
 pub(crate) fn source_entry(pool: u32, count: u32, hash: u32, limit: u32) -> Option<u32> {
     let table = SOURCE_TABLE.get(pool)?;
     let slot = table[(hash % select::SOURCE_TABLE_SIZE) as usize] as u32;
-    if slot >= count || failed(pool * MAX_POOL_MEMBERS + slot, limit) {
+    if slot >= count {
         return None;
     }
-    let m = MEMBERS.get(pool * MAX_POOL_MEMBERS + slot)?;
+    let s = POOL_MEMBERS.get(pool)?.get(slot as usize)?;
+    if s.member == NO_MEMBER {
+        return None;
+    }
+    let idx = s.member as u32;
+    if failed(&idx, limit) {
+        return None;
+    }
     let c = select::Candidate {
-        weight: m.weight as u32,
-        flags: m.flags,
+        weight: s.weight as u32,
+        flags: s.flags,
         active: 0,
     };
-    select::available(&c).then_some(slot)
+    select::available(&c).then_some(idx)
 }
 
 /// The member a client address sticks to in the listener's pool (source-address
@@ -165,16 +184,15 @@ pub(crate) fn sticky_member(listener: &ListenerConf, client_be: u32, now: u64) -
     let s = unsafe { STICKY.get(&key) }?;
     let fresh = pool.persist_timeout_s == 0
         || now.wrapping_sub(s.last_ns) < pool.persist_timeout_s as u64 * 1_000_000_000;
-    let base = listener.pool * MAX_POOL_MEMBERS;
-    if !fresh
-        || s.member < base
-        || s.member >= base + pool.count
-        || failed(s.member, pool.error_limit)
-    {
+    if !fresh || failed(&s.member, pool.error_limit) {
         return None;
     }
     // As haproxy's: a member drained to weight 0 still takes the clients stuck to it.
     let m = MEMBERS.get(s.member)?;
+    if m.pool != listener.pool {
+        // Its index went to another pool's member since.
+        return None;
+    }
     let c = select::Candidate {
         weight: 1,
         flags: m.flags,
@@ -183,8 +201,9 @@ pub(crate) fn sticky_member(listener: &ListenerConf, client_be: u32, now: u64) -
     select::available(&c).then_some(s.member)
 }
 
-/// Remembers the member a client address got (pools with source-address persistence).
-#[inline(always)]
+/// Remembers the member a client address got (pools with source-address persistence). A
+/// subprogram: its key and value take its own frame, not the new-flow path's.
+#[inline(never)]
 pub(crate) fn stick(listener: &ListenerConf, client_be: u32, member: u32, now: u64) {
     let Some(pool) = POOLS.get(listener.pool) else {
         return;
@@ -204,7 +223,7 @@ pub(crate) fn stick(listener: &ListenerConf, client_be: u32, member: u32, now: u
     let _ = STICKY.insert(&key, &v, 0);
 }
 
-/// Connections open on all listeners of the load balancer (this object's maps serve one).
+/// Connections open on all listeners of the load balancer.
 #[inline(always)]
 pub(crate) fn open_connections() -> i64 {
     let mut sum: i64 = 0;
@@ -234,9 +253,10 @@ pub(crate) extern "C" fn add_active(i: u32, ctx: *mut c_void) -> i64 {
 #[repr(C)]
 pub(crate) struct Selection {
     picker: select::Picker,
-    base: u32,
-    /// The pool's `error_limit`: members past it are out.
-    limit: u32,
+    /// The pool's slots (its `POOL_MEMBERS` value).
+    slots: &'static PoolMembers,
+    /// The load balancer's `MEMBER_LIVE`, found before the loop (see `inner::Found`).
+    live: crate::inner::Found<lb_common::Live>,
 }
 
 /// `bpf_loop` callback: offers member slot number `i` (in rotation order) to the picker. The
@@ -245,20 +265,25 @@ pub(crate) struct Selection {
 pub(crate) extern "C" fn select_step(i: u32, ctx: *mut c_void) -> i64 {
     let sel = unsafe { &mut *(ctx as *mut Selection) };
     let slot = sel.picker.slot(i);
-    let idx = sel.base + slot;
-    let Some(m) = MEMBERS.get(idx) else { return 1 };
-    let (active, failed) = match MEMBER_LIVE.get(idx) {
-        Some(l) => (l.active, member_failed(l.failures, sel.limit)),
+    let Some(s) = sel.slots.get(slot as usize) else {
+        return 1;
+    };
+    if s.member == NO_MEMBER {
+        return 0;
+    }
+    let idx = s.member as u32;
+    let (active, failed) = match sel.live.get(&idx) {
+        Some(l) => (l.active, member_failed(l.failures, sel.picker.limit())),
         None => (0, false),
     };
     sel.picker.offer(
-        slot,
+        idx,
         &select::Candidate {
-            weight: m.weight as u32,
+            weight: s.weight as u32,
             flags: if failed {
-                m.flags & !MEMBER_F_UP
+                s.flags & !MEMBER_F_UP
             } else {
-                m.flags
+                s.flags
             },
             active,
         },

@@ -39,11 +39,10 @@ pub(crate) fn from_client<C: Frame, F: Family>(
     pkt.flow_key_into(FLOW_DIR_FORWARD, fkey);
     let fkey = &*fkey;
     let udp = pkt.udp;
-    let is_syn = !udp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut opened = false;
 
     let flow_ptr = match F::conntrack().get_ptr_mut(fkey) {
-        Some(f) if is_syn && unsafe { (*f).is_closed() } => {
+        Some(f) if is_syn(pkt) && unsafe { (*f).is_closed() } => {
             // The client reuses the tuple of a closed connection: start over.
             unsafe {
                 uncount(f);
@@ -72,7 +71,7 @@ pub(crate) fn from_client<C: Frame, F: Family>(
                 }
                 return verdict(xdp_action::XDP_DROP, reason::DROP_COOKIE_WAIT);
             }
-            if is_syn && state & CT_SYNACK == 0 {
+            if is_syn(pkt) && state & CT_SYNACK == 0 {
                 if let Err(r) = maybe_redispatch::<C, F>(ctx, pkt, listener, f) {
                     return verdict(xdp_action::XDP_DROP, r);
                 }
@@ -98,7 +97,7 @@ pub(crate) fn from_client<C: Frame, F: Family>(
                     Ok(f) => f,
                     Err(r) => return verdict(xdp_action::XDP_DROP, r),
                 }
-            } else if !is_syn {
+            } else if !is_syn(pkt) {
                 // An ACK with a SYN cookie lb sent opens its flow now.
                 if !F::valid_ack(ctx, pkt, listener, now) {
                     return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);
@@ -127,6 +126,14 @@ pub(crate) fn from_client<C: Frame, F: Family>(
         return v;
     }
     forward::<C, F>(ctx, pkt, flow_ptr, now, opened)
+}
+
+/// A client's SYN (a TCP segment with SYN and without ACK). Read from the packet at each
+/// use rather than kept: a value kept across the map lookups is a spilled stack slot, and
+/// `lb`'s new-flow path has none to spare on 6.1 (see docs/ARCHITECTURE.md, "Stack").
+#[inline(always)]
+fn is_syn<A>(pkt: &Packet<A>) -> bool {
+    !pkt.udp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// `forward` as a BPF subprogram (`Family::OUTLINE`), its verdict encoded.
@@ -296,13 +303,15 @@ pub(crate) fn fast_path(ctx: &TcContext) -> Option<Verdict> {
     if pkt.fragment || pkt.tcp_flags & TCP_SYN != 0 || !crate::for_port(&pkt.dst_mac) {
         return None;
     }
-    if LISTENERS.get_ptr(pkt.listener_key()).is_some() {
+    let v = if LISTENERS.get_ptr(pkt.listener_key()).is_some() {
         let f = CONNTRACK.get_ptr_mut(pkt.flow_key(FLOW_DIR_FORWARD))?;
         let now = unsafe { bpf_ktime_get_ns() };
-        return Some(forward::<TcContext, V4>(ctx, &pkt, f, now, false));
-    }
-    let rflow = unsafe { *CONNTRACK.get_ptr(pkt.flow_key(FLOW_DIR_REVERSE))? };
-    Some(from_member::<TcContext, V4>(ctx, &pkt, &rflow))
+        forward::<TcContext, V4>(ctx, &pkt, f, now, false)
+    } else {
+        let rflow = unsafe { *CONNTRACK.get_ptr(pkt.flow_key(FLOW_DIR_REVERSE))? };
+        from_member::<TcContext, V4>(ctx, &pkt, &rflow)
+    };
+    Some(v)
 }
 
 /// A retransmitted SYN of a flow whose member has not answered: HAProxy's `retries` +

@@ -11,26 +11,12 @@
 //! state in `SCRATCH` (`pending`) and `lb6` writes the record once the subprogram returned
 //! (`flush`), from the forward key the subprogram left in the scratch space.
 
-use aya_ebpf::{
-    macros::map,
-    maps::{PerCpuArray, RingBuf},
-};
-use lb_common::{Address, ConnEvent, FlowG, Live, CONN_LOG_BYTES_OFF, MAX_LISTENERS};
+use lb_common::{Address, ConnEvent, FlowG, Live};
 
 use crate::{
-    family::{self, slot, Family, V6},
-    maps::{LISTENER_LIVE, MEMBER_LIVE, SCRATCH},
+    family::{self, slot, Family},
+    maps::{CONN_LOG, CONN_LOG_LOST, LISTENER_LIVE, MEMBER_LIVE, SCRATCH},
 };
-
-/// Not pinned: a daemon taking over reads the ring of the programs it loaded; the old
-/// daemon drains the old one before it exits. Sized by the loader (`CONN_LOG_BYTES` when the
-/// daemon logs connections).
-#[map]
-pub static CONN_LOG: RingBuf = RingBuf::with_byte_size(CONN_LOG_BYTES_OFF, 0);
-
-/// listener index -> connection-log events lost to a full ring, per CPU.
-#[map]
-pub static CONN_LOG_LOST: PerCpuArray<u64> = PerCpuArray::pinned(MAX_LISTENERS, 0);
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
@@ -92,7 +78,7 @@ pub(crate) fn pending(state: u64) {
 /// closing segment's time is the flow's `last_seen_ns`). A subprogram: `lb6` calls it with
 /// nothing else on its stack's chain.
 #[inline(never)]
-pub(crate) fn flush() {
+pub(crate) fn flush<F: Family>() {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -101,10 +87,10 @@ pub(crate) fn flush() {
         return;
     }
     unsafe { (*s).log_state = 0 };
-    let Some(key) = family::key::<V6>(slot::FORWARD) else {
+    let Some(key) = family::key::<F>(slot::FORWARD) else {
         return;
     };
-    if let Some(f) = V6::conntrack().get_ptr(key) {
+    if let Some(f) = F::conntrack().get_ptr(&*key) {
         ended(f, state, unsafe { (*f).last_seen_ns });
     }
 }

@@ -579,15 +579,3 @@ fn emit<C: Frame, A: Cookie>(ctx: &C, pkt: &Packet<A>, seg: &Segment<A>) -> bool
     }
     true
 }
-
-/// `ADMISSION` value: a listener's cookie mode.
-#[repr(C)]
-pub struct Admission {
-    /// Cookie mode lasts until then (0: off).
-    pub until_ns: u64,
-    /// ACKs are checked for cookies until then.
-    pub accept_until_ns: u64,
-    /// Cookies sent and ACKs with a valid cookie in the current hold.
-    pub sent: u64,
-    pub valid: u64,
-}

@@ -4,11 +4,12 @@
 //! connection log's record (IPv6's written after the subprogram that ended the flow). The
 //! data path's flow logic is generic over `Family` and compiled once per family.
 
-use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, maps::HashMap};
+use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use lb_common::{AllowedData, AllowedData6, FlowG, FlowKeyG, Ip6, ListenerConf, ListenerKeyG};
 
 use crate::{
     cookie::{self, Cookie},
+    inner::{Hash, Outer},
     maps::*,
     parse::{Frame, Packet},
     tail_call_v6, v6slot, Verdict,
@@ -23,9 +24,15 @@ pub(crate) trait Family: 'static {
     /// own (IPv6: its frame then does not add to the entry point's, which the flow-opening
     /// chain shares with `pick_member` and `bind_member`).
     const OUTLINE: bool;
+    /// The member's SYN-ACK of a cookie flow goes to a program of its own (IPv6's
+    /// `lb6_cookie`) before the member path's subprogram.
+    const COOKIE_PROGRAM: bool;
+    /// The outer maps of this family's conntrack and listener tables.
+    type Ct: Outer;
+    type Ls: Outer;
     /// The conntrack table of this family's flows.
-    fn conntrack() -> &'static HashMap<FlowKeyG<Self::A>, FlowG<Self::A>>;
-    fn listeners() -> &'static HashMap<ListenerKeyG<Self::A>, ListenerConf>;
+    fn conntrack() -> &'static Hash<Self::Ct, FlowKeyG<Self::A>, FlowG<Self::A>>;
+    fn listeners() -> &'static Hash<Self::Ls, ListenerKeyG<Self::A>, ListenerConf>;
     /// The address of member `idx` (its pool shares the VIP's family).
     fn member_addr(idx: u32) -> Option<&'static Self::A>;
     /// The flow being built in the per-CPU scratch space.
@@ -102,12 +109,15 @@ pub(crate) struct V4;
 impl Family for V4 {
     type A = u32;
     const OUTLINE: bool = false;
+    const COOKIE_PROGRAM: bool = false;
+    type Ct = OfConntrack;
+    type Ls = OfListeners;
     #[inline(always)]
-    fn conntrack() -> &'static HashMap<FlowKeyG<u32>, FlowG<u32>> {
+    fn conntrack() -> &'static Hash<OfConntrack, FlowKeyG<u32>, FlowG<u32>> {
         &CONNTRACK
     }
     #[inline(always)]
-    fn listeners() -> &'static HashMap<ListenerKeyG<u32>, ListenerConf> {
+    fn listeners() -> &'static Hash<OfListeners, ListenerKeyG<u32>, ListenerConf> {
         &LISTENERS
     }
     #[inline(always)]
@@ -201,12 +211,15 @@ pub(crate) fn no_cookie_program() -> Verdict {
 impl Family for V6 {
     type A = Ip6;
     const OUTLINE: bool = true;
+    const COOKIE_PROGRAM: bool = true;
+    type Ct = OfConntrack6;
+    type Ls = OfListeners6;
     #[inline(always)]
-    fn conntrack() -> &'static HashMap<FlowKeyG<Ip6>, FlowG<Ip6>> {
+    fn conntrack() -> &'static Hash<OfConntrack6, FlowKeyG<Ip6>, FlowG<Ip6>> {
         &CONNTRACK6
     }
     #[inline(always)]
-    fn listeners() -> &'static HashMap<ListenerKeyG<Ip6>, ListenerConf> {
+    fn listeners() -> &'static Hash<OfListeners6, ListenerKeyG<Ip6>, ListenerConf> {
         &LISTENERS6
     }
     #[inline(always)]
@@ -241,7 +254,7 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn flush_log() {
-        crate::connlog::flush()
+        crate::connlog::flush::<V6>()
     }
     #[inline(always)]
     fn answer_syn<C: Frame>(ctx: &C, pkt: &Packet<Ip6>) -> Option<Verdict> {

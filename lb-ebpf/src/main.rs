@@ -3,6 +3,11 @@
 //! client -> VIP:listener   becomes VIP:snat -> member:port   (XDP_TX, same port)
 //! member -> VIP:snat       becomes VIP:listener -> client    (XDP_TX, same port)
 //! Everything else goes to the kernel untouched; malformed packets get one counted verdict each.
+//!
+//! These programs are loaded once per node and shared by every load balancer: a load
+//! balancer's port runs a stub (made by the daemon, a few instructions) that writes the load
+//! balancer's slot into `CURRENT` and tail-calls the entry point here; every map access then
+//! goes to that load balancer's own maps (maps.rs, inner.rs).
 #![no_std]
 #![no_main]
 // Atomic adds on map values: core's Atomic* types lack fetch_add on the BPF target.
@@ -17,6 +22,7 @@ mod cookie;
 mod family;
 mod icmp;
 mod icmp6;
+mod inner;
 mod maps;
 mod member;
 mod nat;
@@ -231,8 +237,12 @@ pub fn lb_peer_pass(_ctx: XdpContext) -> u32 {
 fn process<C: Frame>(ctx: &C) -> Verdict {
     match parse::parse(ctx) {
         Ok(parse::Parsed::Ipv6) => {
-            tail_call_v6(ctx, v6slot::IPV6);
-            // No IPv6 program in the slot (an IPv4 load balancer loads none): the kernel's.
+            // An IPv4 load balancer has no IPv6 tables: its IPv6 frames are the kernel's.
+            if LISTENERS6.present() {
+                tail_call_v6(ctx, v6slot::IPV6);
+            }
+            // (Or no IPv6 program in the slot: the set loads them for its first IPv6 load
+            // balancer.)
             verdict(xdp_action::XDP_PASS, reason::PASS_NOT_IP)
         }
         Ok(parse::Parsed::L4(p)) if for_port(&p.dst_mac) => balance::<C, V4>(ctx, &p),
@@ -300,7 +310,7 @@ fn balance<C: Frame, F: Family>(ctx: &C, pkt: &Packet<F::A>) -> Verdict {
     pkt.flow_key_into(FLOW_DIR_REVERSE, rkey);
     let rflow = F::conntrack().get_ptr(&*rkey);
     if F::OUTLINE {
-        if let Some(r) = rflow {
+        if let (true, Some(r)) = (F::COOKIE_PROGRAM, rflow) {
             // The member's SYN-ACK of a cookie flow: the cookie program turns it into lb's
             // ACK (no tail call from the member path's subprogram: 6.1 refuses one below
             // 256 bytes of stack).
@@ -342,7 +352,7 @@ fn for_port6<C: Frame>(ctx: &C) -> bool {
 /// those frames are not lb's to balance).
 #[inline(always)]
 pub(crate) fn for_port(dst: &[u8; 6]) -> bool {
-    match PORT.get(0) {
+    match PORT.first() {
         Some(p) if p.mac != [0; 6] => p.mac == *dst,
         _ => true,
     }

@@ -139,6 +139,10 @@ pub struct LoadBalancer {
     /// -1 = unlimited.
     #[serde(default = "minus_one")]
     pub connection_limit: i64,
+    /// Flows its conntrack table holds; absent: `daemon.conntrack_flows`. The table's
+    /// buckets take 32 bytes per flow up front; flows take memory as they come.
+    #[serde(default)]
+    pub conntrack_flows: Option<u32>,
     #[serde(default)]
     pub listener: Vec<Listener>,
     #[serde(default)]
@@ -622,6 +626,15 @@ impl Config {
             let at = format!("loadbalancer[{i}]");
             check_id(format!("{at}.id"), &lb.id)?;
             check_limit(&format!("{at}.connection_limit"), lb.connection_limit)?;
+            if let Some(n) = lb.conntrack_flows {
+                if n == 0 || n > 8_000_000 {
+                    return Err(invalid(
+                        format!("{at}.conntrack_flows"),
+                        n,
+                        "must be 1..=8000000",
+                    ));
+                }
+            }
             if lb.namespace().len() > 200 {
                 return Err(invalid(
                     format!("{at}.id"),

@@ -28,7 +28,7 @@ use aya::{
 };
 use lb_common::{
     Address, FlowG, FlowKeyG, Ip6, ListenerConf, ListenerKeyG, MemberConf, SweepReport,
-    CLOSED_LINGER_NS, CT_UDP, FLOW_DIR_REVERSE, MAX_LISTENERS, MAX_MEMBERS, MEMBER_F_CONFIGURED,
+    CLOSED_LINGER_NS, CT_UDP, FLOW_DIR_REVERSE, MAX_LISTENERS, MEMBER_F_CONFIGURED,
     MEMBER_F_ENABLED, MEMBER_F_UP,
 };
 
@@ -228,7 +228,8 @@ struct Cycle<'a> {
 /// corrects, opened from the pins (independent of the daemon's loaded programs).
 pub struct Sweeper {
     dir: PathBuf,
-    v4: Table<u32>,
+    /// The load balancer's table (its family's; the other is None).
+    v4: Option<Table<u32>>,
     /// None: maps pinned by a version of lb without IPv6.
     v6: Option<Table<Ip6>>,
     members: Array<MapData, MemberConf>,
@@ -304,12 +305,12 @@ impl Sweeper {
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Sweeper {
             dir: dir.into(),
-            v4: Table::open(dir, "CONNTRACK", "LISTENERS")?,
+            v4: Table::open(dir, "CONNTRACK", "LISTENERS").ok(),
             v6: Table::open(dir, "CONNTRACK6", "LISTENERS6").ok(),
             members: open_map(dir, "MEMBERS")?,
             report: open_map(dir, "SWEEP")?,
-            member_live: LiveArray::open(&dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
-            listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
+            member_live: LiveArray::open(&dir.join("MEMBER_LIVE"))?,
+            listener_live: LiveArray::open(&dir.join("LISTENER_LIVE"))?,
             named: Vec::new(),
             named_since_ns: None,
             log: None,
@@ -381,7 +382,10 @@ impl Sweeper {
             listener_live: &self.listener_live,
             log: self.log.as_deref(),
         };
-        let mut whole = self.v4.walk(&mut c, pause)?;
+        let mut whole = true;
+        if let Some(v4) = &mut self.v4 {
+            whole = v4.walk(&mut c, pause)?;
+        }
         if whole {
             if let Some(v6) = &mut self.v6 {
                 whole = v6.walk(&mut c, pause)?;

@@ -21,13 +21,13 @@ use aya::maps::{HashMap as BpfHash, MapData};
 use lb_common::{
     reason, Address, FlowG, FlowKeyG, ListenerConf, Sticky, StickyKey, ALG_LEAST_CONNECTIONS,
     ALG_ROUND_ROBIN, ALG_SOURCE_IP, ALG_SOURCE_IP_PORT, CT_ESTABLISHED, FLOW_DIR_FORWARD,
-    IPPROTO_TCP, MAX_POOL_MEMBERS, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED, MEMBER_F_ENABLED,
-    MEMBER_F_UP, POOL_F_PERSIST_SOURCE,
+    IPPROTO_TCP, MEMBER_F_BACKUP, MEMBER_F_CONFIGURED, MEMBER_F_ENABLED, MEMBER_F_UP,
+    POOL_F_PERSIST_SOURCE,
 };
 use serde::Serialize;
 
 use crate::{
-    dataplane::{open_map, Dataplane, Maps},
+    dataplane::{open_map, Dataplane, Maps, Sizing},
     state::State,
 };
 
@@ -183,7 +183,7 @@ pub fn explain(
         .plan
         .members
         .iter()
-        .filter(|m| m.index / MAX_POOL_MEMBERS == conf.pool)
+        .filter(|m| state.plan.pool_of(m.index) == Some(conf.pool))
     {
         let mc = maps.member(m.index)?;
         let live = maps.member_live.get(m.index);
@@ -320,9 +320,10 @@ fn simulate(
         }
     }
     let scratch = Scratch(bpffs.join(format!("explain-{}", std::process::id())));
-    let mut dp = Dataplane::load_with(&scratch.0, 1024, false, vip.is_ipv6())
-        .context("loading a scratch copy of the data path")?;
-    dp.maps.write_plan(&state.plan, None)?;
+    let sizing = Sizing::for_plan(&Sizing::new(1024, 0, 0, vip.is_ipv6()), &state.plan);
+    let mut dp =
+        Dataplane::open(&scratch.0, &sizing).context("making a scratch copy of the data path")?;
+    dp.write_plan(&state.plan, None)?;
     // What the running data path has now, over what the plan says.
     for l in &state.plan.listeners {
         if let Some(c) = live.listener_conf(l) {
@@ -335,7 +336,9 @@ fn simulate(
         dp.maps
             .member_live
             .set(m.index, live.member_live.get(m.index));
-        pools.insert(m.index / MAX_POOL_MEMBERS);
+        if let Some(p) = state.plan.pool_of(m.index) {
+            pools.insert(p);
+        }
     }
     for p in pools {
         dp.maps.set_pool(p, live.pool(p)?)?;

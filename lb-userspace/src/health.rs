@@ -593,7 +593,7 @@ pub async fn monitor(
     t: MonitorTarget,
     tx: UnboundedSender<Transition>,
     board: Board,
-    live: std::sync::Arc<crate::dataplane::LiveArray>,
+    live: crate::dataplane::SharedLive,
 ) {
     let (rise, fall) = (t.monitor.max_retries, t.monitor.max_retries_down);
     let mut checker = Checker::new(rise, fall, t.up);
@@ -622,7 +622,7 @@ pub async fn monitor(
         let r = check(vip, t.target, &t.monitor).await;
         if r.status.ok() {
             // Passive health: a passing check forgives the member's failed connections.
-            live.clear_failures(t.member_index);
+            live.get().clear_failures(t.member_index);
         }
         let changed = checker.record(r.status.ok());
         info.status = Some(r.status);

@@ -13,7 +13,6 @@ pub mod haproxy;
 pub mod health;
 pub mod metrics;
 pub mod node;
-pub mod pins;
 pub mod plan;
 pub mod state;
 pub mod stats;

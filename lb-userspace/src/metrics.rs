@@ -213,8 +213,9 @@ struct Extra {
 }
 
 fn extra(pin_dir: &Path) -> Extra {
-    let capacity_flows = aya::maps::MapInfo::from_pin(pin_dir.join("CONNTRACK"))
-        .ok()
+    let capacity_flows = ["CONNTRACK", "CONNTRACK6"]
+        .iter()
+        .find_map(|t| aya::maps::MapInfo::from_pin(pin_dir.join(t)).ok())
         .map(|i| i.max_entries() as u64 / 2);
     // The one map `stats::collect` did not read whole (its `flows` only).
     let sweep: lb_common::SweepReport = crate::dataplane::open_map::<
@@ -264,11 +265,23 @@ fn render(reports: &[(LoadBalancerReport, &State)]) -> String {
         if let Some(c) = x.capacity_flows {
             fs.gauge(
                 "lb_conntrack_capacity_flows",
-                "Flows the conntrack table holds (daemon.conntrack_flows).",
+                "Flows the conntrack table holds (conntrack_flows).",
                 &at,
                 c as f64,
             );
         }
+        fs.gauge(
+            "lb_loadbalancer_memory_bytes",
+            "Kernel memory of the load balancer's maps (their memlock; the programs, shared by every load balancer of the node, not included).",
+            &at,
+            r.memory.bytes as f64,
+        );
+        fs.gauge(
+            "lb_loadbalancer_memory_per_cpu_bytes",
+            "Of lb_loadbalancer_memory_bytes, what its per-CPU maps take per possible CPU.",
+            &at,
+            r.memory.per_cpu_bytes as f64,
+        );
         fs.gauge(
             "lb_conntrack_sweep_duration_seconds",
             "How long the last expiry cycle over the conntrack table took, pauses included.",

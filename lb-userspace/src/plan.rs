@@ -62,9 +62,16 @@ impl PlannedMember {
 pub struct PlannedPool {
     pub id: String,
     pub index: u32,
+    /// The member index in each slot (`NO_MEMBER`: none): a member keeps its slot while it
+    /// stays in the pool; a removed member's slot goes to the next new one.
+    #[serde(default)]
+    pub members: Vec<u32>,
     #[serde(skip)]
     pub conf: PoolConf,
 }
+
+/// A pool slot without a member.
+pub const NO_MEMBER: u32 = lb_common::NO_MEMBER as u32;
 
 /// The map entries of one load balancer, with indexes that stay put across reloads: a flow
 /// names its member and listener by index, so an index keeps meaning the same thing while
@@ -87,6 +94,34 @@ pub struct Plan {
     pub fresh_listeners: Vec<u32>,
 }
 
+impl Plan {
+    /// The index of the pool member `index` belongs to.
+    pub fn pool_of(&self, member: u32) -> Option<u32> {
+        let m = self.members.iter().find(|m| m.index == member)?;
+        self.pools
+            .iter()
+            .find(|p| p.id == m.pool_id)
+            .map(|p| p.index)
+    }
+
+    /// Member indexes the maps must hold: the highest in use (retired ones included), plus
+    /// one.
+    pub fn member_span(&self) -> u32 {
+        let top = self
+            .members
+            .iter()
+            .map(|m| m.index)
+            .chain(self.retired.iter().copied())
+            .max();
+        top.map_or(0, |i| i + 1)
+    }
+
+    /// Pool indexes the maps must hold (the highest in use, plus one).
+    pub fn pool_span(&self) -> u32 {
+        self.pools.iter().map(|p| p.index + 1).max().unwrap_or(0)
+    }
+}
+
 const MS: u64 = 1_000_000;
 
 /// Lowest index in `range` not in `taken`; records it as taken.
@@ -97,7 +132,7 @@ fn allocate(range: std::ops::Range<u32>, taken: &mut HashSet<u32>) -> Option<u32
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("pool {pool}: no member slot left (256 per pool, including slots of members removed by reloads since lb started)")]
+#[error("pool {pool}: no member index left ({max} per load balancer, including those of members removed by reloads whose connections still live)", max = lb_common::MAX_MEMBERS)]
 pub struct NoSlotLeft {
     pub pool: String,
 }
@@ -117,15 +152,21 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
         .chain(prev.retired.iter().copied())
         .collect();
     for pool in &lb.pool {
-        let index = prev
-            .pools
-            .iter()
-            .find(|x| x.id == pool.id)
+        let prev_pool = prev.pools.iter().find(|x| x.id == pool.id);
+        let index = prev_pool
             .map(|x| x.index)
             .or_else(|| allocate(0..MAX_POOLS, &mut pools_taken))
             .expect("validated: at most MAX_POOLS pools");
-        let base = index * MAX_POOL_MEMBERS;
-        let mut count = 0;
+        // Slots of members still in the pool stay theirs; the others are free.
+        let mut slots: Vec<u32> = prev_pool.map(|x| x.members.clone()).unwrap_or_default();
+        for s in slots.iter_mut() {
+            let stays = prev.members.iter().any(|m| {
+                m.index == *s && m.pool_id == pool.id && pool.member.iter().any(|x| x.id == m.id)
+            });
+            if !stays {
+                *s = NO_MEMBER;
+            }
+        }
         for m in &pool.member {
             let kept = prev
                 .members
@@ -135,15 +176,19 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
             let idx = match kept {
                 Some(i) => i,
                 None => {
-                    let i = allocate(base..base + MAX_POOL_MEMBERS, &mut members_taken)
-                        .ok_or_else(|| NoSlotLeft {
+                    let i = allocate(0..lb_common::MAX_MEMBERS, &mut members_taken).ok_or_else(
+                        || NoSlotLeft {
                             pool: pool.id.clone(),
-                        })?;
+                        },
+                    )?;
                     p.fresh_members.push(i);
+                    match slots.iter().position(|&s| s == NO_MEMBER) {
+                        Some(free) => slots[free] = i,
+                        None => slots.push(i),
+                    }
                     i
                 }
             };
-            count = count.max(idx - base + 1);
             let mut flags = MEMBER_F_CONFIGURED | MEMBER_F_UP;
             if m.admin_state_up {
                 flags |= MEMBER_F_ENABLED;
@@ -166,15 +211,19 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                     port_be: m.protocol_port.to_be(),
                     weight: m.weight,
                     flags,
-                    _pad: 0,
+                    pool: index,
                 },
             });
         }
+        while slots.last() == Some(&NO_MEMBER) {
+            slots.pop();
+        }
+        debug_assert!(slots.len() <= MAX_POOL_MEMBERS as usize, "validated");
         p.pools.push(PlannedPool {
             id: pool.id.clone(),
             index,
             conf: PoolConf {
-                count,
+                count: slots.len() as u32,
                 algorithm: match pool.lb_algorithm {
                     Algorithm::LEAST_CONNECTIONS => ALG_LEAST_CONNECTIONS,
                     Algorithm::ROUND_ROBIN => ALG_ROUND_ROBIN,
@@ -194,6 +243,7 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 error_limit: pool.error_limit,
                 table_len: 0,
             },
+            members: slots,
         });
     }
     let kept: HashSet<u32> = p.members.iter().map(|m| m.index).collect();
@@ -315,6 +365,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(p.pools[0].conf, want);
+        assert_eq!(p.pools[0].members, vec![0, 1]);
         let l = &p.listeners[0];
         assert_eq!(l.key.vip_be, u32::from_ne_bytes([10, 0, 0, 250]));
         assert_eq!(l.key.port_be, 22u16.to_be());
@@ -371,10 +422,15 @@ mod tests {
         assert_eq!(
             idx(&new, "new-member"),
             Some(2),
-            "a new member never takes a retired slot"
+            "a new member never takes a retired index"
         );
         assert_eq!(new.retired, vec![idx(&old, &first.id).unwrap()]);
-        assert_eq!(new.pools[0].conf.count, 3);
+        assert_eq!(
+            new.pools[0].members,
+            vec![2, 1],
+            "the new member takes the removed one's slot, the kept one keeps its own"
+        );
+        assert_eq!(new.pools[0].conf.count, 2);
         assert_eq!(
             new.fresh_members,
             vec![2],

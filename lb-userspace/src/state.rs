@@ -43,6 +43,11 @@ pub struct State {
     pub attachments: Vec<Attachment>,
     #[serde(default)]
     pub phase: Phase,
+    /// The program set (object hash) whose programs serve it, and its slot there.
+    #[serde(default)]
+    pub program_set: String,
+    #[serde(default)]
+    pub slot: u32,
     /// Health check counters and progress per member index, as the daemon left them (the next
     /// one carries on from them).
     #[serde(default)]

@@ -93,6 +93,9 @@ pub struct LoadBalancerReport {
     /// Connection-log events lost to a full ring buffer, all listeners.
     #[serde(default)]
     pub connection_log_lost: u64,
+    /// Kernel memory of its maps (the shared programs and their maps are the node's).
+    #[serde(default)]
+    pub memory: crate::dataplane::Memory,
     pub listeners: Vec<ListenerReport>,
     pub members: Vec<MemberReport>,
     /// packets per verdict reason (tx_*, pass_*, drop_*)
@@ -190,9 +193,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         let s = maps.member_stats(m.index)?;
         let conf = maps.member(m.index)?;
         let live = maps.member_live.get(m.index);
-        let limit = maps
-            .pool(m.index / lb_common::MAX_POOL_MEMBERS)?
-            .error_limit;
+        let limit = maps.pool(conf.pool)?.error_limit;
         let status = member_status(&conf, live.failures, limit, m.monitor.is_some());
         members.push(MemberReport {
             id: m.id.clone(),
@@ -243,6 +244,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         .collect();
 
     let conntrack_flows = maps.last_sweep()?.flows;
+    let memory = crate::dataplane::memory(&state.pin_dir)?;
     Ok(LoadBalancerReport {
         id: state.loadbalancer.clone(),
         operating_status: loadbalancer_status(
@@ -256,6 +258,7 @@ pub fn collect(state: &State) -> Result<LoadBalancerReport, crate::dataplane::Da
         daemon_pid: state.live_owner(),
         conntrack_flows,
         connection_log_lost: listeners.iter().map(|l| l.connection_log_lost).sum(),
+        memory,
         listeners,
         members,
         verdicts,
@@ -422,6 +425,14 @@ pub fn render_text(reports: &[LoadBalancerReport]) -> String {
             r.port,
             r.xdp_mode,
             r.conntrack_flows
+        );
+        let _ = writeln!(
+            o,
+            "  kernel memory {} KiB ({} KiB per CPU, {} CPUs; {} KiB with 64 CPUs)",
+            r.memory.bytes / 1024,
+            r.memory.per_cpu_bytes / 1024,
+            r.memory.cpus,
+            r.memory.with_cpus(64) / 1024
         );
         if r.daemon_pid.is_none() {
             let _ = writeln!(o, "  (no lb daemon serves it: the data path keeps translating its flows, but nothing expires or is checked until `lb run` takes over)");

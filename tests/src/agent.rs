@@ -330,10 +330,27 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.undeploy();
+        // What the next lb command does after an undeploy, then whatever is still there.
+        let state = self.state_dir.clone().unwrap_or_else(|| "/run/lb".into());
+        let bpffs = self
+            .bpffs
+            .clone()
+            .unwrap_or_else(|| "/sys/fs/bpf/lb".into());
+        let dead = |p: &u32| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| {
+                s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+            })
+        };
+        let pids = self.pids();
+        let _ = crate::wait_for_quietly(std::time::Duration::from_secs(5), || {
+            pids.iter().all(dead).then_some(())
+        });
+        lb::daemon::gc::collect(&state);
         for p in self.remains() {
             let _ = std::fs::remove_dir_all(&p);
             let _ = std::fs::remove_file(&p);
         }
+        let _ = lb::dataplane::programs::collect(&bpffs);
         if let Some(d) = self.bpffs.as_ref().filter(|_| !self.node_dirs) {
             let _ = std::fs::remove_dir_all(d);
         }

@@ -42,6 +42,8 @@ struct PinDir(PathBuf);
 
 impl Drop for PinDir {
     fn drop(&mut self) {
+        // The slot in the program set first (the set goes with its last load balancer).
+        let _ = lb::dataplane::release(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -71,7 +73,7 @@ impl Env {
         let pin = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
         let mut dp = Dataplane::load(&pin.0, flows).expect("load BPF object");
-        dp.maps.write_plan(&plan, None).unwrap();
+        dp.write_plan(&plan, None).unwrap();
         dp.maps.set_port(PORT_MAC).unwrap();
         Some(Env {
             dp,
@@ -106,7 +108,7 @@ impl Env {
         let pin = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
         let mut dp = Dataplane::load6(&pin.0, 1024).expect("load BPF object");
-        dp.maps.write_plan(&plan, None).unwrap();
+        dp.write_plan(&plan, None).unwrap();
         dp.maps.set_port(PORT_MAC).unwrap();
         Some(Env {
             dp,
@@ -189,7 +191,7 @@ impl Env {
         c.flags = f(c.flags);
         self.dp.maps.set_member(idx, c).unwrap();
         // As the daemon does after every change of a member.
-        let pool = idx / lb_common::MAX_POOL_MEMBERS;
+        let pool = c.pool;
         self.dp.maps.refresh_source_table(pool).unwrap();
     }
 

@@ -105,6 +105,20 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// `wait_for` without the panic (clean-ups in `Drop`): None if `f` never answered.
+pub fn wait_for_quietly<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether the kernel lets us do BPF at all; tests that need it skip with a reason otherwise.
 pub fn require_root() -> bool {
     if !nix::unistd::Uid::effective().is_root() {

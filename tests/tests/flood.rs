@@ -108,8 +108,11 @@ impl Drop for Flood {
 /// Summed (run time ns, runs) of the loaded programs named `name` (kernel.bpf_stats_enabled).
 fn prog_stats(name: &str) -> (u64, u64) {
     let mut t = (0, 0);
+    // The load balancers' stubs (`lb_tc.<slot>`): the kernel counts a program's run, tail
+    // calls into the shared programs included, under the program attached.
+    let stub = format!("{name}.");
     for p in aya::programs::loaded_programs().flatten() {
-        if p.name_as_str() == Some(name) {
+        if p.name_as_str().is_some_and(|n| n.starts_with(&stub)) {
             t.0 += p.run_time().as_nanos() as u64;
             t.1 += p.run_count();
         }

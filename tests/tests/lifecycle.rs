@@ -228,9 +228,20 @@ fn upgrade_through_takeover_to_a_different_program_loses_nothing() {
     );
     let after = attached(&setup.cfg, "lb_tc");
     assert_ne!(
-        before.2, after.2,
-        "the new object's program runs (tags differ)"
+        before.1, after.1,
+        "another program runs under the attachment"
     );
+    // It enters the new object's program set; the old one's went with its last load
+    // balancer.
+    let state = State::read(&setup.cfg.state_dir, &setup.cfg.lb_id).unwrap();
+    let sets: Vec<String> = std::fs::read_dir(setup.cfg.bpffs.join("@programs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(sets, vec![state.program_set.clone()]);
+    let variant_hash = lb::dataplane::programs::object_hash(&std::fs::read(&variant).unwrap());
+    assert_eq!(state.program_set, variant_hash, "the variant's set");
     if before.0.is_some() {
         assert_eq!(
             before.0, after.0,
@@ -338,6 +349,49 @@ fn twenty_reloads_lose_nothing() {
     assert!(daemon.stop().unwrap().success(), "{}", daemon.log_text());
 }
 
+/// A reload that adds more members than the member arrays hold (sized from the config:
+/// room for 16 at the seed's two): bigger arrays are made, filled and switched in under
+/// the streams, whose connections and counts carry on exactly.
+#[test]
+fn a_reload_that_outgrows_the_member_arrays_loses_nothing() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let mut daemon = setup.start(&[]);
+    let members = setup.cfg.bpffs.join(&setup.cfg.lb_id).join("MEMBERS");
+    let capacity = || {
+        aya::maps::MapInfo::from_pin(&members)
+            .unwrap()
+            .max_entries()
+    };
+    assert_eq!(capacity(), 16, "sized for the seed's two members");
+    let run = begin(&setup);
+    let mut more = std::fs::read_to_string(&setup.cfg.path).unwrap();
+    for i in 10..30 {
+        more.push_str(&format!(
+            "\n[[loadbalancer.pool.member]]\nid = \"m{i}\"\naddress = \"10.0.0.{i}\"\nprotocol_port = 22\n"
+        ));
+    }
+    std::fs::write(&setup.cfg.path, more).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload to be applied", Duration::from_secs(10), || {
+        daemon
+            .log_text()
+            .contains("SIGHUP: configuration applied")
+            .then_some(())
+    });
+    assert!(
+        daemon.log_text().contains("member and pool arrays grown"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(capacity(), 64, "room for 22 members, twice over");
+    let s = stats(&setup.bin, &setup.cfg.state_dir);
+    assert_eq!(s[0]["members"].as_array().unwrap().len(), 22);
+    end(&setup, run, "outgrow-member-arrays", "");
+    assert!(daemon.stop().unwrap().success(), "{}", daemon.log_text());
+}
+
 #[test]
 fn refused_reloads_change_nothing() {
     let Some(setup) = Setup::new(|t| t, &[M1, M2, M3]) else {
@@ -438,9 +492,8 @@ fn takeover_refused_for_a_layout_mismatch_leaves_the_old_daemon_serving() {
     assert!(!status.success());
     let log = new.log_text();
     assert!(
-        log.contains(
-            "CONNTRACK: max_entries is 8192, this lb needs 16384 (daemon.conntrack_flows)"
-        ) && log.contains("keep conntrack_flows = 4096")
+        log.contains("CONNTRACK: max_entries is 8192, this lb needs 16384 (conntrack_flows)")
+            && log.contains("keep conntrack_flows = 4096")
             && log.contains("it keeps running unchanged"),
         "{log}"
     );

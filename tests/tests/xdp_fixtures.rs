@@ -986,7 +986,7 @@ fn a_reused_index_starts_with_zeroed_counters() {
     lb.listener.clear();
     let without = plan(&lb, Some(&env.plan)).unwrap();
     assert_eq!(without.retired, vec![ix]);
-    env.dp.maps.write_plan(&without, Some(&env.plan)).unwrap();
+    env.dp.write_plan(&without, Some(&env.plan)).unwrap();
     // X's flow has no listener any more: the next expiry cycle removes it and frees the slot.
     let r = env.dp.sweep(&[], &[], &without.retired).unwrap();
     assert_eq!((r.expired, r.freed.clone()), (1, vec![ix]));
@@ -1015,7 +1015,7 @@ fn a_reused_index_starts_with_zeroed_counters() {
     // Dirty the live counters too, as a lost race would.
     env.dp.maps.member_live.add(ix, 3);
     env.dp.maps.listener_live.add(0, 2);
-    env.dp.maps.write_plan(&again, Some(&freed)).unwrap();
+    env.dp.write_plan(&again, Some(&freed)).unwrap();
 
     assert_eq!(
         env.dp.maps.member_stats(ix).unwrap(),
@@ -1068,7 +1068,7 @@ fn pinned_maps_that_differ_are_refused_naming_the_difference() {
         Ok(_) => panic!("a different capacity was accepted"),
     };
     assert!(
-        e.contains("CONNTRACK: max_entries is 2048, this lb needs 8192 (daemon.conntrack_flows)"),
+        e.contains("CONNTRACK: max_entries is 2048, this lb needs 8192 (conntrack_flows)"),
         "{e}"
     );
     assert!(
@@ -1092,7 +1092,7 @@ fn pinned_maps_that_differ_are_refused_naming_the_difference() {
         Ok(_) => panic!("a different schema was accepted"),
     };
     assert!(
-        e.contains("MEMBERS: schema version is 2, this lb needs 1"),
+        e.contains("MEMBERS: schema version is 3, this lb needs 2"),
         "{e}"
     );
 }
@@ -1267,7 +1267,7 @@ fn allowed_cidrs_balance_only_the_clients_inside() {
     for cidrs in ["\"192.168.0.0/16\"", ""] {
         let cfg = lb::config::Config::parse(&with(cidrs), "reload").unwrap();
         let new = lb::plan::plan(&cfg.loadbalancer[0], Some(&env.plan)).unwrap();
-        env.dp.maps.write_plan(&new, Some(&env.plan)).unwrap();
+        env.dp.write_plan(&new, Some(&env.plan)).unwrap();
         env.plan = new;
     }
     env.expect(&syn(outside, 45_002), XDP_TX, reason::TX_TO_MEMBER);

@@ -27,11 +27,15 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use lb_common::{Address, ConnEvent, FlowG, CT_ESTABLISHED, MAX_LISTENERS, MAX_MEMBERS};
+use lb_common::{Address, ConnEvent, FlowG, CT_ESTABLISHED};
 use serde::Serialize;
 
 use self::tcplog::{End, Record};
-use crate::{dataplane::LiveArray, plan::Plan, syslog::Sender};
+use crate::{
+    dataplane::{LiveArray, SharedLive},
+    plan::Plan,
+    syslog::Sender,
+};
 
 /// How often the reader drains the ring when nothing wakes it.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -77,10 +81,9 @@ impl Names {
         }
         for m in &plan.members {
             n.members.insert(m.index, m.id.as_str().into());
-            n.pools
-                .entry(m.index / lb_common::MAX_POOL_MEMBERS)
-                .or_default()
-                .push(m.index);
+            if let Some(pool) = plan.pool_of(m.index) {
+                n.pools.entry(pool).or_default().push(m.index);
+            }
         }
         n
     }
@@ -91,7 +94,7 @@ pub struct Logger {
     loadbalancer: String,
     sender: Arc<Sender>,
     names: RwLock<Names>,
-    member_live: LiveArray,
+    member_live: SharedLive,
     listener_live: LiveArray,
     lines: AtomicU64,
     send_failures: AtomicU64,
@@ -159,6 +162,7 @@ impl Logger {
     pub fn open(
         loadbalancer: &str,
         pin_dir: &Path,
+        member_live: SharedLive,
         sender: Arc<Sender>,
         plan: &Plan,
     ) -> Result<Arc<Logger>, crate::dataplane::DataplaneError> {
@@ -166,8 +170,8 @@ impl Logger {
             loadbalancer: loadbalancer.into(),
             sender,
             names: RwLock::new(Names::of(plan)),
-            member_live: LiveArray::open(&pin_dir.join("MEMBER_LIVE"), MAX_MEMBERS)?,
-            listener_live: LiveArray::open(&pin_dir.join("LISTENER_LIVE"), MAX_LISTENERS)?,
+            member_live,
+            listener_live: LiveArray::open(&pin_dir.join("LISTENER_LIVE"))?,
             lines: AtomicU64::new(0),
             send_failures: AtomicU64::new(0),
         });
@@ -196,7 +200,7 @@ impl Logger {
             listener: f.listener,
             connect_ms: f.connect_ms,
             feconn: active(&self.listener_live, f.listener),
-            srv_conn: active(&self.member_live, f.member),
+            srv_conn: active(&self.member_live.get(), f.member),
             client_port_be: f.client_port_be,
             syn_retries: f.syn_retries,
             family: A::FAMILY,
@@ -238,11 +242,10 @@ impl Logger {
         let beconn = if names.pool_listeners.get(&pool) == Some(&1) {
             feconn
         } else {
-            names
-                .pools
-                .get(&pool)
-                .map_or(0, |ms| ms.iter().map(|&m| live(&self.member_live, m)).sum())
-                + me
+            names.pools.get(&pool).map_or(0, |ms| {
+                let members = self.member_live.get();
+                ms.iter().map(|&m| live(&members, m)).sum()
+            }) + me
         };
         let (now_mono, now_wall) = clocks();
         let (accepted_unix_ms, connect_ms, total_ms) = tcplog::times(ev, now_mono, now_wall);

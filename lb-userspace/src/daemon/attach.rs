@@ -19,7 +19,7 @@ use std::{
 use aya::programs::{
     links::{FdLink, PinnedLink},
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
-    Link as _, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    Link as _, ProgramError, TcAttachType, XdpMode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -414,20 +414,4 @@ pub fn remove_clsact(dev: &str) {
         .args(["qdisc", "del", "dev", dev, "clsact"])
         .stderr(std::process::Stdio::null())
         .status();
-}
-
-impl Dataplane {
-    /// XDP program `name` of the loaded object.
-    pub fn xdp(&mut self, name: &str) -> &mut Xdp {
-        self.program_mut(name)
-            .try_into()
-            .expect("an XDP program of the object")
-    }
-
-    /// TC program `name` of the loaded object.
-    pub fn tc(&mut self, name: &str) -> &mut SchedClassifier {
-        self.program_mut(name)
-            .try_into()
-            .expect("a TC program of the object")
-    }
 }

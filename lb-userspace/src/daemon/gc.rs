@@ -31,7 +31,11 @@ pub fn collect(state_dir: &Path) -> Vec<String> {
         return Vec::new();
     };
     let mut removed = Vec::new();
+    let mut roots: Vec<std::path::PathBuf> = Vec::new();
     for s in states {
+        if let Some(r) = s.pin_dir.parent().filter(|r| !roots.iter().any(|x| x == r)) {
+            roots.push(r.to_path_buf());
+        }
         if s.live_owner().is_some() || !home_is_gone(&s) {
             continue;
         }
@@ -47,6 +51,9 @@ pub fn collect(state_dir: &Path) -> Vec<String> {
         lock.remove();
         info!(loadbalancer = %s.loadbalancer, namespace = %s.namespace, "removed what a killed lb left: its namespace or port is gone");
         removed.push(s.loadbalancer);
+    }
+    for r in roots {
+        let _ = crate::dataplane::programs::collect(&r);
     }
     removed
 }

@@ -31,7 +31,7 @@ use super::{
 use crate::{
     config::{LoadBalancer, XdpModeChoice},
     connlog::{Logger, Reader},
-    dataplane::Dataplane,
+    dataplane::{Dataplane, Sizing},
     expiry::{Census, Sweeper},
     health::{MonitorTarget, Transition},
     node::{self, Node, Owned},
@@ -119,6 +119,30 @@ impl Ctx {
     pub fn pin_dir(&self, lb: &str) -> PathBuf {
         self.bpffs.join(lb)
     }
+
+    /// What `lb`'s maps are sized for, running `plan`.
+    pub fn sizing(&self, lb: &LoadBalancer, plan: &Plan) -> Sizing {
+        let mut base = Sizing::new(
+            lb.conntrack_flows.unwrap_or(self.conntrack_flows),
+            0,
+            0,
+            lb.vip_address.is_ipv6(),
+        );
+        base.connection_log = self.connection_log.is_some();
+        Sizing::for_plan(&base, plan)
+    }
+
+    /// `lb`'s plan (from the one running, if any), with the SNAT ports this daemon gives
+    /// new flows.
+    pub fn plan(&self, lb: &LoadBalancer, prior: Option<&Plan>) -> anyhow::Result<Plan> {
+        let mut plan = plan(lb, prior)?;
+        if let Some((lo, hi)) = self.snat_ports {
+            for l in &mut plan.listeners {
+                (l.conf.snat_min, l.conf.snat_max) = (lo, hi);
+            }
+        }
+        Ok(plan)
+    }
 }
 
 /// A load balancer this daemon is entitled to bring up: its lock, and what an earlier run
@@ -175,6 +199,8 @@ pub struct Instance {
     inherited: bool,
     /// The connection log and the thread draining its ring (dropping it drains the ring).
     connlog: Option<(Arc<Logger>, Reader)>,
+    /// The member counters' mapping the monitors and the connection log use.
+    live: crate::dataplane::SharedLive,
 }
 
 impl Instance {
@@ -219,6 +245,16 @@ impl Instance {
             _ => {}
         }
         let prior_plan = prior.as_ref().filter(|_| inherited).map(|p| p.plan.clone());
+        let planned = ctx.plan(&lb, prior_plan.as_ref());
+        let planned = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                if !inherited {
+                    lock.remove();
+                }
+                return Err(e.context(format!("load balancer {}", lb.id)));
+            }
+        };
         let mut state = State {
             loadbalancer: lb.id.clone(),
             namespace: lb.namespace(),
@@ -235,6 +271,8 @@ impl Instance {
                 .map(|p| p.attachments.clone())
                 .unwrap_or_default(),
             phase: Phase::Starting,
+            program_set: String::new(),
+            slot: 0,
             checks: prior
                 .as_ref()
                 .filter(|_| inherited)
@@ -277,13 +315,9 @@ impl Instance {
 
         let dp = match preloaded {
             Some(dp) => Ok(dp),
-            None => Dataplane::load_with(
-                &pin_dir,
-                ctx.conntrack_flows,
-                ctx.connection_log.is_some(),
-                lb.vip_address.is_ipv6(),
-            )
-            .with_context(|| format!("load balancer {}", lb.id)),
+            None => open_dataplane(&pin_dir, ctx.sizing(&lb, &planned))
+                .await
+                .with_context(|| format!("load balancer {}", lb.id)),
         };
         let dp = match dp {
             Ok(dp) => dp,
@@ -291,7 +325,16 @@ impl Instance {
                 return Err(Self::abandon(state, state_dir, lock, node, inherited, e).await);
             }
         };
+        let live = match crate::dataplane::SharedLive::open(&pin_dir.join("MEMBER_LIVE")) {
+            Ok(l) => l,
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(format!("load balancer {}", lb.id));
+                drop(dp);
+                return Err(Self::abandon(state, state_dir, lock, node, inherited, e).await);
+            }
+        };
         let mut inst = Instance {
+            live,
             lb,
             plan: Plan::default(),
             node,
@@ -304,7 +347,7 @@ impl Instance {
             inherited,
             connlog: None,
         };
-        match inst.bring_up(ctx, prior_plan.as_ref()).await {
+        match inst.bring_up(ctx, planned, prior_plan.as_ref()).await {
             Ok(()) => {
                 info!(
                     loadbalancer = %inst.lb.id,
@@ -363,17 +406,18 @@ impl Instance {
         e
     }
 
-    async fn bring_up(&mut self, ctx: &Ctx, prior_plan: Option<&Plan>) -> anyhow::Result<()> {
-        let mut plan = plan(&self.lb, prior_plan)?;
-        if let Some((lo, hi)) = ctx.snat_ports {
-            for l in &mut plan.listeners {
-                (l.conf.snat_min, l.conf.snat_max) = (lo, hi);
-            }
-        }
+    async fn bring_up(
+        &mut self,
+        ctx: &Ctx,
+        plan: Plan,
+        prior_plan: Option<&Plan>,
+    ) -> anyhow::Result<()> {
         // Recorded before the maps: a flow never names an index the state file does not.
         self.state.plan = plan.clone();
+        let (set, slot) = self.dp.slot();
+        (self.state.program_set, self.state.slot) = (set.to_string(), slot);
         self.write_state()?;
-        self.dp.maps.write_plan(&plan, prior_plan)?;
+        self.dp.write_plan(&plan, prior_plan)?;
         self.dp
             .maps
             .set_port(self.node.port_mac.unwrap_or_default())?;
@@ -399,7 +443,13 @@ impl Instance {
         let pin_dir = ctx.pin_dir(&self.lb.id);
         // The ring's reader runs before the programs that fill it are attached.
         if let (Some(sender), Some(ring)) = (&ctx.connection_log, self.dp.take_conn_log()) {
-            let logger = Logger::open(&self.lb.id, &pin_dir, sender.clone(), &self.plan)?;
+            let logger = Logger::open(
+                &self.lb.id,
+                &pin_dir,
+                self.live.clone(),
+                sender.clone(),
+                &self.plan,
+            )?;
             let reader = Reader::start(ring, logger.clone())
                 .context("starting the connection log's reader")?;
             self.connlog = Some((logger, reader));
@@ -435,6 +485,9 @@ impl Instance {
             self.state.attachments.push(a);
             self.write_state()?;
         }
+        // Every attachment runs this build's stubs now: another build's set (a takeover by
+        // another build) no longer serves this load balancer.
+        self.dp.retire_others()?;
 
         // Carry on from the counters and progress the previous run left.
         self.board
@@ -448,10 +501,7 @@ impl Instance {
             self.monitor_targets(),
             ctx.transitions.clone(),
             self.board.clone(),
-            std::sync::Arc::new(crate::dataplane::LiveArray::open(
-                &pin_dir.join("MEMBER_LIVE"),
-                lb_common::MAX_MEMBERS,
-            )?),
+            self.live.clone(),
         )?);
         crate::metrics::register_board(&self.lb.id, self.board.clone());
         let log = self.connlog.as_ref().map(|(l, _)| l.clone());
@@ -519,7 +569,10 @@ impl Instance {
         // Recorded first, with the previous plan's members folded into the retired slots, so
         // that a crash halfway leaves a plan that names every index a flow may hold.
         self.write_state()?;
-        self.dp.maps.write_plan(&plan, Some(&old_plan))?;
+        if self.dp.write_plan(&plan, Some(&old_plan))? {
+            // Bigger member arrays replaced the old: whoever holds those opens the new ones.
+            self.reopen_maps(ctx)?;
+        }
         if let Some((l, _)) = &self.connlog {
             l.set_plan(&plan);
         }
@@ -529,6 +582,23 @@ impl Instance {
             m.set(self.monitor_targets());
         }
         ctx.expiry.set_census(&self.lb.id, self.census());
+        Ok(())
+    }
+
+    /// The monitors, the expiry and the connection log open the member arrays again (they
+    /// were grown).
+    fn reopen_maps(&mut self, ctx: &Ctx) -> anyhow::Result<()> {
+        let pin_dir = self.pin_dir();
+        self.live.replace(crate::dataplane::LiveArray::open(
+            &pin_dir.join("MEMBER_LIVE"),
+        )?);
+        let log = self.connlog.as_ref().map(|(l, _)| l.clone());
+        ctx.expiry.remove(&self.lb.id);
+        ctx.expiry.add(
+            &self.lb.id,
+            Sweeper::open(&pin_dir)?.with_log(log),
+            self.census(),
+        );
         Ok(())
     }
 
@@ -584,9 +654,9 @@ impl Instance {
             conf.flags &= !MEMBER_F_UP;
         }
         self.dp.maps.set_member(t.member_index, conf)?;
-        self.dp
-            .maps
-            .refresh_source_table(t.member_index / lb_common::MAX_POOL_MEMBERS)?;
+        if let Some(pool) = self.plan.pool_of(t.member_index) {
+            self.dp.maps.refresh_source_table(pool)?;
+        }
         Ok(())
     }
 
@@ -619,7 +689,7 @@ impl Instance {
             }
             super::MemberChange::Maint => conf.flags &= !lb_common::MEMBER_F_ENABLED,
         }
-        let pool = m.index / lb_common::MAX_POOL_MEMBERS;
+        let pool = conf.pool;
         self.dp
             .maps
             .set_member(m.index, conf)
@@ -689,6 +759,14 @@ impl Instance {
     }
 }
 
+/// `Dataplane::open` on a thread of its own: verifying the programs (the first load balancer
+/// of a build on the node) takes seconds, during which the daemon still hears signals (a
+/// SIGTERM stops the load, see `dataplane::cancel`).
+pub async fn open_dataplane(pin_dir: &Path, sizing: Sizing) -> anyhow::Result<Dataplane> {
+    let pin_dir = pin_dir.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || Dataplane::open(&pin_dir, &sizing)).await??)
+}
+
 /// Tears down a load balancer another daemon left (handed over) that this run's config no
 /// longer has: as `Instance::teardown`, from its state file.
 pub async fn teardown_left(state: State, state_dir: &Path, lock: LbLock) {
@@ -705,8 +783,13 @@ pub async fn teardown_left(state: State, state_dir: &Path, lock: LbLock) {
     info!(loadbalancer = %state.loadbalancer, "not in the config any more: stopped and removed");
 }
 
-/// Unpins everything under `dir` (maps, and links not unpinned already) and removes it.
+/// Gives up the load balancer's slot in the program sets (which go if it was their last),
+/// then unpins everything under `dir` (maps, stubs, and links not unpinned already) and
+/// removes it.
 pub(crate) fn remove_pins(dir: &Path) {
+    if let Err(e) = crate::dataplane::release(dir) {
+        warn!(error = %e, pin_dir = %dir.display(), "cannot release the load balancer's slot");
+    }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let _ = std::fs::remove_file(e.path());

@@ -298,19 +298,16 @@ async fn claim_all(
             )
         })?;
         instance::check_takeover(ctx, lb, &state)?;
-        let dp = Dataplane::load_with(
-            &ctx.pin_dir(&lb.id),
-            ctx.conntrack_flows,
-            ctx.connection_log.is_some(),
-            lb.vip_address.is_ipv6(),
-        )
-        .with_context(|| {
-            format!(
-                "load balancer {}: taking over from lb (pid {pid}) refused; it keeps running \
+        let sizing = ctx.sizing(lb, &ctx.plan(lb, Some(&state.plan))?);
+        let dp = instance::open_dataplane(&ctx.pin_dir(&lb.id), sizing)
+            .await
+            .with_context(|| {
+                format!(
+                    "load balancer {}: taking over from lb (pid {pid}) refused; it keeps running \
                  unchanged",
-                lb.id
-            )
-        })?;
+                    lb.id
+                )
+            })?;
         preloaded.push((lb, pid, state, dp));
     }
     let mut pids: Vec<u32> = preloaded.iter().map(|(_, p, _, _)| *p).collect();
@@ -443,37 +440,50 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     ensure_bpffs(&ctx.bpffs)?;
     gc::collect(&ctx.state_dir);
+    // Program sets whose load balancers' pins went another way than lb's teardown.
+    let _ = crate::dataplane::programs::collect(&ctx.bpffs);
     // Bound before anything is brought up: a metrics address that cannot be used fails the
     // start, naming it, with nothing touched.
     if let Some(addr) = opts.metrics_address.or(cfg.daemon.metrics_address) {
         crate::metrics::serve(addr, ctx.state_dir.clone()).await?;
     }
 
-    let (claims, left) = claim_all(&ctx, &cfg, opts.takeover, allowed.as_deref()).await?;
-    let mut running: Vec<Instance> = Vec::new();
-    for claim in claims {
-        match Instance::start(&ctx, claim).await {
-            Ok(i) => running.push(i),
-            Err(e) => {
-                // What this run made goes; what it took over stays as it was.
-                for r in running.into_iter().rev() {
-                    r.leave_or_teardown(&ctx).await;
+    // SIGINT or SIGTERM during the bring-up stops it: a load of the programs under way is
+    // interrupted, and what this run made is torn down (a load balancer taken over from a
+    // running daemon before it stopped is left running, as after any failed start).
+    let mut stop: Option<&str> = None;
+    let up = {
+        let bring_up = bring_up(&ctx, &cfg, opts.takeover, allowed.as_deref(), up_hook);
+        tokio::pin!(bring_up);
+        loop {
+            tokio::select! {
+                r = &mut bring_up => break r,
+                _ = signals.int.recv(), if stop.is_none() => {
+                    stop = Some("SIGINT");
+                    crate::dataplane::cancel::request();
                 }
-                return Err(e);
+                _ = signals.term.recv(), if stop.is_none() => {
+                    stop = Some("SIGTERM");
+                    crate::dataplane::cancel::request();
+                }
             }
         }
-    }
-    for (state, lock) in left {
-        instance::teardown_left(state, &ctx.state_dir, lock).await;
-    }
-    if let Some(up) = up_hook {
-        if let Err(e) = up(&running) {
+    };
+    let mut running = match (up, stop) {
+        (Ok(running), None) => running,
+        (Ok(running), Some(sig)) => {
+            info!("{sig} during the start: tearing down");
             for r in running.into_iter().rev() {
-                r.leave_or_teardown(&ctx).await;
+                r.teardown(&ctx).await;
             }
-            return Err(e);
+            return Ok(());
         }
-    }
+        (Err(e), Some(sig)) => {
+            info!("{sig} during the start: stopped ({e:#}); what this run made is torn down");
+            return Ok(());
+        }
+        (Err(e), None) => return Err(e),
+    };
 
     // The haproxy drop-in's SIGUSR1 without a handover is haproxy's soft stop.
     let soft_stop = requests.is_some();
@@ -507,7 +517,28 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = signals.hup.recv() => match &path {
                 Some(path) => {
                     info!(config = %path.display(), "SIGHUP: reloading");
-                    reload(path, &mut cfg, &mut running, &ctx).await;
+                    // A SIGINT or SIGTERM meanwhile stops a load under way (a new load
+                    // balancer's first programs); the reload ends there and so does lb.
+                    let r = reload(path, &mut cfg, &mut running, &ctx);
+                    tokio::pin!(r);
+                    let mut stop = None;
+                    loop {
+                        tokio::select! {
+                            () = &mut r => break,
+                            _ = signals.int.recv(), if stop.is_none() => {
+                                stop = Some("SIGINT");
+                                crate::dataplane::cancel::request();
+                            }
+                            _ = signals.term.recv(), if stop.is_none() => {
+                                stop = Some("SIGTERM");
+                                crate::dataplane::cancel::request();
+                            }
+                        }
+                    }
+                    if let Some(sig) = stop {
+                        info!("{sig} during the reload: tearing down");
+                        break End::Teardown;
+                    }
                 }
                 None => info!("SIGHUP: this configuration is replaced by starting a new process with -sf, as haproxy's is"),
             },
@@ -542,6 +573,44 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Claims every load balancer of `cfg` (taking over if asked), starts them, tears down those
+/// the daemons it took over ran that `cfg` lacks, and runs the caller's hook. On a failure,
+/// what this run started is torn down (or left, if it was taken over).
+async fn bring_up(
+    ctx: &Ctx,
+    cfg: &Config,
+    takeover: bool,
+    allowed: Option<&[u32]>,
+    up_hook: Option<UpHook>,
+) -> anyhow::Result<Vec<Instance>> {
+    let (claims, left) = claim_all(ctx, cfg, takeover, allowed).await?;
+    let mut running: Vec<Instance> = Vec::new();
+    for claim in claims {
+        match Instance::start(ctx, claim).await {
+            Ok(i) => running.push(i),
+            Err(e) => {
+                // What this run made goes; what it took over stays as it was.
+                for r in running.into_iter().rev() {
+                    r.leave_or_teardown(ctx).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    for (state, lock) in left {
+        instance::teardown_left(state, &ctx.state_dir, lock).await;
+    }
+    if let Some(up) = up_hook {
+        if let Err(e) = up(&running) {
+            for r in running.into_iter().rev() {
+                r.leave_or_teardown(ctx).await;
+            }
+            return Err(e);
+        }
+    }
+    Ok(running)
 }
 
 impl Instance {

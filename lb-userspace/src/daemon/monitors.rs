@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{error, info};
 
 use crate::{
-    dataplane::LiveArray,
+    dataplane::SharedLive,
     health::{self, MonitorTarget, Transition},
     node,
 };
@@ -47,7 +47,7 @@ impl Monitors {
         targets: Targets,
         transitions: UnboundedSender<Transition>,
         board: health::Board,
-        live: std::sync::Arc<LiveArray>,
+        live: SharedLive,
     ) -> anyhow::Result<Monitors> {
         let (set, mut sets) = mpsc::unbounded_channel::<Targets>();
         set.send(targets).expect("receiver alive");
@@ -157,12 +157,7 @@ impl Drop for Monitors {
 /// Members without a monitor: their neighbour entries kept warm, and (passive health) a
 /// member taken out for its failures is given another chance every 10 s, since no check
 /// will ever pass for it.
-async fn prime_neighbours(
-    vip: IpAddr,
-    members: Vec<IpAddr>,
-    slots: Vec<u32>,
-    live: std::sync::Arc<LiveArray>,
-) {
+async fn prime_neighbours(vip: IpAddr, members: Vec<IpAddr>, slots: Vec<u32>, live: SharedLive) {
     if members.is_empty() {
         return;
     }
@@ -175,7 +170,7 @@ async fn prime_neighbours(
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
         for &s in &slots {
-            live.clear_failures(s);
+            live.get().clear_failures(s);
         }
     }
 }

@@ -207,6 +207,7 @@ pub fn convert(
             gateway: None,
         },
         connection_limit: cfg.global.maxconn.map_or(-1, |m| m as i64),
+        conntrack_flows: conntrack_flows(cfg.global.maxconn),
         listener: listeners,
         pool: pools,
     };
@@ -378,6 +379,15 @@ fn monitor(b: &Proxy, s: &Server) -> HealthMonitor {
         expected_codes: "200".into(),
         http_expect: expect,
     }
+}
+
+/// Flows of the conntrack table for haproxy's global `maxconn`: twice the connections it
+/// may hold open (closed ones linger, handshakes wait), never below lb's default; None
+/// (lb's default) without one.
+fn conntrack_flows(maxconn: Option<u32>) -> Option<u32> {
+    let m = maxconn?;
+    let flows = (m as u64 * 2).clamp(lb_common::DEFAULT_CONNTRACK_FLOWS as u64, 8_000_000);
+    Some(flows as u32)
 }
 
 #[cfg(test)]

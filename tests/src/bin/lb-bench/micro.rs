@@ -97,6 +97,8 @@ fn flows_cli(env: &Env, lb: &std::path::Path) -> anyhow::Result<FlowsCli> {
         owned: Default::default(),
         attachments: Vec::new(),
         phase: lb::state::Phase::Running,
+        program_set: String::new(),
+        slot: 0,
         checks: Default::default(),
     };
     state.write(&dir)?;

@@ -404,12 +404,19 @@ pub fn process_cpu(pid: u32) -> f64 {
     (t(11) + t(12)) / clk_tck()
 }
 
-/// Run time of every loaded data-path program of lb ("lb", "lb_tc", "lb_tc_fast"; the
-/// kernel counts it while statistics are enabled).
+/// Run time of every load balancer's data path: its stubs ("lb.<slot>", "lb_tc.<slot>",
+/// "lb_tc_fast.<slot>"), whose runs the kernel counts with the shared programs they
+/// tail-call, while statistics are enabled.
 fn lb_program_cpu() -> f64 {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| matches!(p.name_as_str(), Some("lb" | "lb_tc" | "lb_tc_fast")))
+        .filter(|p| {
+            p.name_as_str().is_some_and(|n| {
+                ["lb.", "lb_tc.", "lb_tc_fast."]
+                    .iter()
+                    .any(|s| n.starts_with(s))
+            })
+        })
         .map(|p| p.run_time().as_secs_f64())
         .sum()
 }

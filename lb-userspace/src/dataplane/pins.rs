@@ -2,11 +2,13 @@
 //!
 //! Maps outlive the daemon (pinned under `<bpffs>/<id>/`) so that flows outlive it too. A
 //! daemon that finds them (after a crash, a restart, or taking over from a running daemon for
-//! an upgrade) reuses them only if they are exactly what its own BPF object declares: map
-//! type, key and value sizes, capacity and flags as the kernel reports them, and the schema
-//! version and layout fingerprint (`lb_common::schema`) that the creating daemon wrote into
-//! the pinned `SCHEMA` map. A mismatch is refused before anything is loaded, naming the map
-//! and the difference; the running data path is left as it is.
+//! an upgrade) reuses them only if they are exactly what this build's schema table says
+//! (`lb_common::schema::MAPS`, from which the daemon creates them): map type, key and value
+//! sizes, flags and, where the configuration does not size them, capacity, as the kernel
+//! reports them, and the schema version and layout fingerprint that the creating daemon wrote
+//! into the pinned `SCHEMA` map. A mismatch is refused before anything is loaded, naming the
+//! map and the difference; the running data path is left as it is. Maps sized from the
+//! members and pools may be of any size (a reload that needs more grows them).
 
 use std::{
     collections::HashMap,
@@ -20,7 +22,7 @@ use lb_common::schema::{self, SchemaEntry, SCHEMA_ENTRIES};
 /// The name of the map that records the others' schema.
 pub const SCHEMA_MAP: &str = "SCHEMA";
 
-/// A map as declared in the object, or as the kernel reports a pinned one.
+/// A map as this build makes it, or as the kernel reports a pinned one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapDesc {
     pub name: String,
@@ -29,6 +31,15 @@ pub struct MapDesc {
     pub value_size: u32,
     pub max_entries: u32,
     pub flags: u32,
+}
+
+impl MapDesc {
+    /// Whether the configuration sizes it (a pinned one of another size is reused, and grown
+    /// when too small).
+    pub fn resizable(&self) -> bool {
+        schema::find(&self.name)
+            .is_some_and(|m| matches!(m.entries, schema::Entries::Members | schema::Entries::Pools))
+    }
 }
 
 /// Why pinned maps cannot be reused.
@@ -60,8 +71,6 @@ pub enum PinError {
         #[source]
         source: MapError,
     },
-    #[error("the BPF object cannot be parsed")]
-    Object(#[source] aya_obj::ParseError),
 }
 
 /// What an operator can do about a mismatch, appended to its message.
@@ -82,7 +91,7 @@ impl fmt::Display for Hint {
             Hint::None => Ok(()),
             Hint::ConntrackFlows { pinned_flows } => write!(
                 f,
-                " (daemon.conntrack_flows): a pinned table cannot be resized under live flows; \
+                " (conntrack_flows): a pinned table cannot be resized under live flows; \
                  keep conntrack_flows = {pinned_flows} for this takeover, or stop lb with \
                  SIGTERM (it tears down and drops every flow) and start it with the new value"
             ),
@@ -98,29 +107,22 @@ impl fmt::Display for Hint {
 
 type Result<T, E = PinError> = std::result::Result<T, E>;
 
-/// The pinned maps `object` declares, as it declares them; CONNTRACK sized for
-/// `conntrack_entries`, as `Dataplane::load` overrides it.
-pub fn declared(object: &[u8], conntrack_entries: u32) -> Result<Vec<MapDesc>> {
-    let obj = aya_obj::Object::parse(object).map_err(PinError::Object)?;
-    let mut out: Vec<MapDesc> = obj
-        .maps
+/// The maps a load balancer sized by `sizing` has, as this build makes them.
+pub fn declared(sizing: &super::Sizing) -> Vec<MapDesc> {
+    let mut out: Vec<MapDesc> = schema::MAPS
         .iter()
-        .filter(|(_, m)| m.pinning() == aya_obj::maps::PinningType::ByName)
-        .map(|(name, m)| MapDesc {
-            name: name.clone(),
-            map_type: m.map_type(),
-            key_size: m.key_size(),
-            value_size: m.value_size(),
-            max_entries: if name == "CONNTRACK" || name == "CONNTRACK6" {
-                conntrack_entries
-            } else {
-                m.max_entries()
-            },
-            flags: m.map_flags(),
+        .filter(|m| sizing.has(m.has))
+        .map(|m| MapDesc {
+            name: m.name.into(),
+            map_type: m.map_type,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: sizing.entries(m),
+            flags: m.flags,
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    out
 }
 
 /// The schema entry this build writes for `map`.
@@ -168,11 +170,16 @@ pub fn compare(
             ));
         }
     }
+    let max_entries = if declared.resizable() {
+        pinned.max_entries
+    } else {
+        declared.max_entries
+    };
     let fields: [(&'static str, u32, u32); 5] = [
         ("map type", pinned.map_type, declared.map_type),
         ("key size", pinned.key_size, declared.key_size),
         ("value size", pinned.value_size, declared.value_size),
-        ("max_entries", pinned.max_entries, declared.max_entries),
+        ("max_entries", pinned.max_entries, max_entries),
         ("flags", pinned.flags, declared.flags),
     ];
     for (field, got, want) in fields {
@@ -311,16 +318,21 @@ mod tests {
         schema::find("CONNTRACK").unwrap().entry(16, 72)
     }
 
-    /// Every pinned map of the object has a schema entry, and every entry a pinned map.
+    /// Every outer map of the object has a schema entry read by the data path, and every
+    /// such entry an outer map.
     #[test]
     fn the_object_and_the_schema_name_the_same_maps() {
-        let declared = declared(crate::dataplane::BPF_OBJECT, 8).unwrap();
-        let mut names: Vec<&str> = declared
-            .iter()
-            .map(|m| m.name.as_str())
-            .filter(|n| *n != SCHEMA_MAP)
+        let obj = aya_obj::Object::parse(crate::dataplane::BPF_OBJECT).unwrap();
+        let mut names: Vec<&str> = obj
+            .maps
+            .keys()
+            .filter_map(|n| n.strip_prefix("OF_"))
             .collect();
-        let mut schema: Vec<&str> = schema::MAPS.iter().map(|m| m.name).collect();
+        let mut schema: Vec<&str> = schema::MAPS
+            .iter()
+            .filter(|m| m.data_path)
+            .map(|m| m.name)
+            .collect();
         names.sort();
         schema.sort();
         assert_eq!(names, schema);
@@ -337,7 +349,7 @@ mod tests {
         let p = Path::new("/sys/fs/bpf/lb/x/CONNTRACK");
         let e = compare(p, &conntrack(16384), &conntrack(8192), Some(&recorded())).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with("pinned map /sys/fs/bpf/lb/x/CONNTRACK: max_entries is 8192, this lb needs 16384 (daemon.conntrack_flows)"), "{msg}");
+        assert!(msg.starts_with("pinned map /sys/fs/bpf/lb/x/CONNTRACK: max_entries is 8192, this lb needs 16384 (conntrack_flows)"), "{msg}");
         assert!(msg.contains("keep conntrack_flows = 4096"), "{msg}");
     }
 
