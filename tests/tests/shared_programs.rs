@@ -368,7 +368,15 @@ fn twenty_load_balancers_through_the_drop_in_start_serve_update_and_stop_alone()
     if !integration_tests::require_root() {
         return;
     }
-    const N: u8 = 20;
+    // In the VM (software emulation, two kernels in CI's budget) 8: what is the kernel's own,
+    // a stub per port tail-calling into one set from many slots, is the same for each.
+    let n: u8 = if std::env::var_os("LB_VM_TEST").is_some() {
+        eprintln!("VM: 8 load balancers (the host runs 20)");
+        8
+    } else {
+        20
+    };
+    const GONE: usize = 5;
     let topo = SeedTopology::new(&[M1, M2]);
     let tag = unique("twenty");
     let state_dir = std::env::temp_dir().join(format!("{tag}-state"));
@@ -378,7 +386,7 @@ fn twenty_load_balancers_through_the_drop_in_start_serve_update_and_stop_alone()
         dirs: vec![state_dir.clone(), bpffs.clone()],
     };
     let vip = |i: u8| Ipv4Addr::new(10, 0, 0, 100 + i);
-    let mut agents: Vec<Agent> = (0..N)
+    let mut agents: Vec<Agent> = (0..n)
         .map(|_| Agent::on_node(&topo, &lb_bin(), &state_dir, &bpffs))
         .collect();
     let started = Instant::now();
@@ -392,7 +400,7 @@ fn twenty_load_balancers_through_the_drop_in_start_serve_update_and_stop_alone()
         );
     }
     eprintln!(
-        "SCALE {N} load balancers deployed in {:?}",
+        "SCALE {n} load balancers deployed in {:?}",
         started.elapsed()
     );
     let serves = |i: u8| {
@@ -408,12 +416,12 @@ fn twenty_load_balancers_through_the_drop_in_start_serve_update_and_stop_alone()
             "its member sees its VIP"
         );
     };
-    for i in 0..N {
+    for i in 0..n {
         serves(i);
     }
     let sets = program_sets(&bpffs);
     assert_eq!(sets.len(), 1, "one program set: {sets:?}");
-    assert_eq!(sets[0].1.len(), N as usize, "a slot each: {sets:?}");
+    assert_eq!(sets[0].1.len(), n as usize, "a slot each: {sets:?}");
 
     // Each updated with -sf: a new process takes over, the old exits, it serves on.
     let started = Instant::now();
@@ -428,25 +436,25 @@ fn twenty_load_balancers_through_the_drop_in_start_serve_update_and_stop_alone()
         assert_ne!(a.pids(), old);
     }
     eprintln!(
-        "SCALE {N} load balancers updated in {:?}",
+        "SCALE {n} load balancers updated in {:?}",
         started.elapsed()
     );
     wait_for("every old process to exit", Duration::from_secs(30), || {
         agents.iter().all(|a| a.active()).then_some(())
     });
-    for i in 0..N {
+    for i in 0..n {
         serves(i);
     }
-    assert_eq!(program_sets(&bpffs)[0].1.len(), N as usize);
+    assert_eq!(program_sets(&bpffs)[0].1.len(), n as usize);
 
     // One goes as the agent removes it; the others serve on, and its slot is given back by
     // the next lb command.
-    let mut gone = agents.remove(7);
+    let mut gone = agents.remove(GONE);
     undeploy(&mut gone);
     let _ = lb::daemon::gc::collect(&state_dir);
     assert!(gone.remains().is_empty(), "{:?}", gone.remains());
-    assert_eq!(program_sets(&bpffs)[0].1.len(), N as usize - 1);
-    for i in (0..N).filter(|&i| i != 7) {
+    assert_eq!(program_sets(&bpffs)[0].1.len(), n as usize - 1);
+    for i in (0..n).filter(|&i| i as usize != GONE) {
         serves(i);
     }
     drop(gone);
@@ -454,7 +462,7 @@ fn twenty_load_balancers_through_the_drop_in_start_serve_update_and_stop_alone()
         undeploy(a);
     }
     let removed = lb::daemon::gc::collect(&state_dir);
-    assert_eq!(removed.len(), N as usize - 1);
+    assert_eq!(removed.len(), n as usize - 1);
     let listing = |d: &Path| -> Vec<String> {
         std::fs::read_dir(d)
             .map(|e| {

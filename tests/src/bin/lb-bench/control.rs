@@ -140,9 +140,21 @@ pub struct Fleet {
     pub teardown_s: f64,
 }
 
+/// The deploy of the node's first lb load balancer: the one that loads and verifies the
+/// node's program set (every later one of the same build only adds a slot). It stays deployed
+/// through the agent's sequences and `lb run`'s lifecycle, so those measure a load balancer
+/// joining a node that already serves, and goes before the fleets (each fleet starts on a
+/// node with no lb load balancer, its first deploy verifying).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct First {
+    pub deploy: Cost,
+    pub serving_s: f64,
+}
+
 /// Everything the control-plane part measured.
 #[derive(Clone, Debug, Default)]
 pub struct Results {
+    pub first: Option<First>,
     pub agent: Vec<AgentRun>,
     pub runs: Vec<RunCycle>,
     pub fleets: Vec<Fleet>,
@@ -176,6 +188,15 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
     } else {
         r.haproxy_skipped = Some(format!("{} does not exist", plan.haproxy.display()));
     }
+    eprintln!("bench: control: the node's first lb load balancer (verifies the programs)");
+    let (first, anchor) = first_deploy(&topo, &node, plan.lb).context("the first deploy")?;
+    eprintln!(
+        "  deploy {:.0} ms (serving {:.0} ms, CPU {:.0} ms)",
+        first.deploy.wall_s * 1e3,
+        first.serving_s * 1e3,
+        first.deploy.cpu_s * 1e3
+    );
+    r.first = Some(first);
     for run in 1..=plan.runs {
         for &(proxy, bin) in &proxies {
             eprintln!(
@@ -188,10 +209,14 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
             r.agent.push(a);
         }
         eprintln!("bench: control {run}/{}: lb run", plan.runs);
-        let c = run_cycle(&topo, plan.lb).context("lb run's lifecycle")?;
+        let c = run_cycle(&topo, &node, plan.lb).context("lb run's lifecycle")?;
         c.print();
         r.runs.push(c);
     }
+    let (pid, agent) = anchor;
+    terminate(pid, Some(&node.bpffs.join(&agent.id)))?;
+    let _ = std::fs::remove_file(agent.pidfile());
+    drop(agent);
     for &n in plan.fleets {
         for &(proxy, bin) in &proxies {
             eprintln!("bench: control: {n} load balancers on one node, {proxy}");
@@ -464,6 +489,31 @@ fn terminate(pid: u32, pins: Option<&Path>) -> anyhow::Result<Cost> {
     Ok(Cost { wall_s, cpu_s })
 }
 
+/// The VIP of the load balancer deployed first, clear of the fleets' and the seed's.
+const FIRST_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 251);
+
+/// Deploys the node's first lb load balancer, until it serves: its cost, its daemon's pid and
+/// its agent (for the caller to stop).
+fn first_deploy(
+    topo: &SeedTopology,
+    node: &Node,
+    lb: &Path,
+) -> anyhow::Result<(First, (u32, Agent))> {
+    forget_neighbours(topo);
+    let mut agent = Agent::on_node(topo, lb, &node.state, &node.bpffs);
+    agent.plug(FIRST_VIP);
+    let (deploy, pid) = spawn(&agent, &conf(&agent, FIRST_VIP, [1, 1]))?;
+    let t0 = Instant::now();
+    let serving_s = deploy.wall_s
+        + until(
+            t0,
+            Duration::from_secs(10),
+            "a connection through the first VIP",
+            || Ok(serves(topo, FIRST_VIP)),
+        )?;
+    Ok((First { deploy, serving_s }, (pid, agent)))
+}
+
 /// Deploy, idle, `-sf` under connections and SIGTERM of one load balancer by `proxy`.
 fn agent_run(
     topo: &SeedTopology,
@@ -592,12 +642,20 @@ fn wait_up(daemon: &Daemon, t0: Instant) -> anyhow::Result<f64> {
     })
 }
 
-/// `lb run` on the seed's TOML (its own namespace, port, pins and state; lb's default table
-/// size): start, a SIGHUP adding a member, a takeover, SIGTERM.
-fn run_cycle(topo: &SeedTopology, lb: &Path) -> anyhow::Result<RunCycle> {
+/// `lb run` on the seed's TOML (its own namespace, port and state, the node's bpffs root; lb's
+/// default table size): start, a SIGHUP adding a member, a takeover, SIGTERM.
+fn run_cycle(topo: &SeedTopology, node: &Node, lb: &Path) -> anyhow::Result<RunCycle> {
     forget_neighbours(topo);
-    let cfg = TestConfig::seed(|t| t);
+    let mut cfg = TestConfig::seed(|t| t);
+    // Its namespace, state and own bpffs directory (unused) go whatever happens; the node's
+    // bpffs root is the node's to remove.
     let _left = cfg.leftovers();
+    let text = std::fs::read_to_string(&cfg.path)?;
+    let at = format!("bpffs = \"{}\"\n", cfg.bpffs.display());
+    ensure!(text.contains(&at), "the seed's TOML names no bpffs root");
+    let text = text.replace(&at, &format!("bpffs = \"{}\"\n", node.bpffs.display()));
+    std::fs::write(&cfg.path, text)?;
+    cfg.bpffs = node.bpffs.clone();
     let mut logs = Vec::new();
     let r = run_cycle_with(topo, lb, &cfg, &mut logs);
     for f in logs.iter().chain([&cfg.path]) {

@@ -762,7 +762,10 @@ fn control_section(c: &control::Results, runs: usize) -> String {
          with `haproxy` on its PATH linked to lb or to /usr/sbin/haproxy, and the seed's \
          haproxy.cfg as the v1 driver writes it (daemon, user nobody, syslog, `option tcplog`) \
          with the v2 driver's `maxconn 2000`; every load balancer of the part shares one node's \
-         lb state and bpffs root. Cells: median (min-max) of {runs} runs, lb and haproxy \
+         lb state and bpffs root. lb verifies its programs once per node and build: the node's \
+         first lb load balancer stays deployed through the agent's and `lb run`'s rows (its own \
+         deploy is a row of its own), and goes before the fleets, whose first deploy verifies \
+         again. Cells: median (min-max) of {runs} runs, lb and haproxy \
          alternating; ms unless said. CPU: the command's own rusage (wait4: `ip netns exec` and \
          the haproxy or lb it became) plus the daemons' utime + stime from /proc/<pid>/stat (10 ms \
          ticks) when the step is done (a daemon that exits: once it is a zombie, this process \
@@ -844,7 +847,28 @@ fn agent_table(s: &mut String, c: &control::Results) {
     };
     // The deploy and update rows, the connections during the update, then the rest.
     let (deploy_update, rest) = AGENT_ROWS.split_at(5);
-    deploy_update.iter().for_each(|r| row(s, r));
+    let (deploy, update) = deploy_update.split_at(3);
+    deploy.iter().for_each(|r| row(s, r));
+    if let Some(first) = &c.first {
+        // One run: the node's first lb load balancer, beside haproxy's every deploy.
+        let one = |v: f64| Spread::of(vec![v * 1e3]);
+        let haproxy = |f: fn(&AgentRun) -> f64| spread(Proxy::Haproxy, f);
+        control_row(
+            s,
+            "deploy of the node's first load balancer of an lb build (it loads and verifies              the program set; 1 run; lb's rows above join a node that serves one already):              serving",
+            &one(first.serving_s),
+            &haproxy(|a| a.serving_s * 1e3),
+            Goal::None,
+        );
+        control_row(
+            s,
+            "... its CPU",
+            &one(first.deploy.cpu_s),
+            &haproxy(|a| a.deploy.cpu_s * 1e3),
+            Goal::None,
+        );
+    }
+    update.iter().for_each(|r| row(s, r));
     let probes = |p: Proxy| {
         let (t, f, w) = c
             .agent
