@@ -225,9 +225,7 @@ impl Backend for Daemon<'_> {
 
 /// Takes `lb`'s lock (refusing if another daemon runs it) and reads what an earlier run left.
 fn claim_one(ctx: &Ctx, lb: &LoadBalancer) -> anyhow::Result<Claim> {
-    match LbLock::acquire_within(&ctx.state_dir, &lb.id, TRANSIENT_HOLD)
-        .with_context(|| format!("locking {}", lock::path(&ctx.state_dir, &lb.id).display()))?
-    {
+    match lock_lb(ctx, &lb.id)? {
         Acquire::Acquired(lock) => Ok(Claim {
             prior: prior_state(ctx, &lb.id),
             lb: lb.clone(),
@@ -235,6 +233,25 @@ fn claim_one(ctx: &Ctx, lb: &LoadBalancer) -> anyhow::Result<Claim> {
             preloaded: None,
         }),
         Acquire::HeldBy(pid) => bail!("{}", already_running(&lb.id, pid)),
+    }
+}
+
+/// Takes load balancer `id`'s lock. A holder that is the daemon its state file names holds
+/// it for its whole life: answered at once (a `-sf` or `--takeover` asks that one to hand
+/// over). Anything else (`lb stats` collecting what a killed daemon left) is waited for
+/// `TRANSIENT_HOLD`.
+fn lock_lb(ctx: &Ctx, id: &str) -> anyhow::Result<Acquire> {
+    let locking = || format!("locking {}", lock::path(&ctx.state_dir, id).display());
+    match LbLock::try_acquire(&ctx.state_dir, id).with_context(locking)? {
+        Acquire::HeldBy(Some(pid))
+            if State::read(&ctx.state_dir, id).is_some_and(|s| s.pid == pid) =>
+        {
+            Ok(Acquire::HeldBy(Some(pid)))
+        }
+        Acquire::Acquired(lock) => Ok(Acquire::Acquired(lock)),
+        Acquire::HeldBy(_) => {
+            LbLock::acquire_within(&ctx.state_dir, id, TRANSIENT_HOLD).with_context(locking)
+        }
     }
 }
 
@@ -263,9 +280,7 @@ async fn claim_all(
     let mut claims = Vec::new();
     let mut held: Vec<(&LoadBalancer, u32)> = Vec::new();
     for lb in &cfg.loadbalancer {
-        match LbLock::acquire_within(&ctx.state_dir, &lb.id, TRANSIENT_HOLD)
-            .with_context(|| format!("locking {}", lock::path(&ctx.state_dir, &lb.id).display()))?
-        {
+        match lock_lb(ctx, &lb.id)? {
             Acquire::Acquired(lock) => claims.push(Claim {
                 prior: prior_state(ctx, &lb.id),
                 lb: lb.clone(),

@@ -148,12 +148,12 @@ fn create(m: &MapSchema, sizing: &Sizing, path: &Path) -> Result<OwnedFd> {
 /// Puts `own` at `slot` of `set`'s outer maps (the data path uses them from the next
 /// packet on) and empties the slot's kinds the load balancer does not have.
 pub fn register(set: &ProgramSet, slot: u32, own: &Own) -> Result<()> {
-    for m in schema::MAPS.iter().filter(|m| m.data_path) {
-        let outer = set.outer(m.name);
-        let r = match own.get(m.name) {
-            Some(fd) => sys::set_inner(outer, slot, fd.as_fd()),
-            None => sys::map_delete(outer, &slot.to_ne_bytes()),
-        };
+    let kinds: Vec<&MapSchema> = schema::MAPS.iter().filter(|m| m.data_path).collect();
+    let changes: Vec<_> = kinds
+        .iter()
+        .map(|m| (set.outer(m.name), own.get(m.name).map(|fd| fd.as_fd())))
+        .collect();
+    for (m, r) in kinds.iter().zip(sys::set_slots(slot, &changes)) {
         r.map_err(|e| {
             io(
                 &set.dir.join(format!("OF_{}", m.name)),

@@ -24,10 +24,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{
-    programs::{SchedClassifier, Xdp},
-    EbpfLoader,
-};
+use aya::{programs::Program, EbpfLoader};
 use lb_common::{
     schema::{self, map_type, Entries},
     MAX_SLOTS,
@@ -195,18 +192,10 @@ impl ProgramSet {
             map.pin(dir.join(name))
                 .map_err(|e| pin_error(dir, name, e))?;
         }
-        for &name in IPV4_XDP {
-            go_on()?;
-            let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().map_err(|source| prog_error(name, source))?;
-            verified(name, p.info());
-            p.pin(dir.join(name)).map_err(|e| pin_error(dir, name, e))?;
-        }
-        for &name in IPV4_TC {
-            go_on()?;
-            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().map_err(|source| prog_error(name, source))?;
-            verified(name, p.info());
+        let ipv4: Vec<&'static str> = IPV4_XDP.iter().chain(IPV4_TC).copied().collect();
+        verify(&mut ebpf, &ipv4)?;
+        for &name in &ipv4 {
+            let p = ebpf.program_mut(name).expect("the object declares it");
             p.pin(dir.join(name)).map_err(|e| pin_error(dir, name, e))?;
         }
         if ipv6 {
@@ -307,9 +296,10 @@ impl ProgramSet {
 
     /// Empties `slot`: no map of it is reachable from the programs any more, and it is free.
     pub fn clear_slot(&self, slot: u32) -> Result<()> {
-        for (name, fd) in &self.outers {
-            sys::map_delete(fd.as_fd(), &slot.to_ne_bytes())
-                .map_err(|e| io_err(&self.dir, name, e))?;
+        let outers: Vec<_> = self.outers.iter().collect();
+        let changes: Vec<_> = outers.iter().map(|(_, fd)| (fd.as_fd(), None)).collect();
+        for ((name, _), r) in outers.iter().zip(sys::set_slots(slot, &changes)) {
+            r.map_err(|e| io_err(&self.dir, name, e))?;
         }
         sys::map_delete(self.owners.as_fd(), &slot.to_ne_bytes())
             .map_err(|e| io_err(&self.dir, "OWNERS", e))
@@ -391,29 +381,71 @@ fn load_ipv6(dir: &Path, object: &[u8]) -> Result<()> {
 fn load_ipv6_into(dir: &Path, ebpf: &mut aya::Ebpf) -> Result<()> {
     let v6_xdp = pinned(&dir.join("V6_XDP"))?;
     let v6_tc = pinned(&dir.join("V6_TC"))?;
+    let names: Vec<&'static str> = IPV6_XDP.iter().chain(IPV6_TC).map(|&(n, _)| n).collect();
+    verify(ebpf, &names)?;
+    let tables = IPV6_XDP
+        .iter()
+        .map(|e| (e, &v6_xdp, "V6_XDP"))
+        .chain(IPV6_TC.iter().map(|e| (e, &v6_tc, "V6_TC")));
     // `lb6` last: its pin says the IPv6 programs are in.
-    for &(name, slot) in IPV6_XDP.iter().rev() {
-        go_on()?;
-        let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
-        p.load().map_err(|source| prog_error(name, source))?;
-        verified(name, p.info());
+    for (&(name, slot), table, table_name) in tables {
+        let p = ebpf.program_mut(name).expect("the object declares it");
         let fd = p.fd().map_err(|source| prog_error(name, source))?;
-        set_prog(v6_xdp.as_fd(), slot, fd.as_fd()).map_err(|e| io_err(dir, "V6_XDP", e))?;
+        set_prog(table.as_fd(), slot, fd.as_fd()).map_err(|e| io_err(dir, table_name, e))?;
         if name != "lb6" {
             p.pin(dir.join(name)).map_err(|e| pin_error(dir, name, e))?;
         }
     }
-    for &(name, slot) in IPV6_TC {
-        go_on()?;
-        let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-        p.load().map_err(|source| prog_error(name, source))?;
-        verified(name, p.info());
-        let fd = p.fd().map_err(|source| prog_error(name, source))?;
-        set_prog(v6_tc.as_fd(), slot, fd.as_fd()).map_err(|e| io_err(dir, "V6_TC", e))?;
-        p.pin(dir.join(name)).map_err(|e| pin_error(dir, name, e))?;
-    }
-    let p: &mut Xdp = ebpf.program_mut("lb6").unwrap().try_into().unwrap();
+    let p = ebpf.program_mut("lb6").expect("the object declares it");
     p.pin(dir.join("lb6")).map_err(|e| pin_error(dir, "lb6", e))
+}
+
+/// Loads (the kernel verifies) the programs `names` of `ebpf`, side by side: a thread each,
+/// registered with `cancel` so that a SIGTERM stops every verification under way. The
+/// kernel verifies programs of a privileged loader in parallel (its verifier lock is for
+/// unprivileged ones), so the set is ready in about the time of its longest program, not
+/// their sum, where the node has the cores.
+fn verify(ebpf: &mut aya::Ebpf, names: &[&'static str]) -> Result<()> {
+    go_on()?;
+    let programs: Vec<(&str, &mut Program)> = ebpf
+        .programs_mut()
+        .filter(|(n, _)| names.contains(n))
+        .collect();
+    std::thread::scope(|s| {
+        let loads: Vec<_> = programs
+            .into_iter()
+            .map(|(name, p)| {
+                let name = *names.iter().find(|n| **n == name).expect("filtered");
+                s.spawn(move || {
+                    let _loading = super::cancel::Loading::enter();
+                    go_on()?;
+                    let info = match p {
+                        Program::Xdp(p) => p.load().and_then(|()| p.info()),
+                        Program::SchedClassifier(p) => p.load().and_then(|()| p.info()),
+                        _ => unreachable!("{name}: the set has XDP and TC programs only"),
+                    };
+                    let info = info.map_err(|source| prog_error(name, source))?;
+                    verified(name, Ok(info));
+                    Ok(())
+                })
+            })
+            .collect();
+        // Every thread is joined (the scope would anyway); the first error is returned.
+        let mut first = Ok(());
+        for l in loads {
+            let r = l.join().unwrap_or_else(|_| {
+                Err(DataplaneError::Io {
+                    what: "verifying",
+                    path: PathBuf::new(),
+                    source: io::Error::other("a loading thread panicked"),
+                })
+            });
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
 }
 
 /// The outer maps, each with its inner template made from the schema table.

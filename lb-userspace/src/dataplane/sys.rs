@@ -180,6 +180,58 @@ pub fn set_inner(outer: BorrowedFd<'_>, slot: u32, inner: BorrowedFd<'_>) -> io:
     map_update(outer, &slot.to_ne_bytes(), &fd.to_ne_bytes(), 0)
 }
 
+/// The id of the map at `slot` of the map of maps `outer`, if any.
+pub fn inner_id(outer: BorrowedFd<'_>, slot: u32) -> io::Result<Option<u32>> {
+    let mut id = [0u8; 4];
+    Ok(map_lookup(outer, &slot.to_ne_bytes(), &mut id)?.then(|| u32::from_ne_bytes(id)))
+}
+
+/// Puts each `(outer, inner)`'s map at `slot` of its map of maps, or empties that slot
+/// (`None`), leaving alone the slots that already hold what they should. Every change to a
+/// map of maps returns only after an RCU grace period (the kernel's `maybe_wait_bpf_programs`:
+/// no program may still hold what was replaced), 5-25 ms each on this machine; made one after
+/// another, the dozen and a half of a load balancer took 300 ms of sleep per deploy. So the
+/// changes are made side by side, a thread each, and wait out the same grace period. One
+/// result per change, in order.
+pub fn set_slots(
+    slot: u32,
+    changes: &[(BorrowedFd<'_>, Option<BorrowedFd<'_>>)],
+) -> Vec<io::Result<()>> {
+    let key = slot.to_ne_bytes();
+    let change = |outer: BorrowedFd<'_>, inner: Option<BorrowedFd<'_>>| -> io::Result<()> {
+        match inner {
+            Some(fd) => set_inner(outer, slot, fd),
+            None => map_delete(outer, &key),
+        }
+    };
+    let needed = |outer: BorrowedFd<'_>, inner: Option<BorrowedFd<'_>>| -> io::Result<bool> {
+        let now = inner_id(outer, slot)?;
+        Ok(match inner {
+            None => now.is_some(),
+            Some(fd) => now != Some(map_info(fd)?.id),
+        })
+    };
+    std::thread::scope(|s| {
+        let pending: Vec<_> = changes
+            .iter()
+            .map(|&(outer, inner)| match needed(outer, inner) {
+                Ok(true) => Err(s.spawn(move || change(outer, inner))),
+                Ok(false) => Ok(Ok(())),
+                Err(e) => Ok(Err(e)),
+            })
+            .collect();
+        pending
+            .into_iter()
+            .map(|p| match p {
+                Ok(done) => done,
+                Err(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(io::Error::other("the thread changing the slot panicked"))
+                }),
+            })
+            .collect()
+    })
+}
+
 /// `BPF_OBJ_PIN`.
 pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let p = cpath(path)?;
