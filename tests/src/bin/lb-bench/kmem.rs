@@ -205,12 +205,24 @@ impl Memory {
             .iter()
             .map(|id| pinned_tree(&bpffs.join(id), &format!("{id}/"), cpus, &[]))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let outside = std::fs::read_dir(bpffs)
+        // Other load balancers on the node (a directory with a SCHEMA pin) are neither these
+        // nor the node's.
+        let names: Vec<String> = std::fs::read_dir(bpffs)
             .with_context(|| format!("listing {}", bpffs.display()))?
             .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-            .filter(|name| !ids.contains(&name.as_str()))
             .collect();
-        let node_wide = pinned_tree(bpffs, "", cpus, ids)?;
+        let others: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !ids.contains(n) && bpffs.join(n).join("SCHEMA").exists())
+            .collect();
+        let outside = names
+            .iter()
+            .filter(|n| !ids.contains(&n.as_str()) && !others.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        let skip: Vec<&str> = ids.iter().copied().chain(others.iter().copied()).collect();
+        let node_wide = pinned_tree(bpffs, "", cpus, &skip)?;
         let pinned: BTreeSet<(bool, u32)> = per_lb
             .iter()
             .flatten()

@@ -855,7 +855,7 @@ fn agent_table(s: &mut String, c: &control::Results) {
         let haproxy = |f: fn(&AgentRun) -> f64| spread(Proxy::Haproxy, f);
         control_row(
             s,
-            "deploy of the node's first load balancer of an lb build (it loads and verifies              the program set; 1 run; lb's rows above join a node that serves one already):              serving",
+            "deploy of the node's first load balancer of an lb build (it loads and verifies the program set; 1 run; lb's rows above join a node that serves one already): serving",
             &one(first.serving_s),
             &haproxy(|a| a.serving_s * 1e3),
             Goal::None,
