@@ -1,10 +1,11 @@
 //! Tier 3, the daemon's lifecycle: a crash and a restart, an upgrade to a different program
-//! object, 20 reloads, refused reloads, a refused takeover, two concurrent `lb run`. Each
-//! runs under streaming connections from several clients (a record every 100 ms both ways;
-//! every record must arrive, in order), while `lb stats` is sampled (no `total_connections`
-//! may go backwards); `active` must be exact while they stream and 0 once they close. Each
-//! prints one `LIFECYCLE` line with the packets lost (TCP retransmissions in the client's and
-//! members' namespaces) and, where it applies, how long the handover took.
+//! object (and one stopped by SIGTERM while it verifies), 20 reloads, refused reloads, a
+//! refused takeover, two concurrent `lb run`. Each runs under streaming connections from
+//! several clients (a record every 100 ms both ways; every record must arrive, in order),
+//! while `lb stats` is sampled (no `total_connections` may go backwards); `active` must be
+//! exact while they stream and 0 once they close. Each prints one `LIFECYCLE` line with the
+//! packets lost (TCP retransmissions in the client's and members' namespaces) and, where it
+//! applies, how long the handover took.
 
 use std::{
     net::Ipv4Addr,
@@ -284,6 +285,89 @@ fn upgrade_through_takeover_to_a_different_program_loses_nothing() {
         !setup.cfg.bpffs.join(&setup.cfg.lb_id).exists(),
         "pins removed"
     );
+}
+
+/// SIGTERM while an upgrade's takeover verifies the new build's programs (its preflight,
+/// before the running daemon is disturbed): the new process stops within a second (10 s
+/// under the VM's emulation) and leaves nothing of its own, no half-made program set; the
+/// running daemon never hears of it and goes on serving, no connection lost.
+#[test]
+fn sigterm_during_an_upgrade_takeover_stops_it_and_loses_nothing() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let variant = variant_object();
+    let mut old = setup.start(&[]);
+    let before = attached(&setup.cfg, "lb_tc");
+    let set = State::read(&setup.cfg.state_dir, &setup.cfg.lb_id)
+        .unwrap()
+        .program_set;
+    let run = begin(&setup);
+    let mut new = Daemon::start_with_env(
+        &setup.bin,
+        &setup.topo.node.name,
+        &setup.cfg.path,
+        &["--takeover"],
+        &[("LB_BPF_OBJECT", variant.as_os_str())],
+    );
+    wait_for(
+        "the new build's programs to be loaded",
+        Duration::from_secs(60),
+        || {
+            new.log_text()
+                .contains("loading and verifying the data path")
+                .then_some(())
+        },
+    );
+    let sent = Instant::now();
+    new.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = wait_for("the takeover to exit", Duration::from_secs(30), || {
+        new.exited()
+    });
+    let took = sent.elapsed();
+    let log = new.log_text();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        log.contains("SIGTERM during the start: stopped"),
+        "the SIGTERM came during the load:\n{log}"
+    );
+    assert!(
+        !log.contains("asking the running lb to hand over"),
+        "the running daemon was not disturbed:\n{log}"
+    );
+    let bound = if std::env::var_os("LB_VM_TEST").is_some() {
+        10
+    } else {
+        1
+    };
+    assert!(
+        took < Duration::from_secs(bound),
+        "exited {took:?} after SIGTERM:\n{log}"
+    );
+    assert!(old.exited().is_none(), "{}", old.log_text());
+    assert_eq!(
+        attached(&setup.cfg, "lb_tc"),
+        before,
+        "the same program under the same attachment"
+    );
+    let sets: Vec<String> = std::fs::read_dir(setup.cfg.bpffs.join("@programs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(sets, vec![set], "only the running build's program set");
+    end(
+        &setup,
+        run,
+        "sigterm-during-upgrade-takeover",
+        &format!(
+            ", the takeover exited {} ms after SIGTERM",
+            took.as_millis()
+        ),
+    );
+    assert!(old.stop().unwrap().success(), "{}", old.log_text());
+    assert!(!lb::node::netns_exists(&setup.cfg.namespace()));
+    assert!(!setup.cfg.bpffs.join("@programs").exists(), "pins removed");
 }
 
 /// The config with member 10.0.0.6 in the pool (`with`) or not, and the first member's
