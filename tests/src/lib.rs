@@ -10,6 +10,7 @@ use std::{
 
 pub mod agent;
 pub mod fixture;
+pub mod skip;
 pub mod sshd;
 pub mod stream;
 pub mod topology;
@@ -119,10 +120,13 @@ pub fn wait_for_quietly<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-/// Whether the kernel lets us do BPF at all; tests that need it skip with a reason otherwise.
+/// Whether the kernel lets us do BPF at all: as root. Otherwise the test is a skip
+/// (`skip::skip`: a failure in CI and in the VM).
 pub fn require_root() -> bool {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root (BPF, namespaces); run `cargo xtask test` as root or `cargo xtask vm-test`");
+        skip::skip(
+            "needs root (BPF, namespaces); run `cargo xtask test` as root or `cargo xtask vm-test`",
+        );
         return false;
     }
     true

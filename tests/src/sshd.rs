@@ -16,7 +16,7 @@ pub fn available() -> bool {
     let ok = std::path::Path::new("/usr/sbin/sshd").exists()
         && Command::new("ssh").arg("-V").output().is_ok();
     if !ok {
-        eprintln!("SKIPPED: no sshd/ssh (Debian packages openssh-server, openssh-client)");
+        crate::skip::skip("no sshd/ssh (Debian packages openssh-server, openssh-client)");
     }
     ok
 }

@@ -539,7 +539,7 @@ pub struct Setup {
 
 impl Setup {
     /// The seed's config edited by `edit`, and a topology with `members`. None (reported as
-    /// SKIPPED) when not root.
+    /// a skip, `skip::skip`) when not root.
     pub fn new(edit: impl Fn(String) -> String, members: &[Ipv4Addr]) -> Option<Setup> {
         if !crate::require_root() {
             return None;

@@ -146,7 +146,7 @@ static ONE_FLOOD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn spoofed_syn_flood_leaves_real_clients_and_counts_alone() {
     let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     if Command::new("hping3").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: no hping3 (Debian package hping3)");
+        integration_tests::skip::skip("no hping3 (Debian package hping3)");
         return;
     }
     // LB_FLOOD_RATE: hping3's interval option (e.g. u100 for 10k/s); default "flood"

@@ -286,8 +286,7 @@ fn a_tls_hello_check_tells_a_tls_member_from_a_plain_one() {
         .output()
         .is_err()
     {
-        // The VM test's initramfs carries no openssl; `cargo xtask test` installs it.
-        eprintln!("SKIPPED: no openssl (cargo xtask test installs it)");
+        integration_tests::skip::skip("no openssl (Debian package openssl)");
         return;
     }
     let topo = SeedTopology::new(&[M1, M2]);
@@ -606,7 +605,9 @@ fn a_mode_http_config_runs_the_real_haproxy_and_updates_move_between_them() {
         return;
     }
     if !std::path::Path::new("/usr/sbin/haproxy").exists() {
-        eprintln!("SKIPPED: no real haproxy at /usr/sbin/haproxy (cargo xtask test installs it)");
+        integration_tests::skip::skip(
+            "no real haproxy at /usr/sbin/haproxy (Debian package haproxy)",
+        );
         return;
     }
     let topo = SeedTopology::new(&[M1, M2]);
@@ -741,7 +742,9 @@ fn switching_from_haproxy_to_lb_under_load_does_not_stall_new_connections() {
         return;
     }
     if !std::path::Path::new("/usr/sbin/haproxy").exists() {
-        eprintln!("SKIPPED: no real haproxy at /usr/sbin/haproxy (cargo xtask test installs it)");
+        integration_tests::skip::skip(
+            "no real haproxy at /usr/sbin/haproxy (Debian package haproxy)",
+        );
         return;
     }
     // Without HAProxy before: lb alone, the same load.

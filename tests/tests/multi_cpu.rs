@@ -26,7 +26,7 @@ const BASE_PORT: u16 = 20000;
 fn two_cpus() -> Option<(usize, usize)> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     if n < 2 {
-        eprintln!("SKIPPED: needs two CPUs");
+        integration_tests::skip::skip("needs two CPUs");
         return None;
     }
     Some((0, 1))

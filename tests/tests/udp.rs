@@ -117,7 +117,9 @@ fn status(bin: &Path, cfg: &TestConfig, addr: Ipv4Addr) -> String {
 fn have_programs() -> bool {
     for p in ["dnsmasq", "dig"] {
         if Command::new(p).arg("--version").output().is_err() {
-            eprintln!("SKIPPED: no {p} (Debian packages dnsmasq-base, bind9-dnsutils)");
+            integration_tests::skip::skip(&format!(
+                "no {p} (Debian packages dnsmasq-base, bind9-dnsutils)"
+            ));
             return false;
         }
     }

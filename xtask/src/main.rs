@@ -3,13 +3,15 @@
 //! says what it installs; nothing else builds the BPF side.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod summary;
 mod vm;
 
 /// Keep in sync with lb-userspace/build.rs (bpf-linker 0.10.3 needs this nightly's LLVM 22).
@@ -139,6 +141,34 @@ fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs the tests of `c` (a `cargo test`), its output passed through, then says how many
+/// passed and which were skipped, and why (from what the tests' `skip::skip` recorded).
+fn run_tests(c: &mut Command) -> Result<()> {
+    let record = root().join("target/test-skips.txt");
+    let _ = std::fs::remove_file(&record);
+    c.env(summary::SKIPS_ENV, &record).stdout(Stdio::piped());
+    let mut child = c.spawn().with_context(|| format!("running {c:?}"))?;
+    let mut results = Vec::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.context("reading the tests' output")?;
+        println!("{line}");
+        if line.trim_start().starts_with("test result:") {
+            results.push(line.trim().to_string());
+        }
+    }
+    let status = child.wait()?;
+    let skips: Vec<String> = std::fs::read_to_string(&record)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    eprintln!("\nxtask test: {}", summary::line(&results, &skips));
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
     }
     Ok(())
 }
@@ -305,15 +335,17 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => {
-            setup(TEST_PACKAGES)?;
             if !nix_is_root() {
-                eprintln!("xtask: not root: BPF and namespace tests will report SKIPPED");
+                bail!(
+                    "cargo xtask test needs root: most tests load BPF programs and make network \
+                     namespaces, and would only be skipped; run it as root, or run \
+                     `cargo xtask vm-test`, which needs no root"
+                );
             }
+            setup(TEST_PACKAGES)?;
             let bin = build_lb(false)?;
             let variant = build_variant_object()?;
-            if nix_is_root() {
-                ensure_bpffs()?;
-            }
+            ensure_bpffs()?;
             // Unit tests of every host crate, then the integration tiers. One cargo
             // invocation so the build is shared.
             let mut c = cargo();
@@ -323,7 +355,7 @@ fn main() -> Result<()> {
             if !args.is_empty() {
                 c.arg("--").args(&args);
             }
-            run(&mut c)
+            run_tests(&mut c)
         }
         Cmd::Perf { seconds, runs } => {
             let (s, r) = (seconds.to_string(), runs.to_string());
@@ -491,6 +523,9 @@ fn vm_test(kernels: &[String], timeout_min: u64, memory: u32, args: &[String]) -
                     o.detail,
                     o.seconds
                 );
+                for s in &o.skips {
+                    eprintln!("      skipped: {s}");
+                }
             }
             Err(e) => {
                 ok = false;

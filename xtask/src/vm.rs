@@ -25,6 +25,45 @@ const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf", "virtio_r
 /// Host programs the tests and lb run, copied with their libraries. `sh` too: busybox's shell
 /// runs its own applets (a reduced `ip`) before anything on PATH.
 const HOST_PROGRAMS: &[&str] = &["ip", "tc", "nsenter", "ethtool", "sh"];
+/// The tests the VM may skip, and why: they need programs its image does not carry. Any
+/// other skip fails the VM run (`skip::skip` in tests/src/skip.rs).
+pub const SKIPPABLE: &[(&str, &str)] = &[
+    (
+        "ssh_over_an_ipv6_vip_beside_an_ipv4_load_balancer",
+        "no sshd/ssh in the image",
+    ),
+    ("ssh_through_ipv6_syn_cookies", "no sshd/ssh in the image"),
+    (
+        "packet_too_big_reaches_the_client_through_the_ipv6_vip",
+        "no sshd/ssh in the image",
+    ),
+    (
+        "dns_through_a_udp_listener_with_a_member_going_down",
+        "no dnsmasq/dig in the image",
+    ),
+    (
+        "spoofed_syn_flood_leaves_real_clients_and_counts_alone",
+        "no hping3 in the image",
+    ),
+    (
+        "a_tls_hello_check_tells_a_tls_member_from_a_plain_one",
+        "no openssl in the image",
+    ),
+    (
+        "a_mode_http_config_runs_the_real_haproxy_and_updates_move_between_them",
+        "no haproxy in the image",
+    ),
+    (
+        "switching_from_haproxy_to_lb_under_load_does_not_stall_new_connections",
+        "no haproxy in the image",
+    ),
+    (
+        "metrics_pass_promtool_and_count_the_connections_made",
+        "no promtool in the image (the counters are checked)",
+    ),
+];
+/// What /init prints before each recorded skip.
+const SKIP_MARK: &str = "LB-VM-SKIP ";
 /// Debian packages vm-test needs on the host.
 pub const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -343,6 +382,12 @@ fn init_script(test_args: &[String]) -> String {
         .map(|a| format!("'{}'", a.replace('\'', "")))
         .collect::<Vec<_>>()
         .join(" ");
+    let skippable = SKIPPABLE
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (skips_env, skippable_env) = (crate::summary::SKIPS_ENV, crate::summary::SKIPPABLE_ENV);
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -350,6 +395,7 @@ ln -sf /usr/sbin/sh /bin/sh
 # The host run fuzzes a million frames; under emulation a quarter keeps the VM suite short.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp RUST_BACKTRACE=1 LB_BIN=/lbtest/lb LB_VM_TEST=1 LB_FUZZ_FRAMES=250000
 export LB_TEST_VARIANT_OBJECT=/lbtest/lb-variant.o
+export {skips_env}=/tmp/lb-skips {skippable_env}='{skippable}'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -365,13 +411,15 @@ ip link set lo up
 # clsact attachment (and every last detachment) flips them, which patches kernel text under
 # running CPUs; QEMU's software emulation has been seen executing such a site half patched
 # (6.12: "Oops: int3" in __dev_queue_xmit while streams ran through a takeover).
-tc qdisc add dev lo clsact || echo "vm-test: cannot add clsact to lo"
+# iproute2's tc by its path: busybox's sh runs its own applets first, and its tc has no clsact.
+/usr/sbin/tc qdisc add dev lo clsact || echo "vm-test: cannot add clsact to lo"
 echo "vm-test: kernel $(uname -r), $(nproc) CPUs"
 status=0
 for t in /lbtest/tests/*; do
   echo "vm-test: === $(basename "$t")"
   "$t" --test-threads=2 {args} || status=1
 done
+[ -f /tmp/lb-skips ] && sed 's/^/{SKIP_MARK}/' /tmp/lb-skips
 echo "{EXIT_MARK}$status"
 poweroff -f
 "#
@@ -529,6 +577,8 @@ pub fn kvm_usable(qemu: &Path, kernel: &Kernel) -> bool {
 pub struct Outcome {
     pub passed: bool,
     pub detail: String,
+    /// The skips the tests recorded: `<binary> <test>: <reason>`.
+    pub skips: Vec<String>,
     pub seconds: f64,
 }
 
@@ -581,6 +631,7 @@ pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, memory_mb: u32) -
     });
     let mut status = None;
     let mut summary = Vec::new();
+    let mut skips = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(line) => {
@@ -591,6 +642,9 @@ pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, memory_mb: u32) -
                 }
                 if l.starts_with("test result:") {
                     summary.push(l.to_string());
+                }
+                if let Some(s) = l.strip_prefix(SKIP_MARK) {
+                    skips.push(s.to_string());
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -604,31 +658,14 @@ pub fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration, memory_mb: u32) -
     }
     let _ = child.wait();
     let seconds = start.elapsed().as_secs_f64();
-    // "test result: ok. 13 passed; 0 failed; 0 ignored; ..." per test binary.
-    let count = |what: &str| -> u64 {
-        summary
-            .iter()
-            .flat_map(|s| {
-                let w: Vec<&str> = s.split_whitespace().collect();
-                (1..w.len())
-                    .filter(|&i| w[i].trim_end_matches(';') == what)
-                    .filter_map(|i| w[i - 1].parse::<u64>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .sum()
-    };
     let detail = match status {
         None => "the VM stopped without reporting a result (kernel panic? see above)".into(),
-        Some(_) => format!(
-            "{} passed, {} failed, in {} binaries",
-            count("passed"),
-            count("failed"),
-            summary.len()
-        ),
+        Some(_) => crate::summary::head(&summary, skips.len()),
     };
     Ok(Outcome {
         passed: status == Some(0),
         detail,
+        skips,
         seconds,
     })
 }
