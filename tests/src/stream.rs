@@ -302,6 +302,8 @@ pub struct Watch {
 #[derive(Debug, Default)]
 pub struct WatchReport {
     pub samples: usize,
+    /// Every `lb stats` call that failed, printed no JSON or listed no load balancer.
+    pub failures: Vec<String>,
     /// Every time a `total_connections` went down: what, from, to.
     pub backwards: Vec<String>,
 }
@@ -318,11 +320,25 @@ impl Watch {
                     .args(["stats", "--json", "--state-dir"])
                     .arg(&dir)
                     .output();
-                if let Some(v) = out
-                    .ok()
-                    .filter(|o| o.status.success())
-                    .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-                {
+                let v = match out {
+                    Err(e) => Err(format!("cannot run lb stats: {e}")),
+                    Ok(o) if !o.status.success() => Err(format!(
+                        "lb stats: {}: {}",
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    )),
+                    Ok(o) => match serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+                        Err(e) => Err(format!("lb stats printed no JSON ({e})")),
+                        Ok(v) if v.as_array().is_none_or(|a| a.is_empty()) => {
+                            Err(format!("lb stats listed no load balancer: {v}"))
+                        }
+                        Ok(v) => Ok(v),
+                    },
+                };
+                if let Err(e) = &v {
+                    r.failures.push(e.clone());
+                }
+                if let Ok(v) = v {
                     r.samples += 1;
                     for lb in v.as_array().into_iter().flatten() {
                         let mut totals = Vec::new();

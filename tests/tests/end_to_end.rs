@@ -738,7 +738,8 @@ fn hosts_with_checksum_offload_generic() {
 /// second, a single failure marks a member down) for 60 s while the namespace has only 50
 /// local ports, against members that send nothing first (web servers). A check that bound
 /// `VIP:0` and closed gracefully left a TIME_WAIT per check on lb's side and ran out of
-/// ports within a second.
+/// ports within a second. The checks are counted at each member, and a member whose server
+/// goes away must go down: a checker that stopped could not pass.
 #[test]
 fn health_checks_of_20_members_never_exhaust_a_narrow_port_range() {
     let addrs: Vec<Ipv4Addr> = (10..30).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
@@ -767,20 +768,13 @@ fn health_checks_of_20_members_never_exhaust_a_narrow_port_range() {
     // Members that send nothing and close when the peer does (as a web server does with a
     // connection that never sends a request): the check's close is then a FIN from lb's
     // side (a greeting left unread, or an answer after the FIN, would make it a RST).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let _silent: Vec<_> = setup
+    // Each server has its own stop (the last part stops one) and counts the checks it took.
+    let servers: Vec<Silent> = setup
         .topo
         .members
         .iter()
-        .map(|m| silent_server(&m.ns.name, m.addr, 8080, stop.clone()))
+        .map(|m| silent_server(&m.ns.name, m.addr, 8080))
         .collect();
-    struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-    let _stop = Stop(stop);
     let Setup { cfg, bin, .. } = &setup;
     let _daemon = setup.start(&[]);
     let ns = format!("qlbaas-{}", cfg.lb_id);
@@ -814,29 +808,92 @@ fn health_checks_of_20_members_never_exhaust_a_narrow_port_range() {
         assert!(down.is_empty(), "a member fell: {down:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The checker was alive all along: 300 checks per member in 60 s at 0.2 s; at least
+    // half of them arrived at every member.
+    let checks: Vec<u64> = servers.iter().map(Silent::accepted).collect();
+    eprintln!("HEALTH checks taken per member in 60 s: {checks:?}");
+    for (a, n) in addrs.iter().zip(&checks) {
+        assert!(*n >= 150, "{a} took {n} checks in 60 s (delay 0.2 s)");
+    }
+    // And it acts: the first member's server goes away, the member goes down.
+    servers[0].stop();
+    let first = addrs[0].to_string();
+    wait_for(
+        "the first member to go down",
+        Duration::from_secs(30),
+        || {
+            let s = stats(bin, &cfg.state_dir);
+            s[0]["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["address"] == first.as_str() && m["operating_status"] != "ONLINE")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        online(&stats(bin, &cfg.state_dir)),
+        19,
+        "only the first went down"
+    );
+}
+
+/// A `silent_server`: stopped on drop; counts the connections it accepted.
+struct Silent {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Silent {
+    fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Closes its listening socket (connections are refused from then on).
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        while !self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A server in namespace `ns` that reads each connection to its end and closes it, sending
 /// nothing.
-fn silent_server(
-    ns: &str,
-    addr: Ipv4Addr,
-    port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    use std::io::Read as _;
+fn silent_server(ns: &str, addr: Ipv4Addr, port: u16) -> Silent {
+    use std::{
+        io::Read as _,
+        sync::{
+            atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+            Arc,
+        },
+    };
     let ns = ns.to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (s, n) = (stop.clone(), accepted.clone());
     let h = std::thread::spawn(move || {
         lb::node::enter(&ns).unwrap();
         let l = std::net::TcpListener::bind((addr, port)).unwrap();
         l.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while !s.load(Relaxed) {
             let Ok((mut c, _)) = l.accept() else {
                 std::thread::sleep(Duration::from_millis(2));
                 continue;
             };
+            n.fetch_add(1, Relaxed);
             let _ = c.set_nonblocking(false);
             let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
             let mut b = [0u8; 512];
@@ -844,7 +901,11 @@ fn silent_server(
         }
     });
     ready_rx.recv().unwrap();
-    h
+    Silent {
+        stop,
+        accepted,
+        thread: Some(h),
+    }
 }
 
 /// `lb flows` lists exactly the open flows (client, member, state), filters by member and
@@ -951,7 +1012,8 @@ fn lb_stats_watch_shows_rates_in_80_columns() {
         .expect("lb stats --watch");
     let start = Instant::now();
     let mut made = 0;
-    while start.elapsed() < Duration::from_millis(3500) {
+    // At least 3.5 s (three frames) and 20 connections, however slow the machine.
+    while start.elapsed() < Duration::from_millis(3500) || made < 20 {
         connect(&topo.client.name, VIP, 22).expect("connect");
         made += 1;
         std::thread::sleep(Duration::from_millis(50));
@@ -959,7 +1021,6 @@ fn lb_stats_watch_shows_rates_in_80_columns() {
     let _ = watch.kill();
     let out = watch.wait_with_output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(made > 20);
     assert!(!text.contains('\x1b'), "no colour codes into a pipe");
     for l in text.lines() {
         assert!(l.chars().count() <= 80, "wider than 80 columns: {l:?}");
@@ -975,6 +1036,24 @@ fn lb_stats_watch_shows_rates_in_80_columns() {
         "listener conn/s over the frames: {rates:?}\n{text}"
     );
     daemon.stop();
+}
+
+/// Echo requests namespace `ns` has received (`Icmp: InEchos` of its /proc/net/snmp).
+fn icmp_in_echos(ns: &str) -> u64 {
+    let snmp =
+        integration_tests::in_netns(ns, || std::fs::read_to_string("/proc/thread-self/net/snmp"))
+            .unwrap()
+            .expect("/proc/thread-self/net/snmp");
+    let icmp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Icmp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let at = icmp[0]
+        .iter()
+        .position(|f| *f == "InEchos")
+        .expect("InEchos");
+    icmp[1][at].parse().unwrap()
 }
 
 /// Octavia's PING monitor: ICMP echo from the VIP. A member whose port 2222 has nothing on
@@ -1000,7 +1079,12 @@ fn a_ping_monitor_follows_icmp_echo_not_the_port() {
             .unwrap()
             .to_string()
     };
-    std::thread::sleep(Duration::from_secs(3));
+    // Three echo requests answered at M2 (three checks passed), not a fixed wait.
+    let m2 = topo.member(M2).ns.name.clone();
+    let before = icmp_in_echos(&m2);
+    wait_for("three pings at M2", Duration::from_secs(30), || {
+        (icmp_in_echos(&m2) >= before + 3).then_some(())
+    });
     assert_eq!(status(bin), "ONLINE", "answers pings, whatever its port");
     topo.member(M2)
         .ns
@@ -1017,4 +1101,141 @@ fn a_ping_monitor_follows_icmp_echo_not_the_port() {
         (status(bin) == "ONLINE").then_some(())
     });
     daemon.stop();
+}
+
+/// Which member each of `n` short connections from the client goes to (each closed before
+/// the next opens), while `long` stays open.
+fn short_connections(setup: &Setup, n: usize) -> Vec<Ipv4Addr> {
+    (0..n)
+        .map(|_| {
+            let mut c = connect(&setup.topo.client.name, VIP, 22).expect("connect");
+            c.echo(b"short\n").unwrap();
+            let m = c.member();
+            c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut c.stream, &mut rest).unwrap();
+            // Closed on lb's side too before the next one is balanced.
+            wait_for(
+                "the short connection closed",
+                Duration::from_secs(10),
+                || {
+                    (stats(&setup.bin, &setup.cfg.state_dir)[0]["listeners"][0]
+                        ["active_connections"]
+                        == 1)
+                        .then_some(())
+                },
+            );
+            m
+        })
+        .collect()
+}
+
+/// The three algorithms told apart end to end by connections of unequal length: one long
+/// connection stays open on a member while ten short ones come and go. Least connections
+/// sends every short one to the other member; round robin alternates whatever is open;
+/// hashing the client's address sends all of them to one member, whichever the long one
+/// has.
+#[test]
+fn least_connections_round_robin_and_source_hash_differ_end_to_end() {
+    for algorithm in ["LEAST_CONNECTIONS", "ROUND_ROBIN", "SOURCE_IP"] {
+        let Some(setup) = Setup::new(
+            |t| {
+                t.replace(
+                    "lb_algorithm = \"LEAST_CONNECTIONS\"",
+                    &format!("lb_algorithm = \"{algorithm}\""),
+                )
+            },
+            &[M1, M2],
+        ) else {
+            return;
+        };
+        let _daemon = setup.start(&[]);
+        wait_for("both members up", Duration::from_secs(20), || {
+            let s = stats(&setup.bin, &setup.cfg.state_dir);
+            s[0]["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["operating_status"] == "ONLINE")
+                .then_some(())
+        });
+        let mut long = connect(&setup.topo.client.name, VIP, 22).expect("the long connection");
+        long.echo(b"long\n").unwrap();
+        let held = long.member();
+        let short = short_connections(&setup, 10);
+        long.echo(b"still here\n").unwrap();
+        eprintln!("ALGORITHM {algorithm}: long on {held}, short on {short:?}");
+        let on_held = short.iter().filter(|m| **m == held).count();
+        match algorithm {
+            "LEAST_CONNECTIONS" => assert_eq!(on_held, 0, "{short:?}, long on {held}"),
+            "ROUND_ROBIN" => {
+                assert_eq!(on_held, 5, "{short:?}, long on {held}");
+                assert!(
+                    short.windows(2).all(|w| w[0] != w[1]),
+                    "alternating: {short:?}"
+                );
+            }
+            _ => {
+                let first = short[0];
+                assert!(short.iter().all(|m| *m == first), "one member: {short:?}");
+            }
+        }
+    }
+}
+
+/// `admin_state_up = false` and `backup = true` through the data path: the disabled member
+/// takes nothing and shows OFFLINE; the backup takes nothing while a regular member is up,
+/// everything once none is (its link down, its monitor failing), and nothing again once
+/// it is back; the disabled member never does.
+#[test]
+fn a_disabled_member_takes_nothing_and_a_backup_only_when_no_other_is_up() {
+    const M3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
+    let Some(setup) = Setup::new(
+        |t| {
+            quick_monitor(t.replacen("weight = 1\n", "weight = 1\nadmin_state_up = false\n", 1))
+                + "\n[[loadbalancer.pool.member]]\nid = \"backup-m3\"\naddress = \"10.0.0.6\"\nprotocol_port = 22\nbackup = true\n"
+        },
+        &[M1, M2, M3],
+    ) else {
+        return;
+    };
+    let _daemon = setup.start(&[]);
+    let status = |addr: Ipv4Addr| -> String {
+        member(&stats(&setup.bin, &setup.cfg.state_dir), addr)["operating_status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("M2 and the backup up", Duration::from_secs(20), || {
+        (status(M2) == "ONLINE" && status(M3) == "ONLINE").then_some(())
+    });
+    assert_eq!(status(M1), "OFFLINE", "administratively down");
+    let members = |n: usize| -> Vec<Ipv4Addr> {
+        (0..n)
+            .map(|_| {
+                connect(&setup.topo.client.name, VIP, 22)
+                    .expect("connect through the VIP")
+                    .member()
+            })
+            .collect()
+    };
+    let got = members(6);
+    assert!(got.iter().all(|m| *m == M2), "only M2: {got:?}");
+
+    setup.topo.members[1].ns.ip("link set eth0 down");
+    wait_for("M2 down", Duration::from_secs(20), || {
+        (status(M2) != "ONLINE").then_some(())
+    });
+    let got = members(4);
+    assert!(got.iter().all(|m| *m == M3), "only the backup: {got:?}");
+
+    setup.topo.members[1].ns.ip("link set eth0 up");
+    wait_for("M2 back", Duration::from_secs(20), || {
+        (status(M2) == "ONLINE").then_some(())
+    });
+    let got = members(4);
+    assert!(got.iter().all(|m| *m == M2), "M2 again: {got:?}");
+    let s = stats(&setup.bin, &setup.cfg.state_dir);
+    assert_eq!(member(&s, M1)["total_connections"], 0, "{s}");
+    assert_eq!(member(&s, M3)["total_connections"], 4, "{s}");
 }

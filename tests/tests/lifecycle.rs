@@ -98,7 +98,20 @@ fn end(setup: &Setup, run: Run, name: &str, extra: &str) {
         "{name}: total_connections went backwards: {:?}",
         watch.backwards
     );
-    assert!(watch.samples > 0, "{name}: lb stats never answered");
+    assert!(
+        watch.failures.is_empty(),
+        "{name}: lb stats failed {} times (of {}): {:?}",
+        watch.failures.len(),
+        watch.samples + watch.failures.len(),
+        watch.failures
+    );
+    assert!(
+        watch.samples >= 2,
+        "{name}: {} stats samples",
+        watch.samples
+    );
+    // README: "0 TCP segments were retransmitted in any of them".
+    assert_eq!(lost, 0, "{name}: TCP segments retransmitted");
     wait_for(
         "every active count back to 0",
         Duration::from_secs(10),

@@ -214,6 +214,7 @@ fn the_same_syn_on_two_cpus_opens_one_flow() {
                 .build()
         })
         .collect();
+    let mut sent = std::collections::HashSet::new();
     for (i, outs) in collide_same(&env, cpus, &syns).iter().enumerate() {
         for (action, _) in outs {
             assert_eq!(*action, XDP_TX, "SYN of flow {i} dropped");
@@ -224,7 +225,32 @@ fn the_same_syn_on_two_cpus_opens_one_flow() {
             (pair[1].dst, pair[1].sport),
             "flow {i}: both copies to the same member and port"
         );
+        sent.insert((pair[0].dst, pair[0].sport));
     }
+    // The loser of each race gave back the SNAT port it had taken: one reverse entry (the
+    // port held) per flow, at the member and port both copies went out with.
+    let flows = env.dp.maps.flows();
+    let held: std::collections::HashSet<(Ipv4Addr, u16)> = flows
+        .iter()
+        .filter(|(k, _)| k.dir == lb_common::FLOW_DIR_REVERSE)
+        .map(|(k, _)| {
+            (
+                Ipv4Addr::from(u32::from_be(k.src_be)),
+                u16::from_be(k.dport_be),
+            )
+        })
+        .collect();
+    let forward = flows
+        .iter()
+        .filter(|(k, _)| k.dir == lb_common::FLOW_DIR_FORWARD)
+        .count();
+    assert_eq!(forward, FLOWS as usize, "one forward entry per flow");
+    assert_eq!(
+        flows.len(),
+        2 * FLOWS as usize,
+        "a forward and a reverse entry per flow, nothing more"
+    );
+    assert_eq!(held, sent, "the ports held are the ports used");
     let v = env.verdicts();
     assert_eq!(v[reason::DROP_CT_FULL as usize], 0);
     assert_eq!(

@@ -206,6 +206,132 @@ fn connection_log_lines_match_the_connections_made() {
     daemon.stop();
 }
 
+/// The termination states of connections that end before or without an exchange, each made
+/// by real sockets and read from the log: the member resets an established connection
+/// (`SD`), the member refuses (`SC`: a RST to the SYN, no retries), the member never answers
+/// within `timeout_member_connect` (`sC`: its link down, the client gives up before its
+/// first retransmission). (`CC`, the client giving up before the member answered, comes
+/// from a client established with lb through a SYN cookie; lb drops such a client's RST
+/// while it waits for the member, and the flow ends `sC`: left to the admission work.)
+#[test]
+fn termination_states_of_real_connections() {
+    const PORT: u16 = 7000;
+    let Some(setup) = Setup::new(
+        |t| {
+            // One member, on a port the test serves itself; no monitor; no retries.
+            let two = t
+                .match_indices("[[loadbalancer.pool.member]]")
+                .nth(1)
+                .unwrap()
+                .0;
+            let mut out = Vec::new();
+            let mut monitor = false;
+            for line in t[..two].lines() {
+                if line.starts_with('[') {
+                    monitor = line.trim() == "[loadbalancer.pool.healthmonitor]";
+                }
+                if !monitor {
+                    out.push(line);
+                }
+            }
+            (out.join("\n") + "\n")
+                .replace(
+                    "protocol_port = 22\nweight",
+                    &format!("protocol_port = {PORT}\nweight"),
+                )
+                .replace("retries = 3 ", "retries = 0 ")
+                .replace(
+                    "timeout_member_connect = 5000",
+                    "timeout_member_connect = 1000",
+                )
+        },
+        &[M1],
+    ) else {
+        return;
+    };
+    let syslog = Syslog::bind();
+    daemon_keys(
+        &setup.cfg,
+        &format!("connection_log = \"{} local0\"", syslog.path.display()),
+    );
+    let mut daemon = setup.start(&[]);
+    let client = setup.topo.client.name.clone();
+    let member_ns = setup.topo.members[0].ns.name.clone();
+    let vip = std::net::SocketAddr::from((VIP, 22));
+    let mut want: HashMap<u16, &str> = HashMap::new();
+
+    // SD: the member accepts, reads, and resets.
+    let (ready, wait) = std::sync::mpsc::channel();
+    let server = std::thread::spawn({
+        let ns = member_ns.clone();
+        move || {
+            lb::node::enter(&ns).unwrap();
+            let l = std::net::TcpListener::bind((M1, PORT)).unwrap();
+            ready.send(()).unwrap();
+            let (mut c, _) = l.accept().unwrap();
+            let mut b = [0u8; 64];
+            let _ = std::io::Read::read(&mut c, &mut b);
+            socket2::SockRef::from(&c)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    });
+    wait.recv().unwrap();
+    let port = integration_tests::in_netns(&client, || {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5)).unwrap();
+        c.write_all(b"reset me\n").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 16];
+        let r = c.read(&mut b);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the member's reset reaches the client: {r:?}"
+        );
+        c.local_addr().unwrap().port()
+    })
+    .unwrap();
+    server.join().unwrap();
+    want.insert(port, "SD");
+
+    // SC: nothing listens on the member's port any more.
+    let port = integration_tests::in_netns(&client, || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let r = s.connect_timeout(&vip.into(), Duration::from_secs(5));
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "refused: {r:?}"
+        );
+        s.local_addr().unwrap().as_socket().unwrap().port()
+    })
+    .unwrap();
+    want.insert(port, "SC");
+
+    // sC: the member's link down; the client gives up after 0.5 s, before its first SYN
+    // retransmission (1 s), so lb sees one SYN and no answer.
+    setup.topo.members[0].ns.ip("link set eth0 down");
+    let port = integration_tests::in_netns(&client, || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let r = s.connect_timeout(&vip.into(), Duration::from_millis(500));
+        assert!(r.is_err(), "nothing answers: {r:?}");
+        s.local_addr().unwrap().as_socket().unwrap().port()
+    })
+    .unwrap();
+    want.insert(port, "sC");
+    let got = syslog.read(3, Duration::from_secs(10));
+    setup.topo.members[0].ns.ip("link set eth0 up");
+    eprintln!("{}", got.join("\n"));
+    let lines: Vec<Line> = got.iter().map(|d| parse(d)).collect();
+    let states: HashMap<u16, String> = lines
+        .iter()
+        .map(|l| (l.client_port, l.state.clone()))
+        .collect();
+    let want: HashMap<u16, String> = want.into_iter().map(|(p, s)| (p, s.to_string())).collect();
+    assert_eq!(states, want, "client port -> termination state: {got:#?}");
+    assert_eq!(lines.len(), 3, "one line per connection: {got:#?}");
+    daemon.stop();
+}
+
 /// `GET path` on the daemon's metrics address, inside the node's namespace: (status line,
 /// body).
 fn http_get(ns: &str, port: u16, path: &str) -> (String, String) {

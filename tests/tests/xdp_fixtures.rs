@@ -1227,8 +1227,8 @@ fn source_ip_port_spreads_one_clients_connections() {
 
 /// `allowed_cidrs`: a client in one of the prefixes is balanced; one outside gets nothing
 /// (its SYN dropped and counted, and a stray ACK too, which would otherwise reach the
-/// namespace's stack and be answered with a RST); a reload that widens the list lets it in,
-/// one that empties it lets everyone in.
+/// namespace's stack and be answered with a RST); reloads that widen, narrow and empty the
+/// list each take effect on the next SYN.
 #[test]
 fn allowed_cidrs_balance_only_the_clients_inside() {
     let seed = include_str!("../../examples/seed.toml");
@@ -1263,18 +1263,70 @@ fn allowed_cidrs_balance_only_the_clients_inside() {
         2,
         "counted on the listener"
     );
-    // A reload widening the list, then one emptying it.
-    for cidrs in ["\"192.168.0.0/16\"", ""] {
+    // Reloads, each followed by traffic: widened, narrowed again, emptied.
+    let reload = |env: &mut Env, cidrs: &str| {
         let cfg = lb::config::Config::parse(&with(cidrs), "reload").unwrap();
         let new = lb::plan::plan(&cfg.loadbalancer[0], Some(&env.plan)).unwrap();
         env.dp.write_plan(&new, Some(&env.plan)).unwrap();
         env.plan = new;
-    }
+    };
+    let elsewhere = Ipv4Addr::new(10, 9, 9, 9);
+    reload(&mut env, "\"192.168.0.0/16\"");
     env.expect(&syn(outside, 45_002), XDP_TX, reason::TX_TO_MEMBER);
-    env.expect(
-        &syn(Ipv4Addr::new(10, 9, 9, 9), 45_003),
-        XDP_TX,
-        reason::TX_TO_MEMBER,
+    env.expect(&syn(inside, 45_003), XDP_TX, reason::TX_TO_MEMBER);
+    env.expect(&syn(single, 45_004), XDP_DROP, reason::DROP_NOT_ALLOWED);
+    env.expect(&syn(elsewhere, 45_005), XDP_DROP, reason::DROP_NOT_ALLOWED);
+    reload(&mut env, "\"192.168.10.0/24\"");
+    env.expect(&syn(outside, 45_006), XDP_DROP, reason::DROP_NOT_ALLOWED);
+    env.expect(&syn(inside, 45_007), XDP_TX, reason::TX_TO_MEMBER);
+    env.expect(&syn(single, 45_008), XDP_DROP, reason::DROP_NOT_ALLOWED);
+    reload(&mut env, "");
+    for (c, port) in [(outside, 45_009), (single, 45_010), (elsewhere, 45_011)] {
+        env.expect(&syn(c, port), XDP_TX, reason::TX_TO_MEMBER);
+    }
+    assert_eq!(
+        env.dp.maps.listener_drops(0).unwrap()[reason::DROP_NOT_ALLOWED as usize],
+        6,
+        "every refusal counted"
+    );
+}
+
+/// Persistence ends after `persistence_timeout` without a new connection. The client's
+/// member is drained to weight 0 first, so that it still gets the client while the entry
+/// holds (haproxy keeps persistent clients on a drained server) and never once it is gone.
+#[test]
+fn persistence_expires_after_its_timeout() {
+    let persisting = |timeout: &str| {
+        include_str!("../../examples/seed.toml").replace(
+            "lb_algorithm = \"LEAST_CONNECTIONS\"",
+            &format!(
+                "lb_algorithm = \"LEAST_CONNECTIONS\"\nsession_persistence = {{ type = \"SOURCE_IP\"{timeout} }}"
+            ),
+        )
+    };
+    let sticky = Ipv4Addr::new(192, 168, 7, 7);
+    let drain = |env: &mut Env, member: Ipv4Addr| {
+        let idx = env.member_index(member);
+        let mut conf = env.dp.maps.member(idx).unwrap();
+        conf.weight = 0;
+        env.dp.maps.set_member(idx, conf).unwrap();
+    };
+
+    let Some(mut env) = Env::new(&persisting(", persistence_timeout = 1")) else {
+        return;
+    };
+    let first = open_from(&mut env, sticky, 41_000);
+    drain(&mut env, first);
+    assert_eq!(
+        open_from(&mut env, sticky, 41_001),
+        first,
+        "within the timeout"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_ne!(
+        open_from(&mut env, sticky, 41_002),
+        first,
+        "1.1 s after its last connection the client is balanced anew"
     );
 }
 
