@@ -354,7 +354,8 @@ pub struct SessionPersistence {
     #[serde(rename = "type")]
     pub kind: PersistenceType,
     /// Seconds a client keeps its member after its last new connection; absent: until the
-    /// table (16384 clients per load balancer, least recently used first) evicts it.
+    /// table (16384 clients per load balancer, a kernel LRU hash: clients seen once go
+    /// before clients that came back) evicts it.
     #[serde(default)]
     pub persistence_timeout: Option<u32>,
 }
