@@ -1570,11 +1570,18 @@ fn a_closed_flow_gives_its_snat_port_to_a_timestamped_syn_after_a_second() {
     assert_eq!(syn_from(&mut env, CLIENT, &ts(100)), 40600);
     let mut fin = Tcp::new(CLIENT, 40600, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
     fin.seq = 1001;
+    let closed = std::time::Instant::now();
     env.expect(&fin.build(), XDP_TX, reason::TX_TO_MEMBER);
     assert!(env.flow(40600).unwrap().is_closed());
-    // Within the second: another client with the same source port gets another port.
+    // Within the second: another client with the same source port gets another port (two
+    // runs of the program, milliseconds apart even under emulation; the message says how far).
     let b = Ipv4Addr::new(10, 0, 0, 9);
-    assert_ne!(syn_from(&mut env, b, &ts(200)), 40600, "still held");
+    assert_ne!(
+        syn_from(&mut env, b, &ts(200)),
+        40600,
+        "still held {:?} after the close",
+        closed.elapsed()
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // Past it: without timestamps, still another port; with them, A's port.
     assert_ne!(syn_from(&mut env, Ipv4Addr::new(10, 0, 0, 11), &[]), 40600);
