@@ -99,6 +99,18 @@ fn seed_run(xdp_mode: &str) {
     }
     let s = stats(bin, &cfg.state_dir);
     assert_eq!((active(&s, M1), active(&s, M2)), (6, 2));
+    // The kernel memory lb stats reports: its maps' charge, of which the per-CPU values are
+    // a part (the pinned stubs are programs, not maps: read as maps they had made this 7e11).
+    let memory = &s[0]["memory"];
+    let (bytes, per_cpu, cpus) = (
+        memory["bytes"].as_u64().unwrap(),
+        memory["per_cpu_bytes"].as_u64().unwrap(),
+        memory["cpus"].as_u64().unwrap(),
+    );
+    assert!(
+        per_cpu > 0 && per_cpu * cpus < bytes && bytes < 8 << 20,
+        "memory {memory}"
+    );
     assert_eq!(s[0]["listeners"][0]["active_connections"], 8);
     assert_eq!(member(&s, M1)["operating_status"], "ONLINE");
     assert_eq!(s[0]["operating_status"], "ONLINE");
@@ -1241,4 +1253,112 @@ fn a_disabled_member_takes_nothing_and_a_backup_only_when_no_other_is_up() {
     let s = stats(&setup.bin, &setup.cfg.state_dir);
     assert_eq!(member(&s, M1)["total_connections"], 0, "{s}");
     assert_eq!(member(&s, M3)["total_connections"], 4, "{s}");
+}
+
+/// `monitor_address` and `monitor_port`: the checks go where they say, the traffic to the
+/// member's own address and port. M1 is checked on its port 8080, M2 on another address of
+/// its host (10.0.0.99:8081); both serve on 22 all along. Each member is up exactly while
+/// its monitor's server is, and the checks are counted at that server.
+#[test]
+fn monitor_address_and_port_are_checked_instead_of_the_members() {
+    const MON2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
+    let Some(setup) = Setup::new(
+        |t| {
+            quick_monitor(
+                t.replace(
+                    "address = \"10.0.0.2\"\nprotocol_port = 22\n",
+                    "address = \"10.0.0.2\"\nprotocol_port = 22\nmonitor_port = 8080\n",
+                )
+                .replace(
+                    "address = \"10.0.0.4\"\nprotocol_port = 22\n",
+                    "address = \"10.0.0.4\"\nprotocol_port = 22\nmonitor_address = \"10.0.0.99\"\nmonitor_port = 8081\n",
+                ),
+            )
+        },
+        &[M1, M2],
+    ) else {
+        return;
+    };
+    let text = std::fs::read_to_string(&setup.cfg.path).unwrap();
+    assert!(text.contains("monitor_port = 8080"), "{text}");
+    assert!(text.contains("monitor_address = \"10.0.0.99\""), "{text}");
+    let _daemon = setup.start(&[]);
+    let status = |addr: Ipv4Addr| -> String {
+        member(&stats(&setup.bin, &setup.cfg.state_dir), addr)["operating_status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Nothing listens where the monitors look: both go down though 22 answers.
+    wait_for("both members down", Duration::from_secs(20), || {
+        (status(M1) == "ERROR" && status(M2) == "ERROR").then_some(())
+    });
+    let ns_of = |addr: Ipv4Addr| {
+        &setup
+            .topo
+            .members
+            .iter()
+            .find(|m| m.addr == addr)
+            .unwrap()
+            .ns
+    };
+    let first = ns_of(M1).name.clone();
+    let mon1 = silent_server(&first, M1, 8080);
+    wait_for("M1 up by its port 8080", Duration::from_secs(20), || {
+        (status(M1) == "ONLINE").then_some(())
+    });
+    assert_eq!(status(M2), "ERROR", "M2's monitor still has nothing");
+    let got: Vec<Ipv4Addr> = (0..4)
+        .map(|_| {
+            connect(&setup.topo.client.name, VIP, 22)
+                .expect("connect")
+                .member()
+        })
+        .collect();
+    assert!(got.iter().all(|m| *m == M1), "only M1: {got:?}");
+
+    let second = ns_of(M2).name.clone();
+    ns_of(M2).ip("addr add 10.0.0.99/24 dev eth0");
+    let mon2 = silent_server(&second, MON2, 8081);
+    wait_for("M2 up by 10.0.0.99:8081", Duration::from_secs(20), || {
+        (status(M2) == "ONLINE").then_some(())
+    });
+    // Traffic goes to each member's own address and port 22 (the echo server answers from
+    // it). The connections are held: least connections then spreads them.
+    let held: Vec<_> = (0..4)
+        .map(|_| connect(&setup.topo.client.name, VIP, 22).expect("connect"))
+        .collect();
+    let got: Vec<Ipv4Addr> = held.iter().map(|c| c.member()).collect();
+    assert!(
+        got.contains(&M1) && got.contains(&M2),
+        "both serve: {got:?}\n{}",
+        stats(&setup.bin, &setup.cfg.state_dir)
+    );
+    drop(held);
+    assert!(
+        mon1.accepted() >= 2,
+        "M1's checks at 8080: {}",
+        mon1.accepted()
+    );
+    assert!(
+        mon2.accepted() >= 2,
+        "M2's checks at 10.0.0.99:8081: {}",
+        mon2.accepted()
+    );
+
+    // M2's monitor goes: M2 goes down while its port 22 still answers.
+    mon2.stop();
+    wait_for("M2 down by its monitor", Duration::from_secs(20), || {
+        (status(M2) == "ERROR").then_some(())
+    });
+    assert_eq!(status(M1), "ONLINE");
+    let got: Vec<Ipv4Addr> = (0..4)
+        .map(|_| {
+            connect(&setup.topo.client.name, VIP, 22)
+                .expect("connect")
+                .member()
+        })
+        .collect();
+    assert!(got.iter().all(|m| *m == M1), "only M1 again: {got:?}");
+    drop(mon1);
 }

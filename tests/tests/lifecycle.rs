@@ -164,7 +164,10 @@ fn attached(cfg: &TestConfig, program: &str) -> (String, u32, u64) {
             let id = word("id")
                 .parse()
                 .unwrap_or_else(|_| panic!("a filter id in: {out}"));
-            (format!("filter pref {} handle {}", word("pref"), word("handle")), id)
+            (
+                format!("filter pref {} handle {}", word("pref"), word("handle")),
+                id,
+            )
         }
     };
     let tag = aya::programs::loaded_programs()

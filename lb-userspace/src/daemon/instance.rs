@@ -539,6 +539,11 @@ impl Instance {
             let member = pool.member.iter().find(|x| x.id == m.id).expect("planned");
             match (self.lb.member_monitor(pool, member), m.monitor) {
                 (Some(hm), Some((addr, port))) => {
+                    // Checked elsewhere (`monitor_address`): nothing else would make the
+                    // kernel resolve the member's own address for the data path.
+                    if addr != m.address {
+                        t.warm.push(m.address);
+                    }
                     let up = self
                         .dp
                         .maps
@@ -554,7 +559,7 @@ impl Instance {
                     })
                 }
                 _ => {
-                    t.unmonitored.push(m.address);
+                    t.warm.push(m.address);
                     t.unmonitored_slots.push(m.index);
                 }
             }

@@ -3,9 +3,10 @@
 //! whole new set: a member whose monitor is unchanged (same slot, id, target and settings)
 //! keeps its task and with it its rise/fall progress; the others stop or start.
 //!
-//! Members without a monitor still need a neighbour entry for the data path's FIB lookup: a
+//! Members without a monitor, and members whose monitor checks another address
+//! (`monitor_address`), still need a neighbour entry for the data path's FIB lookup: a
 //! datagram to their discard port (9) every 10 s makes the namespace's kernel resolve and keep
-//! it, as a check would.
+//! it, as a check of the member's own address would.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
@@ -26,9 +27,11 @@ use crate::{
 #[derive(Debug, Clone, Default)]
 pub struct Targets {
     pub monitored: Vec<MonitorTarget>,
-    /// Members without a monitor (their neighbour entries are kept warm), and their slots
-    /// (passive health: their runs of failures are forgiven every 10 s).
-    pub unmonitored: Vec<IpAddr>,
+    /// Member addresses no check reaches (no monitor, or one at `monitor_address`): their
+    /// neighbour entries are kept warm.
+    pub warm: Vec<IpAddr>,
+    /// The slots of members without a monitor (passive health: their runs of failures are
+    /// forgiven every 10 s).
     pub unmonitored_slots: Vec<u32>,
 }
 
@@ -74,7 +77,7 @@ impl Monitors {
                 rt.block_on(async move {
                     let mut tasks = JoinSet::new();
                     let mut running: HashMap<u32, (MonitorTarget, AbortHandle)> = HashMap::new();
-                    let mut prime: Option<(Vec<IpAddr>, AbortHandle)> = None;
+                    let mut prime: Option<((Vec<IpAddr>, Vec<u32>), AbortHandle)> = None;
                     // Ends when the daemon drops the sender; dropping `tasks` aborts them all.
                     while let Some(t) = sets.recv().await {
                         running.retain(|i, (cur, handle)| {
@@ -100,14 +103,15 @@ impl Monitors {
                             ));
                             running.insert(m.member_index, (m, handle));
                         }
-                        if prime.as_ref().map(|(p, _)| p) != Some(&t.unmonitored) {
+                        let primed = (&t.warm, &t.unmonitored_slots);
+                        if prime.as_ref().map(|(p, _)| (&p.0, &p.1)) != Some(primed) {
                             if let Some((_, h)) = prime.take() {
                                 h.abort();
                             }
-                            let members = t.unmonitored.clone();
+                            let members = t.warm.clone();
                             let slots = t.unmonitored_slots.clone();
                             let h = tasks.spawn(prime_neighbours(vip, members, slots, live.clone()));
-                            prime = Some((t.unmonitored, h));
+                            prime = Some(((t.warm, t.unmonitored_slots), h));
                         }
                         // Reap finished or aborted tasks without waiting.
                         while tasks.try_join_next().is_some() {}
@@ -154,9 +158,9 @@ impl Drop for Monitors {
     }
 }
 
-/// Members without a monitor: their neighbour entries kept warm, and (passive health) a
-/// member taken out for its failures is given another chance every 10 s, since no check
-/// will ever pass for it.
+/// Members no check reaches: their neighbour entries kept warm; and (passive health) a
+/// member without a monitor taken out for its failures is given another chance every 10 s,
+/// since no check will ever pass for it.
 async fn prime_neighbours(vip: IpAddr, members: Vec<IpAddr>, slots: Vec<u32>, live: SharedLive) {
     if members.is_empty() {
         return;

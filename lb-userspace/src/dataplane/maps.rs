@@ -579,12 +579,18 @@ pub fn map_memory(dir: &Path) -> Result<Vec<(String, u64)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io("cannot list pin directory", dir))? {
         let path = entry.map_err(io("cannot list pin directory", dir))?.path();
+        // A pinned program (a stub) opens as a map too: BPF_OBJ_GET returns any object, and
+        // its info, read as a map's, gave an XDP stub as a per-CPU array of 7e11 bytes. The
+        // fdinfo says which it is.
         let Ok(map) = MapData::from_pin(&path) else {
-            continue; // a pinned program or link, not a map
+            continue; // a link, or not a BPF object
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd()));
         let info = format!("/proc/self/fdinfo/{fd}");
         let text = std::fs::read_to_string(&info).map_err(io("cannot read", Path::new(&info)))?;
+        if !text.lines().any(|l| l.starts_with("map_type:")) {
+            continue; // a pinned program
+        }
         let bytes = text
             .lines()
             .find_map(|l| l.strip_prefix("memlock:"))
