@@ -254,6 +254,17 @@ fn health_checks_over_ipv6() {
     assert_eq!(r.status.name(), "L4OK", "{r:?}");
     let r = check("TCP", 8081);
     assert_eq!(r.status.name(), "L4CON", "nothing on the port: {r:?}");
+    // UDP-CONNECT: a datagram to a bound port draws no ICMPv6 error (up); to a closed one,
+    // a port unreachable (down).
+    let udp = udp_sink(&topo.members[0].ns.name, member, 5353);
+    let r = check("UDP-CONNECT", 5353);
+    assert_eq!(r.status.name(), "L4OK", "{r:?}");
+    let r = check("UDP-CONNECT", 5354);
+    assert_eq!(r.status.name(), "L4CON", "nothing on the port: {r:?}");
+    assert!(
+        udp.recv(&mut [0u8; 64]).is_ok(),
+        "the check's datagram reached the member"
+    );
     topo.members[0]
         .ns
         .exec("sysctl -qw net.ipv6.icmp.echo_ignore_all=1");
@@ -261,11 +272,119 @@ fn health_checks_over_ipv6() {
     assert_eq!(r.status.name(), "L4TOUT", "echo requests ignored: {r:?}");
 }
 
+/// A UDP socket bound in namespace `ns` at `addr`:`port` (it reads nothing by itself).
+fn udp_sink(ns: &str, addr: IpAddr, port: u16) -> std::net::UdpSocket {
+    let s = lb::node::in_netns(ns, || std::net::UdpSocket::bind((addr, port)))
+        .expect("enter the member's namespace")
+        .expect("bind the UDP port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// The TLS-HELLO monitor over IPv6 (`lb::health::check` from the client's namespace as if
+/// it were a VIP): a real TLS server (`openssl s_server -6`) on the member's IPv6 address is
+/// L6OK; a plain HTTP server is not.
+#[test]
+fn tls_hello_check_over_ipv6() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        integration_tests::skip::skip("no openssl (Debian package openssl)");
+        return;
+    }
+    let Some(setup) = Setup::new(|t| t, &[M1]) else {
+        return;
+    };
+    let topo = &setup.topo;
+    topo.add_ipv6();
+    let member = IpAddr::from(v6_of(M1));
+    http_server(&topo.members[0].ns.name, member, 8080);
+    let dir = std::env::temp_dir().join(integration_tests::unique("tls6"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=member", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    struct Kill(std::process::Child, std::path::PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _tls = Kill(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", topo.members[0].ns.name))
+            .args(["openssl", "s_server", "-quiet", "-6", "-accept"])
+            .arg(format!("[{member}]:8443"))
+            .arg("-key")
+            .arg(&key)
+            .arg("-cert")
+            .arg(&cert)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server"),
+        dir.clone(),
+    );
+    let m = monitor_from("type = \"TLS-HELLO\"\ndelay = 1\ntimeout = 0.5\nmax_retries = 1\n");
+    let check = |port: u16| {
+        lb::node::in_netns(&topo.client.name, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(lb::health::check(
+                CLIENT6.into(),
+                std::net::SocketAddr::new(member, port),
+                &m,
+            ))
+        })
+        .unwrap()
+    };
+    // s_server takes a moment to listen: wait for its port, not for a time.
+    let r = wait_for(
+        "openssl s_server on the member",
+        Duration::from_secs(10),
+        || {
+            let r = check(8443);
+            (r.status.name() != "L4CON").then_some(r)
+        },
+    );
+    assert_eq!(r.status.name(), "L6OK", "{r:?}");
+    let r = check(8080);
+    assert!(
+        ["L6RSP", "L6TOUT"].contains(&r.status.name()),
+        "a plain HTTP server is not TLS: {r:?}"
+    );
+}
+
 /// A monitor from its TOML text (the config's own parser, through a one-pool document).
 fn monitor_from(monitor: &str) -> lb::config::HealthMonitor {
+    // UDP-CONNECT checks UDP pools only.
+    let protocol = if monitor.contains("UDP-CONNECT") {
+        "UDP"
+    } else {
+        "TCP"
+    };
     let doc = format!(
         "[[loadbalancer]]\nid = \"x\"\nvip_address = \"{VIP6}\"\n[loadbalancer.port]\nname = \"p\"\n\
-         [[loadbalancer.pool]]\nid = \"p\"\nprotocol = \"TCP\"\nlb_algorithm = \"ROUND_ROBIN\"\n\
+         [[loadbalancer.pool]]\nid = \"p\"\nprotocol = \"{protocol}\"\nlb_algorithm = \"ROUND_ROBIN\"\n\
          [loadbalancer.pool.healthmonitor]\n{monitor}"
     );
     let c = lb::config::Config::parse(&doc, "monitor").expect("monitor");

@@ -33,6 +33,7 @@ pub const SKIPPABLE: &[(&str, &str)] = &[
         "no sshd/ssh in the image",
     ),
     ("ssh_through_ipv6_syn_cookies", "no sshd/ssh in the image"),
+    ("tls_hello_check_over_ipv6", "no openssl in the image"),
     (
         "packet_too_big_reaches_the_client_through_the_ipv6_vip",
         "no sshd/ssh in the image",
