@@ -486,6 +486,94 @@ fn metrics_pass_promtool_and_count_the_connections_made() {
     daemon.stop();
 }
 
+/// Every `*_total` sample of a scrape, by its whole series (name and labels).
+fn totals(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| series.split('{').next().unwrap().ends_with("_total"))
+        .map(|(series, v)| (series.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+/// The metrics across a takeover (`lb run --takeover` on the same address, as `-sf` does):
+/// the new daemon serves them, the data path's counters carry on where they were (no counter
+/// goes back), the connection held across it is still counted active, and the connections
+/// made after it add to the totals; the new daemon's health checks show.
+#[test]
+fn metrics_carry_on_across_a_takeover() {
+    let Some(setup) = Setup::new(
+        |t| {
+            t.replace("delay = 5 ", "delay = 1 ")
+                .replace("timeout = 3 ", "timeout = 0.5 ")
+        },
+        &[M1, M2],
+    ) else {
+        return;
+    };
+    let port = 9467;
+    let address = format!("127.0.0.1:{port}");
+    let mut old = setup.start(&["--metrics-address", &address]);
+    let node = setup.topo.node.name.clone();
+    let lb = format!("loadbalancer=\"{}\"", setup.cfg.lb_id);
+    let listener = format!("listener=\"{LISTENER}\"");
+    let made = |n: usize| {
+        for _ in 0..n {
+            let mut c = connect(&setup.topo.client.name, VIP, 22).expect("connect");
+            c.echo(b"counted\n").unwrap();
+            c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut c.stream, &mut rest).unwrap();
+        }
+    };
+    let scrape_until = |what: &str, total: f64| {
+        integration_tests::wait_for(what, Duration::from_secs(15), || {
+            let (status, body) = http_get(&node, port, "/metrics");
+            assert!(status.ends_with("200 OK"), "{status}");
+            let checked = samples(&body, "lb_member_check_success", &[&lb]);
+            let conns = samples(&body, "lb_listener_connections_total", &[&lb, &listener]);
+            let open = samples(&body, "lb_listener_active_connections", &[&lb, &listener]);
+            (checked == [1.0, 1.0] && conns == [total] && open == [1.0]).then_some(body)
+        })
+    };
+    made(4);
+    let mut held = connect(&setup.topo.client.name, VIP, 22).expect("connect");
+    let before = scrape_until("5 connections, 1 open, both members checked", 5.0);
+
+    let mut new = Daemon::start(
+        &setup.bin,
+        &node,
+        &setup.cfg.path,
+        &["--takeover", "--metrics-address", &address],
+    );
+    wait_running(&mut new, &setup.cfg);
+    let status = integration_tests::wait_for(
+        "the old daemon to hand over",
+        Duration::from_secs(10),
+        || old.exited(),
+    );
+    assert!(status.success(), "{}", old.log_text());
+    held.echo(b"across the takeover\n")
+        .expect("the held connection");
+    let after = scrape_until(
+        "the new daemon's metrics: 5 connections, 1 open, checked",
+        5.0,
+    );
+    let (before, after) = (totals(&before), totals(&after));
+    eprintln!("METRICS {} counters compared across the takeover", before.len());
+    assert!(before.len() >= 20, "{before:?}");
+    for (series, v) in &before {
+        let now = after
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} is gone after the takeover"));
+        assert!(now >= v, "{series} went back: {v} -> {now}");
+    }
+    made(3);
+    scrape_until("3 more connections counted", 8.0);
+    drop(held);
+    new.stop();
+}
+
 /// `lb explain --loadbalancer <the test's> <args...> VIP:<port>`.
 fn lb_explain(setup: &Setup, args: &[&str], port: u16) -> std::process::Output {
     std::process::Command::new(&setup.bin)
