@@ -55,6 +55,16 @@ impl Env {
 
     /// As `new`, with a conntrack table of `flows` flows.
     pub fn with_capacity(config: &str, flows: u32) -> Option<Env> {
+        Self::with_sizing(config, flows, false)
+    }
+
+    /// As `with_capacity`, with the connection log's ring (`config`'s `[daemon]
+    /// connection_log` makes its listeners log); nothing reads the ring but the test.
+    pub fn logging(config: &str, flows: u32) -> Option<Env> {
+        Self::with_sizing(config, flows, true)
+    }
+
+    fn with_sizing(config: &str, flows: u32, connection_log: bool) -> Option<Env> {
         if !require_root() {
             return None;
         }
@@ -72,7 +82,11 @@ impl Env {
         ns.exec("sysctl -qw net.ipv4.conf.all.forwarding=1");
         let pin = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         lb::daemon::ensure_bpffs(&pin.0).expect("bpffs");
-        let mut dp = Dataplane::load(&pin.0, flows).expect("load BPF object");
+        let sizing = lb::dataplane::Sizing {
+            connection_log,
+            ..lb::dataplane::Sizing::new(flows, 0, 0, false)
+        };
+        let mut dp = Dataplane::open(&pin.0, &sizing).expect("load BPF object");
         dp.write_plan(&plan, None).unwrap();
         dp.maps.set_port(PORT_MAC).unwrap();
         Some(Env {

@@ -560,7 +560,10 @@ fn metrics_carry_on_across_a_takeover() {
         5.0,
     );
     let (before, after) = (totals(&before), totals(&after));
-    eprintln!("METRICS {} counters compared across the takeover", before.len());
+    eprintln!(
+        "METRICS {} counters compared across the takeover",
+        before.len()
+    );
     assert!(before.len() >= 20, "{before:?}");
     for (series, v) in &before {
         let now = after
@@ -572,6 +575,68 @@ fn metrics_carry_on_across_a_takeover() {
     scrape_until("3 more connections counted", 8.0);
     drop(held);
     new.stop();
+}
+
+/// The connection log when its syslog daemon goes away: the lines it cannot take are counted
+/// as send failures (`lb_connection_log_send_failures_total`), the load balancer serves on,
+/// and once a syslog daemon binds the socket again the next lines reach it.
+#[test]
+fn connection_log_send_failures_are_counted_and_serving_goes_on() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let syslog = Syslog::bind();
+    let path = syslog.path.clone();
+    daemon_keys(
+        &setup.cfg,
+        &format!("connection_log = \"{} local0\"", path.display()),
+    );
+    let port = 9468;
+    let mut daemon = setup.start(&["--metrics-address", &format!("127.0.0.1:{port}")]);
+    let node = setup.topo.node.name.clone();
+    let lb = format!("loadbalancer=\"{}\"", setup.cfg.lb_id);
+    let client = setup.topo.client.name.clone();
+    let made = |n: usize| {
+        for _ in 0..n {
+            let mut c = connect(&client, VIP, 22).expect("connect");
+            c.echo(b"logged\n").unwrap();
+            c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut c.stream, &mut rest).unwrap();
+        }
+    };
+    let counters = |lines: f64, failures: f64| {
+        integration_tests::wait_for(
+            &format!("{lines} lines made, {failures} not taken"),
+            Duration::from_secs(15),
+            || {
+                let (_, body) = http_get(&node, port, "/metrics");
+                let l = samples(&body, "lb_connection_log_lines_total", &[&lb]);
+                let f = samples(&body, "lb_connection_log_send_failures_total", &[&lb]);
+                (l == [lines] && f == [failures]).then_some(())
+            },
+        )
+    };
+    made(2);
+    assert_eq!(syslog.read(2, Duration::from_secs(10)).len(), 2);
+    counters(2.0, 0.0);
+
+    // The syslog daemon goes: its socket is gone.
+    drop(syslog);
+    made(3);
+    counters(5.0, 3.0);
+
+    // It comes back on the same path: the next lines reach it.
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let back = Syslog { sock, path };
+    made(1);
+    let got = back.read(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "a line after the syslog daemon came back");
+    parse(&got[0]);
+    counters(6.0, 3.0);
+    daemon.stop();
 }
 
 /// `lb explain --loadbalancer <the test's> <args...> VIP:<port>`.

@@ -1898,3 +1898,49 @@ fn udp_flows_end_at_the_idle_timeout_or_when_their_member_goes() {
         "only the TCP flow's two entries"
     );
 }
+
+/// The connection log's ring when its reader falls behind: each connection that ends is one
+/// event while the ring has room; past that, each is lost and counted for its listener
+/// (`connection_log_lost`), never waited for; once drained, the next is recorded again.
+#[test]
+fn a_full_connection_log_ring_loses_events_and_counts_each() {
+    let config = format!(
+        "[daemon]\nconnection_log = \"stderr daemon\"\n\n{}",
+        include_str!("../../examples/seed.toml")
+    );
+    let Some(mut env) = Env::logging(&config, 16384) else {
+        return;
+    };
+    let mut ring = env.dp.take_conn_log().expect("the connection log's ring");
+    // A record is the event and the ring's 8-byte header, 8-byte aligned.
+    let record = (std::mem::size_of::<lb_common::ConnEvent>() + 8).div_ceil(8) * 8;
+    let fits = lb_common::CONN_LOG_BYTES as usize / record;
+    let mut close = |env: &mut Env, port: u16| {
+        env.connect(port);
+        let mut rst = Tcp::new(CLIENT, port, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+        rst.seq = 1001;
+        env.expect(&rst.build(), XDP_TX, reason::TX_TO_MEMBER);
+    };
+    let n = fits + 100;
+    for i in 0..n {
+        close(&mut env, 20000 + i as u16);
+    }
+    let lost = env.dp.maps.conn_log_lost(0).unwrap();
+    let mut read = 0usize;
+    while let Some(e) = ring.next() {
+        assert_eq!(e.len(), std::mem::size_of::<lb_common::ConnEvent>());
+        read += 1;
+    }
+    eprintln!("CONNLOG {n} connections ended: {read} events in the ring, {lost} lost");
+    assert_eq!(
+        read as u64 + lost,
+        n as u64,
+        "every end is an event or a loss"
+    );
+    assert_eq!(read, fits, "the ring held what fits");
+    assert_eq!(lost, 100);
+    // Drained: the next connection's end is an event again, and nothing more is lost.
+    close(&mut env, 19999);
+    assert!(ring.next().is_some(), "recorded after the drain");
+    assert_eq!(env.dp.maps.conn_log_lost(0).unwrap(), 100);
+}
