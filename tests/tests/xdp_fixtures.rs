@@ -1944,3 +1944,66 @@ fn a_full_connection_log_ring_loses_events_and_counts_each() {
     assert!(ring.next().is_some(), "recorded after the drain");
     assert_eq!(env.dp.maps.conn_log_lost(0).unwrap(), 100);
 }
+
+/// The persistence table when more clients come than it holds (`STICKY_ENTRIES`): the
+/// kernel's LRU hash evicts to make room, so every new client is remembered (none refused),
+/// the table never holds more than its size, and a client that keeps coming back keeps its
+/// entry and its member while one-time clients churn through (the LRU keeps entries looked
+/// up again ahead of entries never looked up again).
+#[test]
+fn a_full_persistence_table_evicts_one_time_clients_first() {
+    let cfg = include_str!("../../examples/seed.toml")
+        .replace(
+            "lb_algorithm = \"LEAST_CONNECTIONS\"",
+            "lb_algorithm = \"LEAST_CONNECTIONS\"\nsession_persistence = { type = \"SOURCE_IP\", persistence_timeout = 600 }",
+        )
+        .replace("\nretries = 3 ", "\nhalf_open_limit = -1\nretries = 3 ");
+    let n = lb_common::STICKY_ENTRIES + lb_common::STICKY_ENTRIES / 4;
+    let Some(mut env) = Env::with_capacity(&cfg, 2 * n.next_power_of_two()) else {
+        return;
+    };
+    let pin = env.pin_dir().join("STICKY");
+    let client = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i);
+    let returning = Ipv4Addr::new(192, 168, 9, 9);
+    let mut port = 20_000u16;
+    let mut next_port = || {
+        port += 1;
+        port
+    };
+    let home = open_from(&mut env, returning, next_port());
+    for i in 0..n {
+        open_from(&mut env, client(i), 30_000);
+        if i % 512 == 0 {
+            assert_eq!(
+                open_from(&mut env, returning, next_port()),
+                home,
+                "the returning client's member after {i} others"
+            );
+        }
+    }
+    let data = aya::maps::MapData::from_pin(&pin).expect("STICKY");
+    let table = aya::maps::HashMap::<_, lb_common::StickyKey, lb_common::Sticky>::try_from(
+        aya::maps::Map::LruHashMap(data),
+    )
+    .expect("an LRU hash");
+    let keys: Vec<lb_common::StickyKey> = table.keys().map(|k| k.unwrap()).collect();
+    let held = |a: Ipv4Addr| keys.iter().any(|k| k.client_be == u32::from(a).to_be());
+    eprintln!(
+        "STICKY {} entries after {} clients (table of {})",
+        keys.len(),
+        n + 1,
+        lb_common::STICKY_ENTRIES
+    );
+    assert!(keys.len() <= lb_common::STICKY_ENTRIES as usize);
+    assert!(held(returning), "the returning client kept its entry");
+    let newest = (n - 64..n).filter(|&i| held(client(i))).count();
+    assert_eq!(newest, 64, "the newest clients are remembered");
+    let oldest = (0..lb_common::STICKY_ENTRIES / 4)
+        .filter(|&i| held(client(i)))
+        .count();
+    assert!(
+        oldest < (lb_common::STICKY_ENTRIES / 4) as usize,
+        "some of the oldest one-time clients made room: {oldest} still held"
+    );
+    assert_eq!(open_from(&mut env, returning, next_port()), home);
+}
