@@ -9,6 +9,7 @@ use std::{
 };
 
 pub mod agent;
+pub mod fault;
 pub mod fixture;
 pub mod skip;
 pub mod sshd;
