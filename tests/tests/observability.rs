@@ -332,6 +332,58 @@ fn termination_states_of_real_connections() {
     daemon.stop();
 }
 
+/// `CC`: a client that gave up before the member answered. With SYN cookies always on, the
+/// client's handshake completes with lb, whose SYN to the member (link down) is never
+/// answered; the client resets (closed with SO_LINGER 0, nothing sent): one line, `CC`, at
+/// once rather than `sC` at `timeout_member_connect`.
+#[test]
+fn cc_a_client_that_resets_before_the_member_answered() {
+    let Some(setup) = Setup::new(
+        |t| integration_tests::with_half_open_limit(&t, 0),
+        &[M1, M2],
+    ) else {
+        return;
+    };
+    let syslog = Syslog::bind();
+    daemon_keys(
+        &setup.cfg,
+        &format!("connection_log = \"{} local0\"", syslog.path.display()),
+    );
+    let mut daemon = setup.start(&[]);
+    for m in &setup.topo.members {
+        m.ns.ip("link set eth0 down");
+    }
+    let vip = std::net::SocketAddr::from((VIP, 22));
+    let port = integration_tests::in_netns(&setup.topo.client.name, || {
+        let c = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+            .expect("the handshake completes with lb's cookie");
+        let port = c.local_addr().unwrap().port();
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+        port
+    })
+    .unwrap();
+    let got = syslog.read(1, Duration::from_secs(3));
+    eprintln!("{}", got.join("\n"));
+    assert_eq!(
+        got.len(),
+        1,
+        "one line, before timeout_member_connect (5 s)"
+    );
+    let line = parse(&got[0]);
+    assert_eq!(
+        (line.client_port, line.state.as_str()),
+        (port, "CC"),
+        "{line:?}"
+    );
+    for m in &setup.topo.members {
+        m.ns.ip("link set eth0 up");
+    }
+    daemon.stop();
+}
+
 /// `GET path` on the daemon's metrics address, inside the node's namespace: (status line,
 /// body).
 fn http_get(ns: &str, port: u16, path: &str) -> (String, String) {
