@@ -276,20 +276,60 @@ fn client(
     fail(r, "no RESULT from the member".into())
 }
 
-/// TCP segments retransmitted so far in namespace `ns` (`RetransSegs` of its `/proc/net/snmp`).
-pub fn retransmissions(ns: &str) -> u64 {
+/// TCP counts of a set of namespaces, to tell a lost segment from a spurious retransmission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retransmits {
+    /// Segments retransmitted (`RetransSegs`).
+    pub sent: u64,
+    /// Segments received that the receiver already had (the DSACKs it sent:
+    /// `TCPDSACKOldSent` + `TCPDSACKOfoSent`): a retransmission whose original arrived.
+    pub duplicates: u64,
+}
+
+impl Retransmits {
+    /// The counts of namespaces `ns` (the client's and the members': every sender and
+    /// receiver of the traffic), summed.
+    pub fn of(ns: &[&str]) -> Retransmits {
+        ns.iter().fold(Retransmits::default(), |a, n| {
+            let r = one(n);
+            Retransmits {
+                sent: a.sent + r.sent,
+                duplicates: a.duplicates + r.duplicates,
+            }
+        })
+    }
+
+    /// Since `before`: segments retransmitted whose original never arrived (lost), and
+    /// retransmissions in all.
+    pub fn lost_since(&self, before: &Retransmits) -> (u64, u64) {
+        let sent = self.sent - before.sent;
+        let duplicates = self.duplicates - before.duplicates;
+        (sent.saturating_sub(duplicates), sent)
+    }
+}
+
+fn one(ns: &str) -> Retransmits {
     crate::in_netns(ns, || {
-        let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
-        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-        let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(n, _)| *n == "RetransSegs")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0)
+        let field = |file: &str, proto: &str, names: &[&str]| -> u64 {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let mut lines = text.lines().filter(|l| l.starts_with(proto));
+            let (keys, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+            keys.split_whitespace()
+                .zip(values.split_whitespace())
+                .filter(|(k, _)| names.contains(k))
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        };
+        Retransmits {
+            sent: field("/proc/thread-self/net/snmp", "Tcp:", &["RetransSegs"]),
+            duplicates: field(
+                "/proc/thread-self/net/netstat",
+                "TcpExt:",
+                &["TCPDSACKOldSent", "TCPDSACKOfoSent"],
+            ),
+        }
     })
-    .unwrap_or(0)
+    .unwrap_or_default()
 }
 
 /// `lb stats --json`, sampled every 200 ms while a scenario runs.
