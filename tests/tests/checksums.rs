@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{fault::ChecksumFault, in_netns, topology::*, wait_for, CLIENT6, VIP6};
+use integration_tests::{fault::ChecksumFault, in_netns, topology::*, wait_for, VIP6};
 
 const M1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const M2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);

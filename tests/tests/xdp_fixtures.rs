@@ -1915,7 +1915,7 @@ fn a_full_connection_log_ring_loses_events_and_counts_each() {
     // A record is the event and the ring's 8-byte header, 8-byte aligned.
     let record = (std::mem::size_of::<lb_common::ConnEvent>() + 8).div_ceil(8) * 8;
     let fits = lb_common::CONN_LOG_BYTES as usize / record;
-    let mut close = |env: &mut Env, port: u16| {
+    let close = |env: &mut Env, port: u16| {
         env.connect(port);
         let mut rst = Tcp::new(CLIENT, port, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
         rst.seq = 1001;
