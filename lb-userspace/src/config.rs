@@ -453,6 +453,10 @@ pub struct HealthMonitor {
     /// What a drop-in haproxy config expects instead of `expected_codes`.
     #[serde(skip)]
     pub http_expect: Option<HttpExpect>,
+    /// A drop-in haproxy config's `timeout check`: seconds the check may wait for its answer
+    /// once connected; `timeout` then bounds the connect only (haproxy's semantics).
+    #[serde(skip)]
+    pub read_timeout: Option<f64>,
 }
 
 fn get() -> String {

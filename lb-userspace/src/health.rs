@@ -240,7 +240,10 @@ pub async fn check(vip: IpAddr, target: SocketAddr, monitor: &HealthMonitor) -> 
     let (status, code, desc) = match connect(vip, target, timeout).await {
         Err((status, desc)) => (status, None, desc),
         Ok(stream) => {
-            let left = timeout.saturating_sub(start.elapsed());
+            let left = match monitor.read_timeout {
+                Some(t) => Duration::from_secs_f64(t),
+                None => timeout.saturating_sub(start.elapsed()),
+            };
             match monitor.kind {
                 MonitorType::HTTP => http(stream, target, monitor, left).await,
                 MonitorType::TLS_HELLO => tls_hello(stream, left).await,
@@ -666,6 +669,50 @@ pub async fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A drop-in's `timeout check` bounds the wait for the answer once connected, whatever
+    /// is left of `timeout`: a server answering after 300 ms fails a 100 ms read timeout
+    /// and passes a 1 s one, with the same 1 s `timeout`.
+    #[test]
+    fn the_read_timeout_bounds_the_answer_after_the_connect() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let target = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((mut c, _)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let mut b = [0u8; 512];
+                        let _ = c.read(&mut b).await;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+                    });
+                }
+            });
+            let monitor = |read: f64| HealthMonitor {
+                kind: MonitorType::HTTP,
+                delay: 2.0,
+                timeout: 1.0,
+                max_retries: 1,
+                max_retries_down: 1,
+                http_method: "GET".into(),
+                url_path: "/".into(),
+                http_version: "HTTP/1.0".into(),
+                expected_codes: "200".into(),
+                http_expect: None,
+                read_timeout: Some(read),
+            };
+            let vip: IpAddr = "127.0.0.1".parse().unwrap();
+            let r = check(vip, target, &monitor(0.1)).await;
+            assert_eq!(r.status.name(), "L7TOUT", "{r:?}");
+            let r = check(vip, target, &monitor(1.0)).await;
+            assert_eq!(r.status.name(), "L7OK", "{r:?}");
+        });
+    }
 
     #[test]
     fn falls_after_consecutive_failures_only() {

@@ -278,6 +278,78 @@ fn an_http_monitored_member_answering_500_goes_down() {
     });
 }
 
+/// The v2 agent deploys as soon as a load balancer has a listener, before its pool: its
+/// first config has a frontend without `default_backend` (haproxy starts with it). lb starts
+/// too and the port refuses each connection at once; the next config (`-sf`) with the pool
+/// serves; the pool's admin state down (`disabled` in the backend) refuses again, as the
+/// FRONTEND row stays.
+#[test]
+fn a_listener_before_its_pool_then_the_pool_then_the_pool_disabled() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let topo = SeedTopology::new(&[M1, M2]);
+    let mut agent = Agent::new(&topo, &lb_bin(), false);
+    agent.plug(VIP);
+    let full = v1_conf(&agent, (1, 1), "");
+    let first: String = full
+        .split("\nbackend ")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("default_backend"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!first.contains("backend"), "{first}");
+    let refused = || {
+        integration_tests::in_netns(&topo.client.name, || {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from((VIP, 22)),
+                Duration::from_secs(2),
+            )
+            .map(drop)
+        })
+        .unwrap()
+    };
+    ok(&agent.spawn(&first));
+    assert!(agent.active());
+    let r = refused();
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "a listener without a pool refuses at once: {r:?}"
+    );
+    // The agent's poll (backends and servers) finds none; the frontend's row is there.
+    assert!(agent.raw_stats().is_empty());
+    let all = {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::os::unix::net::UnixStream::connect(agent.sock()).unwrap();
+        s.write_all(b"show stat\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("df25900f-53b1-4aab-8436-8411ec710445,FRONTEND,")),
+        "its FRONTEND row: {all}"
+    );
+
+    // The pool and its members: served.
+    ok(&agent.spawn(&full));
+    let c = connect(&topo.client.name, VIP, 22).expect("served once the pool is there");
+    assert!([M1, M2].contains(&c.member()));
+    drop(c);
+
+    // The pool's admin state down: refused again.
+    ok(&agent.spawn(&full.replace("balance leastconn", "balance leastconn\n        disabled")));
+    let r = refused();
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "a disabled pool serves nothing: {r:?}"
+    );
+    agent.undeploy();
+}
+
 /// `option ssl-hello-chk` (the v2 driver's HTTPS monitor): a member running a real TLS
 /// server (`openssl s_server`) is L6OK; one answering in plain HTTP is not, and is DOWN.
 #[test]

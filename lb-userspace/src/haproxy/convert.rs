@@ -4,7 +4,7 @@
 //! |---|---|
 //! | every `bind` address (one VIP; `*` = the namespace's only address) | `vip_address`, and the device holding it as the adopted `port` |
 //! | `frontend`/`listen` (each bind port) | listener (id: the proxy's name; `name:port` for a second port) |
-//! | `default_backend` | the listener's pool |
+//! | `default_backend` | the listener's pool (none yet, or the backend `disabled`: no listener, the port refuses at once) |
 //! | `backend`/`listen` | pool (id: its name) |
 //! | `balance leastconn / roundrobin, static-rr / source` | `LEAST_CONNECTIONS / ROUND_ROBIN / SOURCE_IP` |
 //! | `server name addr:port weight W [backup] [disabled]` | member (id: its name) |
@@ -89,6 +89,7 @@ pub fn convert(
         })
         .collect();
     let mut listeners = Vec::new();
+    let mut bound: Vec<u16> = Vec::new();
     for f in &frontends {
         if f.binds.is_empty() {
             if f.kind.has_backend() {
@@ -100,29 +101,28 @@ pub fn convert(
                 format!("{} has no 'bind'", f.name),
             ));
         }
-        let pool = if f.kind.has_backend() {
-            f.name.clone()
+        // A frontend with no backend to send to: none named yet (the agent deploys a
+        // listener before its pool), or its backend `disabled` (the pool's admin state
+        // down). haproxy accepts each connection and closes it; lb installs no listener for
+        // it, so nothing listens on the port and the namespace's stack refuses each
+        // connection at once (a RST). Its FRONTEND row stays, at 0.
+        let pool: Option<&Proxy> = if f.kind.has_backend() {
+            Some(f)
         } else {
-            let b = f.default_backend.as_ref().ok_or_else(|| {
-                refusal(
-                    &f.at,
-                    "default_backend",
-                    format!(
-                        "{} has none: lb sends each listener's connections to its default backend",
-                        f.name
-                    ),
-                )
-            })?;
-            let Some(backend) = cfg.proxy(b).filter(|p| p.kind.has_backend()) else {
-                return Err(refusal(
-                    &f.at,
-                    "default_backend",
-                    format!("no backend named {b}"),
-                ));
-            };
-            backend.name.clone()
+            match &f.default_backend {
+                None => None,
+                Some(b) => {
+                    let Some(backend) = cfg.proxy(b).filter(|p| p.kind.has_backend()) else {
+                        return Err(refusal(
+                            &f.at,
+                            "default_backend",
+                            format!("no backend named {b}"),
+                        ));
+                    };
+                    (!backend.disabled).then_some(backend)
+                }
+            }
         };
-        let backend = cfg.proxy(&pool).expect("checked");
         for (i, b) in f.binds.iter().enumerate() {
             let address = match b.address {
                 Some(a) => a,
@@ -141,16 +141,17 @@ pub fn convert(
                 Some(_) => {}
                 None => vip = Some((address, b.at.clone())),
             }
-            if listeners
-                .iter()
-                .any(|l: &Listener| l.protocol_port == b.port)
-            {
+            if bound.contains(&b.port) {
                 return Err(refusal(
                     &b.at,
                     "bind",
                     format!("{address}:{} is bound twice", b.port),
                 ));
             }
+            bound.push(b.port);
+            let Some(backend) = pool else {
+                continue;
+            };
             let global = cfg.global.maxconn;
             let limit = match (f.params.maxconn, global) {
                 (Some(a), Some(g)) => a.min(g) as i64,
@@ -165,7 +166,7 @@ pub fn convert(
                 },
                 protocol: Protocol::TCP,
                 protocol_port: b.port,
-                default_pool_id: pool.clone(),
+                default_pool_id: backend.name.clone(),
                 connection_limit: limit,
                 timeout_client_data: ms(f.params.timeout_client, DEFAULT_DATA_MS),
                 timeout_member_connect: ms(backend.params.timeout_connect, DEFAULT_CONNECT_MS),
@@ -333,14 +334,17 @@ fn error_limit(b: &Proxy) -> Result<u32, Refusal> {
     Ok(first.params.error_limit.max(1))
 }
 
-/// The monitor of checked server `s` of backend `b`. Its timeout: `timeout check` when set
-/// (capped by `inter`); else `inter`, and for the connect `timeout connect` if shorter, as
-/// haproxy does.
+/// The monitor of checked server `s` of backend `b`, timed as haproxy times it: with
+/// `timeout check`, the connect within min(`timeout connect`, `inter`) and the answer within
+/// `timeout check` after it; without, the whole check within `inter`.
 fn monitor(b: &Proxy, s: &Server) -> HealthMonitor {
     let inter = s.params.inter.max(Duration::from_millis(100));
-    let timeout = match b.params.timeout_check {
-        Some(t) => t.min(inter),
-        None => b.params.timeout_connect.map_or(inter, |c| c.min(inter)),
+    let (timeout, read_timeout) = match b.params.timeout_check {
+        Some(t) => (
+            b.params.timeout_connect.map_or(inter, |c| c.min(inter)),
+            Some(t.as_secs_f64().max(0.001)),
+        ),
+        None => (inter, None),
     };
     let (kind, method, path, version, expect) = match &b.params.check {
         CheckKind::Tcp => (MonitorType::TCP, "GET", "/", "HTTP/1.0", None),
@@ -378,6 +382,7 @@ fn monitor(b: &Proxy, s: &Server) -> HealthMonitor {
         http_version: version.into(),
         expected_codes: "200".into(),
         http_expect: expect,
+        read_timeout,
     }
 }
 
@@ -545,8 +550,30 @@ backend p1
                 m.max_retries,
                 m.max_retries_down
             ),
-            (MonitorType::HTTP, 5.0, 3.0, 2, 3)
+            (MonitorType::HTTP, 5.0, 5.0, 2, 3)
         );
+        // haproxy's timing: the connect within min(timeout connect 5 s, inter 5 s), the
+        // answer within timeout check after it.
+        assert_eq!(m.read_timeout, Some(3.0));
+        // Without `timeout check`, inter bounds the whole check; a unitless `timeout check`
+        // (the Mitaka template's `timeout check 3`) is milliseconds.
+        let d = conv(&text.replace("    timeout check 3s\n", "")).unwrap();
+        let m = d.config.loadbalancer[0].pool[0]
+            .healthmonitor
+            .clone()
+            .unwrap();
+        assert_eq!((m.timeout, m.read_timeout), (5.0, None));
+        let d = conv(
+            &text
+                .replace("timeout check 3s", "timeout check 3")
+                .replace("inter 5s", "inter 2s"),
+        )
+        .unwrap();
+        let m = d.config.loadbalancer[0].pool[0]
+            .healthmonitor
+            .clone()
+            .unwrap();
+        assert_eq!((m.timeout, m.read_timeout), (2.0, Some(0.003)));
         assert_eq!(
             (m.http_method.as_str(), m.url_path.as_str()),
             ("GET", "/health")
@@ -610,6 +637,41 @@ backend p1
         );
     }
 
+    /// A frontend whose backend is not there yet (the agent's first config of a new load
+    /// balancer: a listener before its pool) or is `disabled` gets no listener: nothing
+    /// listens on its port, the namespace refuses its connections. The VIP and the other
+    /// frontends are as before; a disabled backend's servers stay (its stats rows).
+    #[test]
+    fn a_frontend_without_a_usable_backend_gets_no_listener() {
+        let be = "default_backend 574a31da-a28a-449f-8c9d-3d3687c3c02a";
+        let d = conv(&SEED.replace(be, "")).unwrap();
+        let lb = &d.config.loadbalancer[0];
+        assert!(lb.listener.is_empty(), "{:?}", lb.listener);
+        assert_eq!(lb.vip_address, Ipv4Addr::new(10, 0, 0, 250));
+        // The agent's very first config: a frontend and no backend at all.
+        let first = format!("{}\n", SEED.split("\nbackend ").next().unwrap());
+        let d = conv(&first.replace(be, "")).unwrap();
+        assert!(d.config.loadbalancer[0].listener.is_empty());
+        assert!(d.config.loadbalancer[0].pool.is_empty());
+        // Backend disabled: the pool stays, no listener sends to it.
+        let d = conv(&SEED.replace("balance leastconn", "balance leastconn\n        disabled"))
+            .unwrap();
+        let lb = &d.config.loadbalancer[0];
+        assert!(lb.listener.is_empty());
+        assert_eq!(lb.pool[0].member.len(), 2);
+        // A port bound twice is refused whether or not its frontend has a backend.
+        let e = conv(
+            &SEED
+                .replace(be, "")
+                .replace("bind 10.0.0.250:22", "bind 10.0.0.250:22,10.0.0.250:22"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "conf:17: 'bind': 10.0.0.250:22 is bound twice"
+        );
+    }
+
     #[test]
     fn bind_star_means_the_namespace_s_address() {
         let d = conv(&SEED.replace("bind 10.0.0.250:22", "bind *:22")).unwrap();
@@ -658,7 +720,6 @@ backend p1
         let lc = "balance leastconn";
         let cases: Vec<(String, &str)> = vec![
             (SEED.replace("        bind 10.0.0.250:22\n", ""), "conf:15: 'frontend': df25900f-53b1-4aab-8436-8411ec710445 has no 'bind'"),
-            (SEED.replace(be, ""), "conf:15: 'default_backend': df25900f-53b1-4aab-8436-8411ec710445 has none: lb sends each listener's connections to its default backend"),
             (SEED.replace(be, "default_backend nope"), "conf:15: 'default_backend': no backend named nope"),
             (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:22\n        bind 10.0.0.251:23"), "conf:18: 'bind': lb serves one VIP per load balancer: 10.0.0.251 here, 10.0.0.250 at conf:17"),
             (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:22,10.0.0.250:22"), "conf:17: 'bind': 10.0.0.250:22 is bound twice"),
