@@ -755,6 +755,23 @@ fn a_mode_http_config_runs_the_real_haproxy_and_updates_move_between_them() {
     };
     let found = sysctls(&agent);
 
+    // The v2 agent's APP_COOKIE pool: `stick-table type string`, which lb refuses for itself,
+    // in an HTTP backend. The L7 need wins wherever it is: the real haproxy checks it.
+    let app_cookie = l7_conf(&agent).replace(
+        "    balance roundrobin\n",
+        "    balance roundrobin\n    stick-table type string len 64 size 10k\n    \
+         stick store-response res.cook(JSESSIONID)\n    stick match req.cook(JSESSIONID)\n",
+    );
+    assert!(app_cookie.contains("stick-table type string"));
+    std::fs::write(agent.conf(), &app_cookie).unwrap();
+    let out = agent.haproxy(&["-c", "-f", &agent.conf().display().to_string()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("needs an L7 proxy: running /usr/sbin/haproxy"),
+        "{err}"
+    );
+
     let out = agent.spawn(&l7_conf(&agent));
     ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr)

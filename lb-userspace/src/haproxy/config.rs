@@ -374,98 +374,130 @@ pub const NO_L4_EFFECT: &[&str] = &[
     "log-tag",
 ];
 
-/// Parses the lines of every `-f` file, in order, as one configuration.
+/// Parses the lines of every `-f` file, in order, as one configuration. A line lb refuses
+/// does not end the reading: a configuration that needs an L7 proxy anywhere goes to the
+/// real haproxy whatever else it holds (`HaConfig::l7`), and only one lb would have to serve
+/// itself is refused, at its first refused line.
 pub fn parse(lines: &[Line]) -> Result<HaConfig, Refusal> {
     let mut cfg = HaConfig::default();
     let mut defaults = Params::default();
-    enum Cur {
-        None,
-        Global,
-        Defaults,
-        Proxy,
-    }
     let mut cur = Cur::None;
+    let mut refused: Option<Refusal> = None;
     for l in lines {
-        match l.keyword() {
-            "global" => {
-                cur = Cur::Global;
-                continue;
-            }
-            "defaults" => {
-                defaults = Params::default();
-                cur = Cur::Defaults;
-                continue;
-            }
-            "frontend" | "backend" | "listen" => {
-                let kind = match l.keyword() {
-                    "frontend" => Kind::Frontend,
-                    "backend" => Kind::Backend,
-                    _ => Kind::Listen,
-                };
-                let Some(name) = l.args().first() else {
-                    return Err(refuse(l, l.keyword(), "needs a name"));
-                };
-                if cfg.proxies.iter().any(|p| p.name == *name) {
-                    return Err(refuse(
-                        l,
-                        l.keyword(),
-                        format!("a proxy named {name} exists already"),
-                    ));
-                }
-                let mut p = Proxy {
-                    kind,
-                    name: name.clone(),
-                    at: l.at(),
-                    disabled: false,
-                    params: defaults.clone(),
-                    binds: Vec::new(),
-                    default_backend: None,
-                    servers: Vec::new(),
-                    stick: None,
-                    stick_on_src: false,
-                };
-                // The old `listen <name> <address:port>` form.
-                if kind == Kind::Listen {
-                    if let Some(addr) = l.args().get(1) {
-                        for a in addr.split(',') {
-                            p.binds.push(parse_bind_address(l, a)?);
-                        }
-                    }
-                }
-                if p.params.http_mode {
-                    note_l7(&mut cfg.l7, l, "mode http (from defaults)");
-                }
-                cfg.proxies.push(p);
-                cur = Cur::Proxy;
-                continue;
-            }
-            "userlist" | "peers" | "resolvers" | "mailers" | "program" | "http-errors" | "ring"
-            | "cache" | "fcgi-app" => {
+        if let Err(e) = parse_line(&mut cfg, &mut defaults, &mut cur, l) {
+            refused.get_or_insert(e);
+        }
+    }
+    match refused {
+        Some(e) if cfg.l7.is_none() => Err(e),
+        _ => Ok(cfg),
+    }
+}
+
+/// The section the lines go to.
+enum Cur {
+    None,
+    Global,
+    Defaults,
+    Proxy,
+    /// A section whose header was refused: its lines are not read.
+    Refused,
+}
+
+fn parse_line(
+    cfg: &mut HaConfig,
+    defaults: &mut Params,
+    cur: &mut Cur,
+    l: &Line,
+) -> Result<(), Refusal> {
+    match l.keyword() {
+        "global" => {
+            *cur = Cur::Global;
+            return Ok(());
+        }
+        "defaults" => {
+            *defaults = Params::default();
+            *cur = Cur::Defaults;
+            return Ok(());
+        }
+        "frontend" | "backend" | "listen" => {
+            *cur = Cur::Refused;
+            let kind = match l.keyword() {
+                "frontend" => Kind::Frontend,
+                "backend" => Kind::Backend,
+                _ => Kind::Listen,
+            };
+            let Some(name) = l.args().first() else {
+                return Err(refuse(l, l.keyword(), "needs a name"));
+            };
+            if cfg.proxies.iter().any(|p| p.name == *name) {
                 return Err(refuse(
                     l,
                     l.keyword(),
-                    "this section is not supported by lb (mode tcp load balancing only)",
+                    format!("a proxy named {name} exists already"),
                 ));
             }
-            _ => {}
-        }
-        match cur {
-            Cur::None => return Err(refuse(l, l.keyword(), "outside of any section")),
-            Cur::Global => global_line(&mut cfg.global, l)?,
-            Cur::Defaults => {
-                let mut dummy = None;
-                param_line(&mut defaults, &mut dummy, l, None)?;
-                if let Some(l7) = dummy {
-                    cfg.l7.get_or_insert(l7);
+            let mut p = Proxy {
+                kind,
+                name: name.clone(),
+                at: l.at(),
+                disabled: false,
+                params: defaults.clone(),
+                binds: Vec::new(),
+                default_backend: None,
+                servers: Vec::new(),
+                stick: None,
+                stick_on_src: false,
+            };
+            if p.params.http_mode {
+                note_l7(&mut cfg.l7, l, "mode http (from defaults)");
+            }
+            // The old `listen <name> <address:port>` form.
+            let mut bad_bind = None;
+            if kind == Kind::Listen {
+                if let Some(addr) = l.args().get(1) {
+                    for a in addr.split(',') {
+                        match parse_bind_address(l, a) {
+                            Ok(b) => p.binds.push(b),
+                            Err(e) => {
+                                bad_bind.get_or_insert(e);
+                            }
+                        }
+                    }
                 }
             }
-            Cur::Proxy => {
-                let p = cfg.proxies.last_mut().expect("a proxy section");
-                proxy_line(p, &mut cfg.l7, l)?;
+            cfg.proxies.push(p);
+            *cur = Cur::Proxy;
+            return bad_bind.map_or(Ok(()), Err);
+        }
+        "userlist" | "peers" | "resolvers" | "mailers" | "program" | "http-errors" | "ring"
+        | "cache" | "fcgi-app" => {
+            *cur = Cur::Refused;
+            return Err(refuse(
+                l,
+                l.keyword(),
+                "this section is not supported by lb (mode tcp load balancing only)",
+            ));
+        }
+        _ => {}
+    }
+    match cur {
+        Cur::None => Err(refuse(l, l.keyword(), "outside of any section")),
+        Cur::Refused => Ok(()),
+        Cur::Global => global_line(&mut cfg.global, l),
+        Cur::Defaults => {
+            let mut dummy = None;
+            let r = param_line(defaults, &mut dummy, l, None);
+            if let Some(l7) = dummy {
+                cfg.l7.get_or_insert(l7);
             }
+            r
+        }
+        Cur::Proxy => {
+            let p = cfg.proxies.last_mut().expect("a proxy section");
+            proxy_line(p, &mut cfg.l7, l)
         }
     }
-    Ok(cfg)
 }
 
 fn note_l7(l7: &mut Option<L7>, l: &Line, what: &str) {
@@ -1218,6 +1250,31 @@ mod tests {
         assert_eq!(
             (e.at.as_str(), e.keyword.as_str()),
             ("haproxy.conf:2", "bind ... accept-proxy")
+        );
+    }
+
+    /// A configuration that needs L7 goes to haproxy whatever lb would refuse in it (the
+    /// v2 agent's APP_COOKIE pool: `stick-table type string`, refused for lb, in an HTTP
+    /// backend); one without L7 is refused at its first refused line, wherever the rest is.
+    #[test]
+    fn an_l7_need_anywhere_wins_over_a_refusal() {
+        let text = "frontend f\n bind 10.0.0.250:80\n mode http\n default_backend b\n\
+                    backend b\n mode http\n stick-table type string len 64 size 10k\n\
+                    stick store-response res.cook(JSESSIONID)\n stick match req.cook(JSESSIONID)\n\
+                    server m 10.0.0.2:80\n";
+        let c = parse_text(text).unwrap();
+        assert_eq!(c.l7.unwrap().what, "mode http");
+        // The refused line first, the L7 need after it.
+        let c = parse_text("backend b\n acl x src 10.0.0.0/8\n cookie SRV insert\n").unwrap();
+        assert_eq!(c.l7.unwrap().at, "haproxy.conf:3");
+        let e = parse_text("backend b\n acl x src 10.0.0.0/8\n balance first\n").unwrap_err();
+        assert_eq!(e.at, "haproxy.conf:2", "the first refusal: {e}");
+        // A refused section's lines are not read as another section's.
+        let e = parse_text("peers p\n peer a 10.0.0.1:1025\nbackend b\n server m 10.0.0.2:22\n")
+            .unwrap_err();
+        assert_eq!(
+            (e.at.as_str(), e.keyword.as_str()),
+            ("haproxy.conf:1", "peers")
         );
     }
 
