@@ -8,15 +8,9 @@
 
 use std::{ffi::CString, os::fd::FromRawFd as _, path::PathBuf};
 
-use crate::{sh, unique};
+use lb::dataplane::stub::insn;
 
-/// One BPF instruction: opcode, registers, offset, immediate.
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    (code as u64)
-        | (((dst & 0xf) | ((src & 0xf) << 4)) as u64) << 8
-        | ((off as u16) as u64) << 16
-        | ((imm as u32) as u64) << 32
-}
+use crate::{sh, unique};
 
 const LDX_W: u8 = 0x61;
 const LDX_H: u8 = 0x69;

@@ -14,6 +14,7 @@ pub mod fixture;
 pub mod skip;
 pub mod sshd;
 pub mod stream;
+pub mod tls;
 pub mod topology;
 
 /// The IPv6 VIP of the tests' IPv6 load balancers, and the client's IPv6 address (members:

@@ -366,46 +366,8 @@ fn a_tls_hello_check_tells_a_tls_member_from_a_plain_one() {
         return;
     }
     let topo = SeedTopology::new(&[M1, M2]);
-    let dir = std::env::temp_dir().join(integration_tests::unique("tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=member", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success(), "{made:?}");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _tls = Kill(
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &topo.members[0].ns.name,
-                "openssl",
-                "s_server",
-            ])
-            .args(["-quiet", "-accept", "10.0.0.2:8443", "-key"])
-            .arg(&key)
-            .arg("-cert")
-            .arg(&cert)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("openssl s_server"),
-    );
+    let _tls =
+        integration_tests::tls::TlsServer::start(&topo.members[0].ns.name, &[], "10.0.0.2:8443");
     let _plain = HttpServer::start(&topo.members[1].ns, M2, 8443);
     let mut agent = Agent::new(&topo, &lb_bin(), false);
     agent.plug(VIP);
@@ -433,7 +395,6 @@ fn a_tls_hello_check_tells_a_tls_member_from_a_plain_one() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CONNECTION ESTABLISHED"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -230,21 +230,7 @@ fn health_checks_over_ipv6() {
         );
         monitor_from(&text)
     };
-    let check = |kind: &str, port: u16| {
-        let m = monitor(kind);
-        lb::node::in_netns(&topo.client.name, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(lb::health::check(
-                CLIENT6.into(),
-                std::net::SocketAddr::new(member, port),
-                &m,
-            ))
-        })
-        .unwrap()
-    };
+    let check = |kind: &str, port: u16| check_from(&topo.client.name, member, port, &monitor(kind));
     let r = check("TCP", 8080);
     assert_eq!(r.status.name(), "L4OK", "{r:?}");
     let r = check("HTTP", 8080);
@@ -304,59 +290,13 @@ fn tls_hello_check_over_ipv6() {
     topo.add_ipv6();
     let member = IpAddr::from(v6_of(M1));
     http_server(&topo.members[0].ns.name, member, 8080);
-    let dir = std::env::temp_dir().join(integration_tests::unique("tls6"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=member", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success(), "{made:?}");
-    struct Kill(std::process::Child, std::path::PathBuf);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _tls = Kill(
-        std::process::Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", topo.members[0].ns.name))
-            .args(["openssl", "s_server", "-quiet", "-6", "-accept"])
-            .arg(format!("[{member}]:8443"))
-            .arg("-key")
-            .arg(&key)
-            .arg("-cert")
-            .arg(&cert)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("openssl s_server"),
-        dir.clone(),
+    let _tls = integration_tests::tls::TlsServer::start(
+        &topo.members[0].ns.name,
+        &["-6"],
+        &format!("[{member}]:8443"),
     );
     let m = monitor_from("type = \"TLS-HELLO\"\ndelay = 1\ntimeout = 0.5\nmax_retries = 1\n");
-    let check = |port: u16| {
-        lb::node::in_netns(&topo.client.name, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(lb::health::check(
-                CLIENT6.into(),
-                std::net::SocketAddr::new(member, port),
-                &m,
-            ))
-        })
-        .unwrap()
-    };
+    let check = |port: u16| check_from(&topo.client.name, member, port, &m);
     // s_server takes a moment to listen: wait for its port, not for a time.
     let r = wait_for(
         "openssl s_server on the member",
@@ -372,6 +312,28 @@ fn tls_hello_check_over_ipv6() {
         ["L6RSP", "L6TOUT"].contains(&r.status.name()),
         "a plain HTTP server is not TLS: {r:?}"
     );
+}
+
+/// One check of `member`:`port` as the daemon runs it (`lb::health::check`), from namespace
+/// `ns` with `CLIENT6` in the VIP's place.
+fn check_from(
+    ns: &str,
+    member: IpAddr,
+    port: u16,
+    m: &lb::config::HealthMonitor,
+) -> lb::health::CheckResult {
+    lb::node::in_netns(ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(lb::health::check(
+            CLIENT6.into(),
+            std::net::SocketAddr::new(member, port),
+            m,
+        ))
+    })
+    .unwrap()
 }
 
 /// A monitor from its TOML text (the config's own parser, through a one-pool document).

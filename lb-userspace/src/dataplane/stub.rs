@@ -73,8 +73,9 @@ impl Entry {
     }
 }
 
-/// One BPF instruction: opcode, registers, offset, immediate.
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+/// One BPF instruction: opcode, registers, offset, immediate (also the tests' planted fault's
+/// assembler).
+pub const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
     (code as u64)
         | (((dst & 0xf) | ((src & 0xf) << 4)) as u64) << 8
         | ((off as u16) as u64) << 16
