@@ -447,6 +447,10 @@ pub struct HealthMonitor {
     /// HTTP monitors: `HTTP/1.0` or `HTTP/1.1` (sent with a Host header)
     #[serde(default = "http10")]
     pub http_version: String,
+    /// HTTP monitors: the Host header to send (Octavia's `domain_name`); without it,
+    /// HTTP/1.1 requests name the member's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_name: Option<String>,
     /// HTTP monitors: codes and ranges that mean up (`200`, `200,202`, `200-204`)
     #[serde(default = "two_hundred")]
     pub expected_codes: String,
@@ -611,15 +615,22 @@ impl Config {
                 .next()
                 .unwrap_or("")
                 .to_string();
-            if id.is_empty()
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            // A load balancer's id names its pins and state files; the others are names
+            // only, and take haproxy's `.` and `:` too (Octavia's backends are
+            // `<pool>:<listener>`).
+            let lb = kind == "loadbalancer";
+            let allowed = |c: char| {
+                c.is_ascii_alphanumeric() || c == '-' || c == '_' || (!lb && (c == ':' || c == '.'))
+            };
+            if id.is_empty() || !id.chars().all(allowed) {
                 return Err(invalid(
                     field,
                     format!("{id:?}"),
-                    "ids are non-empty [A-Za-z0-9_-]",
+                    if lb {
+                        "ids are non-empty [A-Za-z0-9_-]"
+                    } else {
+                        "ids are non-empty [A-Za-z0-9_.:-]"
+                    },
                 ));
             }
             if !ids.insert((kind, id.to_string())) {
@@ -993,6 +1004,15 @@ fn validate_monitor(hm: &HealthMonitor, at: &str, rules: Rules) -> Result<(), Co
                 &hm.url_path,
                 "a method and a path starting with /",
             ));
+        }
+        if let Some(d) = &hm.domain_name {
+            if d.is_empty() || d.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    format!("{at}.domain_name"),
+                    d,
+                    "a host name without spaces",
+                ));
+            }
         }
     }
     Ok(())

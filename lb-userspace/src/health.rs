@@ -439,7 +439,9 @@ async fn http(
     m: &HealthMonitor,
     left: Duration,
 ) -> (CheckStatus, Option<u16>, String) {
-    let host = if m.http_version == "HTTP/1.1" {
+    let host = if let Some(name) = &m.domain_name {
+        format!("Host: {name}\r\n")
+    } else if m.http_version == "HTTP/1.1" {
         match target.ip() {
             IpAddr::V4(a) => format!("Host: {a}\r\n"),
             IpAddr::V6(a) => format!("Host: [{a}]\r\n"),
@@ -702,6 +704,7 @@ mod tests {
                 http_method: "GET".into(),
                 url_path: "/".into(),
                 http_version: "HTTP/1.0".into(),
+                domain_name: None,
                 expected_codes: "200".into(),
                 http_expect: None,
                 read_timeout: Some(read),

@@ -11,7 +11,7 @@
 //! - anything else is refused with its file, line and keyword, as haproxy refuses a keyword it
 //!   does not know. Nothing is ignored silently.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use super::tokens::Line;
 
@@ -84,6 +84,8 @@ pub struct Global {
     pub maxconn: Option<u32>,
     pub stats_sockets: Vec<StatsSocket>,
     pub pidfile: Option<PathBuf>,
+    /// `external-check` / `insecure-fork-wanted`.
+    pub external_check: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -114,6 +116,8 @@ pub struct HttpCheck {
     pub version: String,
     /// `http-check expect [!] status|rstatus <pattern>`; None: any 2xx or 3xx (haproxy).
     pub expect: Option<Expect>,
+    /// `http-check send hdr Host <name>`: the Host header of the request.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +134,10 @@ pub enum CheckKind {
     Tcp,
     Http(HttpCheck),
     SslHello,
+    /// `option external-check`: haproxy forks `external-check command` per check. lb maps
+    /// Octavia's `ping-wrapper.sh` (a PING monitor) onto its own ICMP echo check; any other
+    /// command is refused where the backend is converted.
+    External,
 }
 
 /// Server settings, from `default-server` and each `server` line.
@@ -141,13 +149,15 @@ pub struct ServerParams {
     pub rise: u32,
     pub fall: u32,
     pub port: Option<u16>,
-    pub addr: Option<Ipv4Addr>,
+    pub addr: Option<IpAddr>,
     pub backup: bool,
     pub disabled: bool,
     /// `observe layer4`: connection errors count (passive health).
     pub observe: bool,
     /// `error-limit` (haproxy's default 10).
     pub error_limit: u32,
+    /// `check-ssl`: the check runs over TLS (Octavia's HTTPS monitor).
+    pub check_ssl: bool,
 }
 
 impl Default for ServerParams {
@@ -165,6 +175,7 @@ impl Default for ServerParams {
             disabled: false,
             observe: false,
             error_limit: 10,
+            check_ssl: false,
         }
     }
 }
@@ -172,7 +183,7 @@ impl Default for ServerParams {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub params: ServerParams,
     pub at: String,
@@ -181,16 +192,18 @@ pub struct Server {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     /// None: every address (`*`, `0.0.0.0`, or none given).
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     pub port: u16,
     pub at: String,
 }
 
-/// `stick-table type ip size N [expire T]` with `stick on src`.
+/// `stick-table type ip|ipv6 size N [expire T] [peers P]` with `stick on src`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stick {
     pub size: u64,
     pub expire: Option<Duration>,
+    /// `peers <section>`: haproxy would sync the table there.
+    pub peers: Option<String>,
 }
 
 /// What a proxy inherits from `defaults` and may set itself.
@@ -207,6 +220,8 @@ pub struct Params {
     pub maxconn: Option<u32>,
     pub check: CheckKind,
     pub allbackups: bool,
+    /// `external-check command <path>`.
+    pub external_command: Option<String>,
     pub server: ServerParams,
     pub log: bool,
     pub tcplog: bool,
@@ -226,6 +241,7 @@ impl Default for Params {
             maxconn: None,
             check: CheckKind::Tcp,
             allbackups: false,
+            external_command: None,
             server: ServerParams::default(),
             log: false,
             tcplog: false,
@@ -270,10 +286,21 @@ pub struct Proxy {
     pub stick_on_src: bool,
 }
 
+/// A `peers` section: the haproxies that sync stick tables with each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    pub name: String,
+    /// `peer <name> <address>:<port>`, in order.
+    pub peers: Vec<(String, std::net::SocketAddr)>,
+    pub at: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HaConfig {
     pub global: Global,
     pub proxies: Vec<Proxy>,
+    /// `peers` sections (Octavia's ACTIVE_STANDBY amphorae).
+    pub peers: Vec<Peers>,
     /// The first line only an L7 proxy can serve: the real haproxy runs this config.
     pub l7: Option<L7>,
 }
@@ -400,6 +427,7 @@ enum Cur {
     Global,
     Defaults,
     Proxy,
+    Peers,
     /// A section whose header was refused: its lines are not read.
     Refused,
 }
@@ -470,7 +498,16 @@ fn parse_line(
             *cur = Cur::Proxy;
             return bad_bind.map_or(Ok(()), Err);
         }
-        "userlist" | "peers" | "resolvers" | "mailers" | "program" | "http-errors" | "ring"
+        "peers" => {
+            cfg.peers.push(Peers {
+                name: arg(l, 0, "a name")?.to_string(),
+                peers: Vec::new(),
+                at: l.at(),
+            });
+            *cur = Cur::Peers;
+            return Ok(());
+        }
+        "userlist" | "resolvers" | "mailers" | "program" | "http-errors" | "ring"
         | "cache" | "fcgi-app" => {
             *cur = Cur::Refused;
             return Err(refuse(
@@ -484,6 +521,10 @@ fn parse_line(
     match cur {
         Cur::None => Err(refuse(l, l.keyword(), "outside of any section")),
         Cur::Refused => Ok(()),
+        Cur::Peers => {
+            let p = cfg.peers.last_mut().expect("a peers section");
+            peers_line(p, l)
+        }
         Cur::Global => global_line(&mut cfg.global, l),
         Cur::Defaults => {
             let mut dummy = None;
@@ -580,9 +621,36 @@ fn global_line(g: &mut Global, l: &Line) -> Result<(), Refusal> {
             return Err(refuse(l, key, "lb does not limit connection rates"))
         }
         "lua-load" | "lua-prepend-path" => return Err(refuse(l, key, "lb runs no Lua")),
-        "external-check" => return Err(refuse(l, key, "lb runs no external checks")),
+        // What haproxy needs to fork `external-check` commands; lb runs the one it maps
+        // (Octavia's ping wrapper) itself.
+        "external-check" | "insecure-fork-wanted" => g.external_check = true,
         k if no_l4_effect(k) => {}
         _ => return Err(refuse(l, key, "unknown keyword in section 'global'")),
+    }
+    Ok(())
+}
+
+fn peers_line(p: &mut Peers, l: &Line) -> Result<(), Refusal> {
+    match l.keyword() {
+        "peer" | "server" => {
+            let name = arg(l, 0, "a name")?.to_string();
+            // `server <name>` without an address is the local peer (haproxy 2.x).
+            let Some(a) = l.args().get(1) else {
+                return Ok(());
+            };
+            let (host, port) = split_host_port(a);
+            let addr = host
+                .parse::<IpAddr>()
+                .ok()
+                .zip(port.and_then(|p| p.parse::<u16>().ok()))
+                .ok_or_else(|| {
+                    refuse(l, l.keyword(), format!("{a}: expects <address>:<port>"))
+                })?;
+            p.peers.push((name, addr.into()));
+        }
+        "disabled" | "enabled" | "enable" | "log" | "bind" | "default-bind" | "default-server"
+        | "shards" | "table" => {}
+        k => return Err(refuse(l, k, "unknown keyword in section 'peers'")),
     }
     Ok(())
 }
@@ -825,22 +893,30 @@ fn param_line(
                 [m, uri] => (*m, *uri, "HTTP/1.0"),
                 [m, uri, v, ..] => (*m, *uri, *v),
             };
-            let expect = match &params.check {
-                CheckKind::Http(h) => h.expect.clone(),
-                _ => None,
+            let (expect, host) = match &params.check {
+                CheckKind::Http(h) => (h.expect.clone(), h.host.clone()),
+                _ => (None, None),
             };
             params.check = CheckKind::Http(HttpCheck {
                 method: method.into(),
                 uri: uri.into(),
                 version: version.into(),
                 expect,
+                host,
             });
         }
         ["option", "ssl-hello-chk"] => params.check = CheckKind::SslHello,
         ["option", "tcp-check"] | ["tcp-check", ..] => {
             return Err(refuse(l, key, "lb checks by TCP connect, HTTP (option httpchk) or TLS hello (option ssl-hello-chk); tcp-check rules are not supported"))
         }
-        ["option", chk @ ("mysql-check" | "pgsql-check" | "redis-check" | "smtpchk" | "ldap-check" | "spop-check" | "external-check"), ..] => {
+        ["option", "external-check"] => params.check = CheckKind::External,
+        ["external-check", "command", cmd] => params.external_command = Some(cmd.to_string()),
+        ["external-check", "path", _] => {}
+        ["tcp-request", "inspect-delay", v] => {
+            // Delays content rules; with none (lb refuses them), it has no effect.
+            time(l, "tcp-request inspect-delay", v)?;
+        }
+        ["option", chk @ ("mysql-check" | "pgsql-check" | "redis-check" | "smtpchk" | "ldap-check" | "spop-check"), ..] => {
             return Err(refuse(l, &format!("option {chk}"), "lb checks by TCP connect, HTTP (option httpchk) or TLS hello (option ssl-hello-chk)"))
         }
         ["http-check", "expect", rest @ ..] => {
@@ -862,12 +938,51 @@ fn param_line(
                         uri: "/".into(),
                         version: "HTTP/1.0".into(),
                         expect: Some(e),
+                        host: None,
                     })
                 }
             }
         }
         ["http-check", "disable-on-404"] => {
             return Err(refuse(l, "http-check disable-on-404", "lb has no drain-on-404 checks"))
+        }
+        // haproxy 2.2+: the request `option httpchk` sends, set word by word.
+        ["http-check", "send", rest @ ..] => {
+            let mut h = match &params.check {
+                CheckKind::Http(h) => h.clone(),
+                _ => HttpCheck {
+                    method: "OPTIONS".into(),
+                    uri: "/".into(),
+                    version: "HTTP/1.0".into(),
+                    expect: None,
+                    host: None,
+                },
+            };
+            let mut it = rest.iter();
+            while let Some(w) = it.next() {
+                let mut val = || {
+                    it.next()
+                        .map(|v| v.to_string())
+                        .ok_or_else(|| refuse(l, &format!("http-check send {w}"), "expects a value"))
+                };
+                match *w {
+                    "meth" => h.method = val()?,
+                    "uri" => h.uri = val()?,
+                    "ver" => h.version = val()?,
+                    "hdr" => {
+                        let name = val()?;
+                        let value = val()?;
+                        if !name.eq_ignore_ascii_case("host") {
+                            return Err(refuse(l, "http-check send hdr", format!("lb's HTTP check sends a Host header only, not '{name}'")));
+                        }
+                        h.host = Some(value);
+                    }
+                    other => {
+                        return Err(refuse(l, &format!("http-check send {other}"), "lb's HTTP check sets meth, uri, ver and hdr Host"))
+                    }
+                }
+            }
+            params.check = CheckKind::Http(h);
         }
         ["http-check", other, ..] => {
             return Err(refuse(l, &format!("http-check {other}"), "lb supports 'http-check expect [!] status|rstatus' only"))
@@ -880,6 +995,9 @@ fn param_line(
         // In a TCP proxy haproxy logs `option httplog` as tcplog.
         ["option", "tcplog" | "httplog", ..] => params.tcplog = true,
         ["no", "option", "tcplog" | "httplog"] => params.tcplog = false,
+        // HTTP options in `defaults` concern the HTTP proxies that inherit them (haproxy
+        // ignores them in a TCP proxy); a proxy that is `mode http` is an L7 need anyway.
+        ["option", "forwardfor" | "http-server-close" | "httpclose" | "forceclose" | "http-keep-alive" | "http-pretend-keepalive" | "http-buffer-request" | "http-no-delay" | "http-ignore-probes", ..] if kind.is_none() => {}
         ["option", opt @ ("forwardfor" | "http-server-close" | "httpclose" | "forceclose" | "http-keep-alive" | "http-pretend-keepalive" | "http-buffer-request" | "http-use-proxy-header" | "http_proxy" | "originalto" | "http-no-delay" | "http-ignore-probes" | "checkcache" | "accept-invalid-http-request" | "accept-invalid-http-response" | "h1-case-adjust-bogus-client" | "h1-case-adjust-bogus-server" | "disable-h2-upgrade" | "http-restrict-req-hdr-names"), ..] => {
             note_l7(l7, l, &format!("option {opt}"))
         }
@@ -923,10 +1041,28 @@ fn param_line(
     Ok(())
 }
 
+/// `host:port` as haproxy splits it: the port follows the last colon (`fd00::250:22`,
+/// `10.0.0.250:22`), brackets are allowed around an IPv6 host (`[fd00::250]:22`), and an
+/// `ipv4@`/`ipv6@` prefix names the family. None for the port when there is no colon.
+fn split_host_port(a: &str) -> (&str, Option<&str>) {
+    let a = a
+        .strip_prefix("ipv4@")
+        .or_else(|| a.strip_prefix("ipv6@"))
+        .unwrap_or(a);
+    if let Some(rest) = a.strip_prefix('[') {
+        if let Some((host, after)) = rest.split_once(']') {
+            return (host, after.strip_prefix(':'));
+        }
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (a, None),
+    }
+}
+
 /// `<addr>:<port>` of a `bind` (or old-style `listen`): `*`, `0.0.0.0`, `::` or nothing for
-/// every address.
+/// every address; IPv6 as `fd00::250:22` or `[fd00::250]:22`.
 fn parse_bind_address(l: &Line, a: &str) -> Result<Bind, Refusal> {
-    let a = a.strip_prefix("ipv4@").unwrap_or(a);
     if a.starts_with("unix@")
         || a.starts_with("abns@")
         || a.starts_with('/')
@@ -936,17 +1072,11 @@ fn parse_bind_address(l: &Line, a: &str) -> Result<Bind, Refusal> {
         return Err(refuse(
             l,
             "bind",
-            format!("{a}: lb balances TCP on an IPv4 address and port"),
+            format!("{a}: lb balances TCP on an IP address and port"),
         ));
     }
-    if a.starts_with('[') || a.starts_with("ipv6@") || a.matches(':').count() > 1 {
-        return Err(refuse(
-            l,
-            "bind",
-            format!("{a}: IPv6 is not supported by lb yet"),
-        ));
-    }
-    let Some((host, port)) = a.rsplit_once(':') else {
+    let (host, port) = split_host_port(a);
+    let Some(port) = port else {
         return Err(refuse(l, "bind", format!("{a}: expects <address>:<port>")));
     };
     if port.contains('-') {
@@ -962,12 +1092,12 @@ fn parse_bind_address(l: &Line, a: &str) -> Result<Bind, Refusal> {
         .filter(|p| *p != 0)
         .ok_or_else(|| refuse(l, "bind", format!("{a}: '{port}' is not a valid port")))?;
     let address = match host {
-        "" | "*" | "0.0.0.0" => None,
+        "" | "*" | "0.0.0.0" | "::" => None,
         h => Some(h.parse().map_err(|_| {
             refuse(
                 l,
                 "bind",
-                format!("{a}: lb needs an IPv4 address, not '{h}'"),
+                format!("{a}: lb needs an IPv4 or IPv6 address, not '{h}'"),
             )
         })?),
     };
@@ -1007,18 +1137,12 @@ fn bind_options(l: &Line, l7: &mut Option<L7>) -> Result<(), Refusal> {
 fn parse_server(l: &Line, defaults: &ServerParams, l7: &mut Option<L7>) -> Result<Server, Refusal> {
     let name = arg(l, 0, "a name")?.to_string();
     let a = arg(l, 1, "an address")?;
-    let a = a.strip_prefix("ipv4@").unwrap_or(a);
-    let (host, port) = match a.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (a, None),
-    };
-    let address: Ipv4Addr = host.parse().map_err(|_| {
+    let (host, port) = split_host_port(a);
+    let address: IpAddr = host.parse().map_err(|_| {
         refuse(
             l,
             "server",
-            format!(
-                "{a}: lb needs an IPv4 address (no name resolution, no IPv6 yet), not '{host}'"
-            ),
+            format!("{a}: lb needs an IPv4 or IPv6 address (no name resolution), not '{host}'"),
         )
     })?;
     let port = match port {
@@ -1087,7 +1211,7 @@ fn server_params(
                 let v = val()?;
                 s.addr = Some(
                     v.parse()
-                        .map_err(|_| refuse(l, "addr", format!("'{v}' is not an IPv4 address")))?,
+                        .map_err(|_| refuse(l, "addr", format!("'{v}' is not an IP address")))?,
                 )
             }
             "backup" => s.backup = true,
@@ -1124,15 +1248,26 @@ fn server_params(
                 note_l7(l7, l, &format!("server ... {w}"));
             }
             "ssl" => note_l7(l7, l, "server ... ssl (TLS towards the server)"),
+            // The check over TLS (Octavia's HTTPS monitor): lb's TLS-HELLO check.
+            "check-ssl" => s.check_ssl = true,
+            "no-check-ssl" => s.check_ssl = false,
+            // Without `ssl` on the server, `verify` concerns the TLS check only, which lb
+            // does not verify either.
+            "verify" if !words.iter().any(|x| x == "ssl") => {
+                val()?;
+            }
             "verify" | "sni" | "ca-file" | "crt" | "alpn" | "ciphers" => {
                 val()?;
                 note_l7(l7, l, &format!("server ... {w}"));
             }
+            // The PROXY protocol header is a proxy's: the real haproxy serves such a pool.
+            "send-proxy" | "send-proxy-v2" | "send-proxy-v2-ssl" | "send-proxy-v2-ssl-cn" => {
+                note_l7(l7, l, &format!("server ... {w} (PROXY protocol)"))
+            }
             "maxconn" | "maxqueue" | "minconn" | "slowstart" | "track" | "agent-check"
             | "agent-port" | "agent-inter" | "agent-addr" | "agent-send" | "on-marked-down"
-            | "on-marked-up" | "resolvers" | "init-addr" | "resolve-prefer" | "send-proxy"
-            | "send-proxy-v2" | "send-proxy-v2-ssl" | "source" | "namespace" | "check-ssl"
-            | "check-send-proxy" | "proto" | "usesrc" => {
+            | "on-marked-up" | "resolvers" | "init-addr" | "resolve-prefer" | "source"
+            | "namespace" | "check-send-proxy" | "proto" | "usesrc" => {
                 return Err(refuse(l, &format!("server ... {w}"), "unsupported server setting (it changes how connections reach the server or how it is checked)"));
             }
             other => {
@@ -1151,6 +1286,7 @@ fn parse_stick_table(l: &Line) -> Result<Stick, Refusal> {
     let mut t = None;
     let mut size_v = None;
     let mut expire = None;
+    let mut peers = None;
     let mut it = l.args().iter();
     while let Some(w) = it.next() {
         let mut val = || {
@@ -1162,7 +1298,10 @@ fn parse_stick_table(l: &Line) -> Result<Stick, Refusal> {
             "type" => t = Some(val()?.to_string()),
             "size" => size_v = Some(size(l, "size", val()?)?),
             "expire" => expire = Some(time(l, "expire", val()?)?),
-            "nopurge" | "peers" | "store" | "srvkey" | "len" => {
+            // Synced to the named `peers` section by haproxy; lb's persistence entries are
+            // its own (the `peers` section is accepted, see `Global::peers`).
+            "peers" => peers = Some(val()?.to_string()),
+            "nopurge" | "store" | "srvkey" | "len" => {
                 return Err(refuse(
                     l,
                     &format!("stick-table ... {w}"),
@@ -1178,16 +1317,17 @@ fn parse_stick_table(l: &Line) -> Result<Stick, Refusal> {
             }
         }
     }
-    if t.as_deref() != Some("ip") {
+    if !matches!(t.as_deref(), Some("ip" | "ipv6")) {
         return Err(refuse(
             l,
             "stick-table",
-            "lb keeps tables of client addresses only (type ip)",
+            "lb keeps tables of client addresses only (type ip or ipv6)",
         ));
     }
     Ok(Stick {
         size: size_v.ok_or_else(|| refuse(l, "stick-table", "expects a size"))?,
         expire,
+        peers,
     })
 }
 
@@ -1270,11 +1410,11 @@ mod tests {
         let e = parse_text("backend b\n acl x src 10.0.0.0/8\n balance first\n").unwrap_err();
         assert_eq!(e.at, "haproxy.conf:2", "the first refusal: {e}");
         // A refused section's lines are not read as another section's.
-        let e = parse_text("peers p\n peer a 10.0.0.1:1025\nbackend b\n server m 10.0.0.2:22\n")
+        let e = parse_text("userlist u\n user a insecure-password x\nbackend b\n server m 10.0.0.2:22\n")
             .unwrap_err();
         assert_eq!(
             (e.at.as_str(), e.keyword.as_str()),
-            ("haproxy.conf:1", "peers")
+            ("haproxy.conf:1", "userlist")
         );
     }
 
@@ -1315,7 +1455,7 @@ mod tests {
                 s.params.port,
                 s.params.addr
             ),
-            (2222, true, true, Some(22), Some(Ipv4Addr::new(10, 0, 0, 5)))
+            (2222, true, true, Some(22), Some(std::net::Ipv4Addr::new(10, 0, 0, 5).into()))
         );
     }
 
@@ -1326,14 +1466,15 @@ mod tests {
         let cases: &[(String, &str)] = &[
             ("frontend\n".into(), "haproxy.conf:1: 'frontend': needs a name"),
             (format!("{b}backend b\n"), "haproxy.conf:2: 'backend': a proxy named b exists already"),
-            ("peers p\n".into(), "haproxy.conf:1: 'peers': this section is not supported by lb (mode tcp load balancing only)"),
+            ("userlist u\n".into(), "haproxy.conf:1: 'userlist': this section is not supported by lb (mode tcp load balancing only)"),
+            ("peers p\n peer a 10.0.0.5\n".into(), "haproxy.conf:2: 'peer': 10.0.0.5: expects <address>:<port>"),
+            ("peers p\n frob\n".into(), "haproxy.conf:2: 'frob': unknown keyword in section 'peers'"),
             ("maxconn 10\n".into(), "haproxy.conf:1: 'maxconn': outside of any section"),
             ("global\n user\n".into(), "haproxy.conf:2: 'user': expects a user"),
             ("global\n maxconn lots\n".into(), "haproxy.conf:2: 'maxconn': 'lots' is not a valid number"),
             ("global\n master-worker\n".into(), "haproxy.conf:2: 'master-worker': lb runs as one daemon process (no master-worker mode)"),
             ("global\n maxconnrate 100\n".into(), "haproxy.conf:2: 'maxconnrate': lb does not limit connection rates"),
             ("global\n lua-load /x.lua\n".into(), "haproxy.conf:2: 'lua-load': lb runs no Lua"),
-            ("global\n external-check\n".into(), "haproxy.conf:2: 'external-check': lb runs no external checks"),
             ("global\n frobnicate\n".into(), "haproxy.conf:2: 'frobnicate': unknown keyword in section 'global'"),
             ("global\n log /dev/log\n".into(), "haproxy.conf:2: 'log': expects a facility"),
             ("global\n stats socket ipv4@127.0.0.1:9999\n".into(), "haproxy.conf:2: 'stats socket': ipv4@127.0.0.1:9999: lb serves its stats socket on a unix path only"),
@@ -1358,7 +1499,9 @@ mod tests {
             (format!("{b} http-check expect string ok\n"), "haproxy.conf:2: 'http-check expect': lb checks the status only (status or rstatus), not 'string'"),
             (format!("{b} http-check expect\n"), "haproxy.conf:2: 'http-check expect': expects status or rstatus and a pattern"),
             (format!("{b} http-check disable-on-404\n"), "haproxy.conf:2: 'http-check disable-on-404': lb has no drain-on-404 checks"),
-            (format!("{b} http-check send meth GET\n"), "haproxy.conf:2: 'http-check send': lb supports 'http-check expect [!] status|rstatus' only"),
+            (format!("{b} http-check send meth GET hdr X-A b\n"), "haproxy.conf:2: 'http-check send hdr': lb's HTTP check sends a Host header only, not 'X-A'"),
+            (format!("{b} http-check send body x\n"), "haproxy.conf:2: 'http-check send body': lb's HTTP check sets meth, uri, ver and hdr Host"),
+            (format!("{b} http-check connect\n"), "haproxy.conf:2: 'http-check connect': lb supports 'http-check expect [!] status|rstatus' only"),
             (format!("{b} no option redispatch\n"), "haproxy.conf:2: 'no option redispatch': lb always redispatches a connection whose server does not answer after its retries"),
             ("listen l :22\n stats enable\n".into(), "haproxy.conf:2: 'stats': the HTTP statistics page needs mode http; lb serves statistics on the stats socket"),
             ("frontend f\n tcp-request content reject\n".into(), "haproxy.conf:2: 'tcp-request': changes how connections are accepted or routed, which lb does not implement"),
@@ -1366,27 +1509,27 @@ mod tests {
             (format!("{b} option frob\n"), "haproxy.conf:2: 'option frob': unknown or unsupported option"),
             (format!("{b} no frob\n"), "haproxy.conf:2: 'no': unsupported 'no' line"),
             ("defaults\n frobnicate\n".into(), "haproxy.conf:2: 'frobnicate': unknown keyword in section 'defaults'"),
-            ("frontend f\n bind /run/x.sock\n".into(), "haproxy.conf:2: 'bind': /run/x.sock: lb balances TCP on an IPv4 address and port"),
-            ("frontend f\n bind [::]:22\n".into(), "haproxy.conf:2: 'bind': [::]:22: IPv6 is not supported by lb yet"),
+            ("frontend f\n bind /run/x.sock\n".into(), "haproxy.conf:2: 'bind': /run/x.sock: lb balances TCP on an IP address and port"),
+            ("frontend f\n bind [::]:22-23\n".into(), "haproxy.conf:2: 'bind': [::]:22-23: port ranges are not supported by lb"),
             ("frontend f\n bind 10.0.0.250\n".into(), "haproxy.conf:2: 'bind': 10.0.0.250: expects <address>:<port>"),
             ("frontend f\n bind :80-90\n".into(), "haproxy.conf:2: 'bind': :80-90: port ranges are not supported by lb"),
             ("frontend f\n bind :0\n".into(), "haproxy.conf:2: 'bind': :0: '0' is not a valid port"),
-            ("frontend f\n bind lb.example:22\n".into(), "haproxy.conf:2: 'bind': lb.example:22: lb needs an IPv4 address, not 'lb.example'"),
+            ("frontend f\n bind lb.example:22\n".into(), "haproxy.conf:2: 'bind': lb.example:22: lb needs an IPv4 or IPv6 address, not 'lb.example'"),
             ("frontend f\n bind :22 accept-proxy\n".into(), "haproxy.conf:2: 'bind ... accept-proxy': unsupported bind setting (it changes how connections are accepted)"),
             (format!("{b} server s 10.0.0.2:22 observe layer7\n"), "haproxy.conf:2: 'observe': lb observes connections (layer4), not 'layer7'"),
             (format!("{b} server s 10.0.0.2:22 observe layer4 on-error restart\n"), "haproxy.conf:2: 'on-error': unknown on-error action 'restart'"),
             (format!("{b} server s\n"), "haproxy.conf:2: 'server': expects an address"),
-            (format!("{b} server s m1.example:22\n"), "haproxy.conf:2: 'server': m1.example:22: lb needs an IPv4 address (no name resolution, no IPv6 yet), not 'm1.example'"),
+            (format!("{b} server s m1.example:22\n"), "haproxy.conf:2: 'server': m1.example:22: lb needs an IPv4 or IPv6 address (no name resolution), not 'm1.example'"),
             (format!("{b} server s 10.0.0.2\n"), "haproxy.conf:2: 'server': 10.0.0.2: lb needs the server's port (haproxy would use the client's destination port)"),
             (format!("{b} server s 10.0.0.2:+1\n"), "haproxy.conf:2: 'server': 10.0.0.2:+1: port offsets are not supported by lb"),
             (format!("{b} server s 10.0.0.2:22 weight\n"), "haproxy.conf:2: 'weight': expects a value"),
             (format!("{b} server s 10.0.0.2:22 weight 300\n"), "haproxy.conf:2: 'weight': 300: must be 0..=256"),
-            (format!("{b} server s 10.0.0.2:22 addr m1\n"), "haproxy.conf:2: 'addr': 'm1' is not an IPv4 address"),
-            (format!("{b} server s 10.0.0.2:22 send-proxy\n"), "haproxy.conf:2: 'server ... send-proxy': unsupported server setting (it changes how connections reach the server or how it is checked)"),
+            (format!("{b} server s 10.0.0.2:22 addr m1\n"), "haproxy.conf:2: 'addr': 'm1' is not an IP address"),
+            (format!("{b} server s 10.0.0.2:22 source 10.0.0.9\n"), "haproxy.conf:2: 'server ... source': unsupported server setting (it changes how connections reach the server or how it is checked)"),
             (format!("{b} server s 10.0.0.2:22 frob\n"), "haproxy.conf:2: 'server ... frob': unknown server setting"),
             (format!("{b} stick-table type ip size 1k nopurge\n"), "haproxy.conf:2: 'stick-table ... nopurge': unsupported stick-table setting"),
             (format!("{b} stick-table type ip size 1k frob\n"), "haproxy.conf:2: 'stick-table ... frob': unknown stick-table setting"),
-            (format!("{b} stick-table type string size 1k\n"), "haproxy.conf:2: 'stick-table': lb keeps tables of client addresses only (type ip)"),
+            (format!("{b} stick-table type string size 1k\n"), "haproxy.conf:2: 'stick-table': lb keeps tables of client addresses only (type ip or ipv6)"),
             (format!("{b} stick-table type ip\n"), "haproxy.conf:2: 'stick-table': expects a size"),
             (format!("{b} stick-table type ip size many\n"), "haproxy.conf:2: 'size': 'many' is not a valid number"),
         ];

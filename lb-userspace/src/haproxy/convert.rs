@@ -14,7 +14,7 @@
 //! | `maxconn` (frontend, capped by global) | the listener's `connection_limit` |
 //! | `maxconn` (global) | the load balancer's `connection_limit` (all listeners together) |
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use super::config::{Balance, CheckKind, HaConfig, Proxy, Refusal, Server, StatsSocket};
 use crate::config::{
@@ -25,10 +25,10 @@ use crate::config::{
 /// What the drop-in needs to know of the network namespace it runs in.
 pub trait Namespace {
     /// The device holding `address`, and the address's prefix length.
-    fn locate(&self, address: Ipv4Addr) -> Option<(String, u8)>;
-    /// The only IPv4 address of the namespace outside loopback, if there is exactly one
-    /// (what `bind *:port` means on a load balancer's port).
-    fn only_address(&self) -> Option<Ipv4Addr>;
+    fn locate(&self, address: IpAddr) -> Option<(String, u8)>;
+    /// The only address of the namespace outside loopback and link-local, if there is
+    /// exactly one (what `bind *:port` means on a load balancer's port).
+    fn only_address(&self) -> Option<IpAddr>;
 }
 
 /// A haproxy configuration as lb runs it.
@@ -74,7 +74,7 @@ pub fn convert(
         .iter()
         .filter(|p| p.kind.has_frontend() && !p.disabled)
         .collect();
-    let mut vip: Option<(Ipv4Addr, String)> = None;
+    let mut vip: Option<(IpAddr, String)> = None;
     // haproxy logs a frontend's connections in tcplog format when it has a `log` line (`log
     // global` included) and `option tcplog`; lb sends them where `global`'s `log` lines say,
     // each written as lb's `[daemon] connection_log` takes a target.
@@ -198,7 +198,7 @@ pub fn convert(
     let lb = LoadBalancer {
         id: id.into(),
         namespace: Some(netns.into()),
-        vip_address: vip.into(),
+        vip_address: vip,
         vip_prefixlen: Some(prefix),
         port: Port {
             name: device,
@@ -275,15 +275,15 @@ fn pool(b: &Proxy) -> Result<Pool, Refusal> {
         return Err(refusal(&second.at, "backup", "lb uses every backup server at once, as haproxy's 'option allbackups' does; without it haproxy uses only the first: add 'option allbackups' to this backend"));
     }
     let checked: Vec<&Server> = b.servers.iter().filter(|s| s.params.check).collect();
-    let pool_monitor = checked.first().map(|s| monitor(b, s));
+    let pool_monitor = checked.first().map(|s| monitor(b, s)).transpose()?;
     let member = b
         .servers
         .iter()
         .map(|s| {
-            let own = s.params.check.then(|| monitor(b, s));
-            Member {
+            let own = s.params.check.then(|| monitor(b, s)).transpose()?;
+            Ok(Member {
                 id: s.name.clone(),
-                address: s.address.into(),
+                address: s.address,
                 protocol_port: s.port,
                 weight: s.params.weight,
                 admin_state_up: !s.params.disabled,
@@ -295,9 +295,9 @@ fn pool(b: &Proxy) -> Result<Pool, Refusal> {
                     Some(m) if Some(&m) == pool_monitor.as_ref() => MemberCheck::Pool,
                     Some(m) => MemberCheck::Own(m),
                 },
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, Refusal>>()?;
     Ok(Pool {
         id: b.name.clone(),
         protocol: Protocol::TCP,
@@ -337,7 +337,10 @@ fn error_limit(b: &Proxy) -> Result<u32, Refusal> {
 /// The monitor of checked server `s` of backend `b`, timed as haproxy times it: with
 /// `timeout check`, the connect within min(`timeout connect`, `inter`) and the answer within
 /// `timeout check` after it; without, the whole check within `inter`.
-fn monitor(b: &Proxy, s: &Server) -> HealthMonitor {
+/// Octavia's PING monitor: `external-check command` runs this wrapper around ping.
+const PING_WRAPPER: &str = "ping-wrapper.sh";
+
+fn monitor(b: &Proxy, s: &Server) -> Result<HealthMonitor, Refusal> {
     let inter = s.params.inter.max(Duration::from_millis(100));
     let (timeout, read_timeout) = match b.params.timeout_check {
         Some(t) => (
@@ -347,7 +350,27 @@ fn monitor(b: &Proxy, s: &Server) -> HealthMonitor {
         None => (inter, None),
     };
     let (kind, method, path, version, expect) = match &b.params.check {
+        // `check-ssl`: haproxy's check runs over TLS (Octavia's HTTPS monitor); lb's TLS
+        // check completes the handshake's first flight, without the HTTP request inside.
+        CheckKind::Tcp | CheckKind::Http(_) if s.params.check_ssl => {
+            (MonitorType::TLS_HELLO, "GET", "/", "HTTP/1.0", None)
+        }
         CheckKind::Tcp => (MonitorType::TCP, "GET", "/", "HTTP/1.0", None),
+        CheckKind::External => match &b.params.external_command {
+            Some(c) if c.rsplit('/').next() == Some(PING_WRAPPER) => {
+                (MonitorType::PING, "GET", "/", "HTTP/1.0", None)
+            }
+            other => {
+                return Err(refusal(
+                    &b.at,
+                    "option external-check",
+                    format!(
+                        "lb runs no external commands; it maps Octavia's {PING_WRAPPER} onto its PING check, not {}",
+                        other.as_deref().unwrap_or("(no external-check command)")
+                    ),
+                ))
+            }
+        },
         CheckKind::SslHello => (MonitorType::TLS_HELLO, "GET", "/", "HTTP/1.0", None),
         CheckKind::Http(h) => (
             MonitorType::HTTP,
@@ -371,7 +394,11 @@ fn monitor(b: &Proxy, s: &Server) -> HealthMonitor {
             }),
         ),
     };
-    HealthMonitor {
+    let domain_name = match &b.params.check {
+        CheckKind::Http(h) if kind == MonitorType::HTTP => h.host.clone(),
+        _ => None,
+    };
+    Ok(HealthMonitor {
         kind,
         delay: inter.as_secs_f64(),
         timeout: timeout.as_secs_f64().max(0.001),
@@ -381,9 +408,10 @@ fn monitor(b: &Proxy, s: &Server) -> HealthMonitor {
         url_path: path.into(),
         http_version: version.into(),
         expected_codes: "200".into(),
+        domain_name,
         http_expect: expect,
         read_timeout,
-    }
+    })
 }
 
 /// Flows of the conntrack table for haproxy's global `maxconn`: twice the connections it
@@ -398,15 +426,20 @@ fn conntrack_flows(maxconn: Option<u32>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
     use crate::haproxy::{config::parse, tokens};
 
     struct Fake;
     impl Namespace for Fake {
-        fn locate(&self, a: Ipv4Addr) -> Option<(String, u8)> {
-            (a == Ipv4Addr::new(10, 0, 0, 250)).then(|| ("tapfb358342-59".into(), 24))
+        fn locate(&self, a: IpAddr) -> Option<(String, u8)> {
+            match a.to_string().as_str() {
+                "10.0.0.250" => Some(("tapfb358342-59".into(), 24)),
+                "fd00::250" => Some(("tapfb358342-59".into(), 64)),
+                _ => None,
+            }
         }
-        fn only_address(&self) -> Option<Ipv4Addr> {
-            Some(Ipv4Addr::new(10, 0, 0, 250))
+        fn only_address(&self) -> Option<IpAddr> {
+            Some(Ipv4Addr::new(10, 0, 0, 250).into())
         }
     }
 
@@ -704,21 +737,69 @@ backend p1
         }
     }
 
+    #[test]
+    fn ipv6_binds_and_servers_make_an_ipv6_load_balancer() {
+        let text = "frontend f\n bind fd00::250:22\n default_backend b\n\
+                    backend b\n stick-table type ipv6 size 10k peers p\n stick on src\n\
+                    server m1 fd00::11:9000 check addr fd00::21 port 9001\n server m2 [fd00::12]:9000\n";
+        let d = conv(text).unwrap();
+        let lb = &d.config.loadbalancer[0];
+        assert_eq!(lb.vip_address, "fd00::250".parse::<IpAddr>().unwrap());
+        assert_eq!(lb.vip_prefixlen, Some(64));
+        let m = &lb.pool[0].member;
+        assert_eq!(
+            (m[0].address.to_string(), m[0].protocol_port, m[1].address.to_string()),
+            ("fd00::11".into(), 9000, "fd00::12".into())
+        );
+        assert_eq!(m[0].monitor_address, Some("fd00::21".parse().unwrap()));
+        assert!(lb.pool[0].session_persistence.is_some());
+    }
+
+    /// The lines Octavia's amphora templates write that neutron-lbaas's do not.
+    #[test]
+    fn octavia_s_keywords() {
+        let octavia = "global\n nbthread 2\n cpu-map auto:1/1-2 0-1\n external-check\n insecure-fork-wanted\n\
+            server-state-file /var/lib/octavia/x/servers-state\n\
+            defaults\n log global\n retries 3\n option redispatch\n option splice-request\n option splice-response\n option http-keep-alive\n\
+            frontend l\n maxconn 50000\n bind 10.0.0.250:22\n mode tcp\n tcp-request inspect-delay 5s\n\
+            log-format ab\\ %[ssl_c_verify]\n default_backend p:l\n timeout client 50000\n\
+            backend p:l\n mode tcp\n balance roundrobin\n load-server-state-from-file global\n fullconn 50000\n option allbackups\n";
+        let with = |check: &str, server: &str| {
+            conv(&format!(
+                "{octavia}{check}\n server m 10.0.0.2:9000 weight 1 check inter 2s fall 3 rise 2{server}\n"
+            ))
+        };
+        let d = with("timeout check 1s\n option httpchk\n http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host example.com\n http-check expect rstatus 200", "").unwrap();
+        let m = d.config.loadbalancer[0].pool[0].healthmonitor.clone().unwrap();
+        assert_eq!(
+            (m.kind, m.http_method.as_str(), m.url_path.as_str(), m.http_version.as_str(), m.domain_name.as_deref()),
+            (MonitorType::HTTP, "GET", "/healthz", "HTTP/1.1", Some("example.com"))
+        );
+        let d = with("option external-check\n external-check command /var/lib/octavia/ping-wrapper.sh", "").unwrap();
+        assert_eq!(d.config.loadbalancer[0].pool[0].healthmonitor.as_ref().unwrap().kind, MonitorType::PING);
+        let d = with("option httpchk GET /", " check-ssl verify none").unwrap();
+        assert_eq!(d.config.loadbalancer[0].pool[0].healthmonitor.as_ref().unwrap().kind, MonitorType::TLS_HELLO);
+        // PROXY protocol towards the members is the real haproxy's job.
+        let cfg = parse(&tokens::lines(std::path::Path::new("conf"), &format!("{octavia}\n server m 10.0.0.2:9000 send-proxy-v2\n")).unwrap()).unwrap();
+        assert_eq!(cfg.l7.unwrap().what, "server ... send-proxy-v2 (PROXY protocol)");
+    }
+
     /// Every refusal of the mapping onto lb's model, with its whole message.
     #[test]
     fn every_mapping_refusal_is_named() {
         struct Two;
         impl Namespace for Two {
-            fn locate(&self, a: Ipv4Addr) -> Option<(String, u8)> {
+            fn locate(&self, a: IpAddr) -> Option<(String, u8)> {
                 Fake.locate(a)
             }
-            fn only_address(&self) -> Option<Ipv4Addr> {
+            fn only_address(&self) -> Option<IpAddr> {
                 None
             }
         }
         let be = "default_backend 574a31da-a28a-449f-8c9d-3d3687c3c02a";
         let lc = "balance leastconn";
         let cases: Vec<(String, &str)> = vec![
+            (SEED.replace(lc, &format!("{lc}\n        option external-check\n        external-check command /bin/true")).replace("weight 1\n", "weight 1 check\n"), "conf:20: 'option external-check': lb runs no external commands; it maps Octavia's ping-wrapper.sh onto its PING check, not /bin/true"),
             (SEED.replace("        bind 10.0.0.250:22\n", ""), "conf:15: 'frontend': df25900f-53b1-4aab-8436-8411ec710445 has no 'bind'"),
             (SEED.replace(be, "default_backend nope"), "conf:15: 'default_backend': no backend named nope"),
             (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:22\n        bind 10.0.0.251:23"), "conf:18: 'bind': lb serves one VIP per load balancer: 10.0.0.251 here, 10.0.0.250 at conf:17"),

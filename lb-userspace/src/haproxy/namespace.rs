@@ -9,7 +9,11 @@
 //! state files under /run/lb and lock files are then the host's, where `lb stats` on the host
 //! and the next instance find them. The network namespace stays the one the agent chose.
 
-use std::{net::Ipv4Addr, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
 
 use nix::sched::{setns, CloneFlags};
 
@@ -85,9 +89,10 @@ pub fn loadbalancer_id(netns: &str, conf: &Path) -> String {
         .unwrap_or_else(|| netns.to_string())
 }
 
-/// The addresses of the calling thread's network namespace.
+/// The addresses of the calling thread's network namespace, IPv4 and IPv6, without loopback
+/// and IPv6 link-local ones (no load balancer's VIP).
 pub struct Here {
-    addrs: Vec<(String, Ipv4Addr, u8)>,
+    addrs: Vec<(String, IpAddr, u8)>,
 }
 
 impl Here {
@@ -97,32 +102,32 @@ impl Here {
             let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
                 continue;
             };
-            let (Some(addr), Some(mask)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) else {
+            let (ip, prefix) = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                (IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones() as u8)
+            } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                (IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones() as u8)
+            } else {
                 continue;
             };
-            let ip = addr.ip();
-            if ip.is_loopback() {
+            let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            if ip.is_loopback() || link_local {
                 continue;
             }
-            addrs.push((
-                a.interface_name,
-                ip,
-                u32::from(mask.ip()).count_ones() as u8,
-            ));
+            addrs.push((a.interface_name, ip, prefix));
         }
         Ok(Here { addrs })
     }
 }
 
 impl Namespace for Here {
-    fn locate(&self, address: Ipv4Addr) -> Option<(String, u8)> {
+    fn locate(&self, address: IpAddr) -> Option<(String, u8)> {
         self.addrs
             .iter()
             .find(|(_, a, _)| *a == address)
             .map(|(d, _, p)| (d.clone(), *p))
     }
 
-    fn only_address(&self) -> Option<Ipv4Addr> {
+    fn only_address(&self) -> Option<IpAddr> {
         match self.addrs.as_slice() {
             [(_, a, _)] => Some(*a),
             _ => None,
@@ -135,11 +140,11 @@ impl Namespace for Here {
 pub struct Anywhere;
 
 impl Namespace for Anywhere {
-    fn locate(&self, _: Ipv4Addr) -> Option<(String, u8)> {
-        Some(("(checked)".into(), 32))
+    fn locate(&self, a: IpAddr) -> Option<(String, u8)> {
+        Some(("(checked)".into(), if a.is_ipv4() { 32 } else { 128 }))
     }
-    fn only_address(&self) -> Option<Ipv4Addr> {
-        Some(Ipv4Addr::new(192, 0, 2, 1))
+    fn only_address(&self) -> Option<IpAddr> {
+        Some(Ipv4Addr::new(192, 0, 2, 1).into())
     }
 }
 
