@@ -53,7 +53,8 @@ pub enum Command {
     /// that need L7 run the real haproxy (see README, "Replacing HAProxy in the LBaaS agent")
     #[command(disable_help_flag = true)]
     Haproxy {
-        /// haproxy's arguments: -f FILE, -p PIDFILE, -sf PID..., -st PID..., -D, -q, -c, -v, -vv
+        /// haproxy's arguments: -f FILE, -p PIDFILE, -sf PID..., -st PID..., -D, -db, -W, -Ws
+        /// (master-worker; systemd notify, USR2 reload), -L NAME, -q, -c, -v, -vv
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

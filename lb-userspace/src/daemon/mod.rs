@@ -500,6 +500,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         (Err(e), None) => return Err(e),
     };
 
+    // `lb run` under systemd (`Type=notify`): serving now. The drop-in's master speaks for
+    // its workers (haproxy/master.rs).
+    let systemd = requests.is_none();
+    notify(systemd, &[sd_notify::NotifyState::Ready]);
     // The haproxy drop-in's SIGUSR1 without a handover is haproxy's soft stop.
     let soft_stop = requests.is_some();
     let mut draining = false;
@@ -532,6 +536,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = signals.hup.recv() => match &path {
                 Some(path) => {
                     info!(config = %path.display(), "SIGHUP: reloading");
+                    notify(systemd, &[
+                        sd_notify::NotifyState::Reloading,
+                        sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Reloading),
+                    ]);
                     // A SIGINT or SIGTERM meanwhile stops a load under way (a new load
                     // balancer's first programs); the reload ends there and so does lb.
                     let r = reload(path, &mut cfg, &mut running, &ctx);
@@ -554,6 +562,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         info!("{sig} during the reload: tearing down");
                         break End::Teardown;
                     }
+                    notify(systemd, &[sd_notify::NotifyState::Ready]);
                 }
                 None => info!("SIGHUP: this configuration is replaced by starting a new process with -sf, as haproxy's is"),
             },
@@ -581,6 +590,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     };
+    notify(systemd, &[sd_notify::NotifyState::Stopping]);
     for r in running.into_iter().rev() {
         match end {
             End::Teardown => r.teardown(&ctx).await,
@@ -588,6 +598,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Tells systemd (`$NOTIFY_SOCKET`, when it runs lb as a `Type=notify` service).
+fn notify(systemd: bool, states: &[sd_notify::NotifyState]) {
+    if systemd {
+        if let Err(e) = sd_notify::notify(states) {
+            warn!(error = %e, "cannot notify systemd");
+        }
+    }
 }
 
 /// Claims every load balancer of `cfg` (taking over if asked), starts them, tears down those

@@ -1,7 +1,7 @@
-//! haproxy's command line, as the LBaaS agent and operators write it: `-f FILE` (repeatable;
-//! a directory means its `*.cfg` files in order), `-p PIDFILE`, `-sf PID...` and `-st PID...`
-//! (the pid lists end at the next option), `-D`, `-q`, `-c`, `-v`, `-vv`. Anything else is
-//! refused, naming the option.
+//! haproxy's command line, as the LBaaS agent, Octavia's amphora and operators write it:
+//! `-f FILE` (repeatable; a directory means its `*.cfg` files in order), `-p PIDFILE`,
+//! `-sf PID...` and `-st PID...` (the pid lists end at the next option), `-D`, `-db`, `-W`,
+//! `-Ws`, `-L NAME`, `-q`, `-c`, `-v`, `-vv`. Anything else is refused, naming the option.
 
 use std::path::PathBuf;
 
@@ -13,6 +13,14 @@ pub struct Args {
     pub finish: Vec<u32>,
     pub terminate: Vec<u32>,
     pub daemon: bool,
+    /// `-db`: stay in the foreground whatever `daemon` says.
+    pub foreground: bool,
+    /// `-W` / `-Ws`: master-worker, the master in the foreground; `-Ws` also tells systemd
+    /// (`$NOTIFY_SOCKET`) when it serves and reloads.
+    pub master_worker: bool,
+    pub systemd: bool,
+    /// `-L NAME`: this process's name in a `peers` section.
+    pub local_peer: Option<String>,
     pub quiet: bool,
     pub check: bool,
     /// 1 for `-v`, 2 for `-vv`.
@@ -21,7 +29,7 @@ pub struct Args {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArgsError {
-    #[error("option '{0}' is not supported by lb's haproxy drop-in (it accepts -f, -p, -sf, -st, -D, -q, -c, -v, -vv)")]
+    #[error("option '{0}' is not supported by lb's haproxy drop-in (it accepts -f, -p, -sf, -st, -D, -db, -W, -Ws, -L, -q, -c, -v, -vv)")]
     Unsupported(String),
     #[error("option '{0}' needs a value")]
     Missing(String),
@@ -67,6 +75,15 @@ impl Args {
                     }
                 }
                 "-D" => a.daemon = true,
+                "-db" => a.foreground = true,
+                "-W" => a.master_worker = true,
+                "-Ws" => {
+                    a.master_worker = true;
+                    a.systemd = true;
+                }
+                "-L" => {
+                    a.local_peer = Some(it.next().ok_or_else(|| ArgsError::Missing(arg.clone()))?)
+                }
                 "-q" => a.quiet = true,
                 "-c" => a.check = true,
                 "-v" | "-V" => a.version = a.version.max(1),
@@ -104,6 +121,26 @@ impl Args {
         Ok(out)
     }
 
+    /// The command line of a master's worker: the same files, in the foreground, without the
+    /// master's own options (its pid file, `-W`/`-Ws`, `-D`), handing over from `old`.
+    pub fn worker(&self, old: Option<u32>) -> Vec<String> {
+        let mut v = Vec::new();
+        for f in &self.files {
+            v.push("-f".into());
+            v.push(f.to_string_lossy().into_owned());
+        }
+        if let Some(l) = &self.local_peer {
+            v.push("-L".into());
+            v.push(l.clone());
+        }
+        v.push("-db".into());
+        if let Some(pid) = old {
+            v.push("-sf".into());
+            v.push(pid.to_string());
+        }
+        v
+    }
+
     /// Every old pid, whichever way it is to be stopped.
     pub fn old_pids(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self.finish.iter().chain(&self.terminate).copied().collect();
@@ -137,16 +174,33 @@ mod tests {
         );
     }
 
+    /// Octavia's amphora unit: ExecStartPre, ExecStart (in the namespace), ExecReload.
+    #[test]
+    fn the_amphora_s_command_lines() {
+        let a = p("-f /var/lib/octavia/x/haproxy.cfg -f /var/lib/octavia/haproxy-default-user-group.conf -c -q -L aB3").unwrap();
+        assert_eq!((a.files.len(), a.check, a.quiet), (2, true, true));
+        assert_eq!(a.local_peer.as_deref(), Some("aB3"));
+        let a = p("-Ws -f /c -f /u -p /run/x.pid -L aB3").unwrap();
+        assert!(a.master_worker && a.systemd && !a.foreground);
+        assert_eq!(
+            a.worker(Some(42)).join(" "),
+            "-f /c -f /u -L aB3 -db -sf 42"
+        );
+        let w = Args::parse(a.worker(None)).unwrap();
+        assert!(w.foreground && !w.master_worker && w.pidfile.is_none());
+    }
+
     #[test]
     fn everything_else_is_refused_naming_it() {
         assert_eq!(
-            p("-f c -W").unwrap_err(),
-            ArgsError::Unsupported("-W".into())
+            p("-f c -S /m").unwrap_err(),
+            ArgsError::Unsupported("-S".into())
         );
         assert_eq!(
             p("-f c -x /sock").unwrap_err().to_string(),
-            "option '-x' is not supported by lb's haproxy drop-in (it accepts -f, -p, -sf, -st, -D, -q, -c, -v, -vv)"
+            "option '-x' is not supported by lb's haproxy drop-in (it accepts -f, -p, -sf, -st, -D, -db, -W, -Ws, -L, -q, -c, -v, -vv)"
         );
+        assert_eq!(p("-f c -L").unwrap_err(), ArgsError::Missing("-L".into()));
         assert_eq!(p("-p").unwrap_err(), ArgsError::Missing("-p".into()));
         assert!(matches!(
             p("-f c -sf 12 x1").unwrap_err(),

@@ -112,6 +112,13 @@ pub fn main(argv: Vec<String>) -> i32 {
     if let Some(l7) = &cfg.l7 {
         return hand_off(l7, &argv);
     }
+    if !cfg.peers.is_empty() && !args.quiet {
+        let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "lb haproxy: peers {names:?}{}: accepted; lb keeps no stick table to sync with them (its persistence entries are its own)",
+            args.local_peer.as_deref().map(|l| format!(" (this peer: {l})")).unwrap_or_default()
+        );
+    }
     if args.check {
         let checked = convert::convert(&cfg, "check", "check", &Anywhere)
             .map_err(|e| e.to_string())
@@ -128,6 +135,9 @@ pub fn main(argv: Vec<String>) -> i32 {
                 1
             }
         };
+    }
+    if args.master_worker {
+        return super::master::run(args);
     }
     match prepare(&cfg, &files) {
         Ok(drop_in) => serve(args, drop_in),
@@ -201,8 +211,18 @@ fn prepare(cfg: &super::HaConfig, files: &[PathBuf]) -> anyhow::Result<DropIn> {
 
 /// Steps 4 and 5.
 fn serve(args: Args, drop_in: DropIn) -> i32 {
-    let daemon = args.daemon || drop_in.daemon;
+    let daemon = (args.daemon || drop_in.daemon) && !args.foreground;
     let mut ready: Option<OwnedFd> = None;
+    // A master's worker reports its start on the descriptor the master gave it.
+    if let Some(fd) = std::env::var(super::master::READY_FD)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        std::env::remove_var(super::master::READY_FD);
+        // SAFETY: the master made this descriptor for this process only (the write end of
+        // its pipe, inherited); nothing else in this process owns it.
+        ready = Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
     if daemon {
         let (r, w) = match nix::unistd::pipe() {
             Ok(p) => p,
@@ -403,7 +423,7 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
 const HAPROXY_TIME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The pid file: this process's pid (haproxy writes one line per process).
-fn write_pidfile(path: &Path, pid: u32) -> anyhow::Result<()> {
+pub(super) fn write_pidfile(path: &Path, pid: u32) -> anyhow::Result<()> {
     let tmp = path.with_extension(format!("lb{pid}.tmp"));
     std::fs::write(&tmp, format!("{pid}\n"))
         .with_context(|| format!("writing {}", tmp.display()))?;
