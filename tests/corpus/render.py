@@ -29,7 +29,6 @@ and MANIFEST.tsv (haproxy -c results from /usr/sbin/haproxy).
 
 import ast
 import contextlib
-import glob
 import importlib.util
 import logging
 import os
@@ -96,6 +95,8 @@ SUBNET_ID = uid(0x20)
 VIP_PORT_ID = uid(0x21)
 AMP_IDS = [uid(0x31), uid(0x32)]
 MEMBER_IDS = [uid(0x11), uid(0x12), uid(0x13)]
+# A member belongs to one pool and has its own id: a second pool's members are these.
+MEMBER2_IDS = [uid(0x21), uid(0x22), uid(0x23)]
 TLS_REF = 'https://barbican.example/v1/containers/' + uid(0x41)
 
 
@@ -244,8 +245,8 @@ NS = types.SimpleNamespace
 
 
 # ----------------------------------------------------------------- scenarios
-def member(i, address, port, enabled=True, backup=False):
-    return dict(id=MEMBER_IDS[i], address=address, port=port,
+def member(i, address, port, enabled=True, backup=False, ids=MEMBER_IDS):
+    return dict(id=ids[i], address=address, port=port,
                 enabled=enabled, backup=backup)
 
 
@@ -253,7 +254,8 @@ def pool(protocol, algorithm='ROUND_ROBIN', members=None, hm=None, sp=None,
          enabled=True, pid=POOL_ID):
     if members is None:
         port = PORT_HTTP_MEMBER if protocol == 'HTTP' else PORT_TCP_MEMBER
-        members = [member(0, M4[0], port), member(1, M4[1], port)]
+        ids = MEMBER_IDS if pid == POOL_ID else MEMBER2_IDS
+        members = [member(0, M4[0], port, ids=ids), member(1, M4[1], port, ids=ids)]
     return dict(id=pid, protocol=protocol, algorithm=algorithm,
                 members=members, hm=hm, sp=sp, enabled=enabled)
 
@@ -283,7 +285,7 @@ def http_listener(**pkw):
     return listener('HTTP', PORT_HTTP_LISTENER, pool('HTTP', **pkw))
 
 
-def scenario(name, listeners, note, vip=VIP4, topology='SINGLE', kind=None,
+def scenario(name, listeners, note, vip=VIP4, topology='SINGLE',
              amp_details=None):
     return dict(name=name, listeners=listeners, vip=vip, topology=topology,
                 note=note, amp_details=amp_details)
@@ -844,12 +846,23 @@ def octavia_extras(o, outdir):
     # 3. keepalived's haproxy check: reference copy of the script's source
     src = open(os.path.join(root, 'octavia', 'cmd', 'haproxy_vrrp_check.py'),
                encoding='utf-8').read()
+    sock = os.path.join(o.conf.haproxy_amphora.base_path, LB_ID + '.sock')
     write(os.path.join(outdir, 'haproxy_vrrp_check.py.txt'),
           '# Reference copy of octavia/cmd/haproxy_vrrp_check.py from the\n'
-          '# octavia 19.0.0 sdist (Apache-2.0).  keepalived runs it (via the\n'
-          '# generated check script) with the amphora\'s haproxy stats socket\n'
-          '# paths; it exits 0 when every socket answers "show stat" with\n'
-          '# all frontends UP/OPEN, else 1.  Not a haproxy config.\n'
+          '# octavia 19.0.0 sdist (Apache-2.0).  Not a haproxy config.\n'
+          '# How keepalived uses it (octavia 19.0.0, amphora agent):\n'
+          '#  - util.vrrp_check_script_update() writes\n'
+          '#    <base_path>/vrrp/check_scripts/haproxy_check_script.sh containing\n'
+          '#      haproxy-vrrp-check <stats socket of every LB>; exit $?\n'
+          '#    i.e. for this corpus:\n'
+          '#      haproxy-vrrp-check %s; exit $?\n'
+          '#    (or "exit 1" when the amphora has no load balancer)\n' % sock +
+          '#  - keepalived_check_script.conf.j2 runs every script of that\n'
+          '#    directory and exits with the sum of their statuses.\n'
+          '#  - haproxy-vrrp-check (below) connects to each unix socket, sends\n'
+          '#    "show stat -1 -1 -1" and reads to EOF; a socket counts 0 when\n'
+          '#    any data came back, 1 when none; any exception (socket missing,\n'
+          '#    refused, 5 s timeout) exits 1.  Exit status = sum.\n'
           '#' + '-' * 70 + '\n' + src)
     return peer_name
 

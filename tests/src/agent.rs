@@ -95,6 +95,17 @@ impl Agent {
         self.dir.join("haproxy_stats.sock")
     }
 
+    /// Adds `cidr` (e.g. `fd00::250/64`) to the load balancer's port (`nodad`: usable at once).
+    pub fn add_address(&self, cidr: &str) {
+        let family = if cidr.contains(':') { "-6 " } else { "" };
+        crate::sh(&format!(
+            "ip -n {} {family}addr add {cidr} dev {}{}",
+            self.namespace,
+            self.port,
+            if family.is_empty() { "" } else { " nodad" }
+        ));
+    }
+
     /// The port, as the agent plugs it: a device in `qlbaas-<id>` holding `vip`/24, its other
     /// end on br-int.
     pub fn plug(&mut self, vip: Ipv4Addr) {

@@ -142,12 +142,17 @@ impl Streams {
     /// Opens `n` streaming connections from `client_ns` to the VIP, port 22; returns once
     /// every one is connected (or failed to).
     pub fn start(client_ns: &str, n: usize) -> Streams {
+        Self::start_on(client_ns, 22, n)
+    }
+
+    /// `start` to the VIP's `port`.
+    pub fn start_on(client_ns: &str, port: u16, n: usize) -> Streams {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handles = (0..n)
             .map(|i| {
                 let (ns, stop, ready) = (client_ns.to_string(), stop.clone(), ready_tx.clone());
-                std::thread::spawn(move || client(i, &ns, &stop, ready))
+                std::thread::spawn(move || client(i, &ns, port, &stop, ready))
             })
             .collect();
         let mut members = vec![None; n];
@@ -177,6 +182,7 @@ impl Streams {
 fn client(
     i: usize,
     ns: &str,
+    port: u16,
     stop: &AtomicBool,
     ready: std::sync::mpsc::Sender<(usize, Option<Ipv4Addr>)>,
 ) -> Report {
@@ -200,7 +206,7 @@ fn client(
         return fail(r, format!("enter {ns}: {e}"));
     }
     let mut c = match TcpStream::connect_timeout(
-        &SocketAddr::V4(SocketAddrV4::new(VIP, 22)),
+        &SocketAddr::V4(SocketAddrV4::new(VIP, port)),
         Duration::from_secs(5),
     ) {
         Ok(c) => c,
