@@ -227,36 +227,7 @@ impl Agent {
     /// The driver's `_get_stats_from_socket` + `_parse_stats`: `show stat -1 6 -1`, 1024-byte
     /// reads until a short one, one map per row keyed by the header's names.
     pub fn raw_stats(&self) -> Vec<HashMap<String, String>> {
-        let mut s = UnixStream::connect(self.sock()).expect("connect to the stats socket");
-        s.write_all(b"show stat -1 6 -1\n").unwrap();
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = s.read(&mut chunk).unwrap_or(0);
-            raw.extend_from_slice(&chunk[..n]);
-            if n < 1024 {
-                break;
-            }
-        }
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let mut lines = text.lines();
-        let Some(head) = lines.next() else {
-            return Vec::new();
-        };
-        let names: Vec<String> = head
-            .split(',')
-            .map(|n| n.trim_matches(|c| c == '#' || c == ' ').to_string())
-            .collect();
-        lines
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                names
-                    .iter()
-                    .cloned()
-                    .zip(l.split(',').map(|v| v.trim().to_string()))
-                    .collect()
-            })
-            .collect()
+        show_stat(&self.sock())
     }
 
     /// The driver's `_get_backend_stats` and `_get_servers_stats`: the pool row (`type` 1)
@@ -431,4 +402,39 @@ impl Drop for HttpServer {
             let _ = h.join();
         }
     }
+}
+
+/// `show stat -1 6 -1` on the stats socket at `sock`, read as the LBaaS driver reads it
+/// (1024-byte reads until a short one): one map per row keyed by the header's names.
+pub fn show_stat(sock: &Path) -> Vec<HashMap<String, String>> {
+    let mut s = UnixStream::connect(sock).expect("connect to the stats socket");
+    s.write_all(b"show stat -1 6 -1\n").unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).unwrap_or(0);
+        raw.extend_from_slice(&chunk[..n]);
+        if n < 1024 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let mut lines = text.lines();
+    let Some(head) = lines.next() else {
+        return Vec::new();
+    };
+    let names: Vec<String> = head
+        .split(',')
+        .map(|n| n.trim_matches(|c| c == '#' || c == ' ').to_string())
+        .collect();
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            names
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(|v| v.trim().to_string()))
+                .collect()
+        })
+        .collect()
 }

@@ -483,7 +483,8 @@ fn vm_test(kernels: &[String], timeout_min: u64, memory: u32, args: &[String]) -
     setup(&packages)?;
     let lb = build_lb(false)?;
     let variant = build_variant_object()?;
-    let tests = build_tests()?;
+    let mut tests = build_tests()?;
+    tests.retain(|(name, _)| !vm::HOST_ONLY.contains(&name.as_str()));
     let work = root().join("target/vm");
     std::fs::create_dir_all(&work)?;
     let specs: Vec<String> = if kernels.is_empty() {

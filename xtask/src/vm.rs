@@ -63,6 +63,10 @@ pub const SKIPPABLE: &[(&str, &str)] = &[
         "no promtool in the image (the counters are checked)",
     ),
 ];
+/// Test binaries the VM does not run: they exercise nothing a kernel of its own would change
+/// (the corpus of generator configs: parsing, and the same namespaces the host tier runs), and
+/// need programs its image does not carry (haproxy, python3, openssl).
+pub const HOST_ONLY: &[&str] = &["generators-test"];
 /// What /init prints before each recorded skip.
 const SKIP_MARK: &str = "LB-VM-SKIP ";
 /// Debian packages vm-test needs on the host.

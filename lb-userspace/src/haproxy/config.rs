@@ -507,8 +507,8 @@ fn parse_line(
             *cur = Cur::Peers;
             return Ok(());
         }
-        "userlist" | "resolvers" | "mailers" | "program" | "http-errors" | "ring"
-        | "cache" | "fcgi-app" => {
+        "userlist" | "resolvers" | "mailers" | "program" | "http-errors" | "ring" | "cache"
+        | "fcgi-app" => {
             *cur = Cur::Refused;
             return Err(refuse(
                 l,
@@ -643,9 +643,7 @@ fn peers_line(p: &mut Peers, l: &Line) -> Result<(), Refusal> {
                 .parse::<IpAddr>()
                 .ok()
                 .zip(port.and_then(|p| p.parse::<u16>().ok()))
-                .ok_or_else(|| {
-                    refuse(l, l.keyword(), format!("{a}: expects <address>:<port>"))
-                })?;
+                .ok_or_else(|| refuse(l, l.keyword(), format!("{a}: expects <address>:<port>")))?;
             p.peers.push((name, addr.into()));
         }
         "disabled" | "enabled" | "enable" | "log" | "bind" | "default-bind" | "default-server"
@@ -1410,8 +1408,10 @@ mod tests {
         let e = parse_text("backend b\n acl x src 10.0.0.0/8\n balance first\n").unwrap_err();
         assert_eq!(e.at, "haproxy.conf:2", "the first refusal: {e}");
         // A refused section's lines are not read as another section's.
-        let e = parse_text("userlist u\n user a insecure-password x\nbackend b\n server m 10.0.0.2:22\n")
-            .unwrap_err();
+        let e = parse_text(
+            "userlist u\n user a insecure-password x\nbackend b\n server m 10.0.0.2:22\n",
+        )
+        .unwrap_err();
         assert_eq!(
             (e.at.as_str(), e.keyword.as_str()),
             ("haproxy.conf:1", "userlist")
@@ -1455,7 +1455,13 @@ mod tests {
                 s.params.port,
                 s.params.addr
             ),
-            (2222, true, true, Some(22), Some(std::net::Ipv4Addr::new(10, 0, 0, 5).into()))
+            (
+                2222,
+                true,
+                true,
+                Some(22),
+                Some(std::net::Ipv4Addr::new(10, 0, 0, 5).into())
+            )
         );
     }
 

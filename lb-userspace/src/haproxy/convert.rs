@@ -426,8 +426,8 @@ fn conntrack_flows(maxconn: Option<u32>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
     use crate::haproxy::{config::parse, tokens};
+    use std::net::Ipv4Addr;
 
     struct Fake;
     impl Namespace for Fake {
@@ -748,7 +748,11 @@ backend p1
         assert_eq!(lb.vip_prefixlen, Some(64));
         let m = &lb.pool[0].member;
         assert_eq!(
-            (m[0].address.to_string(), m[0].protocol_port, m[1].address.to_string()),
+            (
+                m[0].address.to_string(),
+                m[0].protocol_port,
+                m[1].address.to_string()
+            ),
             ("fd00::11".into(), 9000, "fd00::12".into())
         );
         assert_eq!(m[0].monitor_address, Some("fd00::21".parse().unwrap()));
@@ -770,18 +774,61 @@ backend p1
             ))
         };
         let d = with("timeout check 1s\n option httpchk\n http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host example.com\n http-check expect rstatus 200", "").unwrap();
-        let m = d.config.loadbalancer[0].pool[0].healthmonitor.clone().unwrap();
+        let m = d.config.loadbalancer[0].pool[0]
+            .healthmonitor
+            .clone()
+            .unwrap();
         assert_eq!(
-            (m.kind, m.http_method.as_str(), m.url_path.as_str(), m.http_version.as_str(), m.domain_name.as_deref()),
-            (MonitorType::HTTP, "GET", "/healthz", "HTTP/1.1", Some("example.com"))
+            (
+                m.kind,
+                m.http_method.as_str(),
+                m.url_path.as_str(),
+                m.http_version.as_str(),
+                m.domain_name.as_deref()
+            ),
+            (
+                MonitorType::HTTP,
+                "GET",
+                "/healthz",
+                "HTTP/1.1",
+                Some("example.com")
+            )
         );
-        let d = with("option external-check\n external-check command /var/lib/octavia/ping-wrapper.sh", "").unwrap();
-        assert_eq!(d.config.loadbalancer[0].pool[0].healthmonitor.as_ref().unwrap().kind, MonitorType::PING);
+        let d = with(
+            "option external-check\n external-check command /var/lib/octavia/ping-wrapper.sh",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            d.config.loadbalancer[0].pool[0]
+                .healthmonitor
+                .as_ref()
+                .unwrap()
+                .kind,
+            MonitorType::PING
+        );
         let d = with("option httpchk GET /", " check-ssl verify none").unwrap();
-        assert_eq!(d.config.loadbalancer[0].pool[0].healthmonitor.as_ref().unwrap().kind, MonitorType::TLS_HELLO);
+        assert_eq!(
+            d.config.loadbalancer[0].pool[0]
+                .healthmonitor
+                .as_ref()
+                .unwrap()
+                .kind,
+            MonitorType::TLS_HELLO
+        );
         // PROXY protocol towards the members is the real haproxy's job.
-        let cfg = parse(&tokens::lines(std::path::Path::new("conf"), &format!("{octavia}\n server m 10.0.0.2:9000 send-proxy-v2\n")).unwrap()).unwrap();
-        assert_eq!(cfg.l7.unwrap().what, "server ... send-proxy-v2 (PROXY protocol)");
+        let cfg = parse(
+            &tokens::lines(
+                std::path::Path::new("conf"),
+                &format!("{octavia}\n server m 10.0.0.2:9000 send-proxy-v2\n"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.l7.unwrap().what,
+            "server ... send-proxy-v2 (PROXY protocol)"
+        );
     }
 
     /// Every refusal of the mapping onto lb's model, with its whole message.

@@ -50,8 +50,7 @@ fn notify(systemd: bool, states: &[NotifyState]) {
 /// Starts a worker and waits until it serves (Ok) or gives up (Err with its reason).
 fn start_worker(args: &Args, old: Option<u32>) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find lb's executable: {e}"))?;
-    let (r, w): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     // The read end stays here only.
     nix::fcntl::fcntl(
         &r,
@@ -143,12 +142,15 @@ pub fn run(args: Args) -> i32 {
                 );
                 match start_worker(&args, Some(old)) {
                     Ok(new) => {
-                        eprintln!("lb haproxy: reloaded: worker {} took over from {old}", new.id());
+                        eprintln!(
+                            "lb haproxy: reloaded: worker {} took over from {old}",
+                            new.id()
+                        );
                         worker = new;
                     }
-                    Err(why) => eprintln!(
-                        "lb haproxy: reload failed, worker {old} keeps serving: {why}"
-                    ),
+                    Err(why) => {
+                        eprintln!("lb haproxy: reload failed, worker {old} keeps serving: {why}")
+                    }
                 }
                 notify(args.systemd, &[NotifyState::Ready]);
             }
@@ -171,7 +173,10 @@ pub fn run(args: Args) -> i32 {
                                 if stopping {
                                     return code;
                                 }
-                                eprintln!("lb haproxy: worker {} ended ({st:?}): exiting", worker.id());
+                                eprintln!(
+                                    "lb haproxy: worker {} ended ({st:?}): exiting",
+                                    worker.id()
+                                );
                                 return if code == 0 { 1 } else { code };
                             }
                         }

@@ -82,8 +82,16 @@ mod tests {
         assert_eq!(first.matches("version").count(), 1, "{first}");
         let rest = &first[first.find("version ").unwrap() + 8..];
         let (major, rest) = rest.split_once('.').unwrap();
-        let end = rest.find('.').into_iter().chain(rest.find("-dev")).min().unwrap();
-        assert_eq!((major.parse::<u32>(), rest[..end].parse::<u32>()), (Ok(2), Ok(6)));
+        let end = rest
+            .find('.')
+            .into_iter()
+            .chain(rest.find("-dev"))
+            .min()
+            .unwrap();
+        assert_eq!(
+            (major.parse::<u32>(), rest[..end].parse::<u32>()),
+            (Ok(2), Ok(6))
+        );
         assert!(first.contains("lb"), "{first}");
     }
 }

@@ -102,7 +102,9 @@ impl Here {
             let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
                 continue;
             };
-            let (ip, prefix) = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            let (ip, prefix) = if let (Some(a), Some(m)) =
+                (addr.as_sockaddr_in(), mask.as_sockaddr_in())
+            {
                 (IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones() as u8)
             } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
                 (IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones() as u8)

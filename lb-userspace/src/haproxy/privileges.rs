@@ -38,6 +38,10 @@ pub const KEPT: &[(Capability, &str)] = &[
         Capability::CAP_KILL,
         "haproxy's -sf/-st signals to old processes of another user",
     ),
+    (
+        Capability::CAP_NET_RAW,
+        "PING monitors' raw ICMP sockets (what Octavia's ping-wrapper.sh runs ping for)",
+    ),
 ];
 
 /// The user and group a configuration asks for, resolved.

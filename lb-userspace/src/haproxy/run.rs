@@ -190,6 +190,9 @@ fn snat_clear_of_local_ports() -> Option<(u16, u16)> {
     (size(best) >= 1024).then_some((best.0 as u16, best.1 as u16))
 }
 
+/// Where a start is reported: the pipe a waiting parent (`-D`) or master (`-W`) reads.
+type Ready = std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>;
+
 /// Step 3: still single-threaded.
 fn prepare(cfg: &super::HaConfig, files: &[PathBuf]) -> anyhow::Result<DropIn> {
     namespace::join_host_mounts().context("joining the host's mount namespace (PID 1's)")?;
@@ -266,14 +269,16 @@ fn serve(args: Args, drop_in: DropIn) -> i32 {
     }
     super::syslog::init(&drop_in.logs);
     init_logging(daemon);
-    let result = run(args, drop_in, ready.as_ref().map(|f| f.as_raw_fd()));
+    // Whoever reports first takes it: the start (OK) or its failure (the reason).
+    let ready = std::sync::Arc::new(std::sync::Mutex::new(ready.map(std::fs::File::from)));
+    let result = run(args, drop_in, ready.clone());
     match result {
         Ok(()) => 0,
         Err(e) => {
             let msg = format!("{e:#}\n");
             tracing::error!("{}", msg.trim_end());
-            if let Some(fd) = ready {
-                let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
+            if let Some(mut f) = ready.lock().unwrap().take() {
+                let _ = f.write_all(msg.as_bytes());
             } else {
                 eprint!("lb haproxy: {msg}");
             }
@@ -309,7 +314,7 @@ fn init_logging(daemon: bool) {
     };
 }
 
-fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow::Result<()> {
+fn run(args: Args, drop_in: DropIn, ready: Ready) -> anyhow::Result<()> {
     // Replacing a real HAProxy: keep new flows' SNAT ports clear of its ports until it has
     // ended and members' TIME_WAIT (60 s) with it. (Read as root: another user's
     // /proc/<pid>/exe is not readable without CAP_SYS_PTRACE.)
@@ -377,9 +382,7 @@ fn run(args: Args, drop_in: DropIn, ready: Option<std::os::fd::RawFd>) -> anyhow
                 });
             });
         }
-        if let Some(fd) = ready {
-            // SAFETY: the pipe's write end, owned by this process until now.
-            let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if let Some(mut f) = ready.lock().unwrap().take() {
             let _ = f.write_all(b"OK\n");
         }
         for (pids, sig) in [(&finish, Signal::SIGUSR1), (&terminate, Signal::SIGTERM)] {

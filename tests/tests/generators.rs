@@ -1,0 +1,718 @@
+//! Tier 3, the configs the real generators write (`tests/corpus/`, rendered by
+//! `tests/corpus/render.py` from neutron-lbaas's and Octavia's released files, with the real
+//! haproxy's `-c` verdict in `MANIFEST.tsv`):
+//! - lb accepts every config the real haproxy accepts, run as each agent runs `-c`, and each
+//!   is served by lb itself, handed to the real haproxy, or split between them, as its kind
+//!   says;
+//! - every `mode tcp` one serves end to end in namespaces, with real members (greeting
+//!   servers, `openssl s_server` for TLS checks), as its scenario says it should;
+//! - Octavia's amphora unit, run as systemd runs it: `-c -q -L` first, then `-Ws` under a
+//!   notify socket, keepalived's check script (Octavia's own) on the stats socket, a USR2
+//!   reload under streams, soft stop (SIGUSR1) and stop (SIGTERM).
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    agent::{show_stat, Agent},
+    stream::Streams,
+    tls::TlsServer,
+    topology::{connect, lb_bin, SeedTopology, Server, VIP},
+    wait_for,
+};
+
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus");
+/// Where the generators' paths point in the corpus; a test puts its own directory there.
+const BASE: &str = "/var/lib/lb-corpus";
+const OCTAVIA_USER_CFG: &str = "octavia-19.0.0/haproxy_user.cfg";
+/// The local peer name Octavia's unit passes with `-L` (from the rendered haproxy.service).
+const PEER: &str = "LJss7WmtbVSgGyM1DbZNYuxQ14o";
+
+#[derive(Debug, Clone)]
+struct Row {
+    path: String,
+    scenario: String,
+    valid: bool,
+    kind: String,
+}
+
+impl Row {
+    fn octavia(&self) -> bool {
+        self.path.starts_with("octavia")
+    }
+}
+
+fn manifest() -> Vec<Row> {
+    let text = std::fs::read_to_string(Path::new(CORPUS).join("MANIFEST.tsv")).unwrap();
+    let rows: Vec<Row> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert!(f.len() >= 5, "a MANIFEST line has 5 fields at least: {l}");
+            Row {
+                path: f[0].into(),
+                scenario: f[2].into(),
+                valid: match f[3] {
+                    "valid" => true,
+                    "invalid" => false,
+                    o => panic!("haproxy_c is valid or invalid, not {o}"),
+                },
+                kind: f[4].into(),
+            }
+        })
+        .collect();
+    assert!(
+        rows.len() >= 50,
+        "the corpus has its configs: {}",
+        rows.len()
+    );
+    rows
+}
+
+/// The row's config (and Octavia's user-group file) with the generators' base directory
+/// moved to `dir`: the files to pass with `-f`, in order.
+fn place(row: &Row, dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(Path::new(CORPUS).join(&row.path)).unwrap();
+    let text = text.replace(BASE, &dir.display().to_string());
+    // The directories the config's paths name (stats sockets, state files).
+    for word in text.split_whitespace() {
+        if let Some(rest) = word.strip_prefix(&dir.display().to_string()) {
+            if let Some(parent) = Path::new(&format!("{}{rest}", dir.display())).parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+        }
+    }
+    // As the generators lay it out: `<base>/<lb id>/haproxy.cfg` (its directory names the
+    // load balancer outside a `qlbaas-<id>` namespace).
+    let conf = dir.join("lb").join("haproxy.cfg");
+    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    std::fs::write(&conf, text).unwrap();
+    let mut files = vec![conf];
+    if row.octavia() {
+        files.push(Path::new(CORPUS).join(OCTAVIA_USER_CFG));
+    }
+    files
+}
+
+fn f_args(files: &[PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .flat_map(|f| ["-f".to_string(), f.display().to_string()])
+        .collect()
+}
+
+/// What lb did with a config at `-c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Serves,
+    HandsOff,
+    Splits,
+    Refuses,
+}
+
+fn outcome(out: &Output) -> Outcome {
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("needs an L7 proxy: running") {
+        Outcome::HandsOff
+    } else if err.contains("split:") {
+        Outcome::Splits
+    } else if out.status.success() {
+        Outcome::Serves
+    } else {
+        Outcome::Refuses
+    }
+}
+
+#[test]
+fn lb_accepts_every_config_the_real_haproxy_accepts() {
+    if !Path::new("/usr/sbin/haproxy").exists() {
+        integration_tests::skip::skip(
+            "no real haproxy at /usr/sbin/haproxy (Debian package haproxy)",
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(integration_tests::unique("corpus"));
+    let mut wrong = Vec::new();
+    let mut table: BTreeMap<(String, Outcome), usize> = BTreeMap::new();
+    for (i, row) in manifest().into_iter().enumerate() {
+        // Short: haproxy takes socket paths of 97 bytes at most.
+        let files = place(&row, &dir.join(i.to_string()));
+        let mut args = f_args(&files);
+        // As each agent runs it: Octavia's ExecStartPre, neutron-lbaas's plain -c.
+        if row.octavia() {
+            args.extend(["-c", "-q", "-L", PEER].map(String::from));
+        } else {
+            args.push("-c".into());
+        }
+        let haproxy = Command::new("/usr/sbin/haproxy")
+            .args(&args)
+            .output()
+            .unwrap();
+        if haproxy.status.success() != row.valid {
+            wrong.push(format!(
+                "{}: the real haproxy says {} now, the MANIFEST {}: {}",
+                row.path,
+                haproxy.status,
+                row.valid,
+                String::from_utf8_lossy(&haproxy.stderr)
+            ));
+        }
+        let lb = Command::new(lb_bin())
+            .arg("haproxy")
+            .args(&args)
+            .env("LB_HAPROXY_BIN", "/usr/sbin/haproxy")
+            .output()
+            .unwrap();
+        let got = outcome(&lb);
+        *table.entry((row.kind.clone(), got)).or_default() += 1;
+        let err = String::from_utf8_lossy(&lb.stderr);
+        if row.valid && !lb.status.success() {
+            wrong.push(format!(
+                "{}: haproxy accepts it, lb refuses ({got:?}): {err}",
+                row.path
+            ));
+        }
+        if row.octavia() && lb.status.success() && !lb.stdout.is_empty() {
+            wrong.push(format!(
+                "{}: -q prints nothing, lb printed {:?}",
+                row.path,
+                String::from_utf8_lossy(&lb.stdout)
+            ));
+        }
+        let proxy_protocol = std::fs::read_to_string(&files[0])
+            .unwrap()
+            .contains("send-proxy");
+        let want = match row.kind.as_str() {
+            // The PROXY protocol header is a proxy's to write: such a pool is haproxy's.
+            "tcp" if proxy_protocol => Outcome::HandsOff,
+            "tcp" => Outcome::Serves,
+            "http" => Outcome::HandsOff,
+            "mixed" => Outcome::Splits,
+            k => panic!("kind {k}"),
+        };
+        if row.valid && got != want {
+            wrong.push(format!(
+                "{} ({}): lb {got:?}, wanted {want:?}: {err}",
+                row.path, row.kind
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    for ((kind, o), n) in &table {
+        eprintln!("CORPUS {kind:5} {o:?}: {n}");
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The corpus's member addresses (MANIFEST's address plan).
+const M: [&str; 3] = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
+const M6: [&str; 2] = ["fd00::11", "fd00::12"];
+
+/// A node as the corpus's address plan has it: members .11, .12, .13 (and fd00::11, ::12)
+/// each with a greeting server on 9000 (the corpus's member port), the client at 10.0.0.1
+/// and fd00::1.
+struct Plan {
+    topo: SeedTopology,
+    servers: Vec<Server>,
+}
+
+impl Plan {
+    fn new() -> Plan {
+        let addrs: Vec<std::net::Ipv4Addr> = M.iter().map(|a| a.parse().unwrap()).collect();
+        let topo = SeedTopology::new(&addrs);
+        topo.client.ip("-6 addr add fd00::1/64 dev eth0 nodad");
+        let mut servers = Vec::new();
+        for (i, m) in topo.members.iter().enumerate() {
+            servers.push(Server::start(&m.ns.name, m.addr, 9000));
+            if let Some(a6) = M6.get(i) {
+                m.ns.ip(&format!("-6 addr add {a6}/64 dev eth0 nodad"));
+                let a6: IpAddr = a6.parse().unwrap();
+                servers.push(Server::start(&m.ns.name, a6, 9000));
+            }
+        }
+        Plan { topo, servers }
+    }
+
+    fn member_ns(&self, addr: &str) -> String {
+        let i = M.iter().position(|m| *m == addr).unwrap();
+        self.topo.members[i].ns.name.clone()
+    }
+}
+
+/// What a listener of a scenario does: refuse connections, or serve them from these members.
+fn expected(scenario: &str, port: u16, v6: bool) -> Option<Vec<String>> {
+    let refused = matches!(scenario, "listener-no-pool" | "admin-down-pool")
+        || (scenario == "admin-down-listener" && port == 8443);
+    if refused {
+        return None;
+    }
+    let all: Vec<String> = if v6 {
+        M6.iter().map(|s| s.to_string()).collect()
+    } else {
+        M[..2].iter().map(|s| s.to_string()).collect()
+    };
+    Some(match scenario {
+        "admin-down-member" => all[..1].to_vec(),
+        _ => all,
+    })
+}
+
+fn tls_scenario(scenario: &str) -> bool {
+    matches!(scenario, "monitor-https" | "monitor-tls-hello")
+}
+
+/// The config's (first) stats socket.
+fn stats_socket(conf: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(conf).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("stats socket "))
+        .and_then(|r| r.split_whitespace().next())
+        .map(PathBuf::from)
+        .expect("a stats socket")
+}
+
+/// The ports a config binds (its `bind` lines, as written).
+fn bind_ports(text: &str) -> Vec<u16> {
+    let mut v: Vec<u16> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("bind "))
+        .filter_map(|a| {
+            a.split_whitespace()
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// `openssl s_client` from the client namespace: whether a TLS handshake through the VIP
+/// completes.
+fn tls_handshake(client_ns: &str, vip: &str, port: u16) -> Result<(), String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo | timeout 10 nsenter --net=/var/run/netns/{client_ns} openssl s_client -connect {vip}:{port} 2>&1"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("BEGIN CERTIFICATE") || text.contains("Server certificate") {
+        Ok(())
+    } else {
+        Err(text.lines().take(5).collect::<Vec<_>>().join(" | "))
+    }
+}
+
+#[test]
+fn every_tcp_config_serves_end_to_end() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let mut plan = Plan::new();
+    let rows: Vec<Row> = manifest()
+        .into_iter()
+        .filter(|r| r.valid && r.kind == "tcp")
+        .filter(|r| {
+            !std::fs::read_to_string(Path::new(CORPUS).join(&r.path))
+                .unwrap()
+                .contains("send-proxy")
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    let mut served = 0;
+    // One port for every config, as one load balancer's port stays plugged while the agent
+    // replaces its haproxy (a new port per config would leave the client's and members'
+    // neighbour entries on the old MAC: haproxy sends no gratuitous ARP either).
+    let mut agent = Agent::new(&plan.topo, &lb_bin(), false);
+    agent.plug(VIP);
+    agent.add_address("fd00::250/64");
+    for row in &rows {
+        let started = Instant::now();
+        let text = std::fs::read_to_string(Path::new(CORPUS).join(&row.path)).unwrap();
+        let v6 = text.contains("fd00::250");
+        // TLS checks need TLS members: openssl s_server on the member port instead.
+        let mut tls = Vec::new();
+        if tls_scenario(&row.scenario) {
+            for s in plan.servers.iter_mut() {
+                s.kill();
+            }
+            for a in &M[..2] {
+                tls.push(TlsServer::start(
+                    &plan.member_ns(a),
+                    &[],
+                    &format!("{a}:9000"),
+                ));
+            }
+        }
+        let base = std::env::temp_dir().join(integration_tests::unique("g"));
+        let files = place(row, &base);
+        let mut args = f_args(&files);
+        args.extend(["-p".into(), agent.pidfile().display().to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = agent.haproxy(&args, &[]);
+        let vip = if v6 { "fd00::250" } else { "10.0.0.250" };
+        if !out.status.success() {
+            wrong.push(format!(
+                "{}: did not start: {}",
+                row.path,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        } else {
+            for port in bind_ports(&text) {
+                let want = expected(&row.scenario, port, v6);
+                let vip_ip: IpAddr = vip.parse().unwrap();
+                match (&want, tls_scenario(&row.scenario)) {
+                    (None, _) => match connect(&plan.topo.client.name, vip_ip, port) {
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                        other => wrong.push(format!(
+                            "{} port {port}: wanted a refusal, got {:?}",
+                            row.path,
+                            other.map(|c| c.greeting)
+                        )),
+                    },
+                    (Some(_), true) => {
+                        if let Err(e) = tls_handshake(&plan.topo.client.name, vip, port) {
+                            wrong.push(format!(
+                                "{} port {port}: TLS through the VIP: {e}",
+                                row.path
+                            ));
+                        }
+                    }
+                    (Some(members), false) => {
+                        for i in 0..4 {
+                            match connect(&plan.topo.client.name, vip_ip, port) {
+                                Ok(c) => {
+                                    let m = c.member_ip().to_string();
+                                    if !members.contains(&m) {
+                                        wrong.push(format!(
+                                            "{} port {port}: connection {i} went to {m}, not one of {members:?}",
+                                            row.path
+                                        ));
+                                    }
+                                }
+                                Err(e) => wrong
+                                    .push(format!("{} port {port}: connection {i}: {e}", row.path)),
+                            }
+                        }
+                    }
+                }
+            }
+            // Monitors judge real members as haproxy's would: every checked server that
+            // should serve comes up (TLS servers for TLS checks, ICMP for PING).
+            if text.contains(" check") && expected(&row.scenario, 8080, v6).is_some() {
+                let sock = stats_socket(&files[0]);
+                let up = || -> Vec<String> {
+                    show_stat(&sock)
+                        .into_iter()
+                        .filter(|s| s.get("type").map(String::as_str) == Some("2"))
+                        .filter(|s| {
+                            s.get("check_status")
+                                .is_some_and(|c| c.starts_with('L') && c.ends_with("OK"))
+                        })
+                        .filter_map(|s| s.get("svname").cloned())
+                        .collect()
+                };
+                let want = if row.scenario == "admin-down-member" {
+                    1
+                } else {
+                    2
+                };
+                let checked = integration_tests::wait_for_quietly(Duration::from_secs(12), || {
+                    (up().len() >= want).then_some(())
+                });
+                if checked.is_none() {
+                    wrong.push(format!(
+                        "{}: members not reported up by their checks: {:?}",
+                        row.path,
+                        show_stat(&sock)
+                    ));
+                }
+            }
+            served += 1;
+            // haproxy's stop; lb tears down.
+            for p in agent.pids() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let pids = agent.pids();
+            wait_for("the load balancer to stop", Duration::from_secs(20), || {
+                pids.iter()
+                    .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+                    .then_some(())
+            });
+            if !agent.remains().is_empty() {
+                wrong.push(format!("{}: left {:?}", row.path, agent.remains()));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&base);
+        if !tls.is_empty() {
+            drop(tls);
+            plan.servers.clear();
+            for (i, m) in plan.topo.members.iter().enumerate() {
+                plan.servers.push(Server::start(&m.ns.name, m.addr, 9000));
+                if let Some(a6) = M6.get(i) {
+                    let a6: IpAddr = a6.parse().unwrap();
+                    plan.servers.push(Server::start(&m.ns.name, a6, 9000));
+                }
+            }
+        }
+        eprintln!("CORPUS e2e {} in {:?}", row.path, started.elapsed());
+    }
+    eprintln!(
+        "CORPUS e2e: {served} of {} mode tcp configs served",
+        rows.len()
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(served, rows.len());
+}
+
+/// Receives what the service sends systemd on `$NOTIFY_SOCKET`.
+struct Notify {
+    sock: UnixDatagram,
+    path: PathBuf,
+}
+
+impl Notify {
+    fn new() -> Notify {
+        let path = std::env::temp_dir().join(integration_tests::unique("notify"));
+        let sock = UnixDatagram::bind(&path).unwrap();
+        Notify { sock, path }
+    }
+
+    /// Waits for a message holding `what` (e.g. `READY=1`); returns every line seen.
+    fn wait(&self, what: &str, timeout: Duration) -> Result<Vec<String>, Vec<String>> {
+        let mut seen = Vec::new();
+        let end = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            self.sock
+                .set_read_timeout(Some(
+                    end.saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(10)),
+                ))
+                .unwrap();
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                let hit = msg.lines().any(|l| l == what);
+                seen.extend(msg.lines().map(String::from));
+                if hit {
+                    return Ok(seen);
+                }
+            }
+        }
+        Err(seen)
+    }
+}
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+}
+
+/// Octavia's keepalived check (`haproxy_vrrp_check.py`, from the corpus), run as its
+/// console script `haproxy-vrrp-check <socket>` runs it (its `main()`): exit 0 when the stats
+/// socket answers `show stat -1 -1 -1`.
+fn vrrp_check(sock: &Path) -> Output {
+    Command::new("python3")
+        .args([
+            "-c",
+            "import runpy, sys; path = sys.argv.pop(1); runpy.run_path(path)['main']()",
+        ])
+        .arg(Path::new(CORPUS).join("octavia-19.0.0/haproxy_vrrp_check.py.txt"))
+        .arg(sock)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_amphora_unit_runs_lb_as_systemd_runs_haproxy() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let plan = Plan::new();
+    let mut agent = Agent::new(&plan.topo, &lb_bin(), false);
+    agent.plug(VIP);
+    let row = manifest()
+        .into_iter()
+        .find(|r| r.path == "octavia-19.0.0/tcp-roundrobin.cfg")
+        .unwrap();
+    let base = std::env::temp_dir().join(integration_tests::unique("g"));
+    let files = place(&row, &base);
+    let sock = base
+        .join("octavia")
+        .join("5d7b9f2e-0000-4000-8000-000000000001.sock");
+    let pidfile = agent.pidfile();
+    let mut args = f_args(&files);
+
+    // ExecStartPre: quiet, valid.
+    let pre: Vec<String> = args
+        .iter()
+        .cloned()
+        .chain(["-c", "-q", "-L", PEER].map(String::from))
+        .collect();
+    let out = agent.haproxy(&pre.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(out.status.success(), "ExecStartPre: {out:?}");
+    assert!(out.stdout.is_empty(), "-q: {out:?}");
+
+    // ExecStart under a notify socket, Type=notify.
+    args.extend([
+        "-p".into(),
+        pidfile.display().to_string(),
+        "-L".into(),
+        PEER.into(),
+    ]);
+    let start = |notify: &Notify| {
+        let mut all = vec!["-Ws".to_string()];
+        all.extend(args.iter().cloned());
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut c = agent.haproxy_command(&all, &[]);
+        c.env("NOTIFY_SOCKET", &notify.path);
+        let child = c.spawn().expect("haproxy -Ws");
+        (child, notify.wait("READY=1", Duration::from_secs(30)))
+    };
+    let notify = Notify::new();
+    let (mut master, ready) = start(&notify);
+    ready.unwrap_or_else(|seen| panic!("no READY=1 from the master; it sent {seen:?}"));
+    // `ip netns exec` execs haproxy: the child is the master, in the foreground.
+    let master_pid = master.id();
+    assert_eq!(
+        agent.pids(),
+        vec![master_pid],
+        "the pid file names the master"
+    );
+    assert!(alive(master_pid));
+    let c = connect(&plan.topo.client.name, VIP, 8080).expect("through the VIP");
+    assert!(
+        M[..2].contains(&c.member().to_string().as_str()),
+        "{}",
+        c.greeting
+    );
+    drop(c);
+    let check = vrrp_check(&sock);
+    assert!(
+        check.status.success(),
+        "keepalived's check script: {check:?}"
+    );
+
+    // ExecReload: -c, then USR2, under streams; the config now drops member .12.
+    let streams = Streams::start_on(&plan.topo.client.name, 8080, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let conf = &files[0];
+    let text = std::fs::read_to_string(conf).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.contains("10.0.0.12:9000"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(conf, without).unwrap();
+    let reload: Vec<String> = ["-c".to_string()]
+        .into_iter()
+        .chain(f_args(&files))
+        .chain(["-L".into(), PEER.into()])
+        .collect();
+    let out = agent.haproxy(&reload.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(out.status.success(), "ExecReload's check: {out:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master_pid as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let seen = notify
+        .wait("READY=1", Duration::from_secs(30))
+        .unwrap_or_else(|seen| panic!("no READY=1 after the reload; sent {seen:?}"));
+    assert!(
+        seen.iter().any(|l| l == "RELOADING=1"),
+        "RELOADING=1 first: {seen:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let reports = streams.finish();
+    for r in &reports {
+        assert!(
+            r.error.is_none() && r.in_order && r.member_got == r.sent,
+            "a stream through the USR2 reload: {r:?}"
+        );
+    }
+    assert!(alive(master_pid), "the master stays");
+    for i in 0..4 {
+        let c = connect(&plan.topo.client.name, VIP, 8080).expect("after the reload");
+        assert_eq!(
+            c.member().to_string(),
+            M[0],
+            "connection {i}: the reloaded config has .11 only"
+        );
+    }
+    assert!(vrrp_check(&sock).status.success());
+
+    // SIGUSR1: soft stop; the master waits for the last connection.
+    let mut held = connect(&plan.topo.client.name, VIP, 8080).expect("held");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master_pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        alive(master_pid),
+        "soft stop: the master stays while a connection is open"
+    );
+    held.echo(b"still here\n")
+        .expect("the held connection is served through the soft stop");
+    drop(held);
+    let status = wait_for(
+        "the master to end after the last connection",
+        Duration::from_secs(20),
+        || master.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(
+        agent.remains().is_empty(),
+        "after a soft stop: {:?}",
+        agent.remains()
+    );
+
+    // Restart=always, then SIGTERM: stops at once, nothing left.
+    let (mut master, ready) = start(&notify);
+    ready.unwrap_or_else(|seen| panic!("no READY=1 from the restarted master; {seen:?}"));
+    let _c = connect(&plan.topo.client.name, VIP, 8080).expect("after the restart");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_for("the master to stop", Duration::from_secs(20), || {
+        master.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(
+        notify.wait("STOPPING=1", Duration::from_secs(1)).is_ok(),
+        "STOPPING=1 on the way out"
+    );
+    assert!(
+        agent.remains().is_empty(),
+        "after SIGTERM: {:?}",
+        agent.remains()
+    );
+    let gone = vrrp_check(&sock);
+    assert!(!gone.status.success(), "keepalived sees it gone: {gone:?}");
+    let _ = std::fs::remove_dir_all(&base);
+}
