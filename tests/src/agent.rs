@@ -438,3 +438,26 @@ pub fn show_stat(sock: &Path) -> Vec<HashMap<String, String>> {
         })
         .collect()
 }
+
+/// `GET /` over HTTP/1.0 from `client` to the VIP's `port`: (status, body).
+pub fn http_get(client: &str, port: u16) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    crate::in_netns(client, || -> std::io::Result<(u16, String)> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((crate::topology::VIP, port)),
+            std::time::Duration::from_secs(3),
+        )?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Ok((code, body))
+    })
+    .map_err(std::io::Error::other)?
+}

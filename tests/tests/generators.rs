@@ -20,7 +20,7 @@ use std::{
 };
 
 use integration_tests::{
-    agent::{show_stat, Agent},
+    agent::{http_get, show_stat, Agent, HttpServer},
     stream::Streams,
     tls::TlsServer,
     topology::{connect, lb_bin, SeedTopology, Server, VIP},
@@ -714,5 +714,161 @@ fn the_amphora_unit_runs_lb_as_systemd_runs_haproxy() {
     );
     let gone = vrrp_check(&sock);
     assert!(!gone.status.success(), "keepalived sees it gone: {gone:?}");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The processes' executables.
+fn exe(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
+}
+
+/// Octavia's load balancer with a TCP and an HTTP listener, run as the agent runs haproxy
+/// (`-f -f -p`, `-sf` to reload, the pid file's pids to stop): lb serves the TCP listener,
+/// the real haproxy (lb's child) the HTTP one; the stats socket answers for both; a reload
+/// replaces both, holding a TCP connection; a stop ends both.
+#[test]
+fn a_mixed_config_is_split_between_lb_and_the_real_haproxy() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    if !Path::new("/usr/sbin/haproxy").exists() {
+        integration_tests::skip::skip(
+            "no real haproxy at /usr/sbin/haproxy (Debian package haproxy)",
+        );
+        return;
+    }
+    let plan = Plan::new();
+    let _http: Vec<HttpServer> = plan
+        .topo
+        .members
+        .iter()
+        .take(2)
+        .map(|m| HttpServer::start(&m.ns, m.addr, 8000))
+        .collect();
+    let mut agent = Agent::new(&plan.topo, &lb_bin(), false);
+    agent.plug(VIP);
+    let row = manifest()
+        .into_iter()
+        .find(|r| r.path == "octavia-19.0.0/mixed-tcp-http.cfg")
+        .unwrap();
+    let base = std::env::temp_dir().join(integration_tests::unique("g"));
+    let files = place(&row, &base);
+    // The real haproxy sizes its descriptors from maxconn: Octavia's 100000 (two listeners)
+    // needs more than
+    // this machine's hard limit of 20000 open files.
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    std::fs::write(
+        &files[0],
+        text.replace("maxconn 100000", "maxconn 4000")
+            .replace("maxconn 50000", "maxconn 4000"),
+    )
+    .unwrap();
+    let sock = stats_socket(&files[0]);
+    let mut args = f_args(&files);
+    args.extend(["-p".into(), agent.pidfile().display().to_string()]);
+    let start = |extra: &[String]| {
+        let all: Vec<&str> = args.iter().chain(extra).map(String::as_str).collect();
+        let out = agent.haproxy(&all, &[]);
+        assert!(out.status.success(), "start: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("lb haproxy: split:"), "{err}");
+        let pids = agent.pids();
+        assert_eq!(
+            pids.len(),
+            2,
+            "the pid file names lb and its haproxy: {pids:?}"
+        );
+        assert_eq!(exe(pids[0]), lb_bin().canonicalize().unwrap());
+        assert_eq!(exe(pids[1]), PathBuf::from("/usr/sbin/haproxy"));
+        pids
+    };
+    let first = start(&[]);
+    let serves = |what: &str| {
+        let c = connect(&plan.topo.client.name, VIP, 8080)
+            .unwrap_or_else(|e| panic!("{what}: TCP: {e}"));
+        assert!(
+            M[..2].contains(&c.member().to_string().as_str()),
+            "{what}: {}",
+            c.greeting
+        );
+        let (code, body) =
+            http_get(&plan.topo.client.name, 80).unwrap_or_else(|e| panic!("{what}: HTTP: {e}"));
+        assert_eq!(code, 200, "{what}: HTTP through the real haproxy");
+        assert!(M[..2].contains(&body.trim()), "{what}: {body}");
+    };
+    serves("split");
+    // As the agent asks it: backends and servers (`show stat -1 6 -1`), lb's and haproxy's.
+    let rows = show_stat(&sock);
+    let names: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["pxname"].as_str(), r["svname"].as_str()))
+        .collect();
+    for (px, sv) in [
+        (
+            "5d7b9f2e-0000-4000-8000-000000000003:5d7b9f2e-0000-4000-8000-000000000002",
+            "5d7b9f2e-0000-4000-8000-000000000011",
+        ),
+        (
+            "5d7b9f2e-0000-4000-8000-000000000006:5d7b9f2e-0000-4000-8000-000000000005",
+            "5d7b9f2e-0000-4000-8000-000000000021",
+        ),
+        (
+            "5d7b9f2e-0000-4000-8000-000000000006:5d7b9f2e-0000-4000-8000-000000000005",
+            "BACKEND",
+        ),
+    ] {
+        assert!(
+            names.contains(&(px, sv)),
+            "show stat has {px}/{sv}: {names:?}"
+        );
+    }
+    let http_backend = rows
+        .iter()
+        .find(|r| {
+            r["pxname"].starts_with("5d7b9f2e-0000-4000-8000-000000000006")
+                && r["svname"] == "BACKEND"
+        })
+        .unwrap();
+    assert!(
+        http_backend["stot"].parse::<u64>().unwrap() >= 1,
+        "haproxy's counters: {http_backend:?}"
+    );
+
+    // The agent's reload: -sf with the pid file's pids, a TCP connection held through it.
+    let mut held = connect(&plan.topo.client.name, VIP, 8080).expect("held");
+    let sf: Vec<String> = std::iter::once("-sf".to_string())
+        .chain(first.iter().map(|p| p.to_string()))
+        .collect();
+    let second = start(&sf);
+    assert!(
+        second.iter().all(|p| !first.contains(p)),
+        "{first:?} -> {second:?}"
+    );
+    serves("after the reload");
+    held.echo(b"through the reload\n")
+        .expect("the held TCP connection");
+    drop(held);
+    wait_for(
+        "the old lb and haproxy to end",
+        Duration::from_secs(20),
+        || first.iter().all(|p| !alive(*p)).then_some(()),
+    );
+
+    // Stop (SIGTERM to lb): both end, nothing is left.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second[0] as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_for(
+        "lb and its haproxy to stop",
+        Duration::from_secs(20),
+        || second.iter().all(|p| !alive(*p)).then_some(()),
+    );
+    assert!(agent.remains().is_empty(), "{:?}", agent.remains());
+    assert!(
+        http_get(&plan.topo.client.name, 80).is_err(),
+        "nothing serves HTTP after the stop"
+    );
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -4,7 +4,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use integration_tests::{
-    agent::{Agent, HttpServer},
+    agent::{http_get, Agent, HttpServer},
     stream::{self, Streams},
     topology::*,
     wait_for, Netns,
@@ -647,28 +647,6 @@ fn stick_on_src_keeps_a_client_on_its_member_and_admin_commands_move_it() {
 }
 
 /// An HTTP GET through the VIP from the client: the status code and the body.
-fn http_get(client: &str, port: u16) -> std::io::Result<(u16, String)> {
-    use std::io::{Read as _, Write as _};
-    integration_tests::in_netns(client, || -> std::io::Result<(u16, String)> {
-        let mut s = std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::from((VIP, port)),
-            Duration::from_secs(3),
-        )?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        Ok((code, body))
-    })
-    .map_err(std::io::Error::other)?
-}
-
 fn l7_conf(agent: &Agent) -> String {
     v2_conf(agent, 80)
         .replace("    mode tcp\n", "    mode http\n")

@@ -284,6 +284,10 @@ pub struct Proxy {
     pub servers: Vec<Server>,
     pub stick: Option<Stick>,
     pub stick_on_src: bool,
+    /// The first line of this proxy only an L7 proxy can serve.
+    pub l7: Option<L7>,
+    /// The first line of this proxy lb refused.
+    pub refused: Option<Refusal>,
 }
 
 /// A `peers` section: the haproxies that sync stick tables with each other.
@@ -301,8 +305,13 @@ pub struct HaConfig {
     pub proxies: Vec<Proxy>,
     /// `peers` sections (Octavia's ACTIVE_STANDBY amphorae).
     pub peers: Vec<Peers>,
-    /// The first line only an L7 proxy can serve: the real haproxy runs this config.
+    /// The first line only an L7 proxy can serve: the real haproxy runs this config, whole
+    /// or its L7 proxies (`split`).
     pub l7: Option<L7>,
+    /// The first L7 need outside any proxy (`defaults`): the whole config is haproxy's.
+    pub outside_l7: Option<L7>,
+    /// The first refusal outside any proxy.
+    pub outside_refused: Option<Refusal>,
 }
 
 impl HaConfig {
@@ -403,15 +412,43 @@ pub const NO_L4_EFFECT: &[&str] = &[
 
 /// Parses the lines of every `-f` file, in order, as one configuration. A line lb refuses
 /// does not end the reading: a configuration that needs an L7 proxy anywhere goes to the
-/// real haproxy whatever else it holds (`HaConfig::l7`), and only one lb would have to serve
-/// itself is refused, at its first refused line.
+/// real haproxy, whole or in part (`split`), whatever else it holds (`HaConfig::l7`), and
+/// only one lb would have to serve itself is refused, at its first refused line. Each L7
+/// need and refusal is also kept where it was found: on its proxy, or on the configuration
+/// (`global`, `defaults`, other sections).
 pub fn parse(lines: &[Line]) -> Result<HaConfig, Refusal> {
     let mut cfg = HaConfig::default();
     let mut defaults = Params::default();
     let mut cur = Cur::None;
     let mut refused: Option<Refusal> = None;
     for l in lines {
-        if let Err(e) = parse_line(&mut cfg, &mut defaults, &mut cur, l) {
+        let first = cfg.l7.take();
+        let result = parse_line(&mut cfg, &mut defaults, &mut cur, l);
+        let noted = cfg.l7.take();
+        cfg.l7 = first.or(noted.clone());
+        let proxy = match cur {
+            Cur::Proxy => cfg.proxies.last_mut(),
+            _ => None,
+        };
+        match proxy {
+            Some(p) => {
+                if p.l7.is_none() {
+                    p.l7 = noted;
+                }
+                if let Err(e) = &result {
+                    p.refused.get_or_insert(e.clone());
+                }
+            }
+            None => {
+                if cfg.outside_l7.is_none() {
+                    cfg.outside_l7 = noted;
+                }
+                if let Err(e) = &result {
+                    cfg.outside_refused.get_or_insert(e.clone());
+                }
+            }
+        }
+        if let Err(e) = result {
             refused.get_or_insert(e);
         }
     }
@@ -476,6 +513,8 @@ fn parse_line(
                 servers: Vec::new(),
                 stick: None,
                 stick_on_src: false,
+                l7: None,
+                refused: None,
             };
             if p.params.http_mode {
                 note_l7(&mut cfg.l7, l, "mode http (from defaults)");
@@ -1344,6 +1383,7 @@ mod tests {
             file: "f".into(),
             number: 1,
             words: vec!["x".into()],
+            raw: "x".into(),
         };
         assert_eq!(time(&l, "t", "5000").unwrap(), Duration::from_millis(5000));
         assert_eq!(time(&l, "t", "5s").unwrap(), Duration::from_secs(5));

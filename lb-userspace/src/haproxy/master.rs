@@ -103,7 +103,7 @@ pub fn run(args: Args) -> i32 {
         return 1;
     }
     if let Some(p) = &args.pidfile {
-        if let Err(e) = super::run::write_pidfile(p, std::process::id()) {
+        if let Err(e) = super::run::write_pidfile(p, &[std::process::id()]) {
             eprintln!("lb haproxy: {e:#}");
             return 1;
         }

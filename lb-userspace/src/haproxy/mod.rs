@@ -6,12 +6,14 @@
 //! is handed to the real haproxy.
 
 pub mod args;
+pub mod child;
 pub mod config;
 pub mod convert;
 pub mod master;
 pub mod namespace;
 pub mod privileges;
 pub mod run;
+pub mod split;
 pub mod stats_socket;
 pub mod syslog;
 pub mod tokens;
@@ -38,8 +40,8 @@ pub enum LoadError {
     Refused(#[from] Refusal),
 }
 
-/// Reads and parses the configuration files, in order, as one configuration.
-pub fn load(files: &[PathBuf]) -> Result<HaConfig, LoadError> {
+/// Reads the configuration files' lines, in order, as one configuration.
+pub fn read(files: &[PathBuf]) -> Result<Vec<tokens::Line>, LoadError> {
     let mut lines = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f).map_err(|source| LoadError::Read {
@@ -48,7 +50,12 @@ pub fn load(files: &[PathBuf]) -> Result<HaConfig, LoadError> {
         })?;
         lines.extend(tokens::lines(f, &text)?);
     }
-    Ok(config::parse(&lines)?)
+    Ok(lines)
+}
+
+/// Reads and parses the configuration files, in order, as one configuration.
+pub fn load(files: &[PathBuf]) -> Result<HaConfig, LoadError> {
+    Ok(config::parse(&read(files)?)?)
 }
 
 /// What `-v` / `-vv` print. The first line reads as haproxy's does to those who parse it

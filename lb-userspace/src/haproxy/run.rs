@@ -26,9 +26,12 @@ use nix::{
 
 use super::{
     args::Args,
+    child,
     convert::{self, DropIn},
     namespace::{self, Anywhere, Here},
-    privileges, stats_socket,
+    privileges,
+    split::{self, Serving, Split},
+    stats_socket,
 };
 use crate::daemon::{self, Embedding, Source};
 
@@ -102,16 +105,37 @@ pub fn main(argv: Vec<String>) -> i32 {
             return 1;
         }
     };
-    let cfg = match super::load(&files) {
+    let parsed = super::read(&files).and_then(|lines| {
+        let cfg = super::config::parse(&lines)?;
+        Ok((cfg, lines))
+    });
+    let (cfg, lines) = match parsed {
         Ok(c) => c,
         Err(e) => {
             eprintln!("lb haproxy: {e}");
             return 1;
         }
     };
-    if let Some(l7) = &cfg.l7 {
-        return hand_off(l7, &argv);
-    }
+    let (cfg, split) = match split::decide(&cfg, &lines) {
+        Serving::Lb => (cfg, None),
+        Serving::Haproxy(l7) => return hand_off(&l7, &argv),
+        Serving::Split(s) => {
+            let lb: Vec<&str> =
+                s.lb.proxies
+                    .iter()
+                    .filter(|p| p.kind.has_frontend())
+                    .map(|p| p.name.as_str())
+                    .collect();
+            eprintln!(
+                "lb haproxy: split: lb serves {}; the real haproxy serves {} ({}: {} needs an L7 proxy)",
+                lb.join(", "),
+                s.haproxy_proxies.join(", "),
+                s.why.at,
+                s.why.what
+            );
+            (s.lb.clone(), Some(*s))
+        }
+    };
     if !cfg.peers.is_empty() && !args.quiet {
         let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
         eprintln!(
@@ -122,7 +146,12 @@ pub fn main(argv: Vec<String>) -> i32 {
     if args.check {
         let checked = convert::convert(&cfg, "check", "check", &Anywhere)
             .map_err(|e| e.to_string())
-            .and_then(|d| privileges::resolve(d.user.as_deref(), d.group.as_deref()));
+            .and_then(|d| privileges::resolve(d.user.as_deref(), d.group.as_deref()))
+            .and_then(|_| match &split {
+                // haproxy's part, as haproxy checks it: the whole configuration.
+                Some(_) => check_with_real_haproxy(&argv),
+                None => Ok(()),
+            });
         return match checked {
             Ok(_) => {
                 if !args.quiet {
@@ -140,11 +169,33 @@ pub fn main(argv: Vec<String>) -> i32 {
         return super::master::run(args);
     }
     match prepare(&cfg, &files) {
-        Ok(drop_in) => serve(args, drop_in),
+        Ok(drop_in) => serve(args, drop_in, split),
         Err(e) => {
             eprintln!("lb haproxy: {e:#}");
             1
         }
+    }
+}
+
+/// `haproxy <argv>` (a `-c`) with the real haproxy, quietly: Err with what it said.
+fn check_with_real_haproxy(argv: &[String]) -> Result<(), String> {
+    let bin = real_haproxy()
+        .map_err(|why| format!("the L7 part needs the real haproxy, which cannot be run: {why}"))?;
+    let mut args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    if !args.contains(&"-q") {
+        args.push("-q");
+    }
+    let out = std::process::Command::new(&bin)
+        .args(&args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the real haproxy refuses the L7 part: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -213,7 +264,7 @@ fn prepare(cfg: &super::HaConfig, files: &[PathBuf]) -> anyhow::Result<DropIn> {
 }
 
 /// Steps 4 and 5.
-fn serve(args: Args, drop_in: DropIn) -> i32 {
+fn serve(args: Args, drop_in: DropIn, split: Option<Split>) -> i32 {
     let daemon = (args.daemon || drop_in.daemon) && !args.foreground;
     let mut ready: Option<OwnedFd> = None;
     // A master's worker reports its start on the descriptor the master gave it.
@@ -224,10 +275,19 @@ fn serve(args: Args, drop_in: DropIn) -> i32 {
         std::env::remove_var(super::master::READY_FD);
         // SAFETY: the master made this descriptor for this process only (the write end of
         // its pipe, inherited); nothing else in this process owns it.
-        ready = Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // Not for what this process runs (a split configuration's haproxy): the master reads
+        // it to its end.
+        let _ = nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        ready = Some(fd);
     }
     if daemon {
-        let (r, w) = match nix::unistd::pipe() {
+        // Close-on-exec: the parent reads to the end, which a program this process runs
+        // (a split configuration's haproxy) must not hold off.
+        let (r, w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("lb haproxy: pipe: {e}");
@@ -271,7 +331,7 @@ fn serve(args: Args, drop_in: DropIn) -> i32 {
     init_logging(daemon);
     // Whoever reports first takes it: the start (OK) or its failure (the reason).
     let ready = std::sync::Arc::new(std::sync::Mutex::new(ready.map(std::fs::File::from)));
-    let result = run(args, drop_in, ready.clone());
+    let result = run(args, drop_in, ready.clone(), split);
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -314,7 +374,7 @@ fn init_logging(daemon: bool) {
     };
 }
 
-fn run(args: Args, drop_in: DropIn, ready: Ready) -> anyhow::Result<()> {
+fn run(args: Args, drop_in: DropIn, ready: Ready, split: Option<Split>) -> anyhow::Result<()> {
     // Replacing a real HAProxy: keep new flows' SNAT ports clear of its ports until it has
     // ended and members' TIME_WAIT (60 s) with it. (Read as root: another user's
     // /proc/<pid>/exe is not readable without CAP_SYS_PTRACE.)
@@ -331,6 +391,19 @@ fn run(args: Args, drop_in: DropIn, ready: Ready) -> anyhow::Result<()> {
             stats_socket::bind(s).with_context(|| format!("stats socket {}", s.path.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // The real haproxy for the L7 part, started as root as haproxy is (it binds its ports and
+    // changes user itself); it goes again if lb's start fails.
+    let child = match &split {
+        Some(s) => Some(child::start(
+            s,
+            Path::new(&drop_in.config.daemon.state_dir),
+            &drop_in.config.loadbalancer[0].id,
+            args.local_peer.as_deref(),
+            &haproxies,
+        )?),
+        None => None,
+    };
+    let child = Guard(child);
     privileges::drop_to(&creds).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -353,15 +426,41 @@ fn run(args: Args, drop_in: DropIn, ready: Ready) -> anyhow::Result<()> {
     let lb_id = drop_in.config.loadbalancer[0].id.clone();
     let restore_tx = requests_tx.clone();
     let handle = rt.handle().clone();
+    let l7 = child
+        .0
+        .as_ref()
+        .map(|c| (c.pid(), c.socket.clone(), c.replaces.clone()));
+    if let Some((pid, _, _)) = &l7 {
+        rt.spawn(child_follows(*pid));
+    }
     let up = move |running: &[crate::daemon::instance::Instance]| -> anyhow::Result<()> {
         let me = std::process::id();
         if let Some(p) = &pidfile {
-            write_pidfile(p, me)?;
+            let mut pids = vec![me];
+            pids.extend(l7.as_ref().map(|(pid, _, _)| *pid));
+            write_pidfile(p, &pids)?;
         }
         let _enter = handle.enter();
+        let child_socket = l7.as_ref().map(|(_, s, _)| s.clone());
         for (s, b) in sockets.iter().zip(bound.lock().unwrap().drain(..)) {
-            stats_socket::serve(b, &ha, running, requests_tx.clone(), maxconn)
-                .with_context(|| format!("stats socket {}", s.path.display()))?;
+            stats_socket::serve(
+                b,
+                &ha,
+                running,
+                requests_tx.clone(),
+                maxconn,
+                child_socket.clone(),
+            )
+            .with_context(|| format!("stats socket {}", s.path.display()))?;
+        }
+        // haproxy's -sf for the haproxies the new child replaces.
+        for &pid in l7.iter().flat_map(|(_, _, r)| r) {
+            if kill(Pid::from_raw(pid as i32), Signal::SIGUSR1).is_ok() {
+                tracing::info!(
+                    pid,
+                    "the real haproxy replaced for the L7 part told to finish (SIGUSR1)"
+                );
+            }
         }
         if let Some(range) = snat_ports {
             tracing::info!(ports = ?range, haproxy = ?haproxies, "new flows avoid the replaced HAProxy's ephemeral ports until it ends, and 60 s more");
@@ -412,24 +511,82 @@ fn run(args: Args, drop_in: DropIn, ready: Ready) -> anyhow::Result<()> {
         takeover_from: args.old_pids(),
         snat_ports,
     };
-    rt.block_on(daemon::run(daemon::Options {
+    let result = rt.block_on(daemon::run(daemon::Options {
         source: Source::Fixed(drop_in.config),
         mode: None,
         takeover: true,
         embedding: Some(embedding),
         metrics_address,
-    }))
+    }));
+    if result.is_ok() {
+        // It serves on, or was told to stop or finish with lb; it is no longer lb's to end.
+        child.disarm();
+    }
+    result
+}
+
+/// The real haproxy of a split configuration while lb runs: lb's stop (SIGTERM, SIGINT)
+/// stops it, lb's soft stop or handover (SIGUSR1) makes it finish (a new child has replaced
+/// it by then), and its end is reaped and logged.
+async fn child_follows(pid: u32) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
+    ) else {
+        tracing::error!(pid, "cannot watch signals for the real haproxy's sake");
+        return;
+    };
+    let target = Pid::from_raw(pid as i32);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { let _ = kill(target, Signal::SIGTERM); }
+            _ = int.recv() => { let _ = kill(target, Signal::SIGTERM); }
+            _ = usr1.recv() => { let _ = kill(target, Signal::SIGUSR1); }
+            _ = tick.tick() => {
+                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+                match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(st) => {
+                        tracing::warn!(pid, status = ?st, "the real haproxy serving the L7 part ended");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+/// The child of a split configuration, stopped if lb's start fails.
+struct Guard(Option<child::Child>);
+
+impl Guard {
+    fn disarm(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.abandon();
+        }
+    }
 }
 
 /// How long members keep the tuples of a replaced HAProxy's last connections (Linux's
 /// TIME_WAIT).
 const HAPROXY_TIME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The pid file: this process's pid (haproxy writes one line per process).
-pub(super) fn write_pidfile(path: &Path, pid: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!("lb{pid}.tmp"));
-    std::fs::write(&tmp, format!("{pid}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
+/// The pid file: one line per process, as haproxy writes it (lb's, and its real haproxy's
+/// when it has one).
+pub(super) fn write_pidfile(path: &Path, pids: &[u32]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("lb{}.tmp", std::process::id()));
+    let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

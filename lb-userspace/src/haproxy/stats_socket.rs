@@ -178,6 +178,8 @@ pub struct View {
     pub haproxy: HaConfig,
     pub board: Board,
     pub global_maxconn: Option<u32>,
+    /// The stats socket of the real haproxy serving the L7 part of a split configuration.
+    pub child: Option<PathBuf>,
     pub started: Instant,
     pub start_unix: u64,
     pub samples: Arc<Mutex<Samples>>,
@@ -752,6 +754,26 @@ pub async fn answer(
         },
         _ => Err(format!("Unknown command: '{cmd}'\n\n{HELP}")),
     };
+    // A split configuration: haproxy's rows after lb's, haproxy's servers by haproxy.
+    let result = match (&view.child, words.as_slice(), result) {
+        (Some(child), ["show", "stat", ..], Ok(mine)) => match ask(child, cmd).await {
+            Ok(theirs) => Ok(format!(
+                "{}{}",
+                mine.trim_end_matches('\n').to_string() + "\n",
+                theirs
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.is_empty())
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>()
+            ) + "\n"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the real haproxy's stats socket does not answer");
+                Ok(mine)
+            }
+        },
+        (Some(child), _, Err(e)) if e == "No such backend.\n" => ask(child, cmd).await,
+        (_, _, r) => r,
+    };
     match result {
         Ok(s) => (s, false),
         Err(e) => (
@@ -762,6 +784,22 @@ pub async fn answer(
             },
             false,
         ),
+    }
+}
+
+/// One command to the real haproxy's stats socket, its whole answer.
+async fn ask(socket: &Path, cmd: &str) -> Result<String, String> {
+    let talk = async {
+        let mut c = UnixStream::connect(socket).await?;
+        c.write_all(format!("{cmd}\n").as_bytes()).await?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).await?;
+        Ok::<String, std::io::Error>(out)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), talk).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("the real haproxy's stats socket: {e}\n")),
+        Err(_) => Err("the real haproxy's stats socket did not answer within 5 s\n".into()),
     }
 }
 
@@ -927,6 +965,7 @@ pub fn serve(
     running: &[Instance],
     requests: UnboundedSender<Request>,
     global_maxconn: Option<u32>,
+    child: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let Some(inst) = running.first() else {
         anyhow::bail!("no load balancer to report on");
@@ -940,6 +979,7 @@ pub fn serve(
         haproxy: ha.clone(),
         board: inst.board.clone(),
         global_maxconn,
+        child,
         started: Instant::now(),
         start_unix: unix_now(),
         samples: Arc::default(),

@@ -12,6 +12,8 @@ pub struct Line {
     pub file: PathBuf,
     pub number: usize,
     pub words: Vec<String>,
+    /// The line as written (what a configuration handed on to haproxy repeats).
+    pub raw: String,
 }
 
 impl Line {
@@ -54,6 +56,7 @@ pub fn lines(file: &Path, text: &str) -> Result<Vec<Line>, SyntaxError> {
                 file: file.into(),
                 number: i + 1,
                 words,
+                raw: raw.to_string(),
             });
         }
     }
