@@ -167,10 +167,19 @@ pub struct Port {
     /// Default route of the namespace (the subnet's router), for members on other subnets.
     #[serde(default)]
     pub gateway: Option<IpAddr>,
+    /// Whether lb puts the VIP on the port. `false` when something else moves it between
+    /// nodes (keepalived's VRRP): lb serves whatever reaches the VIP, and its monitors check
+    /// from the node's own address while the VIP is elsewhere.
+    #[serde(default = "default_assign_vip")]
+    pub assign_vip: bool,
 }
 
 fn default_bridge() -> String {
     "br-int".into()
+}
+
+fn default_assign_vip() -> bool {
+    true
 }
 
 #[allow(clippy::upper_case_acronyms, non_camel_case_types)]

@@ -212,6 +212,25 @@ async fn connect(
     }
 }
 
+/// The checks' source: the VIP while this namespace holds it; else (keepalived holds it on
+/// another node: `port.assign_vip = false`) the node's own address, the kernel's choice, so
+/// that members' answers come back here and not to the VIP's holder.
+fn source(vip: IpAddr) -> IpAddr {
+    let here = nix::ifaddrs::getifaddrs().is_ok_and(|mut it| {
+        it.any(|a| {
+            a.address.is_some_and(|s| {
+                s.as_sockaddr_in().map(|v| IpAddr::V4(v.ip())) == Some(vip)
+                    || s.as_sockaddr_in6().map(|v| IpAddr::V6(v.ip())) == Some(vip)
+            })
+        })
+    });
+    match (here, vip) {
+        (true, _) => vip,
+        (false, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (false, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
 /// One TCP check: connect from `vip:ephemeral` to `target` within `timeout`.
 pub async fn check_tcp(vip: IpAddr, target: SocketAddr, timeout: Duration) -> Result<(), String> {
     connect(vip, target, timeout)
@@ -223,6 +242,7 @@ pub async fn check_tcp(vip: IpAddr, target: SocketAddr, timeout: Duration) -> Re
 /// One check of `target` as `monitor` says, within its timeout.
 pub async fn check(vip: IpAddr, target: SocketAddr, monitor: &HealthMonitor) -> CheckResult {
     let start = Instant::now();
+    let vip = source(vip);
     let timeout = monitor.timeout();
     if matches!(monitor.kind, MonitorType::PING | MonitorType::UDP_CONNECT) {
         let (status, desc) = if monitor.kind == MonitorType::PING {

@@ -610,9 +610,11 @@ impl Node {
         inside.up("lo").await?;
         inside.up(&port).await?;
         self.port_mac = inside.mac(&port).await?;
-        inside
-            .replace_address(&port, lb.vip_address, lb.prefixlen())
-            .await?;
+        if lb.port.assign_vip {
+            inside
+                .replace_address(&port, lb.vip_address, lb.prefixlen())
+                .await?;
+        }
         if let Some(gw) = lb.port.gateway {
             inside.default_route(gw).await?;
         }

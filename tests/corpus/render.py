@@ -370,8 +370,8 @@ SCENARIOS = [
                                            pool('PROXYV2'))],
                       'TCP listener + PROXYV2 pool (send-proxy-v2)')),
     ((OCT,), scenario('active-standby', [tcp_listener(
-        sp=dict(type='SOURCE_IP', cookie_name=None))],
-        'ACTIVE_STANDBY: peers section (amphorae 10.0.0.5/10.0.0.6:1025) and '
+        sp=dict(type='SOURCE_IP', cookie_name=None), hm=hm('TCP'))],
+        'ACTIVE_STANDBY: peers section (amphorae 10.0.0.5/10.0.0.6:1025), TCP monitor and '
         'SOURCE_IP stick-table synced to peers; rendered for the MASTER amphora, '
         'whose local peer name (haproxy -L) is LJss7WmtbVSgGyM1DbZNYuxQ14o: '
         'without -L haproxy -c warns and drops the peers section',

@@ -872,3 +872,107 @@ fn a_mixed_config_is_split_between_lb_and_the_real_haproxy() {
     );
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// The backup amphora of an ACTIVE_STANDBY pair: its namespace has its own address on the
+/// VIP's subnet and `ip_nonlocal_bind`, and not the VIP (keepalived adds it on the master).
+/// lb starts there as haproxy does, checks members from the amphora's own address, serves the
+/// VIP once keepalived assigns it, and leaves the VIP alone when it stops.
+#[test]
+fn a_backup_amphora_checks_from_its_own_address_and_serves_once_the_vip_comes() {
+    if !integration_tests::require_root() {
+        return;
+    }
+    let plan = Plan::new();
+    let mut agent = Agent::new(&plan.topo, &lb_bin(), false);
+    // The backup's own address (Octavia's 10.0.0.6 in the rendered peers section).
+    agent.plug("10.0.0.6".parse().unwrap());
+    integration_tests::sh(&format!(
+        "ip netns exec {} sysctl -qw net.ipv4.ip_nonlocal_bind=1",
+        agent.namespace
+    ));
+    let row = manifest()
+        .into_iter()
+        .find(|r| r.path == "octavia-19.0.0/active-standby.cfg")
+        .unwrap();
+    let base = std::env::temp_dir().join(integration_tests::unique("g"));
+    let files = place(&row, &base);
+    let sock = stats_socket(&files[0]);
+    let mut args = f_args(&files);
+    args.extend(["-p".into(), agent.pidfile().display().to_string()]);
+    args.extend(["-L".into(), "jR3Sz4raM1pvwzeZ76wH5euoshQ".into()]);
+    let all: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = agent.haproxy(&all, &[]);
+    assert!(
+        out.status.success(),
+        "a backup starts as haproxy does: {out:?}"
+    );
+    let vip_here = || {
+        integration_tests::sh(&format!("ip -n {} -4 addr show", agent.namespace))
+            .contains("10.0.0.250")
+    };
+    assert!(!vip_here(), "lb leaves the VIP to keepalived");
+
+    // Checks from the amphora's own address: members see 10.0.0.6 and report up.
+    wait_for(
+        "both members up by checks from 10.0.0.6",
+        Duration::from_secs(15),
+        || {
+            let up = show_stat(&sock)
+                .iter()
+                .filter(|r| r["type"] == "2" && r["check_status"] == "L4OK")
+                .count();
+            (up == 2).then_some(())
+        },
+    );
+    for s in plan.servers.iter().take(3).step_by(2) {
+        let peers = s.peers.lock().unwrap().clone();
+        assert!(
+            !peers.is_empty() && peers.iter().all(|p| p.ip().to_string() == "10.0.0.6"),
+            "checks come from the amphora's own address: {peers:?}"
+        );
+    }
+
+    // keepalived makes this node master: the VIP, and a gratuitous ARP (here: the client and
+    // members forget the old owner).
+    integration_tests::sh(&format!(
+        "ip -n {} addr add 10.0.0.250/24 dev {}",
+        agent.namespace,
+        agent_port(&agent)
+    ));
+    for ns in
+        std::iter::once(&plan.topo.client.name).chain(plan.topo.members.iter().map(|m| &m.ns.name))
+    {
+        integration_tests::sh(&format!("ip -n {ns} neigh flush all"));
+    }
+    let c = connect(&plan.topo.client.name, VIP, 8080).expect("served once the VIP is here");
+    assert!(
+        M[..2].contains(&c.member().to_string().as_str()),
+        "{}",
+        c.greeting
+    );
+    drop(c);
+
+    // Stop: lb takes nothing keepalived gave.
+    let pids = agent.pids();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_for("lb to stop", Duration::from_secs(20), || {
+        (!alive(pids[0])).then_some(())
+    });
+    assert!(vip_here(), "the VIP stays keepalived's");
+    assert!(agent.remains().is_empty(), "{:?}", agent.remains());
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The device the agent plugged into the load balancer's namespace.
+fn agent_port(agent: &Agent) -> String {
+    integration_tests::sh(&format!("ip -n {} -o link show", agent.namespace))
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .find(|n| n != "lo")
+        .expect("the port")
+}

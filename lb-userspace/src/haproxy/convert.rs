@@ -29,6 +29,12 @@ pub trait Namespace {
     /// The only address of the namespace outside loopback and link-local, if there is
     /// exactly one (what `bind *:port` means on a load balancer's port).
     fn only_address(&self) -> Option<IpAddr>;
+    /// A VIP the namespace does not hold, but may bind (`ip_nonlocal_bind`, as Octavia's
+    /// amphora sets it): the device whose subnet holds it, and the subnet's prefix length.
+    /// On a backup amphora keepalived adds the VIP there when it becomes master.
+    fn awaits(&self, _address: IpAddr) -> Option<(String, u8)> {
+        None
+    }
 }
 
 /// A haproxy configuration as lb runs it.
@@ -191,10 +197,17 @@ pub fn convert(
     for b in cfg.proxies.iter().filter(|p| p.kind.has_backend()) {
         pools.push(pool(b)?);
     }
-    // -c checks a config anywhere; running needs the VIP here.
-    let (device, prefix) = ns.locate(vip).ok_or_else(|| {
-        refusal(&vip_at, "bind", format!("no device in network namespace {netns} holds {vip} (the agent plugs the port and assigns the VIP before it starts haproxy)"))
-    })?;
+    // -c checks a config anywhere; running needs the VIP here, or a namespace that lets
+    // haproxy bind it before it comes (a backup amphora: keepalived moves the VIP).
+    let (device, prefix, assign_vip) = match ns.locate(vip) {
+        Some((d, p)) => (d, p, true),
+        None => {
+            let (d, p) = ns.awaits(vip).ok_or_else(|| {
+                refusal(&vip_at, "bind", format!("no device in network namespace {netns} holds {vip} (the agent plugs the port and assigns the VIP before it starts haproxy; with ip_nonlocal_bind set, a device on its subnet would do)"))
+            })?;
+            (d, p, false)
+        }
+    };
     let lb = LoadBalancer {
         id: id.into(),
         namespace: Some(netns.into()),
@@ -206,6 +219,7 @@ pub fn convert(
             adopt: true,
             mac: None,
             gateway: None,
+            assign_vip,
         },
         connection_limit: cfg.global.maxconn.map_or(-1, |m| m as i64),
         conntrack_flows: conntrack_flows(cfg.global.maxconn),

@@ -129,6 +129,24 @@ impl Namespace for Here {
             .map(|(d, _, p)| (d.clone(), *p))
     }
 
+    fn awaits(&self, address: IpAddr) -> Option<(String, u8)> {
+        let sysctl = if address.is_ipv4() {
+            "/proc/sys/net/ipv4/ip_nonlocal_bind"
+        } else {
+            "/proc/sys/net/ipv6/ip_nonlocal_bind"
+        };
+        if !std::fs::read_to_string(sysctl).is_ok_and(|v| v.trim() == "1") {
+            return None;
+        }
+        self.addrs
+            .iter()
+            .find(|(_, a, p)| {
+                a.is_ipv4() == address.is_ipv4()
+                    && crate::config::mask(*a, *p) == crate::config::mask(address, *p)
+            })
+            .map(|(d, _, p)| (d.clone(), *p))
+    }
+
     fn only_address(&self) -> Option<IpAddr> {
         match self.addrs.as_slice() {
             [(_, a, _)] => Some(*a),

@@ -253,6 +253,13 @@ fn prepare(cfg: &super::HaConfig, files: &[PathBuf]) -> anyhow::Result<DropIn> {
     let id = namespace::loadbalancer_id(&netns, &files[0]);
     let here = Here::read().context("listing this namespace's addresses")?;
     let mut d = convert::convert(cfg, &id, &netns, &here)?;
+    let lb = &d.config.loadbalancer[0];
+    if !lb.port.assign_vip {
+        eprintln!(
+            "lb haproxy: {} is not in {netns} yet (ip_nonlocal_bind is set: a backup, keepalived moves the VIP): serving it on {} once it is assigned; monitors check from this node's own address meanwhile",
+            lb.vip_address, lb.port.name
+        );
+    }
     // haproxy configs have no place for these: lb-specific environment variables.
     if let Some(v) = std::env::var_os("LB_STATE_DIR") {
         d.config.daemon.state_dir = v.to_string_lossy().into_owned();
