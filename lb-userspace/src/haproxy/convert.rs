@@ -288,13 +288,16 @@ fn pool(b: &Proxy) -> Result<Pool, Refusal> {
             .expect("two");
         return Err(refusal(&second.at, "backup", "lb uses every backup server at once, as haproxy's 'option allbackups' does; without it haproxy uses only the first: add 'option allbackups' to this backend"));
     }
-    let checked: Vec<&Server> = b.servers.iter().filter(|s| s.params.check).collect();
+    // A `disabled` backend is stopped in haproxy: no listener sends to it, and nothing
+    // checks its servers.
+    let checks = |s: &&Server| s.params.check && !b.disabled;
+    let checked: Vec<&Server> = b.servers.iter().filter(checks).collect();
     let pool_monitor = checked.first().map(|s| monitor(b, s)).transpose()?;
     let member = b
         .servers
         .iter()
         .map(|s| {
-            let own = s.params.check.then(|| monitor(b, s)).transpose()?;
+            let own = checks(&s).then(|| monitor(b, s)).transpose()?;
             Ok(Member {
                 id: s.name.clone(),
                 address: s.address,
@@ -689,6 +692,19 @@ backend p1
     /// listens on its port, the namespace refuses its connections. The VIP and the other
     /// frontends are as before; a disabled backend's servers stay (its stats rows).
     #[test]
+    fn a_disabled_backend_s_servers_are_not_checked() {
+        let text = SEED
+            .replace("balance leastconn", "balance leastconn\n        disabled")
+            .replace("weight 1\n", "weight 1 check\n");
+        let d = conv(&text).unwrap();
+        let pool = &d.config.loadbalancer[0].pool[0];
+        assert!(pool.healthmonitor.is_none());
+        assert!(pool.member.iter().all(|m| m.check == MemberCheck::Off));
+        let d = conv(&SEED.replace("weight 1\n", "weight 1 check\n")).unwrap();
+        assert!(d.config.loadbalancer[0].pool[0].healthmonitor.is_some());
+    }
+
+    #[test]
     fn a_frontend_without_a_usable_backend_gets_no_listener() {
         let be = "default_backend 574a31da-a28a-449f-8c9d-3d3687c3c02a";
         let d = conv(&SEED.replace(be, "")).unwrap();
@@ -866,7 +882,7 @@ backend p1
             (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:22\n        bind 10.0.0.251:23"), "conf:18: 'bind': lb serves one VIP per load balancer: 10.0.0.251 here, 10.0.0.250 at conf:17"),
             (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:22,10.0.0.250:22"), "conf:17: 'bind': 10.0.0.250:22 is bound twice"),
             (SEED.replace("frontend df25900f-53b1-4aab-8436-8411ec710445", "frontend df25900f-53b1-4aab-8436-8411ec710445\n        disabled"), "'frontend': no enabled frontend or listen section binds an address: nothing to serve"),
-            (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.9:22"), "conf:17: 'bind': no device in network namespace qlbaas-574a31da holds 10.0.0.9 (the agent plugs the port and assigns the VIP before it starts haproxy)"),
+            (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.9:22"), "conf:17: 'bind': no device in network namespace qlbaas-574a31da holds 10.0.0.9 (the agent plugs the port and assigns the VIP before it starts haproxy; with ip_nonlocal_bind set, a device on its subnet would do)"),
             (SEED.replace("bind 10.0.0.250:22", "bind 10.0.0.250:60001"), "'config': invalid config: loadbalancer[0].listener[0].protocol_port = 60001: 60000-65535 is the namespace's local port range"),
             (SEED.replace(lc, &format!("{lc}\n        stick-table type ip size 100k\n        stick on src")), "conf:20: 'stick-table': size 102400: lb's table holds 16384 client addresses per load balancer"),
             (SEED.replace(lc, &format!("{lc}\n        stick on src")), "conf:20: 'stick on src': needs a 'stick-table type ip size N' in the same backend"),
