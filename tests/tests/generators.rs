@@ -76,6 +76,14 @@ fn manifest() -> Vec<Row> {
     rows
 }
 
+/// The MANIFEST's row for `path`.
+fn corpus_row(path: &str) -> Row {
+    manifest()
+        .into_iter()
+        .find(|r| r.path == path)
+        .unwrap_or_else(|| panic!("{path} is in the corpus"))
+}
+
 /// The row's config (and Octavia's user-group file) with the generators' base directory
 /// moved to `dir`: the files to pass with `-f`, in order.
 fn place(row: &Row, dir: &Path) -> Vec<PathBuf> {
@@ -552,10 +560,7 @@ fn the_amphora_unit_runs_lb_as_systemd_runs_haproxy() {
     let plan = Plan::new();
     let mut agent = Agent::new(&plan.topo, &lb_bin(), false);
     agent.plug(VIP);
-    let row = manifest()
-        .into_iter()
-        .find(|r| r.path == "octavia-19.0.0/tcp-roundrobin.cfg")
-        .unwrap();
+    let row = corpus_row("octavia-19.0.0/tcp-roundrobin.cfg");
     let base = std::env::temp_dir().join(integration_tests::unique("g"));
     let files = place(&row, &base);
     let sock = base
@@ -747,10 +752,7 @@ fn a_mixed_config_is_split_between_lb_and_the_real_haproxy() {
         .collect();
     let mut agent = Agent::new(&plan.topo, &lb_bin(), false);
     agent.plug(VIP);
-    let row = manifest()
-        .into_iter()
-        .find(|r| r.path == "octavia-19.0.0/mixed-tcp-http.cfg")
-        .unwrap();
+    let row = corpus_row("octavia-19.0.0/mixed-tcp-http.cfg");
     let base = std::env::temp_dir().join(integration_tests::unique("g"));
     let files = place(&row, &base);
     // The real haproxy sizes its descriptors from maxconn: Octavia's 100000 (two listeners)
@@ -890,10 +892,7 @@ fn a_backup_amphora_checks_from_its_own_address_and_serves_once_the_vip_comes() 
         "ip netns exec {} sysctl -qw net.ipv4.ip_nonlocal_bind=1",
         agent.namespace
     ));
-    let row = manifest()
-        .into_iter()
-        .find(|r| r.path == "octavia-19.0.0/active-standby.cfg")
-        .unwrap();
+    let row = corpus_row("octavia-19.0.0/active-standby.cfg");
     let base = std::env::temp_dir().join(integration_tests::unique("g"));
     let files = place(&row, &base);
     let sock = stats_socket(&files[0]);

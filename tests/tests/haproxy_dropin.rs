@@ -453,8 +453,11 @@ fn refused_configs_name_file_line_and_keyword_and_leave_nothing() {
         )),
         "{err}"
     );
-    let out = agent.haproxy(&["-f", &agent.conf().display().to_string(), "-Ws"], &[]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("option '-Ws' is not supported"));
+    let out = agent.haproxy(
+        &["-f", &agent.conf().display().to_string(), "-x", "/s"],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("option '-x' is not supported"));
     // A VIP the namespace does not hold: refused before anything is made.
     let out = agent.spawn(&v1_conf(&agent, (1, 1), "").replace("10.0.0.250:22", "10.0.0.251:22"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds 10.0.0.251"));

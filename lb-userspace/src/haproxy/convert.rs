@@ -824,28 +824,18 @@ backend p1
                 Some("example.com")
             )
         );
+        let kind = |d: &DropIn| {
+            let pool = &d.config.loadbalancer[0].pool[0];
+            pool.healthmonitor.as_ref().expect("a monitor").kind
+        };
         let d = with(
             "option external-check\n external-check command /var/lib/octavia/ping-wrapper.sh",
             "",
         )
         .unwrap();
-        assert_eq!(
-            d.config.loadbalancer[0].pool[0]
-                .healthmonitor
-                .as_ref()
-                .unwrap()
-                .kind,
-            MonitorType::PING
-        );
+        assert_eq!(kind(&d), MonitorType::PING);
         let d = with("option httpchk GET /", " check-ssl verify none").unwrap();
-        assert_eq!(
-            d.config.loadbalancer[0].pool[0]
-                .healthmonitor
-                .as_ref()
-                .unwrap()
-                .kind,
-            MonitorType::TLS_HELLO
-        );
+        assert_eq!(kind(&d), MonitorType::TLS_HELLO);
         // PROXY protocol towards the members is the real haproxy's job.
         let cfg = parse(
             &tokens::lines(
