@@ -11,6 +11,7 @@ use std::{
 pub mod agent;
 pub mod fault;
 pub mod fixture;
+pub mod notify;
 pub mod skip;
 pub mod sshd;
 pub mod stream;

@@ -1385,3 +1385,43 @@ fn monitor_address_and_port_are_checked_instead_of_the_members() {
     assert!(got.iter().all(|m| *m == M1), "only M1 again: {got:?}");
     drop(mon1);
 }
+
+/// `lb run` as a `Type=notify` service (dist/lb.service): READY=1 once it serves, RELOADING=1
+/// and READY=1 around a SIGHUP reload, STOPPING=1 when it stops.
+#[test]
+fn lb_run_tells_systemd_when_it_serves_reloads_and_stops() {
+    let Some(setup) = Setup::new(|t| t, &[M1, M2]) else {
+        return;
+    };
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let notify = integration_tests::notify::Notify::new();
+    let mut daemon = Daemon::start_with_env(
+        bin,
+        &topo.node.name,
+        &cfg.path,
+        &[],
+        &[("NOTIFY_SOCKET", notify.path.as_os_str())],
+    );
+    notify
+        .wait("READY=1", Duration::from_secs(60))
+        .unwrap_or_else(|seen| panic!("no READY=1 ({seen:?}): {}", daemon.log_text()));
+    // Ready means serving: a connection at once.
+    let c = connect(&topo.client.name, VIP, 22).expect("served when READY=1 came");
+    assert!(c.member() == M1 || c.member() == M2);
+    drop(c);
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    let seen = notify
+        .wait("READY=1", Duration::from_secs(30))
+        .unwrap_or_else(|seen| panic!("no READY=1 after SIGHUP ({seen:?})"));
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("RELOADING=1"),
+        "{seen:?}"
+    );
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "{}", daemon.log_text());
+    assert!(
+        notify.wait("STOPPING=1", Duration::from_secs(1)).is_ok(),
+        "STOPPING=1 on the way out"
+    );
+}
