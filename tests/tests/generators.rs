@@ -346,6 +346,30 @@ fn every_tcp_config_serves_end_to_end() {
     let mut agent = Agent::new(&plan.topo, &lb_bin(), false);
     agent.plug(VIP);
     agent.add_address("fd00::250/64");
+    // Another load balancer on the node for the whole run, as a network node has: the node's
+    // program set stays loaded, so each config's start loads nothing (alone, each start
+    // would verify the programs again, as the first deploy on a node does).
+    let mut anchor = Agent::on_node(
+        &plan.topo,
+        &lb_bin(),
+        agent.state_dir.as_ref().unwrap(),
+        agent.bpffs.as_ref().unwrap(),
+    );
+    anchor.plug("10.0.0.249".parse().unwrap());
+    let anchor_base = std::env::temp_dir().join(integration_tests::unique("g"));
+    let anchor_files = place(
+        &corpus_row("octavia-19.0.0/tcp-roundrobin.cfg"),
+        &anchor_base,
+    );
+    let text = std::fs::read_to_string(&anchor_files[0]).unwrap();
+    std::fs::write(&anchor_files[0], text.replace("10.0.0.250", "10.0.0.249")).unwrap();
+    let mut anchor_args = f_args(&anchor_files);
+    anchor_args.extend(["-p".into(), anchor.pidfile().display().to_string()]);
+    let out = anchor.haproxy(
+        &anchor_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(out.status.success(), "the anchor: {out:?}");
     for row in &rows {
         let started = Instant::now();
         let text = std::fs::read_to_string(Path::new(CORPUS).join(&row.path)).unwrap();
@@ -484,6 +508,18 @@ fn every_tcp_config_serves_end_to_end() {
         "CORPUS e2e: {served} of {} mode tcp configs served",
         rows.len()
     );
+    let pids = anchor.pids();
+    for &p in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    wait_for("the anchor to stop", Duration::from_secs(20), || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+    drop(anchor);
+    let _ = std::fs::remove_dir_all(&anchor_base);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(served, rows.len());
 }
