@@ -44,6 +44,12 @@ impl Notify {
     }
 }
 
+impl Default for Notify {
+    fn default() -> Self {
+        Notify::new()
+    }
+}
+
 impl Drop for Notify {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -305,7 +305,7 @@ fn pool(b: &Proxy) -> Result<Pool, Refusal> {
                 weight: s.params.weight,
                 admin_state_up: !s.params.disabled,
                 backup: s.params.backup,
-                monitor_address: s.params.addr.map(Into::into),
+                monitor_address: s.params.addr,
                 monitor_port: s.params.port,
                 check: match own {
                     None => MemberCheck::Off,
