@@ -36,6 +36,8 @@ const TEST_PACKAGES: &[&str] = &[
     // see `setup`), the ssh client
     "openssh-server",
     "openssh-client",
+    // Octavia's keepalived check script (tests/corpus), run on the drop-in's stats socket
+    "python3",
 ];
 /// What the benchmark drives and compares against, besides the test packages.
 const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "iperf3", "nftables"];
