@@ -109,6 +109,43 @@ fn place(row: &Row, dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A corpus config placed under a fresh short directory (haproxy takes socket paths of 97
+/// bytes at most), removed on drop.
+struct Placed {
+    base: PathBuf,
+    files: Vec<PathBuf>,
+    /// Its stats socket.
+    sock: PathBuf,
+}
+
+impl Placed {
+    fn new(path: &str) -> Placed {
+        let base = std::env::temp_dir().join(integration_tests::unique("g"));
+        let files = place(&corpus_row(path), &base);
+        let sock = stats_socket(&files[0]);
+        Placed { base, files, sock }
+    }
+
+    /// Rewrites the placed config.
+    fn edit(&self, f: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.files[0]).unwrap();
+        std::fs::write(&self.files[0], f(text)).unwrap();
+    }
+
+    /// `-f` for each file, and `-p pidfile`.
+    fn args(&self, pidfile: &Path) -> Vec<String> {
+        let mut a = f_args(&self.files);
+        a.extend(["-p".into(), pidfile.display().to_string()]);
+        a
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
 fn f_args(files: &[PathBuf]) -> Vec<String> {
     files
         .iter()
@@ -356,15 +393,9 @@ fn every_tcp_config_serves_end_to_end() {
         agent.bpffs.as_ref().unwrap(),
     );
     anchor.plug("10.0.0.249".parse().unwrap());
-    let anchor_base = std::env::temp_dir().join(integration_tests::unique("g"));
-    let anchor_files = place(
-        &corpus_row("octavia-19.0.0/tcp-roundrobin.cfg"),
-        &anchor_base,
-    );
-    let text = std::fs::read_to_string(&anchor_files[0]).unwrap();
-    std::fs::write(&anchor_files[0], text.replace("10.0.0.250", "10.0.0.249")).unwrap();
-    let mut anchor_args = f_args(&anchor_files);
-    anchor_args.extend(["-p".into(), anchor.pidfile().display().to_string()]);
+    let anchor_conf = Placed::new("octavia-19.0.0/tcp-roundrobin.cfg");
+    anchor_conf.edit(|t| t.replace("10.0.0.250", "10.0.0.249"));
+    let anchor_args = anchor_conf.args(&anchor.pidfile());
     let out = anchor.haproxy(
         &anchor_args.iter().map(String::as_str).collect::<Vec<_>>(),
         &[],
@@ -388,10 +419,8 @@ fn every_tcp_config_serves_end_to_end() {
                 ));
             }
         }
-        let base = std::env::temp_dir().join(integration_tests::unique("g"));
-        let files = place(row, &base);
-        let mut args = f_args(&files);
-        args.extend(["-p".into(), agent.pidfile().display().to_string()]);
+        let conf = Placed::new(&row.path);
+        let args = conf.args(&agent.pidfile());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = agent.haproxy(&args, &[]);
         let vip = if v6 { "fd00::250" } else { "10.0.0.250" };
@@ -444,7 +473,7 @@ fn every_tcp_config_serves_end_to_end() {
             // Monitors judge real members as haproxy's would: every checked server that
             // should serve comes up (TLS servers for TLS checks, ICMP for PING).
             if text.contains(" check") && expected(&row.scenario, 8080, v6).is_some() {
-                let sock = stats_socket(&files[0]);
+                let sock = &conf.sock;
                 let up = || -> Vec<String> {
                     show_stat(&sock)
                         .into_iter()
@@ -490,7 +519,6 @@ fn every_tcp_config_serves_end_to_end() {
                 wrong.push(format!("{}: left {:?}", row.path, agent.remains()));
             }
         }
-        let _ = std::fs::remove_dir_all(&base);
         if !tls.is_empty() {
             drop(tls);
             plan.servers.clear();
@@ -519,7 +547,6 @@ fn every_tcp_config_serves_end_to_end() {
         pids.iter().all(|p| !alive(*p)).then_some(())
     });
     drop(anchor);
-    let _ = std::fs::remove_dir_all(&anchor_base);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(served, rows.len());
 }
@@ -552,14 +579,10 @@ fn the_amphora_unit_runs_lb_as_systemd_runs_haproxy() {
     let plan = Plan::new();
     let mut agent = Agent::new(&plan.topo, &lb_bin(), false);
     agent.plug(VIP);
-    let row = corpus_row("octavia-19.0.0/tcp-roundrobin.cfg");
-    let base = std::env::temp_dir().join(integration_tests::unique("g"));
-    let files = place(&row, &base);
-    let sock = base
-        .join("octavia")
-        .join("5d7b9f2e-0000-4000-8000-000000000001.sock");
+    let conf = Placed::new("octavia-19.0.0/tcp-roundrobin.cfg");
+    let (files, sock) = (&conf.files, &conf.sock);
     let pidfile = agent.pidfile();
-    let mut args = f_args(&files);
+    let mut args = f_args(files);
 
     // ExecStartPre: quiet, valid.
     let pre: Vec<String> = args
@@ -711,7 +734,6 @@ fn the_amphora_unit_runs_lb_as_systemd_runs_haproxy() {
     );
     let gone = vrrp_check(&sock);
     assert!(!gone.status.success(), "keepalived sees it gone: {gone:?}");
-    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// The processes' executables.
@@ -744,22 +766,15 @@ fn a_mixed_config_is_split_between_lb_and_the_real_haproxy() {
         .collect();
     let mut agent = Agent::new(&plan.topo, &lb_bin(), false);
     agent.plug(VIP);
-    let row = corpus_row("octavia-19.0.0/mixed-tcp-http.cfg");
-    let base = std::env::temp_dir().join(integration_tests::unique("g"));
-    let files = place(&row, &base);
+    let conf = Placed::new("octavia-19.0.0/mixed-tcp-http.cfg");
     // The real haproxy sizes its descriptors from maxconn: Octavia's 100000 (two listeners)
-    // needs more than
-    // this machine's hard limit of 20000 open files.
-    let text = std::fs::read_to_string(&files[0]).unwrap();
-    std::fs::write(
-        &files[0],
-        text.replace("maxconn 100000", "maxconn 4000")
-            .replace("maxconn 50000", "maxconn 4000"),
-    )
-    .unwrap();
-    let sock = stats_socket(&files[0]);
-    let mut args = f_args(&files);
-    args.extend(["-p".into(), agent.pidfile().display().to_string()]);
+    // needs more than this machine's hard limit of 20000 open files.
+    conf.edit(|t| {
+        t.replace("maxconn 100000", "maxconn 4000")
+            .replace("maxconn 50000", "maxconn 4000")
+    });
+    let sock = &conf.sock;
+    let args = conf.args(&agent.pidfile());
     let start = |extra: &[String]| {
         let all: Vec<&str> = args.iter().chain(extra).map(String::as_str).collect();
         let out = agent.haproxy(&all, &[]);
@@ -864,7 +879,6 @@ fn a_mixed_config_is_split_between_lb_and_the_real_haproxy() {
         http_get(&plan.topo.client.name, 80).is_err(),
         "nothing serves HTTP after the stop"
     );
-    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// The backup amphora of an ACTIVE_STANDBY pair: its namespace has its own address on the
@@ -884,12 +898,9 @@ fn a_backup_amphora_checks_from_its_own_address_and_serves_once_the_vip_comes() 
         "ip netns exec {} sysctl -qw net.ipv4.ip_nonlocal_bind=1",
         agent.namespace
     ));
-    let row = corpus_row("octavia-19.0.0/active-standby.cfg");
-    let base = std::env::temp_dir().join(integration_tests::unique("g"));
-    let files = place(&row, &base);
-    let sock = stats_socket(&files[0]);
-    let mut args = f_args(&files);
-    args.extend(["-p".into(), agent.pidfile().display().to_string()]);
+    let conf = Placed::new("octavia-19.0.0/active-standby.cfg");
+    let sock = &conf.sock;
+    let mut args = conf.args(&agent.pidfile());
     args.extend(["-L".into(), "jR3Sz4raM1pvwzeZ76wH5euoshQ".into()]);
     let all: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = agent.haproxy(&all, &[]);
@@ -964,7 +975,6 @@ fn a_backup_amphora_checks_from_its_own_address_and_serves_once_the_vip_comes() 
     });
     assert!(vip_here(), "the VIP stays keepalived's");
     assert!(agent.remains().is_empty(), "{:?}", agent.remains());
-    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// The device the agent plugged into the load balancer's namespace.

@@ -155,13 +155,12 @@ impl Split {
              global\n    stats socket {} mode 600 level admin\n",
             socket.display()
         );
-        let mut at = None;
+        let mut file = None;
         for l in &self.lines {
-            let place = (l.file.clone(), l.number);
-            if at.as_ref().map(|(f, _)| f) != Some(&place.0) {
+            if file != Some(&l.file) {
                 out.push_str(&format!("# {}\n", l.file.display()));
+                file = Some(&l.file);
             }
-            at = Some(place);
             out.push_str(&l.raw);
             out.push('\n');
         }

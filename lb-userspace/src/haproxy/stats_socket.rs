@@ -757,15 +757,19 @@ pub async fn answer(
     // A split configuration: haproxy's rows after lb's, haproxy's servers by haproxy.
     let result = match (&view.child, words.as_slice(), result) {
         (Some(child), ["show", "stat", ..], Ok(mine)) => match ask(child, cmd).await {
-            Ok(theirs) => Ok(format!(
-                "{}{}",
-                mine.trim_end_matches('\n').to_string() + "\n",
-                theirs
+            // One header (lb's), every row, and haproxy's closing empty line.
+            Ok(theirs) => {
+                let mut out = mine.trim_end_matches('\n').to_string();
+                for row in theirs
                     .lines()
                     .filter(|l| !l.starts_with('#') && !l.is_empty())
-                    .map(|l| format!("{l}\n"))
-                    .collect::<String>()
-            ) + "\n"),
+                {
+                    out.push('\n');
+                    out.push_str(row);
+                }
+                out.push_str("\n\n");
+                Ok(out)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the real haproxy's stats socket does not answer");
                 Ok(mine)
