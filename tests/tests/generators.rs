@@ -475,7 +475,7 @@ fn every_tcp_config_serves_end_to_end() {
             if text.contains(" check") && expected(&row.scenario, 8080, v6).is_some() {
                 let sock = &conf.sock;
                 let up = || -> Vec<String> {
-                    show_stat(&sock)
+                    show_stat(sock)
                         .into_iter()
                         .filter(|s| s.get("type").map(String::as_str) == Some("2"))
                         .filter(|s| {
@@ -497,7 +497,7 @@ fn every_tcp_config_serves_end_to_end() {
                     wrong.push(format!(
                         "{}: members not reported up by their checks: {:?}",
                         row.path,
-                        show_stat(&sock)
+                        show_stat(sock)
                     ));
                 }
             }
@@ -628,7 +628,7 @@ fn the_amphora_unit_runs_lb_as_systemd_runs_haproxy() {
         c.greeting
     );
     drop(c);
-    let check = vrrp_check(&sock);
+    let check = vrrp_check(sock);
     assert!(
         check.status.success(),
         "keepalived's check script: {check:?}"
@@ -647,7 +647,7 @@ fn the_amphora_unit_runs_lb_as_systemd_runs_haproxy() {
     std::fs::write(conf, without).unwrap();
     let reload: Vec<String> = ["-c".to_string()]
         .into_iter()
-        .chain(f_args(&files))
+        .chain(f_args(files))
         .chain(["-L".into(), PEER.into()])
         .collect();
     let out = agent.haproxy(&reload.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
@@ -681,7 +681,7 @@ fn the_amphora_unit_runs_lb_as_systemd_runs_haproxy() {
             "connection {i}: the reloaded config has .11 only"
         );
     }
-    assert!(vrrp_check(&sock).status.success());
+    assert!(vrrp_check(sock).status.success());
 
     // SIGUSR1: soft stop; the master waits for the last connection.
     let mut held = connect(&plan.topo.client.name, VIP, 8080).expect("held");
@@ -732,7 +732,7 @@ fn the_amphora_unit_runs_lb_as_systemd_runs_haproxy() {
         "after SIGTERM: {:?}",
         agent.remains()
     );
-    let gone = vrrp_check(&sock);
+    let gone = vrrp_check(sock);
     assert!(!gone.status.success(), "keepalived sees it gone: {gone:?}");
 }
 
@@ -807,7 +807,7 @@ fn a_mixed_config_is_split_between_lb_and_the_real_haproxy() {
     };
     serves("split");
     // As the agent asks it: backends and servers (`show stat -1 6 -1`), lb's and haproxy's.
-    let rows = show_stat(&sock);
+    let rows = show_stat(sock);
     let names: Vec<(&str, &str)> = rows
         .iter()
         .map(|r| (r["pxname"].as_str(), r["svname"].as_str()))
@@ -919,7 +919,7 @@ fn a_backup_amphora_checks_from_its_own_address_and_serves_once_the_vip_comes() 
         "both members up by checks from 10.0.0.6",
         Duration::from_secs(15),
         || {
-            let up = show_stat(&sock)
+            let up = show_stat(sock)
                 .iter()
                 .filter(|r| r["type"] == "2" && r["check_status"] == "L4OK")
                 .count();

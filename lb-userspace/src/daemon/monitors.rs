@@ -23,6 +23,10 @@ use crate::{
     node,
 };
 
+/// What the neighbour-priming task runs for (`Targets::warm`, `Targets::unmonitored_slots`)
+/// and its handle.
+type Priming = ((Vec<IpAddr>, Vec<u32>), AbortHandle);
+
 /// The set of members to check.
 #[derive(Debug, Clone, Default)]
 pub struct Targets {
@@ -77,7 +81,7 @@ impl Monitors {
                 rt.block_on(async move {
                     let mut tasks = JoinSet::new();
                     let mut running: HashMap<u32, (MonitorTarget, AbortHandle)> = HashMap::new();
-                    let mut prime: Option<((Vec<IpAddr>, Vec<u32>), AbortHandle)> = None;
+                    let mut prime: Option<Priming> = None;
                     // Ends when the daemon drops the sender; dropping `tasks` aborts them all.
                     while let Some(t) = sets.recv().await {
                         running.retain(|i, (cur, handle)| {
