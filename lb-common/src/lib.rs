@@ -39,6 +39,8 @@ pub const DEFAULT_CONNTRACK_FLOWS: u32 = 32_768;
 /// Default `half_open_limit` of a listener: handshakes in progress past which SYNs are
 /// answered with cookies.
 pub const DEFAULT_HALF_OPEN_LIMIT: u32 = 2048;
+/// A UDP listener's new flows per second unless configured (`flow_rate`).
+pub const DEFAULT_UDP_FLOW_RATE: u32 = 20_000;
 
 /// SNAT source ports the data path allocates from (inclusive). The daemon moves the
 /// namespace's `ip_local_port_range` above this range so the two never collide.
@@ -181,6 +183,10 @@ pub const CT_LOG: u64 = 1 << 11;
 /// `active` from its first datagram (there is no handshake), and ended by its listener's
 /// idle timeout alone.
 pub const CT_UDP: u64 = 1 << 12;
+/// A UDP flow its member answered (a datagram back): it ends after the listener's data
+/// timeout idle; one never answered (a spoofed source, a member that does not serve) after
+/// its connect timeout. The bit TCP uses for the member's SYN-ACK.
+pub const CT_ANSWERED: u64 = CT_SYNACK;
 
 /// Both FINs or one RST in `CT_*` bits `state`.
 #[inline(always)]
@@ -260,8 +266,9 @@ pub mod reason {
     /// ACK carried a valid cookie (or again when the client repeats that ACK), and the ACK of
     /// the member's SYN-ACK.
     pub const TX_COOKIE_TO_MEMBER: u32 = 20;
-    /// A client's data on a cookie connection before its member has answered lb's SYN: not
-    /// acknowledged, so the client sends it again.
+    /// A client's SYN on a cookie connection before its member has answered lb's SYN
+    /// (its other segments then become that SYN again: their data is not acknowledged, so
+    /// the client sends it again).
     pub const DROP_COOKIE_WAIT: u32 = 21;
     /// A client's ACK with a valid cookie whose flow could not open (no member, neighbour or
     /// port; a limit; the reason is counted in the listener's drops): the client gets a RST
@@ -272,7 +279,26 @@ pub mod reason {
     /// IPv6 header truncated, or its payload length inconsistent with the frame, or an
     /// extension header truncated.
     pub const DROP_BAD_IPV6: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// A SYN with IPv4 options or IPv6 extension headers while its listener answers SYNs
+    /// with cookies: dropped (a cookie is made only for a plain header, and such a SYN must
+    /// not open a flow in cookie mode).
+    pub const DROP_SYN_OPTIONS: u32 = 25;
+    /// A UDP datagram that would open a new flow past its listener's `flow_rate` (new flows
+    /// in the current second): dropped.
+    pub const DROP_UDP_RATE: u32 = 26;
+    /// A UDP datagram that would open a new flow while its listener holds `flow_limit`
+    /// flows (its share of the table): dropped.
+    pub const DROP_UDP_LIMIT: u32 = 27;
+    /// A member's SYN-ACK that does not acknowledge the SYN of the flow: a half-open
+    /// connection of an earlier flow on the same SNAT port (a spoofed handshake that expired
+    /// at lb while the member still retransmits its SYN-ACK). lb answers it with a RST, as
+    /// a host would, so that the member drops that connection; the flow waits for its own.
+    pub const TX_STALE_RESET: u32 = 28;
+    /// A member's segment before it answered the flow's SYN that is not that answer (nor a
+    /// RST): the same earlier connection's (or, for IPv6 flows that are not cookie flows,
+    /// that SYN-ACK itself, which lb does not answer there). Dropped.
+    pub const DROP_STALE: u32 = 29;
+    pub const COUNT: u32 = 30;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "tx_to_member",
@@ -300,6 +326,11 @@ pub mod reason {
         "tx_cookie_reset",
         "drop_not_allowed",
         "drop_bad_ipv6",
+        "drop_syn_options",
+        "drop_udp_rate",
+        "drop_udp_limit",
+        "tx_stale_reset",
+        "drop_stale",
     ];
 }
 
@@ -366,8 +397,16 @@ pub struct ListenerConf {
     /// cookies (the data path's own SYN-ACK: no flow until the client's ACK); 0 = always,
     /// `u32::MAX` = never.
     pub half_open_limit: u32,
+    /// UDP listeners: flows this listener may hold at once (its share of the table: a flood
+    /// of new source ports at one listener leaves the rest to the others); past it a new
+    /// datagram is dropped (`DROP_UDP_LIMIT`). 0 = unlimited (TCP: handshakes have cookies,
+    /// connections `connection_limit`).
+    pub flow_limit: u32,
+    /// UDP listeners: new flows per second (a one-second window); past it a new datagram is
+    /// dropped (`DROP_UDP_RATE`). 0 = unlimited.
+    pub flow_rate: u32,
 }
-assert_size!(ListenerConf, 48);
+assert_size!(ListenerConf, 56);
 
 impl ListenerConf {
     /// The SNAT port range of this listener's new flows.
@@ -533,7 +572,7 @@ pub struct Live {
     /// last sweep: a retired member slot is free again once this is 0.
     pub refs: u64,
     /// Handshakes in progress (a SYN seen, the client's ACK of the SYN-ACK not yet): not
-    /// connections, so not in `active`, least connections or limits.
+    /// connections, so not in `active` or least connections; counted in the limits.
     pub half_open: i64,
     /// Handshakes the last sweep counted in the conntrack table.
     pub half_table: i64,
@@ -541,6 +580,9 @@ pub struct Live {
     /// unanswered (the client's SYN retransmitted past `retries`, or the connect timeout):
     /// at the pool's `error_limit` the member is out of selection until its monitor
     /// passes a check again (haproxy's `observe layer4`). Reset by an answered SYN.
+    /// Listeners: nonzero once the listener opened a UDP flow (the data path marks it; a
+    /// slot given to another listener is zeroed): its flows are not the load balancer's
+    /// connections (haproxy's `maxconn` is about TCP).
     pub failures: u64,
 }
 assert_size!(Live, 64);
@@ -610,8 +652,18 @@ pub struct Admission {
     /// Cookies sent and ACKs with a valid cookie in the current hold.
     pub sent: u64,
     pub valid: u64,
+    /// Counted over windows of `ADMISSION_WINDOW_NS` from `window_since_ns`. TCP: handshakes
+    /// that ended without becoming a connection (a RST or FIN before the client's ACK),
+    /// counted with those in progress against `half_open_limit`. UDP: new flows, against
+    /// `ListenerConf::flow_rate`.
+    pub window_count: u64,
+    pub window_since_ns: u64,
 }
-assert_size!(Admission, 32);
+assert_size!(Admission, 48);
+
+/// The window over which failed handshakes count against a listener's half-open budget,
+/// and new UDP flows against its rate.
+pub const ADMISSION_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Per-CPU traffic counters, per listener and per member.
 #[repr(C)]
@@ -701,6 +753,12 @@ pub struct FlowG<A> {
     pub client_win: u32,
     pub member_ack: u32,
     pub member_win: u32,
+    /// The sequence number after the last byte (SYN or FIN included) each side sent, in the
+    /// client's sequence space: with the other side's last acknowledgment, the two numbers a
+    /// RST closing the flow may carry (RFC 5961: a sender's RST carries its next sequence
+    /// number; any other in-window RST is not honoured).
+    pub client_next: u32,
+    pub member_next: u32,
     /// L2 source of the client side's SYN: the reply's destination MAC.
     pub client_mac: [u8; 6],
     /// Member MAC from the FIB lookup at SYN time.
@@ -725,8 +783,8 @@ pub struct FlowG<A> {
 }
 pub type Flow = FlowG<u32>;
 pub type Flow6 = FlowG<Ip6>;
-assert_size!(Flow, 112);
-assert_size!(Flow6, 152);
+assert_size!(Flow, 120);
+assert_size!(Flow6, 160);
 
 impl<A: Address> FlowG<A> {
     /// Whether this forward entry is past its state's time at `now`: a closed flow lingers
@@ -738,6 +796,8 @@ impl<A: Address> FlowG<A> {
             (self.last_seen_ns, CLOSED_LINGER_NS)
         } else if self.state & CT_ESTABLISHED == 0 {
             (self.created_ns, connect_ns)
+        } else if self.state & (CT_UDP | CT_ANSWERED) == CT_UDP {
+            (self.last_seen_ns, connect_ns.min(data_ns))
         } else {
             (self.last_seen_ns, data_ns)
         };

@@ -215,7 +215,7 @@ macro_rules! layout {
 const LISTENER_KEY: u32 = layout!(ListenerKey; vip_be, port_be, proto, _pad);
 const LISTENER_CONF: u32 = layout!(ListenerConf; index, pool, connection_limit, retries,
     timeout_member_connect_ns, timeout_data_ns, flags, snat_min, snat_max, total_limit,
-    half_open_limit);
+    half_open_limit, flow_limit, flow_rate);
 const POOL_CONF: u32 =
     layout!(PoolConf; count, algorithm, flags, persist_timeout_s, error_limit, table_len);
 const STICKY_KEY: u32 = layout!(StickyKey; client_be, pool);
@@ -227,20 +227,21 @@ const STATS: u32 = layout!(Stats; packets_in, bytes_in, packets_out, bytes_out,
 const FLOW_KEY: u32 = layout!(FlowKey; src_be, dst_be, sport_be, dport_be, proto, dir, _pad);
 const FLOW: u32 = layout!(Flow; created_ns, last_seen_ns, state, client_be, member_be,
     client_port_be, listener_port_be, member_port_be, snat_port_be, vip_be, member, listener,
-    ts_delta, seq_delta, client_ack, client_win, member_ack, member_win, client_mac, member_mac,
-    port_mac, syn_retries, wscale, member_bytes, connect_ms, accept_ms);
+    ts_delta, seq_delta, client_ack, client_win, member_ack, member_win, client_next, member_next,
+    client_mac, member_mac, port_mac, syn_retries, wscale, member_bytes, connect_ms, accept_ms);
 const LISTENER_KEY6: u32 = layout!(ListenerKey6; vip_be, port_be, proto, _pad);
 const FLOW_KEY6: u32 = layout!(FlowKey6; src_be, dst_be, sport_be, dport_be, proto, dir, _pad);
 const FLOW6: u32 = layout!(Flow6; created_ns, last_seen_ns, state, client_be, member_be,
     client_port_be, listener_port_be, member_port_be, snat_port_be, vip_be, member, listener,
-    ts_delta, seq_delta, client_ack, client_win, member_ack, member_win, client_mac, member_mac,
-    port_mac, syn_retries, wscale, member_bytes, connect_ms, accept_ms);
+    ts_delta, seq_delta, client_ack, client_win, member_ack, member_win, client_next, member_next,
+    client_mac, member_mac, port_mac, syn_retries, wscale, member_bytes, connect_ms, accept_ms);
 const ALLOWED_DATA6: u32 = layout!(AllowedData6; listener_be, addr_be);
 const IP6: u32 = fnv(&[16, 4]);
 const PORT_CONF: u32 = layout!(PortConf; mac, _pad);
 const ALLOWED_DATA: u32 = layout!(AllowedData; listener_be, addr_be);
 const SWEEP_REPORT: u32 = layout!(SweepReport; flows, expired, orphans, cycle_us);
-const ADMISSION: u32 = layout!(Admission; until_ns, accept_until_ns, sent, valid);
+const ADMISSION: u32 = layout!(Admission; until_ns, accept_until_ns, sent, valid, window_count,
+    window_since_ns);
 const POOL_SLOT: usize = layout!(crate::PoolSlot; member, weight, flags) as usize;
 const CONN_EVENT: u32 = layout!(crate::ConnEvent; accepted_ns, ended_ns, member_bytes, state,
     client_be, member, listener, connect_ms, feconn, srv_conn, client_port_be, syn_retries,
@@ -295,10 +296,10 @@ use Entries::*;
 /// that every outer map of the object is here).
 pub const MAPS: &[MapSchema] = &[
     // 2: ListenerConf::flags (draining); 3: snat_min/snat_max; 4: total_limit;
-    // 5: half_open_limit (SYN cookies).
+    // 5: half_open_limit (SYN cookies); 6: flow_limit, flow_rate (UDP admission).
     map!(
         "LISTENERS",
-        5,
+        6,
         mix(LISTENER_KEY, LISTENER_CONF),
         HASH,
         size_of::<ListenerKey>(),
@@ -334,7 +335,7 @@ pub const MAPS: &[MapSchema] = &[
         Always,
         true
     ),
-    // 2: dense member indexes.
+    // 2: dense member indexes; 3: client_next, member_next.
     map!(
         "STICKY",
         2,
@@ -364,7 +365,7 @@ pub const MAPS: &[MapSchema] = &[
         Always,
         true
     ),
-    // 2: dense member indexes.
+    // 2: dense member indexes; 3: client_next, member_next.
     map!(
         "MEMBERS",
         2,
@@ -403,7 +404,7 @@ pub const MAPS: &[MapSchema] = &[
         Always,
         true
     ),
-    // 2: dense member indexes, a per-CPU hash (per-CPU arrays cannot differ in size
+    // 2: dense member indexes; 3: client_next, member_next. a per-CPU hash (per-CPU arrays cannot differ in size
     // between load balancers): the daemon inserts a member's entry before it serves.
     map!(
         "MEMBER_STATS",
@@ -430,10 +431,11 @@ pub const MAPS: &[MapSchema] = &[
         true
     ),
     // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset;
-    // 6: drop_not_allowed; 7: pass_not_ip, drop_bad_ipv6.
+    // 6: drop_not_allowed; 7: pass_not_ip, drop_bad_ipv6; 8: drop_syn_options,
+    // drop_udp_rate, drop_udp_limit, tx_stale_reset, drop_stale.
     map!(
         "LISTENER_DROPS",
-        7,
+        8,
         mix(REASONS, U64),
         PERCPU_ARRAY,
         U32S,
@@ -444,10 +446,11 @@ pub const MAPS: &[MapSchema] = &[
         true
     ),
     // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset;
-    // 6: drop_not_allowed; 7: pass_not_ip, drop_bad_ipv6.
+    // 6: drop_not_allowed; 7: pass_not_ip, drop_bad_ipv6; 8: drop_syn_options,
+    // drop_udp_rate, drop_udp_limit, tx_stale_reset, drop_stale.
     map!(
         "VERDICTS",
-        7,
+        8,
         mix(REASONS, U64),
         PERCPU_ARRAY,
         U32S,
@@ -460,10 +463,10 @@ pub const MAPS: &[MapSchema] = &[
     // 2: atomic u64 state (counted is a bit of it), seq_delta, windows, wscale;
     // 3: established and half-open states; 4: refused, syn_retries' redispatch nibble;
     // 5: cookie flows (seq_delta in use); 6: member_bytes, connect_ms, accept_ms, CT_LOG;
-    // 7: dense member indexes.
+    // 7: dense member indexes; 8: client_next, member_next.
     map!(
         "CONNTRACK",
-        7,
+        8,
         mix(FLOW_KEY, FLOW),
         HASH,
         size_of::<FlowKey>(),
@@ -523,7 +526,7 @@ pub const MAPS: &[MapSchema] = &[
     ),
     map!(
         "LISTENERS6",
-        1,
+        2,
         mix(LISTENER_KEY6, LISTENER_CONF),
         HASH,
         size_of::<ListenerKey6>(),
@@ -533,7 +536,7 @@ pub const MAPS: &[MapSchema] = &[
         Ipv6,
         true
     ),
-    // 2: dense member indexes.
+    // 2: dense member indexes; 3: client_next, member_next.
     map!(
         "MEMBER_ADDR6",
         2,
@@ -546,10 +549,10 @@ pub const MAPS: &[MapSchema] = &[
         Ipv6,
         true
     ),
-    // 2: dense member indexes.
+    // 2: dense member indexes; 3: client_next, member_next.
     map!(
         "CONNTRACK6",
-        2,
+        3,
         mix(FLOW_KEY6, FLOW6),
         HASH,
         size_of::<FlowKey6>(),
@@ -573,7 +576,7 @@ pub const MAPS: &[MapSchema] = &[
     ),
     map!(
         "ADMISSION",
-        1,
+        2,
         mix(U32, ADMISSION),
         ARRAY,
         U32S,
@@ -640,7 +643,7 @@ mod tests {
     #[test]
     fn schema_versions_follow_layouts() {
         let recorded: &[(&str, u32, u32)] = &[
-            ("LISTENERS", 5, 0xab74_7c97),
+            ("LISTENERS", 6, 0x2f45_10b9),
             ("POOLS", 4, 0x1623_a0ef),
             ("POOL_MEMBERS", 1, 0xb75f_54a6),
             ("STICKY", 2, 0xf092_f559),
@@ -650,18 +653,18 @@ mod tests {
             ("LISTENER_LIVE", 2, 0x8d87_8724),
             ("MEMBER_STATS", 2, 0x3d44_a3b0),
             ("LISTENER_STATS", 1, 0xeb63_52d0),
-            ("LISTENER_DROPS", 7, 0x2331_b13f),
-            ("VERDICTS", 7, 0x2331_b13f),
-            ("CONNTRACK", 7, 0x109e_70aa),
+            ("LISTENER_DROPS", 8, 0xf6e6_e180),
+            ("VERDICTS", 8, 0xf6e6_e180),
+            ("CONNTRACK", 8, 0xa16a_b754),
             ("CONN_LOG_LOST", 1, 0xdba3_35ad),
             ("ALLOWED", 1, 0x51f1_f8f9),
             ("PORT", 1, 0x1510_fa71),
             ("SWEEP", 1, 0xcff9_c699),
-            ("LISTENERS6", 1, 0xbb49_4e9d),
+            ("LISTENERS6", 2, 0x4ef1_c7cf),
             ("MEMBER_ADDR6", 2, 0x7f45_a086),
-            ("CONNTRACK6", 2, 0x71df_8717),
+            ("CONNTRACK6", 3, 0xef8a_fd05),
             ("ALLOWED6", 1, 0x38ab_caaf),
-            ("ADMISSION", 1, 0xcff9_c699),
+            ("ADMISSION", 2, 0x5aa4_6a3e),
             ("CONN_LOG", 1, 0xf1fb_c8e4),
         ];
         let mut wrong = [("", 0, 0, 0); 32];

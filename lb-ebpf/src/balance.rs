@@ -243,8 +243,14 @@ pub(crate) fn open_connections() -> i64 {
 pub(crate) extern "C" fn add_active(i: u32, ctx: *mut c_void) -> i64 {
     let sum = unsafe { &mut *(ctx as *mut i64) };
     if let Some(l) = LISTENER_LIVE.get(i) {
-        if l.active > 0 {
-            *sum += l.active;
+        if l.failures != 0 {
+            // A UDP listener: its flows are not connections of the load balancer's.
+            return 0;
+        }
+        // Handshakes in progress count as connections (see `open_flow`).
+        let n = l.active + l.half_open;
+        if n > 0 {
+            *sum += n;
         }
     }
     0

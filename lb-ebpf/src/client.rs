@@ -9,14 +9,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    reason, select, Address, FlowG, FlowKeyG, ListenerConf, CT_COOKIE, CT_COUNTED, CT_ESTABLISHED,
-    CT_HALF_OPEN, CT_LOG, CT_REFUSED, CT_SYN, CT_SYNACK, CT_UDP, FLOW_DIR_FORWARD,
-    FLOW_DIR_REVERSE, LISTENER_F_ALLOWED_CIDRS, LISTENER_F_DRAIN, LISTENER_F_LOG,
+    reason, select, Address, FlowG, FlowKeyG, ListenerConf, ADMISSION_WINDOW_NS, CT_COOKIE,
+    CT_COUNTED, CT_ESTABLISHED, CT_HALF_OPEN, CT_LOG, CT_REFUSED, CT_SYN, CT_SYNACK, CT_UDP,
+    FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, LISTENER_F_ALLOWED_CIDRS, LISTENER_F_DRAIN, LISTENER_F_LOG,
 };
 
 use crate::{
     balance::{client_of, decode, open_connections, pick_member, pick_other, stick},
-    conntrack::{count_half_open, count_open, note_failure, track, uncount, unhalf},
+    conntrack::{
+        count_half_open, count_open, ended_early, note_client_sent, note_failure, remove, track,
+        uncount, unhalf,
+    },
     family::{self, slot, Family, V4},
     maps::*,
     member::from_member,
@@ -62,14 +65,15 @@ pub(crate) fn from_client<C: Frame, F: Family>(
         Some(f) => {
             let state = unsafe { (*f).state };
             if state & (CT_COOKIE | CT_SYNACK) == CT_COOKIE && pkt.tcp_flags & TCP_RST == 0 {
-                // lb's SYN to the member is not answered yet: a repeated pure ACK repeats
-                // it; the client's data waits (it sends it again).
-                let pure = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
-                    && pkt.l4_len as usize == pkt.doff;
-                if pure {
-                    return F::member_syn(ctx, pkt, f);
+                // lb's SYN to the member is not answered yet: a repeated ACK repeats it, and
+                // so does the client's data, which waits (the client sends it again; until
+                // then it only says the member has not answered, and the SYN may have been
+                // lost or refused by an earlier connection's state at the member).
+                if pkt.tcp_flags & TCP_SYN != 0 {
+                    return verdict(xdp_action::XDP_DROP, reason::DROP_COOKIE_WAIT);
                 }
-                return verdict(xdp_action::XDP_DROP, reason::DROP_COOKIE_WAIT);
+                note_client_sent(f, pkt);
+                return F::member_syn(ctx, pkt, f);
             }
             if is_syn(pkt) && state & CT_SYNACK == 0 {
                 if let Err(r) = maybe_redispatch::<C, F>(ctx, pkt, listener, f) {
@@ -108,9 +112,13 @@ pub(crate) fn from_client<C: Frame, F: Family>(
                 };
             } else {
                 if crate::cookie::flooded(listener, now) {
-                    if let Some(v) = F::answer_syn(ctx, pkt) {
-                        return v;
+                    // In cookie mode a SYN never opens a flow: one that cannot be answered
+                    // with a cookie (IP options, extension headers) is dropped.
+                    if !crate::cookie::plain(pkt) {
+                        return verdict(xdp_action::XDP_DROP, reason::DROP_SYN_OPTIONS);
                     }
+                    return F::answer_syn(ctx, pkt)
+                        .unwrap_or(verdict(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
                 }
                 match open_flow::<C, F>(ctx, pkt, listener, fkey, now, false) {
                     Ok(f) => f,
@@ -161,14 +169,22 @@ pub(crate) fn open_flow<C: Frame, F: Family>(
     now: u64,
     by_cookie: bool,
 ) -> Result<*mut FlowG<F::A>, u32> {
+    // Handshakes in progress count against the limits as connections do: a burst of SYNs
+    // within one round trip overshoots a limit only by the CPUs racing here.
     if listener.connection_limit != 0 {
         if let Some(l) = LISTENER_LIVE.get(listener.index) {
-            if l.active >= listener.connection_limit as i64 {
+            if l.active + l.half_open >= listener.connection_limit as i64 {
                 return Err(reason::DROP_CONN_LIMIT);
             }
         }
     }
-    if listener.total_limit != 0 && open_connections() >= listener.total_limit as i64 {
+    if pkt.udp {
+        // UDP's admission: the listener's share of the table and its rate of new flows.
+        let why = admit_udp(listener.index, listener.flow_limit, listener.flow_rate, now);
+        if why != 0 {
+            return Err(why as u32);
+        }
+    } else if listener.total_limit != 0 && open_connections() >= listener.total_limit as i64 {
         return Err(reason::DROP_CONN_LIMIT);
     }
     let idx = decode(pick_member(listener, client_of::<F>(pkt), now))?;
@@ -197,11 +213,13 @@ pub(crate) fn open_flow<C: Frame, F: Family>(
     // Until the member answers, a client's RST must carry exactly the number after its SYN.
     flow.member_ack = pkt.seq.wrapping_add(1);
     flow.member_win = 1;
+    flow.client_next = flow.member_ack;
     if by_cookie {
         // `pkt` is the client's ACK of lb's SYN-ACK: its sequence number is the one after the
         // client's ISN, its acknowledgment the cookie + 1 (see cookie.rs).
         flow.state |= CT_COOKIE;
         flow.member_ack = pkt.seq;
+        flow.client_next = pkt.seq;
         flow.seq_delta = pkt.ack;
         flow.client_win = pkt.win as u32;
     }
@@ -213,10 +231,10 @@ pub(crate) fn open_flow<C: Frame, F: Family>(
         flow.ts_delta = now_ms.wrapping_sub(u32::from_be_bytes(v));
     }
     // A member that cannot be sent to (no neighbour, no route, no SNAT port) costs this
-    // SYN nothing: another member takes it at once.
+    // SYN nothing: another member takes it at once. Those are lb's failures, not the
+    // member's: they do not count against its passive health.
     let mut idx = idx;
     if let Err(why) = decode(bind_member::<C, F>(ctx, flow, idx, pkt.ip_len, listener)) {
-        note_failure(idx);
         idx = match decode(pick_other(listener, client_of::<F>(pkt), idx)) {
             Ok(other) if other != idx => other,
             _ => return Err(why),
@@ -246,6 +264,44 @@ pub(crate) fn open_flow<C: Frame, F: Family>(
     }
     stick(listener, pkt.src_be.fold(), idx, now);
     Ok(f)
+}
+
+/// Whether UDP listener `listener` may open one more flow now: 0, or the reason it may not
+/// (`DROP_UDP_LIMIT`: it holds `flow_limit` flows; `DROP_UDP_RATE`: `flow_rate` new flows in
+/// the current second). Marks the listener as UDP in `LISTENER_LIVE` (its flows are not the
+/// load balancer's connections, see `add_active`). A subprogram: the new-flow path of `lb`
+/// has no stack to spare for it inlined.
+#[inline(never)]
+fn admit_udp(listener: u32, flow_limit: u32, flow_rate: u32, now: u64) -> u64 {
+    if let Some(l) = LISTENER_LIVE.get_ptr_mut(listener) {
+        unsafe {
+            if flow_limit != 0 && (*l).active >= flow_limit as i64 {
+                return reason::DROP_UDP_LIMIT as u64;
+            }
+            if (*l).failures == 0 {
+                (*l).failures = 1;
+            }
+        }
+    }
+    if flow_rate == 0 {
+        return 0;
+    }
+    let Some(a) = ADMISSION.get_ptr_mut(listener) else {
+        return 0;
+    };
+    unsafe {
+        if now.wrapping_sub((*a).window_since_ns) >= ADMISSION_WINDOW_NS {
+            // A new window (two CPUs starting one at once let one more flow through).
+            (*a).window_since_ns = now;
+            (*a).window_count = 1;
+            return 0;
+        }
+        if (*a).window_count >= flow_rate as u64 {
+            return reason::DROP_UDP_RATE as u64;
+        }
+        crate::conntrack::xadd_u64(&raw mut (*a).window_count, 1);
+    }
+    0
 }
 
 /// A client's segment of flow `flow_ptr`, translated towards its member. The one that
@@ -287,6 +343,9 @@ pub(crate) fn forward<C: Frame, F: Family>(
             ),
         );
     }
+    if ended_early(flow_ptr) {
+        remove::<F>(flow_ptr);
+    }
     verdict(xdp_action::XDP_TX, reason::TX_TO_MEMBER)
 }
 
@@ -305,6 +364,11 @@ pub(crate) fn fast_path(ctx: &TcContext) -> Option<Verdict> {
     }
     let v = if LISTENERS.get_ptr(pkt.listener_key()).is_some() {
         let f = CONNTRACK.get_ptr_mut(pkt.flow_key(FLOW_DIR_FORWARD))?;
+        if unsafe { (*f).state } & (CT_COOKIE | CT_SYNACK) == CT_COOKIE {
+            // lb's SYN to the member is not answered yet: the port's program holds the
+            // client's data and repeats the SYN (`from_client`).
+            return None;
+        }
         let now = unsafe { bpf_ktime_get_ns() };
         forward::<TcContext, V4>(ctx, &pkt, f, now, false)
     } else {
@@ -313,6 +377,9 @@ pub(crate) fn fast_path(ctx: &TcContext) -> Option<Verdict> {
     };
     Some(v)
 }
+
+/// The initial retransmission timeout of a SYN (RFC 6298, Linux's `TCP_TIMEOUT_INIT`).
+const SYN_RTO_NS: u64 = 1_000_000_000;
 
 /// A retransmitted SYN of a flow whose member has not answered: HAProxy's `retries` +
 /// `option redispatch`. Moves the flow to another member when its member is no longer
@@ -330,7 +397,14 @@ pub(crate) fn maybe_redispatch<C: Frame, F: Family>(
     *flow = unsafe { *f };
     // Retransmissions in the low nibble, redispatches in the high one.
     let (tries, moves) = (flow.syn_retries & 0x0f, flow.syn_retries >> 4);
-    let tries = if tries < 0x0f { tries + 1 } else { tries };
+    // A SYN sooner than the initial RTO after the last one is a duplicate, not a client's
+    // retransmission: it counts neither against the member nor towards a redispatch.
+    let retransmitted = now.wrapping_sub(flow.last_seen_ns) >= SYN_RTO_NS;
+    let tries = if retransmitted && tries < 0x0f {
+        tries + 1
+    } else {
+        tries
+    };
     flow.syn_retries = tries | (moves << 4);
     let refused = flow.state & CT_REFUSED != 0;
     let member_ok = !refused

@@ -8,11 +8,11 @@ use core::intrinsics::{atomic_and, atomic_or, atomic_xadd, AtomicOrdering};
 
 use lb_common::{
     closed, Address, FlowG, Live, CT_COUNTED, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER,
-    CT_HALF_OPEN, CT_LOG, CT_RST, CT_RST_MEMBER, CT_SYNACK,
+    CT_HALF_OPEN, CT_LOG, CT_RST, CT_RST_MEMBER, CT_SYNACK, CT_UDP,
 };
 
 use crate::{
-    family::Family,
+    family::{self, slot, Family},
     maps::*,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -146,30 +146,121 @@ pub(crate) fn uncount<A: Address>(flow: *mut FlowG<A>) {
     Gauge::Active.release(flow);
 }
 
-/// Whether a RST from one side falls in the receive window of the other (RFC 793: RCV.NXT
-/// =< SEG.SEQ < RCV.NXT + RCV.WND; one exact number while the window is 0 or not known). A
-/// member refusing the SYN answers RST+ACK acknowledging it: acceptable when its ACK does.
+/// Whether a RST from one side closes the flow (RFC 5961): it must carry exactly the number
+/// the other side acknowledged last, or the one after the last byte its sender sent (a
+/// sender's RST carries its next sequence number, which the receiver may not have
+/// acknowledged yet). Any other RST, in the window or not, leaves the flow as it is: it
+/// still goes on to the other side, whose stack answers it (a challenge ACK) or not. A
+/// member refusing the SYN answers RST+ACK acknowledging it: it closes when its ACK does.
 #[inline(always)]
-fn rst_in_window<A: Address>(f: &FlowG<A>, pkt: &Packet<A>, from_client: bool) -> bool {
-    let (seq, next, win) = if from_client {
-        (pkt.seq, f.member_ack, f.member_win)
-    } else {
-        if f.state & CT_SYNACK == 0 {
-            return pkt.tcp_flags & TCP_ACK != 0 && pkt.ack == f.member_ack;
-        }
-        (
-            pkt.seq.wrapping_add(f.seq_delta),
-            f.client_ack,
-            f.client_win,
-        )
-    };
-    let win = if win == 0 { 1 } else { win };
-    seq.wrapping_sub(next) < win
+fn rst_closes<A: Address>(f: &FlowG<A>, pkt: &Packet<A>, from_client: bool) -> bool {
+    if from_client {
+        return pkt.seq == f.member_ack || pkt.seq == f.client_next;
+    }
+    if f.state & CT_SYNACK == 0 {
+        return pkt.tcp_flags & TCP_ACK != 0 && pkt.ack == f.member_ack;
+    }
+    let seq = pkt.seq.wrapping_add(f.seq_delta);
+    seq == f.client_ack || seq == f.member_next
 }
 
-/// Records the acknowledgment and window a segment carries (scaled, as the window of the
-/// side that sent it), and for the member's SYN-ACK, the number the client will acknowledge
-/// next and the window scaling both sides agreed on.
+/// Whether a FIN falls in the receive window of the side it goes to (RCV.NXT =< its
+/// sequence number < RCV.NXT + RCV.WND; one exact number while the window is 0 or not
+/// known): a FIN outside it is not honoured.
+#[inline(always)]
+fn fin_in_window<A: Address>(f: &FlowG<A>, pkt: &Packet<A>, from_client: bool) -> bool {
+    let at = pkt.seq.wrapping_add(payload_len(pkt));
+    let (at, next, win) = if from_client {
+        (at, f.member_ack, f.member_win)
+    } else {
+        (at.wrapping_add(f.seq_delta), f.client_ack, f.client_win)
+    };
+    let win = if win == 0 { 1 } else { win };
+    at.wrapping_sub(next) < win
+}
+
+/// Whether a segment (not a SYN) fits the connection (RFC 5961, section 5): its sequence
+/// number in the receiver's window, and an acknowledgment no further than what the other
+/// side sent nor older than the window it was given. Only such segments move the numbers
+/// and windows a RST or FIN must match: a blind segment cannot set them up for its RST.
+#[inline(always)]
+fn acceptable<A: Address>(f: &FlowG<A>, pkt: &Packet<A>, from_client: bool) -> bool {
+    if f.state & CT_SYNACK == 0 {
+        return false;
+    }
+    let (seq, rcv_nxt, rcv_win, snd_una, snd_win, snd_nxt) = if from_client {
+        let s = pkt.seq;
+        (
+            s,
+            f.member_ack,
+            f.member_win,
+            f.client_ack,
+            f.client_win,
+            f.member_next,
+        )
+    } else {
+        let s = pkt.seq.wrapping_add(f.seq_delta);
+        (
+            s,
+            f.client_ack,
+            f.client_win,
+            f.member_ack,
+            f.member_win,
+            f.client_next,
+        )
+    };
+    // Beyond the right edge by up to the window again and 64 KiB: a scaled window moves its
+    // edge in steps of its scale (it can seem to recede by almost one), and a GSO or GRO
+    // super-packet starts in the window but may end past it.
+    if seq.wrapping_sub(rcv_nxt) > rcv_win.saturating_mul(2).saturating_add(0x1_0000) {
+        return false;
+    }
+    if pkt.tcp_flags & TCP_ACK == 0 {
+        return true;
+    }
+    let oldest = snd_una.wrapping_sub(snd_win);
+    pkt.ack.wrapping_sub(oldest) <= snd_nxt.wrapping_sub(oldest)
+}
+
+/// A client's segment of flow `f` that lb holds back (data before the member answered a
+/// cookie flow's SYN): the client sent it all the same, so its RST will carry the number
+/// after it.
+#[inline(always)]
+pub(crate) fn note_client_sent<A: Address>(f: *mut FlowG<A>, pkt: &Packet<A>) {
+    let f = unsafe { &mut *f };
+    let fin = (pkt.tcp_flags & TCP_FIN != 0) as u32;
+    advance(
+        &mut f.client_next,
+        pkt.seq.wrapping_add(payload_len(pkt)).wrapping_add(fin),
+    );
+}
+
+/// The TCP payload's length.
+#[inline(always)]
+fn payload_len<A>(pkt: &Packet<A>) -> u32 {
+    (pkt.l4_len as u32).wrapping_sub(pkt.doff as u32) & 0xffff
+}
+
+/// Whether sequence number `a` comes before `b` (they wrap).
+#[inline(always)]
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// Moves `next` to `end` if `end` is after it (sequence numbers wrap).
+#[inline(always)]
+fn advance(next: &mut u32, end: u32) {
+    if end.wrapping_sub(*next) as i32 > 0 {
+        *next = end;
+    }
+}
+
+/// Records the acknowledgment and window an acceptable segment carries (scaled, as the
+/// window of the side that sent it) and the sequence number after it, and for the member's
+/// SYN-ACK, the number the client will acknowledge next and the window scaling both sides
+/// agreed on. Only forward: segments of one direction handled on two CPUs, or reordered, must
+/// not move a side's view of the other's window back, or the next segments would no longer
+/// fit it and the numbers would stay where they were for the rest of the flow.
 #[inline(always)]
 fn note_window<A: Address>(
     f: &mut FlowG<A>,
@@ -178,8 +269,18 @@ fn note_window<A: Address>(
     wscale: Option<u8>,
 ) {
     let syn = pkt.tcp_flags & TCP_SYN != 0;
+    let fin = (pkt.tcp_flags & TCP_FIN != 0) as u32;
+    if !syn && (pkt.tcp_flags & TCP_RST != 0 || !acceptable(f, pkt, from_client)) {
+        return;
+    }
     if from_client {
-        if pkt.tcp_flags & TCP_ACK != 0 && !syn {
+        if !syn {
+            advance(
+                &mut f.client_next,
+                pkt.seq.wrapping_add(payload_len(pkt)).wrapping_add(fin),
+            );
+        }
+        if pkt.tcp_flags & TCP_ACK != 0 && !syn && !before(pkt.ack, f.client_ack) {
             f.client_ack = pkt.ack;
             f.client_win = (pkt.win as u32) << (f.wscale & 0x0f);
         }
@@ -197,12 +298,20 @@ fn note_window<A: Address>(
             _ => 0,
         };
         f.client_ack = pkt.seq.wrapping_add(1).wrapping_add(f.seq_delta);
+        f.member_next = f.client_ack;
         f.client_win = 1;
         f.member_ack = pkt.ack;
         f.member_win = pkt.win as u32;
         return;
     }
-    if pkt.tcp_flags & TCP_ACK != 0 {
+    advance(
+        &mut f.member_next,
+        pkt.seq
+            .wrapping_add(f.seq_delta)
+            .wrapping_add(payload_len(pkt))
+            .wrapping_add(fin),
+    );
+    if pkt.tcp_flags & TCP_ACK != 0 && !before(pkt.ack, f.member_ack) {
         f.member_ack = pkt.ack;
         f.member_win = (pkt.win as u32) << (f.wscale >> 4);
     }
@@ -251,14 +360,14 @@ pub(crate) fn track<F: Family>(
         established = establish(flow);
     }
     let mut bits = 0u64;
-    if flags & TCP_RST != 0 && rst_in_window(f, pkt, from_client) {
+    if flags & TCP_RST != 0 && rst_closes(f, pkt, from_client) {
         bits |= if from_client {
             CT_RST
         } else {
             CT_RST | CT_RST_MEMBER
         };
     }
-    if flags & TCP_FIN != 0 {
+    if flags & TCP_FIN != 0 && fin_in_window(f, pkt, from_client) {
         bits |= if from_client {
             CT_FIN_CLIENT
         } else {
@@ -282,10 +391,39 @@ pub(crate) fn track<F: Family>(
         if closed(before | bits) {
             uncount(flow);
             unhalf(flow);
-            if before & CT_LOG != 0 && !closed(before) {
-                F::ended(flow, before | bits, now);
+            if !closed(before) {
+                if before & CT_LOG != 0 {
+                    F::ended(flow, before | bits, now);
+                }
+                if before & CT_ESTABLISHED == 0 {
+                    // A handshake that failed: it counts against the listener's budget.
+                    crate::cookie::note_failed(f.listener, now);
+                }
             }
         }
     }
     established
+}
+
+/// Whether `flow` ended before it became a connection (a RST or both FINs during the
+/// handshake): nothing more is to come on it, so its caller removes it (`remove`) once it
+/// has translated the segment, rather than letting it linger with its slot and SNAT port.
+#[inline(always)]
+pub(crate) fn ended_early<A: Address>(flow: *const FlowG<A>) -> bool {
+    let state = unsafe { (*flow).state };
+    closed(state) && state & (CT_ESTABLISHED | CT_UDP) == 0
+}
+
+/// Removes both entries of `flow`: its slot and its SNAT port are free at once.
+#[inline(always)]
+pub(crate) fn remove<F: Family>(flow: *const FlowG<F::A>) {
+    let Some(key) = family::key::<F>(slot::TEMP) else {
+        return;
+    };
+    unsafe {
+        (*flow).reverse_key_into(key);
+        let _ = F::conntrack().remove(&*key);
+        (*flow).forward_key_into(key);
+        let _ = F::conntrack().remove(&*key);
+    }
 }

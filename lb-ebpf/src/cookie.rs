@@ -12,8 +12,11 @@
 //!
 //! A cookie encodes only the MSS: a cookie connection has no window scaling, SACK or
 //! timestamps (as with the kernel's cookies without timestamps), so its windows stay within
-//! 64 KiB. Data the client sends before the member has answered is dropped and sent again
-//! by the client; a repeated pure ACK repeats lb's SYN.
+//! 64 KiB. While the member has not answered, every segment of the client's (a repeated ACK,
+//! data) becomes lb's SYN again: its data is dropped and sent again by the client, and a SYN
+//! lost, or refused by an earlier connection's state at the member, is sent again. A
+//! member's SYN-ACK that does not acknowledge that SYN (an earlier flow's half-open
+//! connection on the same SNAT port) is answered with a RST (`reset_member`), not taken.
 //!
 //! Once a listener is past its budget it stays in cookie mode for two connect timeouts, and
 //! again for as long as most cookies go unanswered (a flood goes on): the half-open flows the
@@ -23,7 +26,13 @@
 //! IPv6 listeners get the same (`bpf_tcp_raw_gen_syncookie_ipv6`): the steps run in a program
 //! of their own, `lb6_cookie`/`lb_tc6_cookie` (`step6`), which `lb6`/`lb_tc6` enter by a tail
 //! call wherever IPv4's path calls this module, since `lb6` has no stack left for them. A SYN
-//! or ACK with IPv4 options or IPv6 extension headers gets no cookie: it opens its flow.
+//! with IPv4 options or IPv6 extension headers gets no cookie: in cookie mode it is dropped
+//! (`DROP_SYN_OPTIONS`), never given a flow; an ACK with them is not checked for a cookie.
+//!
+//! Handshakes that end without becoming a connection (a RST or FIN before the client's ACK)
+//! count against the budget too, over one-second windows (`Admission::failed`): a flood of
+//! spoofed SYN+RST pairs, each freeing its flow at once, turns cookie mode on as a flood of
+//! SYNs does.
 
 use aya_ebpf::{
     bindings::{iphdr, ipv6hdr, tcphdr, xdp_action},
@@ -33,8 +42,8 @@ use aya_ebpf::{
     },
 };
 use lb_common::{
-    checksum, reason, FlowG, Ip6, ListenerConf, CT_COOKIE, CT_SYNACK, FLOW_DIR_FORWARD,
-    FLOW_DIR_REVERSE,
+    checksum, reason, FlowG, Ip6, ListenerConf, ADMISSION_WINDOW_NS, CT_COOKIE, CT_SYNACK,
+    FLOW_DIR_FORWARD, FLOW_DIR_REVERSE,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -185,8 +194,14 @@ pub(crate) fn flooded(listener: &ListenerConf, now: u64) -> bool {
             xadd_u64(&raw mut (*a).sent, 1);
             return true;
         }
+        // Handshakes in progress, and those that failed in the current window.
+        let failed = if now.wrapping_sub((*a).window_since_ns) < ADMISSION_WINDOW_NS {
+            (*a).window_count as i64
+        } else {
+            0
+        };
         let over = match LISTENER_LIVE.get(listener.index) {
-            Some(l) => l.half_open >= listener.half_open_limit as i64,
+            Some(l) => l.half_open + failed >= listener.half_open_limit as i64,
             None => false,
         };
         // A hold ended: the flood goes on while most cookies went unanswered.
@@ -209,6 +224,24 @@ pub(crate) fn flooded(listener: &ListenerConf, now: u64) -> bool {
         }
     }
     false
+}
+
+/// A handshake of listener `listener` ended without becoming a connection (a RST or FIN
+/// before the client's ACK): one more failed attempt in the current window.
+#[inline(always)]
+pub(crate) fn note_failed(listener: u32, now: u64) {
+    let Some(a) = ADMISSION.get_ptr_mut(listener) else {
+        return;
+    };
+    unsafe {
+        if now.wrapping_sub((*a).window_since_ns) >= ADMISSION_WINDOW_NS {
+            // A new window (two CPUs starting one at once lose at most one count).
+            (*a).window_since_ns = now;
+            (*a).window_count = 1;
+        } else {
+            xadd_u64(&raw mut (*a).window_count, 1);
+        }
+    }
 }
 
 /// Whether `pkt`'s TCP header follows a plain IP header (no IPv4 options, no IPv6
@@ -287,8 +320,9 @@ pub(crate) fn valid_ack<A: Cookie>(pkt: &Packet<A>, listener: &ListenerConf, now
     true
 }
 
-/// The SYN to the member of cookie flow `f`, made of the client's ACK `pkt`: the client's
-/// ISN, lb's MSS offer, the client's window.
+/// The SYN to the member of cookie flow `f`, made of the client's segment `pkt` (its cookie
+/// ACK, or any segment of its while the member has not answered): the client's ISN, lb's
+/// MSS offer, the client's window.
 #[inline(always)]
 pub(crate) fn member_syn<C: Frame, A: Cookie>(
     ctx: &C,
@@ -306,7 +340,11 @@ pub(crate) fn member_syn<C: Frame, A: Cookie>(
         seq: flow.member_ack.wrapping_sub(1),
         ack: 0,
         flags: TCP_SYN,
-        win: pkt.win,
+        win: if flow.client_win < 65535 {
+            flow.client_win as u16
+        } else {
+            65535
+        },
         opt: mss_option(MEMBER_MSS),
     };
     if !emit(ctx, pkt, &seg) {
@@ -338,6 +376,18 @@ pub(crate) fn reset<C: Frame, A: Cookie>(
     verdict(xdp_action::XDP_TX, reason::TX_COOKIE_RESET)
 }
 
+/// A member's SYN-ACK that does not acknowledge the flow's SYN (`TX_STALE_RESET`): the frame
+/// becomes the RST a host answers it with (its acknowledgment as the sequence number), back
+/// to the member.
+#[inline(always)]
+pub(crate) fn reset_member<C: Frame, A: Cookie>(ctx: &C, pkt: &Packet<A>) -> Verdict {
+    let seg = Segment::reply(pkt, pkt.ack, 0, TCP_RST, 0, [1, 1, 1, 1]);
+    if !emit(ctx, pkt, &seg) {
+        return verdict(xdp_action::XDP_DROP, reason::DROP_STALE);
+    }
+    verdict(xdp_action::XDP_TX, reason::TX_STALE_RESET)
+}
+
 /// The member's SYN-ACK on cookie flow `f`: the client acknowledged lb's SYN-ACK already,
 /// so the connection is established; the frame becomes lb's ACK to the member.
 #[inline(always)]
@@ -350,6 +400,12 @@ pub(crate) fn member_synack<C: Frame, F: Family>(
     let (first, win) = unsafe {
         let fl = &mut *f;
         let first = fl.state & CT_SYNACK == 0;
+        if first && pkt.ack != fl.member_ack {
+            // Not the answer to lb's SYN: an earlier flow's half-open connection on this
+            // SNAT port. Taking it would complete that handshake at the member with the
+            // wrong numbers.
+            return reset_member(ctx, pkt);
+        }
         if first {
             // Until now seq_delta was the cookie + 1 (what the client acknowledged): it
             // becomes the distance between the cookie and the member's ISN.
@@ -445,7 +501,12 @@ fn client6<C: Frame>(ctx: &C, pkt: &Packet<Ip6>, listener: &ListenerConf, now: u
         return member_syn(ctx, pkt, f);
     }
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        return answer_syn(ctx, pkt).unwrap_or(verdict(xdp_action::XDP_DROP, reason::DROP_BAD_L4));
+        let why = if plain(pkt) {
+            reason::DROP_BAD_L4
+        } else {
+            reason::DROP_SYN_OPTIONS
+        };
+        return answer_syn(ctx, pkt).unwrap_or(verdict(xdp_action::XDP_DROP, why));
     }
     if !valid_ack(pkt, listener, now) {
         return verdict(xdp_action::XDP_PASS, reason::PASS_NO_FLOW);

@@ -73,6 +73,8 @@ pub(crate) trait Family: 'static {
         f: *mut FlowG<Self::A>,
         now: u64,
     ) -> Verdict;
+    /// `cookie::reset_member` (IPv4 only: the IPv6 member path drops the SYN-ACK instead).
+    fn reset_member<C: Frame>(ctx: &C, pkt: &Packet<Self::A>) -> Verdict;
 }
 
 /// The scratch space's flow key slots: who uses which, so that no two uses overlap.
@@ -176,6 +178,10 @@ impl Family for V4 {
         now: u64,
     ) -> Verdict {
         cookie::member_synack::<C, V4>(ctx, pkt, f, now)
+    }
+    #[inline(always)]
+    fn reset_member<C: Frame>(ctx: &C, pkt: &Packet<u32>) -> Verdict {
+        cookie::reset_member(ctx, pkt)
     }
 }
 
@@ -287,6 +293,10 @@ impl Family for V6 {
     /// which 6.1 allows no tail call past 256 bytes of stack).
     #[inline(always)]
     fn member_synack<C: Frame>(_: &C, _: &Packet<Ip6>, _: *mut FlowG<Ip6>, _: u64) -> Verdict {
+        no_cookie_program()
+    }
+    #[inline(always)]
+    fn reset_member<C: Frame>(_: &C, _: &Packet<Ip6>) -> Verdict {
         no_cookie_program()
     }
 }

@@ -67,8 +67,11 @@ impl Verdict {
     }
 }
 
-/// See `client::fast_path`. Only the segments it translates are counted here; the rest are counted by
-/// the port's program.
+/// See `client::fast_path`. Only the segments it decides are counted here (as the port's
+/// program would count them); the rest go on into the namespace and are counted there. A
+/// translated segment goes back into the bridge as if the port had sent it; a drop stays a
+/// drop (a member's refusal kept from the client must not reach the bridge untranslated:
+/// a learning bridge would move the member's MAC to the port).
 #[classifier]
 #[inline(always)]
 pub fn lb_tc_fast(ctx: TcContext) -> i32 {
@@ -76,7 +79,13 @@ pub fn lb_tc_fast(ctx: TcContext) -> i32 {
     match fast_path(&ctx) {
         Some(v) => {
             count(&v);
-            unsafe { bpf_redirect(ctx.ifindex(), BPF_F_INGRESS as u64) as i32 }
+            match v.action {
+                xdp_action::XDP_TX => unsafe {
+                    bpf_redirect(ctx.ifindex(), BPF_F_INGRESS as u64) as i32
+                },
+                xdp_action::XDP_DROP => TC_ACT_SHOT,
+                _ => TC_ACT_OK,
+            }
         }
         None => TC_ACT_OK,
     }

@@ -1,10 +1,10 @@
 //! The member's side: replies to VIP:snat, translated back to the client.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
-use lb_common::{reason, FlowG, CT_COOKIE, CT_LOG, CT_REFUSED, CT_SYNACK};
+use lb_common::{reason, FlowG, CT_ANSWERED, CT_COOKIE, CT_LOG, CT_REFUSED, CT_SYNACK};
 
 use crate::{
-    conntrack::{fetch_or, note_answer, note_failure, track, xadd_u64},
+    conntrack::{ended_early, fetch_or, note_answer, note_failure, remove, track, xadd_u64},
     family::{self, slot, Family},
     nat::shift,
     parse::{self, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN},
@@ -38,6 +38,7 @@ pub(crate) fn from_member<C: Frame, F: Family>(
     // A cookie connection's sequence delta, from the forward entry (the reverse one is the
     // copy made before the member answered).
     let mut cookie_delta = None;
+    let mut ended: *const FlowG<F::A> = core::ptr::null();
     let Some(fkey) = family::key::<F>(slot::FORWARD) else {
         return verdict(xdp_action::XDP_DROP, reason::DROP_CT_FULL);
     };
@@ -47,8 +48,28 @@ pub(crate) fn from_member<C: Frame, F: Family>(
         if cookie && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
             return F::member_synack(ctx, pkt, f, now);
         }
+        if !pkt.udp && unsafe { (*f).state } & CT_SYNACK == 0 {
+            let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+            if synack && pkt.ack != unsafe { (*f).member_ack } {
+                // Not the answer to the flow's SYN: an earlier flow's half-open connection
+                // on this SNAT port (see `cookie::reset_member`).
+                if F::OUTLINE {
+                    return verdict(xdp_action::XDP_DROP, reason::DROP_STALE);
+                }
+                return F::reset_member(ctx, pkt);
+            }
+            if !synack && pkt.tcp_flags & TCP_RST == 0 {
+                // Nothing but the SYN-ACK (or a refusal) comes before the SYN-ACK: this is
+                // that earlier connection's too.
+                return verdict(xdp_action::XDP_DROP, reason::DROP_STALE);
+            }
+        }
         if refused::<F>(f, pkt) {
             return verdict(xdp_action::XDP_DROP, reason::DROP_REFUSED);
+        }
+        if pkt.udp && unsafe { (*f).state } & CT_ANSWERED == 0 {
+            // The member answers: the flow keeps its data timeout from now on.
+            unsafe { fetch_or(&raw mut (*f).state, CT_ANSWERED) };
         }
         if unsafe { (*f).state } & CT_LOG != 0 {
             let payload = (pkt.l4_len as u64).saturating_sub(pkt.doff as u64);
@@ -63,6 +84,9 @@ pub(crate) fn from_member<C: Frame, F: Family>(
             None
         };
         let _ = track::<F>(f, pkt, false, now, wscale);
+        if ended_early(f) {
+            ended = f;
+        }
         if cookie {
             cookie_delta = Some(unsafe { (*f).seq_delta });
         }
@@ -86,6 +110,10 @@ pub(crate) fn from_member<C: Frame, F: Family>(
             rflow.client_port_be,
             shift(ctx, pkt, cookie_delta, rflow.ts_delta, false),
         );
+    }
+    if !ended.is_null() {
+        // The member ended a handshake (a RST after its SYN-ACK): the flow goes now.
+        remove::<F>(ended);
     }
     verdict(xdp_action::XDP_TX, reason::TX_TO_CLIENT)
 }

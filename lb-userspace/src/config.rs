@@ -227,6 +227,14 @@ pub struct Listener {
     /// proves its address). 0 = always; -1 = never.
     #[serde(default = "default_half_open")]
     pub half_open_limit: i64,
+    /// UDP listeners: flows this listener may hold at once (0: unlimited). Absent: an equal
+    /// share of half the load balancer's table among its UDP listeners, so that a flood of
+    /// new source ports at one listener leaves the table to the others.
+    #[serde(default)]
+    pub flow_limit: Option<u32>,
+    /// UDP listeners: new flows per second (0: unlimited). Absent: 20000.
+    #[serde(default)]
+    pub flow_rate: Option<u32>,
     /// Log this listener's connections where `[daemon] connection_log` says. Absent: on when
     /// the daemon has a connection log (settled when the file is read).
     #[serde(default)]
@@ -799,6 +807,18 @@ impl Config {
                     ));
                 }
                 check_limit(&format!("{at}.connection_limit"), l.connection_limit)?;
+                if l.protocol == Protocol::TCP {
+                    for (name, v) in [("flow_limit", l.flow_limit), ("flow_rate", l.flow_rate)] {
+                        if let Some(v) = v {
+                            return Err(invalid(
+                                format!("{at}.{name}"),
+                                v,
+                                "UDP listeners only (a TCP listener's admission is \
+                                 half_open_limit and connection_limit)",
+                            ));
+                        }
+                    }
+                }
                 if l.half_open_limit < -1 || l.half_open_limit > 8_000_000 {
                     return Err(invalid(
                         format!("{at}.half_open_limit"),

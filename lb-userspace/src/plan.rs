@@ -318,10 +318,39 @@ pub fn plan(lb: &LoadBalancer, prev: Option<&Plan>) -> Result<Plan, NoSlotLeft> 
                 flags,
                 snat_min: 0,
                 snat_max: 0,
+                // UDP: 0 = the default share, filled in by `with_udp_shares` once the table's
+                // size is known; u32::MAX = unlimited.
+                flow_limit: match (l.protocol, l.flow_limit) {
+                    (Protocol::TCP, _) | (Protocol::UDP, None) => 0,
+                    (Protocol::UDP, Some(0)) => u32::MAX,
+                    (Protocol::UDP, Some(n)) => n,
+                },
+                flow_rate: match l.protocol {
+                    Protocol::TCP => 0,
+                    Protocol::UDP => l.flow_rate.unwrap_or(lb_common::DEFAULT_UDP_FLOW_RATE),
+                },
             },
         });
     }
     Ok(p)
+}
+
+/// `plan` as the data path gets it for a table of `flows` flows: each UDP listener without a
+/// `flow_limit` of its own gets an equal share of half the table (TCP keeps the other half:
+/// its handshakes have cookies, its connections are real clients).
+pub fn with_udp_shares(plan: &Plan, flows: u32) -> Plan {
+    let mut p = plan.clone();
+    let udp = p
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == Protocol::UDP)
+        .count() as u32;
+    for l in &mut p.listeners {
+        if l.protocol == Protocol::UDP && l.conf.flow_limit == 0 {
+            l.conf.flow_limit = (flows / 2 / udp.max(1)).max(1);
+        }
+    }
+    p
 }
 
 /// A listener's key in the data path's maps: `LISTENERS`'s for an IPv4 VIP, `LISTENERS6`'s

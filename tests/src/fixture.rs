@@ -224,15 +224,19 @@ impl Env {
     }
 
     fn flow_proto(&self, client_port: u16, listener_port: u16, proto: u8) -> Option<Flow> {
-        self.dp.maps.flow(&FlowKey {
-            src_be: u32::from(CLIENT).to_be(),
-            dst_be: u32::from(VIP).to_be(),
-            sport_be: client_port.to_be(),
-            dport_be: listener_port.to_be(),
-            proto,
-            dir: FLOW_DIR_FORWARD,
-            _pad: [0; 2],
-        })
+        self.dp
+            .maps
+            .flow(&forward_key(client_port, listener_port, proto))
+    }
+
+    /// Moves the clock of the TCP flow from CLIENT:`client_port` to port 22 back by `ns`
+    /// (its first SYN and its last packet), as if that time had passed since.
+    pub fn age(&mut self, client_port: u16, ns: u64) {
+        let key = forward_key(client_port, 22, IPPROTO_TCP);
+        let mut f = self.dp.maps.flow(&key).expect("a flow to age");
+        f.created_ns -= ns;
+        f.last_seen_ns -= ns;
+        self.dp.maps.set_flow(&key, f).unwrap();
     }
 
     /// Completes the handshake of the flow from CLIENT:`port` to VIP:`listener_port` (client
@@ -276,6 +280,19 @@ impl Env {
         let out = self.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
         let o = Tcp::parse(&out).unwrap();
         (o.dst, o.dst_mac, o.sport)
+    }
+}
+
+/// The forward key of the flow from CLIENT:`client_port` to VIP:`listener_port`.
+fn forward_key(client_port: u16, listener_port: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src_be: u32::from(CLIENT).to_be(),
+        dst_be: u32::from(VIP).to_be(),
+        sport_be: client_port.to_be(),
+        dport_be: listener_port.to_be(),
+        proto,
+        dir: FLOW_DIR_FORWARD,
+        _pad: [0; 2],
     }
 }
 

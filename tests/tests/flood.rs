@@ -239,6 +239,8 @@ struct RealClients {
     session_echoes: u64,
     max_active: i64,
     spoofed_late: usize,
+    /// The most flows the daemon's sweeps counted in the table.
+    max_flows: u64,
 }
 
 /// For `LB_FLOOD_SECONDS` (10 by default): real connections to `vip`:22 one after another,
@@ -267,6 +269,7 @@ fn real_clients_under_flood(
         session_echoes: 0,
         max_active: 0,
         spoofed_late: 0,
+        max_flows: 0,
     };
     let mut last_sample = Instant::now();
     while start.elapsed() < Duration::from_secs(seconds) {
@@ -285,6 +288,9 @@ fn real_clients_under_flood(
             r.session_echoes += 1;
             let s = stats(bin, &cfg.state_dir);
             r.max_active = r.max_active.max(listener(&s, "active_connections"));
+            if let Ok(maps) = lb::dataplane::Maps::open(&pin) {
+                r.max_flows = r.max_flows.max(maps.last_sweep().map_or(0, |w| w.flows));
+            }
             if start.elapsed() > Duration::from_secs(7) {
                 let maps = lb::dataplane::Maps::open(&pin).expect("pinned maps");
                 r.spoofed_late = r.spoofed_late.max(spoofed(&maps));
@@ -305,13 +311,14 @@ impl RealClients {
     fn summary(&self) -> String {
         format!(
             "real_ok={} real_failed={} success={:.4} session_echoes={} \
-             max_listener_active={} spoofed_flows_after_7s={}",
+             max_listener_active={} spoofed_flows_after_7s={} table_peak_flows={}",
             self.ok,
             self.failed,
             self.success(),
             self.session_echoes,
             self.max_active,
-            self.spoofed_late
+            self.spoofed_late,
+            self.max_flows
         )
     }
 
@@ -340,26 +347,20 @@ impl RealClients {
     }
 }
 
-/// Spoofed IPv6 SYNs from the client namespace (hping3 has no IPv6: frames with random
-/// sources in 2001:db8:ffff::/64, written to an AF_PACKET socket on its eth0) until `stop`;
-/// returns how many were sent.
-fn ipv6_flood(
+/// Frames written to an AF_PACKET socket on eth0 of namespace `ns` until `stop`, or until
+/// `next` has no more: `next` gets a xorshift state, new for every call, and returns the
+/// frames to send (a spoofed source per call). Returns how many frames were sent.
+fn raw_flood(
     ns: String,
-    macs: ([u8; 6], [u8; 6]),
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut next: impl FnMut(u64) -> Option<Vec<Vec<u8>>> + Send + 'static,
 ) -> std::thread::JoinHandle<u64> {
-    use integration_tests::{L4v6, TCP_SYN, VIP6};
     std::thread::spawn(move || {
         lb::node::enter(&ns).expect("enter the client's namespace");
         let ifindex = nix::net::if_::if_nametoindex("eth0").expect("eth0") as i32;
-        // SAFETY: a raw packet socket bound to eth0; frames are whole Ethernet frames.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                (libc::ETH_P_IPV6 as u16).to_be() as i32,
-            )
-        };
+        // SAFETY: a raw packet socket bound to eth0 (protocol 0: it receives nothing);
+        // frames are whole Ethernet frames.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
         assert!(
             fd >= 0,
             "AF_PACKET socket: {}",
@@ -367,7 +368,6 @@ fn ipv6_flood(
         );
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_IPV6 as u16).to_be();
         sll.sll_ifindex = ifindex;
         let rc = unsafe {
             libc::bind(
@@ -380,24 +380,39 @@ fn ipv6_flood(
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut sent = 0u64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            // xorshift: a new source address and port for every SYN.
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let mut a = [0u8; 16];
-            a[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff]);
-            a[8..].copy_from_slice(&x.to_be_bytes());
-            let port = 1024 + (x >> 48) as u16 % 60000;
-            let f = L4v6::tcp(a.into(), port, VIP6, 22, TCP_SYN)
-                .macs(macs.0, macs.1)
-                .build();
-            let n = unsafe { libc::send(fd, f.as_ptr() as *const _, f.len(), 0) };
-            if n == f.len() as isize {
-                sent += 1;
+            let Some(frames) = next(x) else { break };
+            for f in frames {
+                let n = unsafe { libc::send(fd, f.as_ptr() as *const _, f.len(), 0) };
+                if n == f.len() as isize {
+                    sent += 1;
+                }
             }
         }
         unsafe { libc::close(fd) };
         sent
+    })
+}
+
+/// Spoofed IPv6 SYNs from the client namespace (hping3 has no IPv6): a new source in
+/// 2001:db8:ffff::/64 and port for every SYN, each with the extension headers `ext`.
+fn ipv6_flood(
+    ns: String,
+    macs: ([u8; 6], [u8; 6]),
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ext: Vec<(u8, Vec<u8>)>,
+) -> std::thread::JoinHandle<u64> {
+    use integration_tests::{L4v6, TCP_SYN, VIP6};
+    raw_flood(ns, stop, move |x| {
+        let mut a = [0u8; 16];
+        a[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff]);
+        a[8..].copy_from_slice(&x.to_be_bytes());
+        let port = 1024 + (x >> 48) as u16 % 60000;
+        let mut f = L4v6::tcp(a.into(), port, VIP6, 22, TCP_SYN).macs(macs.0, macs.1);
+        f.ext = ext.clone();
+        Some(vec![f.build()])
     })
 }
 
@@ -444,7 +459,7 @@ fn spoofed_ipv6_syn_flood_leaves_real_clients_alone() {
     );
     let before = stats(bin, &cfg.state_dir);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = ipv6_flood(client.clone(), macs, stop.clone());
+    let flood = ipv6_flood(client.clone(), macs, stop.clone(), Vec::new());
     let client6 = lb_common::ip6(CLIENT6.octets());
     let real = real_clients_under_flood(&setup, VIP6.into(), &mut session, |maps| {
         maps.flows6()
@@ -473,5 +488,273 @@ fn spoofed_ipv6_syn_flood_leaves_real_clients_alone() {
     real.assert_unharmed(&daemon);
     session.echo(b"after\n").expect("session after the flood");
     drop(session);
+    daemon.stop();
+}
+
+/// The floods that walked around the cookies, end to end (spoofed frames written from the
+/// client namespace), each while a real client keeps connecting and an established session
+/// keeps talking.
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    /// A SYN from a random source with its own ISN, then a RST at ISN+1.
+    SynRstPairs,
+    /// SYNs from random sources, each with one IPv4 option word (NOPs).
+    IpOptions,
+    /// A blind RST sweep of the established session's tuple: a RST every 16381 sequence
+    /// numbers over the whole space, so several land in its window.
+    RstSweep,
+    /// Datagrams from random sources and ports at a UDP listener (port 53) of the same load
+    /// balancer, whose TCP listener the real client uses.
+    Udp,
+}
+
+/// A UDP listener on port 53 beside the seed's ssh listener, with a UDP pool of the same
+/// members (nothing answers there: every spoofed datagram is a flow nobody answers).
+const UDP_LISTENER: &str = "
+[[loadbalancer.listener]]
+id = \"dns\"
+protocol = \"UDP\"
+protocol_port = 53
+default_pool_id = \"dns-pool\"
+
+[[loadbalancer.pool]]
+id = \"dns-pool\"
+protocol = \"UDP\"
+lb_algorithm = \"LEAST_CONNECTIONS\"
+
+[[loadbalancer.pool.member]]
+id = \"dns1\"
+address = \"10.0.0.2\"
+protocol_port = 53
+
+[[loadbalancer.pool.member]]
+id = \"dns2\"
+address = \"10.0.0.4\"
+protocol_port = 53
+";
+
+/// `flows`: the load balancer's `conntrack_flows` (None: the tests' 4096).
+fn flood_variant(variant: Variant, flows: Option<u32>) {
+    use integration_tests::{Tcp, TCP_RST, TCP_SYN};
+    let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
+    let table = move |t: String| {
+        let t = match variant {
+            Variant::Udp => t + UDP_LISTENER,
+            _ => t,
+        };
+        match flows {
+            Some(n) => t.replacen(
+                "\nvip_prefixlen = 24",
+                &format!("\nvip_prefixlen = 24\nconntrack_flows = {n}"),
+                1,
+            ),
+            None => t,
+        }
+    };
+    let Some(setup) = Setup::new(table, &[M1, M2]) else {
+        return;
+    };
+    let mut daemon = setup.start(&[]);
+    if !matches!(variant, Variant::Udp) {
+        // (The UDP pool has no monitor: its members are never ONLINE.)
+        setup.wait_online();
+    }
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let client = topo.client.name.clone();
+    let mut session = connect(&client, VIP, 22).expect("session before the flood");
+    let session_port = session.stream.local_addr().unwrap().port();
+    let macs = (
+        mac_of_link(&client, &["link", "show", "eth0"]),
+        mac_of_link(&client, &["neigh", "show", &VIP.to_string()]),
+    );
+    let before = stats(bin, &cfg.state_dir);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Spoofed sources in 198.18.0.0/15 (RFC 2544's benchmarking range).
+    let spoofed = |x: u64| Ipv4Addr::from(0xc612_0000 | (x as u32 & 0x1_ffff));
+    let mut swept = 0u64;
+    let flood = raw_flood(client.clone(), stop.clone(), move |x| {
+        let port = 1024 + (x >> 48) as u16 % 60000;
+        let isn = (x >> 16) as u32;
+        let frames = match variant {
+            Variant::SynRstPairs => {
+                let mut syn = Tcp::new(spoofed(x), port, VIP, 22, TCP_SYN).macs(macs.0, macs.1);
+                syn.seq = isn;
+                let mut rst = Tcp::new(spoofed(x), port, VIP, 22, TCP_RST).macs(macs.0, macs.1);
+                rst.seq = isn.wrapping_add(1);
+                vec![syn.build(), rst.build()]
+            }
+            Variant::IpOptions => {
+                let mut syn = Tcp::new(spoofed(x), port, VIP, 22, TCP_SYN).macs(macs.0, macs.1);
+                syn.ip_options = vec![1, 1, 1, 0];
+                vec![syn.build()]
+            }
+            Variant::RstSweep => {
+                if swept > u32::MAX as u64 {
+                    return None;
+                }
+                let mut rst = Tcp::new(CLIENT, session_port, VIP, 22, TCP_RST).macs(macs.0, macs.1);
+                rst.seq = swept as u32;
+                swept += 16381;
+                vec![rst.build()]
+            }
+            Variant::Udp => vec![integration_tests::Udp::new(spoofed(x), port, VIP, 53)
+                .macs(macs.0, macs.1)
+                .payload(b"spoofed query")
+                .build()],
+        };
+        Some(frames)
+    });
+    let client_be = u32::from(CLIENT).to_be();
+    let real = real_clients_under_flood(&setup, VIP.into(), &mut session, |maps| {
+        // (TCP's: the UDP listener's unanswered flows are bounded below, not gone.)
+        maps.flows()
+            .iter()
+            .filter(|(k, f)| {
+                k.dir == lb_common::FLOW_DIR_FORWARD
+                    && k.proto == lb_common::IPPROTO_TCP
+                    && f.client_be != client_be
+            })
+            .count()
+    });
+    let udp_flows = stats(bin, &cfg.state_dir)[0]["listeners"][1]["active_connections"]
+        .as_i64()
+        .unwrap_or(0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().expect("the flood's thread");
+    let after = stats(bin, &cfg.state_dir);
+    let delta = |name: &str| verdict(&after, name) - verdict(&before, name);
+    println!(
+        "FLOOD_VARIANT {variant:?} table={} seconds={:.1} frames={sent} frames_per_s={:.0} \
+         cookies={} drop_syn_options={} drop_udp_rate={} drop_udp_limit={} udp_flows_at_end={udp_flows} \
+         drop_ct_full={} {}",
+        flows.map_or("default".to_string(), |n| n.to_string()),
+        real.took,
+        sent as f64 / real.took,
+        delta("tx_syncookie"),
+        delta("drop_syn_options"),
+        delta("drop_udp_rate"),
+        delta("drop_udp_limit"),
+        delta("drop_ct_full"),
+        real.summary()
+    );
+    let floor = match variant {
+        Variant::RstSweep => 250_000, // every RST of the sweep
+        _ => 3000 * real.took as u64,
+    };
+    assert!(sent >= floor, "{variant:?}: only {sent} frames sent");
+    assert_eq!(delta("drop_ct_full"), 0, "{variant:?}: the table filled up");
+    match variant {
+        Variant::SynRstPairs => assert!(delta("tx_syncookie") > 0, "cookies turned on"),
+        Variant::IpOptions => assert!(delta("drop_syn_options") > 0, "option SYNs dropped"),
+        Variant::RstSweep => {}
+        Variant::Udp => {
+            // Its share: half the table (one UDP listener), reached at once in a small
+            // table; in a big one the rate (20000 new flows a second) holds first.
+            let share = flows.unwrap_or(4096) as i64 / 2;
+            assert!(udp_flows <= share, "{udp_flows} UDP flows, share {share}");
+            assert!(delta("drop_udp_limit") > 0, "the UDP listener's share held");
+            if share > lb_common::DEFAULT_UDP_FLOW_RATE as i64 {
+                assert!(delta("drop_udp_rate") > 0, "the UDP listener's rate held");
+            }
+        }
+    }
+    real.assert_unharmed(&daemon);
+    session.echo(b"after\n").expect("session after the flood");
+    // The counts are exact afterwards: the session, and nothing else once the real clients'
+    // connections have closed.
+    wait_for("only the session open", Duration::from_secs(10), || {
+        (listener(&stats(bin, &cfg.state_dir), "active_connections") == 1).then_some(())
+    });
+    drop(session);
+    wait_for("nothing open", Duration::from_secs(10), || {
+        (listener(&stats(bin, &cfg.state_dir), "active_connections") == 0).then_some(())
+    });
+    daemon.stop();
+}
+
+#[test]
+fn syn_rst_pairs_leave_real_clients_alone() {
+    flood_variant(
+        Variant::SynRstPairs,
+        Some(lb_common::DEFAULT_CONNTRACK_FLOWS),
+    );
+}
+
+#[test]
+fn syn_rst_pairs_leave_real_clients_alone_in_a_small_table() {
+    flood_variant(Variant::SynRstPairs, Some(16384));
+}
+
+#[test]
+fn syns_with_ip_options_leave_real_clients_alone_in_a_small_table() {
+    flood_variant(Variant::IpOptions, Some(16384));
+}
+
+#[test]
+fn a_udp_flood_leaves_the_tcp_listener_alone() {
+    flood_variant(Variant::Udp, None);
+}
+
+#[test]
+fn a_udp_flood_leaves_the_tcp_listener_alone_in_the_default_table() {
+    flood_variant(Variant::Udp, Some(lb_common::DEFAULT_CONNTRACK_FLOWS));
+}
+
+#[test]
+fn a_blind_rst_sweep_closes_no_session() {
+    flood_variant(Variant::RstSweep, None);
+}
+
+/// IPv6 SYNs with a destination-options header from random sources: in cookie mode they
+/// are dropped (no cookie for them, no flow), so they do not cancel the defence.
+#[test]
+fn ipv6_syns_with_extension_headers_leave_real_clients_alone() {
+    let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
+    use integration_tests::{CLIENT6, VIP6};
+    let Some(setup) = Setup::new(as_ipv6, &[M1, M2]) else {
+        return;
+    };
+    let _servers = setup.serve_ipv6();
+    let mut daemon = setup.start(&[]);
+    setup.wait_online();
+    let Setup { cfg, topo, bin, .. } = &setup;
+    let client = topo.client.name.clone();
+    let mut session = connect(&client, VIP6, 22).expect("session before the flood");
+    let macs = (
+        mac_of_link(&client, &["link", "show", "eth0"]),
+        mac_of_link(&client, &["-6", "neigh", "show", &VIP6.to_string()]),
+    );
+    let before = stats(bin, &cfg.state_dir);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dest_options = vec![(60, vec![0, 0, 1, 4, 0, 0, 0, 0])];
+    let flood = ipv6_flood(client.clone(), macs, stop.clone(), dest_options);
+    let client6 = lb_common::ip6(CLIENT6.octets());
+    let real = real_clients_under_flood(&setup, VIP6.into(), &mut session, |maps| {
+        maps.flows6()
+            .iter()
+            .filter(|(k, f)| k.dir == lb_common::FLOW_DIR_FORWARD && f.client_be != client6)
+            .count()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().expect("the flood's thread");
+    let after = stats(bin, &cfg.state_dir);
+    let dropped = verdict(&after, "drop_syn_options") - verdict(&before, "drop_syn_options");
+    println!(
+        "FLOOD_VARIANT Ipv6DestOptions seconds={:.1} syn_per_s={:.0} drop_syn_options={dropped} {}",
+        real.took,
+        sent as f64 / real.took,
+        real.summary()
+    );
+    assert!(sent as f64 >= 3000.0 * real.took, "only {sent} SYNs sent");
+    assert!(
+        dropped as f64 >= sent as f64 / 2.0,
+        "{dropped} dropped of {sent} spoofed SYNs"
+    );
+    real.assert_unharmed(&daemon);
+    session.echo(b"after\n").expect("session after the flood");
+    drop(session);
+    wait_for("nothing open", Duration::from_secs(10), || {
+        (listener(&stats(bin, &cfg.state_dir), "active_connections") == 0).then_some(())
+    });
     daemon.stop();
 }

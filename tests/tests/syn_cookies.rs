@@ -92,13 +92,15 @@ fn past_the_budget_a_syn_is_answered_with_a_cookie_and_the_ack_opens_the_flow() 
     // The client repeats its ACK before the member answered: lb repeats its SYN.
     let out2 = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
     assert_eq!(out2, out);
-    // Its data waits: dropped, the client sends it again.
+    // Its data waits (dropped: the client sends it again), and it repeats lb's SYN too (a
+    // SYN lost, or met by an earlier connection's state at the member, goes again).
     let data = Tcp {
         flags: TCP_ACK | TCP_PSH,
         payload: b"GET /\r\n".to_vec(),
         ..ack.clone()
     };
-    env.expect(&data.build(), XDP_DROP, reason::DROP_COOKIE_WAIT);
+    let out3 = env.expect(&data.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    assert_eq!(out3, out);
 
     // The member's SYN-ACK becomes lb's ACK to the member: established.
     let mut synack = Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK)
@@ -228,4 +230,179 @@ fn a_cookie_ack_that_cannot_open_its_flow_is_reset() {
         env.dp.maps.listener_drops(0).unwrap()[reason::DROP_NO_MEMBER as usize],
         1
     );
+}
+
+/// Spoofed SYN+RST pairs (a SYN with its own ISN, then a RST at ISN+1): each handshake that
+/// ends so gives back its slot and SNAT port with the RST (it used to linger 10 s), and
+/// counts as a failed attempt against the half-open budget, so that a stream of pairs turns
+/// cookie mode on as a stream of SYNs does, although no handshake stays in progress.
+#[test]
+fn syn_rst_pairs_free_their_flows_and_turn_cookies_on() {
+    let Some(mut env) = env(4) else { return };
+    for p in 46000..46004 {
+        let (_, _, snat) = env.open(p);
+        let mut rst = Tcp::new(CLIENT, p, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+        rst.seq = 1001;
+        let out = env.expect(&rst.build(), XDP_TX, reason::TX_TO_MEMBER);
+        let o = Tcp::parse(&out).unwrap();
+        assert_eq!(
+            (o.sport, o.flags),
+            (snat, TCP_RST),
+            "the member hears the RST"
+        );
+        assert!(
+            env.flow(p).is_none(),
+            "the handshake's flow is gone with its RST"
+        );
+        assert!(
+            env.dp.maps.flows().is_empty(),
+            "and its reverse entry (the port)"
+        );
+    }
+    for m in [M1, M2] {
+        assert_eq!(env.half_open(env.member_index(m)), 0);
+    }
+    // Four failed handshakes within the second: the budget of 4 is spent.
+    cookie_of(&mut env, "lb", 46004);
+    assert!(env.dp.maps.flows().is_empty());
+}
+
+/// In cookie mode a SYN with IPv4 options (here one NOP word) gets no cookie and opens no
+/// flow: it is dropped and counted; the same SYN without options gets its cookie.
+#[test]
+fn in_cookie_mode_a_syn_with_ip_options_is_dropped() {
+    let Some(mut env) = env(0) else { return };
+    let mut s = syn(46100);
+    s.ip_options = vec![1, 1, 1, 0];
+    env.expect(&s.build(), XDP_DROP, reason::DROP_SYN_OPTIONS);
+    let (a, _) = env.run_program("lb_tc", &s.build());
+    assert_eq!(a, 2, "TC: shot");
+    assert!(env.dp.maps.flows().is_empty(), "no flow");
+    assert_eq!(
+        env.dp.maps.listener_drops(0).unwrap()[reason::DROP_SYN_OPTIONS as usize],
+        2
+    );
+    cookie_of(&mut env, "lb", 46100);
+    // Below the budget such a SYN opens its flow as any other.
+    let Some(mut open) = self::env(1000) else {
+        return;
+    };
+    open.expect(&s.build(), XDP_TX, reason::TX_TO_MEMBER);
+}
+
+/// `lb_tc_fast` (the shortcut on the port's outer end) leaves a cookie flow whose member has
+/// not answered lb's SYN to the port's program: the client's data is neither forwarded
+/// with an untranslated acknowledgment nor lost there, and a repeated pure ACK repeats lb's
+/// SYN in the namespace, as on the port's own path. Once the member answered, the shortcut
+/// translates the flow's numbers as the port's program does.
+#[test]
+fn the_shortcut_leaves_an_unanswered_cookie_flow_to_the_port() {
+    let Some(mut env) = env(0) else { return };
+    let fast = |env: &mut Env, frame: &[u8]| env.run_program("lb_tc_fast", frame);
+    let cookie = cookie_of(&mut env, "lb", 46200);
+    let mut ack = Tcp::new(CLIENT, 46200, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack, ack.win) = (7001, cookie.wrapping_add(1), 502);
+    let syn_out = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    let o = Tcp::parse(&syn_out).unwrap();
+    let (member, snat) = (o.dst, o.sport);
+    let data = Tcp {
+        flags: TCP_ACK | TCP_PSH,
+        payload: b"GET /\r\n".to_vec(),
+        ..ack.clone()
+    };
+    let before = env.verdicts();
+    for frame in [ack.build(), data.build()] {
+        assert_eq!(
+            fast(&mut env, &frame),
+            (0, frame.clone()),
+            "into the namespace, untouched"
+        );
+    }
+    assert_eq!(
+        env.verdicts(),
+        before,
+        "counted by the port's program, not here"
+    );
+    // There, the port's program repeats the SYN (for the data too, which it holds).
+    for frame in [ack.build(), data.build()] {
+        assert_eq!(
+            env.expect(&frame, XDP_TX, reason::TX_COOKIE_TO_MEMBER),
+            syn_out
+        );
+    }
+    // The member answers: from then on the shortcut translates, as the port's program does.
+    let mut synack = Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK)
+        .macs(mac_of(member), PORT_MAC)
+        .options(&[2, 4, 0x05, 0xb4]);
+    (synack.seq, synack.ack) = (90_000, 7001);
+    env.expect(&synack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    let (a, out) = fast(&mut env, &data.build());
+    assert_eq!(a, TC_ACT_REDIRECT);
+    let mut want = to_member(&data, member, snat);
+    want.ack = 90_001;
+    assert_eq!(out, want.build(), "acknowledgment in the member's numbers");
+}
+
+/// A member's SYN-ACK that does not acknowledge the flow's SYN comes from an earlier flow's
+/// half-open connection on the same SNAT port (a spoofed handshake that expired at lb while
+/// the member still retransmits its SYN-ACK). Taken, it would complete that handshake at the
+/// member with the wrong numbers and wedge the client's connection (found by the flood
+/// tests). lb answers it with a RST as a host would, drops any other member segment before
+/// the SYN-ACK, and takes the member's real answer when it comes: on a cookie flow and on an
+/// ordinary one.
+#[test]
+fn a_stale_synack_is_reset_not_taken() {
+    let Some(mut env) = env(0) else { return };
+    let cookie = cookie_of(&mut env, "lb", 46300);
+    let mut ack = Tcp::new(CLIENT, 46300, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack) = (7001, cookie.wrapping_add(1));
+    let o = Tcp::parse(&env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER)).unwrap();
+    let (member, snat) = (o.dst, o.sport);
+    let stale = |flags: u8| {
+        let mut s = Tcp::new(member, 22, VIP, snat, flags).macs(mac_of(member), PORT_MAC);
+        (s.seq, s.ack) = (50_000, 1001);
+        s
+    };
+    let out = env.expect(
+        &stale(TCP_SYN | TCP_ACK).build(),
+        XDP_TX,
+        reason::TX_STALE_RESET,
+    );
+    assert!(checksums_ok(&out));
+    let r = Tcp::parse(&out).unwrap();
+    assert_eq!(
+        (r.src_mac, r.dst_mac, r.src, r.dst, r.sport, r.dport),
+        (PORT_MAC, mac_of(member), VIP, member, snat, 22)
+    );
+    assert_eq!(
+        (r.flags, r.seq, r.ack),
+        (TCP_RST, 1001, 0),
+        "RST at its ACK"
+    );
+    env.expect(&stale(TCP_ACK).build(), XDP_DROP, reason::DROP_STALE);
+    let f = env.flow(46300).unwrap();
+    assert_eq!(f.state & lb_common::CT_SYNACK, 0, "still waiting");
+    assert_eq!(f.member_ack, 7001);
+    // The member's real answer.
+    let mut synack = Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK)
+        .macs(mac_of(member), PORT_MAC)
+        .options(&[2, 4, 0x05, 0xb4]);
+    (synack.seq, synack.ack) = (90_000, 7001);
+    let out = env.expect(&synack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    assert_eq!(Tcp::parse(&out).unwrap().ack, 90_001);
+    let m = env.member_index(member);
+    assert_eq!((env.half_open(m), env.active(m)), (0, 1));
+
+    // An ordinary flow (below the budget): the same.
+    let Some(mut env) = self::env(1000) else {
+        return;
+    };
+    let (member, _, snat) = env.open(46301);
+    let mut s = Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK).macs(mac_of(member), PORT_MAC);
+    (s.seq, s.ack) = (50_000, 4242);
+    let r = Tcp::parse(&env.expect(&s.build(), XDP_TX, reason::TX_STALE_RESET)).unwrap();
+    assert_eq!((r.flags, r.seq, r.dst), (TCP_RST, 4242, member));
+    env.establish_on(46301, 22);
+    let m = env.member_index(member);
+    assert_eq!(env.active(m), 1);
 }

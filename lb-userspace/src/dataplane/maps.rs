@@ -543,8 +543,6 @@ impl Maps {
         self.sweep.get(&0, 0).map_err(e)
     }
 
-    /// Every conntrack entry (forward and reverse). Two syscalls per entry: for tests and
-    /// small tables; the daemon's census is `last_sweep`.
     /// Every entry of the IPv6 conntrack table.
     pub fn flows6(&self) -> Vec<(lb_common::FlowKey6, lb_common::Flow6)> {
         match &self.conntrack6 {
@@ -557,6 +555,8 @@ impl Maps {
         self.conntrack6.as_ref()?.get(key, 0).ok()
     }
 
+    /// Every conntrack entry (forward and reverse). Two syscalls per entry: for tests and
+    /// small tables; the daemon's census is `last_sweep`.
     pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
         match &self.conntrack {
             Some(m) => m.iter().filter_map(|r| r.ok()).collect(),
@@ -566,6 +566,17 @@ impl Maps {
 
     pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
         self.conntrack.as_ref()?.get(key, 0).ok()
+    }
+
+    /// Replaces the conntrack entry at `key` (tests: a flow's clock moved back).
+    pub fn set_flow(&mut self, key: &FlowKey, flow: Flow) -> Result<()> {
+        let e = self.err("CONNTRACK");
+        let Some(map) = &mut self.conntrack else {
+            return Err(e(MapError::InvalidName {
+                name: "CONNTRACK (an IPv6 load balancer has none)".into(),
+            }));
+        };
+        map.insert(key, flow, 0).map_err(e)
     }
 }
 

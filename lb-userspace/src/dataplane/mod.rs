@@ -217,7 +217,8 @@ impl Dataplane {
             }
             self.maps = Maps::open(&self.pin_dir)?;
         }
-        self.maps.write_plan(new, old)?;
+        let new = crate::plan::with_udp_shares(new, self.sizing.conntrack_flows);
+        self.maps.write_plan(&new, old)?;
         Ok(replaced)
     }
 

@@ -181,6 +181,8 @@ pub fn convert(
                 // The kernel in front of haproxy sends cookies once its SYN queue is full;
                 // lb's budget of handshakes plays that part.
                 half_open_limit: lb_common::DEFAULT_HALF_OPEN_LIMIT as i64,
+                flow_limit: None,
+                flow_rate: None,
                 allowed_cidrs: Vec::new(),
                 connection_log: Some(f.params.log && f.params.tcplog && !connection_log.is_empty()),
             });
