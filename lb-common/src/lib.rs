@@ -298,7 +298,12 @@ pub mod reason {
     /// RST): the same earlier connection's (or, for IPv6 flows that are not cookie flows,
     /// that SYN-ACK itself, which lb does not answer there). Dropped.
     pub const DROP_STALE: u32 = 29;
-    pub const COUNT: u32 = 30;
+    /// A "fragmentation needed" (IPv4) or Packet Too Big (IPv6) that would go to a member
+    /// about a segment lb sent a client, but is not about data the client has not
+    /// acknowledged yet, or asks for less than 1280 bytes: dropped (a member caches one path
+    /// MTU towards the VIP for every client).
+    pub const DROP_ICMP_UNVERIFIED: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "tx_to_member",
@@ -331,6 +336,7 @@ pub mod reason {
         "drop_udp_limit",
         "tx_stale_reset",
         "drop_stale",
+        "drop_icmp_unverified",
     ];
 }
 

@@ -432,10 +432,10 @@ pub const MAPS: &[MapSchema] = &[
     ),
     // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset;
     // 6: drop_not_allowed; 7: pass_not_ip, drop_bad_ipv6; 8: drop_syn_options,
-    // drop_udp_rate, drop_udp_limit, tx_stale_reset, drop_stale.
+    // drop_udp_rate, drop_udp_limit, tx_stale_reset, drop_stale; 9: drop_icmp_unverified.
     map!(
         "LISTENER_DROPS",
-        8,
+        9,
         mix(REASONS, U64),
         PERCPU_ARRAY,
         U32S,
@@ -447,10 +447,10 @@ pub const MAPS: &[MapSchema] = &[
     ),
     // 2: pass_not_for_port; 3: drop_refused; 4: SYN cookies; 5: tx_cookie_reset;
     // 6: drop_not_allowed; 7: pass_not_ip, drop_bad_ipv6; 8: drop_syn_options,
-    // drop_udp_rate, drop_udp_limit, tx_stale_reset, drop_stale.
+    // drop_udp_rate, drop_udp_limit, tx_stale_reset, drop_stale; 9: drop_icmp_unverified.
     map!(
         "VERDICTS",
-        8,
+        9,
         mix(REASONS, U64),
         PERCPU_ARRAY,
         U32S,
@@ -653,8 +653,8 @@ mod tests {
             ("LISTENER_LIVE", 2, 0x8d87_8724),
             ("MEMBER_STATS", 2, 0x3d44_a3b0),
             ("LISTENER_STATS", 1, 0xeb63_52d0),
-            ("LISTENER_DROPS", 8, 0xf6e6_e180),
-            ("VERDICTS", 8, 0xf6e6_e180),
+            ("LISTENER_DROPS", 9, 0xa715_f55b),
+            ("VERDICTS", 9, 0xa715_f55b),
             ("CONNTRACK", 8, 0xa16a_b754),
             ("CONN_LOG_LOST", 1, 0xdba3_35ad),
             ("ALLOWED", 1, 0x51f1_f8f9),

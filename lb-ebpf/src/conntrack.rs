@@ -164,16 +164,19 @@ fn rst_closes<A: Address>(f: &FlowG<A>, pkt: &Packet<A>, from_client: bool) -> b
     seq == f.client_ack || seq == f.member_next
 }
 
-/// Whether a FIN falls in the receive window of the side it goes to (RCV.NXT =< its
-/// sequence number < RCV.NXT + RCV.WND; one exact number while the window is 0 or not
+/// Whether a segment carrying a FIN starts in the receive window of the side it goes to
+/// (RCV.NXT =< SEG.SEQ < RCV.NXT + RCV.WND; one exact number while the window is 0 or not
 /// known): a FIN outside it is not honoured.
 #[inline(always)]
 fn fin_in_window<A: Address>(f: &FlowG<A>, pkt: &Packet<A>, from_client: bool) -> bool {
-    let at = pkt.seq.wrapping_add(payload_len(pkt));
     let (at, next, win) = if from_client {
-        (at, f.member_ack, f.member_win)
+        (pkt.seq, f.member_ack, f.member_win)
     } else {
-        (at.wrapping_add(f.seq_delta), f.client_ack, f.client_win)
+        (
+            pkt.seq.wrapping_add(f.seq_delta),
+            f.client_ack,
+            f.client_win,
+        )
     };
     let win = if win == 0 { 1 } else { win };
     at.wrapping_sub(next) < win
@@ -212,7 +215,7 @@ fn acceptable<A: Address>(f: &FlowG<A>, pkt: &Packet<A>, from_client: bool) -> b
     // Beyond the right edge by up to the window again and 64 KiB: a scaled window moves its
     // edge in steps of its scale (it can seem to recede by almost one), and a GSO or GRO
     // super-packet starts in the window but may end past it.
-    if seq.wrapping_sub(rcv_nxt) > rcv_win.saturating_mul(2).saturating_add(0x1_0000) {
+    if seq.wrapping_sub(rcv_nxt) as u64 > ((rcv_win as u64) << 1) + 0x1_0000 {
         return false;
     }
     if pkt.tcp_flags & TCP_ACK == 0 {

@@ -19,7 +19,8 @@
 //! connection on the same SNAT port) is answered with a RST (`reset_member`), not taken.
 //!
 //! Once a listener is past its budget it stays in cookie mode for two connect timeouts, and
-//! again for as long as most cookies go unanswered (a flood goes on): the half-open flows the
+//! again for as long as most cookies go unanswered and they are at least half the budget
+//! per hold (a flood goes on; a trickle cannot hold cookie mode on): the half-open flows the
 //! flood made before it began expire meanwhile, and no spoofed source holds a flow or a
 //! SNAT port after that.
 //!
@@ -57,7 +58,8 @@ use crate::{
     verdict, Verdict,
 };
 
-/// Cookies sent in a hold beyond twice those answered, for the flood to count as going on.
+/// Cookies sent in a hold beyond twice those answered, for the flood to count as going on
+/// (at least; half the listener's budget when that is more).
 const FLOOD_FLOOR: u64 = 64;
 /// How long after its last hold a listener still accepts cookies (the kernel's cookies are
 /// valid for about two minutes).
@@ -204,8 +206,12 @@ pub(crate) fn flooded(listener: &ListenerConf, now: u64) -> bool {
             Some(l) => l.half_open + failed >= listener.half_open_limit as i64,
             None => false,
         };
-        // A hold ended: the flood goes on while most cookies went unanswered.
-        let flood = until != 0 && (*a).sent > 2 * (*a).valid + FLOOD_FLOOR;
+        // A hold ended: the flood goes on while most cookies went unanswered, and enough
+        // of them to matter: a trickle of spoofed SYNs (fewer than half the budget per
+        // hold) would otherwise keep the listener in cookie mode, and its connections
+        // without window scaling, for ever. Below that, its SYNs fit the budget as flows.
+        let floor = (listener.half_open_limit as u64 / 2).max(FLOOD_FLOOR);
+        let flood = until != 0 && (*a).sent > 2 * (*a).valid + floor;
         if over || flood {
             let hold = 2 * listener.timeout_member_connect_ns;
             let hold = if hold < 1_000_000_000 {

@@ -2,6 +2,17 @@
 //! them —, time exceeded, parameter problem) must reach the right end with the embedded header
 //! translated too, or path MTU discovery breaks through the load balancer.
 //!
+//! The embedded sequence number too: a segment lb sent a client on a cookie flow carries the
+//! member's number plus `Flow::seq_delta`, and a member's stack drops an error whose embedded
+//! sequence number is not one it sent (`tcp_v4_err`).
+//!
+//! A member caches a path MTU per destination, and every client's flows share one: the VIP.
+//! So a "fragmentation needed" going to a member (about a segment lb sent a client) is
+//! honoured only when it shows knowledge of the flow (a TCP segment the client has not
+//! acknowledged yet: a blind sender cannot forge one) and asks for at least `PMTU_FLOOR`
+//! bytes; otherwise it is dropped (`drop_icmp_unverified`). A client can at worst take the
+//! members' segments towards the VIP down to 1280 bytes.
+//!
 //! The embedded packet is one lb sent: towards a member (VIP:snat -> member:port) when the
 //! error comes from the member's side, towards a client (VIP:listener -> client:port) when it
 //! comes from the client's side. It is translated back into the packet the other end sent, and
@@ -11,7 +22,8 @@
 
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{
-    checksum, reason, FlowKey, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, IPPROTO_TCP, IPPROTO_UDP,
+    checksum, reason, FlowKey, CT_COOKIE, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -30,6 +42,10 @@ const ICMP_HDR_LEN: usize = 8;
 const EMBEDDED_L4_MIN: usize = 8;
 /// Enough of the embedded TCP header to hold its checksum (offset 16).
 const EMBEDDED_TCP_CSUM_END: usize = 18;
+/// The smallest path MTU a "fragmentation needed" going to a member may ask for (IPv6's
+/// minimum MTU; see the module's comment).
+pub(crate) const PMTU_FLOOR: u32 = 1280;
+const ICMP_FRAG_NEEDED: u8 = 4;
 /// Where the embedded header's checksum is: TCP's at 16, UDP's at 6 (within the 8 bytes
 /// every error carries).
 const TCP_CSUM_OFF: usize = 16;
@@ -136,6 +152,9 @@ pub struct Translation {
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
     pub inner: Tuple,
+    /// Subtracted from the embedded TCP sequence number (a cookie flow's `seq_delta`, for an
+    /// error going to the member; else 0).
+    pub seq_delta: u32,
 }
 
 /// # Safety
@@ -181,6 +200,13 @@ pub unsafe fn rewrite<C: Frame>(ctx: &C, e: &IcmpError, t: &Translation) {
         l4[1] = s[1];
         l4[2] = d[0];
         l4[3] = d[1];
+        // The embedded sequence number, back in the member's numbers.
+        let old_seq = u32::from_ne_bytes([l4[4], l4[5], l4[6], l4[7]]);
+        let new_seq = u32::from_be(old_seq).wrapping_sub(t.seq_delta).to_be();
+        if new_seq != old_seq {
+            l4[4..8].copy_from_slice(&new_seq.to_ne_bytes());
+            ic = checksum::replace4(ic, old_seq, new_seq);
+        }
         *e.inner_l4 = l4;
         // Bounds-checked right here, on the pointer used: the verifier loses a range that
         // travels through the stack from parse() when the offset is variable.
@@ -189,6 +215,9 @@ pub unsafe fn rewrite<C: Frame>(ctx: &C, e: &IcmpError, t: &Translation) {
         if e.has_csum && p as usize + 2 <= ctx.data_end() {
             let old_l4 = u16::from_ne_bytes(*p);
             let mut new_l4 = old.update(old_l4, new, true);
+            if new_seq != old_seq {
+                new_l4 = checksum::replace4(new_l4, old_seq, new_seq);
+            }
             if e.udp && new_l4 == 0 {
                 new_l4 = 0xffff;
             }
@@ -225,6 +254,29 @@ pub(crate) fn to_end<C: Frame>(ctx: &C, e: &IcmpError) -> Verdict {
         (None, Some(f)) => (unsafe { *f }, false),
         (None, None) => return verdict(xdp_action::XDP_PASS, reason::PASS_NOT_BALANCED),
     };
+    let mut seq_delta = 0;
+    if !to_client {
+        let (kind, code, mtu) = unsafe {
+            let h = *e.icmp;
+            (h[0], h[1], u16::from_be_bytes([h[6], h[7]]) as u32)
+        };
+        // The embedded segment's sequence number, as lb sent it to the client.
+        let seq = unsafe {
+            let l4 = *e.inner_l4;
+            u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]])
+        };
+        if kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED {
+            // About data the client has not acknowledged yet, and not below the floor.
+            let unacked =
+                e.udp || seq.wrapping_sub(f.client_ack) < f.member_next.wrapping_sub(f.client_ack);
+            if mtu < PMTU_FLOOR || !unacked {
+                return verdict(xdp_action::XDP_DROP, reason::DROP_ICMP_UNVERIFIED);
+            }
+        }
+        if !e.udp && f.state & CT_COOKIE != 0 {
+            seq_delta = f.seq_delta;
+        }
+    }
     // The end the error goes to, and the packet that end originally sent.
     let (mac, addr, port, vip_port, why) = if to_client {
         let (p, q) = (f.client_port_be, f.listener_port_be);
@@ -242,6 +294,7 @@ pub(crate) fn to_end<C: Frame>(ctx: &C, e: &IcmpError) -> Verdict {
             sport_be: port,
             dport_be: vip_port,
         },
+        seq_delta,
     };
     unsafe { rewrite(ctx, e, &t) };
     verdict(xdp_action::XDP_TX, why)

@@ -3,7 +3,9 @@
 //! exceeded, parameter problem), as `icmp.rs` does for IPv4: the embedded packet is one lb
 //! sent (to a member, or to a client); it is translated back into the one that end sent,
 //! and the error goes from the VIP to that end. ICMPv6's checksum covers a pseudo-header
-//! (the outer addresses) as well as the message: every changed word is folded in.
+//! (the outer addresses) as well as the message: every changed word is folded in. The
+//! embedded sequence number of a cookie flow's segment and the policy for a Packet Too Big
+//! going to a member are `icmp.rs`'s.
 
 use aya_ebpf::bindings::xdp_action;
 use lb_common::{checksum, reason, Ip6, FLOW_DIR_FORWARD, FLOW_DIR_REVERSE, IPPROTO_TCP};
@@ -16,6 +18,7 @@ use crate::{
 };
 
 const ICMP6_DEST_UNREACH: u8 = 1;
+const ICMP6_PACKET_TOO_BIG: u8 = 2;
 const ICMP6_PARAMPROB: u8 = 4;
 /// type, code, checksum, 4 bytes (Packet Too Big: the MTU)
 const ICMP6_HDR_LEN: usize = 8;
@@ -122,6 +125,22 @@ pub(crate) fn to_end<C: Frame>(ctx: &C, off: usize) -> Verdict {
         (None, None) => return pass,
     };
     let f = unsafe { &*f };
+    let mut seq_delta = 0;
+    if !to_client && !udp {
+        let seq = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        let h = unsafe { *icmp };
+        if kind == ICMP6_PACKET_TOO_BIG {
+            // See icmp.rs: about data the client has not acknowledged yet, not below 1280.
+            let mtu = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let unacked = seq.wrapping_sub(f.client_ack) < f.member_next.wrapping_sub(f.client_ack);
+            if mtu < crate::icmp::PMTU_FLOOR || !unacked {
+                return verdict(xdp_action::XDP_DROP, reason::DROP_ICMP_UNVERIFIED);
+            }
+        }
+        if f.state & lb_common::CT_COOKIE != 0 {
+            seq_delta = f.seq_delta;
+        }
+    }
     // The end the error goes to, and the packet that end sent (it -> VIP).
     let (mac, end, port, vip_port, why) = if to_client {
         (
@@ -179,6 +198,16 @@ pub(crate) fn to_end<C: Frame>(ctx: &C, off: usize) -> Verdict {
         p[1] = s[1];
         p[2] = d[0];
         p[3] = d[1];
+        if seq_delta != 0 {
+            // The embedded sequence number, back in the member's numbers.
+            let old = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]);
+            let new = u32::from_be(old).wrapping_sub(seq_delta).to_be();
+            p[4..8].copy_from_slice(&new.to_ne_bytes());
+            ic = checksum::replace4(ic, old, new);
+            if let Some(n) = l4c.as_mut() {
+                *n = checksum::replace4(*n, old, new);
+            }
+        }
         *l4 = p;
         if let Some(mut n) = l4c {
             n = checksum::replace2(n, ports.0, port);

@@ -406,3 +406,85 @@ fn a_stale_synack_is_reset_not_taken() {
     let m = env.member_index(member);
     assert_eq!(env.active(m), 1);
 }
+
+/// A flood must leave at least half the budget's worth of cookies unanswered per hold to
+/// keep the listener in cookie mode past a hold: a trickle of spoofed SYNs (here 80 in a
+/// hold, with a budget of 200) used to hold it for ever, and with it every connection
+/// without window scaling. Below the floor the trickle fits the budget as flows.
+#[test]
+fn a_trickle_of_spoofed_syns_does_not_hold_cookie_mode() {
+    let Some(mut env) = env(200) else { return };
+    // A connect timeout of 2 s: a hold of 4 s.
+    let mut l = env.plan.listeners[0].clone();
+    l.conf.timeout_member_connect_ns = 2_000_000_000;
+    env.dp.maps.set_listener(l.key, l.conf).unwrap();
+    // 200 handshakes that failed (SYN, then the client's RST) turn cookie mode on.
+    for p in 47000..47200 {
+        env.open(p);
+        let mut rst = Tcp::new(CLIENT, p, VIP, 22, TCP_RST).macs(CLIENT_MAC, PORT_MAC);
+        rst.seq = 1001;
+        env.expect(&rst.build(), XDP_TX, reason::TX_TO_MEMBER);
+    }
+    let began = std::time::Instant::now();
+    for p in 47200..47281 {
+        cookie_of(&mut env, "lb", p);
+    }
+    let hold = std::time::Duration::from_millis(4000);
+    assert!(began.elapsed() < hold, "the trickle fits in the hold");
+    std::thread::sleep(hold + std::time::Duration::from_millis(200) - began.elapsed());
+    // 81 cookies unanswered in the hold: more than 64, fewer than half the budget.
+    env.open(47300);
+    assert!(env.flow(47300).is_some(), "cookie mode ended with its hold");
+}
+
+/// The client's side reports a "fragmentation needed" about a segment lb sent it on a cookie
+/// flow: lb sent it with the member's sequence number plus the flow's `seq_delta`, so the
+/// error reaches the member with the number the member sent (its stack drops one about a
+/// number it never sent), checksums (ICMP, and the embedded TCP one when carried) following.
+#[test]
+fn icmp_errors_about_cookie_flows_carry_the_members_numbers() {
+    let Some(mut env) = env(0) else { return };
+    let cookie = cookie_of(&mut env, "lb", 47400);
+    let mut ack = Tcp::new(CLIENT, 47400, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack, ack.win) = (7001, cookie.wrapping_add(1), 8000);
+    let o = Tcp::parse(&env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER)).unwrap();
+    let (member, snat) = (o.dst, o.sport);
+    let mut synack = Tcp::new(member, 22, VIP, snat, TCP_SYN | TCP_ACK)
+        .macs(mac_of(member), PORT_MAC)
+        .options(&[2, 4, 0x05, 0xb4]);
+    (synack.seq, synack.ack) = (90_000, 7001);
+    env.expect(&synack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+    // The member's data, in the client's numbers on its way out.
+    let mut reply = Tcp::new(member, 22, VIP, snat, TCP_ACK | TCP_PSH)
+        .macs(mac_of(member), PORT_MAC)
+        .payload(&[0x42; 1400]);
+    (reply.seq, reply.ack) = (90_001, 7001);
+    let from_member = reply.build();
+    let to_client = env.expect(&from_member, XDP_TX, reason::TX_TO_CLIENT);
+    assert_eq!(Tcp::parse(&to_client).unwrap().seq, cookie.wrapping_add(1));
+    let router = std::net::Ipv4Addr::new(10, 0, 0, 1);
+    for embedded_len in [28, 48] {
+        let err = icmp_error(
+            CLIENT_MAC,
+            PORT_MAC,
+            router,
+            VIP,
+            3,
+            4,
+            [0, 0, 0x05, 0x00],
+            &to_client[14..14 + embedded_len],
+        );
+        let out = env.expect(&err, XDP_TX, reason::TX_ICMP_TO_MEMBER);
+        let want = icmp_error(
+            PORT_MAC,
+            mac_of(member),
+            VIP,
+            member,
+            3,
+            4,
+            [0, 0, 0x05, 0x00],
+            &from_member[14..14 + embedded_len],
+        );
+        assert_eq!(out, want, "{embedded_len} bytes embedded");
+    }
+}

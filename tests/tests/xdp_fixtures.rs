@@ -2244,3 +2244,71 @@ fn udp_floods_are_bounded_per_listener() {
     let l = env.plan.listeners.iter().find(|l| l.id == "dns").unwrap();
     assert_eq!(env.dp.maps.listener_conf(l).unwrap().flow_limit, 512);
 }
+
+/// A member caches one path MTU towards the VIP for every client, so a "fragmentation
+/// needed" going to a member is honoured only about data the client has not acknowledged
+/// yet (a blind sender cannot forge one) and for at least 1280 bytes: one client cannot
+/// take every member's segments down to 552 bytes for everyone. Other errors pass as before.
+#[test]
+fn fragmentation_needed_towards_a_member_is_checked() {
+    let Some(mut env) = Env::seed() else { return };
+    let (member, _, snat) = env.connect(49200);
+    let mut reply = Tcp::new(member, 22, VIP, snat, TCP_ACK | TCP_PSH)
+        .macs(mac_of(member), PORT_MAC)
+        .payload(&[0x42; 1400]);
+    (reply.seq, reply.ack) = (5001, 1001);
+    let from_member = reply.build();
+    let to_client = env.expect(&from_member, XDP_TX, reason::TX_TO_CLIENT);
+    let router = Ipv4Addr::new(10, 0, 0, 1);
+    let frag_needed = |mtu: u16| {
+        let m = mtu.to_be_bytes();
+        icmp_error(
+            CLIENT_MAC,
+            PORT_MAC,
+            router,
+            VIP,
+            3,
+            4,
+            [0, 0, m[0], m[1]],
+            &to_client[14..14 + 28],
+        )
+    };
+    // Below the floor: dropped, the frame untouched.
+    env.expect(&frag_needed(1000), XDP_DROP, reason::DROP_ICMP_UNVERIFIED);
+    // About unacknowledged data, at 1400: to the member, translated.
+    let out = env.expect(&frag_needed(1400), XDP_TX, reason::TX_ICMP_TO_MEMBER);
+    let want = icmp_error(
+        PORT_MAC,
+        mac_of(member),
+        VIP,
+        member,
+        3,
+        4,
+        [0, 0, 0x05, 0x78],
+        &from_member[14..14 + 28],
+    );
+    assert_eq!(out, want);
+    // Once the client acknowledged that data, an error about it is no one's: dropped.
+    let mut ack = Tcp::new(CLIENT, 49200, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+    (ack.seq, ack.ack, ack.win) = (1001, 6401, 2000);
+    env.expect(&ack.build(), XDP_TX, reason::TX_TO_MEMBER);
+    env.expect(&frag_needed(1400), XDP_DROP, reason::DROP_ICMP_UNVERIFIED);
+    let drops = env.dp.maps.listener_drops(0).unwrap();
+    assert_eq!(
+        drops[reason::DROP_ICMP_UNVERIFIED as usize],
+        0,
+        "not a listener's"
+    );
+    // A time exceeded about the same segment still reaches the member.
+    let exceeded = icmp_error(
+        CLIENT_MAC,
+        PORT_MAC,
+        router,
+        VIP,
+        11,
+        0,
+        [0; 4],
+        &to_client[14..14 + 28],
+    );
+    env.expect(&exceeded, XDP_TX, reason::TX_ICMP_TO_MEMBER);
+}
