@@ -533,9 +533,25 @@ address = \"10.0.0.4\"
 protocol_port = 53
 ";
 
+/// Whether a flood variant runs here: on the host, not in the VM, whose software emulation
+/// sends a few thousand spoofed frames a second (a declared skip there, see xtask's vm.rs).
+fn host_flood() -> bool {
+    if std::env::var_os("LB_VM_TEST").is_some() {
+        integration_tests::skip::skip(
+            "host only: the VM's emulation sends too few spoofed frames (the fixtures cover \
+             both kernels)",
+        );
+        return false;
+    }
+    true
+}
+
 /// `flows`: the load balancer's `conntrack_flows` (None: the tests' 4096).
 fn flood_variant(variant: Variant, flows: Option<u32>) {
     use integration_tests::{Tcp, TCP_RST, TCP_SYN};
+    if !host_flood() {
+        return;
+    }
     let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     let table = move |t: String| {
         let t = match variant {
@@ -712,6 +728,9 @@ fn a_blind_rst_sweep_closes_no_session() {
 /// are dropped (no cookie for them, no flow), so they do not cancel the defence.
 #[test]
 fn ipv6_syns_with_extension_headers_leave_real_clients_alone() {
+    if !host_flood() {
+        return;
+    }
     let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     use integration_tests::{CLIENT6, VIP6};
     let Some(setup) = Setup::new(as_ipv6, &[M1, M2]) else {

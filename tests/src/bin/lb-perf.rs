@@ -81,7 +81,8 @@ fn test_run_numbers(runs: usize) -> anyhow::Result<()> {
         counts.join(", ")
     );
     let mut cookies = Env::with_capacity(&with_limit(0), 131_072);
-    let (member, _, snat) = env.open(50000);
+    // A connection (the member answers before its data comes).
+    let (member, _, snat) = env.connect(50000);
     let data = Tcp::new(CLIENT, 50000, VIP, 22, TCP_ACK | TCP_PSH)
         .macs(CLIENT_MAC, PORT_MAC)
         .payload(&[0u8; 64])
