@@ -18,7 +18,7 @@ use crate::{
     balance::{client_of, decode, open_connections, pick_member, pick_other, stick},
     conntrack::{
         count_half_open, count_open, ended_early, note_client_sent, note_failure, remove, track,
-        uncount, unhalf,
+        uncount, unhalf, xadd_u64,
     },
     family::{self, slot, Family, V4},
     maps::*,
@@ -304,7 +304,7 @@ fn admit_udp(listener: u32, flow_limit: u32, flow_rate: u32, now: u64) -> u64 {
         if (*a).window_count >= flow_rate as u64 {
             return reason::DROP_UDP_RATE as u64;
         }
-        crate::conntrack::xadd_u64(&raw mut (*a).window_count, 1);
+        xadd_u64(&raw mut (*a).window_count, 1);
     }
     0
 }

@@ -7,8 +7,8 @@
 use core::intrinsics::{atomic_and, atomic_or, atomic_xadd, AtomicOrdering};
 
 use lb_common::{
-    closed, Address, FlowG, Live, CT_COUNTED, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_MEMBER,
-    CT_HALF_OPEN, CT_LOG, CT_RST, CT_RST_MEMBER, CT_SYNACK, CT_UDP,
+    closed, Address, FlowG, Live, ADMISSION_WINDOW_NS, CT_COUNTED, CT_ESTABLISHED, CT_FIN_CLIENT,
+    CT_FIN_MEMBER, CT_HALF_OPEN, CT_LOG, CT_RST, CT_RST_MEMBER, CT_SYNACK, CT_UDP,
 };
 
 use crate::{
@@ -231,17 +231,43 @@ fn acceptable<A: Address>(f: &FlowG<A>, pkt: &Packet<A>, from_client: bool) -> b
 #[inline(always)]
 pub(crate) fn note_client_sent<A: Address>(f: *mut FlowG<A>, pkt: &Packet<A>) {
     let f = unsafe { &mut *f };
-    let fin = (pkt.tcp_flags & TCP_FIN != 0) as u32;
-    advance(
-        &mut f.client_next,
-        pkt.seq.wrapping_add(payload_len(pkt)).wrapping_add(fin),
-    );
+    advance(&mut f.client_next, end_of(pkt));
 }
 
-/// The TCP payload's length.
+/// The sequence number after a segment (not a SYN), in its sender's numbers: its payload
+/// and its FIN counted.
 #[inline(always)]
-fn payload_len<A>(pkt: &Packet<A>) -> u32 {
-    (pkt.l4_len as u32).wrapping_sub(pkt.doff as u32) & 0xffff
+fn end_of<A>(pkt: &Packet<A>) -> u32 {
+    let payload = (pkt.l4_len as u32).wrapping_sub(pkt.doff as u32) & 0xffff;
+    let fin = (pkt.tcp_flags & TCP_FIN != 0) as u32;
+    pkt.seq.wrapping_add(payload).wrapping_add(fin)
+}
+
+/// Whether a member's SYN-ACK (or the member's segment `pkt`, before any SYN-ACK) does not
+/// acknowledge the flow's SYN: it is an earlier flow's half-open connection on the same
+/// SNAT port (see `cookie::reset_member`).
+#[inline(always)]
+pub(crate) fn stale_synack<A: Address>(f: &FlowG<A>, pkt: &Packet<A>) -> bool {
+    f.state & CT_SYNACK == 0 && pkt.ack != f.member_ack
+}
+
+/// A handshake of listener `listener` ended without becoming a connection (a RST or FIN
+/// before the client's ACK): one more failed attempt in the current window (see
+/// `cookie::flooded`).
+#[inline(always)]
+fn note_failed(listener: u32, now: u64) {
+    let Some(a) = ADMISSION.get_ptr_mut(listener) else {
+        return;
+    };
+    unsafe {
+        if now.wrapping_sub((*a).window_since_ns) >= ADMISSION_WINDOW_NS {
+            // A new window (two CPUs starting one at once lose at most one count).
+            (*a).window_since_ns = now;
+            (*a).window_count = 1;
+        } else {
+            xadd_u64(&raw mut (*a).window_count, 1);
+        }
+    }
 }
 
 /// Whether sequence number `a` comes before `b` (they wrap).
@@ -272,16 +298,12 @@ fn note_window<A: Address>(
     wscale: Option<u8>,
 ) {
     let syn = pkt.tcp_flags & TCP_SYN != 0;
-    let fin = (pkt.tcp_flags & TCP_FIN != 0) as u32;
     if !syn && (pkt.tcp_flags & TCP_RST != 0 || !acceptable(f, pkt, from_client)) {
         return;
     }
     if from_client {
         if !syn {
-            advance(
-                &mut f.client_next,
-                pkt.seq.wrapping_add(payload_len(pkt)).wrapping_add(fin),
-            );
+            advance(&mut f.client_next, end_of(pkt));
         }
         if pkt.tcp_flags & TCP_ACK != 0 && !syn && !before(pkt.ack, f.client_ack) {
             f.client_ack = pkt.ack;
@@ -307,13 +329,7 @@ fn note_window<A: Address>(
         f.member_win = pkt.win as u32;
         return;
     }
-    advance(
-        &mut f.member_next,
-        pkt.seq
-            .wrapping_add(f.seq_delta)
-            .wrapping_add(payload_len(pkt))
-            .wrapping_add(fin),
-    );
+    advance(&mut f.member_next, end_of(pkt).wrapping_add(f.seq_delta));
     if pkt.tcp_flags & TCP_ACK != 0 && !before(pkt.ack, f.member_ack) {
         f.member_ack = pkt.ack;
         f.member_win = (pkt.win as u32) << (f.wscale >> 4);
@@ -400,7 +416,7 @@ pub(crate) fn track<F: Family>(
                 }
                 if before & CT_ESTABLISHED == 0 {
                     // A handshake that failed: it counts against the listener's budget.
-                    crate::cookie::note_failed(f.listener, now);
+                    note_failed(f.listener, now);
                 }
             }
         }

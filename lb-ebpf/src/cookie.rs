@@ -50,7 +50,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     client::open_flow,
-    conntrack::{establish, note_answer, track, xadd_u64},
+    conntrack::{establish, note_answer, stale_synack, track, xadd_u64},
     family::{self, slot, Family, V6},
     maps::*,
     parse::{self, ptr_at, Frame, Packet, L3, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -232,24 +232,6 @@ pub(crate) fn flooded(listener: &ListenerConf, now: u64) -> bool {
     false
 }
 
-/// A handshake of listener `listener` ended without becoming a connection (a RST or FIN
-/// before the client's ACK): one more failed attempt in the current window.
-#[inline(always)]
-pub(crate) fn note_failed(listener: u32, now: u64) {
-    let Some(a) = ADMISSION.get_ptr_mut(listener) else {
-        return;
-    };
-    unsafe {
-        if now.wrapping_sub((*a).window_since_ns) >= ADMISSION_WINDOW_NS {
-            // A new window (two CPUs starting one at once lose at most one count).
-            (*a).window_since_ns = now;
-            (*a).window_count = 1;
-        } else {
-            xadd_u64(&raw mut (*a).window_count, 1);
-        }
-    }
-}
-
 /// Whether `pkt`'s TCP header follows a plain IP header (no IPv4 options, no IPv6
 /// extension headers): only such segments are answered with, or checked for, cookies.
 #[inline(always)]
@@ -406,7 +388,7 @@ pub(crate) fn member_synack<C: Frame, F: Family>(
     let (first, win) = unsafe {
         let fl = &mut *f;
         let first = fl.state & CT_SYNACK == 0;
-        if first && pkt.ack != fl.member_ack {
+        if stale_synack(fl, pkt) {
             // Not the answer to lb's SYN: an earlier flow's half-open connection on this
             // SNAT port. Taking it would complete that handshake at the member with the
             // wrong numbers.

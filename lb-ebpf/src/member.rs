@@ -4,7 +4,9 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
 use lb_common::{reason, FlowG, CT_ANSWERED, CT_COOKIE, CT_LOG, CT_REFUSED, CT_SYNACK};
 
 use crate::{
-    conntrack::{ended_early, fetch_or, note_answer, note_failure, remove, track, xadd_u64},
+    conntrack::{
+        ended_early, fetch_or, note_answer, note_failure, remove, stale_synack, track, xadd_u64,
+    },
     family::{self, slot, Family},
     nat::shift,
     parse::{self, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN},
@@ -50,9 +52,7 @@ pub(crate) fn from_member<C: Frame, F: Family>(
         }
         if !pkt.udp && unsafe { (*f).state } & CT_SYNACK == 0 {
             let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
-            if synack && pkt.ack != unsafe { (*f).member_ack } {
-                // Not the answer to the flow's SYN: an earlier flow's half-open connection
-                // on this SNAT port (see `cookie::reset_member`).
+            if synack && stale_synack(unsafe { &*f }, pkt) {
                 if F::OUTLINE {
                     return verdict(xdp_action::XDP_DROP, reason::DROP_STALE);
                 }

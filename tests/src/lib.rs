@@ -43,6 +43,36 @@ pub fn with_half_open_limit(t: &str, limit: impl std::fmt::Display) -> String {
     )
 }
 
+/// Configuration text `t` (the seed's) with a DNS listener beside its ssh one: UDP port 53
+/// on the same VIP, listener keys `extra` (lines, each ending in a newline), and a UDP pool
+/// of the same two member addresses (least connections, no monitor).
+pub fn with_udp_listener(t: &str, extra: &str) -> String {
+    format!(
+        "{t}
+[[loadbalancer.listener]]
+id = \"dns\"
+protocol = \"UDP\"
+protocol_port = 53
+default_pool_id = \"dns-pool\"
+{extra}
+[[loadbalancer.pool]]
+id = \"dns-pool\"
+protocol = \"UDP\"
+lb_algorithm = \"LEAST_CONNECTIONS\"
+
+[[loadbalancer.pool.member]]
+id = \"dns1\"
+address = \"10.0.0.2\"
+protocol_port = 53
+
+[[loadbalancer.pool.member]]
+id = \"dns2\"
+address = \"10.0.0.4\"
+protocol_port = 53
+"
+    )
+}
+
 /// A name unique to this process and call: `lbt<pid>-<tag><n>` (fits IFNAMSIZ when short).
 pub fn unique(tag: &str) -> String {
     format!(

@@ -442,9 +442,28 @@ fn mac_of_link(ns: &str, args: &[&str]) -> [u8; 6] {
 /// spoofed source holds a flow.
 #[test]
 fn spoofed_ipv6_syn_flood_leaves_real_clients_alone() {
+    ipv6_syn_flood(
+        knob_half_open_limit(as_ipv6),
+        Vec::new(),
+        "tx_syncookie",
+        "FLOOD6",
+    );
+}
+
+/// A spoofed IPv6 SYN flood (random sources, each SYN with the extension headers `ext`) while
+/// real clients connect through the IPv6 VIP and an established session talks: at least
+/// half the spoofed SYNs are counted under `counter` (answered with cookies by `lb6_cookie`,
+/// or dropped), the real clients are unharmed (`RealClients::assert_unharmed`), the session
+/// carries on, and nothing is left open once it closes. Prints a `label` line.
+fn ipv6_syn_flood(
+    edit: impl Fn(String) -> String,
+    ext: Vec<(u8, Vec<u8>)>,
+    counter: &str,
+    label: &str,
+) {
     let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     use integration_tests::{CLIENT6, VIP6};
-    let Some(setup) = Setup::new(knob_half_open_limit(as_ipv6), &[M1, M2]) else {
+    let Some(setup) = Setup::new(edit, &[M1, M2]) else {
         return;
     };
     let _servers = setup.serve_ipv6();
@@ -459,7 +478,7 @@ fn spoofed_ipv6_syn_flood_leaves_real_clients_alone() {
     );
     let before = stats(bin, &cfg.state_dir);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = ipv6_flood(client.clone(), macs, stop.clone(), Vec::new());
+    let flood = ipv6_flood(client.clone(), macs, stop.clone(), ext);
     let client6 = lb_common::ip6(CLIENT6.octets());
     let real = real_clients_under_flood(&setup, VIP6.into(), &mut session, |maps| {
         maps.flows6()
@@ -470,10 +489,10 @@ fn spoofed_ipv6_syn_flood_leaves_real_clients_alone() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flood.join().expect("the flood's thread");
     let after = stats(bin, &cfg.state_dir);
-    let cookies = verdict(&after, "tx_syncookie") - verdict(&before, "tx_syncookie");
+    let counted = verdict(&after, counter) - verdict(&before, counter);
     let rate = sent as f64 / real.took;
     println!(
-        "FLOOD6 seconds={:.1} syn_per_s={rate:.0} cookies={cookies} {}",
+        "{label} seconds={:.1} syn_per_s={rate:.0} {counter}={counted} {}",
         real.took,
         real.summary()
     );
@@ -482,12 +501,15 @@ fn spoofed_ipv6_syn_flood_leaves_real_clients_alone() {
         "the flood reached {rate:.0} SYN/s, below the 3000/s it must be tested at"
     );
     assert!(
-        cookies as f64 >= sent as f64 / 2.0,
-        "{cookies} cookies for {sent} spoofed SYNs"
+        counted as f64 >= sent as f64 / 2.0,
+        "{counted} {counter} for {sent} spoofed SYNs"
     );
     real.assert_unharmed(&daemon);
     session.echo(b"after\n").expect("session after the flood");
     drop(session);
+    wait_for("nothing open", Duration::from_secs(10), || {
+        (listener(&stats(bin, &cfg.state_dir), "active_connections") == 0).then_some(())
+    });
     daemon.stop();
 }
 
@@ -507,31 +529,6 @@ enum Variant {
     /// balancer, whose TCP listener the real client uses.
     Udp,
 }
-
-/// A UDP listener on port 53 beside the seed's ssh listener, with a UDP pool of the same
-/// members (nothing answers there: every spoofed datagram is a flow nobody answers).
-const UDP_LISTENER: &str = "
-[[loadbalancer.listener]]
-id = \"dns\"
-protocol = \"UDP\"
-protocol_port = 53
-default_pool_id = \"dns-pool\"
-
-[[loadbalancer.pool]]
-id = \"dns-pool\"
-protocol = \"UDP\"
-lb_algorithm = \"LEAST_CONNECTIONS\"
-
-[[loadbalancer.pool.member]]
-id = \"dns1\"
-address = \"10.0.0.2\"
-protocol_port = 53
-
-[[loadbalancer.pool.member]]
-id = \"dns2\"
-address = \"10.0.0.4\"
-protocol_port = 53
-";
 
 /// Whether a flood variant runs here: on the host, not in the VM, whose software emulation
 /// sends a few thousand spoofed frames a second (a declared skip there, see xtask's vm.rs).
@@ -555,7 +552,8 @@ fn flood_variant(variant: Variant, flows: Option<u32>) {
     let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     let table = move |t: String| {
         let t = match variant {
-            Variant::Udp => t + UDP_LISTENER,
+            // (Nothing answers there: every spoofed datagram is a flow nobody answers.)
+            Variant::Udp => integration_tests::with_udp_listener(&t, ""),
             _ => t,
         };
         match flows {
@@ -731,52 +729,11 @@ fn ipv6_syns_with_extension_headers_leave_real_clients_alone() {
     if !host_flood() {
         return;
     }
-    let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
-    use integration_tests::{CLIENT6, VIP6};
-    let Some(setup) = Setup::new(as_ipv6, &[M1, M2]) else {
-        return;
-    };
-    let _servers = setup.serve_ipv6();
-    let mut daemon = setup.start(&[]);
-    setup.wait_online();
-    let Setup { cfg, topo, bin, .. } = &setup;
-    let client = topo.client.name.clone();
-    let mut session = connect(&client, VIP6, 22).expect("session before the flood");
-    let macs = (
-        mac_of_link(&client, &["link", "show", "eth0"]),
-        mac_of_link(&client, &["-6", "neigh", "show", &VIP6.to_string()]),
-    );
-    let before = stats(bin, &cfg.state_dir);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let dest_options = vec![(60, vec![0, 0, 1, 4, 0, 0, 0, 0])];
-    let flood = ipv6_flood(client.clone(), macs, stop.clone(), dest_options);
-    let client6 = lb_common::ip6(CLIENT6.octets());
-    let real = real_clients_under_flood(&setup, VIP6.into(), &mut session, |maps| {
-        maps.flows6()
-            .iter()
-            .filter(|(k, f)| k.dir == lb_common::FLOW_DIR_FORWARD && f.client_be != client6)
-            .count()
-    });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = flood.join().expect("the flood's thread");
-    let after = stats(bin, &cfg.state_dir);
-    let dropped = verdict(&after, "drop_syn_options") - verdict(&before, "drop_syn_options");
-    println!(
-        "FLOOD_VARIANT Ipv6DestOptions seconds={:.1} syn_per_s={:.0} drop_syn_options={dropped} {}",
-        real.took,
-        sent as f64 / real.took,
-        real.summary()
+    ipv6_syn_flood(
+        as_ipv6,
+        dest_options,
+        "drop_syn_options",
+        "FLOOD_VARIANT Ipv6DestOptions",
     );
-    assert!(sent as f64 >= 3000.0 * real.took, "only {sent} SYNs sent");
-    assert!(
-        dropped as f64 >= sent as f64 / 2.0,
-        "{dropped} dropped of {sent} spoofed SYNs"
-    );
-    real.assert_unharmed(&daemon);
-    session.echo(b"after\n").expect("session after the flood");
-    drop(session);
-    wait_for("nothing open", Duration::from_secs(10), || {
-        (listener(&stats(bin, &cfg.state_dir), "active_connections") == 0).then_some(())
-    });
-    daemon.stop();
 }

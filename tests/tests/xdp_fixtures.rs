@@ -1663,35 +1663,12 @@ fn a_closed_flow_gives_its_snat_port_to_a_timestamped_syn_after_a_second() {
     assert!(env.flow(40600).is_none(), "A's closed flow made way");
 }
 
-/// The seed with a DNS listener beside its ssh one: UDP port 53 on the same VIP, a UDP pool
-/// of the same two member addresses (least connections, no monitor).
+/// The seed with a DNS listener beside its ssh one (`with_udp_listener`), its idle timeout
+/// 30 s.
 fn udp_config() -> String {
-    let seed = include_str!("../../examples/seed.toml");
-    format!(
-        "{seed}
-[[loadbalancer.listener]]
-id = \"dns\"
-protocol = \"UDP\"
-protocol_port = 53
-default_pool_id = \"dns-pool\"
-timeout_client_data = 30000
-timeout_member_data = 30000
-
-[[loadbalancer.pool]]
-id = \"dns-pool\"
-protocol = \"UDP\"
-lb_algorithm = \"LEAST_CONNECTIONS\"
-
-[[loadbalancer.pool.member]]
-id = \"dns1\"
-address = \"10.0.0.2\"
-protocol_port = 53
-
-[[loadbalancer.pool.member]]
-id = \"dns2\"
-address = \"10.0.0.4\"
-protocol_port = 53
-"
+    with_udp_listener(
+        include_str!("../../examples/seed.toml"),
+        "timeout_client_data = 30000\ntimeout_member_data = 30000\n",
     )
 }
 
