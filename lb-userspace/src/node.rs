@@ -255,6 +255,35 @@ impl Netlink {
         }
     }
 
+    /// Those of `addrs` whose neighbour entry the kernel is still resolving (INCOMPLETE).
+    pub async fn resolving(&self, addrs: &[IpAddr]) -> Result<Vec<IpAddr>> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourState,
+        };
+        let mut entries = self.handle.neighbours().get().execute();
+        let mut found = Vec::new();
+        while let Some(msg) = entries
+            .try_next()
+            .await
+            .map_err(nl("listing the neighbour entries"))?
+        {
+            if msg.header.state != NeighbourState::Incomplete {
+                continue;
+            }
+            for a in &msg.attributes {
+                let ip = match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => IpAddr::V4(*v4),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => IpAddr::V6(*v6),
+                    _ => continue,
+                };
+                if addrs.contains(&ip) {
+                    found.push(ip);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The L2 address of device `name`, if it has one of 6 bytes.
     pub async fn mac(&self, name: &str) -> Result<Option<[u8; 6]>> {
         let mut links = self

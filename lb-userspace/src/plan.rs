@@ -377,8 +377,57 @@ pub fn listener_keys(
     }
 }
 
+/// How long members keep the tuples of another stack's last connections to them (Linux's
+/// TIME_WAIT).
+pub const MEMBER_TIME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The part of lb's SNAT range clear of the ephemeral range `local` (an
+/// `ip_local_port_range`, "low high"), the larger side; None if under 1024 ports would be
+/// left, or `local` does not parse.
+///
+/// Why: another stack that served the VIP (HAProxy from that range; nftables keeping the
+/// clients' own ports, which come from the same default range) left the members' closed tuples
+/// in TIME_WAIT with its own timestamps and sequence numbers. A SYN of lb's on such a tuple is
+/// refused (PAWS, or an older sequence number) and costs the client a 1 s retransmission.
+pub fn snat_clear_of(local: &str) -> Option<(u16, u16)> {
+    let mut it = local
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u32>().ok());
+    let (lo, hi) = (it.next()?, it.next()?);
+    let (min, max) = (
+        lb_common::SNAT_PORT_MIN as u32,
+        lb_common::SNAT_PORT_MAX as u32,
+    );
+    let below = (min, lo.saturating_sub(1).min(max));
+    let above = ((hi + 1).max(min), max);
+    let size = |(a, b): (u32, u32)| if b >= a { b - a + 1 } else { 0 };
+    let best = if size(below) >= size(above) {
+        below
+    } else {
+        above
+    };
+    (size(best) >= 1024).then_some((best.0 as u16, best.1 as u16))
+}
+
+/// Every listener's new flows take SNAT ports `range` (None: lb's whole range).
+pub fn set_snat_ports(plan: &mut Plan, range: Option<(u16, u16)>) {
+    let (lo, hi) = range.unwrap_or((0, 0));
+    for l in &mut plan.listeners {
+        (l.conf.snat_min, l.conf.snat_max) = (lo, hi);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn snat_ports_clear_of_the_ephemeral_range() {
+        // lb's range is 10000-59999.
+        assert_eq!(super::snat_clear_of("32768\t60999\n"), Some((10000, 32767)));
+        assert_eq!(super::snat_clear_of("1024 40000"), Some((40001, 59999)));
+        assert_eq!(super::snat_clear_of("1024 65000"), None);
+        assert_eq!(super::snat_clear_of("garbage"), None);
+    }
+
     use super::*;
     use crate::config::Config;
 

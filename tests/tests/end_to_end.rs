@@ -1425,3 +1425,250 @@ fn lb_run_tells_systemd_when_it_serves_reloads_and_stops() {
         "STOPPING=1 on the way out"
     );
 }
+
+/// A member server that greets and closes at once (as a web server without keep-alive does):
+/// the member closes first, so the member keeps each connection's tuple in TIME_WAIT. Records
+/// the peer (source address and port) of every connection.
+struct ClosingServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peers: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClosingServer {
+    fn start(ns: &str, addr: Ipv4Addr) -> ClosingServer {
+        use std::{io::Write as _, sync::atomic::Ordering};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, p, ns) = (stop.clone(), peers.clone(), ns.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            lb::node::enter(&ns).expect("enter member namespace");
+            let l = std::net::TcpListener::bind((addr, 22)).expect("bind");
+            l.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, peer)) => {
+                        p.lock().unwrap().push(peer);
+                        let _ = c.set_nonblocking(false);
+                        let _ = write!(c, "SSH-2.0-lb-test member {addr}\r\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        ClosingServer {
+            stop,
+            peers,
+            thread: Some(thread),
+        }
+    }
+
+    /// The peers since the last call, without lb's health checks (from the load balancer
+    /// namespace's own ports, `lb::node::LOCAL_PORT_RANGE`, above every SNAT port).
+    fn peers(&self) -> Vec<std::net::SocketAddr> {
+        std::mem::take(&mut *self.peers.lock().unwrap())
+            .into_iter()
+            .filter(|p| p.port() <= lb_common::SNAT_PORT_MAX)
+            .collect()
+    }
+}
+
+impl Drop for ClosingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// From the client namespace, one connection to the VIP from source port `port`: reads the
+/// greeting until the member closes. Returns how long the connection took to set up.
+fn connect_from(client_ns: &str, port: u16) -> std::io::Result<Duration> {
+    use std::io::Read as _;
+    integration_tests::in_netns(client_ns, || -> std::io::Result<Duration> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.bind(&std::net::SocketAddr::from((CLIENT, port)).into())?;
+        let t0 = Instant::now();
+        s.connect_timeout(
+            &std::net::SocketAddr::from((VIP, 22)).into(),
+            Duration::from_secs(4),
+        )?;
+        let took = t0.elapsed();
+        let mut stream: std::net::TcpStream = s.into();
+        stream.set_read_timeout(Some(Duration::from_secs(4)))?;
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all)?;
+        if !all.starts_with(b"SSH-2.0-") {
+            return Err(std::io::Error::other("no greeting"));
+        }
+        Ok(took)
+    })
+    .expect("client namespace")
+}
+
+/// The client namespace's count of SYNs it sent again (`TcpExtTCPSynRetrans`).
+fn syn_retransmissions(client_ns: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client_ns,
+            "nstat",
+            "-asz",
+            "TcpExtTCPSynRetrans",
+        ])
+        .output()
+        .expect("nstat");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("TcpExtTCPSynRetrans"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Another stack served the VIP a moment ago (nftables' full NAT in the node namespace, which
+/// keeps the clients' own ports), and left the member's tuples in TIME_WAIT with the clients'
+/// timestamps. A fresh `lb run` on the same VIP, which would take the same tuples (lb's first
+/// choice of SNAT port is the client's), keeps off the ephemeral range for the members'
+/// TIME_WAIT (shortened here to 3 s by `LB_FRESH_SNAT_SECS`), so no SYN is refused and none
+/// waits a second for its retransmission; then the client's port is lb's first choice again.
+#[test]
+fn a_fresh_start_after_another_stack_keeps_off_its_time_wait_tuples() {
+    const N: u16 = 200;
+    const FIRST_PORT: u16 = 40000;
+    let Some(setup) = Setup::new(|t| t, &[M1]) else {
+        return;
+    };
+    let mut topo = setup.topo;
+    let client = topo.client.name.clone();
+    let member_ns = topo.member(M1).ns.name.clone();
+    topo.member(M1).server.kill();
+    let server = ClosingServer::start(&member_ns, M1);
+
+    // The previous stack: the VIP on the node's bridge, nftables' DNAT + SNAT to the member.
+    let node = &topo.node;
+    node.exec("sysctl -qw net.ipv4.ip_forward=1");
+    node.ip(&format!("addr add {VIP}/24 dev br-int"));
+    let rules = std::env::temp_dir().join(format!("{}.nft", node.name));
+    std::fs::write(
+        &rules,
+        format!(
+            "table ip prevstack {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {VIP} tcp dport 22 dnat to {M1}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat snat to {VIP}
+  }}
+}}
+"
+        ),
+    )
+    .unwrap();
+    node.exec(&format!("nft -f {}", rules.display()));
+    let _ = std::fs::remove_file(&rules);
+    for i in 0..N {
+        connect_from(&client, FIRST_PORT + i).expect("a connection through nftables");
+    }
+    let before: Vec<u16> = server.peers().iter().map(|p| p.port()).collect();
+    assert_eq!(
+        before,
+        (0..N).map(|i| FIRST_PORT + i).collect::<Vec<_>>(),
+        "nftables kept the clients' ports"
+    );
+    let time_wait = wait_for(
+        "the member's TIME_WAIT tuples",
+        Duration::from_secs(5),
+        || {
+            let n = topo
+                .member(M1)
+                .ns
+                .exec("ss -Htan state time-wait")
+                .lines()
+                .count();
+            (n >= N as usize).then_some(n)
+        },
+    );
+    // The previous stack goes; the VIP moves (the members and the client learn its new MAC,
+    // as a gratuitous ARP would tell them).
+    let node = &topo.node;
+    node.exec("nft delete table ip prevstack");
+    node.ip(&format!("addr del {VIP}/24 dev br-int"));
+    for ns in [&client, &member_ns] {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "ip", "neigh", "flush", "all"])
+            .status();
+    }
+
+    let mut d = Daemon::start_with_env(
+        &setup.bin,
+        &topo.node.name,
+        &setup.cfg.path,
+        &[],
+        &[("LB_FRESH_SNAT_SECS", std::ffi::OsStr::new("3"))],
+    );
+    wait_running(&mut d, &setup.cfg);
+    let retrans = syn_retransmissions(&client);
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..N {
+        let took = connect_from(&client, FIRST_PORT + i).unwrap_or_else(|e| {
+            panic!(
+                "connection {i} through lb: {e}; lb's verdicts: {}",
+                stats(&setup.bin, &setup.cfg.state_dir)[0]["verdicts"]
+            )
+        });
+        slowest = slowest.max(took);
+    }
+    let fresh = started.elapsed();
+    let retransmitted = syn_retransmissions(&client) - retrans;
+    let ports: Vec<u16> = server.peers().iter().map(|p| p.port()).collect();
+    eprintln!(
+        "AFTER ANOTHER STACK: {time_wait} tuples in TIME_WAIT at the member; lb served {N} connections on the same client ports in {} ms, slowest set-up {} ms, SYNs retransmitted {retransmitted}, SNAT ports {}..={}",
+        fresh.as_millis(),
+        slowest.as_millis(),
+        ports.iter().min().unwrap_or(&0),
+        ports.iter().max().unwrap_or(&0),
+    );
+    assert!(
+        fresh < Duration::from_secs(3),
+        "the fresh period ended before the connections did ({} ms): the checks below mean nothing",
+        fresh.as_millis()
+    );
+    assert_eq!(
+        ports.len(),
+        N as usize,
+        "every connection reached the member"
+    );
+    // The daemon's own namespace's range (the load balancer's is lb's already).
+    let local = lb::node::read_sysctl(&topo.node.name, "net.ipv4.ip_local_port_range")
+        .expect("the node's ephemeral range");
+    let (lo, hi) = lb::plan::snat_clear_of(&local).expect("a range clear of it");
+    assert!(
+        ports.iter().all(|p| (lo..=hi).contains(p)),
+        "SNAT ports outside {lo}..={hi} (clear of the ephemeral range {local}): {ports:?}"
+    );
+    assert_eq!(
+        retransmitted, 0,
+        "SYNs refused by the member's TIME_WAIT and sent again"
+    );
+
+    // Once the period ends, the client's own port is lb's first choice again.
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(500),
+    );
+    connect_from(&client, 50_000).expect("a connection after the fresh period");
+    assert_eq!(
+        server.peers().iter().map(|p| p.port()).collect::<Vec<_>>(),
+        vec![50_000],
+        "after the fresh period the client's port is lb's first choice again"
+    );
+    d.stop();
+}

@@ -44,6 +44,35 @@ fn retransmissions(setup: &Setup) -> stream::Retransmits {
     stream::Retransmits::of(&ns)
 }
 
+/// Where segments were lost: each namespace's nonzero TCP retransmission counters (which
+/// side sent again, and for what: a SYN, a timeout, a fast retransmit) and lb's drops.
+fn explain_loss(setup: &Setup) {
+    for n in std::iter::once(setup.topo.client.name.as_str())
+        .chain(setup.topo.members.iter().map(|m| m.ns.name.as_str()))
+    {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", n, "nstat", "-asz"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("Retrans") || l.contains("Timeout") || l.contains("Loss"))
+            .filter(|l| l.split_whitespace().nth(1).is_some_and(|v| v != "0"))
+            .collect();
+        eprintln!("LOSS {n}: {}", lines.join("; "));
+    }
+    let s = stats(&setup.bin, &setup.cfg.state_dir);
+    eprintln!(
+        "LOSS lb drops: listener {}, members {:?}",
+        s[0]["listeners"][0]["drops"],
+        s[0]["members"].as_array().map(|ms| ms
+            .iter()
+            .map(|m| (m["address"].to_string(), m["drops"].to_string()))
+            .collect::<Vec<_>>())
+    );
+}
+
 fn listener_active(setup: &Setup) -> i64 {
     stats(&setup.bin, &setup.cfg.state_dir)[0]["listeners"][0]["active_connections"]
         .as_i64()
@@ -117,6 +146,9 @@ fn end(setup: &Setup, run: Run, name: &str, extra: &str) {
     // the refused takeover has lost one segment per stream, without DSACKs, in three of eight
     // kernel runs (6.1 twice, 6.12 once; every record still arrived, in order): the records
     // are the check there.
+    if lost != 0 {
+        explain_loss(setup);
+    }
     if std::env::var_os("LB_VM_TEST").is_none() {
         assert_eq!(
             lost, 0,

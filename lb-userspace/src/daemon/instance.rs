@@ -35,7 +35,7 @@ use crate::{
     expiry::{Census, Sweeper},
     health::{MonitorTarget, Transition},
     node::{self, Node, Owned},
-    plan::{plan, Plan},
+    plan::{plan, Plan, MEMBER_TIME_WAIT},
     state::{Phase, State},
 };
 
@@ -155,6 +155,27 @@ pub struct Claim {
     pub preloaded: Option<Dataplane>,
 }
 
+/// The SNAT ports a fresh start gives new flows for `fresh_snat_period`: clear of the
+/// ephemeral range (`plan::snat_clear_of`: another stack that served the VIP a minute ago
+/// left the members' tuples from that range in TIME_WAIT). The range is the daemon's own
+/// namespace's: the load balancer's may be lb's already (lb moves its ephemeral range above
+/// the SNAT ports), and a namespace's default, which HAProxy used in its own, is the same as
+/// the clients'. None: too few ports outside it.
+pub fn fresh_snat_ports() -> Option<(u16, u16)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    crate::plan::snat_clear_of(&range)
+}
+
+/// How long a fresh start's SNAT ports last: the members' TIME_WAIT, or
+/// `LB_FRESH_SNAT_SECS` seconds (0: a fresh start takes lb's whole range at once).
+fn fresh_snat_period() -> std::time::Duration {
+    std::env::var("LB_FRESH_SNAT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(MEMBER_TIME_WAIT)
+}
+
 /// Refuses to take over a load balancer whose running shape this run would change: its VIP,
 /// port, or attach mode. Called before anything is touched.
 pub fn check_takeover(ctx: &Ctx, lb: &LoadBalancer, prior: &State) -> anyhow::Result<()> {
@@ -201,6 +222,10 @@ pub struct Instance {
     connlog: Option<(Arc<Logger>, Reader)>,
     /// The member counters' mapping the monitors and the connection log use.
     live: crate::dataplane::SharedLive,
+    /// The SNAT ports new flows take (None: lb's whole range), and when a fresh start's
+    /// range is to end (`snat_restore_at`, see `fresh_snat_ports`).
+    snat_ports: Option<(u16, u16)>,
+    pub snat_restore_at: Option<Instant>,
 }
 
 impl Instance {
@@ -312,6 +337,15 @@ impl Instance {
             }
         };
         state.owned = node.owned.clone();
+        let (snat_ports, snat_restore_at) = match ctx.snat_ports {
+            Some(r) => (Some(r), None),
+            None if !inherited && !fresh_snat_period().is_zero() => fresh_snat_ports()
+                .map(|r| (Some(r), Some(Instant::now() + fresh_snat_period())))
+                .unwrap_or_default(),
+            None => (None, None),
+        };
+        let mut planned = planned;
+        crate::plan::set_snat_ports(&mut planned, snat_ports);
 
         let dp = match preloaded {
             Some(dp) => Ok(dp),
@@ -346,6 +380,8 @@ impl Instance {
             lock,
             inherited,
             connlog: None,
+            snat_ports,
+            snat_restore_at,
         };
         match inst.bring_up(ctx, planned, prior_plan.as_ref()).await {
             Ok(()) => {
@@ -357,6 +393,15 @@ impl Instance {
                     took_ms = t0.elapsed().as_millis() as u64,
                     "load balancer up"
                 );
+                if let (Some(ports), Some(_)) = (inst.snat_ports, inst.snat_restore_at) {
+                    // The minute counts from now, when the listeners serve.
+                    inst.snat_restore_at = Some(Instant::now() + fresh_snat_period());
+                    info!(
+                        loadbalancer = %inst.lb.id, ?ports,
+                        "a fresh start: new flows keep off the namespace's ephemeral ports for {} s (the members' TIME_WAIT of whatever served the VIP before)",
+                        fresh_snat_period().as_secs()
+                    );
+                }
                 Ok(inst)
             }
             Err(e) => {
@@ -570,6 +615,8 @@ impl Instance {
     /// Applies `lb` with `plan` (made from the running plan) in place. On error the maps may
     /// be half written: the reconciler rolls back by applying the previous definition.
     pub fn update(&mut self, ctx: &Ctx, lb: &LoadBalancer, plan: Plan) -> anyhow::Result<()> {
+        let mut plan = plan;
+        crate::plan::set_snat_ports(&mut plan, self.snat_ports);
         let old_plan = std::mem::replace(&mut self.state.plan, plan.clone());
         // Recorded first, with the previous plan's members folded into the retired slots, so
         // that a crash halfway leaves a plan that names every index a flow may hold.
@@ -610,8 +657,9 @@ impl Instance {
     /// The SNAT ports every listener's new flows take; None: lb's whole range.
     pub fn set_snat_ports(&mut self, range: Option<(u16, u16)>) -> anyhow::Result<()> {
         let (lo, hi) = range.unwrap_or((0, 0));
-        for l in &mut self.plan.listeners {
-            (l.conf.snat_min, l.conf.snat_max) = (lo, hi);
+        (self.snat_ports, self.snat_restore_at) = (range, None);
+        crate::plan::set_snat_ports(&mut self.plan, range);
+        for l in &self.plan.listeners {
             let mut conf = self.dp.maps.listener_conf(l).unwrap_or(l.conf);
             (conf.snat_min, conf.snat_max) = (lo, hi);
             self.dp.maps.set_listener_conf(l, conf)?;

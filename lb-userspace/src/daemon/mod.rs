@@ -509,8 +509,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut draining = false;
     let mut drain_tick = tokio::time::interval(Duration::from_secs(1));
     let end = loop {
+        // A fresh start's SNAT ports end a minute later (`Instance::snat_restore_at`).
+        let restore_at = running.iter().filter_map(|r| r.snat_restore_at).min();
         tokio::select! {
             _ = signals.int.recv() => { info!("SIGINT: tearing down"); break End::Teardown; }
+            () = async {
+                match restore_at {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = std::time::Instant::now();
+                for r in running.iter_mut().filter(|r| r.snat_restore_at.is_some_and(|t| t <= now)) {
+                    if let Err(e) = r.set_snat_ports(None) {
+                        error!(loadbalancer = %r.lb.id, error = format!("{e:#}"), "cannot give new flows lb's whole SNAT range back");
+                    }
+                }
+            }
             _ = signals.term.recv() => { info!("SIGTERM: tearing down"); break End::Teardown; }
             _ = signals.usr1.recv() => {
                 if soft_stop && !handing_over(&ctx, &running) {

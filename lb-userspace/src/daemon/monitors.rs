@@ -27,6 +27,10 @@ use crate::{
 /// and its handle.
 type Priming = ((Vec<IpAddr>, Vec<u32>), AbortHandle);
 
+/// How long a start waits at most for the members' neighbour entries (a member that does
+/// not answer ARP or NDP costs a start this much).
+const RESOLVE_BOUND: Duration = Duration::from_millis(500);
+
 /// The set of members to check.
 #[derive(Debug, Clone, Default)]
 pub struct Targets {
@@ -56,6 +60,7 @@ impl Monitors {
         board: health::Board,
         live: SharedLive,
     ) -> anyhow::Result<Monitors> {
+        let members = targets.addresses();
         let (set, mut sets) = mpsc::unbounded_channel::<Targets>();
         set.send(targets).expect("receiver alive");
         let (ns, lb_id) = (ns.to_string(), lb.to_string());
@@ -77,6 +82,7 @@ impl Monitors {
                         return;
                     }
                 };
+                rt.block_on(resolve_neighbours(vip, &members, RESOLVE_BOUND));
                 let _ = ready_tx.send(Ok(()));
                 rt.block_on(async move {
                     let mut tasks = JoinSet::new();
@@ -159,6 +165,52 @@ impl Monitors {
 impl Drop for Monitors {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl Targets {
+    /// Every address the data path sends to (and the checks' own targets).
+    fn addresses(&self) -> Vec<IpAddr> {
+        let mut a: Vec<IpAddr> = self.warm.clone();
+        a.extend(self.monitored.iter().map(|m| m.target.ip()));
+        a.sort();
+        a.dedup();
+        a
+    }
+}
+
+/// Makes the namespace's kernel resolve the neighbour entry of every address in `members`
+/// (one datagram to its discard port) and waits, `bound` at most, while any is still being
+/// resolved. Without an entry the data path's FIB lookup fails and a SYN to that member is
+/// dropped (the client sends it again a second later): a start is not ready until the
+/// members it sends to can be reached. Routed members resolve their gateway, which is not
+/// waited for.
+async fn resolve_neighbours(vip: IpAddr, members: &[IpAddr], bound: Duration) {
+    if members.is_empty() {
+        return;
+    }
+    if let Ok(sock) = tokio::net::UdpSocket::bind((vip, 0)).await {
+        for m in members {
+            let _ = sock.send_to(&[], (*m, 9)).await;
+        }
+    }
+    let Ok(nl) = node::Netlink::here() else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        match nl.resolving(members).await {
+            Ok(left) if left.is_empty() => return,
+            Ok(left) if tokio::time::Instant::now() >= deadline => {
+                info!(members = ?left, waited_ms = bound.as_millis() as u64, "neighbours still unresolved at start");
+                return;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(e) => {
+                error!(error = %e, "reading the neighbour table");
+                return;
+            }
+        }
     }
 }
 

@@ -216,31 +216,6 @@ fn real_haproxies(pids: &[u32]) -> Vec<u32> {
         .collect()
 }
 
-/// SNAT ports that avoid this namespace's ephemeral range as it is now (before lb moves it):
-/// a HAProxy being replaced made its connections to members from that range, and members
-/// keep their closed tuples in TIME_WAIT with HAProxy's timestamps, which would refuse lb's
-/// SYNs on the same tuples (PAWS) and cost clients a 1 s retransmission.
-fn snat_clear_of_local_ports() -> Option<(u16, u16)> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut it = text
-        .split_whitespace()
-        .filter_map(|v| v.parse::<u32>().ok());
-    let (lo, hi) = (it.next()?, it.next()?);
-    let (min, max) = (
-        lb_common::SNAT_PORT_MIN as u32,
-        lb_common::SNAT_PORT_MAX as u32,
-    );
-    let below = (min, lo.saturating_sub(1).min(max));
-    let above = ((hi + 1).max(min), max);
-    let size = |(a, b): (u32, u32)| if b >= a { b - a + 1 } else { 0 };
-    let best = if size(below) >= size(above) {
-        below
-    } else {
-        above
-    };
-    (size(best) >= 1024).then_some((best.0 as u16, best.1 as u16))
-}
-
 /// Where a start is reported: the pipe a waiting parent (`-D`) or master (`-W`) reads.
 type Ready = std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>;
 
@@ -428,7 +403,9 @@ fn run(args: Args, drop_in: DropIn, ready: Ready, split: Option<Split>) -> anyho
     let snat_ports = if haproxies.is_empty() {
         None
     } else {
-        snat_clear_of_local_ports()
+        // This namespace's ephemeral range as it is now (before lb moves it): the HAProxy
+        // being replaced made its connections to members from it.
+        crate::daemon::instance::fresh_snat_ports()
     };
     let lb_id = drop_in.config.loadbalancer[0].id.clone();
     let restore_tx = requests_tx.clone();
@@ -479,7 +456,7 @@ fn run(args: Args, drop_in: DropIn, ready: Ready, split: Option<Split>) -> anyho
                 {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
-                tokio::time::sleep(HAPROXY_TIME_WAIT).await;
+                tokio::time::sleep(crate::plan::MEMBER_TIME_WAIT).await;
                 let (reply, _) = tokio::sync::oneshot::channel();
                 let _ = restore_tx.send(daemon::Request {
                     loadbalancer: lb,
@@ -583,10 +560,6 @@ impl Drop for Guard {
         }
     }
 }
-
-/// How long members keep the tuples of a replaced HAProxy's last connections (Linux's
-/// TIME_WAIT).
-const HAPROXY_TIME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The pid file: one line per process, as haproxy writes it (lb's, and its real haproxy's
 /// when it has one).

@@ -40,7 +40,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "lb,lb-xdp,lb-log,haproxy,nftables"
+        default_value = "lb,lb-xdp,lb-log,haproxy,nftables,lb-after"
     )]
     paths: Vec<Route>,
     /// Conntrack sizes for the ns/packet grid

@@ -223,6 +223,18 @@ impl Report {
                 }
             }
         }
+        if has(Route::Lb) && has(Route::LbAfter) {
+            // Another stack served the VIP seconds before: its tuples are still in the
+            // members' TIME_WAIT while lb measures (its first 60 s on the VIP).
+            let f = get("new connections/s");
+            let (after, fresh) = (self.spread(Route::LbAfter, f), self.spread(Route::Lb, f));
+            let r = after.median / fresh.median;
+            t.push(Target {
+                what: "lb-after new connections/s >= 0.9x lb (its first 60 s after HAProxy and nftables served the VIP)".into(),
+                measured: format!("{r:.2}x"),
+                met: Some(r >= 0.9),
+            });
+        }
         if has(Route::Lb) && has(Route::LbLog) {
             // The connection log's cost: its new connections against lb's without it.
             for name in [

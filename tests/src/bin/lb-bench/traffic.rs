@@ -43,6 +43,10 @@ pub enum Route {
     LbLog,
     Haproxy,
     Nftables,
+    /// lb started on the VIP right after the seed's HAProxy and then nftables served it, in
+    /// the same topology (as a new user tries them in turn): the members still hold both
+    /// stacks' closed tuples in TIME_WAIT while lb measures
+    LbAfter,
 }
 
 impl fmt::Display for Route {
@@ -54,6 +58,7 @@ impl fmt::Display for Route {
             Route::LbLog => "lb-log",
             Route::Haproxy => "haproxy",
             Route::Nftables => "nftables",
+            Route::LbAfter => "lb-after",
         })
     }
 }
@@ -68,9 +73,10 @@ impl std::str::FromStr for Route {
             "lb-log" => Route::LbLog,
             "haproxy" => Route::Haproxy,
             "nftables" => Route::Nftables,
+            "lb-after" => Route::LbAfter,
             _ => {
                 return Err(format!(
-                    "unknown path {s}: direct, lb, lb-xdp, lb-log, haproxy or nftables"
+                    "unknown path {s}: direct, lb, lb-xdp, lb-log, haproxy, nftables or lb-after"
                 ))
             }
         })
@@ -594,7 +600,10 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
     };
     match path {
         Route::Direct => run(M1, Own::None),
-        Route::Lb | Route::LbXdp | Route::LbLog => {
+        Route::Lb | Route::LbXdp | Route::LbLog | Route::LbAfter => {
+            if path == Route::LbAfter {
+                other_stacks_first(&topo, seconds)?;
+            }
             let cfg = lb_config();
             let _left = cfg.leftovers();
             let syslog = (path == Route::LbLog)
@@ -662,6 +671,59 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
             run(VIP, Own::None)
         }
     }
+}
+
+/// `lb-after`'s history: the seed's HAProxy, then nftables, each serving the VIP for a
+/// `wrk` new-connection run (the members close first: their TIME_WAIT holds HAProxy's
+/// ephemeral ports and the clients' own, which nftables kept), then the VIP leaves their
+/// namespace. The client and the members forget its MAC, as the gratuitous ARP of a VIP that
+/// moves would tell them.
+fn other_stacks_first(topo: &SeedTopology, seconds: u64) -> anyhow::Result<()> {
+    let client = topo.client.name.clone();
+    let ns = vip_namespace(topo);
+    {
+        let dir = TempDir::new("hap")?;
+        let conf = dir.0.join("haproxy.cfg");
+        std::fs::write(&conf, haproxy_config(&dir.0))?;
+        let log = dir.0.join("haproxy.out");
+        let mut p = Proc::spawn(
+            "haproxy",
+            netns_cmd(&ns.name, "haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&conf),
+            &log,
+        )?;
+        std::thread::sleep(Duration::from_millis(200));
+        p.check_alive(&log)?;
+        wait_listening(&client, VIP, HTTP, "haproxy")?;
+        let w = wrk(&client, VIP, seconds, true, &Own::None)?;
+        eprintln!("  before lb: HAProxy {:.0} new conn/s", w.rps);
+    }
+    for s in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.eth0.send_redirects=0",
+    ] {
+        ns.exec(&format!("sysctl -qw {s}"));
+    }
+    let dir = TempDir::new("nft")?;
+    let rules = dir.0.join("rules.nft");
+    std::fs::write(&rules, NFT_RULES)?;
+    ns.exec(&format!("nft -f {}", rules.display()));
+    let w = wrk(&client, VIP, seconds, true, &Own::None)?;
+    eprintln!("  before lb: nftables {:.0} new conn/s", w.rps);
+    let time_wait: usize = topo
+        .members
+        .iter()
+        .map(|m| m.ns.exec("ss -Htan state time-wait").lines().count())
+        .sum();
+    eprintln!("  before lb: {time_wait} tuples in TIME_WAIT at the members");
+    drop(ns);
+    for n in std::iter::once(&topo.client).chain(topo.members.iter().map(|m| &m.ns)) {
+        n.exec("ip neigh flush all");
+    }
+    Ok(())
 }
 
 /// A syslog socket for `lb-log`: the daemon's `connection_log` points at it; a thread reads
