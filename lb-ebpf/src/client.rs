@@ -17,8 +17,8 @@ use lb_common::{
 use crate::{
     balance::{client_of, decode, open_connections, pick_member, pick_other, stick},
     conntrack::{
-        count_half_open, count_open, ended_early, note_client_sent, note_failure, remove, track,
-        uncount, unhalf, xadd_u64,
+        count_half_open, count_open, ended_early, fetch_or, note_client_sent, note_failure, remove,
+        track, uncount, unhalf, xadd_u64,
     },
     family::{self, slot, Family, V4},
     maps::*,
@@ -391,6 +391,9 @@ const SYN_RTO_NS: u64 = 1_000_000_000;
 /// A retransmitted SYN of a flow whose member has not answered: HAProxy's `retries` +
 /// `option redispatch`. Moves the flow to another member when its member is no longer
 /// available, or after `retries` retransmissions, or once the connect timeout has passed.
+/// A retransmission that stays with its member goes out on another SNAT port: a tuple the
+/// member still holds (another stack's connection in TIME_WAIT, with timestamps or
+/// sequence numbers ahead of lb's) refuses every SYN on it until it ends, a minute.
 #[inline(always)]
 pub(crate) fn maybe_redispatch<C: Frame, F: Family>(
     ctx: &C,
@@ -425,21 +428,50 @@ pub(crate) fn maybe_redispatch<C: Frame, F: Family>(
         };
     let overdue = now.wrapping_sub(flow.created_ns) >= listener.timeout_member_connect_ns;
     let unanswered = tries as u32 > listener.retries || overdue;
-    if member_ok && !unanswered {
-        unsafe { (*f).syn_retries = flow.syn_retries };
-        return Ok(());
-    }
     if member_ok && unanswered {
         // Passive health: the member left this SYN unanswered.
         note_failure(flow.member);
     }
-    let idx = decode(pick_other(listener, client_of::<F>(pkt), flow.member))?;
-    if idx == flow.member {
+    let idx = if member_ok && !unanswered {
+        flow.member
+    } else {
+        decode(pick_other(listener, client_of::<F>(pkt), flow.member))?
+    };
+    if idx == flow.member && !retransmitted {
         unsafe { (*f).syn_retries = flow.syn_retries };
         return Ok(());
     }
     let old_rkey = family::key::<F>(slot::TEMP).ok_or(reason::DROP_CT_FULL)?;
     flow.reverse_key_into(old_rkey);
+    if idx == flow.member {
+        // Another port, the same member: still the same attempt (its connect timeout and
+        // retries go on). The first port tried is the client's, which this flow may hold:
+        // then the insert fails and a random one is taken. No port free: the old one.
+        // Only the port and the MAC are written (not the whole flow: another CPU may be
+        // setting its state). If the member's SYN-ACK was taken meanwhile on another CPU,
+        // the old port stays and the new one is given back. (A SYN-ACK that finds the old
+        // reverse entry between this check and its removal still gets through, and the
+        // client's ACK then goes out on the new port: the member resets it. Released in
+        // lockstep on two CPUs, 66 of 3,000 did (multi_cpu.rs); in traffic it takes a
+        // member's SYN-ACK a second late, crossing the client's retransmission.)
+        if decode(bind_member::<C, F>(ctx, flow, idx, pkt.ip_len, listener)).is_ok() {
+            let answered = unsafe { fetch_or(&raw mut (*f).state, 0) } & CT_SYNACK != 0;
+            let gone = if answered {
+                let new_rkey = family::key::<F>(slot::SNAT).ok_or(reason::DROP_CT_FULL)?;
+                flow.reverse_key_into(new_rkey);
+                new_rkey
+            } else {
+                unsafe {
+                    (*f).member_mac = flow.member_mac;
+                    (*f).snat_port_be = flow.snat_port_be;
+                }
+                old_rkey
+            };
+            let _ = F::conntrack().remove(&*gone);
+        }
+        unsafe { (*f).syn_retries = flow.syn_retries };
+        return Ok(());
+    }
     let old_member = flow.member;
     // The connect timeout starts again; the accept time stays.
     let moved_ms = (now.wrapping_sub(flow.created_ns) / 1_000_000) as u32;

@@ -6,7 +6,8 @@
 //! (`bpf_tcp_raw_gen_syncookie_ipv4`, the same code the kernel's own listeners use), and
 //! keeps nothing: a spoofed SYN costs one rewritten frame. A client that answers with an ACK
 //! carrying a valid cookie (`bpf_tcp_raw_check_syncookie_ipv4`) gets its flow then: lb turns
-//! that ACK into a SYN to the chosen member (the client's ISN, MSS 1460), turns the member's
+//! that ACK into a SYN to the chosen member (the client's ISN, and the MSS the cookie encodes:
+//! `cookie_mss`), turns the member's
 //! SYN-ACK into the ACK that completes the member's handshake, and from then on translates
 //! sequence numbers by `Flow::seq_delta` (the member's ISN is not the cookie).
 //!
@@ -64,8 +65,8 @@ const FLOOD_FLOOR: u64 = 64;
 /// How long after its last hold a listener still accepts cookies (the kernel's cookies are
 /// valid for about two minutes).
 const ACCEPT_NS: u64 = 130_000_000_000;
-/// MSS lb offers a member on a cookie connection (the member clamps it to its own MTU).
-const MEMBER_MSS: u16 = 1460;
+/// The low bits of a kernel SYN cookie that carry its MSS table index (`COOKIEMASK`).
+const COOKIE_MASK: u32 = 0x00ff_ffff;
 /// The TCP header of a segment lb makes: 20 bytes and one option word.
 const TCP_LEN: usize = 24;
 
@@ -74,6 +75,13 @@ const TCP_LEN: usize = 24;
 pub(crate) trait Cookie: L3 {
     /// The IP header lb writes.
     const IP_LEN: usize;
+    /// The kernel's MSS table for this family's cookies (`msstab` in
+    /// net/ipv4/syncookies.c, net/ipv6/syncookies.c): a cookie carries an index into it.
+    const MSS_TABLE: [u16; 4];
+    /// The MSS lb offers a member when the cookie's index cannot be read back (the cookie
+    /// was made in the kernel's previous cookie minute): the table's value for a 1500-byte
+    /// MTU (the member clamps it to its own).
+    const DEFAULT_MSS: u16;
     /// `bpf_tcp_raw_gen_syncookie_*` for the IP header `ip` (in the packet) and the TCP
     /// header copied to `th` (`len` bytes).
     ///
@@ -94,6 +102,8 @@ pub(crate) trait Cookie: L3 {
 
 impl Cookie for u32 {
     const IP_LEN: usize = Ipv4Hdr::LEN;
+    const MSS_TABLE: [u16; 4] = [536, 1300, 1440, 1460];
+    const DEFAULT_MSS: u16 = 1460;
     #[inline(always)]
     unsafe fn gen(ip: *mut u8, th: *mut u8, len: u32) -> i64 {
         unsafe { bpf_tcp_raw_gen_syncookie_ipv4(ip as *mut iphdr, th as *mut tcphdr, len) }
@@ -143,6 +153,8 @@ impl Cookie for u32 {
 
 impl Cookie for Ip6 {
     const IP_LEN: usize = 40;
+    const MSS_TABLE: [u16; 4] = [1220, 1420, 1440, 8940];
+    const DEFAULT_MSS: u16 = 1440;
     #[inline(always)]
     unsafe fn gen(ip: *mut u8, th: *mut u8, len: u32) -> i64 {
         unsafe { bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut ipv6hdr, th as *mut tcphdr, len) }
@@ -308,9 +320,50 @@ pub(crate) fn valid_ack<A: Cookie>(pkt: &Packet<A>, listener: &ListenerConf, now
     true
 }
 
+/// The MSS the client's SYN offered, as the cookie lb answered it with encodes it (the
+/// table's value at or below the client's). The kernel's cookie is a hash of the tuple and
+/// the ISN, plus the cookie minute, plus (a second hash + the MSS index) in the low 24 bits;
+/// no helper reads the index back. So the cookie the same SYN gets with the table's first
+/// MSS is made again (`gen`, into the scratch space): within the same cookie minute the two
+/// differ by the index alone, in the low 24 bits. Otherwise (the minute turned between the
+/// SYN and now: the difference is then anything, almost never below 4) the family's
+/// default. `ip`: the packet's IP header (the client's addresses); the ports, the client's
+/// ISN and the cookie lb sent are the flow's.
+#[inline(never)]
+fn cookie_mss<A: Cookie>(ip: *mut u8, sport_be: u16, dport_be: u16, isn: u32, cookie: u32) -> u16 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return A::DEFAULT_MSS;
+    };
+    let th = unsafe { &mut (*scratch).tcp };
+    let (sp, dp) = (sport_be.to_ne_bytes(), dport_be.to_ne_bytes());
+    let seq = isn.to_be_bytes();
+    let mss = mss_option(A::MSS_TABLE[0]);
+    let mut i = 0;
+    while i < TCP_LEN {
+        th[i] = 0;
+        i += 1;
+    }
+    (th[0], th[1], th[2], th[3]) = (sp[0], sp[1], dp[0], dp[1]);
+    (th[4], th[5], th[6], th[7]) = (seq[0], seq[1], seq[2], seq[3]);
+    th[12] = ((TCP_LEN / 4) as u8) << 4;
+    th[13] = TCP_SYN;
+    (th[20], th[21], th[22], th[23]) = (mss[0], mss[1], mss[2], mss[3]);
+    let v = unsafe { A::gen(ip, th.as_mut_ptr(), TCP_LEN as u32) };
+    if v < 0 {
+        return A::DEFAULT_MSS;
+    }
+    match cookie.wrapping_sub(v as u32) & COOKIE_MASK {
+        0 => A::MSS_TABLE[0],
+        1 => A::MSS_TABLE[1],
+        2 => A::MSS_TABLE[2],
+        3 => A::MSS_TABLE[3],
+        _ => A::DEFAULT_MSS,
+    }
+}
+
 /// The SYN to the member of cookie flow `f`, made of the client's segment `pkt` (its cookie
-/// ACK, or any segment of its while the member has not answered): the client's ISN, lb's
-/// MSS offer, the client's window.
+/// ACK, or any segment of its while the member has not answered): the client's ISN, the MSS
+/// its cookie encodes (`cookie_mss`), the client's window.
 #[inline(always)]
 pub(crate) fn member_syn<C: Frame, A: Cookie>(
     ctx: &C,
@@ -333,7 +386,13 @@ pub(crate) fn member_syn<C: Frame, A: Cookie>(
         } else {
             65535
         },
-        opt: mss_option(MEMBER_MSS),
+        opt: mss_option(cookie_mss::<A>(
+            pkt.ip,
+            flow.client_port_be,
+            flow.listener_port_be,
+            flow.member_ack.wrapping_sub(1),
+            flow.seq_delta.wrapping_sub(1),
+        )),
     };
     if !emit(ctx, pkt, &seg) {
         return verdict(xdp_action::XDP_DROP, reason::DROP_BAD_L4);

@@ -1544,6 +1544,10 @@ fn a_fresh_start_after_another_stack_keeps_off_its_time_wait_tuples() {
     let Some(setup) = Setup::new(|t| t, &[M1]) else {
         return;
     };
+    if !std::path::Path::new("/usr/sbin/nft").exists() {
+        integration_tests::skip::skip("no nft at /usr/sbin/nft (Debian package nftables)");
+        return;
+    }
     let mut topo = setup.topo;
     let client = topo.client.name.clone();
     let member_ns = topo.member(M1).ns.name.clone();

@@ -1,6 +1,8 @@
 //! Fuzzing the data path under BPF_PROG_TEST_RUN: frames from the seed corpus
 //! (`tests/fuzz/seeds.txt`: SYN, ACK, data, FIN, RST from both sides, ICMP errors both ways,
-//! IPv4 options, fragments, not-IPv4, not-TCP), mutated in lengths, header offsets, flags,
+//! IPv4 options, fragments, not-IPv4, not-TCP; the flood variants' shapes: a SYN with one NOP
+//! option, RSTs and FINs around the window, the member's segments before its SYN-ACK, an IPv6
+//! SYN with a destination-options header), mutated in lengths, header offsets, flags,
 //! options, fragment fields, protocols, MACs, and retargeted onto flows lb holds; plus wholly
 //! random frames. Every frame must get a defined verdict; frames passed or dropped must come
 //! back unchanged; the verdict counters must sum to the frames sent; the live counts must
@@ -171,6 +173,33 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         ("client_syn_ip_options", ip_opts.build()),
+        // The flood variants' shapes: a SYN with one NOP option, RSTs and FINs around the
+        // window, the member's segments before its SYN-ACK.
+        ("client_syn_nop_option", {
+            let mut s = c(TCP_SYN);
+            s.ip_options = vec![1, 1, 1, 1];
+            s.build()
+        }),
+        ("client_rst_in_window_not_exact", {
+            let mut r = c(TCP_RST | TCP_ACK);
+            (r.seq, r.ack) = (1500, 5001);
+            r.build()
+        }),
+        ("client_fin_outside_window", {
+            let mut f = c(TCP_FIN | TCP_ACK);
+            (f.seq, f.ack) = (0x8000_0000, 5001);
+            f.build()
+        }),
+        ("member_ack_before_synack", {
+            let mut a = m(TCP_ACK);
+            (a.seq, a.ack) = (5001, 777);
+            a.build()
+        }),
+        ("member_synack_stale", {
+            let mut s = m(TCP_SYN | TCP_ACK);
+            (s.seq, s.ack) = (5000, 999);
+            s.build()
+        }),
         ("client_syn_first_fragment", first_fragment),
         ("client_later_fragment", later_fragment),
         ("arp_request", arp),
@@ -563,9 +592,13 @@ fn corpus6(held: &(Ipv6Addr, u16)) -> Vec<Vec<u8>> {
         .macs(PORT_MAC, mac_of6(member))
         .payload(&[9; 40])
         .build();
+    // A SYN with one destination-options header (the IPv6 flood variant).
+    let mut dest_opts = c(TCP_SYN);
+    dest_opts.ext = vec![(60, vec![0, 0, 1, 4, 0, 0, 0, 0])];
     vec![
         c(TCP_SYN).build(),
         ext.build(),
+        dest_opts.build(),
         L4v6::udp(CLIENT6, 47002, VIP6, 53)
             .macs(CLIENT_MAC, PORT_MAC)
             .payload(b"q")

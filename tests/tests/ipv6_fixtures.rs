@@ -412,7 +412,11 @@ fn ipv6_syn_cookies_past_the_budget() {
         (PORT_MAC, mac_of6(member), VIP6)
     );
     assert_eq!((o.flags, o.seq, o.ack, o.win), (TCP_SYN, 7000, 0, 502));
-    assert_eq!(o.options, vec![2, 4, 0x05, 0xb4], "lb's MSS offer");
+    assert_eq!(
+        o.options,
+        vec![2, 4, 0x05, 0xa0],
+        "the MSS the cookie encodes (the client's 1440)"
+    );
     assert_eq!(out, o.build(), "SYN bytes");
     let m = member_slot(&env, if member == M16 { "s1" } else { "s2" });
     assert_eq!((env.half_open(m), env.active(m)), (1, 0));
@@ -571,4 +575,38 @@ fn ipv6_snat_port_is_reclaimed_after_a_quiet_second() {
     assert!(flows
         .iter()
         .all(|(_, f)| u16::from_be(f.client_port_be) == 47003));
+}
+
+/// An IPv6 client's MSS reaches the member as its cookie encodes it (IPv6's table: 1220,
+/// 1420, 1440, 8940): 1220 for a client at the minimum MTU, not a fixed 1460.
+#[test]
+fn ipv6_the_member_s_syn_carries_the_mss_the_cookie_encodes() {
+    let Some(mut env) = cookie_env() else { return };
+    let mut port = 46300;
+    for (offered, encoded) in [(1220u16, 1220u16), (1430, 1420), (9000, 8940)] {
+        port += 1;
+        let m = offered.to_be_bytes();
+        let mut syn = L4v6::tcp(CLIENT6, port, VIP6, 22, TCP_SYN)
+            .macs(CLIENT_MAC, PORT_MAC)
+            .options(&[2, 4, m[0], m[1]]);
+        syn.seq = 7000;
+        let (_, out) = env.run_program("lb", &syn.build());
+        let o = L4v6::parse(&out).expect("the SYN-ACK");
+        let e = encoded.to_be_bytes();
+        assert_eq!(
+            (o.flags, o.options.clone()),
+            (TCP_SYN | TCP_ACK, vec![2, 4, e[0], e[1]]),
+            "the cookie's MSS for an offer of {offered}"
+        );
+        let mut ack = L4v6::tcp(CLIENT6, port, VIP6, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+        (ack.seq, ack.ack, ack.win) = (7001, o.seq.wrapping_add(1), 502);
+        let out = env.expect(&ack.build(), XDP_TX, reason::TX_COOKIE_TO_MEMBER);
+        assert!(checksum6_ok(&out), "SYN to the member: checksum");
+        let o = L4v6::parse(&out).expect("the SYN to the member");
+        assert_eq!(
+            (o.flags, o.seq, o.options),
+            (TCP_SYN, 7000, vec![2, 4, e[0], e[1]]),
+            "the member is offered {encoded} for a client's {offered}"
+        );
+    }
 }

@@ -497,3 +497,44 @@ fn icmp_errors_about_cookie_flows_carry_the_members_numbers() {
         assert_eq!(out, want, "{embedded_len} bytes embedded");
     }
 }
+
+/// The SYN to the member carries the MSS the client offered, as its cookie encodes it (the
+/// kernel's table value at or below it: 536, 1300, 1440, 1460), not a fixed 1460: a client
+/// behind a smaller MTU would otherwise get segments it cannot take. XDP and TC alike.
+#[test]
+fn the_member_s_syn_carries_the_mss_the_cookie_encodes() {
+    let Some(mut env) = env(0) else { return };
+    let mut port = 45300;
+    for program in ["lb", "lb_tc"] {
+        for (offered, encoded) in [(1460u16, 1460u16), (1400, 1300), (1300, 1300), (1200, 536)] {
+            port += 1;
+            let m = offered.to_be_bytes();
+            let mut syn = Tcp::new(CLIENT, port, VIP, 22, TCP_SYN)
+                .macs(CLIENT_MAC, PORT_MAC)
+                .options(&[2, 4, m[0], m[1]]);
+            syn.seq = 7000;
+            let (_, out) = env.run_program(program, &syn.build());
+            let o = Tcp::parse(&out).expect("the SYN-ACK");
+            let e = encoded.to_be_bytes();
+            assert_eq!(
+                (o.flags, o.tcp_options.clone()),
+                (TCP_SYN | TCP_ACK, vec![2, 4, e[0], e[1]]),
+                "{program}: the cookie's MSS for an offer of {offered}"
+            );
+            let mut ack = Tcp::new(CLIENT, port, VIP, 22, TCP_ACK).macs(CLIENT_MAC, PORT_MAC);
+            (ack.seq, ack.ack, ack.win) = (7001, o.seq.wrapping_add(1), 502);
+            let (_, out) = env.run_program(program, &ack.build());
+            assert!(
+                checksums_ok(&out),
+                "{program}: SYN to the member: checksums"
+            );
+            let o = Tcp::parse(&out).expect("the SYN to the member");
+            assert_eq!(
+                (o.flags, o.seq, o.tcp_options),
+                (TCP_SYN, 7000, vec![2, 4, e[0], e[1]]),
+                "{program}: the member is offered {encoded} for a client's {offered}"
+            );
+        }
+    }
+    assert_eq!(env.verdicts()[reason::TX_COOKIE_TO_MEMBER as usize], 8);
+}

@@ -337,19 +337,45 @@ fn retransmitted_syn_past_retries_is_redispatched() {
     let Some(mut env) = Env::new(&cfg) else {
         return;
     };
-    let (first, _, _) = env.open(43100);
+    let (first, _, snat) = env.open(43100);
     let syn = Tcp::new(CLIENT, 43100, VIP, 22, TCP_SYN).macs(CLIENT_MAC, PORT_MAC);
     // Duplicates sooner than the initial RTO are not retransmissions: same member, however
-    // many (a client cannot walk its connections through the members so).
+    // many (a client cannot walk its connections through the members so), same port.
     for _ in 0..5 {
         let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
-        assert_eq!(Tcp::parse(&out).unwrap().dst, first);
+        let o = Tcp::parse(&out).unwrap();
+        assert_eq!((o.dst, o.sport), (first, snat));
     }
     assert_eq!(env.flow(43100).unwrap().syn_retries, 0);
-    // First retransmission, a second later: within `retries`, same member.
+    // First retransmission, a second later: within `retries`, same member, on another SNAT
+    // port (the member may hold the old tuple: another stack's TIME_WAIT refuses every SYN
+    // on it for a minute).
     env.age(43100, 1_100_000_000);
     let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
-    assert_eq!(Tcp::parse(&out).unwrap().dst, first);
+    let o = Tcp::parse(&out).unwrap();
+    assert!(checksums_ok(&out));
+    assert_eq!(o.dst, first);
+    assert_ne!(
+        o.sport, snat,
+        "the retransmitted SYN goes out on another port"
+    );
+    assert_eq!(env.flow(43100).unwrap().snat_port_be, o.sport.to_be());
+    assert_eq!(
+        env.half_open(env.member_index(first)),
+        1,
+        "still one handshake"
+    );
+    assert_eq!(
+        env.dp
+            .maps
+            .member_stats(env.member_index(first))
+            .unwrap()
+            .redispatches,
+        0
+    );
+    // The old port is free: the member's late answer on it is not this flow's.
+    let late = Tcp::new(first, 22, VIP, snat, TCP_SYN | TCP_ACK).macs(mac_of(first), PORT_MAC);
+    env.expect(&late.build(), XDP_PASS, reason::PASS_NOT_BALANCED);
     // Second: past `retries`, redispatched to the other member.
     env.age(43100, 1_100_000_000);
     let out = env.expect(&syn.build(), XDP_TX, reason::TX_TO_MEMBER);
