@@ -122,6 +122,22 @@ fn collide_same(env: &Env, cpus: (usize, usize), frames: &[Vec<u8>]) -> Vec<Vec<
     by_frame
 }
 
+/// The SNAT ports the table holds: (member, port) of every reverse entry.
+fn held_ports(
+    flows: &[(lb_common::FlowKey, lb_common::Flow)],
+) -> std::collections::HashSet<(Ipv4Addr, u16)> {
+    flows
+        .iter()
+        .filter(|(k, _)| k.dir == lb_common::FLOW_DIR_REVERSE)
+        .map(|(k, _)| {
+            (
+                Ipv4Addr::from(u32::from_be(k.src_be)),
+                u16::from_be(k.dport_be),
+            )
+        })
+        .collect()
+}
+
 fn run_ok(r: &ProgramRunner, frame: &[u8], want: u32) {
     let (action, _) = r.run(frame).expect("test run");
     assert_eq!(action, want);
@@ -231,16 +247,7 @@ fn the_same_syn_on_two_cpus_opens_one_flow() {
     // The loser of each race gave back the SNAT port it had taken: one reverse entry (the
     // port held) per flow, at the member and port both copies went out with.
     let flows = env.dp.maps.flows();
-    let held: std::collections::HashSet<(Ipv4Addr, u16)> = flows
-        .iter()
-        .filter(|(k, _)| k.dir == lb_common::FLOW_DIR_REVERSE)
-        .map(|(k, _)| {
-            (
-                Ipv4Addr::from(u32::from_be(k.src_be)),
-                u16::from_be(k.dport_be),
-            )
-        })
-        .collect();
+    let held = held_ports(&flows);
     let forward = flows
         .iter()
         .filter(|(k, _)| k.dir == lb_common::FLOW_DIR_FORWARD)
@@ -428,16 +435,7 @@ fn a_retransmitted_syn_moving_port_races_the_member_s_synack() {
         .filter(|(k, _)| k.dir == lb_common::FLOW_DIR_FORWARD)
         .map(|(k, f)| (u16::from_be(k.sport_be), *f))
         .collect();
-    let reverse: std::collections::HashSet<(Ipv4Addr, u16)> = flows
-        .iter()
-        .filter(|(k, _)| k.dir == lb_common::FLOW_DIR_REVERSE)
-        .map(|(k, _)| {
-            (
-                Ipv4Addr::from(u32::from_be(k.src_be)),
-                u16::from_be(k.dport_be),
-            )
-        })
-        .collect();
+    let reverse = held_ports(&flows);
     assert_eq!(forward.len(), n, "one forward entry per flow");
     assert_eq!(reverse.len(), n, "one reverse entry (SNAT port) per flow");
     let (mut taken, mut moved, mut window) = (0, 0, 0);

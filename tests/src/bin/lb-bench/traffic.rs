@@ -637,21 +637,7 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
         }
         Route::Haproxy => {
             let ns = vip_namespace(&topo);
-            let dir = TempDir::new("hap")?;
-            let conf = dir.0.join("haproxy.cfg");
-            std::fs::write(&conf, haproxy_config(&dir.0))?;
-            let log = dir.0.join("haproxy.out");
-            let mut p = Proc::spawn(
-                "haproxy",
-                netns_cmd(&ns.name, "haproxy")
-                    .arg("-db")
-                    .arg("-f")
-                    .arg(&conf),
-                &log,
-            )?;
-            std::thread::sleep(Duration::from_millis(200));
-            p.check_alive(&log)?;
-            wait_listening(&client, VIP, HTTP, "haproxy")?;
+            let (p, _dir) = start_haproxy(&ns, &client)?;
             let pid = p.pid();
             run(VIP, Own::Process(pid))
         }
@@ -673,6 +659,28 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
     }
 }
 
+/// The seed's HAProxy in the foreground in namespace `ns`, serving the VIP once `client`
+/// can connect; stopped when the returned process drops (its directory goes with the
+/// other half).
+fn start_haproxy(ns: &Netns, client: &str) -> anyhow::Result<(Proc, TempDir)> {
+    let dir = TempDir::new("hap")?;
+    let conf = dir.0.join("haproxy.cfg");
+    std::fs::write(&conf, haproxy_config(&dir.0))?;
+    let log = dir.0.join("haproxy.out");
+    let mut p = Proc::spawn(
+        "haproxy",
+        netns_cmd(&ns.name, "haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&conf),
+        &log,
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    p.check_alive(&log)?;
+    wait_listening(client, VIP, HTTP, "haproxy")?;
+    Ok((p, dir))
+}
+
 /// `lb-after`'s history: the seed's HAProxy, then nftables, each serving the VIP for a
 /// `wrk` new-connection run (the members close first: their TIME_WAIT holds HAProxy's
 /// ephemeral ports and the clients' own, which nftables kept), then the VIP leaves their
@@ -683,21 +691,7 @@ fn other_stacks_first(topo: &SeedTopology, seconds: u64) -> anyhow::Result<()> {
     let client = topo.client.name.clone();
     let ns = vip_namespace(topo);
     {
-        let dir = TempDir::new("hap")?;
-        let conf = dir.0.join("haproxy.cfg");
-        std::fs::write(&conf, haproxy_config(&dir.0))?;
-        let log = dir.0.join("haproxy.out");
-        let mut p = Proc::spawn(
-            "haproxy",
-            netns_cmd(&ns.name, "haproxy")
-                .arg("-db")
-                .arg("-f")
-                .arg(&conf),
-            &log,
-        )?;
-        std::thread::sleep(Duration::from_millis(200));
-        p.check_alive(&log)?;
-        wait_listening(&client, VIP, HTTP, "haproxy")?;
+        let _haproxy = start_haproxy(&ns, &client)?;
         let w = wrk(&client, VIP, seconds, true, &Own::None)?;
         eprintln!("  before lb: HAProxy {:.0} new conn/s", w.rps);
     }
