@@ -122,6 +122,17 @@ fn collide_same(env: &Env, cpus: (usize, usize), frames: &[Vec<u8>]) -> Vec<Vec<
     by_frame
 }
 
+/// The client's SYN of every flow (ports BASE_PORT..).
+fn client_syns() -> Vec<Vec<u8>> {
+    (0..FLOWS)
+        .map(|i| {
+            Tcp::new(CLIENT, BASE_PORT + i, VIP, 22, TCP_SYN)
+                .macs(CLIENT_MAC, PORT_MAC)
+                .build()
+        })
+        .collect()
+}
+
 /// The SNAT ports the table holds: (member, port) of every reverse entry.
 fn held_ports(
     flows: &[(lb_common::FlowKey, lb_common::Flow)],
@@ -224,13 +235,7 @@ fn the_same_syn_on_two_cpus_opens_one_flow() {
     let Some(env) = Env::with_capacity(&stateful(), 16384) else {
         return;
     };
-    let syns: Vec<Vec<u8>> = (0..FLOWS)
-        .map(|i| {
-            Tcp::new(CLIENT, BASE_PORT + i, VIP, 22, TCP_SYN)
-                .macs(CLIENT_MAC, PORT_MAC)
-                .build()
-        })
-        .collect();
+    let syns = client_syns();
     let mut sent = std::collections::HashSet::new();
     for (i, outs) in collide_same(&env, cpus, &syns).iter().enumerate() {
         for (action, _) in outs {
@@ -390,13 +395,7 @@ fn a_retransmitted_syn_moving_port_races_the_member_s_synack() {
             (member, snat)
         })
         .collect();
-    let syns: Vec<Vec<u8>> = (0..FLOWS)
-        .map(|i| {
-            Tcp::new(CLIENT, BASE_PORT + i, VIP, 22, TCP_SYN)
-                .macs(CLIENT_MAC, PORT_MAC)
-                .build()
-        })
-        .collect();
+    let syns = client_syns();
     let synacks: Vec<Vec<u8>> = opened
         .iter()
         .map(|&(member, snat)| {

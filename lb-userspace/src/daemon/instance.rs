@@ -155,13 +155,14 @@ pub struct Claim {
     pub preloaded: Option<Dataplane>,
 }
 
-/// The SNAT ports a fresh start gives new flows for `fresh_snat_period`: clear of the
-/// ephemeral range (`plan::snat_clear_of`: another stack that served the VIP a minute ago
-/// left the members' tuples from that range in TIME_WAIT). The range is the daemon's own
+/// lb's SNAT ports clear of the calling thread's namespace's ephemeral range
+/// (`plan::snat_clear_of`): a fresh start's for `fresh_snat_period`, and the drop-in's while
+/// the HAProxy it replaces lives. Another stack that served the VIP left the members' tuples
+/// from that range in TIME_WAIT. For a fresh start the range is the daemon's own
 /// namespace's: the load balancer's may be lb's already (lb moves its ephemeral range above
 /// the SNAT ports), and a namespace's default, which HAProxy used in its own, is the same as
 /// the clients'. None: too few ports outside it.
-pub fn fresh_snat_ports() -> Option<(u16, u16)> {
+pub fn snat_clear_of_local_ports() -> Option<(u16, u16)> {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
     crate::plan::snat_clear_of(&range)
 }
@@ -223,7 +224,7 @@ pub struct Instance {
     /// The member counters' mapping the monitors and the connection log use.
     live: crate::dataplane::SharedLive,
     /// The SNAT ports new flows take (None: lb's whole range), and when a fresh start's
-    /// range is to end (`snat_restore_at`, see `fresh_snat_ports`).
+    /// range is to end (`snat_restore_at`, see `fresh_snat_period`).
     snat_ports: Option<(u16, u16)>,
     pub snat_restore_at: Option<Instant>,
 }
@@ -339,7 +340,7 @@ impl Instance {
         state.owned = node.owned.clone();
         let (snat_ports, snat_restore_at) = match ctx.snat_ports {
             Some(r) => (Some(r), None),
-            None if !inherited && !fresh_snat_period().is_zero() => fresh_snat_ports()
+            None if !inherited && !fresh_snat_period().is_zero() => snat_clear_of_local_ports()
                 .map(|r| (Some(r), Some(Instant::now() + fresh_snat_period())))
                 .unwrap_or_default(),
             None => (None, None),

@@ -405,7 +405,7 @@ fn run(args: Args, drop_in: DropIn, ready: Ready, split: Option<Split>) -> anyho
     } else {
         // This namespace's ephemeral range as it is now (before lb moves it): the HAProxy
         // being replaced made its connections to members from it.
-        crate::daemon::instance::fresh_snat_ports()
+        crate::daemon::instance::snat_clear_of_local_ports()
     };
     let lb_id = drop_in.config.loadbalancer[0].id.clone();
     let restore_tx = requests_tx.clone();

@@ -643,17 +643,7 @@ pub fn measure(path: Route, lb: &Path, seconds: u64) -> anyhow::Result<Measure> 
         }
         Route::Nftables => {
             let ns = vip_namespace(&topo);
-            for s in [
-                "net.ipv4.ip_forward=1",
-                "net.ipv4.conf.all.send_redirects=0",
-                "net.ipv4.conf.eth0.send_redirects=0",
-            ] {
-                ns.exec(&format!("sysctl -qw {s}"));
-            }
-            let dir = TempDir::new("nft")?;
-            let rules = dir.0.join("rules.nft");
-            std::fs::write(&rules, NFT_RULES)?;
-            ns.exec(&format!("nft -f {}", rules.display()));
+            start_nftables(&ns)?;
             run(VIP, Own::None)
         }
     }
@@ -681,6 +671,22 @@ fn start_haproxy(ns: &Netns, client: &str) -> anyhow::Result<(Proc, TempDir)> {
     Ok((p, dir))
 }
 
+/// nftables' full NAT (`NFT_RULES`) in namespace `ns`, forwarding.
+fn start_nftables(ns: &Netns) -> anyhow::Result<()> {
+    for s in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.eth0.send_redirects=0",
+    ] {
+        ns.exec(&format!("sysctl -qw {s}"));
+    }
+    let dir = TempDir::new("nft")?;
+    let rules = dir.0.join("rules.nft");
+    std::fs::write(&rules, NFT_RULES)?;
+    ns.exec(&format!("nft -f {}", rules.display()));
+    Ok(())
+}
+
 /// `lb-after`'s history: the seed's HAProxy, then nftables, each serving the VIP for a
 /// `wrk` new-connection run (the members close first: their TIME_WAIT holds HAProxy's
 /// ephemeral ports and the clients' own, which nftables kept), then the VIP leaves their
@@ -695,17 +701,7 @@ fn other_stacks_first(topo: &SeedTopology, seconds: u64) -> anyhow::Result<()> {
         let w = wrk(&client, VIP, seconds, true, &Own::None)?;
         eprintln!("  before lb: HAProxy {:.0} new conn/s", w.rps);
     }
-    for s in [
-        "net.ipv4.ip_forward=1",
-        "net.ipv4.conf.all.send_redirects=0",
-        "net.ipv4.conf.eth0.send_redirects=0",
-    ] {
-        ns.exec(&format!("sysctl -qw {s}"));
-    }
-    let dir = TempDir::new("nft")?;
-    let rules = dir.0.join("rules.nft");
-    std::fs::write(&rules, NFT_RULES)?;
-    ns.exec(&format!("nft -f {}", rules.display()));
+    start_nftables(&ns)?;
     let w = wrk(&client, VIP, seconds, true, &Own::None)?;
     eprintln!("  before lb: nftables {:.0} new conn/s", w.rps);
     let time_wait: usize = topo
